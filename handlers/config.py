@@ -1,0 +1,415 @@
+"""``config.yaml``: load, interpolate ``${ENV}``, validate, and route objects to rules.
+
+Every problem is reported as ``PATH:LINE: what is wrong, and how to fix it``;
+all problems of a file are reported at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from handlers.privacy import MODES, NamePolicy
+from handlers.wildcard import GcsPattern, PatternSet, WildcardError, parse_gcs_uri, validate_bucket
+
+STORE_RE = re.compile(r"projects/[^/\s]+/locations/[^/\s]+/datasets/[^/\s]+/dicomStores/[^/\s]+")
+TOPIC_RE = re.compile(r"projects/[^/\s]+/topics/[A-Za-z][\w.~+%-]{2,254}")
+RULE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+BLOB_STORAGE_CLASSES = ("STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE")
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_TOP_LEVEL = ("stores", "rules", "ignore", "batching", "state", "results", "followup")
+
+
+class ConfigError(ValueError):
+    """All problems found in one config file, each ``PATH:LINE: message``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    pattern: GcsPattern
+    store: str
+    store_alias: str
+    ignore: tuple[GcsPattern, ...] = ()
+    blob_storage_class: str | None = None
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Batching:
+    max_objects: int = 500
+    max_wait_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where an object goes: the rule that matched, or why none applies."""
+
+    rule: Rule | None
+    ignored_by: GcsPattern | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    stores: Mapping[str, str]
+    rules: tuple[Rule, ...]
+    ignore: tuple[GcsPattern, ...]
+    batching: Batching
+    state_bucket: str
+    results_topic: str
+    names: NamePolicy
+    followup_topic: str
+    followup_deadline_hours: float
+    _matcher: PatternSet = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+    _ignore_matcher: PatternSet = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_matcher", PatternSet([rule.pattern for rule in self.rules]))
+        object.__setattr__(self, "_ignore_matcher", PatternSet(list(self.ignore)))
+
+    @property
+    def buckets(self) -> frozenset[str]:
+        """Buckets that some rule watches; events from others are ignored."""
+        return self._matcher.buckets
+
+    def rule_named(self, name: str) -> Rule | None:
+        return next((rule for rule in self.rules if rule.name == name), None)
+
+    def route(self, bucket: str, name: str) -> Route:
+        """The rule for ``gs://bucket/name``: global ignores first, then the first matching rule."""
+        if bucket not in self.buckets:
+            return Route(None, reason=f"bucket {bucket!r} is not watched by any rule")
+        if name.endswith("/"):
+            return Route(None, reason="folder placeholder object (name ends with '/')")
+        hidden = self._ignore_matcher.first_match(bucket, name)
+        if hidden is not None:
+            pattern = self.ignore[hidden]
+            return Route(None, ignored_by=pattern, reason=f"ignored by {pattern.uri}")
+        index = self._matcher.first_match(bucket, name)
+        if index is None:
+            return Route(None, reason="no rule matches")
+        rule = self.rules[index]
+        for pattern in rule.ignore:
+            if pattern.matches(bucket, name):
+                return Route(None, ignored_by=pattern, reason=f"ignored by rule {rule.name!r}: {pattern.uri}")
+        return Route(rule)
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A YAML loader whose mappings and lists remember the line of each value."""
+
+
+class _Map(dict):
+    lines: dict[str, int]
+
+
+class _List(list):
+    lines: list[int]
+
+
+def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> _Map:
+    result = _Map()
+    result.lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.lines[key] = value_node.start_mark.line + 1
+    return result
+
+
+def _construct_list(loader: _LineLoader, node: yaml.SequenceNode) -> _List:
+    result = _List(loader.construct_object(child, deep=True) for child in node.value)
+    result.lines = [child.start_mark.line + 1 for child in node.value]
+    return result
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_list)
+
+
+class _Reader:
+    """Validation helpers that collect ``PATH:LINE: message`` problems."""
+
+    def __init__(self, path: str, env: Mapping[str, str]) -> None:
+        self.path = path
+        self.env = env
+        self.problems: list[str] = []
+
+    def problem(self, line: int, message: str) -> None:
+        self.problems.append(f"{self.path}:{line}: {message}")
+
+    def text(self, container: Any, key: Any, line: int, what: str) -> str | None:
+        value = container[key]
+        if not isinstance(value, str) or not value.strip():
+            self.problem(line, f"{what} must be a non-empty string, got {value!r}")
+            return None
+        return self.interpolate(value, line, what)
+
+    def interpolate(self, value: str, line: int, what: str) -> str | None:
+        missing: list[str] = []
+
+        def substitute(found: re.Match[str]) -> str:
+            name, default = found.group(1), found.group(2)
+            if name in self.env and self.env[name] != "":
+                return self.env[name]
+            if default is not None:
+                return default
+            missing.append(name)
+            return ""
+
+        result = _ENV_RE.sub(substitute, value)
+        if missing:
+            names = ", ".join(f"${{{name}}}" for name in missing)
+            self.problem(
+                line,
+                f"{what} uses {names} but the environment does not set it: export it "
+                f"(deploy.sh and .local/stack.env set the defaults) or write ${{{missing[0]}:-default}}",
+            )
+            return None
+        return result
+
+    def pattern(self, value: Any, line: int, what: str) -> GcsPattern | None:
+        if not isinstance(value, str):
+            self.problem(line, f"{what} must be a gs:// pattern string, got {value!r}")
+            return None
+        uri = self.interpolate(value, line, what)
+        if uri is None:
+            return None
+        try:
+            return parse_gcs_uri(uri)
+        except WildcardError as exc:
+            self.problem(line, f"{what}: {exc}")
+            return None
+
+    def number(self, container: _Map, key: str, default: float, low: float, high: float, integer: bool) -> float:
+        if key not in container:
+            return default
+        value, line = container[key], container.lines[key]
+        if isinstance(value, str):
+            value = self.interpolate(value, line, key)
+            try:
+                value = int(value) if integer else float(value)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                self.problem(line, f"{key} must be a number, got {container[key]!r}")
+                return default
+        kind = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            self.problem(line, f"{key} must be {'an integer' if integer else 'a number'}, got {value!r}")
+            return default
+        if not low <= value <= high:
+            self.problem(line, f"{key} must be between {low:g} and {high:g}, got {value!r}")
+            return default
+        return value
+
+    def section(self, document: _Map, key: str, known: tuple[str, ...]) -> _Map:
+        value = document.get(key)
+        if value is None:
+            empty = _Map()
+            empty.lines = {}
+            return empty
+        if not isinstance(value, _Map):
+            self.problem(document.lines[key], f"{key} must be a mapping of settings")
+            empty = _Map()
+            empty.lines = {}
+            return empty
+        self.unknown_keys(value, known, key)
+        return value
+
+    def unknown_keys(self, mapping: _Map, known: tuple[str, ...], where: str) -> None:
+        for key in mapping:
+            if key not in known:
+                guess = get_close_matches(str(key), known, n=1)
+                hint = f"did you mean {guess[0]!r}?" if guess else f"known keys: {', '.join(known)}"
+                self.problem(mapping.lines[key], f"unknown key {key!r} in {where}: {hint}")
+
+    def required(self, mapping: _Map, key: str, where: str, line: int) -> bool:
+        if key not in mapping or mapping[key] in (None, ""):
+            self.problem(line, f"{where} needs '{key}'")
+            return False
+        return True
+
+
+def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file; raise :class:`ConfigError` listing every problem."""
+    path_text = str(path)
+    try:
+        source = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path_text}:0: cannot read the config file ({exc.strerror}): check the path"]) from None
+    return parse(source, path_text, os.environ if env is None else env)
+
+
+def parse(source: str, path: str, env: Mapping[str, str]) -> Config:
+    """Validate config text; ``path`` only labels the messages."""
+    reader = _Reader(path, env)
+    try:
+        document = yaml.load(source, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 0
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{path}:{line}: not valid YAML ({reason}): fix the indentation or quoting"]) from None
+    if not isinstance(document, _Map):
+        raise ConfigError([f"{path}:1: the file must be a mapping with 'stores' and 'rules' at the top level"])
+    reader.unknown_keys(document, _TOP_LEVEL, "the top level")
+
+    stores = _stores(reader, document)
+    rules = _rules(reader, document, stores)
+    ignore = _patterns(reader, document, "ignore")
+    batching_section = reader.section(document, "batching", ("max_objects", "max_wait_seconds"))
+    batching = Batching(
+        max_objects=int(reader.number(batching_section, "max_objects", Batching.max_objects, 1, 100_000, True)),
+        max_wait_seconds=float(
+            reader.number(batching_section, "max_wait_seconds", Batching.max_wait_seconds, 0, 300, False)
+        ),
+    )
+    state = reader.section(document, "state", ("bucket",))
+    state_bucket = _state_bucket(reader, document, state, rules)
+    results = reader.section(document, "results", ("topic", "object_names", "hash_key"))
+    results_topic = _topic(reader, document, results, "results")
+    names = _names(reader, results)
+    followup = reader.section(document, "followup", ("topic", "deadline_hours"))
+    followup_topic = _topic(reader, document, followup, "followup")
+    deadline = reader.number(followup, "deadline_hours", 24.0, 0.01, 168, False)
+
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return Config(
+        path=path,
+        stores=stores,
+        rules=tuple(rules),
+        ignore=tuple(ignore),
+        batching=batching,
+        state_bucket=state_bucket,
+        results_topic=results_topic,
+        names=names,
+        followup_topic=followup_topic,
+        followup_deadline_hours=float(deadline),
+    )
+
+
+def _stores(reader: _Reader, document: _Map) -> dict[str, str]:
+    section = document.get("stores")
+    if not isinstance(section, _Map) or not section:
+        line = document.lines.get("stores", 1)
+        reader.problem(line, "'stores' must map at least one alias to a DICOM store name, e.g. main: projects/P/locations/L/datasets/D/dicomStores/S")
+        return {}
+    stores: dict[str, str] = {}
+    for alias, value in section.items():
+        line = section.lines[alias]
+        name = reader.text(section, alias, line, f"store {alias!r}")
+        if name is None:
+            continue
+        if not STORE_RE.fullmatch(name):
+            reader.problem(line, f"store {alias!r} is {name!r}: write the full name projects/PROJECT/locations/LOCATION/datasets/DATASET/dicomStores/STORE")
+            continue
+        stores[str(alias)] = name
+    return stores
+
+
+def _rules(reader: _Reader, document: _Map, stores: dict[str, str]) -> list[Rule]:
+    section = document.get("rules")
+    if not isinstance(section, _List) or not section:
+        reader.problem(document.lines.get("rules", 1), "'rules' must be a list with at least one rule (name, match, store)")
+        return []
+    rules: list[Rule] = []
+    seen: set[str] = set()
+    for entry, line in zip(section, section.lines):
+        if not isinstance(entry, _Map):
+            reader.problem(line, "each rule must be a mapping with name, match and store")
+            continue
+        reader.unknown_keys(entry, ("name", "match", "store", "ignore", "blob_storage_class"), "a rule")
+        if not all([reader.required(entry, key, "this rule", line) for key in ("name", "match", "store")]):
+            continue
+        name = entry["name"]
+        name_line = entry.lines["name"]
+        if not isinstance(name, str) or not RULE_NAME_RE.fullmatch(name):
+            reader.problem(name_line, f"rule name {name!r} must be 1-63 lowercase letters, digits, '-' or '_' (it names state objects)")
+            continue
+        if name in seen:
+            reader.problem(name_line, f"rule name {name!r} is used twice: give each rule its own name")
+            continue
+        seen.add(name)
+        pattern = reader.pattern(entry["match"], entry.lines["match"], f"rule {name!r} match")
+        alias = entry["store"]
+        store = stores.get(alias) if isinstance(alias, str) else None
+        if store is None and stores:
+            known = ", ".join(sorted(stores)) or "none"
+            reader.problem(entry.lines["store"], f"rule {name!r} names store {alias!r}, which 'stores' does not define (known: {known})")
+        ignore = _patterns(reader, entry, "ignore", f"rule {name!r} ignore")
+        storage_class = entry.get("blob_storage_class")
+        if storage_class is not None and storage_class not in BLOB_STORAGE_CLASSES:
+            reader.problem(entry.lines["blob_storage_class"], f"blob_storage_class must be one of {', '.join(BLOB_STORAGE_CLASSES)}, got {storage_class!r}")
+        if pattern is not None and store is not None:
+            rules.append(Rule(name, pattern, store, alias, tuple(ignore), storage_class, line))
+    return rules
+
+
+def _patterns(reader: _Reader, container: _Map, key: str, what: str | None = None) -> list[GcsPattern]:
+    value = container.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, _List):
+        reader.problem(container.lines[key], f"{what or key} must be a list of gs:// patterns")
+        return []
+    found = [reader.pattern(item, line, what or key) for item, line in zip(value, value.lines)]
+    return [pattern for pattern in found if pattern is not None]
+
+
+def _state_bucket(reader: _Reader, document: _Map, state: _Map, rules: list[Rule]) -> str:
+    if not reader.required(state, "bucket", "'state'", document.lines.get("state", 1)):
+        return ""
+    line = state.lines["bucket"]
+    bucket = reader.text(state, "bucket", line, "state bucket")
+    if bucket is None:
+        return ""
+    try:
+        validate_bucket(bucket)
+    except WildcardError as exc:
+        reader.problem(line, str(exc))
+        return ""
+    for rule in rules:
+        if rule.pattern.bucket == bucket:
+            reader.problem(line, f"state bucket {bucket!r} is also watched by rule {rule.name!r}: use a separate bucket for state, or staging copies would be imported as new files")
+    return bucket
+
+
+def _topic(reader: _Reader, document: _Map, section: _Map, name: str) -> str:
+    if not reader.required(section, "topic", f"'{name}'", document.lines.get(name, 1)):
+        return ""
+    line = section.lines["topic"]
+    topic = reader.text(section, "topic", line, f"{name} topic")
+    if topic is None:
+        return ""
+    if not TOPIC_RE.fullmatch(topic):
+        reader.problem(line, f"{name} topic {topic!r} must be a full topic name: projects/PROJECT/topics/TOPIC")
+        return ""
+    return topic
+
+
+def _names(reader: _Reader, results: _Map) -> NamePolicy:
+    mode = results.get("object_names", "plain")
+    if mode not in MODES:
+        reader.problem(results.lines["object_names"], f"object_names must be one of {', '.join(MODES)}, got {mode!r}")
+        return NamePolicy()
+    key = ""
+    if "hash_key" in results:
+        key = reader.text(results, "hash_key", results.lines["hash_key"], "hash_key") or ""
+    return NamePolicy(mode, key)
+
+
+def default_path() -> str:
+    """``$DICOM_IMPORT_CONFIG``, else ``config.yaml`` beside ``main.py``."""
+    return os.environ.get("DICOM_IMPORT_CONFIG") or str(Path(__file__).resolve().parent.parent / "config.yaml")
