@@ -1,0 +1,64 @@
+"""Names and documents of the batching protocol in the state bucket (see docs/design.md).
+
+``leases/{rule}.json``                the rule's current batch: ``open`` or ``sealed``
+``claims/{rule}/{object_id}.json``    idempotency record: which batch holds an object generation
+``staging/{rule}/{batch}/{id}.dcm``   copies of the batch's objects; the import URI is this folder's ``*``
+``batches/{rule}/{batch}.json``       the batch record: members, import, operation, result
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from typing import Any, Mapping
+
+from handlers.events import StorageObject
+
+OPEN, SEALED = "open", "sealed"
+# Batch record states, in order.
+SEALING, LISTED, IMPORTING, PUBLISHING, DONE = "sealing", "listed", "importing", "publishing", "done"
+
+
+def object_id(obj: StorageObject) -> str:
+    """A stable id for one object generation; also the staging copy's name (no wildcard characters)."""
+    return hashlib.sha256(f"{obj.bucket}/{obj.name}#{obj.generation}".encode()).hexdigest()[:32]
+
+
+def new_batch_id(now: float | None = None) -> str:
+    """Sortable by opening time, unique across instances."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    return f"{stamp}-{secrets.token_hex(4)}"
+
+
+def lease_path(rule: str) -> str:
+    return f"leases/{rule}.json"
+
+
+def claim_path(rule: str, oid: str) -> str:
+    return f"claims/{rule}/{oid}.json"
+
+
+def staging_prefix(rule: str, batch: str) -> str:
+    return f"staging/{rule}/{batch}/"
+
+
+def staging_path(rule: str, batch: str, oid: str) -> str:
+    return f"{staging_prefix(rule, batch)}{oid}.dcm"
+
+
+def record_path(rule: str, batch: str) -> str:
+    return f"batches/{rule}/{batch}.json"
+
+
+def import_uri(state_bucket: str, rule: str, batch: str) -> str:
+    """Exactly the batch's staging copies: ids are hex, so ``*`` covers nothing else."""
+    return f"gs://{state_bucket}/{staging_prefix(rule, batch)}*"
+
+
+def member_ids(record: Mapping[str, Any]) -> set[str]:
+    return {member["id"] for member in record.get("members") or ()}
+
+
+def has_members_listed(record: Mapping[str, Any]) -> bool:
+    return record.get("state") not in (None, SEALING)

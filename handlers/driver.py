@@ -1,0 +1,219 @@
+"""Driving one batch from open to published result (docs/design.md, "Driver").
+
+A durable follow-up message per batch runs this; every delivery resumes from
+the batch record's state, so an instance dying anywhere only delays the batch:
+
+    open lease --window--> sealing --seal, list--> listed --import--> importing
+    --operation done--> publishing --result published--> done (staging removed)
+
+Each transition is a conditional write of the record, so concurrent deliveries
+of the same message cannot both import or both publish.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from handlers import batches, log
+from handlers.batches import DONE, IMPORTING, LISTED, OPEN, PUBLISHING, SEALED, SEALING
+from handlers.config import Config
+from handlers.healthcare import ApiError, HealthcareApi, Operation
+from handlers.pubsub import Publisher
+from handlers.results import REJECTED, UNKNOWN, import_message, operation_hint, outcome_of, rejection_hint
+from handlers.retry import Deadline, RetryLater
+from handlers.state import Conflict, Document, StateStore
+
+POLL_SECONDS = 1.0
+# A claim on the import or the publication older than this is presumed abandoned by a dead instance.
+ABANDONED_AFTER_SECONDS = 120.0
+CLEANUP_THREADS = 16
+
+
+@dataclass
+class Driver:
+    store: StateStore
+    config: Config
+    api: HealthcareApi
+    publisher: Publisher
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+    worker: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    def drive(self, rule: str, batch: str, deadline: Deadline) -> str:
+        """Advance the batch as far as the budget allows; its final state, or RetryLater."""
+        path = batches.record_path(rule, batch)
+        record = self.store.read(path)
+        if record is None:
+            record = self._seal(rule, batch, deadline)
+            if record is None:
+                log.warning("follow-up names a batch that was never opened: dropped", rule=rule, batch=batch)
+                return "missing"
+        while True:
+            state = record.data["state"]
+            if deadline.expired and state != DONE:
+                raise RetryLater(f"batch {batch} is {state}; continuing on the next delivery")
+            try:
+                if state == DONE:
+                    self._clean_staging(rule, batch)
+                    return DONE
+                if state == SEALING:
+                    record = self._list_members(record, path)
+                elif state == LISTED:
+                    record = self._start_import(record, path, deadline)
+                elif state == IMPORTING:
+                    record = self._follow(record, path, deadline)
+                elif state == PUBLISHING:
+                    record = self._publish(record, path)
+                else:
+                    raise ValueError(f"batch record {path} has unknown state {state!r}")
+            except Conflict:
+                record = self.store.read(path) or record
+
+    # open -> sealing
+    def _seal(self, rule: str, batch: str, deadline: Deadline) -> Document | None:
+        """Wait for the batch window to close, then write the record (sealing) and seal the lease."""
+        lease_path = batches.lease_path(rule)
+        while True:
+            lease = self.store.read(lease_path)
+            if lease is None or lease.data["batch"] != batch:
+                return self.store.read(batches.record_path(rule, batch))
+            if lease.data["state"] == OPEN:
+                self._wait_for_window(rule, batch, lease.data["openedAt"], deadline)
+            record = {key: lease.data.get(key) for key in ("batch", "rule", "store", "blobStorageClass", "openedAt")}
+            record.update(state=SEALING, sealedAt=self.clock(), sealedBy=self.worker)
+            try:
+                generation = self.store.create(batches.record_path(rule, batch), record)
+            except Conflict:
+                return self.store.read(batches.record_path(rule, batch))
+            return Document(record, generation)
+
+    def _wait_for_window(self, rule: str, batch: str, opened_at: float, deadline: Deadline) -> None:
+        closes_at = opened_at + self.config.batching.max_wait_seconds
+        prefix = batches.staging_prefix(rule, batch)
+        while self.clock() < closes_at:
+            if sum(1 for _ in self.store.list(prefix)) >= self.config.batching.max_objects:
+                return
+            if deadline.remaining() < POLL_SECONDS:
+                raise RetryLater(f"batch {batch} window still open")
+            self.sleep(min(POLL_SECONDS, max(0.0, closes_at - self.clock())))
+
+    # sealing -> listed
+    def _list_members(self, record: Document, path: str) -> Document:
+        rule, batch = record.data["rule"], record.data["batch"]
+        lease = self.store.read(batches.lease_path(rule))
+        if lease is not None and lease.data["batch"] == batch and lease.data["state"] == OPEN:
+            self.store.replace(batches.lease_path(rule), {**lease.data, "state": SEALED, "sealedAt": self.clock()},
+                               lease.generation)
+        members = []
+        for listed in self.store.list(batches.staging_prefix(rule, batch)):
+            members.append({
+                "id": listed.name.rsplit("/", 1)[-1].removesuffix(".dcm"),
+                "bucket": listed.metadata.get("source-bucket", ""),
+                "name": listed.metadata.get("source-name", ""),
+                "generation": listed.metadata.get("source-generation", ""),
+            })
+        data = {**record.data, "state": LISTED, "members": members,
+                "importUri": batches.import_uri(self.store.bucket, rule, batch)}
+        generation = self.store.replace(path, data, record.generation)
+        log.info("batch sealed", rule=rule, batch=batch, objects=len(members))
+        return Document(data, generation)
+
+    # listed -> importing
+    def _start_import(self, record: Document, path: str, deadline: Deadline) -> Document:
+        data = record.data
+        if not data["members"]:
+            log.info("batch sealed empty: nothing to import", rule=data["rule"], batch=data["batch"])
+            done = {**data, "state": DONE}
+            return Document(done, self.store.replace(path, done, record.generation))
+        self._drop_stragglers(data)
+        claimed = {**data, "state": IMPORTING, "operation": None, "importStartedAt": self.clock(),
+                   "importBy": self.worker}
+        generation = self.store.replace(path, claimed, record.generation)
+        try:
+            operation = self.api.import_dicom(data["store"], data["importUri"], deadline, data.get("blobStorageClass"))
+        except ApiError as exc:
+            if exc.retryable:
+                self.store.replace(path, {**data, "lastError": str(exc)}, generation)
+                raise RetryLater(f"import call for batch {data['batch']} not accepted yet: {exc}") from None
+            return self._conclude(Document(claimed, generation), path, outcome=REJECTED,
+                                  error={"code": exc.code, "status": exc.status, "message": exc.message},
+                                  hint=rejection_hint(exc.code, data["store"], self.store.bucket))
+        started = {**claimed, "operation": operation.name}
+        log.info("import started", rule=data["rule"], batch=data["batch"], operation=operation.name,
+                 objects=len(data["members"]))
+        return Document(started, self.store.replace(path, started, generation))
+
+    def _drop_stragglers(self, data: dict[str, Any]) -> None:
+        """Delete copies that landed after the listing, so the import matches the manifest exactly."""
+        listed = batches.member_ids(data)
+        for item in self.store.list(batches.staging_prefix(data["rule"], data["batch"])):
+            if item.name.rsplit("/", 1)[-1].removesuffix(".dcm") not in listed:
+                self.store.delete(item.name)
+
+    # importing -> publishing
+    def _follow(self, record: Document, path: str, deadline: Deadline) -> Document:
+        data = record.data
+        if data.get("operation") is None:
+            if self.clock() - data["importStartedAt"] < ABANDONED_AFTER_SECONDS:
+                raise RetryLater(f"another worker is starting the import of batch {data['batch']}")
+            log.warning("import start was abandoned by a dead worker: starting it again", batch=data["batch"])
+            reverted = {**data, "state": LISTED}
+            return Document(reverted, self.store.replace(path, reverted, record.generation))
+        if self.clock() > data["sealedAt"] + self.config.followup_deadline_hours * 3600:
+            return self._conclude(record, path, outcome=UNKNOWN, error={
+                "code": 4, "status": "DEADLINE_EXCEEDED",
+                "message": f"operation not done after {self.config.followup_deadline_hours:g} h: no longer followed"})
+        try:
+            operation = self.api.wait(data["operation"], deadline)
+        except ApiError as exc:
+            if exc.retryable:
+                raise RetryLater(f"operation {data['operation']} not readable yet: {exc}") from None
+            return self._conclude(record, path, outcome=UNKNOWN,
+                                  error={"code": exc.code, "status": exc.status, "message": exc.message})
+        if not operation.done:
+            raise RetryLater(f"operation {operation.name} still running ({operation.pending} pending)")
+        outcome = outcome_of(operation)
+        return self._conclude(record, path, outcome=outcome, operation=operation,
+                              hint=operation_hint(outcome, operation, self.store.bucket))
+
+    def _conclude(self, record: Document, path: str, *, outcome: str, operation: Operation | None = None,
+                  error: dict[str, Any] | None = None, hint: str | None = None) -> Document:
+        """Freeze the result message in the record (state publishing); one worker wins."""
+        message, attributes = import_message(
+            record.data, outcome=outcome, names=self.config.names,
+            manifest_uri=f"gs://{self.store.bucket}/{path}", operation=operation, error=error, hint=hint,
+            concluded_at=self.clock())
+        data = {**record.data, "state": PUBLISHING, "result": message, "resultAttributes": attributes,
+                "publishingSince": self.clock(), "publishingBy": self.worker}
+        return Document(data, self.store.replace(path, data, record.generation))
+
+    # publishing -> done
+    def _publish(self, record: Document, path: str) -> Document:
+        data = record.data
+        if data.get("publishingBy") != self.worker:
+            if self.clock() - data.get("publishingSince", 0) < ABANDONED_AFTER_SECONDS:
+                raise RetryLater(f"another worker is publishing the result of batch {data['batch']}")
+            data = {**data, "publishingSince": self.clock(), "publishingBy": self.worker}
+            record = Document(data, self.store.replace(path, data, record.generation))
+        try:
+            message_id = self.publisher.publish(self.config.results_topic, data["result"], data["resultAttributes"])
+        except Exception as exc:  # any publish failure: let the next delivery retry at once
+            released = {**data, "publishingSince": 0, "publishingBy": None}
+            self.store.replace(path, released, record.generation)
+            raise RetryLater(f"results topic unavailable: {exc.__class__.__name__}: {exc}") from None
+        done = {**data, "state": DONE, "publishedAt": self.clock(), "resultMessageId": message_id}
+        result = data["result"]
+        log.info("import result published", rule=data["rule"], batch=data["batch"], outcome=result["outcome"],
+                 operation=result["operation"], success=result["counter"]["success"],
+                 failure=result["counter"]["failure"], objects=result["objectCount"])
+        return Document(done, self.store.replace(path, done, record.generation))
+
+    def _clean_staging(self, rule: str, batch: str) -> None:
+        names = [item.name for item in self.store.list(batches.staging_prefix(rule, batch))]
+        if names:
+            with ThreadPoolExecutor(max_workers=min(CLEANUP_THREADS, len(names))) as pool:
+                list(pool.map(self.store.delete, names))

@@ -1,0 +1,90 @@
+"""What each Cloud Function entry point does, with one policy for outcomes:
+
+* the work is done, or can never be done (bad event, unwatched bucket): return,
+  so the delivery is acknowledged, with a log line giving the reason;
+* the work can succeed later (quota, a batch being sealed, a broken config
+  that a redeploy will fix): answer 503 so the event is redelivered with backoff.
+Nothing reaches the caller as a stack trace.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import traceback
+from typing import Any, Callable
+
+from handlers import events, followups, log, runtime
+from handlers.config import ConfigError
+from handlers.events import UnusableEvent
+from handlers.retry import Deadline, RetryLater
+
+ADMIT_BUDGET_SECONDS = 60.0
+DEFAULT_FOLLOWUP_BUDGET_SECONDS = 240.0
+
+
+def _respond_503(reason: str) -> None:
+    from flask import abort
+
+    abort(503, description=reason)
+
+
+def guarded(entry: str) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
+    """Apply the outcome policy above to an entry point."""
+
+    def decorate(handler: Callable[[Any], None]) -> Callable[[Any], None]:
+        @functools.wraps(handler)
+        def run(event: Any) -> None:
+            event_id = _event_field(event, "id")
+            try:
+                handler(event)
+            except UnusableEvent as exc:
+                log.warning("event acknowledged without action", entry=entry, reason=str(exc), eventId=event_id,
+                            eventType=_event_field(event, "type"))
+            except RetryLater as exc:
+                log.warning("event will be retried", entry=entry, reason=str(exc), eventId=event_id)
+                _respond_503(str(exc))
+            except ConfigError as exc:
+                log.error("config is invalid: events are retried until it is fixed", entry=entry,
+                          problems=exc.problems, eventId=event_id)
+                _respond_503("invalid config")
+            except Exception as exc:  # noqa: BLE001 - the policy: log, then retry
+                log.error("unexpected error: event will be retried", entry=entry, eventId=event_id,
+                          error=f"{exc.__class__.__name__}: {exc}", stack_trace=traceback.format_exc())
+                _respond_503("unexpected error")
+
+        return run
+
+    return decorate
+
+
+def _event_field(event: Any, key: str) -> str | None:
+    try:
+        return event[key]
+    except (KeyError, TypeError):
+        return None
+
+
+@guarded("on_object_finalized")
+def object_finalized(event: Any) -> None:
+    obj = events.storage_object(event)
+    instance = runtime.get()
+    route = instance.config.route(obj.bucket, obj.name)
+    names = instance.config.names
+    if route.rule is None:
+        log.info("object not imported", reason=route.reason, object=names.uri(obj.bucket, obj.name),
+                 generation=obj.generation)
+        return
+    verdict = instance.intake.admit(obj, route.rule, Deadline(ADMIT_BUDGET_SECONDS))
+    log.info("object admitted", verdict=verdict, rule=route.rule.name, object=names.uri(obj.bucket, obj.name),
+             generation=obj.generation, eventId=obj.event_id)
+
+
+@guarded("on_followup")
+def followup(event: Any) -> None:
+    work = followups.parse(events.pubsub_message(event))
+    instance = runtime.get()
+    budget = float(os.environ.get("FOLLOWUP_BUDGET_SECONDS", DEFAULT_FOLLOWUP_BUDGET_SECONDS))
+    budget = max(budget, instance.config.batching.max_wait_seconds + 30)
+    if work.kind == followups.IMPORT_BATCH:
+        instance.driver.drive(work.body["rule"], work.body["batch"], Deadline(budget))

@@ -1,0 +1,153 @@
+"""Admitting one finalized object into its rule's open batch (docs/design.md, "Intake").
+
+An event is acknowledged only once its object generation is durably covered:
+its staging copy exists in a batch that is still open (so the batch's listing,
+made after sealing, will include it) or whose record lists it. Every step is
+idempotent, so a duplicate or redelivered event converges to the same answer
+and never causes a second import.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from handlers import batches, log
+from handlers.batches import OPEN
+from handlers.config import Config, Rule
+from handlers.events import StorageObject, UnusableEvent
+from handlers.retry import Deadline, RetryLater
+from handlers.state import Conflict, Document, SourceGone, StateStore
+
+# A lease still open this long after its window closed has lost its driver.
+STALE_AFTER_SECONDS = 60.0
+POLL_SECONDS = 0.25
+
+OPENED, JOINED, DUPLICATE = "opened", "joined", "duplicate"
+_WAIT, _RESTAGE = "wait", "restage"
+
+
+@dataclass
+class Intake:
+    store: StateStore
+    config: Config
+    kick: Callable[[str, str], None]
+    """Publishes the durable follow-up message that drives batch (rule, batch) to its end."""
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+    _kicked: set[tuple[str, str]] = field(default_factory=set)
+
+    def admit(self, obj: StorageObject, rule: Rule, deadline: Deadline) -> str:
+        """Cover ``obj`` by a batch of ``rule``; return OPENED, JOINED or DUPLICATE, or raise RetryLater."""
+        oid = batches.object_id(obj)
+        path = batches.claim_path(rule.name, oid)
+        while not deadline.expired:
+            claim = self.store.read(path)
+            if claim is not None:
+                verdict = self._settle_claim(obj, rule, oid, claim, deadline)
+                if verdict == _WAIT:
+                    self.sleep(POLL_SECONDS)
+                    continue
+                if verdict != _RESTAGE:
+                    return verdict
+            lease = self._open_lease(rule, oid)
+            batch = lease.data["batch"]
+            body = {"batch": batch, "rule": rule.name, "claimedAt": self.clock()}
+            try:
+                if claim is None:
+                    self.store.create(path, body)
+                else:
+                    self.store.replace(path, body, claim.generation)
+            except Conflict:
+                continue
+            if self._stage_and_confirm(obj, rule, oid, batch, deadline):
+                return OPENED if lease.data.get("openedBy") == oid else JOINED
+        raise RetryLater(f"could not place the object in a batch of rule {rule.name!r} in time")
+
+    def _settle_claim(self, obj: StorageObject, rule: Rule, oid: str, claim: Document, deadline: Deadline) -> str:
+        """An earlier delivery claimed this object: DUPLICATE when it is covered, else _WAIT or _RESTAGE."""
+        batch = claim.data["batch"]
+        record = self.store.read(batches.record_path(rule.name, batch))
+        if record is not None:
+            if not batches.has_members_listed(record.data):
+                return _WAIT
+            return DUPLICATE if oid in batches.member_ids(record.data) else _RESTAGE
+        lease = self.store.read(batches.lease_path(rule.name))
+        if lease is not None and lease.data["batch"] == batch and lease.data["state"] == OPEN:
+            self._ensure_driven(rule, lease, oid, claimed=True)
+            if self._stage_and_confirm(obj, rule, oid, batch, deadline):
+                return DUPLICATE
+            return _RESTAGE
+        return _WAIT
+
+    def _open_lease(self, rule: Rule, oid: str) -> Document:
+        """The rule's open lease, opening a new batch (and publishing its driver) when there is none."""
+        while True:
+            lease = self.store.read(batches.lease_path(rule.name))
+            if lease is not None and lease.data["state"] == OPEN:
+                self._ensure_driven(rule, lease, oid, claimed=False)
+                return lease
+            now = self.clock()
+            data = {
+                "batch": batches.new_batch_id(now),
+                "rule": rule.name,
+                "store": rule.store,
+                "blobStorageClass": rule.blob_storage_class,
+                "state": OPEN,
+                "openedAt": now,
+                "openedBy": oid,
+            }
+            try:
+                if lease is None:
+                    generation = self.store.create(batches.lease_path(rule.name), data)
+                else:
+                    generation = self.store.replace(batches.lease_path(rule.name), data, lease.generation)
+            except Conflict:
+                continue
+            opened = Document(data, generation)
+            log.info("batch opened", rule=rule.name, batch=data["batch"])
+            self._kick(rule.name, data["batch"])
+            return opened
+
+    def _ensure_driven(self, rule: Rule, lease: Document, oid: str, claimed: bool) -> None:
+        """Re-publish the driver of an open batch that may lack one.
+
+        The opener publishes the driver before writing its claim, so an opener
+        without a claim may have died in between; a lease open long past its
+        window has lost its driver, whoever opened it.
+        """
+        opener_unsure = lease.data.get("openedBy") == oid and not claimed
+        stale = lease.data["openedAt"] + self.config.batching.max_wait_seconds + STALE_AFTER_SECONDS < self.clock()
+        if opener_unsure or stale:
+            if stale:
+                log.warning("open batch is past its window: publishing its driver again", rule=rule.name,
+                            batch=lease.data["batch"])
+            self._kick(rule.name, lease.data["batch"])
+
+    def _kick(self, rule: str, batch: str) -> None:
+        if (rule, batch) in self._kicked:
+            return
+        self.kick(rule, batch)
+        self._kicked.add((rule, batch))
+
+    def _stage_and_confirm(self, obj: StorageObject, rule: Rule, oid: str, batch: str, deadline: Deadline) -> bool:
+        """Copy the object into the batch; True once the batch is sure to include it."""
+        try:
+            self.store.copy_in(obj.bucket, obj.name, obj.generation, batches.staging_path(rule.name, batch, oid),
+                               {"source-bucket": obj.bucket, "source-name": obj.name,
+                                "source-generation": obj.generation})
+        except SourceGone:
+            raise UnusableEvent("this object generation no longer exists (overwritten or deleted before import); "
+                                "a newer generation has its own event") from None
+        lease = self.store.read(batches.lease_path(rule.name))
+        if lease is not None and lease.data["batch"] == batch and lease.data["state"] == OPEN:
+            return True
+        # Sealed while we copied: the batch record's listing decides.
+        while not deadline.expired:
+            record = self.store.read(batches.record_path(rule.name, batch))
+            if record is not None and batches.has_members_listed(record.data):
+                return oid in batches.member_ids(record.data)
+            self.sleep(POLL_SECONDS)
+        raise RetryLater(f"batch {batch} of rule {rule.name!r} is being sealed; its listing is not written yet")
+

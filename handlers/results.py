@@ -1,0 +1,125 @@
+"""Result messages (``dicom-import-result/v1``), published once per import operation.
+
+The JSON Schema is ``schemas/dicom-import-result.v1.json``; attributes carry
+what subscribers filter on (``outcome``, ``failureCount``, ``store``, ``rule``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from handlers.healthcare import Operation
+from handlers.privacy import NamePolicy
+
+IMPORT_SCHEMA = "dicom-import-result/v1"
+SUCCEEDED, PARTIAL, FAILED, REJECTED, UNKNOWN = "SUCCEEDED", "PARTIAL", "FAILED", "REJECTED", "UNKNOWN"
+# Above this many objects the message links the batch manifest instead of listing names.
+MAX_LISTED_OBJECTS = 100
+CANCELLED = 1
+PERMISSION_DENIED = 7
+
+SERVICE_AGENT_HINT = (
+    "grant roles/storage.objectViewer on the bucket holding the files (the state bucket {bucket}, which holds the "
+    "staging copies) to the Cloud Healthcare Service Agent service-PROJECT_NUMBER@gcp-sa-healthcare.iam.gserviceaccount.com, "
+    "and roles/healthcare.dicomEditor on the store to the function's service account"
+)
+
+
+def rfc3339(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def outcome_of(operation: Operation) -> str:
+    """Classify a finished import: a partly failed one may end with ``error`` or ``response``."""
+    error_code = (operation.error or {}).get("code")
+    if error_code == CANCELLED:
+        return FAILED
+    if operation.failure == 0 and operation.error is None:
+        return SUCCEEDED
+    if operation.success > 0:
+        return PARTIAL
+    return FAILED
+
+
+def rejection_hint(code: int, store: str, bucket: str) -> str:
+    """What usually causes an import call to be refused outright, and the fix."""
+    if code in (401, 403):
+        return SERVICE_AGENT_HINT.format(bucket=f"gs://{bucket}")
+    if code == 404:
+        return f"the DICOM store {store} does not exist or is not visible to the function: check 'stores' in config.yaml"
+    if code == 400:
+        return "the API refused the request: check the rule's pattern and the store name in config.yaml"
+    return "see the error message; the request was not retried because it cannot succeed as is"
+
+
+def operation_hint(outcome: str, operation: Operation | None, bucket: str) -> str | None:
+    if operation is None:
+        return None
+    if (operation.error or {}).get("code") == PERMISSION_DENIED:
+        return SERVICE_AGENT_HINT.format(bucket=f"gs://{bucket}")
+    if outcome in (PARTIAL, FAILED):
+        return "per-file errors are in Cloud Logging: open logsUrl"
+    return None
+
+
+def import_message(
+    record: Mapping[str, Any],
+    *,
+    outcome: str,
+    names: NamePolicy,
+    manifest_uri: str,
+    operation: Operation | None = None,
+    error: Mapping[str, Any] | None = None,
+    hint: str | None = None,
+    concluded_at: float,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The message data and attributes for one finished (or rejected, or abandoned) batch."""
+    members = record.get("members") or []
+    objects = None
+    if len(members) <= MAX_LISTED_OBJECTS:
+        objects = [{"uri": names.uri(m["bucket"], m["name"]), "generation": m["generation"]} for m in members]
+    success = operation.success if operation else 0
+    failure = operation.failure if operation else 0
+    if operation is None and outcome == REJECTED:
+        failure = len(members)
+    opened, sealed, started = record.get("openedAt"), record.get("sealedAt"), record.get("importStartedAt")
+    data: dict[str, Any] = {
+        "schema": IMPORT_SCHEMA,
+        "outcome": outcome,
+        "rule": record["rule"],
+        "store": record["store"],
+        "batch": record["batch"],
+        "importUri": record.get("importUri"),
+        "operation": operation.name if operation else record.get("operation"),
+        "counter": {"success": success, "failure": failure},
+        "objectCount": len(members),
+        "objects": objects,
+        "manifest": manifest_uri,
+        "objectNames": names.mode,
+        "error": dict(error or (operation.error if operation and operation.error else {})) or None,
+        "hint": hint,
+        "logsUrl": operation.logs_url if operation and operation.logs_url else None,
+        "timings": {
+            "openedAt": rfc3339(opened),
+            "sealedAt": rfc3339(sealed),
+            "importStartedAt": rfc3339(started),
+            "operationCreateTime": operation.create_time or None if operation else None,
+            "operationEndTime": operation.end_time or None if operation else None,
+            "concludedAt": rfc3339(concluded_at),
+            "waitSeconds": round(sealed - opened, 3) if opened and sealed else None,
+            "totalSeconds": round(concluded_at - opened, 3) if opened else None,
+        },
+    }
+    attributes = {
+        "schema": IMPORT_SCHEMA,
+        "outcome": outcome,
+        "failureCount": str(failure),
+        "successCount": str(success),
+        "store": record["store"],
+        "rule": record["rule"],
+        "batch": record["batch"],
+    }
+    return data, attributes

@@ -1,0 +1,76 @@
+"""The collaborators an instance shares across requests, built on first use.
+
+Nothing heavy happens at import time: the config is read and the Google
+clients are imported when the first event arrives (cold start stays short).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import cached_property
+
+from handlers import config as config_module
+from handlers import followups
+from handlers.config import Config
+from handlers.driver import Driver
+from handlers.healthcare import HealthcareApi
+from handlers.intake import Intake
+from handlers.pubsub import Publisher
+from handlers.state import GcsStateStore
+
+
+@dataclass
+class Runtime:
+    config: Config
+
+    @cached_property
+    def state(self) -> GcsStateStore:
+        return GcsStateStore(self.config.state_bucket)
+
+    @cached_property
+    def publisher(self) -> Publisher:
+        return Publisher()
+
+    @cached_property
+    def api(self) -> HealthcareApi:
+        return HealthcareApi()
+
+    @cached_property
+    def intake(self) -> Intake:
+        return Intake(self.state, self.config, kick=self.kick_batch)
+
+    @cached_property
+    def driver(self) -> Driver:
+        return Driver(self.state, self.config, self.api, self.publisher)
+
+    def kick_batch(self, rule: str, batch: str) -> None:
+        """Publish the follow-up message that drives a batch to its end."""
+        data, attributes = followups.batch_message(rule, batch)
+        self.publisher.publish(self.config.followup_topic, data, attributes)
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def get() -> Runtime:
+    """This instance's runtime; raises ConfigError (every problem listed) when the config is invalid."""
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            _runtime = Runtime(config_module.load(config_module.default_path()))
+            _prime(_runtime)
+        return _runtime
+
+
+def _prime(runtime: Runtime) -> None:
+    """Build the shared clients once, under the lock, so concurrent first requests don't race."""
+    runtime.state, runtime.publisher, runtime.api, runtime.intake, runtime.driver  # noqa: B018
+
+
+def reset() -> None:
+    """Forget the runtime (tests change the environment between cases)."""
+    global _runtime
+    with _lock:
+        _runtime = None

@@ -1,0 +1,138 @@
+"""Durable state in a Cloud Storage bucket: JSON documents with generation preconditions.
+
+Everything the batching needs to survive an instance's death lives here (or in
+Pub/Sub): leases, idempotency claims, staging copies and batch records.
+Cloud Storage's strong read-after-write and list-after-write consistency, and
+``ifGenerationMatch`` preconditions, are what make the protocol in
+``docs/design.md`` safe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Protocol
+
+
+class Conflict(Exception):
+    """A precondition failed: someone else created or changed the document first."""
+
+
+class SourceGone(Exception):
+    """The object generation to copy no longer exists (overwritten or deleted)."""
+
+
+@dataclass(frozen=True)
+class Document:
+    data: dict[str, Any]
+    generation: int
+
+
+@dataclass(frozen=True)
+class Listed:
+    name: str
+    metadata: Mapping[str, str]
+
+
+class StateStore(Protocol):
+    """What the batching protocol needs from Cloud Storage."""
+
+    bucket: str
+
+    def read(self, path: str) -> Document | None: ...
+
+    def create(self, path: str, data: Mapping[str, Any]) -> int: ...
+
+    def replace(self, path: str, data: Mapping[str, Any], generation: int) -> int: ...
+
+    def copy_in(self, source_bucket: str, source_name: str, source_generation: str, path: str,
+                metadata: Mapping[str, str]) -> None: ...
+
+    def list(self, prefix: str) -> Iterator[Listed]: ...
+
+    def delete(self, path: str) -> None: ...
+
+
+def storage_client(project: str | None = None) -> Any:
+    """A google-cloud-storage client; anonymous when ``STORAGE_EMULATOR_HOST`` is set."""
+    from google.cloud import storage
+
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(project=project or os.environ.get("GOOGLE_CLOUD_PROJECT") or "local-project",
+                              credentials=AnonymousCredentials())
+    return storage.Client(project=project)
+
+
+class GcsStateStore:
+    """:class:`StateStore` over google-cloud-storage (imported on first use)."""
+
+    def __init__(self, bucket: str, client: Any = None) -> None:
+        self.bucket = bucket
+        self._client = client
+        self._bucket_handle: Any = None
+
+    def _handle(self) -> Any:
+        if self._bucket_handle is None:
+            if self._client is None:
+                self._client = storage_client()
+            self._bucket_handle = self._client.bucket(self.bucket)
+        return self._bucket_handle
+
+    def read(self, path: str) -> Document | None:
+        from google.api_core import exceptions
+
+        blob = self._handle().blob(path)
+        try:
+            raw = blob.download_as_bytes()
+        except exceptions.NotFound:
+            return None
+        return Document(json.loads(raw), int(blob.generation))
+
+    def _write(self, path: str, data: Mapping[str, Any], generation: int) -> int:
+        from google.api_core import exceptions
+
+        blob = self._handle().blob(path)
+        try:
+            blob.upload_from_string(json.dumps(data, separators=(",", ":")), content_type="application/json",
+                                    if_generation_match=generation)
+        except exceptions.PreconditionFailed:
+            raise Conflict(path) from None
+        return int(blob.generation)
+
+    def create(self, path: str, data: Mapping[str, Any]) -> int:
+        return self._write(path, data, 0)
+
+    def replace(self, path: str, data: Mapping[str, Any], generation: int) -> int:
+        return self._write(path, data, generation)
+
+    def copy_in(self, source_bucket: str, source_name: str, source_generation: str, path: str,
+                metadata: Mapping[str, str]) -> None:
+        from google.api_core import exceptions
+
+        client = self._handle().client
+        source = client.bucket(source_bucket).blob(source_name, generation=int(source_generation))
+        target = self._handle().blob(path)
+        target.metadata = dict(metadata)
+        token = None
+        try:
+            while True:
+                token, _, _ = target.rewrite(source, token=token)
+                if token is None:
+                    return
+        except exceptions.NotFound:
+            raise SourceGone(f"gs://{source_bucket}/{source_name}#{source_generation}") from None
+
+    def list(self, prefix: str) -> Iterator[Listed]:
+        for blob in self._handle().client.list_blobs(self.bucket, prefix=prefix):
+            yield Listed(blob.name, blob.metadata or {})
+
+    def delete(self, path: str) -> None:
+        from google.api_core import exceptions
+
+        try:
+            self._handle().blob(path).delete()
+        except exceptions.NotFound:
+            pass

@@ -1,0 +1,20 @@
+"""Cloud Function entry points (functions-framework, 2nd gen). The logic lives in ``handlers``.
+
+* ``on_object_finalized``: Eventarc ``google.cloud.storage.object.v1.finalized``,
+  or a Cloud Storage Pub/Sub notification (``OBJECT_FINALIZE``).
+* ``on_followup``: follow-up messages that drive import batches and follow operations.
+"""
+
+import functions_framework
+
+from handlers import entrypoints
+
+
+@functions_framework.cloud_event
+def on_object_finalized(cloud_event):
+    entrypoints.object_finalized(cloud_event)
+
+
+@functions_framework.cloud_event
+def on_followup(cloud_event):
+    entrypoints.followup(cloud_event)

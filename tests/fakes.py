@@ -1,0 +1,141 @@
+"""In-memory collaborators for unit tests of the batching protocol.
+
+They keep the semantics the protocol relies on (generation preconditions,
+list-after-write) so races and crashes can be staged deterministically.
+End-to-end tests use the real services instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
+
+from handlers.healthcare import ApiError, Operation
+from handlers.retry import Deadline
+from handlers.state import Conflict, Document, Listed, SourceGone
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class MemoryStateStore:
+    """A bucket of JSON documents and staged copies with Cloud Storage's preconditions."""
+
+    def __init__(self, bucket: str = "state-bkt") -> None:
+        self.bucket = bucket
+        self.sources: dict[tuple[str, str, str], bytes] = {}
+        self.docs: dict[str, tuple[str, int]] = {}
+        self.blobs: dict[str, tuple[bytes, dict[str, str]]] = {}
+        self._generations = itertools.count(1)
+        self._lock = threading.RLock()
+        self.after_copy: Callable[[str], None] | None = None
+        self.ops: list[tuple[str, str]] = []
+
+    def add_source(self, bucket: str, name: str, generation: str, content: bytes = b"DICM") -> None:
+        self.sources[(bucket, name, generation)] = content
+
+    def read(self, path: str) -> Document | None:
+        with self._lock:
+            self.ops.append(("read", path))
+            if path not in self.docs:
+                return None
+            raw, generation = self.docs[path]
+            return Document(json.loads(raw), generation)
+
+    def _write(self, path: str, data: Mapping[str, Any], generation: int) -> int:
+        with self._lock:
+            current = self.docs.get(path, (None, 0))[1]
+            if current != generation:
+                raise Conflict(path)
+            new = next(self._generations)
+            self.docs[path] = (json.dumps(data), new)
+            self.ops.append(("write", path))
+            return new
+
+    def create(self, path: str, data: Mapping[str, Any]) -> int:
+        return self._write(path, data, 0)
+
+    def replace(self, path: str, data: Mapping[str, Any], generation: int) -> int:
+        return self._write(path, data, generation)
+
+    def copy_in(self, source_bucket: str, source_name: str, source_generation: str, path: str,
+                metadata: Mapping[str, str]) -> None:
+        with self._lock:
+            key = (source_bucket, source_name, source_generation)
+            if key not in self.sources:
+                raise SourceGone(str(key))
+            self.blobs[path] = (self.sources[key], dict(metadata))
+            self.ops.append(("copy", path))
+        if self.after_copy:
+            self.after_copy(path)
+
+    def list(self, prefix: str) -> Iterator[Listed]:
+        with self._lock:
+            found = [Listed(name, dict(meta)) for name, (_, meta) in sorted(self.blobs.items()) if name.startswith(prefix)]
+        return iter(found)
+
+    def delete(self, path: str) -> None:
+        with self._lock:
+            self.blobs.pop(path, None)
+            self.docs.pop(path, None)
+
+    def doc(self, path: str) -> dict[str, Any]:
+        return json.loads(self.docs[path][0])
+
+
+@dataclass
+class FakeApi:
+    """Import calls and operations, scripted by the test."""
+
+    import_errors: list[ApiError] = field(default_factory=list)
+    imports: list[tuple[str, str]] = field(default_factory=list)
+    operations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    get_errors: list[ApiError] = field(default_factory=list)
+
+    def import_dicom(self, store: str, uri: str, deadline: Deadline, blob_storage_class: str | None = None) -> Operation:
+        if self.import_errors:
+            raise self.import_errors.pop(0)
+        self.imports.append((store, uri))
+        name = f"projects/p/locations/l/datasets/d/operations/{len(self.imports)}"
+        self.operations[name] = {"name": name, "metadata": {"counter": {}}}
+        return Operation.parse(self.operations[name])
+
+    def finish(self, name: str, success: int = 0, failure: int = 0, error: dict[str, Any] | None = None) -> None:
+        counter = {k: str(v) for k, v in (("success", success), ("failure", failure)) if v}
+        body: dict[str, Any] = {"name": name, "done": True,
+                                "metadata": {"counter": counter, "logsUrl": "https://console.cloud.google.com/logs/x"}}
+        if error:
+            body["error"] = error
+        else:
+            body["response"] = {"@type": "type.googleapis.com/google.cloud.healthcare.v1.dicom.ImportDicomDataResponse"}
+        self.operations[name] = body
+
+    def wait(self, name: str, deadline: Deadline, poll: Any = None) -> Operation:
+        if self.get_errors:
+            raise self.get_errors.pop(0)
+        return Operation.parse(copy.deepcopy(self.operations[name]))
+
+
+@dataclass
+class FakePublisher:
+    messages: list[tuple[str, dict[str, Any], dict[str, str]]] = field(default_factory=list)
+    failures: int = 0
+
+    def publish(self, topic: str, data: Mapping[str, Any], attributes: Mapping[str, str], timeout: float = 0) -> str:
+        if self.failures:
+            self.failures -= 1
+            raise TimeoutError("publish timed out")
+        self.messages.append((topic, dict(data), dict(attributes)))
+        return str(len(self.messages))

@@ -1,0 +1,360 @@
+"""The batching protocol (intake + driver) against in-memory collaborators.
+
+Each test stages one situation of docs/design.md's failure table and checks
+that no object is lost, nothing is imported twice because of a duplicate
+event, and exactly one result message is published per import.
+"""
+
+import pytest
+
+from handlers import batches
+from handlers.batches import DONE, IMPORTING, LISTED, PUBLISHING
+from handlers.config import parse
+from handlers.driver import ABANDONED_AFTER_SECONDS, Driver
+from handlers.events import StorageObject, UnusableEvent
+from handlers.healthcare import ApiError
+from handlers.intake import DUPLICATE, JOINED, OPENED, STALE_AFTER_SECONDS, Intake
+from handlers.retry import Deadline, RetryLater
+from tests.fakes import FakeApi, FakeClock, FakePublisher, MemoryStateStore
+
+STORE = "projects/p/locations/l/datasets/d/dicomStores/s"
+CONFIG = f"""
+stores: {{main: {STORE}}}
+rules:
+  - {{name: all, match: "gs://inbox-bkt/**.dcm", store: main}}
+batching: {{max_objects: 3, max_wait_seconds: 10}}
+state: {{bucket: state-bkt}}
+results: {{topic: projects/p/topics/results, object_names: OBJECT_NAMES}}
+followup: {{topic: projects/p/topics/followups, deadline_hours: 1}}
+"""
+
+
+class World:
+    """One rule's intake and driver sharing a store, a clock, an API and a publisher."""
+
+    def __init__(self, object_names: str = "plain") -> None:
+        self.config = parse(CONFIG.replace("OBJECT_NAMES", object_names), "config.yaml", {})
+        self.rule = self.config.rules[0]
+        self.clock = FakeClock()
+        self.store = MemoryStateStore()
+        self.api = FakeApi()
+        self.publisher = FakePublisher()
+        self.kicks: list[tuple[str, str]] = []
+        self.intake = self.new_intake()
+        self.driver = Driver(self.store, self.config, self.api, self.publisher, clock=self.clock, sleep=self.clock.sleep)
+
+    def new_intake(self) -> Intake:
+        """A fresh instance (empty memory), as after a restart or on another instance."""
+        return Intake(self.store, self.config, kick=lambda r, b: self.kicks.append((r, b)),
+                      clock=self.clock, sleep=self.clock.sleep)
+
+    def upload(self, name: str, generation: str = "1") -> StorageObject:
+        self.store.add_source("inbox-bkt", name, generation)
+        return StorageObject("inbox-bkt", name, generation, 4, f"event-{name}-{generation}")
+
+    def admit(self, obj: StorageObject, intake: Intake | None = None) -> str:
+        return (intake or self.intake).admit(obj, self.rule, Deadline(60))
+
+    def drive(self, batch: str) -> str:
+        return self.driver.drive("all", batch, Deadline(600))
+
+    def results(self) -> list[dict]:
+        return [data for _, data, _ in self.publisher.messages]
+
+
+def finish_all(world: World, success_per_import=None, failure=0, error=None):
+    for index, name in enumerate(list(world.api.operations)):
+        success = success_per_import[index] if success_per_import else 1
+        world.api.finish(name, success=success, failure=failure, error=error)
+
+
+def test_lone_object_is_imported_after_the_window_and_reported_once():
+    world = World()
+    obj = world.upload("study/a.dcm")
+    assert world.admit(obj) == OPENED
+    assert len(world.kicks) == 1
+    (_, batch), opened_at = world.kicks[0], world.clock.now
+
+    with pytest.raises(RetryLater):  # operation still running at the end of this delivery's budget
+        world.driver.drive("all", batch, Deadline(600))
+    assert world.clock.now - opened_at == pytest.approx(10, abs=1.01)
+    assert world.api.imports == [(STORE, f"gs://state-bkt/staging/all/{batch}/*")]
+
+    finish_all(world)
+    assert world.drive(batch) == DONE
+    [message] = world.results()
+    assert message["outcome"] == "SUCCEEDED"
+    assert message["objects"] == [{"uri": "gs://inbox-bkt/study/a.dcm", "generation": "1"}]
+    assert message["counter"] == {"success": 1, "failure": 0}
+    assert world.publisher.messages[0][2]["outcome"] == "SUCCEEDED"
+    assert not list(world.store.list("staging/")), "staging copies are removed once reported"
+
+    assert world.drive(batch) == DONE
+    assert len(world.publisher.messages) == 1, "a redelivered follow-up publishes nothing more"
+
+
+def test_objects_join_the_open_batch_and_a_full_batch_seals_early():
+    world = World()
+    objs = [world.upload(f"s/{i}.dcm") for i in range(3)]
+    assert [world.admit(o) for o in objs] == [OPENED, JOINED, JOINED]
+    batch = world.kicks[0][1]
+    start = world.clock.now
+    with pytest.raises(RetryLater):
+        world.drive(batch)
+    assert world.clock.now == start, "max_objects reached: sealed without waiting for the window"
+    record = world.store.doc(batches.record_path("all", batch))
+    assert {m["name"] for m in record["members"]} == {"s/0.dcm", "s/1.dcm", "s/2.dcm"}
+
+    late = world.upload("s/3.dcm")
+    assert world.admit(late) == OPENED, "the next object opens the next batch"
+    assert len(world.kicks) == 2 and world.kicks[1][1] != batch
+
+
+def test_duplicate_event_while_open_and_after_done_changes_nothing():
+    world = World()
+    obj = world.upload("a.dcm")
+    world.admit(obj)
+    copies = len([op for op in world.store.ops if op[0] == "copy"])
+    assert world.admit(obj, world.new_intake()) == DUPLICATE
+    batch = world.kicks[0][1]
+    with pytest.raises(RetryLater):
+        world.drive(batch)
+    finish_all(world)
+    world.drive(batch)
+
+    assert world.admit(obj, world.new_intake()) == DUPLICATE
+    assert world.admit(obj, world.new_intake()) == DUPLICATE
+    assert len(world.api.imports) == 1
+    assert len(world.publisher.messages) == 1
+    assert len(world.kicks) == 1, "no batch was opened for the duplicates"
+    assert len([op for op in world.store.ops if op[0] == "copy"]) == copies + 1
+
+
+def test_a_new_generation_of_the_same_name_is_a_new_object():
+    world = World()
+    world.admit(world.upload("a.dcm", "1"))
+    assert world.admit(world.upload("a.dcm", "2")) == JOINED
+
+
+def test_object_copied_just_before_the_seal_stays_in_the_sealed_batch():
+    world = World()
+    world.admit(world.upload("a.dcm"))
+    batch = world.kicks[0][1]
+    world.clock.now += 11  # window over
+
+    def seal_after_this_copy(path):
+        world.store.after_copy = None
+        with pytest.raises(RetryLater):
+            world.drive(batch)  # seals and lists: the copy has landed, so it is listed
+
+    world.store.after_copy = seal_after_this_copy
+    verdict = world.admit(world.upload("b.dcm"))
+    record = world.store.doc(batches.record_path("all", batch))
+    assert {m["name"] for m in record["members"]} == {"a.dcm", "b.dcm"}
+    assert verdict == JOINED
+    assert len(world.kicks) == 1
+
+
+def test_copy_landing_after_the_listing_is_restaged_not_lost():
+    world = World()
+    world.admit(world.upload("a.dcm"))
+    batch = world.kicks[0][1]
+    world.clock.now += 11
+
+    real_copy = world.store.copy_in
+    sealed = []
+
+    def copy_after_seal(*args, **kwargs):
+        if not sealed:
+            sealed.append(True)
+            with pytest.raises(RetryLater):
+                world.drive(batch)  # sealed and listed just before this copy lands
+        return real_copy(*args, **kwargs)
+
+    world.store.copy_in = copy_after_seal
+    late = world.upload("late.dcm")
+    verdict = world.admit(late)
+    world.store.copy_in = real_copy
+
+    record = world.store.doc(batches.record_path("all", batch))
+    assert {m["name"] for m in record["members"]} == {"a.dcm"}
+    assert verdict == OPENED, "re-staged into a new batch it opened"
+    new_batch = world.kicks[-1][1]
+    assert new_batch != batch
+    assert world.store.doc(batches.claim_path("all", batches.object_id(late)))["batch"] == new_batch
+    straggler = batches.staging_path("all", batch, batches.object_id(late))
+    assert straggler in world.store.blobs
+    finish_all(world)
+    assert world.drive(batch) == DONE
+    assert straggler not in world.store.blobs, "the sealed batch's folder is emptied once reported"
+
+
+def test_opener_that_died_before_publishing_the_driver_publishes_it_on_redelivery():
+    world = World()
+    obj = world.upload("a.dcm")
+    broken = Intake(world.store, world.config, kick=lambda r, b: (_ for _ in ()).throw(TimeoutError("pubsub down")),
+                    clock=world.clock, sleep=world.clock.sleep)
+    with pytest.raises(TimeoutError):
+        world.admit(obj, broken)
+    assert world.kicks == []
+    assert world.admit(obj, world.new_intake()) == OPENED
+    assert len(world.kicks) == 1
+
+
+def test_a_stale_open_lease_gets_its_driver_published_again_by_any_object():
+    world = World()
+    world.admit(world.upload("a.dcm"))
+    world.clock.now += 10 + STALE_AFTER_SECONDS + 1
+    assert world.admit(world.upload("b.dcm"), world.new_intake()) == JOINED
+    assert len(world.kicks) == 2 and world.kicks[0] == world.kicks[1]
+
+
+def test_deleted_or_overwritten_generation_is_acknowledged_without_import():
+    world = World()
+    gone = StorageObject("inbox-bkt", "gone.dcm", "7", 4, "e")
+    with pytest.raises(UnusableEvent, match="no longer exists"):
+        world.admit(gone)
+
+
+def test_driver_resumes_after_dying_between_seal_and_listing():
+    world = World()
+    world.admit(world.upload("a.dcm"))
+    batch = world.kicks[0][1]
+    world.clock.now += 11
+    sealing = {"batch": batch, "rule": "all", "store": STORE, "blobStorageClass": None,
+               "openedAt": world.clock.now - 11, "state": "sealing", "sealedAt": world.clock.now, "sealedBy": "dead"}
+    world.store.create(batches.record_path("all", batch), sealing)
+    with pytest.raises(RetryLater):
+        world.drive(batch)
+    record = world.store.doc(batches.record_path("all", batch))
+    assert record["state"] == IMPORTING and len(record["members"]) == 1
+    assert world.store.doc(batches.lease_path("all"))["state"] == "sealed"
+
+
+def test_import_claimed_by_a_dead_worker_is_started_again_after_a_while():
+    world = World()
+    world.admit(world.upload("a.dcm"))
+    batch = world.kicks[0][1]
+    world.clock.now += 11
+    world.api.import_errors = [ApiError(503, "UNAVAILABLE", "down")]
+    with pytest.raises(RetryLater):
+        Driver(world.store, world.config, world.api, world.publisher, clock=world.clock,
+               sleep=world.clock.sleep).drive("all", batch, Deadline(0.01))
+    path = batches.record_path("all", batch)
+    assert world.store.doc(path)["state"] == LISTED, "a refused call reverts to listed"
+
+    doc = world.store.doc(path)
+    world.store.replace(path, {**doc, "state": IMPORTING, "operation": None, "importStartedAt": world.clock.now},
+                        world.store.docs[path][1])
+    with pytest.raises(RetryLater, match="another worker"):
+        world.drive(batch)
+    world.clock.now += ABANDONED_AFTER_SECONDS + 1
+    with pytest.raises(RetryLater, match="still running"):
+        world.drive(batch)
+    assert len(world.api.imports) == 1
+
+
+def test_rejected_import_is_reported_with_a_hint_and_not_retried():
+    world = World()
+    world.admit(world.upload("a.dcm"))
+    world.admit(world.upload("b.dcm"))
+    batch = world.kicks[0][1]
+    world.clock.now += 11
+    world.api.import_errors = [ApiError(403, "PERMISSION_DENIED", "caller lacks healthcare.dicomStores.import")]
+    assert world.drive(batch) == DONE
+    [(topic, message, attributes)] = world.publisher.messages
+    assert topic == "projects/p/topics/results"
+    assert message["outcome"] == "REJECTED" and attributes["outcome"] == "REJECTED"
+    assert message["counter"]["failure"] == 2 and attributes["failureCount"] == "2"
+    assert "service-PROJECT_NUMBER@gcp-sa-healthcare.iam.gserviceaccount.com" in message["hint"]
+    assert "roles/storage.objectViewer" in message["hint"]
+    assert message["error"]["code"] == 403
+    assert world.api.imports == []
+
+
+@pytest.mark.parametrize(
+    "success, failure, error, outcome",
+    [
+        (3, 0, None, "SUCCEEDED"),
+        (2, 1, None, "PARTIAL"),
+        (2, 1, {"code": 3, "message": "1 file failed"}, "PARTIAL"),
+        (0, 3, {"code": 3, "message": "all failed"}, "FAILED"),
+        (0, 3, None, "FAILED"),
+        (1, 0, {"code": 1, "message": "cancelled"}, "FAILED"),
+    ],
+)
+def test_outcome_from_either_style_of_finished_operation(success, failure, error, outcome):
+    world = World()
+    world.admit(world.upload("a.dcm"))
+    batch = world.kicks[0][1]
+    with pytest.raises(RetryLater):
+        world.drive(batch)
+    finish_all(world, [success], failure=failure, error=error)
+    world.drive(batch)
+    [(_, message, attributes)] = world.publisher.messages
+    assert message["outcome"] == outcome
+    assert message["counter"] == {"success": success, "failure": failure}
+    assert attributes["failureCount"] == str(failure)
+    assert (message["error"] or None) == error
+
+
+def test_publish_failure_is_retried_by_the_next_delivery_and_published_once():
+    world = World()
+    world.admit(world.upload("a.dcm"))
+    batch = world.kicks[0][1]
+    with pytest.raises(RetryLater):
+        world.drive(batch)
+    finish_all(world)
+    world.publisher.failures = 1
+    with pytest.raises(RetryLater, match="results topic unavailable"):
+        world.drive(batch)
+    assert world.store.doc(batches.record_path("all", batch))["state"] == PUBLISHING
+    assert world.drive(batch) == DONE
+    assert len(world.publisher.messages) == 1
+
+
+def test_operation_followed_past_the_deadline_is_reported_unknown():
+    world = World()
+    world.admit(world.upload("a.dcm"))
+    batch = world.kicks[0][1]
+    with pytest.raises(RetryLater):
+        world.drive(batch)
+    world.clock.now += 3601
+    assert world.drive(batch) == DONE
+    [(_, message, attributes)] = world.publisher.messages
+    assert message["outcome"] == "UNKNOWN" and message["error"]["status"] == "DEADLINE_EXCEEDED"
+
+
+def test_follow_up_for_a_batch_that_never_opened_is_dropped():
+    world = World()
+    assert world.drive("20260101T000000Z-deadbeef") == "missing"
+    assert world.api.imports == [] and world.publisher.messages == []
+
+
+def test_hashed_names_never_reach_the_message():
+    world = World(object_names="hashed")
+    world.admit(world.upload("PATIENT_DOE_JOHN/a.dcm"))
+    batch = world.kicks[0][1]
+    with pytest.raises(RetryLater):
+        world.drive(batch)
+    finish_all(world)
+    world.drive(batch)
+    [(_, message, attributes)] = world.publisher.messages
+    assert "DOE" not in repr(message) and "DOE" not in repr(attributes)
+    assert message["objects"][0]["uri"].startswith("sha256:")
+    assert message["objectNames"] == "hashed"
+
+
+def test_long_batches_link_the_manifest_instead_of_listing_names(monkeypatch):
+    monkeypatch.setattr("handlers.results.MAX_LISTED_OBJECTS", 2)
+    world = World()
+    for i in range(3):
+        world.admit(world.upload(f"{i}.dcm"))
+    batch = world.kicks[0][1]
+    with pytest.raises(RetryLater):
+        world.drive(batch)
+    finish_all(world, [3])
+    world.drive(batch)
+    [(_, message, _)] = world.publisher.messages
+    assert message["objects"] is None and message["objectCount"] == 3
+    assert message["manifest"] == f"gs://state-bkt/batches/all/{batch}.json"
