@@ -10,6 +10,7 @@ not retried.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -90,24 +91,35 @@ class HealthcareApi:
     """The few Healthcare API v1 methods this project calls."""
 
     def __init__(self, session: Any = None, base_url: str | None = None) -> None:
-        if session is None:
-            session, default_url = _session()
-            base_url = base_url or default_url
         self._session = session
-        self.base_url = (base_url or API_ROOT).rstrip("/")
+        self._base_url = base_url
+        self._lock = threading.Lock()
+
+    @property
+    def base_url(self) -> str:
+        return self._connect()[1]
+
+    def _connect(self) -> tuple[Any, str]:
+        """The HTTP session, created on first use (credentials are looked up then)."""
+        with self._lock:
+            if self._session is None:
+                self._session, default_url = _session()
+                self._base_url = self._base_url or default_url
+            return self._session, (self._base_url or API_ROOT).rstrip("/")
 
     def request(self, method: str, path: str, deadline: Deadline, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Call ``/v1/{path}``; retry what can succeed later until ``deadline``; raise :class:`ApiError`."""
         import requests
 
         backoff = Backoff()
-        url = f"{self.base_url}/v1/{path}"
+        session, base_url = self._connect()
+        url = f"{base_url}/v1/{path}"
         while True:
             try:
-                response = self._session.request(method, url, json=body,
+                response = session.request(method, url, json=body,
                                                  timeout=min(REQUEST_TIMEOUT, max(1.0, deadline.remaining())))
             except requests.RequestException as exc:
-                failure = ApiError(0, "UNAVAILABLE", f"no answer from {self.base_url}: {exc.__class__.__name__}")
+                failure = ApiError(0, "UNAVAILABLE", f"no answer from {base_url}: {exc.__class__.__name__}")
             else:
                 if response.status_code < 400:
                     return response.json() if response.content else {}

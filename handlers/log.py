@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 _lock = threading.Lock()
-_stream: TextIO = sys.stdout
+_stream: TextIO | None = None  # None: whatever sys.stdout is at the time
 
 
 def _write(severity: str, message: str, fields: dict[str, Any]) -> None:
@@ -24,9 +24,10 @@ def _write(severity: str, message: str, fields: dict[str, Any]) -> None:
     }
     entry.update({key: value for key, value in fields.items() if value is not None})
     line = json.dumps(entry, default=str, ensure_ascii=False)
+    stream = _stream or sys.stdout
     with _lock:
-        _stream.write(line + "\n")
-        _stream.flush()
+        stream.write(line + "\n")
+        stream.flush()
 
 
 def debug(message: str, **fields: Any) -> None:
@@ -45,7 +46,7 @@ def error(message: str, **fields: Any) -> None:
     _write("ERROR", message, fields)
 
 
-def redirect(stream: TextIO) -> None:
+def redirect(stream: TextIO | None) -> None:
     """Send log lines elsewhere (the CLI logs to stderr, keeping stdout for results)."""
     global _stream
     _stream = stream

@@ -1,0 +1,94 @@
+"""The HTTP outcome policy of the entry points, through functions-framework's own app."""
+
+import json
+from pathlib import Path
+
+import pytest
+from functions_framework import create_app
+
+from handlers import runtime
+from handlers.retry import RetryLater
+
+MAIN = str(Path(__file__).resolve().parents[2] / "main.py")
+ENV = {
+    "DICOM_STORE": "projects/p/locations/l/datasets/d/dicomStores/s",
+    "INBOX_BUCKET": "inbox-bkt",
+    "STATE_BUCKET": "state-bkt",
+    "RESULTS_TOPIC": "projects/p/topics/results",
+    "FOLLOWUP_TOPIC": "projects/p/topics/followups",
+}
+
+
+@pytest.fixture
+def client(monkeypatch):
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("DICOM_IMPORT_CONFIG", raising=False)
+    runtime.reset()
+    yield create_app("on_object_finalized", MAIN).test_client()
+    runtime.reset()
+
+
+def post_storage_event(client, resource, type_="google.cloud.storage.object.v1.finalized"):
+    headers = {"ce-specversion": "1.0", "ce-type": type_, "ce-id": "evt-1",
+               "ce-source": "//storage.googleapis.com/projects/_/buckets/inbox-bkt", "ce-subject": "objects/x",
+               "ce-time": "2026-11-25T10:00:00Z", "Content-Type": "application/json"}
+    return client.post("/", headers=headers, data=json.dumps(resource))
+
+
+def log_lines(capsys):
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+def test_wrong_event_type_is_acknowledged_with_a_reason(client, capsys):
+    response = post_storage_event(client, {"bucket": "inbox-bkt", "name": "a.dcm", "generation": "1"},
+                                  "google.cloud.storage.object.v1.deleted")
+    assert response.status_code == 200
+    [line] = log_lines(capsys)
+    assert line["severity"] == "WARNING" and "not an object finalize event" in line["reason"]
+
+
+def test_unwatched_bucket_and_unmatched_names_are_acknowledged(client, capsys):
+    assert post_storage_event(client, {"bucket": "other-bkt", "name": "a.dcm", "generation": "1"}).status_code == 200
+    assert post_storage_event(client, {"bucket": "inbox-bkt", "name": "notes.txt", "generation": "1"}).status_code == 200
+    assert post_storage_event(client, {"bucket": "inbox-bkt", "name": "dir/", "generation": "1"}).status_code == 200
+    reasons = [line["reason"] for line in log_lines(capsys)]
+    assert "not watched" in reasons[0] and reasons[1] == "no rule matches" and "folder placeholder" in reasons[2]
+
+
+def test_work_that_can_succeed_later_answers_503_without_a_stack_trace(client, capsys, monkeypatch):
+    class Busy:
+        def admit(self, *args):
+            raise RetryLater("batch is being sealed")
+
+    instance = runtime.get()
+    monkeypatch.setattr(type(instance), "intake", property(lambda self: Busy()), raising=False)
+    response = post_storage_event(client, {"bucket": "inbox-bkt", "name": "a.dcm", "generation": "1"})
+    assert response.status_code == 503
+    assert b"Traceback" not in response.data
+    [line] = log_lines(capsys)
+    assert line["severity"] == "WARNING" and line["reason"] == "batch is being sealed"
+
+
+def test_invalid_config_is_retried_and_logged_with_every_problem(client, capsys, monkeypatch, tmp_path):
+    bad = tmp_path / "config.yaml"
+    bad.write_text(Path(MAIN).with_name("config.yaml").read_text().replace("max_objects: 500", "max_objects: -1"))
+    monkeypatch.setenv("DICOM_IMPORT_CONFIG", str(bad))
+    response = post_storage_event(client, {"bucket": "inbox-bkt", "name": "a.dcm", "generation": "1"})
+    assert response.status_code == 503
+    [line] = log_lines(capsys)
+    assert line["severity"] == "ERROR"
+    assert any("max_objects must be between 1 and 100000" in p for p in line["problems"])
+
+
+def test_unexpected_errors_are_logged_once_and_retried(client, capsys, monkeypatch):
+    class Broken:
+        def admit(self, *args):
+            raise KeyError("batch")
+
+    instance = runtime.get()
+    monkeypatch.setattr(type(instance), "intake", property(lambda self: Broken()), raising=False)
+    response = post_storage_event(client, {"bucket": "inbox-bkt", "name": "a.dcm", "generation": "1"})
+    assert response.status_code == 503 and b"Traceback" not in response.data
+    [line] = log_lines(capsys)
+    assert line["severity"] == "ERROR" and line["error"] == "KeyError: 'batch'" and "Traceback" in line["stack_trace"]
