@@ -1,0 +1,83 @@
+"""Session fixtures: the real local services, started once per test session, lazily, on free ports.
+
+* ``fake_gcs``: fake-gcs-server (a :class:`localstack.services.Service`; ``.url``,
+  ``.env == {"STORAGE_EMULATOR_HOST": url}``);
+* ``storage_client``: a ``google.cloud.storage.Client`` on ``fake_gcs`` (anonymous);
+* ``pubsub_emulator``: Google's Pub/Sub emulator (``.env == {"PUBSUB_EMULATOR_HOST": "127.0.0.1:N"}``);
+* ``healthcare_emulator``: ``python -m emulator`` reading from ``fake_gcs``
+  (``.env == {"HEALTHCARE_EMULATOR_HOST": url}``).
+
+These fixtures do not change ``os.environ``: pass ``service.env`` where a
+client needs it. Each daemon runs in a temporary directory (logs in
+``<tmp>/logs/NAME.log``) and is stopped at the end of the session, failed
+tests or not. Daemons left by a killed test session are stopped when the
+next one starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from localstack.process import sweep_orphans
+from localstack.services import (
+    Service,
+    owner_of_this_process,
+    start_fake_gcs,
+    start_healthcare_emulator,
+    start_pubsub_emulator,
+)
+
+
+@pytest.fixture(scope="session")
+def stack_owner(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, int]:
+    """This test session's (PID, start ticks), recorded in every daemon's PID file.
+
+    First stops the daemons of earlier sessions that died without stopping them.
+    """
+    earlier_sessions = tmp_path_factory.getbasetemp().parent
+    sweep_orphans(earlier_sessions.glob("pytest-*/*/run/*.pid"))
+    return owner_of_this_process()
+
+
+def _serve(service: Service) -> Iterator[Service]:
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory: pytest.TempPathFactory, stack_owner: tuple[int, int]) -> Iterator[Service]:
+    """fake-gcs-server, memory backend, no notifications."""
+    yield from _serve(start_fake_gcs(tmp_path_factory.mktemp("fake-gcs"), owner=stack_owner))
+
+
+@pytest.fixture(scope="session")
+def storage_client(fake_gcs: Service):  # -> google.cloud.storage.Client
+    """A google-cloud-storage client talking to ``fake_gcs`` with anonymous credentials."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    return storage.Client(
+        project="local-project",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": fake_gcs.url},
+    )
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory, stack_owner: tuple[int, int]) -> Iterator[Service]:
+    """Google's Pub/Sub emulator (empty: create topics and subscriptions in the test)."""
+    yield from _serve(start_pubsub_emulator(tmp_path_factory.mktemp("pubsub"), owner=stack_owner))
+
+
+@pytest.fixture(scope="session")
+def healthcare_emulator(
+    tmp_path_factory: pytest.TempPathFactory, fake_gcs: Service, stack_owner: tuple[int, int]
+) -> Iterator[Service]:
+    """The Healthcare API emulator, reading objects from ``fake_gcs``, no faults."""
+    workdir = tmp_path_factory.mktemp("healthcare")
+    yield from _serve(start_healthcare_emulator(workdir, storage_host=fake_gcs.url, owner=stack_owner))
