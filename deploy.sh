@@ -1,0 +1,627 @@
+#!/usr/bin/env bash
+# deploy.sh: idempotent production deployment of the DICOM import functions
+# (Cloud Run functions, 2nd gen) and everything they need, with gcloud.
+#
+# Re-running it converges: resources are created only when `describe` says
+# they are missing, IAM bindings are added (add-iam-policy-binding is a no-op
+# when the binding exists), and `gcloud functions deploy` is an upsert.
+# `--dry-run` prints every command as a runnable shell script and runs nothing.
+# Reference: docs/deploy.md.
+# Single-quoted ${...} below is printed on purpose (dry-run placeholders):
+# shellcheck disable=SC2016
+set -euo pipefail
+
+SOURCE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+readonly SOURCE_DIR
+
+readonly FN_INTAKE=dicom-import-intake
+readonly FN_FOLLOWUP=dicom-import-followup
+readonly FN_EXPORT=dicom-export-request
+readonly RUNTIME=python312
+readonly FUNCTION_TIMEOUT=540s     # the maximum for event-driven functions
+readonly SA_NAME=dicom-import-fn
+readonly LABELS=app=dicom-import
+readonly FINALIZED_EVENT=google.cloud.storage.object.v1.finalized
+# Follow-up subscription: the function fails on purpose while an operation
+# runs, so Pub/Sub redelivers with exponential backoff between these bounds.
+readonly FOLLOWUP_ACK_DEADLINE=600
+readonly FOLLOWUP_MIN_RETRY_DELAY=10s
+readonly FOLLOWUP_MAX_RETRY_DELAY=600s
+readonly FOLLOWUP_MAX_DELIVERY_ATTEMPTS=100   # Pub/Sub's maximum
+readonly DEAD_LETTER_RETENTION=7d
+readonly STAGING_RETENTION_DAYS=7
+readonly STATE_RETENTION_DAYS=30
+readonly APIS=(
+  healthcare.googleapis.com cloudfunctions.googleapis.com run.googleapis.com
+  eventarc.googleapis.com pubsub.googleapis.com storage.googleapis.com
+  cloudbuild.googleapis.com artifactregistry.googleapis.com logging.googleapis.com
+)
+# Paths the deployed source keeps (see .gcloudignore); --config must be one.
+readonly CONFIG_PATTERN='^(config\.yaml|config\.[A-Za-z0-9_-]+\.yaml|config/[A-Za-z0-9_./-]+\.yaml)$'
+
+usage() {
+  cat <<EOF
+Usage: ./deploy.sh --project P --region R --inbox-bucket B --state-bucket B --dicom-store NAME [options]
+
+Deploys ${FN_INTAKE}, ${FN_FOLLOWUP} and ${FN_EXPORT} with their service account,
+topics, state bucket and IAM bindings. Safe to re-run. Details: docs/deploy.md.
+
+Required (flag, or the environment variable in brackets):
+  --project ID              project to deploy into            [GOOGLE_CLOUD_PROJECT]
+  --region REGION           region of the functions           [FUNCTION_REGION]
+  --inbox-bucket NAME       bucket the DICOM files land in; must exist   [INBOX_BUCKET]
+  --state-bucket NAME       bucket for staging copies, leases, manifests;
+                            created if missing, in the inbox's location  [STATE_BUCKET]
+  --dicom-store NAME        projects/P/locations/L/datasets/D/dicomStores/S  [DICOM_STORE]
+
+Options:
+  --results-topic ID        results topic (default dicom-import-results)      [RESULTS_TOPIC]
+  --followup-topic ID       follow-up topic (default dicom-import-followups)  [FOLLOWUP_TOPIC]
+  --export-requests-topic ID  export requests topic (default dicom-export-requests)
+                                                                       [EXPORT_REQUESTS_TOPIC]
+  --export-bucket NAME      export destination; the Healthcare service agent
+                            gets objectAdmin on it (default: none)           [EXPORT_BUCKET]
+  --concurrency N           requests per instance, 1..1000 (default 80)  [FUNCTION_CONCURRENCY]
+  --max-instances N         instances per function (default 10)        [FUNCTION_MAX_INSTANCES]
+  --memory SIZE             memory per instance (default 512Mi)              [FUNCTION_MEMORY]
+  --cpu N                   vCPUs per instance; >= 1 when concurrency > 1 (default 1)
+                                                                                [FUNCTION_CPU]
+  --config PATH             rules file, relative to the repository (default config.yaml);
+                            another file is passed as DICOM_IMPORT_CONFIG [DICOM_IMPORT_CONFIG]
+  --dry-run                 print every command (a runnable script) and run nothing  [DRY_RUN=1]
+  -h, --help                this help
+
+Topic flags take a topic ID or projects/PROJECT/topics/ID; bucket flags take NAME or gs://NAME.
+Flags win over environment variables. Exit status: 0 done, 1 a command failed, 2 bad input.
+EOF
+}
+
+# ---------------------------------------------------------------- messages
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'deploy.sh: error: %s\n' "$*" >&2; exit 1; }
+die_usage() {
+  printf 'deploy.sh: error: %s\n' "$*" >&2
+  printf 'Run ./deploy.sh --help for usage.\n' >&2
+  exit 2
+}
+
+# ---------------------------------------------------------------- commands
+# Every gcloud call goes through run/ensure/lookup/bind below, so --dry-run
+# can print exactly what a real run would execute.
+
+dry() { [[ ${DRY_RUN} == 1 ]]; }
+
+# Quote one argument for a shell. Dry-run placeholders (${NAME}) stay
+# expandable inside double quotes; everything else is single-quoted if needed.
+quote() {
+  local arg=$1
+  if [[ ${arg} =~ ^[A-Za-z0-9_./:=@,+%-]+$ ]]; then
+    printf '%s' "${arg}"
+  elif [[ ${arg} == *'${'* ]]; then
+    arg=${arg//\\/\\\\}; arg=${arg//\"/\\\"}; arg=${arg//\`/\\\`}
+    printf '"%s"' "${arg}"
+  else
+    printf "'%s'" "${arg//\'/\'\\\'\'}"
+  fi
+}
+
+command_line() {
+  local out="" arg
+  for arg in "$@"; do out+="${out:+ }$(quote "${arg}")"; done
+  printf '%s' "${out}"
+}
+
+# run CMD...: run a command, or print it under --dry-run.
+run() {
+  if dry; then command_line "$@"; printf '\n'; return; fi
+  "$@"
+}
+
+# ensure WHAT DESCRIBE... -- CREATE...: create only if describe fails.
+ensure() {
+  local what=$1; shift
+  local -a describe=()
+  while [[ $1 != -- ]]; do describe+=("$1"); shift; done
+  shift
+  if dry; then
+    printf '%s >/dev/null 2>&1 || %s\n' "$(command_line "${describe[@]}")" "$(command_line "$@")"
+    return
+  fi
+  if "${describe[@]}" >/dev/null 2>&1; then
+    say "exists: ${what}"
+  else
+    say "creating: ${what}"
+    "$@"
+  fi
+}
+
+# lookup VAR CMD...: VAR=$(CMD). Under --dry-run, prints the assignment and
+# sets VAR to the placeholder ${VAR} used by the commands printed after it.
+lookup() {
+  local var=$1; shift
+  if dry; then
+    printf '%s="$(%s)"\n' "${var}" "$(command_line "$@")"
+    printf -v "${var}" '${%s}' "${var}"
+    return
+  fi
+  local out
+  out=$("$@") || die "lookup failed: $(command_line "$@")"
+  out=${out%%$'\n'*}
+  [[ -n ${out} ]] || die "lookup returned nothing: $(command_line "$@")"
+  printf -v "${var}" '%s' "${out}"
+}
+
+# bind CMD...: an add-iam-policy-binding, retried because a service account
+# created seconds ago may not be visible to IAM yet.
+bind() {
+  if dry; then run "$@"; return; fi
+  local attempt=1
+  until "$@" >/dev/null; do
+    if (( attempt >= BIND_ATTEMPTS )); then
+      die "IAM binding failed ${attempt} times: $(command_line "$@")"
+    fi
+    say "retrying in $(( attempt * RETRY_SLEEP ))s: IAM binding"
+    sleep $(( attempt * RETRY_SLEEP ))
+    attempt=$(( attempt + 1 ))
+  done
+}
+
+# ---------------------------------------------------------------- inputs
+
+parse_args() {
+  PROJECT=${GOOGLE_CLOUD_PROJECT:-}
+  REGION=${FUNCTION_REGION:-}
+  INBOX_BUCKET_IN=${INBOX_BUCKET:-}
+  STATE_BUCKET_IN=${STATE_BUCKET:-}
+  DICOM_STORE_IN=${DICOM_STORE:-}
+  RESULTS_TOPIC_IN=${RESULTS_TOPIC:-dicom-import-results}
+  FOLLOWUP_TOPIC_IN=${FOLLOWUP_TOPIC:-dicom-import-followups}
+  EXPORT_REQUESTS_TOPIC_IN=${EXPORT_REQUESTS_TOPIC:-dicom-export-requests}
+  EXPORT_BUCKET_IN=${EXPORT_BUCKET:-}
+  CONCURRENCY=${FUNCTION_CONCURRENCY:-80}
+  MAX_INSTANCES=${FUNCTION_MAX_INSTANCES:-10}
+  MEMORY=${FUNCTION_MEMORY:-512Mi}
+  CPU=${FUNCTION_CPU:-1}
+  CONFIG_IN=${DICOM_IMPORT_CONFIG:-config.yaml}
+  DRY_RUN=${DRY_RUN:-0}
+  [[ ${DRY_RUN} == 1 || ${DRY_RUN} == true ]] && DRY_RUN=1 || DRY_RUN=0
+
+  while (( $# )); do
+    local flag=$1 value
+    case ${flag} in
+      -h|--help) usage; exit 0 ;;
+      --dry-run) DRY_RUN=1; shift; continue ;;
+      --*=*) value=${flag#*=}; flag=${flag%%=*}; shift ;;
+      --*)
+        [[ $# -ge 2 && $2 != --* ]] || die_usage "${flag} needs a value"
+        value=$2; shift 2 ;;
+      *) die_usage "unexpected argument '${flag}'" ;;
+    esac
+    case ${flag} in
+      --project) PROJECT=${value} ;;
+      --region) REGION=${value} ;;
+      --inbox-bucket) INBOX_BUCKET_IN=${value} ;;
+      --state-bucket) STATE_BUCKET_IN=${value} ;;
+      --dicom-store) DICOM_STORE_IN=${value} ;;
+      --results-topic) RESULTS_TOPIC_IN=${value} ;;
+      --followup-topic) FOLLOWUP_TOPIC_IN=${value} ;;
+      --export-requests-topic) EXPORT_REQUESTS_TOPIC_IN=${value} ;;
+      --export-bucket) EXPORT_BUCKET_IN=${value} ;;
+      --concurrency) CONCURRENCY=${value} ;;
+      --max-instances) MAX_INSTANCES=${value} ;;
+      --memory) MEMORY=${value} ;;
+      --cpu) CPU=${value} ;;
+      --config) CONFIG_IN=${value} ;;
+      --help|--dry-run) die_usage "${flag} takes no value" ;;
+      *) die_usage "unknown flag '${flag}'" ;;
+    esac
+  done
+}
+
+require() { # require FLAG ENV VALUE
+  [[ -n $3 ]] || die_usage "$1 is required (or set $2), e.g. $1 $(example "$1")"
+}
+
+example() {
+  case $1 in
+    --project) echo my-project ;;
+    --region) echo us-central1 ;;
+    --inbox-bucket) echo my-dicom-inbox ;;
+    --state-bucket) echo my-dicom-import-state ;;
+    --dicom-store) echo projects/my-project/locations/us-central1/datasets/my-dataset/dicomStores/my-store ;;
+  esac
+}
+
+# bucket_name FLAG VALUE -> prints the bare bucket name, or exits 2.
+bucket_name() {
+  local flag=$1 name=${2#gs://}
+  name=${name%/}
+  local rule='3-63 characters of a-z, 0-9, -, _ and ., starting and ending with a letter or digit'
+  [[ ${name} != */* ]] || die_usage "${flag} '$2' is not a bucket name: give only the bucket, e.g. ${flag} my-bucket (no folder)"
+  [[ ${name} =~ ^[a-z0-9][a-z0-9._-]*[a-z0-9]$ ]] || die_usage "${flag} '$2' is not a valid bucket name: use ${rule}"
+  if [[ ${name} == *.* ]]; then
+    (( ${#name} <= 222 )) || die_usage "${flag} '$2' is too long (dotted names: at most 222 characters)"
+    local part
+    local -a parts
+    IFS=. read -r -a parts <<<"${name}"
+    for part in "${parts[@]}"; do
+      [[ -n ${part} && ${#part} -le 63 ]] || die_usage "${flag} '$2' is not a valid bucket name: each dot-separated part needs 1-63 characters"
+    done
+  else
+    (( ${#name} >= 3 && ${#name} <= 63 )) || die_usage "${flag} '$2' is not a valid bucket name: use ${rule}"
+  fi
+  [[ ${name} != goog* && ${name} != *google* ]] || die_usage "${flag} '$2' is not allowed: bucket names cannot start with 'goog' or contain 'google'"
+  printf '%s' "${name}"
+}
+
+# topic_id FLAG VALUE -> prints the topic ID, or exits 2.
+topic_id() {
+  local flag=$1 value=$2 id=$2
+  if [[ ${value} =~ ^projects/([^/]+)/topics/([^/]+)$ ]]; then
+    [[ ${BASH_REMATCH[1]} == "${PROJECT}" ]] || die_usage "${flag} '${value}' is in project ${BASH_REMATCH[1]}, not --project ${PROJECT}: give the topic ID only, e.g. ${flag} ${BASH_REMATCH[2]}"
+    id=${BASH_REMATCH[2]}
+  fi
+  [[ ${id} =~ ^[A-Za-z][A-Za-z0-9._~%+-]{2,254}$ && ${id} != goog* ]] \
+    || die_usage "${flag} '${value}' is not a valid topic ID: 3-255 characters, starting with a letter, of letters, digits and - _ . ~ + %, not starting with 'goog'"
+  printf '%s' "${id}"
+}
+
+positive_int() { # positive_int FLAG VALUE MAX
+  if ! [[ $2 =~ ^[1-9][0-9]{0,5}$ ]] || (( $2 > $3 )); then
+    die_usage "$1 '$2' must be a whole number from 1 to $3"
+  fi
+}
+
+validate() {
+  require --project GOOGLE_CLOUD_PROJECT "${PROJECT}"
+  require --region FUNCTION_REGION "${REGION}"
+  require --inbox-bucket INBOX_BUCKET "${INBOX_BUCKET_IN}"
+  require --state-bucket STATE_BUCKET "${STATE_BUCKET_IN}"
+  require --dicom-store DICOM_STORE "${DICOM_STORE_IN}"
+
+  [[ ${PROJECT} =~ ^[a-z][a-z0-9-]{4,28}[a-z0-9]$ ]] \
+    || die_usage "--project '${PROJECT}' is not a project ID: 6-30 characters of a-z, 0-9 and -, starting with a letter (the ID, not the name or number)"
+  [[ ${REGION} =~ ^[a-z]+-[a-z]+[0-9]+$ ]] \
+    || die_usage "--region '${REGION}' is not a region, e.g. --region us-central1"
+
+  INBOX=$(bucket_name --inbox-bucket "${INBOX_BUCKET_IN}")
+  STATE=$(bucket_name --state-bucket "${STATE_BUCKET_IN}")
+  EXPORT=""
+  [[ -z ${EXPORT_BUCKET_IN} ]] || EXPORT=$(bucket_name --export-bucket "${EXPORT_BUCKET_IN}")
+  [[ ${STATE} != "${INBOX}" ]] \
+    || die_usage "--state-bucket must differ from --inbox-bucket: its lifecycle deletes objects after ${STATE_RETENTION_DAYS} days"
+  if [[ -n ${EXPORT} ]]; then
+    [[ ${EXPORT} != "${INBOX}" ]] || die_usage "--export-bucket must differ from --inbox-bucket: exports would be imported again"
+    [[ ${EXPORT} != "${STATE}" ]] || die_usage "--export-bucket must differ from --state-bucket: its lifecycle deletes objects"
+  fi
+
+  local store_re='^projects/([a-z][a-z0-9-]{4,28}[a-z0-9])/locations/([a-z0-9-]+)/datasets/([A-Za-z0-9_.-]{1,256})/dicomStores/([A-Za-z0-9_.-]{1,256})$'
+  [[ ${DICOM_STORE_IN} =~ ${store_re} ]] \
+    || die_usage "--dicom-store '${DICOM_STORE_IN}' is not a full DICOM store name: use projects/PROJECT/locations/LOCATION/datasets/DATASET/dicomStores/STORE"
+  STORE=${DICOM_STORE_IN}
+  STORE_PROJECT=${BASH_REMATCH[1]}
+  STORE_LOCATION=${BASH_REMATCH[2]}
+  STORE_DATASET=${BASH_REMATCH[3]}
+  STORE_ID=${BASH_REMATCH[4]}
+
+  RESULTS_TOPIC_ID=$(topic_id --results-topic "${RESULTS_TOPIC_IN}")
+  FOLLOWUP_TOPIC_ID=$(topic_id --followup-topic "${FOLLOWUP_TOPIC_IN}")
+  EXPORT_REQUESTS_TOPIC_ID=$(topic_id --export-requests-topic "${EXPORT_REQUESTS_TOPIC_IN}")
+  if [[ ${RESULTS_TOPIC_ID} == "${FOLLOWUP_TOPIC_ID}" || ${RESULTS_TOPIC_ID} == "${EXPORT_REQUESTS_TOPIC_ID}" \
+        || ${FOLLOWUP_TOPIC_ID} == "${EXPORT_REQUESTS_TOPIC_ID}" ]]; then
+    die_usage "--results-topic, --followup-topic and --export-requests-topic must name three different topics"
+  fi
+  RESULTS_DLQ_ID=${RESULTS_TOPIC_ID}-dead-letter
+  FOLLOWUP_DLQ_ID=${FOLLOWUP_TOPIC_ID}-dead-letter
+
+  positive_int --concurrency "${CONCURRENCY}" 1000
+  positive_int --max-instances "${MAX_INSTANCES}" 1000
+  [[ ${MEMORY} =~ ^[0-9]+(k|M|G|Ki|Mi|Gi)[bB]?$ ]] \
+    || die_usage "--memory '${MEMORY}' is not a size: use a number and a unit (k, M, G, Ki, Mi, Gi), e.g. --memory 512Mi"
+  [[ ${CPU} =~ ^([0-9]+(\.[0-9]+)?|\.[0-9]+|[0-9]+m)$ ]] \
+    || die_usage "--cpu '${CPU}' is not a CPU count, e.g. --cpu 1, --cpu 2, --cpu 1000m"
+  if (( CONCURRENCY > 1 )) && ! cpu_at_least_one "${CPU}"; then
+    die_usage "--concurrency ${CONCURRENCY} needs at least 1 vCPU: pass --cpu 1 (or more), or --concurrency 1"
+  fi
+
+  validate_config
+}
+
+cpu_at_least_one() {
+  local cpu=$1
+  if [[ ${cpu} == *m ]]; then (( ${cpu%m} >= 1000 )); return; fi
+  [[ ${cpu} == .* ]] && return 1
+  (( ${cpu%%.*} >= 1 ))
+}
+
+validate_config() {
+  local rel=${CONFIG_IN}
+  if [[ ${rel} == /* ]]; then
+    [[ ${rel} == "${SOURCE_DIR}"/* ]] \
+      || die_usage "--config '${CONFIG_IN}' is outside the repository (${SOURCE_DIR}): only files in the deployed source reach the function; copy it to ${SOURCE_DIR}/config/NAME.yaml"
+    rel=${rel#"${SOURCE_DIR}"/}
+  fi
+  rel=${rel#./}
+  [[ -f ${SOURCE_DIR}/${rel} ]] || die_usage "--config '${CONFIG_IN}' does not exist (paths are relative to ${SOURCE_DIR})"
+  [[ ${rel} =~ ${CONFIG_PATTERN} && ${rel} != *..* ]] \
+    || die_usage "--config '${CONFIG_IN}' would not be uploaded (.gcloudignore keeps config.yaml, config.NAME.yaml and config/**.yaml): move it to config/NAME.yaml"
+  CONFIG_REL=${rel}
+
+  # Every ${NAME} without a default must be set by us, or the function
+  # would fail at load. Comments are skipped.
+  local provided=" GOOGLE_CLOUD_PROJECT INBOX_BUCKET STATE_BUCKET DICOM_STORE RESULTS_TOPIC FOLLOWUP_TOPIC EXPORT_REQUESTS_TOPIC THREADS "
+  [[ -z ${EXPORT} ]] || provided+="EXPORT_BUCKET "
+  local name
+  while read -r name; do
+    [[ -n ${name} ]] || continue
+    if [[ ${provided} != *" ${name} "* ]]; then
+      if [[ ${name} == EXPORT_BUCKET ]]; then
+        die_usage "${CONFIG_REL} uses \${EXPORT_BUCKET}: pass --export-bucket NAME"
+      fi
+      die_usage "${CONFIG_REL} uses \${${name}}, which deploy.sh does not set: give it a default (\${${name}:-value}) or remove it"
+    fi
+  done < <(sed -e 's/^#.*$//' -e 's/[[:space:]]#.*$//' "${SOURCE_DIR}/${CONFIG_REL}" \
+             | grep -o '\${[A-Za-z_][A-Za-z0-9_]*}' | sed -e 's/^\${//' -e 's/}$//' | sort -u)
+}
+
+# ---------------------------------------------------------------- steps
+
+enable_apis() {
+  say "enabling APIs"
+  run gcloud services enable "${APIS[@]}" --project="${PROJECT}"
+}
+
+find_identities() {
+  say "looking up project numbers, the inbox location and service agents"
+  lookup PROJECT_NUMBER gcloud projects describe "${PROJECT}" --format='value(projectNumber)'
+  if [[ ${STORE_PROJECT} == "${PROJECT}" ]]; then
+    STORE_PROJECT_NUMBER=${PROJECT_NUMBER}
+  else
+    lookup STORE_PROJECT_NUMBER gcloud projects describe "${STORE_PROJECT}" --format='value(projectNumber)'
+  fi
+  if ! dry; then
+    [[ ${PROJECT_NUMBER} =~ ^[0-9]+$ && ${STORE_PROJECT_NUMBER} =~ ^[0-9]+$ ]] \
+      || die "unexpected project number '${PROJECT_NUMBER}' / '${STORE_PROJECT_NUMBER}'"
+  fi
+  # The inbox must exist; its location decides the trigger and state bucket location.
+  lookup INBOX_LOCATION gcloud storage buckets describe "gs://${INBOX}" --project="${PROJECT}" \
+    --format='value(location.lower())'
+  dry || INBOX_LOCATION=$(printf '%s' "${INBOX_LOCATION}" | tr '[:upper:]' '[:lower:]')
+
+  # Service agents are created on first use; these calls get-or-create them.
+  run gcloud beta services identity create --service=healthcare.googleapis.com --project="${STORE_PROJECT}"
+  run gcloud beta services identity create --service=pubsub.googleapis.com --project="${PROJECT}"
+  lookup GCS_AGENT gcloud storage service-agent --project="${PROJECT}"
+
+  RUNTIME_SA=${SA_NAME}@${PROJECT}.iam.gserviceaccount.com
+  HEALTHCARE_AGENT=service-${STORE_PROJECT_NUMBER}@gcp-sa-healthcare.iam.gserviceaccount.com
+  PUBSUB_AGENT=service-${PROJECT_NUMBER}@gcp-sa-pubsub.iam.gserviceaccount.com
+}
+
+ensure_topic() {
+  ensure "topic ${1}" \
+    gcloud pubsub topics describe "$1" --project="${PROJECT}" -- \
+    gcloud pubsub topics create "$1" --project="${PROJECT}" --labels="${LABELS}"
+}
+
+# A pull subscription that keeps dead-lettered messages for inspection:
+# messages published to a topic without subscriptions are lost.
+ensure_hold_subscription() {
+  ensure "subscription ${1}" \
+    gcloud pubsub subscriptions describe "$1" --project="${PROJECT}" -- \
+    gcloud pubsub subscriptions create "$1" --project="${PROJECT}" --topic="$1" \
+    --message-retention-duration="${DEAD_LETTER_RETENTION}" --expiration-period=never --labels="${LABELS}"
+}
+
+create_topics() {
+  say "topics"
+  local t
+  for t in "${RESULTS_TOPIC_ID}" "${RESULTS_DLQ_ID}" "${FOLLOWUP_TOPIC_ID}" "${FOLLOWUP_DLQ_ID}" "${EXPORT_REQUESTS_TOPIC_ID}"; do
+    ensure_topic "${t}"
+  done
+  ensure_hold_subscription "${RESULTS_DLQ_ID}"
+  ensure_hold_subscription "${FOLLOWUP_DLQ_ID}"
+}
+
+lifecycle_json() {
+  printf '{"rule":[{"action":{"type":"Delete"},"condition":{"age":%d,"matchesPrefix":["staging/"]}},{"action":{"type":"Delete"},"condition":{"age":%d}}]}' \
+    "${STAGING_RETENTION_DAYS}" "${STATE_RETENTION_DAYS}"
+}
+
+write_lifecycle_file() {
+  if dry; then
+    printf '%s\n' 'LIFECYCLE_FILE="$(mktemp)"; trap '"'"'rm -f "${LIFECYCLE_FILE}"'"'"' EXIT'
+    printf "printf '%%s\\\\n' %s > \"\${LIFECYCLE_FILE}\"\n" "$(quote "$(lifecycle_json)")"
+    LIFECYCLE_FILE='${LIFECYCLE_FILE}'
+    return
+  fi
+  LIFECYCLE_FILE=$(mktemp "${TMPDIR:-/tmp}/dicom-import-lifecycle.XXXXXX")
+  trap 'rm -f "${LIFECYCLE_FILE}"' EXIT
+  lifecycle_json >"${LIFECYCLE_FILE}"
+}
+
+create_state_bucket() {
+  say "state bucket gs://${STATE}"
+  write_lifecycle_file
+  local -a describe=(gcloud storage buckets describe "gs://${STATE}" --project="${PROJECT}" --format='value(name)')
+  local -a create=(gcloud storage buckets create "gs://${STATE}" --project="${PROJECT}"
+    --location="${INBOX_LOCATION}" --uniform-bucket-level-access --public-access-prevention
+    --lifecycle-file="${LIFECYCLE_FILE}")
+  # An existing bucket is converged (lifecycle, uniform access), not recreated.
+  local -a update=(gcloud storage buckets update "gs://${STATE}" --project="${PROJECT}"
+    --uniform-bucket-level-access --lifecycle-file="${LIFECYCLE_FILE}")
+  if dry; then
+    printf 'if %s >/dev/null 2>&1; then %s; else %s; fi\n' \
+      "$(command_line "${describe[@]}")" "$(command_line "${update[@]}")" "$(command_line "${create[@]}")"
+    return
+  fi
+  if "${describe[@]}" >/dev/null 2>&1; then
+    say "exists: bucket gs://${STATE} (updating lifecycle and uniform access)"
+    "${update[@]}"
+  else
+    say "creating: bucket gs://${STATE} in ${INBOX_LOCATION}"
+    "${create[@]}"
+  fi
+}
+
+create_service_account() {
+  say "runtime service account ${RUNTIME_SA}"
+  ensure "service account ${RUNTIME_SA}" \
+    gcloud iam service-accounts describe "${RUNTIME_SA}" --project="${PROJECT}" -- \
+    gcloud iam service-accounts create "${SA_NAME}" --project="${PROJECT}" \
+    --display-name="DICOM import functions" \
+    --description="Runtime and trigger identity of ${FN_INTAKE}, ${FN_FOLLOWUP}, ${FN_EXPORT}"
+}
+
+grant_runtime_sa() {
+  say "IAM: runtime service account"
+  local member=serviceAccount:${RUNTIME_SA}
+  # import, export (store level); operations.get is checked on the dataset.
+  bind gcloud healthcare dicom-stores add-iam-policy-binding "${STORE_ID}" --project="${STORE_PROJECT}" \
+    --dataset="${STORE_DATASET}" --location="${STORE_LOCATION}" \
+    --member="${member}" --role=roles/healthcare.dicomEditor --condition=None
+  bind gcloud healthcare datasets add-iam-policy-binding "${STORE_DATASET}" --project="${STORE_PROJECT}" \
+    --location="${STORE_LOCATION}" --member="${member}" --role=roles/healthcare.datasetViewer --condition=None
+  bind gcloud storage buckets add-iam-policy-binding "gs://${INBOX}" --project="${PROJECT}" \
+    --member="${member}" --role=roles/storage.objectViewer --condition=None
+  bind gcloud storage buckets add-iam-policy-binding "gs://${STATE}" --project="${PROJECT}" \
+    --member="${member}" --role=roles/storage.objectAdmin --condition=None
+  local t
+  for t in "${RESULTS_TOPIC_ID}" "${FOLLOWUP_TOPIC_ID}"; do
+    bind gcloud pubsub topics add-iam-policy-binding "${t}" --project="${PROJECT}" \
+      --member="${member}" --role=roles/pubsub.publisher
+  done
+  # The same account is the triggers' identity (see grant_invoker).
+  bind gcloud projects add-iam-policy-binding "${PROJECT}" \
+    --member="${member}" --role=roles/eventarc.eventReceiver --condition=None
+}
+
+grant_service_agents() {
+  say "IAM: Google service agents"
+  local healthcare=serviceAccount:${HEALTHCARE_AGENT}
+  # dicomStores.import reads the inbox and the staging copies in the state bucket.
+  bind gcloud storage buckets add-iam-policy-binding "gs://${INBOX}" --project="${PROJECT}" \
+    --member="${healthcare}" --role=roles/storage.objectViewer --condition=None
+  bind gcloud storage buckets add-iam-policy-binding "gs://${STATE}" --project="${PROJECT}" \
+    --member="${healthcare}" --role=roles/storage.objectViewer --condition=None
+  if [[ -n ${EXPORT} ]]; then
+    bind gcloud storage buckets add-iam-policy-binding "gs://${EXPORT}" --project="${PROJECT}" \
+      --member="${healthcare}" --role=roles/storage.objectAdmin --condition=None
+  fi
+  # Eventarc's Cloud Storage triggers: the GCS agent publishes the events.
+  bind gcloud projects add-iam-policy-binding "${PROJECT}" \
+    --member="serviceAccount:${GCS_AGENT}" --role=roles/pubsub.publisher --condition=None
+  # Pub/Sub: dead-lettering, and OIDC tokens for the push to the functions.
+  local pubsub=serviceAccount:${PUBSUB_AGENT} t
+  for t in "${RESULTS_DLQ_ID}" "${FOLLOWUP_DLQ_ID}"; do
+    bind gcloud pubsub topics add-iam-policy-binding "${t}" --project="${PROJECT}" \
+      --member="${pubsub}" --role=roles/pubsub.publisher
+  done
+  bind gcloud iam service-accounts add-iam-policy-binding "${RUNTIME_SA}" --project="${PROJECT}" \
+    --member="${pubsub}" --role=roles/iam.serviceAccountTokenCreator --condition=None
+}
+
+env_vars() {
+  local -a vars=(
+    "GOOGLE_CLOUD_PROJECT=${PROJECT}"
+    "INBOX_BUCKET=${INBOX}"
+    "STATE_BUCKET=${STATE}"
+    "DICOM_STORE=${STORE}"
+    "RESULTS_TOPIC=projects/${PROJECT}/topics/${RESULTS_TOPIC_ID}"
+    "FOLLOWUP_TOPIC=projects/${PROJECT}/topics/${FOLLOWUP_TOPIC_ID}"
+    "EXPORT_REQUESTS_TOPIC=projects/${PROJECT}/topics/${EXPORT_REQUESTS_TOPIC_ID}"
+    # functions-framework serves with this many gunicorn threads (default 4 x CPUs).
+    "THREADS=${CONCURRENCY}"
+  )
+  [[ -z ${EXPORT} ]] || vars+=("EXPORT_BUCKET=${EXPORT}")
+  [[ ${CONFIG_REL} == config.yaml ]] || vars+=("DICOM_IMPORT_CONFIG=${CONFIG_REL}")
+  local IFS=,
+  printf '%s' "${vars[*]}"
+}
+
+# deploy_function NAME ENTRY_POINT TRIGGER_FLAGS...
+deploy_function() {
+  local name=$1 entry_point=$2; shift 2
+  say "deploying ${name}"
+  run gcloud functions deploy "${name}" --gen2 --project="${PROJECT}" --region="${REGION}" \
+    --runtime="${RUNTIME}" --source="${SOURCE_DIR}" --entry-point="${entry_point}" \
+    "$@" --retry \
+    --service-account="${RUNTIME_SA}" --trigger-service-account="${RUNTIME_SA}" \
+    --concurrency="${CONCURRENCY}" --cpu="${CPU}" --memory="${MEMORY}" \
+    --max-instances="${MAX_INSTANCES}" --timeout="${FUNCTION_TIMEOUT}" \
+    --ingress-settings=internal-only --update-labels="${LABELS}" \
+    --set-env-vars="$(env_vars)"
+}
+
+deploy_functions() {
+  deploy_function "${FN_INTAKE}" on_object_finalized \
+    --trigger-event-filters="type=${FINALIZED_EVENT}" \
+    --trigger-event-filters="bucket=${INBOX}" \
+    --trigger-location="${INBOX_LOCATION}"
+  deploy_function "${FN_FOLLOWUP}" on_followup --trigger-topic="${FOLLOWUP_TOPIC_ID}"
+  deploy_function "${FN_EXPORT}" on_export_request --trigger-topic="${EXPORT_REQUESTS_TOPIC_ID}"
+}
+
+grant_invoker() {
+  say "IAM: the triggers' identity may invoke the functions"
+  local fn
+  for fn in "${FN_INTAKE}" "${FN_FOLLOWUP}" "${FN_EXPORT}"; do
+    bind gcloud functions add-invoker-policy-binding "${fn}" --project="${PROJECT}" --region="${REGION}" \
+      --member="serviceAccount:${RUNTIME_SA}"
+  done
+}
+
+# The follow-up trigger's subscription is created by Eventarc; it gets the
+# backoff, ack deadline and dead-letter policy the follow-up loop relies on.
+configure_followup_subscription() {
+  say "follow-up subscription: backoff ${FOLLOWUP_MIN_RETRY_DELAY}..${FOLLOWUP_MAX_RETRY_DELAY}, dead letters to ${FOLLOWUP_DLQ_ID}"
+  lookup FOLLOWUP_TRIGGER gcloud functions describe "${FN_FOLLOWUP}" --project="${PROJECT}" --region="${REGION}" \
+    --v2 --format='value(eventTrigger.trigger)'
+  lookup FOLLOWUP_SUBSCRIPTION gcloud eventarc triggers describe "${FOLLOWUP_TRIGGER}" --project="${PROJECT}" \
+    --location="${REGION}" --format='value(transport.pubsub.subscription)'
+  run gcloud pubsub subscriptions update "${FOLLOWUP_SUBSCRIPTION}" --project="${PROJECT}" \
+    --ack-deadline="${FOLLOWUP_ACK_DEADLINE}" \
+    --min-retry-delay="${FOLLOWUP_MIN_RETRY_DELAY}" --max-retry-delay="${FOLLOWUP_MAX_RETRY_DELAY}" \
+    --dead-letter-topic="projects/${PROJECT}/topics/${FOLLOWUP_DLQ_ID}" \
+    --max-delivery-attempts="${FOLLOWUP_MAX_DELIVERY_ATTEMPTS}"
+  bind gcloud pubsub subscriptions add-iam-policy-binding "${FOLLOWUP_SUBSCRIPTION}" --project="${PROJECT}" \
+    --member="serviceAccount:${PUBSUB_AGENT}" --role=roles/pubsub.subscriber
+}
+
+summary() {
+  dry && return
+  say "done: ${FN_INTAKE} (gs://${INBOX} finalize), ${FN_FOLLOWUP} (${FOLLOWUP_TOPIC_ID}), ${FN_EXPORT} (${EXPORT_REQUESTS_TOPIC_ID})"
+  say "results on projects/${PROJECT}/topics/${RESULTS_TOPIC_ID}; verify with the commands in docs/deploy.md"
+}
+
+main() {
+  parse_args "$@"
+  validate
+  BIND_ATTEMPTS=${DEPLOY_BIND_ATTEMPTS:-5}
+  RETRY_SLEEP=${DEPLOY_RETRY_SLEEP:-5}
+  if dry; then
+    say "dry run: printing the commands, running nothing"
+    printf '#!/usr/bin/env bash\n# deploy.sh --dry-run for project %s: what a real run executes, in order.\n' "${PROJECT}"
+    printf '%s\n' '# Save it and run it with bash -eu FILE, or paste the lines into a shell.'
+  else
+    command -v gcloud >/dev/null || die "gcloud is not on PATH: install the Google Cloud CLI"
+  fi
+  # Never stop for an interactive prompt; the flags say everything.
+  export CLOUDSDK_CORE_DISABLE_PROMPTS=1
+  dry && printf 'export CLOUDSDK_CORE_DISABLE_PROMPTS=1\n'
+
+  enable_apis
+  find_identities
+  create_topics
+  create_state_bucket
+  create_service_account
+  grant_runtime_sa
+  grant_service_agents
+  deploy_functions
+  grant_invoker
+  configure_followup_subscription
+  summary
+}
+
+main "$@"
