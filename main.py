@@ -2,7 +2,8 @@
 
 * ``on_object_finalized``: Eventarc ``google.cloud.storage.object.v1.finalized``,
   or a Cloud Storage Pub/Sub notification (``OBJECT_FINALIZE``).
-* ``on_followup``: follow-up messages that drive import batches and follow operations.
+* ``on_followup``: follow-up messages that drive import batches to their published result.
+* ``on_export_request``: a JSON export request on Pub/Sub; the result is published like imports'.
 """
 
 import functions_framework
@@ -18,3 +19,8 @@ def on_object_finalized(cloud_event):
 @functions_framework.cloud_event
 def on_followup(cloud_event):
     entrypoints.followup(cloud_event)
+
+
+@functions_framework.cloud_event
+def on_export_request(cloud_event):
+    entrypoints.export_request(cloud_event)

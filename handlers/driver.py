@@ -24,12 +24,11 @@ from handlers.config import Config
 from handlers.healthcare import ApiError, HealthcareApi, Operation
 from handlers.pubsub import Publisher
 from handlers.results import REJECTED, UNKNOWN, import_message, operation_hint, outcome_of, rejection_hint
+from handlers.reporting import ABANDONED_AFTER_SECONDS, Reporter
 from handlers.retry import Deadline, RetryLater
 from handlers.state import Conflict, Document, StateStore
 
 POLL_SECONDS = 1.0
-# A claim on the import or the publication older than this is presumed abandoned by a dead instance.
-ABANDONED_AFTER_SECONDS = 120.0
 CLEANUP_THREADS = 16
 
 
@@ -42,6 +41,10 @@ class Driver:
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     worker: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    reporter: Reporter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reporter = Reporter(self.store, self.publisher, self.config.results_topic, self.clock, self.worker)
 
     def drive(self, rule: str, batch: str, deadline: Deadline) -> str:
         """Advance the batch as far as the budget allows; its final state, or RetryLater."""
@@ -67,7 +70,7 @@ class Driver:
                 elif state == IMPORTING:
                     record = self._follow(record, path, deadline)
                 elif state == PUBLISHING:
-                    record = self._publish(record, path)
+                    record = self.reporter.publish(record, path)
                 else:
                     raise ValueError(f"batch record {path} has unknown state {state!r}")
             except Conflict:
@@ -182,35 +185,11 @@ class Driver:
 
     def _conclude(self, record: Document, path: str, *, outcome: str, operation: Operation | None = None,
                   error: dict[str, Any] | None = None, hint: str | None = None) -> Document:
-        """Freeze the result message in the record (state publishing); one worker wins."""
         message, attributes = import_message(
             record.data, outcome=outcome, names=self.config.names,
             manifest_uri=f"gs://{self.store.bucket}/{path}", operation=operation, error=error, hint=hint,
             concluded_at=self.clock())
-        data = {**record.data, "state": PUBLISHING, "result": message, "resultAttributes": attributes,
-                "publishingSince": self.clock(), "publishingBy": self.worker}
-        return Document(data, self.store.replace(path, data, record.generation))
-
-    # publishing -> done
-    def _publish(self, record: Document, path: str) -> Document:
-        data = record.data
-        if data.get("publishingBy") != self.worker:
-            if self.clock() - data.get("publishingSince", 0) < ABANDONED_AFTER_SECONDS:
-                raise RetryLater(f"another worker is publishing the result of batch {data['batch']}")
-            data = {**data, "publishingSince": self.clock(), "publishingBy": self.worker}
-            record = Document(data, self.store.replace(path, data, record.generation))
-        try:
-            message_id = self.publisher.publish(self.config.results_topic, data["result"], data["resultAttributes"])
-        except Exception as exc:  # any publish failure: let the next delivery retry at once
-            released = {**data, "publishingSince": 0, "publishingBy": None}
-            self.store.replace(path, released, record.generation)
-            raise RetryLater(f"results topic unavailable: {exc.__class__.__name__}: {exc}") from None
-        done = {**data, "state": DONE, "publishedAt": self.clock(), "resultMessageId": message_id}
-        result = data["result"]
-        log.info("import result published", rule=data["rule"], batch=data["batch"], outcome=result["outcome"],
-                 operation=result["operation"], success=result["counter"]["success"],
-                 failure=result["counter"]["failure"], objects=result["objectCount"])
-        return Document(done, self.store.replace(path, done, record.generation))
+        return self.reporter.conclude(record, path, message, attributes)
 
     def _clean_staging(self, rule: str, batch: str) -> None:
         names = [item.name for item in self.store.list(batches.staging_prefix(rule, batch))]

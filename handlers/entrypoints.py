@@ -10,11 +10,12 @@ Nothing reaches the caller as a stack trace.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import traceback
 from typing import Any, Callable
 
-from handlers import events, followups, log, runtime
+from handlers import events, exports, followups, log, runtime
 from handlers.config import ConfigError
 from handlers.events import UnusableEvent
 from handlers.retry import Deadline, RetryLater
@@ -84,7 +85,37 @@ def object_finalized(event: Any) -> None:
 def followup(event: Any) -> None:
     work = followups.parse(events.pubsub_message(event))
     instance = runtime.get()
-    budget = float(os.environ.get("FOLLOWUP_BUDGET_SECONDS", DEFAULT_FOLLOWUP_BUDGET_SECONDS))
-    budget = max(budget, instance.config.batching.max_wait_seconds + 30)
-    if work.kind == followups.IMPORT_BATCH:
-        instance.driver.drive(work.body["rule"], work.body["batch"], Deadline(budget))
+    budget = max(_followup_budget(), instance.config.batching.max_wait_seconds + 30)
+    instance.driver.drive(work.body["rule"], work.body["batch"], Deadline(budget))
+
+
+def _followup_budget() -> float:
+    return float(os.environ.get("FOLLOWUP_BUDGET_SECONDS", DEFAULT_FOLLOWUP_BUDGET_SECONDS))
+
+
+@guarded("on_export_request")
+def export_request(event: Any) -> None:
+    message = events.pubsub_message(event)
+    instance = runtime.get()
+    try:
+        body = json.loads(message.data or b"null")
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        body = None
+    try:
+        request = exports.request_from_message(body, instance.config.stores, message.message_id)
+    except exports.ExportRequestError as exc:
+        fields = body if isinstance(body, dict) else {}
+        request_id = fields.get("requestId")
+        if not (isinstance(request_id, str) and exports.REQUEST_ID_RE.fullmatch(request_id)):
+            request_id = message.message_id
+        log.warning("export request refused", reason=str(exc), requestId=request_id)
+        instance.exports.reject(request_id, _text(fields.get("store")), _text(fields.get("destination")), str(exc))
+        return
+    result = instance.exports.run(request, Deadline(_followup_budget()))
+    log.info("export finished", requestId=request.request_id, outcome=result["outcome"],
+             operation=result["operation"], success=result["counter"]["success"],
+             failure=result["counter"]["failure"])
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None

@@ -9,8 +9,7 @@ from typing import Any
 from handlers.events import PubSubMessage, UnusableEvent
 
 IMPORT_BATCH = "import-batch"
-EXPORT = "export"
-KINDS = (IMPORT_BATCH, EXPORT)
+KINDS = (IMPORT_BATCH,)
 
 
 @dataclass(frozen=True)

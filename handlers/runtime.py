@@ -14,9 +14,11 @@ from handlers import config as config_module
 from handlers import followups
 from handlers.config import Config
 from handlers.driver import Driver
+from handlers.exports import ExportJob
 from handlers.healthcare import HealthcareApi
 from handlers.intake import Intake
 from handlers.pubsub import Publisher
+from handlers.reporting import Reporter
 from handlers.state import GcsStateStore
 
 
@@ -44,6 +46,11 @@ class Runtime:
     def driver(self) -> Driver:
         return Driver(self.state, self.config, self.api, self.publisher)
 
+    @cached_property
+    def exports(self) -> ExportJob:
+        reporter = Reporter(self.state, self.publisher, self.config.results_topic)
+        return ExportJob(self.state, self.api, reporter, deadline_hours=self.config.followup_deadline_hours)
+
     def kick_batch(self, rule: str, batch: str) -> None:
         """Publish the follow-up message that drives a batch to its end."""
         data, attributes = followups.batch_message(rule, batch)
@@ -66,7 +73,7 @@ def get() -> Runtime:
 
 def _prime(runtime: Runtime) -> None:
     """Build the shared clients once, under the lock, so concurrent first requests don't race."""
-    runtime.state, runtime.publisher, runtime.api, runtime.intake, runtime.driver  # noqa: B018
+    runtime.state, runtime.publisher, runtime.api, runtime.intake, runtime.driver, runtime.exports  # noqa: B018
 
 
 def reset() -> None:

@@ -49,6 +49,8 @@ class StateStore(Protocol):
     def copy_in(self, source_bucket: str, source_name: str, source_generation: str, path: str,
                 metadata: Mapping[str, str]) -> None: ...
 
+    def write_text(self, path: str, text: str) -> None: ...
+
     def list(self, prefix: str) -> Iterator[Listed]: ...
 
     def delete(self, path: str) -> None: ...
@@ -124,6 +126,9 @@ class GcsStateStore:
                     return
         except exceptions.NotFound:
             raise SourceGone(f"gs://{source_bucket}/{source_name}#{source_generation}") from None
+
+    def write_text(self, path: str, text: str) -> None:
+        self._handle().blob(path).upload_from_string(text, content_type="text/plain")
 
     def list(self, prefix: str) -> Iterator[Listed]:
         for blob in self._handle().client.list_blobs(self.bucket, prefix=prefix):

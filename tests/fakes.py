@@ -81,6 +81,10 @@ class MemoryStateStore:
         if self.after_copy:
             self.after_copy(path)
 
+    def write_text(self, path: str, text: str) -> None:
+        with self._lock:
+            self.blobs[path] = (text.encode(), {})
+
     def list(self, prefix: str) -> Iterator[Listed]:
         with self._lock:
             found = [Listed(name, dict(meta)) for name, (_, meta) in sorted(self.blobs.items()) if name.startswith(prefix)]
@@ -101,6 +105,7 @@ class FakeApi:
 
     import_errors: list[ApiError] = field(default_factory=list)
     imports: list[tuple[str, str]] = field(default_factory=list)
+    exports: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     operations: dict[str, dict[str, Any]] = field(default_factory=dict)
     get_errors: list[ApiError] = field(default_factory=list)
 
@@ -121,6 +126,14 @@ class FakeApi:
         else:
             body["response"] = {"@type": "type.googleapis.com/google.cloud.healthcare.v1.dicom.ImportDicomDataResponse"}
         self.operations[name] = body
+
+    def export_dicom(self, store: str, body: Mapping[str, Any], deadline: Deadline) -> Operation:
+        if self.import_errors:
+            raise self.import_errors.pop(0)
+        self.exports.append((store, dict(body)))
+        name = f"projects/p/locations/l/datasets/d/operations/export-{len(self.exports)}"
+        self.operations[name] = {"name": name, "metadata": {"counter": {}}}
+        return Operation.parse(self.operations[name])
 
     def wait(self, name: str, deadline: Deadline, poll: Any = None) -> Operation:
         if self.get_errors:

@@ -1,0 +1,60 @@
+"""Publishing a job's result message exactly once, from a record in the state bucket.
+
+A job (an import batch, an export) freezes its result into its record with one
+conditional write (state ``publishing``), publishes it, then marks the record
+``done``. Concurrent deliveries see the frozen result and either wait for its
+publisher or, past a timeout, take over. Used by ``handlers.driver`` and
+``handlers.exports``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from handlers import log
+from handlers.batches import DONE, PUBLISHING
+from handlers.pubsub import Publisher
+from handlers.retry import RetryLater
+from handlers.state import Document, StateStore
+
+# A claim on a step older than this is presumed abandoned by a dead instance.
+ABANDONED_AFTER_SECONDS = 120.0
+
+
+@dataclass
+class Reporter:
+    store: StateStore
+    publisher: Publisher
+    topic: str
+    clock: Callable[[], float] = time.time
+    worker: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    def conclude(self, record: Document, path: str, message: Mapping[str, Any], attributes: Mapping[str, str]) -> Document:
+        """Freeze the result into the record; raises Conflict when another worker got there first."""
+        data = {**record.data, "state": PUBLISHING, "result": dict(message), "resultAttributes": dict(attributes),
+                "publishingSince": self.clock(), "publishingBy": self.worker}
+        return Document(data, self.store.replace(path, data, record.generation))
+
+    def publish(self, record: Document, path: str) -> Document:
+        """Publish the frozen result and mark the record done; RetryLater when that must wait."""
+        data = record.data
+        if data.get("publishingBy") != self.worker:
+            if self.clock() - data.get("publishingSince", 0) < ABANDONED_AFTER_SECONDS:
+                raise RetryLater(f"another worker is publishing the result of {path}")
+            data = {**data, "publishingSince": self.clock(), "publishingBy": self.worker}
+            record = Document(data, self.store.replace(path, data, record.generation))
+        try:
+            message_id = self.publisher.publish(self.topic, data["result"], data["resultAttributes"])
+        except Exception as exc:  # any publish failure: release so the next delivery retries at once
+            released = {**data, "publishingSince": 0, "publishingBy": None}
+            self.store.replace(path, released, record.generation)
+            raise RetryLater(f"results topic unavailable: {exc.__class__.__name__}: {exc}") from None
+        done = {**data, "state": DONE, "publishedAt": self.clock(), "resultMessageId": message_id}
+        result = data["result"]
+        log.info("result published", schema=result.get("schema"), outcome=result.get("outcome"),
+                 operation=result.get("operation"), success=result.get("counter", {}).get("success"),
+                 failure=result.get("counter", {}).get("failure"), record=path)
+        return Document(done, self.store.replace(path, done, record.generation))
