@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Mapping
 from handlers.healthcare import ApiError, Operation
 from handlers.retry import Deadline
 from handlers.state import Conflict, Document, Listed, SourceGone
+from tests.message_schemas import validate
 
 
 class FakeClock:
@@ -146,9 +147,12 @@ class FakePublisher:
     messages: list[tuple[str, dict[str, Any], dict[str, str]]] = field(default_factory=list)
     failures: int = 0
 
+    """Validates every message against its published JSON Schema before accepting it."""
+
     def publish(self, topic: str, data: Mapping[str, Any], attributes: Mapping[str, str], timeout: float = 0) -> str:
         if self.failures:
             self.failures -= 1
             raise TimeoutError("publish timed out")
+        validate(data, attributes)
         self.messages.append((topic, dict(data), dict(attributes)))
         return str(len(self.messages))
