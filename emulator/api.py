@@ -1,0 +1,256 @@
+"""The Cloud Healthcare API surface: routes (with discovery method ids) and their handlers."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from flask import Request, Response
+
+from emulator import dicomweb
+from emulator.context import Emulator
+from emulator.errors import invalid, not_found
+from emulator.exporter import start_export
+from emulator.importer import start_import
+from emulator.operations import Operation, api_method, type_url
+from emulator.paging import page
+
+VERSIONS = ("v1", "v1beta1")
+
+_SEG = r"[^/:]+"
+_LOC = rf"projects/(?P<project>{_SEG})/locations/(?P<location>{_SEG})"
+_DS = rf"{_LOC}/datasets/(?P<dataset>{_SEG})"
+_ST = rf"{_DS}/dicomStores/(?P<store>{_SEG})"
+_WEB = rf"{_ST}/dicomWeb"
+_OP = rf"{_DS}/operations/(?P<operation>{_SEG})"
+_UID = r"[^/]+"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One API request, routed."""
+
+    emulator: Emulator
+    version: str
+    params: Mapping[str, str]
+    request: Request
+
+    @property
+    def parent(self) -> str:
+        return f"projects/{self.params['project']}/locations/{self.params['location']}"
+
+    @property
+    def dataset(self) -> str:
+        return f"{self.parent}/datasets/{self.params['dataset']}"
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body as a dict ({} when empty); snake_case field names accepted as proto3 JSON does."""
+        raw = self.request.get_data(cache=True)
+        if not raw.strip():
+            return {}
+        try:
+            parsed = json.loads(raw)
+        except ValueError as exc:
+            raise invalid(f"Invalid JSON payload received: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise invalid("Invalid JSON payload received: the request body must be a JSON object")
+        return _camel_keys(parsed)
+
+
+def _camel(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(word[:1].upper() + word[1:] for word in rest)
+
+
+def _camel_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {_camel(k): (v if k == "labels" else _camel_keys(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_camel_keys(v) for v in value]
+    return value
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body), status=status, mimetype="application/json")
+
+
+# datasets
+def create_dataset(call: Call) -> Response:
+    emulator, version = call.emulator, call.version
+    dataset = emulator.registry.create_dataset(call.parent, call.request.args.get("datasetId"), call.body())
+    operation = emulator.operations.create(
+        dataset.name, version, api_method(version, "dataset.DatasetService", "CreateDataset"), with_counter=False
+    )
+    operation.finish(response={"@type": type_url(version, "dataset.Dataset"), **dataset.to_json()})
+    emulator.log.info("dataset created", dataset=dataset.name)
+    return json_response(operation.to_json())
+
+
+def list_datasets(call: Call) -> Response:
+    items, token = page(call.emulator.registry.datasets(call.parent), f"datasets:{call.parent}",
+                        call.request.args.get("pageSize"), call.request.args.get("pageToken"))
+    return json_response(_listing("datasets", [d.to_json() for d in items], token))
+
+
+def get_dataset(call: Call) -> Response:
+    return json_response(call.emulator.registry.dataset(call.dataset).to_json())
+
+
+def delete_dataset(call: Call) -> Response:
+    call.emulator.registry.delete_dataset(call.dataset)
+    call.emulator.operations.forget_dataset(call.dataset)
+    call.emulator.log.info("dataset deleted", dataset=call.dataset)
+    return json_response({})
+
+
+def _listing(key: str, items: list[Any], token: str) -> dict[str, Any]:
+    """A list response as proto3 JSON writes it: empty fields omitted."""
+    out: dict[str, Any] = {}
+    if items:
+        out[key] = items
+    if token:
+        out["nextPageToken"] = token
+    return out
+
+
+# DICOM stores
+def create_store(call: Call) -> Response:
+    store = call.emulator.registry.create_store(call.dataset, call.request.args.get("dicomStoreId"), call.body())
+    call.emulator.log.info("DICOM store created", store=store.name)
+    return json_response(store.to_json())
+
+
+def list_stores(call: Call) -> Response:
+    items, token = page(call.emulator.registry.stores(call.dataset), f"dicomStores:{call.dataset}",
+                        call.request.args.get("pageSize"), call.request.args.get("pageToken"))
+    return json_response(_listing("dicomStores", [s.to_json() for s in items], token))
+
+
+def get_store(call: Call) -> Response:
+    return json_response(call.emulator.registry.store(call.dataset, call.params["store"]).to_json())
+
+
+def delete_store(call: Call) -> Response:
+    call.emulator.registry.delete_store(call.dataset, call.params["store"])
+    call.emulator.log.info("DICOM store deleted", store=f"{call.dataset}/dicomStores/{call.params['store']}")
+    return json_response({})
+
+
+def import_dicom(call: Call) -> Response:
+    store = call.emulator.registry.store(call.dataset, call.params["store"])
+    operation = start_import(call.emulator, store, call.dataset, call.version, call.body())
+    return json_response(operation.to_json())
+
+
+def export_dicom(call: Call) -> Response:
+    store = call.emulator.registry.store(call.dataset, call.params["store"])
+    operation = start_export(call.emulator, store, call.dataset, call.version, call.body())
+    return json_response(operation.to_json())
+
+
+# operations
+def _operation(call: Call) -> Operation:
+    call.emulator.registry.dataset(call.dataset)
+    name = f"{call.dataset}/operations/{call.params['operation']}"
+    operation = call.emulator.operations.get(name)
+    if operation is None:
+        raise not_found(f"operation {name} not found")
+    return operation
+
+
+def get_operation(call: Call) -> Response:
+    return json_response(_operation(call).to_json())
+
+
+def list_operations(call: Call) -> Response:
+    call.emulator.registry.dataset(call.dataset)
+    # filter is accepted and ignored (documented): every operation of the dataset is listed.
+    items, token = page(call.emulator.operations.in_dataset(call.dataset), f"operations:{call.dataset}",
+                        call.request.args.get("pageSize"), call.request.args.get("pageToken"))
+    return json_response(_listing("operations", [op.to_json() for op in items], token))
+
+
+def cancel_operation(call: Call) -> Response:
+    operation = _operation(call)
+    if not operation.done:
+        operation.request_cancel()
+        call.emulator.log.info("operation cancel requested", operation=operation.id)
+    return json_response({})
+
+
+# DICOMweb
+def _search(level: str) -> Callable[[Call], Response]:
+    def handler(call: Call) -> Response:
+        store = call.emulator.registry.store(call.dataset, call.params["store"])
+        results = dicomweb.search(
+            store,
+            level,
+            call.request.args.items(multi=True),
+            study=call.params.get("study"),
+            series=call.params.get("series"),
+        )
+        return Response(json.dumps(results), mimetype="application/dicom+json")
+
+    return handler
+
+
+def retrieve_instance(call: Call) -> Response:
+    store = call.emulator.registry.store(call.dataset, call.params["store"])
+    p = call.params
+    body, content_type = dicomweb.retrieve(store, p["study"], p["series"], p["instance"], call.request.headers.get("Accept", ""))
+    return Response(body, content_type=content_type)
+
+
+@dataclass(frozen=True)
+class Route:
+    http_method: str
+    pattern: re.Pattern[str]
+    method_id: str  # the discovery id without "healthcare.projects.locations.datasets."
+    handler: Callable[[Call], Response]
+
+
+def _route(http_method: str, pattern: str, method_id: str, handler: Callable[[Call], Response]) -> Route:
+    return Route(http_method, re.compile(pattern), method_id, handler)
+
+
+ROUTES: tuple[Route, ...] = (
+    _route("POST", rf"{_LOC}/datasets", "datasets.create", create_dataset),
+    _route("GET", rf"{_LOC}/datasets", "datasets.list", list_datasets),
+    _route("GET", _DS, "datasets.get", get_dataset),
+    _route("DELETE", _DS, "datasets.delete", delete_dataset),
+    _route("POST", rf"{_DS}/dicomStores", "dicomStores.create", create_store),
+    _route("GET", rf"{_DS}/dicomStores", "dicomStores.list", list_stores),
+    _route("GET", _ST, "dicomStores.get", get_store),
+    _route("DELETE", _ST, "dicomStores.delete", delete_store),
+    _route("POST", rf"{_ST}:import", "dicomStores.import", import_dicom),
+    _route("POST", rf"{_ST}:export", "dicomStores.export", export_dicom),
+    _route("GET", rf"{_DS}/operations", "operations.list", list_operations),
+    _route("GET", _OP, "operations.get", get_operation),
+    _route("POST", rf"{_OP}:cancel", "operations.cancel", cancel_operation),
+    _route("GET", rf"{_WEB}/studies", "dicomStores.searchForStudies", _search(dicomweb.STUDY)),
+    _route("GET", rf"{_WEB}/series", "dicomStores.searchForSeries", _search(dicomweb.SERIES)),
+    _route("GET", rf"{_WEB}/instances", "dicomStores.searchForInstances", _search(dicomweb.INSTANCE)),
+    _route("GET", rf"{_WEB}/studies/(?P<study>{_UID})/series", "dicomStores.studies.searchForSeries",
+           _search(dicomweb.SERIES)),
+    _route("GET", rf"{_WEB}/studies/(?P<study>{_UID})/instances", "dicomStores.studies.searchForInstances",
+           _search(dicomweb.INSTANCE)),
+    _route("GET", rf"{_WEB}/studies/(?P<study>{_UID})/series/(?P<series>{_UID})/instances",
+           "dicomStores.studies.series.searchForInstances", _search(dicomweb.INSTANCE)),
+    _route("GET", rf"{_WEB}/studies/(?P<study>{_UID})/series/(?P<series>{_UID})/instances/(?P<instance>{_UID})",
+           "dicomStores.studies.series.instances.retrieveInstance", retrieve_instance),
+)
+
+
+def match(http_method: str, path: str) -> tuple[Route | None, dict[str, str], list[Route]]:
+    """The route for ``path`` (after ``/v1/``), its parameters, and the routes of other verbs on it."""
+    others = []
+    for route in ROUTES:
+        found = route.pattern.fullmatch(path)
+        if found is None:
+            continue
+        if route.http_method == http_method:
+            return route, {k: v for k, v in found.groupdict().items() if v is not None}, []
+        others.append(route)
+    return None, {}, others

@@ -1,0 +1,256 @@
+"""Enough DICOMweb to check results: QIDO-RS searches and WADO-RS retrieval of one instance.
+
+QIDO answers the DICOM JSON model (``application/dicom+json``); no match gives
+``200 []``. Match keys: any attribute keyword or 8-hex-digit tag. UIDs match a
+list (``a,b``); other values match exactly, with ``*`` and ``?`` wildcards; an
+empty value matches everything. A study or series matches when one of its
+instances does (so ``Modality=MR`` on studies means "has an MR series").
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any, Iterable, Mapping
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+from emulator.dicom import DicomError, to_explicit_vr_little_endian
+from emulator.dicomstore import DicomStore, Instance
+from emulator.errors import FAILED_PRECONDITION, ApiError, invalid, not_found
+
+STUDY, SERIES, INSTANCE = "study", "series", "instance"
+MAX_LIMIT = {STUDY: 5000, SERIES: 5000, INSTANCE: 50000}
+MAX_OFFSET = 1_000_000
+RESERVED = frozenset({"limit", "offset", "includefield", "fuzzymatching"})
+
+STUDY_FIELDS = (
+    "SpecificCharacterSet", "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName",
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
+    "StudyDescription",
+)
+SERIES_FIELDS = (
+    "SpecificCharacterSet", "Modality", "SeriesDescription", "SeriesInstanceUID", "SeriesNumber",
+    "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime", "StudyInstanceUID",
+)
+INSTANCE_FIELDS = (
+    "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "InstanceNumber", "Rows", "Columns",
+    "BitsAllocated", "NumberOfFrames", "StudyInstanceUID", "SeriesInstanceUID",
+)
+# Computed by the store, not read from instances.
+MODALITIES_IN_STUDY = "00080061"
+STUDY_SERIES_COUNT = "00201206"
+STUDY_INSTANCE_COUNT = "00201208"
+SERIES_INSTANCE_COUNT = "00201209"
+COMPUTED = frozenset({STUDY_SERIES_COUNT, STUDY_INSTANCE_COUNT, SERIES_INSTANCE_COUNT})
+MODALITY = "00080060"
+
+
+def tag_of(name: str) -> str:
+    """``PatientID`` or ``00100020`` -> ``00100020``; 400 for anything else."""
+    if re.fullmatch(r"[0-9A-Fa-f]{8}", name):
+        return name.upper()
+    tag = tag_for_keyword(name)
+    if tag is None:
+        raise invalid(f"{name!r} is not a DICOM attribute keyword or tag (e.g. PatientID or 00100020)")
+    return f"{tag:08X}"
+
+
+def _tags(keywords: Iterable[str]) -> list[str]:
+    return [tag_of(k) for k in keywords]
+
+
+def _values(instance: Instance, tag: str) -> list[str]:
+    element = instance.attributes.get(tag)
+    if not element:
+        return []
+    out = []
+    for value in element.get("Value", []):
+        if isinstance(value, Mapping):  # PN: {"Alphabetic": ...}
+            value = value.get("Alphabetic", "")
+        out.append(str(value))
+    return out
+
+
+def _vr(tag: str) -> str:
+    try:
+        return dictionary_VR(int(tag, 16))
+    except KeyError:
+        return "UN"
+
+
+class _Match:
+    """One QIDO match key."""
+
+    def __init__(self, tag: str, raw: str) -> None:
+        self.tag = MODALITY if tag == MODALITIES_IN_STUDY else tag
+        self.universal = raw == ""
+        if _vr(self.tag) == "UI":
+            self.uids = {u.strip() for u in re.split(r"[,\\]", raw) if u.strip()}
+            self.pattern = None
+        else:
+            self.uids = None
+            self.pattern = re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in raw), re.DOTALL)
+
+    def accepts(self, instance: Instance) -> bool:
+        if self.universal:
+            return True
+        values = _values(instance, self.tag)
+        if self.uids is not None:
+            return any(v in self.uids for v in values)
+        assert self.pattern is not None
+        return any(self.pattern.fullmatch(v) for v in values)
+
+
+def _int_param(args: Mapping[str, str], name: str, upper: int) -> int | None:
+    raw = args.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise invalid(f"{name} must be a non-negative integer, got {raw!r}") from None
+    if value < 0:
+        raise invalid(f"{name} must be a non-negative integer, got {raw!r}")
+    return min(value, upper)
+
+
+def search(
+    store: DicomStore,
+    level: str,
+    args: Iterable[tuple[str, str]],
+    *,
+    study: str | None = None,
+    series: str | None = None,
+) -> list[dict[str, Any]]:
+    """QIDO-RS at ``level`` (study, series or instance), within ``study``/``series`` when given."""
+    matches: list[_Match] = []
+    include: list[str] = []
+    include_all = False
+    params: dict[str, str] = {}
+    for key, value in args:
+        if key == "includefield":
+            for field in (f.strip() for f in value.split(",") if f.strip()):
+                if field == "all":
+                    include_all = True
+                else:
+                    include.append(tag_of(field))
+        elif key in RESERVED:
+            params[key] = value
+        else:
+            tag = tag_of(key)
+            if tag in COMPUTED:
+                raise invalid(f"{key} is computed by the store and cannot be a match key")
+            matches.append(_Match(tag, value))
+    limit = _int_param(params, "limit", MAX_LIMIT[level])
+    offset = _int_param(params, "offset", MAX_OFFSET) or 0
+
+    everything = store.instances()
+    scope = [i for i in everything if (study is None or i.study == study) and (series is None or i.series == series)]
+    hits = [i for i in scope if all(m.accepts(i) for m in matches)]
+
+    if level == STUDY:
+        fields = _tags(STUDY_FIELDS)
+        key_of = lambda i: i.study  # noqa: E731
+    elif level == SERIES:
+        fields = _tags(SERIES_FIELDS + (STUDY_FIELDS if study is None else ()))
+        key_of = lambda i: (i.study, i.series)  # noqa: E731
+    else:
+        extra = (STUDY_FIELDS if study is None else ()) + (SERIES_FIELDS if series is None else ())
+        fields = _tags(INSTANCE_FIELDS + extra)
+        key_of = lambda i: i.key  # noqa: E731
+
+    groups: dict[Any, Instance] = {}
+    for instance in hits:
+        groups.setdefault(key_of(instance), instance)
+    chosen = list(groups.items())[offset:]
+    if limit is not None:
+        chosen = chosen[:limit]
+    wanted = list(dict.fromkeys(fields + include))
+    return [_result(level, key, first, everything, wanted, include_all) for key, first in chosen]
+
+
+def _result(
+    level: str, key: Any, first: Instance, everything: list[Instance], wanted: list[str], include_all: bool
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    source = first.attributes
+    for tag in (source if include_all else wanted):
+        if tag in source:
+            out[tag] = source[tag]
+    if level == STUDY:
+        members = [i for i in everything if i.study == key]
+        modalities = sorted({v for i in members for v in _values(i, MODALITY)})
+        if modalities:
+            out[MODALITIES_IN_STUDY] = {"vr": "CS", "Value": modalities}
+        out[STUDY_SERIES_COUNT] = {"vr": "IS", "Value": [len({i.series for i in members})]}
+        out[STUDY_INSTANCE_COUNT] = {"vr": "IS", "Value": [len(members)]}
+    elif level == SERIES:
+        members = [i for i in everything if (i.study, i.series) == key]
+        out[SERIES_INSTANCE_COUNT] = {"vr": "IS", "Value": [len(members)]}
+    return dict(sorted(out.items()))
+
+
+# WADO-RS
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+def _media_ranges(accept: str) -> list[tuple[str, dict[str, str]]]:
+    ranges = []
+    for part in accept.split(","):
+        pieces = [p.strip() for p in part.split(";") if p.strip()]
+        if not pieces:
+            continue
+        params = {}
+        for piece in pieces[1:]:
+            key, _, value = piece.partition("=")
+            params[key.strip().lower()] = value.strip().strip('"')
+        ranges.append((pieces[0].lower(), params))
+    return ranges
+
+
+def negotiate(accept: str) -> tuple[bool, str]:
+    """(multipart?, transfer syntax: '*' or explicit VR LE) for an Accept header; 400 if unsupported."""
+    if not accept.strip():
+        return True, EXPLICIT_LE
+    for media, params in _media_ranges(accept):
+        syntax = params.get("transfer-syntax", EXPLICIT_LE)
+        if syntax not in ("*", EXPLICIT_LE):
+            continue
+        if media == "application/dicom":
+            return False, syntax
+        if media == "multipart/related" and params.get("type", "application/dicom").lower() == "application/dicom":
+            return True, syntax
+        if media in ("*/*", "multipart/*"):
+            return True, syntax
+    raise invalid(
+        f"Accept {accept!r} is not supported by the emulator for instance retrieval; use "
+        "'application/dicom; transfer-syntax=*', 'application/dicom; transfer-syntax=1.2.840.10008.1.2.1' "
+        "or 'multipart/related; type=\"application/dicom\"' (optionally with transfer-syntax=*)"
+    )
+
+
+def retrieve(store: DicomStore, study: str, series: str, sop: str, accept: str) -> tuple[bytes, str]:
+    """WADO-RS RetrieveInstance: (body, Content-Type)."""
+    instance = store.get(study, series, sop)
+    if instance is None:
+        raise not_found(f"instance /studies/{study}/series/{series}/instances/{sop} not found in {store.name}")
+    multipart, syntax = negotiate(accept)
+    if syntax == "*":
+        data, actual = instance.data, instance.transfer_syntax
+    else:
+        try:
+            data, actual = to_explicit_vr_little_endian(instance), EXPLICIT_LE
+        except DicomError as exc:
+            raise ApiError(FAILED_PRECONDITION, str(exc)) from None
+    part_type = f"application/dicom; transfer-syntax={actual}"
+    if not multipart:
+        return data, part_type
+    boundary = secrets.token_hex(16)
+    body = (
+        f"--{boundary}\r\nContent-Type: {part_type}\r\n\r\n".encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+

@@ -1,0 +1,113 @@
+"""``dicomStores.import``: validate the request, then import matching objects in the background.
+
+Listing uses the pattern's literal prefix, matching uses ``handlers.wildcard``
+(the same grammar as the function). Per object: stored, or ignored as a
+duplicate (same UIDs, same bytes: counted as a success, since the API
+"accepts duplicate DICOM instances by ignoring the newly-pushed instance"), or
+failed (not DICOM, missing UIDs, same UIDs with other bytes: "checksum
+mismatch"). Each failure is an ERROR log line naming the object.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from emulator import jobs
+from emulator.context import Emulator
+from emulator.dicom import DicomError, parse_instance
+from emulator.dicomstore import AddResult, DicomStore
+from emulator.errors import NOT_FOUND, ApiError, invalid
+from emulator.operations import Operation, api_method
+from handlers.wildcard import GcsPattern, WildcardError, parse_gcs_uri
+
+METHOD_ID = "dicomStores.import"
+BLOB_STORAGE_CLASSES = ("BLOB_STORAGE_CLASS_UNSPECIFIED", "STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE")
+
+
+def parse_request(body: Mapping[str, Any]) -> GcsPattern:
+    """The validated ``gcsSource.uri`` of an ``ImportDicomDataRequest`` (400 naming the problem)."""
+    unknown = sorted(set(body) - {"gcsSource", "blobStorageSettings"})
+    if unknown:
+        raise invalid(f'Invalid JSON payload received. Unknown name "{unknown[0]}": use gcsSource and blobStorageSettings')
+    source = body.get("gcsSource")
+    if not isinstance(source, Mapping) or not source.get("uri"):
+        raise invalid('gcsSource.uri is required, e.g. {"gcsSource": {"uri": "gs://BUCKET/DIR/**.dcm"}}', field="gcs_source.uri")
+    settings = body.get("blobStorageSettings")
+    if settings is not None:
+        storage_class = settings.get("blobStorageClass") if isinstance(settings, Mapping) else settings
+        if storage_class not in BLOB_STORAGE_CLASSES:
+            raise invalid(
+                f"blobStorageSettings.blobStorageClass must be one of {', '.join(BLOB_STORAGE_CLASSES)}, got {storage_class!r}",
+                field="blob_storage_settings.blob_storage_class",
+            )
+    try:
+        return parse_gcs_uri(source["uri"])
+    except WildcardError as exc:
+        raise invalid(str(exc), field="gcs_source.uri") from None
+
+
+def start_import(emulator: Emulator, store: DicomStore, dataset: str, version: str, body: Mapping[str, Any]) -> Operation:
+    pattern = parse_request(body)
+    operation = emulator.operations.create(
+        dataset, version, api_method(version, "dicom.DicomService", "ImportDicomData"), with_counter=True
+    )
+    emulator.log.info("import started", operation=operation.id, store=store.name, uri=pattern.uri)
+    jobs.start(
+        emulator,
+        operation,
+        METHOD_ID,
+        "import",
+        "dicom.ImportDicomDataResponse",
+        lambda op, pacer: _import(emulator, store, pattern, op, pacer),
+    )
+    return operation
+
+
+def _import(emulator: Emulator, store: DicomStore, pattern: GcsPattern, operation: Operation, pacer: jobs.Pacer) -> None:
+    gcs = emulator.gcs_factory()
+    try:
+        if not gcs.bucket_exists(pattern.bucket):
+            raise ApiError(
+                NOT_FOUND,
+                f"Cloud Storage bucket gs://{pattern.bucket} does not exist (gcsSource.uri {pattern.uri}): "
+                "create it or fix the URI",
+            )
+        names = [name for name in gcs.list_names(pattern.bucket, pattern.literal_prefix) if pattern.matches(pattern.bucket, name)]
+        if not names:
+            raise ApiError(NOT_FOUND, f"no object in gs://{pattern.bucket} matches {pattern.uri}: nothing to import")
+        operation.count(pending=len(names))
+        for index, name in enumerate(names):
+            pacer.step(index, len(names))
+            uri = f"gs://{pattern.bucket}/{name}"
+            outcome, problem = _import_one(gcs.read, store, pattern.bucket, name)
+            if outcome is AddResult.STORED:
+                operation.count(success=1, pending=-1)
+            elif outcome is AddResult.DUPLICATE:
+                operation.count(success=1, pending=-1)
+                emulator.log.info(f"ignored {uri}: {problem}", operation=operation.id, object=uri, store=store.name)
+            else:
+                operation.count(failure=1, pending=-1)
+                emulator.log.error(f"failed to import {uri}: {problem}", operation=operation.id, object=uri, store=store.name)
+    finally:
+        gcs.close()
+
+
+def _import_one(read: Callable[[str, str], bytes], store: DicomStore, bucket: str, name: str) -> tuple[AddResult | None, str]:
+    """What happened to one object (None: it failed before reaching the store) and why."""
+    try:
+        data = read(bucket, name)
+    except ApiError as exc:
+        return None, f"cannot read the object: {exc.message}"
+    try:
+        instance = parse_instance(data)
+    except DicomError as exc:
+        return None, str(exc)
+    result = store.add(instance)
+    if result is AddResult.DUPLICATE:
+        return result, f"duplicate of instance {instance.path} (same UIDs, same bytes): not stored again"
+    if result is AddResult.CONFLICT:
+        return result, (
+            f"checksum mismatch: instance {instance.path} is already in the store with different content "
+            "(the API ignores re-imports and never overwrites)"
+        )
+    return result, ""

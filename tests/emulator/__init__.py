@@ -1,0 +1,1 @@
+"""The Healthcare API emulator, as a real process against a real fake-gcs-server."""
