@@ -124,35 +124,43 @@ def parse_gcs_uri(uri: str) -> GcsPattern:
 class PatternSet:
     """Ordered patterns matched at once: the index of the first that matches, or None.
 
-    Patterns are grouped by bucket and compiled into one alternation per bucket,
-    so a lookup is a single regular-expression call whatever the number of
-    patterns (a loop over patterns costs one call per pattern).
+    Each pattern is filed under the folder part of its literal prefix
+    (``site1/CT/`` for ``site1/CT/*/IMG?.dcm``). A name can only match patterns
+    filed under one of its own folder prefixes (``""``, ``site1/``,
+    ``site1/CT/``...), so a lookup tries a handful of candidates instead of
+    every rule; candidates are tried in rule order and the lowest index wins.
     """
 
     def __init__(self, patterns: Sequence[GcsPattern]) -> None:
         self.patterns = list(patterns)
-        by_bucket: dict[str, list[int]] = {}
-        for index, pattern in enumerate(self.patterns):
-            by_bucket.setdefault(pattern.bucket, []).append(index)
-        self._by_bucket = {
-            bucket: re.compile(
-                "|".join(f"(?P<p{i}>{self.patterns[i].regex.pattern})" for i in indexes), re.DOTALL
-            )
-            for bucket, indexes in by_bucket.items()
-        }
+        self._index: dict[str, dict[str, list[int]]] = {}
+        for position, pattern in enumerate(self.patterns):
+            head = pattern.literal_prefix
+            folder = head[: head.rfind("/") + 1]
+            self._index.setdefault(pattern.bucket, {}).setdefault(folder, []).append(position)
+        self._fullmatch = [pattern.regex.fullmatch for pattern in self.patterns]
 
     def first_match(self, bucket: str, name: str) -> int | None:
-        combined = self._by_bucket.get(bucket)
-        if combined is None:
+        folders = self._index.get(bucket)
+        if folders is None:
             return None
-        found = combined.fullmatch(name)
-        if found is None:
-            return None
-        return int(found.lastgroup[1:])  # type: ignore[index]
+        best: int | None = None
+        end = 0
+        while True:
+            for position in folders.get(name[:end], ()):
+                if best is not None and position > best:
+                    break
+                if self._fullmatch[position](name):
+                    best = position
+                    break
+            slash = name.find("/", end)
+            if slash < 0:
+                return best
+            end = slash + 1
 
     @property
     def buckets(self) -> frozenset[str]:
-        return frozenset(self._by_bucket)
+        return frozenset(self._index)
 
 
 def exact_uri(bucket: str, name: str) -> tuple[str, bool]:

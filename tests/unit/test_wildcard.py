@@ -160,3 +160,31 @@ def test_narrowed_pattern_matches_exactly_the_rule_under_the_prefix():
     names = ["s1/a.dcm", "s1/x/a.dcm", "s2/a.dcm", "s1/a.txt", "s1/.dcm"]
     for name in names:
         assert narrowed.matches("bkt", name) == (rule.matches("bkt", name) and name.startswith("s1/")), name
+
+
+def test_pattern_set_agrees_with_a_plain_loop_on_random_rules_and_names():
+    import random
+
+    rng = random.Random(1234)
+    pieces = ["a", "b", "ab", "a/", "b/", "*", "?", "/", "x.dcm", "*.dcm", "c/"]
+
+    def random_pattern() -> str:
+        while True:
+            text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 5)))
+            if rng.random() < 0.2 and "*" not in text and "?" not in text:
+                text = text + "**" + rng.choice(["", ".dcm"])
+            try:
+                return parse_gcs_uri(f"gs://bkt/{text}").pattern
+            except WildcardError:
+                continue
+
+    def random_name() -> str:
+        return "".join(rng.choice(["a", "b", "/", "c", "x.dcm", ".dcm"]) for _ in range(rng.randint(1, 6)))
+
+    for _ in range(50):
+        patterns = [parse_gcs_uri(f"gs://bkt/{random_pattern()}") for _ in range(rng.randint(1, 12))]
+        rules = PatternSet(patterns)
+        for _ in range(60):
+            name = random_name()
+            expected = next((i for i, p in enumerate(patterns) if p.matches("bkt", name)), None)
+            assert rules.first_match("bkt", name) == expected, (name, [p.pattern for p in patterns])
