@@ -5,7 +5,8 @@
 * ``storage_client``: a ``google.cloud.storage.Client`` on ``fake_gcs`` (anonymous);
 * ``pubsub_emulator``: Google's Pub/Sub emulator (``.env == {"PUBSUB_EMULATOR_HOST": "127.0.0.1:N"}``);
 * ``healthcare_emulator``: ``python -m emulator`` reading from ``fake_gcs``
-  (``.env == {"HEALTHCARE_EMULATOR_HOST": url}``).
+  (``.env == {"HEALTHCARE_EMULATOR_HOST": url}``);
+* ``local_stack``: the whole stack (:class:`localstack.stack.Stack`), as ``make up`` starts it.
 
 These fixtures do not change ``os.environ``: pass ``service.env`` where a
 client needs it. Each daemon runs in a temporary directory (logs in
@@ -29,6 +30,7 @@ from localstack.services import (
     start_healthcare_emulator,
     start_pubsub_emulator,
 )
+from localstack.stack import Stack
 
 
 @pytest.fixture(scope="session")
@@ -81,3 +83,20 @@ def healthcare_emulator(
     """The Healthcare API emulator, reading objects from ``fake_gcs``, no faults."""
     workdir = tmp_path_factory.mktemp("healthcare")
     yield from _serve(start_healthcare_emulator(workdir, storage_host=fake_gcs.url, owner=stack_owner))
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory: pytest.TempPathFactory, stack_owner: tuple[int, int]) -> Iterator[Stack]:
+    """The whole stack as ``make up`` starts it: emulators, main.py's three functions, the bridge.
+
+    Yields the :class:`localstack.stack.Stack`: ``.env`` (every key of
+    docs/contracts.md plus ``BRIDGE_URL``), ``.services``, ``.functions``,
+    ``.pubsub``/``.gcs``/``.healthcare``/``.bridge``, ``.bridge_status()``,
+    ``.stop_service(name)``/``.start_service(name)``.
+    """
+    stack = Stack(tmp_path_factory.mktemp("stack"), owner=stack_owner)
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()

@@ -1,0 +1,324 @@
+"""The whole local stack: emulators, functions, resources and the bridge, started and stopped together.
+
+>>> stack = Stack(Path(".local"))
+>>> env = stack.start()          # every key of docs/contracts.md, plus BRIDGE_URL
+>>> stack.functions["function"].kill(); stack.functions["function"].start()
+>>> stack.stop()
+
+Files in ``workdir``: ``stack.env`` (KEY=VALUE lines), ``stack.json`` (services,
+ports, PIDs, timings), ``bridge.json`` (the bridge's routes), ``logs/NAME.log``
+and ``run/NAME.pid``. A start first stops whatever ``run/`` still records, so
+a second start, or a start after a crash, leaves no orphan and finds free ports.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+import requests
+
+from .bridge import PUBSUB_PUSH, STORAGE_CLOUDEVENT, Backoff, BridgeConfig, Route
+from .names import CONTRACT_KEYS, REPO_ROOT, Names
+from .ports import free_ports
+from .process import read_record, stop_record
+from .resources import ensure_buckets, ensure_dicom_store, ensure_pubsub
+from .services import (
+    Service,
+    start_bridge,
+    start_fake_gcs,
+    start_function,
+    start_healthcare_emulator,
+    start_pubsub_emulator,
+)
+
+__all__ = ["DEFAULT_FUNCTIONS", "FunctionSpec", "Stack", "read_env_file", "stop_workdir"]
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """One functions-framework process and the bridge route that feeds it."""
+
+    role: str  # the Service's name
+    target: str  # the entry point in the source file
+    url_key: str  # its key in stack.env
+    subscription: str  # attribute of Names naming the subscription the bridge reads
+    format: str  # bridge route format
+
+
+DEFAULT_FUNCTIONS: tuple[FunctionSpec, ...] = (
+    FunctionSpec("function", "on_object_finalized", "FUNCTION_URL", "notifications_bridge_subscription", STORAGE_CLOUDEVENT),
+    FunctionSpec("followup", "on_followup", "FOLLOWUP_URL", "followup_bridge_subscription", PUBSUB_PUSH),
+    FunctionSpec("export", "on_export_request", "EXPORT_URL", "export_bridge_subscription", PUBSUB_PUSH),
+)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse a ``stack.env`` (KEY=VALUE lines, values unquoted)."""
+    env = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            env[key.strip()] = value
+    return env
+
+
+def stop_workdir(workdir: Path, timeout: float = 10.0) -> dict[str, list[int]]:
+    """Stop every daemon that ``workdir/run/*.pid`` records (if still ours), all at once.
+
+    Returns name -> PIDs signalled (empty lists for daemons already gone).
+    """
+    pid_paths = sorted((Path(workdir) / "run").glob("*.pid"))
+
+    def stop_one(pid_path: Path) -> tuple[str, list[int]]:
+        record = read_record(pid_path)
+        signalled = stop_record(record, timeout) if record is not None else []
+        pid_path.unlink(missing_ok=True)
+        return (record.name if record else pid_path.stem), signalled
+
+    if not pid_paths:
+        return {}
+    with ThreadPoolExecutor(max_workers=len(pid_paths)) as pool:
+        return dict(pool.map(stop_one, pid_paths))
+
+
+class Stack:
+    """Pub/Sub emulator, fake-gcs-server, Healthcare emulator, the functions and the bridge.
+
+    Options: ``config`` (the function's config file, default the repository's
+    config.yaml), ``source`` (the functions' source file, default main.py),
+    ``functions`` (which entry points to run, default :data:`DEFAULT_FUNCTIONS`),
+    ``function_env`` (extra environment for the functions), ``faults`` (the
+    Healthcare emulator's fault injection environment), ``backoff``,
+    ``max_in_flight`` and ``request_timeout`` (the bridge's delivery), ``threads``
+    (per function process), ``names`` (resource names), ``owner`` (see
+    :func:`localstack.services.owner_of_this_process`).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        config: Path | str | None = None,
+        source: Path | str = "main.py",
+        functions: tuple[FunctionSpec, ...] = DEFAULT_FUNCTIONS,
+        function_env: Mapping[str, str] | None = None,
+        faults: Mapping[str, str] | None = None,
+        backoff: Backoff = Backoff(),
+        max_in_flight: int = 32,
+        request_timeout: float = 600.0,
+        threads: int = 64,
+        names: Names = Names(),
+        owner: tuple[int, int] | None = None,
+    ) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.config = Path(config).resolve() if config else REPO_ROOT / "config.yaml"
+        self.source = source
+        self.function_specs = functions
+        self.function_env = dict(function_env or {})
+        self.faults = dict(faults or {})
+        self.backoff = backoff
+        self.max_in_flight = max_in_flight
+        self.request_timeout = request_timeout
+        self.threads = threads
+        self.names = names
+        self.owner = owner
+        self.services: dict[str, Service] = {}
+        self.env: dict[str, str] = {}
+        self.timings: dict[str, float] = {}
+
+    # -- access -------------------------------------------------------------------
+    @property
+    def pubsub(self) -> Service:
+        """The Pub/Sub emulator."""
+        return self.services["pubsub"]
+
+    @property
+    def gcs(self) -> Service:
+        """fake-gcs-server."""
+        return self.services["gcs"]
+
+    @property
+    def healthcare(self) -> Service:
+        """The Healthcare API emulator."""
+        return self.services["healthcare"]
+
+    @property
+    def bridge(self) -> Service:
+        """The bridge (``url`` serves ``/status``)."""
+        return self.services["bridge"]
+
+    @property
+    def functions(self) -> dict[str, Service]:
+        """role -> functions-framework Service (``function``, ``followup``, ``export``)."""
+        return {spec.role: self.services[spec.role] for spec in self.function_specs if spec.role in self.services}
+
+    @property
+    def env_path(self) -> Path:
+        """``workdir/stack.env``."""
+        return self.workdir / "stack.env"
+
+    @property
+    def state_path(self) -> Path:
+        """``workdir/stack.json``."""
+        return self.workdir / "stack.json"
+
+    def bridge_status(self) -> dict[str, Any]:
+        """The bridge's counters (``GET /status``): per route pulled, delivered, failed_attempts..."""
+        response = requests.get(f"{self.bridge.url}/status", timeout=5)
+        response.raise_for_status()
+        return dict(response.json())
+
+    # -- lifecycle ----------------------------------------------------------------
+    def start(self) -> dict[str, str]:
+        """Start everything on free ports, create the resources, write stack.env; return the env.
+
+        On failure everything started so far is stopped and the error is raised.
+        """
+        started = time.monotonic()
+        stop_workdir(self.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start(started)
+        except BaseException:
+            self.stop()
+            raise
+        return dict(self.env)
+
+    def _start(self, started: float) -> None:
+        names, workdir, owner = self.names, self.workdir, self.owner
+        pubsub_port, gcs_port, healthcare_port, bridge_port, *function_ports = free_ports(4 + len(self.function_specs))
+        pubsub = start_pubsub_emulator(workdir, port=pubsub_port, wait=False, owner=owner)
+        self.services["pubsub"] = pubsub
+        gcs = start_fake_gcs(
+            workdir,
+            port=gcs_port,
+            pubsub_host=pubsub.host,
+            project=names.project,
+            topic=names.notifications_topic,
+            event_bucket=names.inbox_bucket,
+            wait=False,
+            owner=owner,
+        )
+        self.services["gcs"] = gcs
+        healthcare = start_healthcare_emulator(
+            workdir, storage_host=gcs.url, faults=self.faults, port=healthcare_port, wait=False, owner=owner
+        )
+        self.services["healthcare"] = healthcare
+        env = names.resource_env()
+        env.update(pubsub.env)
+        env.update(gcs.env)
+        env.update(healthcare.env)
+        env["DICOM_IMPORT_CONFIG"] = str(self.config)
+        for spec, port in zip(self.function_specs, function_ports):
+            env[spec.url_key] = f"http://127.0.0.1:{port}/"
+        for spec, port in zip(self.function_specs, function_ports):
+            self.services[spec.role] = start_function(
+                workdir,
+                target=spec.target,
+                source=self.source,
+                env={**env, **self.function_env},
+                port=port,
+                name=spec.role,
+                threads=self.threads,
+                wait=False,
+                owner=owner,
+            )
+        for service in list(self.services.values()):
+            self.timings[f"{service.name}_ready_s"] = round(service.wait_ready(), 2)
+        resources_started = time.monotonic()
+        self.ensure_resources()
+        self.timings["resources_s"] = round(time.monotonic() - resources_started, 2)
+        config_path = self.bridge_config().write(workdir / "bridge.json")
+        bridge = start_bridge(workdir, config_path=config_path, port=bridge_port, owner=owner)
+        self.services["bridge"] = bridge
+        env.update(bridge.env)
+        self.env = {key: env[key] for key in (*CONTRACT_KEYS, "BRIDGE_URL") if key in env}
+        self.timings["start_s"] = round(time.monotonic() - started, 2)
+        self._write_state()
+
+    def bridge_config(self) -> BridgeConfig:
+        """The bridge's routes: each function's subscription to its URL."""
+        routes = tuple(
+            Route(
+                name=spec.role,
+                subscription=self.names.subscription_path(getattr(self.names, spec.subscription)),
+                endpoint=self.services[spec.role].url,
+                format=spec.format,
+                max_in_flight=self.max_in_flight,
+                timeout=self.request_timeout,
+            )
+            for spec in self.function_specs
+        )
+        return BridgeConfig(pubsub_host=self.pubsub.host, routes=routes, backoff=self.backoff)
+
+    def ensure_resources(self, only: str | None = None) -> list[str]:
+        """Create (idempotently) the topics and subscriptions, buckets, dataset and store.
+
+        ``only`` limits it to one service's resources (``pubsub``, ``gcs`` or ``healthcare``).
+        """
+        created: list[str] = []
+        if only in (None, "pubsub"):
+            created += ensure_pubsub(self.pubsub.host, self.names)
+        if only in (None, "gcs"):
+            created += [f"gs://{b}" for b in ensure_buckets(self.gcs.url, self.names.project, self.names.buckets)]
+        if only in (None, "healthcare"):
+            created += ensure_dicom_store(self.healthcare.url, self.names)
+        return created
+
+    def stop_service(self, name: str) -> None:
+        """Stop one service (e.g. ``pubsub`` for an outage); :meth:`start_service` brings it back."""
+        self.services[name].stop()
+
+    def start_service(self, name: str) -> Service:
+        """Start a stopped service on its port; for an emulator, create its resources again.
+
+        The emulators keep everything in memory: a restarted Pub/Sub emulator has
+        lost its unacknowledged messages, a restarted fake-gcs-server its objects.
+        """
+        service = self.services[name].start(port_wait=15.0)
+        if name in ("pubsub", "gcs", "healthcare"):
+            self.ensure_resources(only=name)
+        return service
+
+    def restart_service(self, name: str) -> Service:
+        """:meth:`stop_service` then :meth:`start_service`."""
+        self.stop_service(name)
+        return self.start_service(name)
+
+    def stop(self) -> None:
+        """Stop every service (all at once) and whatever else ``run/`` records; remove stack.env."""
+        stopping = time.monotonic()
+        services = list(self.services.values())
+        if services:
+            with ThreadPoolExecutor(max_workers=len(services)) as pool:
+                list(pool.map(lambda service: service.stop(), services))
+        stop_workdir(self.workdir)
+        self.env_path.unlink(missing_ok=True)
+        self.state_path.unlink(missing_ok=True)
+        self.timings["stop_s"] = round(time.monotonic() - stopping, 2)
+
+    def __enter__(self) -> "Stack":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _write_state(self) -> None:
+        lines = [f"{key}={value}" for key, value in self.env.items()]
+        tmp = self.env_path.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.replace(self.env_path)
+        state = {
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "env": self.env,
+            "services": [service.describe() for service in self.services.values()],
+            "timings": self.timings,
+        }
+        self.state_path.write_text(json.dumps(state, indent=2) + "\n")
