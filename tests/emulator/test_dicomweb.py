@@ -1,0 +1,129 @@
+"""QIDO-RS searches and WADO-RS retrieval of one instance."""
+
+import re
+from io import BytesIO
+
+import pydicom
+import pytest
+
+from localstack.samples import bundled_bytes, make_series, new_uid, with_new_uids
+from tests.emulator.client import Api, StoreRef, assert_google_error, counter
+
+
+@pytest.fixture
+def loaded(api: Api, store: StoreRef, upload):
+    """A store with study A (CT series of 2 + MR series of 1, patient P-A) and study B (CT, 3 instances, P-B)."""
+    study_a, study_b = new_uid(), new_uid()
+    items = (
+        make_series(2, study_uid=study_a, patient_id="P-A", modality="CT")
+        + make_series(1, study_uid=study_a, patient_id="P-A", modality="MR", series_number=2)
+        + make_series(3, study_uid=study_b, patient_id="P-B", modality="CT")
+    )
+    for uids, data in items:
+        upload(f"w/{uids.sop}.dcm", data)
+    done = api.import_and_wait(store, upload("w/x.txt", b"").rsplit("/", 1)[0] + "/*.dcm")
+    assert counter(done) == {"success": "6"}
+    return store, study_a, study_b, items
+
+
+def value(result: dict, tag: str):
+    return result[tag]["Value"][0]
+
+
+def test_search_studies_with_computed_attributes(api, loaded):
+    store, study_a, study_b, _ = loaded
+    studies = {value(s, "0020000D"): s for s in api.qido(store, "studies")}
+    assert set(studies) == {study_a, study_b}
+    first = studies[study_a]
+    assert first["00100020"] == {"vr": "LO", "Value": ["P-A"]}
+    assert first["00080061"] == {"vr": "CS", "Value": ["CT", "MR"]}  # ModalitiesInStudy
+    assert value(first, "00201206") == 2 and value(first, "00201208") == 3
+    assert list(first) == sorted(first)  # tags in order
+    assert "7FE00010" not in first and "00080018" not in first  # no pixel data, no instance attributes
+
+
+def test_study_filters(api, loaded):
+    store, study_a, study_b, _ = loaded
+    assert [value(s, "0020000D") for s in api.qido(store, "studies", PatientID="P-B")] == [study_b]
+    assert [value(s, "0020000D") for s in api.qido(store, "studies", ModalitiesInStudy="MR")] == [study_a]
+    assert {value(s, "0020000D") for s in api.qido(store, "studies", **{"00100020": "P-*"})} == {study_a, study_b}
+    listed = api.qido(store, "studies", StudyInstanceUID=f"{study_b},{study_a}")
+    assert {value(s, "0020000D") for s in listed} == {study_a, study_b}
+    assert api.qido(store, "studies", PatientID="nobody") == []
+    in_order = [value(s, "0020000D") for s in api.qido(store, "studies")]
+    assert [value(s, "0020000D") for s in api.qido(store, "studies", limit=1, offset=1)] == in_order[1:]
+    assert [value(s, "0020000D") for s in api.qido(store, "studies", limit=1)] == in_order[:1]
+
+
+def test_series_and_instances_searches(api, loaded):
+    store, study_a, study_b, items = loaded
+    series = api.qido(store, f"studies/{study_a}/series")
+    assert {value(s, "00080060"): value(s, "00201209") for s in series} == {"CT": 2, "MR": 1}
+    everywhere = api.qido(store, "series", Modality="CT")
+    assert {value(s, "0020000D") for s in everywhere} == {study_a, study_b}
+    assert "00100020" in everywhere[0]  # study attributes when searching all series
+    ct_a = items[0][0]
+    in_series = api.qido(store, f"studies/{study_a}/series/{ct_a.series}/instances")
+    assert {value(i, "00080018") for i in in_series} == {u.sop for u, _ in items[:2]}
+    assert value(in_series[0], "00280010") == 8  # Rows
+    assert len(api.qido(store, "instances")) == 6
+    assert len(api.qido(store, f"studies/{study_b}/instances")) == 3
+    one = api.qido(store, "instances", SOPInstanceUID=items[5][0].sop)
+    assert [value(i, "0020000D") for i in one] == [study_b]
+
+
+def test_includefield(api, loaded):
+    store, study_a, _, _ = loaded
+    plain = api.qido(store, f"studies/{study_a}/series")[0]
+    assert "00200013" not in plain
+    extra = api.qido(store, f"studies/{study_a}/series", includefield="InstanceNumber")[0]
+    assert extra["00200013"]["vr"] == "IS" and value(extra, "00200013") in (1, 2)
+    everything = api.qido(store, f"studies/{study_a}/series", includefield="all")[0]
+    assert "00280100" in everything and "7FE00010" not in everything
+
+
+def test_bad_queries_are_400(api, loaded):
+    store = loaded[0]
+    assert_google_error(api.call("GET", f"{store.web}/studies", params={"NoSuchKeyword": "x"}), 400,
+                        "INVALID_ARGUMENT", "NoSuchKeyword")
+    assert_google_error(api.call("GET", f"{store.web}/studies", params={"limit": "-1"}), 400, "INVALID_ARGUMENT", "limit")
+    assert_google_error(api.call("GET", f"{store.web}/studies", params={"NumberOfStudyRelatedInstances": "3"}), 400,
+                        "INVALID_ARGUMENT", "computed")
+
+
+def test_retrieve_instance_as_stored_and_multipart(api, loaded):
+    store, _, _, items = loaded
+    uids, data = items[0]
+    path = f"{store.web}/studies/{uids.study}/series/{uids.series}/instances/{uids.sop}"
+    raw = api.call("GET", path, headers={"Accept": "application/dicom; transfer-syntax=*"})
+    assert raw.status_code == 200 and raw.content == data
+    assert raw.headers["Content-Type"] == "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"
+    multipart = api.call("GET", path)
+    content_type = multipart.headers["Content-Type"]
+    assert content_type.startswith('multipart/related; type="application/dicom"; boundary=')
+    boundary = re.search(r"boundary=(\S+)", content_type).group(1)
+    parts = multipart.content.split(f"--{boundary}".encode())
+    assert parts[0] == b"" and parts[-1] == b"--\r\n" and len(parts) == 3
+    head, _, body = parts[1].partition(b"\r\n\r\n")
+    assert b"Content-Type: application/dicom; transfer-syntax=1.2.840.10008.1.2.1" in head
+    assert body[:-2] == data and body[-2:] == b"\r\n"
+
+
+def test_retrieve_transcodes_by_default_and_refuses_unknown_accept(api, store, upload):
+    uids, data = with_new_uids(bundled_bytes("MR_small_implicit.dcm"))
+    assert counter(api.import_and_wait(store, upload("i/mr.dcm", data))) == {"success": "1"}
+    path = f"{store.web}/studies/{uids.study}/series/{uids.series}/instances/{uids.sop}"
+    single = api.call("GET", path, headers={"Accept": "application/dicom"})
+    assert single.headers["Content-Type"] == "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"
+    assert pydicom.dcmread(BytesIO(single.content)).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    stored = api.call("GET", path, headers={"Accept": "application/dicom; transfer-syntax=*"})
+    assert stored.headers["Content-Type"] == "application/dicom; transfer-syntax=1.2.840.10008.1.2"
+    assert_google_error(api.call("GET", path, headers={"Accept": "image/jpeg"}), 400, "INVALID_ARGUMENT", "transfer-syntax=*")
+
+
+def test_retrieve_missing_instance_or_store_is_404(api, loaded):
+    store, study_a, _, items = loaded
+    uids = items[0][0]
+    missing = f"{store.web}/studies/{study_a}/series/{uids.series}/instances/1.2.3"
+    assert_google_error(api.call("GET", missing), 404, "NOT_FOUND", "instances/1.2.3")
+    assert_google_error(api.call("GET", f"{store.dataset}/dicomStores/none/dicomWeb/studies"), 404, "NOT_FOUND")
