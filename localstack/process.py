@@ -266,10 +266,15 @@ def spawn(
             )
         except OSError as exc:
             raise StartError(f"{name}: cannot run {argv[0]!r}: {exc}") from exc
-    # Popen returns after exec succeeded, so /proc shows the final command line
-    # (for a script: its interpreter followed by the script path).
+    # Popen returns once exec has begun; the kernel fills in the new command line
+    # (for a script: its interpreter, then the script path) a moment later, and
+    # /proc/PID/cmdline reads empty until then.
     info = proc_info(popen.pid)
     cmdline = proc_cmdline(popen.pid)
+    deadline = time.monotonic() + 2.0
+    while cmdline == () and time.monotonic() < deadline:
+        time.sleep(0.001)
+        cmdline = proc_cmdline(popen.pid)
     if info is None or cmdline is None:
         popen.wait()
         raise StartError(f"{name} exited at once (code {popen.returncode}); log {log_path}:\n{log_tail(log_path)}")

@@ -1,0 +1,31 @@
+# Every target first makes sure .venv exists with requirements-dev.txt installed
+# (a fresh machine has only Python, Java 17 and the Pub/Sub emulator).
+# Others add their targets below (demo, bench, chaos): depend on $(STAMP).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv up down status test
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $(STAMP)
+
+# Start the local stack in the background; writes .local/stack.env.
+up: $(STAMP)
+	$(PY) -m localstack up
+
+# Stop every process `make up` started.
+down: $(STAMP)
+	$(PY) -m localstack down
+
+status: $(STAMP)
+	$(PY) -m localstack status
+
+test: $(STAMP)
+	$(PY) -m pytest -q
