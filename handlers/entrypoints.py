@@ -15,10 +15,12 @@ import os
 import traceback
 from typing import Any, Callable
 
-from handlers import events, exports, followups, log, runtime
-from handlers.config import ConfigError
+from handlers import events, followups, log
 from handlers.events import UnusableEvent
 from handlers.retry import Deadline, RetryLater
+
+# handlers.runtime (config, clients, batching, exports) is imported by the first
+# event, not at cold start: importing main.py stays cheap.
 
 ADMIT_BUDGET_SECONDS = 60.0
 DEFAULT_FOLLOWUP_BUDGET_SECONDS = 240.0
@@ -45,11 +47,13 @@ def guarded(entry: str) -> Callable[[Callable[[Any], None]], Callable[[Any], Non
             except RetryLater as exc:
                 log.warning("event will be retried", entry=entry, reason=str(exc), eventId=event_id)
                 _respond_503(str(exc))
-            except ConfigError as exc:
-                log.error("config is invalid: events are retried until it is fixed", entry=entry,
-                          problems=exc.problems, eventId=event_id)
-                _respond_503("invalid config")
             except Exception as exc:  # noqa: BLE001 - the policy: log, then retry
+                from handlers.config import ConfigError
+
+                if isinstance(exc, ConfigError):
+                    log.error("config is invalid: events are retried until it is fixed", entry=entry,
+                              problems=exc.problems, eventId=event_id)
+                    _respond_503("invalid config")
                 log.error("unexpected error: event will be retried", entry=entry, eventId=event_id,
                           error=f"{exc.__class__.__name__}: {exc}", stack_trace=traceback.format_exc())
                 _respond_503("unexpected error")
@@ -68,6 +72,8 @@ def _event_field(event: Any, key: str) -> str | None:
 
 @guarded("on_object_finalized")
 def object_finalized(event: Any) -> None:
+    from handlers import runtime
+
     obj = events.storage_object(event)
     instance = runtime.get()
     route = instance.config.route(obj.bucket, obj.name)
@@ -83,6 +89,8 @@ def object_finalized(event: Any) -> None:
 
 @guarded("on_followup")
 def followup(event: Any) -> None:
+    from handlers import runtime
+
     work = followups.parse(events.pubsub_message(event))
     instance = runtime.get()
     budget = max(_followup_budget(), instance.config.batching.max_wait_seconds + 30)
@@ -95,6 +103,8 @@ def _followup_budget() -> float:
 
 @guarded("on_export_request")
 def export_request(event: Any) -> None:
+    from handlers import exports, runtime
+
     message = events.pubsub_message(event)
     instance = runtime.get()
     try:
@@ -103,6 +113,7 @@ def export_request(event: Any) -> None:
         body = None
     try:
         request = exports.request_from_message(body, instance.config.stores, message.message_id)
+        result = instance.exports.run(request, Deadline(_followup_budget()))
     except exports.ExportRequestError as exc:
         fields = body if isinstance(body, dict) else {}
         request_id = fields.get("requestId")
@@ -111,7 +122,6 @@ def export_request(event: Any) -> None:
         log.warning("export request refused", reason=str(exc), requestId=request_id)
         instance.exports.reject(request_id, _text(fields.get("store")), _text(fields.get("destination")), str(exc))
         return
-    result = instance.exports.run(request, Deadline(_followup_budget()))
     log.info("export finished", requestId=request.request_id, outcome=result["outcome"],
              operation=result["operation"], success=result["counter"]["success"],
              failure=result["counter"]["failure"])
