@@ -51,12 +51,42 @@ class Call:
         if not raw.strip():
             return {}
         try:
-            parsed = json.loads(raw)
+            text = raw.decode("utf-8")
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                parsed = json.loads(_single_quotes_to_double(text))
         except ValueError as exc:
             raise invalid(f"Invalid JSON payload received: {exc}") from None
         if not isinstance(parsed, dict):
             raise invalid("Invalid JSON payload received: the request body must be a JSON object")
         return _camel_keys(parsed)
+
+
+def _single_quotes_to_double(text: str) -> str:
+    """JSON with 'single-quoted' strings (accepted by Google's API, used by the how-to's curl) as strict JSON."""
+    out: list[str] = []
+    index, length = 0, len(text)
+    while index < length:
+        char = text[index]
+        if char in "\"'":
+            end, chunk = index + 1, []
+            while end < length and text[end] != char:
+                if text[end] == "\\" and end + 1 < length:
+                    chunk.append(text[end : end + 2])
+                    end += 2
+                else:
+                    chunk.append(text[end])
+                    end += 1
+            body = "".join(chunk)
+            if char == "'":
+                body = re.sub(r'(?<!\\)"', r'\\"', body.replace("\\'", "'"))
+            out.append(f'"{body}"')
+            index = end + 1
+        else:
+            out.append(char)
+            index += 1
+    return "".join(out)
 
 
 def _camel(key: str) -> str:

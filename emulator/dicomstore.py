@@ -70,10 +70,6 @@ class DicomStore:
         with self._lock:
             return list(self._instances.values())
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._instances)
-
     def select(self, paths: Iterable[tuple[str, str | None, str | None]]) -> tuple[list[Instance], list[int]]:
         """Instances named by filter paths (study[, series[, sop]]), in store order, each once.
 

@@ -23,7 +23,6 @@ CANONICAL: dict[int, tuple[str, int]] = {
     15: ("DATA_LOSS", 500),
     16: ("UNAUTHENTICATED", 401),
 }
-CODE_BY_STATUS = {status: code for code, (status, _) in CANONICAL.items()}
 
 INVALID_ARGUMENT = 3
 NOT_FOUND = 5

@@ -8,7 +8,7 @@ import pydicom
 import pytest
 
 from localstack.samples import make_instance, new_uid
-from tests.emulator.client import Api, assert_google_error, counter
+from tests.emulator.client import assert_google_error, counter
 
 
 def dicom() -> tuple[str, bytes]:
@@ -243,3 +243,13 @@ def test_listing_follows_cloud_storage_pages(fake_gcs, bucket, upload, monkeypat
         assert list(client.list_names(bucket.name, "p/")) == [f"p/{i}" for i in range(5)]
     finally:
         client.close()
+
+
+def test_the_seed_page_curl_body_with_single_quotes_is_accepted(api, store, bucket, upload):
+    sop, data = dicom()
+    upload("top.dcm", data)
+    body = "{ 'gcsSource': { 'uri': 'gs://%s/*.dcm' } }" % bucket.name  # as in the how-to's curl example
+    response = api.call("POST", f"{store.name}:import", data=body, headers={"Content-Type": "application/json; charset=utf-8"})
+    assert response.status_code == 200, response.text
+    assert counter(api.wait(response.json())) == {"success": "1"}
+    assert api.sop_uids(store) == {sop}
