@@ -17,7 +17,8 @@ Off by default. Set with ``HEALTHCARE_EMULATOR_FAULTS`` (JSON) at start, or
 Method ids are the discovery document's, without the
 ``healthcare.projects.locations.datasets.`` prefix (``dicomStores.import``,
 ``operations.get``...). ``*`` applies to every method; a method's own entry
-overrides it field by field. ``failOperation`` may also be ``true`` (code 13).
+overrides it field by field. ``failOperation`` may also be ``true`` (code 13) or
+``false`` (off, e.g. to exempt one method from a ``*`` entry).
 """
 
 from __future__ import annotations
@@ -56,7 +57,12 @@ class MethodFaults:
     rate503: float | None = None
     latency_seconds: float | None = None
     min_operation_seconds: float | None = None
-    fail_operation: FailOperation | None = None
+    fail_operation: FailOperation | bool | None = None  # False: explicitly off (overrides "*")
+
+    @property
+    def failure(self) -> FailOperation | None:
+        """The forced operation failure, if any."""
+        return self.fail_operation if isinstance(self.fail_operation, FailOperation) else None
 
     def over(self, base: "MethodFaults") -> "MethodFaults":
         """This entry's fields where set, ``base``'s elsewhere."""
@@ -84,9 +90,9 @@ def _number(value: Any, where: str, upper: float | None = None) -> float:
     return float(value)
 
 
-def _fail_operation(value: Any, where: str) -> FailOperation | None:
+def _fail_operation(value: Any, where: str) -> FailOperation | bool:
     if value is False:
-        return None
+        return False
     if value is True:
         return FailOperation()
     if not isinstance(value, Mapping):

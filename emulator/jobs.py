@@ -70,9 +70,9 @@ def _run(
 ) -> None:
     pacer = Pacer(operation, started, faults.min_operation_seconds or 0.0)
     try:
-        if faults.fail_operation is not None:
+        if faults.failure is not None:
             pacer.finish()
-            operation.fail(faults.fail_operation.code, faults.fail_operation.message)
+            operation.fail(faults.failure.code, faults.failure.message)
         else:
             work(operation, pacer)
             pacer.finish()

@@ -68,6 +68,8 @@ def test_series_and_instances_searches(api, loaded):
     assert value(in_series[0], "00280010") == 8  # Rows
     assert len(api.qido(store, "instances")) == 6
     assert len(api.qido(store, f"studies/{study_b}/instances")) == 3
+    assert len(api.qido(store, "instances", SeriesInstanceUID=ct_a.series)) == 2
+    assert len(api.qido(store, "instances", Modality="MR")) == 1
     one = api.qido(store, "instances", SOPInstanceUID=items[5][0].sop)
     assert [value(i, "0020000D") for i in one] == [study_b]
 

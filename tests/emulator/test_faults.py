@@ -74,8 +74,10 @@ def test_fail_operation_ends_with_the_configured_error_and_imports_nothing(api, 
     done = api.import_and_wait(store, uri)
     assert done["error"] == {"code": 14, "message": "backend went away"}
     assert api.sop_uids(store) == set()
-    faults({"methods": {"dicomStores.import": {"failOperation": True}}})
+    faults({"methods": {"*": {"failOperation": True}, "dicomStores.export": {"failOperation": False}}})
     assert api.import_and_wait(store, uri)["error"]["code"] == 13
+    exported = api.wait(api.start_export(store, {"gcsDestination": {"uriPrefix": f"gs://{uri.split('/')[2]}/out"}}))
+    assert "response" in exported  # a method's own entry overrides "*"
 
 
 def test_min_operation_seconds_delays_done(api, store, upload, faults):

@@ -253,3 +253,15 @@ def test_the_seed_page_curl_body_with_single_quotes_is_accepted(api, store, buck
     assert response.status_code == 200, response.text
     assert counter(api.wait(response.json())) == {"success": "1"}
     assert api.sop_uids(store) == {sop}
+
+
+def test_concurrent_imports_of_the_same_objects_store_each_instance_once(api, store, bucket, upload):
+    sops = set()
+    for index in range(10):
+        sop, data = dicom()
+        sops.add(sop)
+        upload(f"same/{index}.dcm", data)
+    started = [api.start_import(store, f"gs://{bucket.name}/same/*.dcm") for _ in range(3)]
+    finished = [api.wait(operation) for operation in started]
+    assert [counter(done) for done in finished] == [{"success": "10"}] * 3  # duplicates are successes
+    assert len(api.qido(store, "instances")) == 10 and api.sop_uids(store) == sops
