@@ -136,17 +136,19 @@ ensure() {
   fi
 }
 
-# lookup VAR CMD...: VAR=$(CMD). Under --dry-run, prints the assignment and
-# sets VAR to the placeholder ${VAR} used by the commands printed after it.
+# lookup VAR [--hint TEXT] CMD...: VAR=$(CMD), first line. Under --dry-run,
+# prints the assignment and sets VAR to the placeholder ${VAR} that the
+# commands printed after it use.
 lookup() {
-  local var=$1; shift
+  local var=$1 hint=""; shift
+  if [[ $1 == --hint ]]; then hint=": $2"; shift 2; fi
   if dry; then
     printf '%s="$(%s)"\n' "${var}" "$(command_line "$@")"
     printf -v "${var}" '${%s}' "${var}"
     return
   fi
   local out
-  out=$("$@") || die "lookup failed: $(command_line "$@")"
+  out=$("$@") || die "lookup failed${hint}: $(command_line "$@")"
   out=${out%%$'\n'*}
   [[ -n ${out} ]] || die "lookup returned nothing: $(command_line "$@")"
   printf -v "${var}" '%s' "${out}"
@@ -385,7 +387,8 @@ find_identities() {
       || die "unexpected project number '${PROJECT_NUMBER}' / '${STORE_PROJECT_NUMBER}'"
   fi
   # The inbox must exist; its location decides the trigger and state bucket location.
-  lookup INBOX_LOCATION gcloud storage buckets describe "gs://${INBOX}" --project="${PROJECT}" \
+  lookup INBOX_LOCATION --hint "--inbox-bucket gs://${INBOX} must exist and be readable by you" \
+    gcloud storage buckets describe "gs://${INBOX}" --project="${PROJECT}" \
     --format='value(location.lower())'
   dry || INBOX_LOCATION=$(printf '%s' "${INBOX_LOCATION}" | tr '[:upper:]' '[:lower:]')
 

@@ -1,0 +1,674 @@
+"""deploy.sh against a fake ``gcloud`` that records every call.
+
+The fake (a small bash script written into tmp_path, first on PATH) logs each
+argv, answers the look-ups deploy.sh makes (project number, inbox location,
+service agent, the follow-up trigger and its subscription) in the output format
+the ``--format`` flag asks for, and answers ``describe`` with success or NOT_FOUND
+according to the scenario: ``fresh`` (only the inbox bucket exists) or
+``existing`` (everything exists). Nothing here reaches Google.
+
+One test also hands every recorded command to the real gcloud CLI (when it is
+installed) with an empty configuration: gcloud parses all flags before it looks
+for credentials, so an unknown flag or a bad choice fails there, and a good
+command stops at "no active account" without any network call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PROJECT = "dicom-prod-1"
+PROJECT_NUMBER = "123456789012"
+OTHER_PROJECT_NUMBER = "210987654321"
+REGION = "europe-west4"
+INBOX = "rad-inbox"
+STATE = "rad-import-state"
+STORE = f"projects/{PROJECT}/locations/europe-west4/datasets/radiology/dicomStores/main"
+GCS_AGENT = f"service-{PROJECT_NUMBER}@gs-project-accounts.iam.gserviceaccount.com"
+TRIGGER = f"projects/{PROJECT}/locations/{REGION}/triggers/dicom-import-followup-483920"
+SUBSCRIPTION = f"projects/{PROJECT}/subscriptions/eventarc-{REGION}-dicom-import-followup-483920-sub-221"
+RUNTIME_SA = f"dicom-import-fn@{PROJECT}.iam.gserviceaccount.com"
+HEALTHCARE_AGENT = f"serviceAccount:service-{PROJECT_NUMBER}@gcp-sa-healthcare.iam.gserviceaccount.com"
+PUBSUB_AGENT = f"serviceAccount:service-{PROJECT_NUMBER}@gcp-sa-pubsub.iam.gserviceaccount.com"
+REQUIRED = [
+    "--project", PROJECT, "--region", REGION, "--inbox-bucket", INBOX,
+    "--state-bucket", STATE, "--dicom-store", STORE,
+]
+# Not the defaults, so a test can tell the flags were used.
+TUNING = ["--concurrency", "7", "--max-instances", "3", "--memory", "1Gi"]
+SEP = "\x1f"
+
+FAKE_GCLOUD = r"""#!/usr/bin/env bash
+# Fake gcloud for tests/unit/test_deploy.py: records argv, answers look-ups.
+set -u
+log=${FAKE_GCLOUD_LOG:?}
+n=$(( $(cat "$log" 2>/dev/null | wc -l) + 1 ))
+{ printf '%s\x1f' "$@"; printf '\n'; } >>"$log"
+format=""
+for arg in "$@"; do
+  case $arg in
+    --lifecycle-file=*) cp -- "${arg#--lifecycle-file=}" "$log.lifecycle.$n" ;;
+    --format=*) format=${arg#--format=} ;;
+  esac
+done
+if [[ -n ${FAKE_GCLOUD_FAIL:-} && " $* " =~ $FAKE_GCLOUD_FAIL ]]; then
+  count=$(( $(cat "$log.failures" 2>/dev/null || echo 0) + 1 ))
+  echo "$count" >"$log.failures"
+  if (( count <= ${FAKE_GCLOUD_FAIL_TIMES:-1000000} )); then
+    echo "ERROR: (fake gcloud) failing on purpose: $*" >&2
+    exit 1
+  fi
+fi
+not_found() { echo "ERROR: (fake gcloud) NOT_FOUND: $*" >&2; exit 1; }
+existing=${FAKE_GCLOUD_EXISTING:-0}
+case "$1 ${2:-}" in
+  "projects describe")
+    if [[ $3 == "$FAKE_MAIN_PROJECT" ]]; then number=123456789012; else number=210987654321; fi
+    if [[ $format == 'value(projectNumber)' ]]; then echo "$number"
+    else printf "lifecycleState: ACTIVE\nprojectId: %s\nprojectNumber: '%s'\n" "$3" "$number"; fi ;;
+  "storage buckets")
+    if [[ $3 == describe ]]; then
+      if [[ $4 == "gs://$FAKE_GCLOUD_INBOX" ]]; then
+        case $format in
+          'value(location.lower())') echo eu ;;
+          'value(location)') echo EU ;;
+          *) printf 'name: %s\nlocation: EU\n' "${4#gs://}" ;;
+        esac
+      elif [[ $existing == 1 ]]; then echo "${4#gs://}"
+      else not_found "$4"; fi
+    fi ;;
+  "pubsub topics"|"pubsub subscriptions"|"iam service-accounts")
+    if [[ $3 == describe && $existing != 1 ]]; then not_found "$4"; fi ;;
+  "storage service-agent") echo "service-123456789012@gs-project-accounts.iam.gserviceaccount.com" ;;
+  "functions describe")
+    if [[ $format == 'value(eventTrigger.trigger)' ]]; then echo "$FAKE_TRIGGER"
+    else printf 'name: %s\neventTrigger:\n  trigger: %s\n' "$3" "$FAKE_TRIGGER"; fi ;;
+  "eventarc triggers")
+    if [[ $3 == describe ]]; then
+      if [[ $4 != "$FAKE_TRIGGER" ]]; then not_found "$4"
+      elif [[ $format == 'value(transport.pubsub.subscription)' ]]; then echo "$FAKE_SUBSCRIPTION"
+      else printf 'transport:\n  pubsub:\n    subscription: %s\n' "$FAKE_SUBSCRIPTION"; fi
+    fi ;;
+esac
+exit 0
+"""
+
+
+class Run:
+    def __init__(self, proc: subprocess.CompletedProcess, log: Path):
+        self.returncode = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+        self.log = log
+        self.calls: list[list[str]] = []
+        if log.exists():
+            for line in log.read_text().splitlines():
+                self.calls.append(line.split(SEP)[:-1])
+
+    def matching(self, *prefix: str) -> list[list[str]]:
+        return [c for c in self.calls if c[: len(prefix)] == list(prefix)]
+
+    def index(self, *prefix: str) -> int:
+        for i, c in enumerate(self.calls):
+            if c[: len(prefix)] == list(prefix):
+                return i
+        raise AssertionError(f"no call starts with {prefix}; calls:\n{self.dump()}")
+
+    def lifecycle(self, call_index: int) -> dict:
+        return json.loads(Path(f"{self.log}.lifecycle.{call_index + 1}").read_text())
+
+    def bindings(self) -> set[tuple[str, str, str, str]]:
+        """(command group, resource, member, role) of every add-iam-policy-binding."""
+        out = set()
+        for c in self.calls:
+            if "add-iam-policy-binding" in c:
+                i = c.index("add-iam-policy-binding")
+                out.add((" ".join(c[:i]), c[i + 1], flag(c, "--member"), flag(c, "--role")))
+        return out
+
+    def dump(self) -> str:
+        return "\n".join(" ".join(c) for c in self.calls)
+
+
+def flag(argv: list[str], name: str) -> str | None:
+    values = flags(argv, name)
+    assert len(values) <= 1, f"{name} given {len(values)} times in {argv}"
+    return values[0] if values else None
+
+
+def flags(argv: list[str], name: str) -> list[str]:
+    return [a.split("=", 1)[1] for a in argv if a.startswith(name + "=")]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict:
+    """A source tree (deploy.sh, .gcloudignore, config.yaml), a fake gcloud, a clean environment."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("deploy.sh", ".gcloudignore", "config.yaml"):
+        shutil.copy2(REPO / name, src / name)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "gcloud"
+    fake.write_text(FAKE_GCLOUD)
+    fake.chmod(0o755)
+    home = tmp_path / "home"
+    home.mkdir()
+    return {
+        "src": src,
+        "log": tmp_path / "gcloud.log",
+        "vars": {
+            "PATH": f"{bin_dir}:/usr/bin:/bin",
+            "HOME": str(home),
+            "TMPDIR": str(tmp_path),
+            "LANG": "C.UTF-8",
+            "FAKE_GCLOUD_LOG": str(tmp_path / "gcloud.log"),
+            "FAKE_MAIN_PROJECT": PROJECT,
+            "FAKE_GCLOUD_INBOX": INBOX,
+            "FAKE_TRIGGER": TRIGGER,
+            "FAKE_SUBSCRIPTION": SUBSCRIPTION,
+            "DEPLOY_RETRY_SLEEP": "0",
+        },
+    }
+
+
+def deploy(env: dict, *args: str, scenario: str = "fresh", script: Path | None = None, **extra: str) -> Run:
+    variables = dict(env["vars"], FAKE_GCLOUD_EXISTING="1" if scenario == "existing" else "0", **extra)
+    proc = subprocess.run(
+        ["bash", str(script or env["src"] / "deploy.sh"), *args],
+        env=variables, capture_output=True, text=True, timeout=60,
+    )
+    return Run(proc, env["log"])
+
+
+def ok(run: Run) -> Run:
+    assert run.returncode == 0, f"exit {run.returncode}\nstderr:\n{run.stderr}\ncalls:\n{run.dump()}"
+    return run
+
+
+def deploys(run: Run) -> dict[str, list[str]]:
+    out = {}
+    for c in run.matching("functions", "deploy"):
+        assert c[2] not in out, f"{c[2]} deployed twice"
+        out[c[2]] = c
+    return out
+
+
+def env_vars(argv: list[str]) -> dict[str, str]:
+    (value,) = flags(argv, "--set-env-vars")
+    return dict(item.split("=", 1) for item in value.split(","))
+
+
+def is_create(argv: list[str]) -> bool:
+    return "create" in argv[:4]
+
+
+# ---------------------------------------------------------------- dry run
+
+
+def test_dry_run_runs_nothing_and_prints_every_command(env):
+    run = ok(deploy(env, *REQUIRED, "--dry-run"))
+
+    assert run.calls == [] and not env["log"].exists()
+    lines = run.stdout.splitlines()
+    commands = [line for line in lines if line and not line.startswith("#")]
+    for expected in (
+        "gcloud services enable healthcare.googleapis.com",
+        f"gcloud pubsub topics describe dicom-import-results --project={PROJECT} >/dev/null 2>&1 || gcloud pubsub topics create dicom-import-results",
+        "gcloud pubsub topics create dicom-import-followups-dead-letter",
+        f"gcloud storage buckets create gs://{STATE}",
+        "gcloud iam service-accounts create dicom-import-fn",
+        "gcloud healthcare dicom-stores add-iam-policy-binding main",
+        f"gcloud storage buckets add-iam-policy-binding gs://{INBOX} --project={PROJECT} "
+        '"--member=serviceAccount:service-${PROJECT_NUMBER}@gcp-sa-healthcare.iam.gserviceaccount.com" '
+        "--role=roles/storage.objectViewer",
+        "gcloud functions deploy dicom-import-intake",
+        "gcloud functions deploy dicom-import-followup",
+        "gcloud functions deploy dicom-export-request",
+        'gcloud pubsub subscriptions update "${FOLLOWUP_SUBSCRIPTION}"',
+    ):
+        assert any(expected in line for line in commands), f"not printed: {expected}\n{run.stdout}"
+    # One command per line, and the whole output is valid shell.
+    assert all(line.count("gcloud functions deploy") <= 1 for line in lines)
+    syntax = subprocess.run(["bash", "-n"], input=run.stdout, capture_output=True, text=True)
+    assert syntax.returncode == 0, syntax.stderr
+
+
+def test_dry_run_output_executes_exactly_the_calls_of_a_real_run(env, tmp_path):
+    script = tmp_path / "printed.sh"
+    script.write_text(ok(deploy(env, *REQUIRED, *TUNING, "--dry-run")).stdout)
+
+    printed = ok(deploy(env, script=script))
+    printed_calls, printed_lifecycle = printed.calls, printed.lifecycle(printed.index("storage", "buckets", "create"))
+    env["log"].unlink()
+    real = ok(deploy(env, *REQUIRED, *TUNING))
+
+    def normal(calls):
+        return [[a if not a.startswith("--lifecycle-file=") else "--lifecycle-file=F" for a in c] for c in calls]
+
+    assert normal(printed_calls) == normal(real.calls)
+    assert printed_lifecycle == real.lifecycle(real.index("storage", "buckets", "create"))
+
+
+def test_the_repository_config_deploys(env):
+    """The real config.yaml only uses ${VARS} deploy.sh sets (fails when someone adds one)."""
+    run = deploy(env, *REQUIRED, "--dry-run", script=REPO / "deploy.sh")
+    assert run.returncode == 0, run.stderr
+    assert run.calls == []
+
+
+# ---------------------------------------------------------------- fresh project
+
+
+def test_fresh_project_creates_topics_bucket_and_service_account(env):
+    run = ok(deploy(env, *REQUIRED, *TUNING))
+
+    topics = {c[3] for c in run.matching("pubsub", "topics", "create")}
+    assert topics == {
+        "dicom-import-results", "dicom-import-results-dead-letter",
+        "dicom-import-followups", "dicom-import-followups-dead-letter", "dicom-export-requests",
+    }
+    holds = {c[3]: flag(c, "--topic") for c in run.matching("pubsub", "subscriptions", "create")}
+    assert holds == {t: t for t in ("dicom-import-results-dead-letter", "dicom-import-followups-dead-letter")}
+
+    (bucket,) = run.matching("storage", "buckets", "create")
+    assert bucket[3] == f"gs://{STATE}"
+    assert flag(bucket, "--location") == "eu"  # the inbox's location, not --region
+    assert "--uniform-bucket-level-access" in bucket
+    lifecycle = run.lifecycle(run.index("storage", "buckets", "create"))
+    rules = {(r["action"]["type"], r["condition"]["age"], tuple(r["condition"].get("matchesPrefix", ()))) for r in lifecycle["rule"]}
+    assert rules == {("Delete", 7, ("staging/",)), ("Delete", 30, ())}
+
+    (sa,) = run.matching("iam", "service-accounts", "create")
+    assert sa[3] == "dicom-import-fn" and flag(sa, "--project") == PROJECT
+    assert run.matching("services", "enable")[0][2:11] == [
+        "healthcare.googleapis.com", "cloudfunctions.googleapis.com", "run.googleapis.com",
+        "eventarc.googleapis.com", "pubsub.googleapis.com", "storage.googleapis.com",
+        "cloudbuild.googleapis.com", "artifactregistry.googleapis.com", "logging.googleapis.com",
+    ]
+    # Everything the functions use exists, with its bindings, before the first deploy.
+    prepared = [i for i, c in enumerate(run.calls)
+                if is_create(c) or ("add-iam-policy-binding" in c and c[:2] != ["pubsub", "subscriptions"])]
+    assert max(prepared) < run.index("functions", "deploy")
+
+
+def test_fresh_project_grants_least_privilege(env):
+    run = ok(deploy(env, *REQUIRED))
+    sa = f"serviceAccount:{RUNTIME_SA}"
+
+    assert run.bindings() == {
+        # runtime (and trigger) identity
+        ("healthcare dicom-stores", "main", sa, "roles/healthcare.dicomEditor"),
+        ("healthcare datasets", "radiology", sa, "roles/healthcare.datasetViewer"),
+        ("storage buckets", f"gs://{INBOX}", sa, "roles/storage.objectViewer"),
+        ("storage buckets", f"gs://{STATE}", sa, "roles/storage.objectAdmin"),
+        ("pubsub topics", "dicom-import-results", sa, "roles/pubsub.publisher"),
+        ("pubsub topics", "dicom-import-followups", sa, "roles/pubsub.publisher"),
+        ("projects", PROJECT, sa, "roles/eventarc.eventReceiver"),
+        # the Healthcare API reads the inbox and the staging copies
+        ("storage buckets", f"gs://{INBOX}", HEALTHCARE_AGENT, "roles/storage.objectViewer"),
+        ("storage buckets", f"gs://{STATE}", HEALTHCARE_AGENT, "roles/storage.objectViewer"),
+        # Eventarc's Cloud Storage source
+        ("projects", PROJECT, f"serviceAccount:{GCS_AGENT}", "roles/pubsub.publisher"),
+        # Pub/Sub: dead letters, push tokens
+        ("pubsub topics", "dicom-import-results-dead-letter", PUBSUB_AGENT, "roles/pubsub.publisher"),
+        ("pubsub topics", "dicom-import-followups-dead-letter", PUBSUB_AGENT, "roles/pubsub.publisher"),
+        ("iam service-accounts", RUNTIME_SA, PUBSUB_AGENT, "roles/iam.serviceAccountTokenCreator"),
+        ("pubsub subscriptions", SUBSCRIPTION, PUBSUB_AGENT, "roles/pubsub.subscriber"),
+    }
+    (store_binding,) = run.matching("healthcare", "dicom-stores", "add-iam-policy-binding")
+    assert (flag(store_binding, "--dataset"), flag(store_binding, "--location"), flag(store_binding, "--project")) == (
+        "radiology", "europe-west4", PROJECT)
+    invokers = {(c[2], flag(c, "--region"), flag(c, "--member"))
+                for c in run.matching("functions", "add-invoker-policy-binding")}
+    assert invokers == {(fn, REGION, sa) for fn in ("dicom-import-intake", "dicom-import-followup", "dicom-export-request")}
+    assert min(run.calls.index(c) for c in run.matching("functions", "add-invoker-policy-binding")) > max(
+        run.calls.index(c) for c in run.matching("functions", "deploy"))
+    # Bindings that may hit a policy with conditions say so, or gcloud refuses without a prompt.
+    for c in run.calls:
+        if "add-iam-policy-binding" in c and c[0] in ("projects", "storage", "healthcare", "iam"):
+            assert "--condition=None" in c, c
+
+
+def test_functions_are_deployed_with_entry_points_triggers_and_flags(env):
+    run = ok(deploy(env, *REQUIRED, *TUNING))
+    functions = deploys(run)
+    assert set(functions) == {"dicom-import-intake", "dicom-import-followup", "dicom-export-request"}
+
+    for name, argv in functions.items():
+        assert "--gen2" in argv and "--retry" in argv, name
+        assert flag(argv, "--runtime") == "python312"
+        assert flag(argv, "--region") == REGION and flag(argv, "--project") == PROJECT
+        assert flag(argv, "--source") == str(env["src"])
+        assert flag(argv, "--concurrency") == "7" and flag(argv, "--max-instances") == "3"
+        assert flag(argv, "--memory") == "1Gi" and flag(argv, "--cpu") == "1"
+        assert flag(argv, "--service-account") == RUNTIME_SA
+        assert flag(argv, "--trigger-service-account") == RUNTIME_SA
+        assert env_vars(argv) == {
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
+            "INBOX_BUCKET": INBOX,
+            "STATE_BUCKET": STATE,
+            "DICOM_STORE": STORE,
+            "RESULTS_TOPIC": f"projects/{PROJECT}/topics/dicom-import-results",
+            "FOLLOWUP_TOPIC": f"projects/{PROJECT}/topics/dicom-import-followups",
+            "EXPORT_REQUESTS_TOPIC": f"projects/{PROJECT}/topics/dicom-export-requests",
+            "THREADS": "7",
+        }
+
+    intake = functions["dicom-import-intake"]
+    assert flag(intake, "--entry-point") == "on_object_finalized"
+    assert flags(intake, "--trigger-event-filters") == [
+        "type=google.cloud.storage.object.v1.finalized", f"bucket={INBOX}"]
+    assert flag(intake, "--trigger-location") == "eu"  # the inbox's location, not --region
+    assert flag(intake, "--trigger-topic") is None
+
+    followup = functions["dicom-import-followup"]
+    assert flag(followup, "--entry-point") == "on_followup"
+    assert flag(followup, "--trigger-topic") == "dicom-import-followups"
+    assert flag(followup, "--timeout") == "540s"
+
+    export = functions["dicom-export-request"]
+    assert flag(export, "--entry-point") == "on_export_request"
+    assert flag(export, "--trigger-topic") == "dicom-export-requests"
+
+
+def test_followup_subscription_gets_backoff_ack_deadline_and_dead_letters(env):
+    run = ok(deploy(env, *REQUIRED))
+
+    describe_fn = run.index("functions", "describe", "dicom-import-followup")
+    assert describe_fn > run.calls.index(deploys(run)["dicom-import-followup"])
+    (trigger,) = run.matching("eventarc", "triggers", "describe")
+    assert trigger[3] == TRIGGER  # the trigger the function reported
+    (update,) = run.matching("pubsub", "subscriptions", "update")
+    assert update[3] == SUBSCRIPTION  # the subscription Eventarc created
+    assert flag(update, "--ack-deadline") == "600"
+    assert flag(update, "--min-retry-delay") == "10s"
+    assert flag(update, "--max-retry-delay") == "600s"
+    assert flag(update, "--dead-letter-topic") == f"projects/{PROJECT}/topics/dicom-import-followups-dead-letter"
+    assert 5 <= int(flag(update, "--max-delivery-attempts")) <= 100
+
+
+# ---------------------------------------------------------------- second run
+
+
+def test_second_run_creates_nothing_but_still_deploys_and_converges(env):
+    run = ok(deploy(env, *REQUIRED, *TUNING, scenario="existing"))
+
+    # The only "create" left is get-or-create of Google's service agents.
+    creates = [c for c in run.calls if is_create(c)]
+    assert all(c[:4] == ["beta", "services", "identity", "create"] for c in creates), creates
+    assert len(creates) == 2
+    for kind in (("pubsub", "topics"), ("pubsub", "subscriptions"), ("iam", "service-accounts")):
+        assert run.matching(*kind, "describe"), kind
+    (update,) = run.matching("storage", "buckets", "update")
+    assert update[3] == f"gs://{STATE}" and "--uniform-bucket-level-access" in update
+    assert run.lifecycle(run.index("storage", "buckets", "update"))["rule"]
+    assert set(deploys(run)) == {"dicom-import-intake", "dicom-import-followup", "dicom-export-request"}
+    assert run.matching("pubsub", "subscriptions", "update")
+    assert ("storage buckets", f"gs://{INBOX}", HEALTHCARE_AGENT, "roles/storage.objectViewer") in run.bindings()
+
+
+# ---------------------------------------------------------------- variants
+
+
+def test_export_bucket_gives_the_healthcare_agent_object_admin(env):
+    with_export = ok(deploy(env, *REQUIRED, "--export-bucket", "gs://rad-exports"))
+    assert ("storage buckets", "gs://rad-exports", HEALTHCARE_AGENT, "roles/storage.objectAdmin") in with_export.bindings()
+    assert all(env_vars(c)["EXPORT_BUCKET"] == "rad-exports" for c in deploys(with_export).values())
+
+    env["log"].unlink()
+    without = ok(deploy(env, *REQUIRED))
+    assert not [b for b in without.bindings() if b[3] == "roles/storage.objectAdmin" and b[2] == HEALTHCARE_AGENT]
+    assert all("EXPORT_BUCKET" not in env_vars(c) for c in deploys(without).values())
+
+
+def test_store_in_another_project_uses_that_projects_healthcare_agent(env):
+    store = "projects/imaging-hub-7/locations/us/datasets/shared/dicomStores/inbound"
+    run = ok(deploy(env, "--project", PROJECT, "--region", REGION, "--inbox-bucket", INBOX,
+                    "--state-bucket", STATE, "--dicom-store", store))
+
+    agent = f"serviceAccount:service-{OTHER_PROJECT_NUMBER}@gcp-sa-healthcare.iam.gserviceaccount.com"
+    assert ("storage buckets", f"gs://{INBOX}", agent, "roles/storage.objectViewer") in run.bindings()
+    assert not [b for b in run.bindings() if b[2] == HEALTHCARE_AGENT]
+    (store_binding,) = run.matching("healthcare", "dicom-stores", "add-iam-policy-binding")
+    assert (store_binding[3], flag(store_binding, "--project"), flag(store_binding, "--location")) == (
+        "inbound", "imaging-hub-7", "us")
+    assert ["--service=healthcare.googleapis.com", "--project=imaging-hub-7"] in [
+        c[4:] for c in run.matching("beta", "services", "identity", "create")]
+
+
+def test_values_come_from_the_environment_and_flags_win(env):
+    run = ok(deploy(
+        env, "--concurrency", "9",
+        GOOGLE_CLOUD_PROJECT=PROJECT, FUNCTION_REGION=REGION, INBOX_BUCKET=INBOX, STATE_BUCKET=STATE,
+        DICOM_STORE=STORE, RESULTS_TOPIC=f"projects/{PROJECT}/topics/radiology-results",
+        FUNCTION_CONCURRENCY="5", FUNCTION_MAX_INSTANCES="4",
+    ))
+    intake = deploys(run)["dicom-import-intake"]
+    assert flag(intake, "--concurrency") == "9" and flag(intake, "--max-instances") == "4"
+    assert env_vars(intake)["RESULTS_TOPIC"] == f"projects/{PROJECT}/topics/radiology-results"
+    assert "radiology-results" in {c[3] for c in run.matching("pubsub", "topics", "create")}
+
+
+def test_another_config_file_is_passed_as_dicom_import_config(env):
+    (env["src"] / "config").mkdir()
+    (env["src"] / "config" / "site-b.yaml").write_text((REPO / "config.yaml").read_text())
+    run = ok(deploy(env, *REQUIRED, "--config", "config/site-b.yaml"))
+    assert {env_vars(c).get("DICOM_IMPORT_CONFIG") for c in deploys(run).values()} == {"config/site-b.yaml"}
+
+    env["log"].unlink()
+    default = ok(deploy(env, *REQUIRED))
+    assert all("DICOM_IMPORT_CONFIG" not in env_vars(c) for c in deploys(default).values())
+
+
+# ---------------------------------------------------------------- failures
+
+
+def test_iam_binding_is_retried_while_a_new_service_account_propagates(env):
+    run = ok(deploy(env, *REQUIRED, FAKE_GCLOUD_FAIL="healthcare dicom-stores add-iam-policy-binding",
+                    FAKE_GCLOUD_FAIL_TIMES="2"))
+    assert len(run.matching("healthcare", "dicom-stores", "add-iam-policy-binding")) == 3
+    assert len(deploys(run)) == 3
+
+
+def test_missing_inbox_stops_before_creating_anything(env):
+    run = deploy(env, *REQUIRED, FAKE_GCLOUD_FAIL=f"storage buckets describe gs://{INBOX} ")
+    assert run.returncode == 1
+    assert "--inbox-bucket" in run.stderr and f"gs://{INBOX}" in run.stderr
+    assert not [c for c in run.calls if is_create(c) or "add-iam-policy-binding" in c]
+    assert not run.matching("functions", "deploy")
+
+
+def test_a_failed_deploy_stops_the_script(env):
+    run = deploy(env, *REQUIRED, FAKE_GCLOUD_FAIL="functions deploy dicom-import-followup ")
+    assert run.returncode == 1
+    assert set(deploys(run)) == {"dicom-import-intake", "dicom-import-followup"}
+    assert not run.matching("pubsub", "subscriptions", "update")
+
+
+def without(args: list[str], name: str) -> list[str]:
+    i = args.index(name)
+    return args[:i] + args[i + 2:]
+
+
+def replace(args: list[str], name: str, value: str) -> list[str]:
+    i = args.index(name)
+    return args[:i + 1] + [value] + args[i + 2:]
+
+
+BAD_INPUT = [
+    pytest.param(without(REQUIRED, "--project"), "--project", id="no-project"),
+    pytest.param(without(REQUIRED, "--region"), "--region", id="no-region"),
+    pytest.param(without(REQUIRED, "--inbox-bucket"), "--inbox-bucket", id="no-inbox"),
+    pytest.param(without(REQUIRED, "--state-bucket"), "--state-bucket", id="no-state"),
+    pytest.param(without(REQUIRED, "--dicom-store"), "--dicom-store", id="no-store"),
+    pytest.param(replace(REQUIRED, "--dicom-store", "projects/p/datasets/d/dicomStores/s"), "--dicom-store", id="store-no-location"),
+    pytest.param(replace(REQUIRED, "--dicom-store", "main"), "--dicom-store", id="store-short-name"),
+    pytest.param(replace(REQUIRED, "--inbox-bucket", "Rad_Inbox"), "--inbox-bucket", id="bucket-uppercase"),
+    pytest.param(replace(REQUIRED, "--inbox-bucket", "gs://rad-inbox/incoming"), "--inbox-bucket", id="bucket-with-folder"),
+    pytest.param(replace(REQUIRED, "--state-bucket", "ab"), "--state-bucket", id="bucket-too-short"),
+    pytest.param(replace(REQUIRED, "--state-bucket", INBOX), "--state-bucket", id="state-is-inbox"),
+    pytest.param(REQUIRED + ["--export-bucket", INBOX], "--export-bucket", id="export-is-inbox"),
+    pytest.param(replace(REQUIRED, "--project", "Dicom Prod"), "--project", id="project-name"),
+    pytest.param(replace(REQUIRED, "--region", "europe"), "--region", id="region"),
+    pytest.param(REQUIRED + ["--results-topic", "projects/other-proj/topics/r"], "--results-topic", id="topic-other-project"),
+    pytest.param(REQUIRED + ["--followup-topic", "dicom-import-results"], "--followup-topic", id="topics-collide"),
+    pytest.param(REQUIRED + ["--concurrency", "0"], "--concurrency", id="concurrency-zero"),
+    pytest.param(REQUIRED + ["--concurrency", "lots"], "--concurrency", id="concurrency-word"),
+    pytest.param(REQUIRED + ["--max-instances", "-1"], "--max-instances", id="max-instances-negative"),
+    pytest.param(REQUIRED + ["--concurrency", "8", "--cpu", ".5"], "--cpu", id="concurrency-needs-cpu"),
+    pytest.param(REQUIRED + ["--memory", "512"], "--memory", id="memory-no-unit"),
+    pytest.param(REQUIRED + ["--config", "nope.yaml"], "--config", id="config-missing"),
+    pytest.param(REQUIRED + ["--config", "/etc/hostname"], "--config", id="config-outside-source"),
+    pytest.param(REQUIRED + ["--regoin", "x"], "--regoin", id="unknown-flag"),
+    pytest.param(REQUIRED + ["--project"], "--project", id="flag-without-value"),
+]
+
+
+@pytest.mark.parametrize("args,named", BAD_INPUT)
+def test_bad_input_exits_2_naming_the_flag_before_any_call(env, args, named):
+    run = deploy(env, *args)
+    assert run.returncode == 2, run.stderr
+    assert named in run.stderr
+    assert run.stderr.startswith("deploy.sh: error: ")
+    assert run.calls == [] and run.stdout == ""
+
+
+@pytest.mark.parametrize("args,named", [p for p in BAD_INPUT if p.id in ("no-store", "bucket-uppercase", "concurrency-needs-cpu")])
+def test_dry_run_validates_too(env, args, named):
+    run = deploy(env, *args, "--dry-run")
+    assert run.returncode == 2 and named in run.stderr
+    assert run.stdout == ""
+
+
+def test_config_using_a_variable_deploy_does_not_set_exits_2(env):
+    config = env["src"] / "config.yaml"
+    config.write_text(config.read_text() + "\n# ${IGNORED_IN_A_COMMENT}\nextra: ${SITE_CODE}\n")
+    run = deploy(env, *REQUIRED)
+    assert run.returncode == 2 and run.calls == []
+    assert "${SITE_CODE}" in run.stderr and "IGNORED_IN_A_COMMENT" not in run.stderr
+
+
+def test_help_exits_0_and_lists_every_flag(env):
+    run = ok(deploy(env, "--help"))
+    for name in ("--project", "--region", "--inbox-bucket", "--state-bucket", "--dicom-store", "--results-topic",
+                 "--followup-topic", "--export-requests-topic", "--export-bucket", "--concurrency",
+                 "--max-instances", "--memory", "--cpu", "--config", "--dry-run"):
+        assert name in run.stdout, name
+    assert run.calls == []
+
+
+# ---------------------------------------------------------------- against the real gcloud CLI
+
+
+def real_gcloud() -> str | None:
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = Path(directory) / "gcloud"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+# Parses commands with the installed SDK's own CLI, in one process: starting
+# gcloud once per command would take about a second each.
+PARSE_WITH_GCLOUD = r"""
+import json, sys
+try:
+    from googlecloudsdk import gcloud_main
+    cli = gcloud_main.CreateCLI([])
+except Exception as error:
+    print("cannot load the gcloud CLI:", repr(error))
+    sys.exit(99)
+for line in sys.stdin:
+    argv = json.loads(line)
+    sys.stderr.write("\n@@@ " + json.dumps(argv) + "\n")
+    sys.stderr.flush()
+    try:
+        cli.Execute(argv)
+    except SystemExit:
+        pass
+    except BaseException as error:
+        sys.stderr.write(repr(error) + "\n")
+    sys.stderr.flush()
+"""
+
+
+def parse_with_gcloud(commands: list[list[str]], tmp_path: Path) -> dict[tuple[str, ...], str]:
+    """gcloud's output for each command, run with an empty configuration (no account)."""
+    sdk = Path(os.path.realpath(real_gcloud())).parent.parent
+    bundled = sdk / "platform" / "bundledpythonunix" / "bin" / "python3"
+    python = str(bundled) if bundled.exists() else sys.executable
+    config = tmp_path / "gcloud-config"
+    config.mkdir()
+    isolated = {
+        "PATH": os.environ["PATH"], "HOME": str(tmp_path), "LANG": "C.UTF-8",
+        "PYTHONPATH": f"{sdk / 'lib' / 'third_party'}{os.pathsep}{sdk / 'lib'}",
+        "CLOUDSDK_CONFIG": str(config),  # no account, so nothing can reach Google
+        "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
+        "CLOUDSDK_CORE_CHECK_GCE_METADATA": "false",
+        "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "true",
+        "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "true",
+    }
+    proc = subprocess.run([python, "-c", PARSE_WITH_GCLOUD], input="".join(json.dumps(c) + "\n" for c in commands),
+                          env=isolated, capture_output=True, text=True, timeout=300)
+    if proc.returncode == 99:
+        pytest.skip(proc.stdout.strip())
+    outputs = {}
+    for section in proc.stderr.split("\n@@@ ")[1:]:
+        argv, _, output = section.partition("\n")
+        outputs[tuple(json.loads(argv))] = output
+    assert set(outputs) == {tuple(c) for c in commands}, proc.stderr[-2000:]
+    return outputs
+
+
+@pytest.mark.skipif(real_gcloud() is None, reason="the gcloud CLI is not installed")
+def test_real_gcloud_accepts_every_command_and_flag(env, tmp_path):
+    """Every recorded command parses with the installed gcloud: it stops at the credential check,
+    which comes after argument parsing (an unknown flag or bad choice fails before it)."""
+    runs = [
+        ok(deploy(env, *REQUIRED, *TUNING, "--export-bucket", "rad-exports")),
+        ok(deploy(env, *REQUIRED, scenario="existing")),
+    ]
+    lifecycle = tmp_path / "lifecycle.json"
+    lifecycle.write_text('{"rule": []}')
+    commands = sorted({tuple(a if not a.startswith("--lifecycle-file=") else f"--lifecycle-file={lifecycle}" for a in c)
+                       for run in runs for c in run.calls})
+    assert len(commands) >= 40
+    outputs = parse_with_gcloud([list(c) for c in commands] + [["pubsub", "topics", "create", "t", "--retry"]], tmp_path)
+
+    # The check itself can fail: a flag gcloud does not know is reported.
+    assert "unrecognized arguments: --retry" in outputs[("pubsub", "topics", "create", "t", "--retry")]
+    rejected = [f"gcloud {' '.join(argv)}\n  -> {(outputs[argv].strip().splitlines() or ['(no output)'])[0]}"
+                for argv in commands if "do not currently have an active account" not in outputs[argv]]
+    assert not rejected, "\n".join(rejected)
+
+
+@pytest.mark.skipif(real_gcloud() is None, reason="the gcloud CLI is not installed")
+def test_gcloudignore_uploads_only_what_the_function_needs(tmp_path):
+    tree = tmp_path / "tree"
+    files = [
+        "main.py", "requirements.txt", "config.yaml", "config.site-b.yaml", "config/site-c.yaml",
+        "handlers/__init__.py", "handlers/intake.py", "handlers/__pycache__/intake.cpython-312.pyc",
+        "requirements-dev.txt", "deploy.sh", "README.md", "Makefile", ".gitignore",
+        "tests/unit/test_x.py", "emulator/server.py", "localstack/up.py", "bench/run.py", "docs/deploy.md",
+        ".venv/lib/site.py", ".local/stack.env", ".pytest_cache/v/x", ".ci/run", "schema/result.json",
+    ]
+    for name in files:
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text("x")
+    shutil.copy2(REPO / ".gcloudignore", tree / ".gcloudignore")
+    proc = subprocess.run([real_gcloud(), "meta", "list-files-for-upload", str(tree)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "CLOUDSDK_CONFIG": str(tmp_path / "cfg")})
+    assert proc.returncode == 0, proc.stderr
+    assert set(proc.stdout.split()) == {
+        "main.py", "requirements.txt", "config.yaml", "config.site-b.yaml", "config/site-c.yaml",
+        "handlers/__init__.py", "handlers/intake.py",
+    }
