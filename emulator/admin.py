@@ -24,7 +24,7 @@ def _emulator() -> Emulator:
 
 
 def _json_body() -> Any:
-    body = request.get_json(silent=True)
+    body = request.get_json(force=True, silent=True)  # curl -d sends a form content type
     if body is None and request.get_data().strip():
         raise invalid("the body must be JSON")
     return body
