@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv up down status test
+.PHONY: venv up down status test demo
 
 venv: $(STAMP)
 
@@ -29,3 +29,7 @@ status: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# A realistic drop through the whole local stack, then the results table (starts and stops its own stack).
+demo: $(STAMP)
+	$(PY) -m localstack.demo

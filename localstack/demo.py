@@ -1,0 +1,164 @@
+"""``make demo``: a realistic drop through the whole local stack, then a table of the results.
+
+Starts its own stack in ``.local/demo`` (a ``make up`` stack keeps running),
+uploads several studies in nested folders (synthetic CT and MR series and
+files that ship with pydicom), a corrupt ``.dcm``, a file no rule matches and
+one the config ignores; waits for the result messages on Pub/Sub; prints them;
+checks the store through QIDO; stops the stack. Exit status 1 if anything is
+missing or wrong.
+
+    .venv/bin/python -m localstack.demo [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from math import ceil
+from pathlib import Path
+
+from . import samples
+from .names import REPO_ROOT
+from .observe import Result, ResultsReader, api_calls, covered_objects, store_sop_uids
+from .stack import Stack
+
+# Bundled pydicom files with unique UIDs among themselves, Part 10, parseable.
+BUNDLED = ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "test-SR.dcm", "waveform_ecg.dcm", "examples_overlay.dcm")
+WAIT_SECONDS = 120.0
+
+
+@dataclass
+class Drop:
+    """What the demo uploads and what it expects of each object."""
+
+    files: list[tuple[str, bytes]] = field(default_factory=list)
+    valid_sops: set[str] = field(default_factory=set)
+    corrupt: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def add_valid(self, name: str, sop: str, data: bytes) -> None:
+        self.files.append((name, data))
+        self.valid_sops.add(sop)
+
+    @property
+    def matched(self) -> int:
+        return len(self.valid_sops) + len(self.corrupt)
+
+
+def build_drop() -> Drop:
+    drop = Drop()
+    ct = samples.make_study(2, 20, modality="CT", patient_id="DEMO-001", patient_name="Demo^Ct",
+                            study_description="CT chest")
+    for uids, data in ct:
+        drop.add_valid(f"site-a/2026-11-25/CT/{uids.study}/{uids.series}/{uids.sop}.dcm", uids.sop, data)
+    mr = samples.make_study(3, 8, modality="MR", patient_id="DEMO-002", patient_name="Demo^Mr",
+                            study_description="MR brain")
+    for number, (uids, data) in enumerate(mr):
+        drop.add_valid(f"site-a/2026-11-25/MR/exam 42/IMG{number:04d}.dcm", uids.sop, data)
+    import pydicom
+    from io import BytesIO
+
+    for name in BUNDLED:
+        data = samples.bundled_bytes(name)
+        sop = str(pydicom.dcmread(BytesIO(data), stop_before_pixels=True).SOPInstanceUID)
+        drop.add_valid(f"site-b/archive/{name}", sop, data)
+    drop.files.append(("site-a/2026-11-25/CT/corrupt/IMG9999.dcm", b"this is not a DICOM file" * 10))
+    drop.corrupt.append("site-a/2026-11-25/CT/corrupt/IMG9999.dcm")
+    drop.files.append(("site-a/2026-11-25/report.txt", b"radiology report, not DICOM"))
+    drop.files.append(("tmp/upload-in-progress.dcm", ct[0][1]))
+    drop.skipped += ["site-a/2026-11-25/report.txt (no rule matches)", "tmp/upload-in-progress.dcm (ignored: tmp/**)"]
+    return drop
+
+
+def upload(env: dict[str, str], drop: Drop) -> float:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(project=env["GOOGLE_CLOUD_PROJECT"], credentials=AnonymousCredentials(),
+                            client_options={"api_endpoint": env["STORAGE_EMULATOR_HOST"]})
+    bucket = client.bucket(env["INBOX_BUCKET"])
+    started = time.time()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda item: bucket.blob(item[0]).upload_from_string(item[1]), drop.files))
+    return started
+
+
+def table(results: list[Result], uploaded_at: float) -> str:
+    header = f"{'batch':<28} {'outcome':<9} {'objects':>7} {'success':>7} {'failure':>7} {'wait s':>6} {'latency s':>9}"
+    lines = [header, "-" * len(header)]
+    for result in sorted(results, key=lambda r: r.data["batch"]):
+        data = result.data
+        lines.append(f"{data['batch']:<28} {data['outcome']:<9} {data['objectCount']:>7} "
+                     f"{data['counter']['success']:>7} {data['counter']['failure']:>7} "
+                     f"{data['timings']['waitSeconds'] or 0:>6.1f} {result.received_at - uploaded_at:>9.1f}")
+    return "\n".join(lines)
+
+
+def verify(env: dict[str, str], drop: Drop, results: list[Result], max_objects: int) -> list[str]:
+    """Everything that is wrong, one line each (empty when the demo succeeded)."""
+    problems = []
+    imports = [r for r in results if r.data["schema"] == "dicom-import-result/v1"]
+    if covered_objects(imports) != drop.matched:
+        problems.append(f"results cover {covered_objects(imports)} objects, expected {drop.matched}")
+    failures = sum(r.data["counter"]["failure"] for r in imports)
+    if failures != len(drop.corrupt):
+        problems.append(f"results count {failures} failures, expected {len(drop.corrupt)} (the corrupt file)")
+    missing = drop.valid_sops - store_sop_uids(env)
+    if missing:
+        problems.append(f"{len(missing)} valid instances are not in the store")
+    calls = api_calls(env).get("dicomStores.import", 0)
+    bound = ceil(drop.matched / max_objects) + 1
+    if calls > bound:
+        problems.append(f"{calls} import calls for {drop.matched} objects, bound is {bound}")
+    if len({r.data["batch"] for r in imports}) != len(imports):
+        problems.append("a batch was reported twice")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run a realistic drop through the local stack.")
+    parser.add_argument("--workdir", type=Path, default=REPO_ROOT / ".local" / "demo")
+    parser.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+    args = parser.parse_args(argv)
+
+    from handlers.config import load
+
+    drop = build_drop()
+    print(f"starting the local stack in {args.workdir} ...", flush=True)
+    stack = Stack(args.workdir)
+    try:
+        env = stack.start()
+        max_objects = load(env["DICOM_IMPORT_CONFIG"], env).batching.max_objects
+        reader = ResultsReader(env)
+        print(f"uploading {len(drop.files)} objects to gs://{env['INBOX_BUCKET']}/: {len(drop.valid_sops)} valid "
+              f"instances (a CT and an MR study, synthetic, and {len(BUNDLED)} files from pydicom), "
+              f"{len(drop.corrupt)} corrupt .dcm, {len(drop.skipped)} that must not be imported", flush=True)
+        uploaded_at = upload(env, drop)
+        print(f"waiting for results on {env['RESULTS_SUBSCRIPTION']} ...", flush=True)
+        results = reader.until(lambda got: covered_objects(got) >= drop.matched, WAIT_SECONDS, quiet=2.0)
+        print()
+        print(table(results, uploaded_at))
+        print()
+        calls = api_calls(env).get("dicomStores.import", 0)
+        print(f"{drop.matched} objects matched the rules, imported with {calls} import call(s); "
+              f"not imported: {'; '.join(drop.skipped)}")
+        problems = verify(env, drop, results, max_objects)
+        in_store = len(drop.valid_sops & store_sop_uids(env))
+        print(f"store check (QIDO): {in_store}/{len(drop.valid_sops)} valid instances present")
+        for problem in problems:
+            print(f"PROBLEM: {problem}")
+        print("demo OK" if not problems else "demo FAILED")
+        return 0 if not problems else 1
+    finally:
+        if args.keep:
+            print(f"stack left running; environment in {stack.env_path}")
+        else:
+            stack.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Watching the local stack from the outside: result messages, store contents, API call counts.
+
+Shared by the demo, the end-to-end tests, the chaos suite and the benchmarks,
+which all ask the same questions: which results arrived, what is in the DICOM
+store, how many import calls were made.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import requests
+
+from .pubsub import PubSubRest
+
+SOP_INSTANCE_UID = "00080018"
+QIDO_PAGE = 5000
+
+
+@dataclass(frozen=True)
+class Result:
+    """One result message: data, attributes, and when this reader received it (epoch seconds)."""
+
+    data: dict[str, Any]
+    attributes: dict[str, str]
+    received_at: float
+    message_id: str
+
+
+class ResultsReader:
+    """Pulls (and acknowledges) result messages from the stack's results subscription."""
+
+    def __init__(self, env: Mapping[str, str], subscription: str | None = None) -> None:
+        self.pubsub = PubSubRest(env["PUBSUB_EMULATOR_HOST"])
+        self.subscription = subscription or env["RESULTS_SUBSCRIPTION"]
+        self.received: list[Result] = []
+
+    def poll(self, wait: float = 1.0) -> list[Result]:
+        """Messages available now (waiting up to ``wait`` seconds for the first)."""
+        deadline = time.monotonic() + wait
+        while True:
+            messages = self.pubsub.pull(self.subscription, 1000, wait=False, timeout=30)
+            if messages or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+        if messages:
+            self.pubsub.acknowledge(self.subscription, [m["ackId"] for m in messages])
+        now = time.time()
+        batch = [
+            Result(json.loads(base64.b64decode(m["message"].get("data", ""))), dict(m["message"].get("attributes", {})),
+                   now, m["message"].get("messageId", ""))
+            for m in messages
+        ]
+        self.received.extend(batch)
+        return batch
+
+    def until(self, done: Callable[[list[Result]], bool], timeout: float, quiet: float = 0.0) -> list[Result]:
+        """Poll until ``done(all received)`` holds (then ``quiet`` more seconds, to catch duplicates) or timeout."""
+        deadline = time.monotonic() + timeout
+        while not done(self.received) and time.monotonic() < deadline:
+            self.poll(wait=min(1.0, max(0.0, deadline - time.monotonic())))
+        end = time.monotonic() + quiet
+        while time.monotonic() < end:
+            self.poll(wait=min(1.0, end - time.monotonic()))
+        return self.received
+
+    def drain(self, quiet: float = 1.0) -> list[Result]:
+        """Discard whatever is waiting (results of earlier work)."""
+        dropped = []
+        while True:
+            batch = self.poll(wait=quiet)
+            if not batch:
+                return dropped
+            dropped.extend(batch)
+
+
+def covered_objects(results: list[Result]) -> int:
+    """Objects reported by import results (each batch once, even if its message came twice)."""
+    batches = {r.data["batch"]: r.data["objectCount"] for r in results if r.data.get("schema") == "dicom-import-result/v1"}
+    return sum(batches.values())
+
+
+def store_sop_uids(env: Mapping[str, str], store: str | None = None) -> set[str]:
+    """SOP Instance UIDs in the DICOM store, through the emulator's QIDO-RS (paged)."""
+    url = f"{env['HEALTHCARE_EMULATOR_HOST'].rstrip('/')}/v1/{store or env['DICOM_STORE']}/dicomWeb/instances"
+    found: set[str] = set()
+    offset = 0
+    while True:
+        response = requests.get(url, params={"limit": QIDO_PAGE, "offset": offset, "includefield": SOP_INSTANCE_UID},
+                                headers={"Accept": "application/dicom+json"}, timeout=60)
+        response.raise_for_status()
+        page = response.json() if response.content else []
+        found.update(item[SOP_INSTANCE_UID]["Value"][0] for item in page)
+        if len(page) < QIDO_PAGE:
+            return found
+        offset += QIDO_PAGE
+
+
+def api_calls(env: Mapping[str, str]) -> dict[str, int]:
+    """Requests per method the Healthcare emulator has served (``/emulator/stats``)."""
+    response = requests.get(f"{env['HEALTHCARE_EMULATOR_HOST'].rstrip('/')}/emulator/stats", timeout=10)
+    response.raise_for_status()
+    return dict(response.json())
