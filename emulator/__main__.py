@@ -19,7 +19,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 from emulator.app import create_app
 from emulator.context import Emulator
 from emulator.faults import FaultConfig, FaultSpecError
-from emulator.logs import LogBook
+from emulator.logs import LogBook, capture_python_logs
 from emulator.settings import STYLES, Settings, SettingsError
 
 
@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     log = LogBook()
+    capture_python_logs(log)
     try:
         settings = Settings().updated({"partialFailure": args.partial_failure, "partialFailureCode": args.partial_failure_code})
         raw_faults = os.environ.get("HEALTHCARE_EMULATOR_FAULTS", "").strip()

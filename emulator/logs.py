@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import sys
 import threading
+import warnings
 from typing import Any, TextIO
 
 from emulator.clock import rfc3339_now
@@ -58,3 +60,33 @@ class LogBook:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+class _Forward(logging.Handler):
+    """Python logging records (pydicom, werkzeug) as JSON lines of the LogBook."""
+
+    def __init__(self, book: LogBook) -> None:
+        super().__init__(logging.WARNING)
+        self.book = book
+        self.last = threading.local()  # pydicom logs then warns the same text: write it once
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        self.last.message = message
+        self.book.log(record.levelname, message, logger=record.name)
+
+
+def capture_python_logs(book: LogBook) -> None:
+    """Send Python warnings and WARNING+ logging records to ``book``, so stderr stays JSON lines."""
+    forward = _Forward(book)
+    root = logging.getLogger()
+    root.handlers[:] = [forward]
+    root.setLevel(logging.WARNING)
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, *args: Any, **kwargs: Any) -> None:
+        if getattr(forward.last, "message", None) == str(message):
+            forward.last.message = None
+            return
+        book.warning(str(message), category=category.__name__, source=f"{filename}:{lineno}")
+
+    warnings.showwarning = show
