@@ -22,15 +22,17 @@ readonly FUNCTION_TIMEOUT=540s     # the maximum for event-driven functions
 readonly SA_NAME=dicom-import-fn
 readonly LABELS=app=dicom-import
 readonly FINALIZED_EVENT=google.cloud.storage.object.v1.finalized
-# Follow-up subscription: the function fails on purpose while an operation
-# runs, so Pub/Sub redelivers with exponential backoff between these bounds.
-readonly FOLLOWUP_ACK_DEADLINE=600
-readonly FOLLOWUP_MIN_RETRY_DELAY=10s
-readonly FOLLOWUP_MAX_RETRY_DELAY=600s
+# The triggers' subscriptions (created by Eventarc). The follow-up and export
+# functions fail on purpose while an operation runs, so Pub/Sub redelivers
+# with exponential backoff between these bounds; the ack deadline (how long a
+# push waits for the function) is above the function timeout.
+readonly TRIGGER_ACK_DEADLINE=600
+readonly TRIGGER_MIN_RETRY_DELAY=10s
+readonly TRIGGER_MAX_RETRY_DELAY=600s
+# Eventarc keeps undelivered messages 24 h; a follow-up or export may be
+# redelivered until followup.deadline_hours, and an outage may last longer.
+readonly TRIGGER_RETENTION=7d
 readonly FOLLOWUP_MAX_DELIVERY_ATTEMPTS=100   # Pub/Sub's maximum
-# Eventarc keeps undelivered messages 24 h; a follow-up may be redelivered
-# until followup.deadline_hours, so keep them longer.
-readonly FOLLOWUP_RETENTION=7d
 # 100 attempts at most 600 s apart cover at least this many hours of
 # redelivery before a follow-up is dead-lettered (more when runs are long).
 readonly FOLLOWUP_COVERED_HOURS=16
@@ -589,21 +591,38 @@ grant_invoker() {
   done
 }
 
-# The follow-up trigger's subscription is created by Eventarc; it gets the
-# backoff, ack deadline and dead-letter policy the follow-up loop relies on.
-configure_followup_subscription() {
-  say "follow-up subscription: backoff ${FOLLOWUP_MIN_RETRY_DELAY}..${FOLLOWUP_MAX_RETRY_DELAY}, dead letters to ${FOLLOWUP_DLQ_ID}"
-  lookup FOLLOWUP_TRIGGER gcloud functions describe "${FN_FOLLOWUP}" --project="${PROJECT}" --region="${REGION}" \
+# configure_trigger_subscription FUNCTION VAR [DEAD_LETTER_TOPIC]: finds the
+# subscription Eventarc created for FUNCTION's trigger (VAR_TRIGGER,
+# VAR_SUBSCRIPTION) and sets its ack deadline, backoff, retention and, when
+# given, dead-letter policy. Re-applied on every run: a redeploy that
+# recreates the trigger also recreates the subscription.
+configure_trigger_subscription() {
+  local fn=$1 var=$2 dead_letter=${3:-}
+  local trigger_var=${var}_TRIGGER subscription_var=${var}_SUBSCRIPTION
+  lookup "${trigger_var}" gcloud functions describe "${fn}" --project="${PROJECT}" --region="${REGION}" \
     --v2 --format='value(eventTrigger.trigger)'
-  lookup FOLLOWUP_SUBSCRIPTION gcloud eventarc triggers describe "${FOLLOWUP_TRIGGER}" --project="${PROJECT}" \
-    --location="${REGION}" --format='value(transport.pubsub.subscription)'
-  run gcloud pubsub subscriptions update "${FOLLOWUP_SUBSCRIPTION}" --project="${PROJECT}" \
-    --ack-deadline="${FOLLOWUP_ACK_DEADLINE}" --message-retention-duration="${FOLLOWUP_RETENTION}" \
-    --min-retry-delay="${FOLLOWUP_MIN_RETRY_DELAY}" --max-retry-delay="${FOLLOWUP_MAX_RETRY_DELAY}" \
-    --dead-letter-topic="projects/${PROJECT}/topics/${FOLLOWUP_DLQ_ID}" \
-    --max-delivery-attempts="${FOLLOWUP_MAX_DELIVERY_ATTEMPTS}"
-  bind gcloud pubsub subscriptions add-iam-policy-binding "${FOLLOWUP_SUBSCRIPTION}" --project="${PROJECT}" \
-    --member="serviceAccount:${PUBSUB_AGENT}" --role=roles/pubsub.subscriber
+  lookup "${subscription_var}" gcloud eventarc triggers describe "${!trigger_var}" --project="${PROJECT}" \
+    --format='value(transport.pubsub.subscription)'
+  local subscription=${!subscription_var}
+  local -a policy=(--ack-deadline="${TRIGGER_ACK_DEADLINE}" --message-retention-duration="${TRIGGER_RETENTION}"
+    --min-retry-delay="${TRIGGER_MIN_RETRY_DELAY}" --max-retry-delay="${TRIGGER_MAX_RETRY_DELAY}")
+  if [[ -n ${dead_letter} ]]; then
+    policy+=(--dead-letter-topic="projects/${PROJECT}/topics/${dead_letter}"
+      --max-delivery-attempts="${FOLLOWUP_MAX_DELIVERY_ATTEMPTS}")
+  fi
+  run gcloud pubsub subscriptions update "${subscription}" --project="${PROJECT}" "${policy[@]}"
+  if [[ -n ${dead_letter} ]]; then
+    # Dead-lettering acknowledges the message on this subscription.
+    bind gcloud pubsub subscriptions add-iam-policy-binding "${subscription}" --project="${PROJECT}" \
+      --member="serviceAccount:${PUBSUB_AGENT}" --role=roles/pubsub.subscriber
+  fi
+}
+
+configure_trigger_subscriptions() {
+  say "trigger subscriptions: ack deadline ${TRIGGER_ACK_DEADLINE}s, backoff ${TRIGGER_MIN_RETRY_DELAY}..${TRIGGER_MAX_RETRY_DELAY}, retention ${TRIGGER_RETENTION}; follow-up dead letters to ${FOLLOWUP_DLQ_ID}"
+  configure_trigger_subscription "${FN_INTAKE}" INTAKE
+  configure_trigger_subscription "${FN_FOLLOWUP}" FOLLOWUP "${FOLLOWUP_DLQ_ID}"
+  configure_trigger_subscription "${FN_EXPORT}" EXPORT
 }
 
 summary() {
@@ -637,7 +656,7 @@ main() {
   grant_service_agents
   deploy_functions
   grant_invoker
-  configure_followup_subscription
+  configure_trigger_subscriptions
   summary
 }
 

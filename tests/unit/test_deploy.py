@@ -34,8 +34,17 @@ INBOX = "rad-inbox"
 STATE = "rad-import-state"
 STORE = f"projects/{PROJECT}/locations/europe-west4/datasets/radiology/dicomStores/main"
 GCS_AGENT = f"service-{PROJECT_NUMBER}@gs-project-accounts.iam.gserviceaccount.com"
-TRIGGER = f"projects/{PROJECT}/locations/{REGION}/triggers/dicom-import-followup-483920"
-SUBSCRIPTION = f"projects/{PROJECT}/subscriptions/eventarc-{REGION}-dicom-import-followup-483920-sub-221"
+FUNCTIONS = ("dicom-import-intake", "dicom-import-followup", "dicom-export-request")
+
+
+def trigger(function: str) -> str:  # what the fake's `functions describe` reports
+    return f"projects/{PROJECT}/locations/{REGION}/triggers/{function}-483920"
+
+
+def subscription(function: str) -> str:  # what the fake's `eventarc triggers describe` reports
+    return f"projects/{PROJECT}/subscriptions/eventarc-{REGION}-{function}-483920-sub-221"
+
+
 RUNTIME_SA = f"dicom-import-fn@{PROJECT}.iam.gserviceaccount.com"
 HEALTHCARE_AGENT = f"serviceAccount:service-{PROJECT_NUMBER}@gcp-sa-healthcare.iam.gserviceaccount.com"
 PUBSUB_AGENT = f"serviceAccount:service-{PROJECT_NUMBER}@gcp-sa-pubsub.iam.gserviceaccount.com"
@@ -90,13 +99,17 @@ case "$1 ${2:-}" in
     if [[ $3 == describe && $existing != 1 ]]; then not_found "$4"; fi ;;
   "storage service-agent") echo "service-123456789012@gs-project-accounts.iam.gserviceaccount.com" ;;
   "functions describe")
-    if [[ $format == 'value(eventTrigger.trigger)' ]]; then echo "$FAKE_TRIGGER"
-    else printf 'name: %s\neventTrigger:\n  trigger: %s\n' "$3" "$FAKE_TRIGGER"; fi ;;
+    trigger="projects/$FAKE_MAIN_PROJECT/locations/$FAKE_REGION/triggers/$3-483920"
+    if [[ $format == 'value(eventTrigger.trigger)' ]]; then echo "$trigger"
+    else printf 'name: %s\neventTrigger:\n  trigger: %s\n' "$3" "$trigger"; fi ;;
   "eventarc triggers")
     if [[ $3 == describe ]]; then
-      if [[ $4 != "$FAKE_TRIGGER" ]]; then not_found "$4"
-      elif [[ $format == 'value(transport.pubsub.subscription)' ]]; then echo "$FAKE_SUBSCRIPTION"
-      else printf 'transport:\n  pubsub:\n    subscription: %s\n' "$FAKE_SUBSCRIPTION"; fi
+      prefix="projects/$FAKE_MAIN_PROJECT/locations/$FAKE_REGION/triggers/"
+      [[ $4 == "$prefix"*-483920 ]] || not_found "$4"
+      function=${4#"$prefix"}; function=${function%-483920}
+      subscription="projects/$FAKE_MAIN_PROJECT/subscriptions/eventarc-$FAKE_REGION-$function-483920-sub-221"
+      if [[ $format == 'value(transport.pubsub.subscription)' ]]; then echo "$subscription"
+      else printf 'transport:\n  pubsub:\n    subscription: %s\n' "$subscription"; fi
     fi ;;
 esac
 exit 0
@@ -174,8 +187,7 @@ def env(tmp_path: Path) -> dict:
             "FAKE_GCLOUD_LOG": str(tmp_path / "gcloud.log"),
             "FAKE_MAIN_PROJECT": PROJECT,
             "FAKE_GCLOUD_INBOX": INBOX,
-            "FAKE_TRIGGER": TRIGGER,
-            "FAKE_SUBSCRIPTION": SUBSCRIPTION,
+            "FAKE_REGION": REGION,
             "DEPLOY_RETRY_SLEEP": "0",
         },
     }
@@ -323,7 +335,7 @@ def test_fresh_project_grants_least_privilege(env):
         ("pubsub topics", "dicom-import-results-dead-letter", PUBSUB_AGENT, "roles/pubsub.publisher"),
         ("pubsub topics", "dicom-import-followups-dead-letter", PUBSUB_AGENT, "roles/pubsub.publisher"),
         ("iam service-accounts", RUNTIME_SA, PUBSUB_AGENT, "roles/iam.serviceAccountTokenCreator"),
-        ("pubsub subscriptions", SUBSCRIPTION, PUBSUB_AGENT, "roles/pubsub.subscriber"),
+        ("pubsub subscriptions", subscription("dicom-import-followup"), PUBSUB_AGENT, "roles/pubsub.subscriber"),
     }
     (store_binding,) = run.matching("healthcare", "dicom-stores", "add-iam-policy-binding")
     assert (flag(store_binding, "--dataset"), flag(store_binding, "--location"), flag(store_binding, "--project")) == (
@@ -386,16 +398,25 @@ def test_followup_subscription_gets_backoff_ack_deadline_and_dead_letters(env):
 
     describe_fn = run.index("functions", "describe", "dicom-import-followup")
     assert describe_fn > run.calls.index(deploys(run)["dicom-import-followup"])
-    (trigger,) = run.matching("eventarc", "triggers", "describe")
-    assert trigger[3] == TRIGGER  # the trigger the function reported
-    (update,) = run.matching("pubsub", "subscriptions", "update")
-    assert update[3] == SUBSCRIPTION  # the subscription Eventarc created
+    assert run.calls[describe_fn + 1][:4] == ["eventarc", "triggers", "describe", trigger("dicom-import-followup")]
+    (update,) = [c for c in run.matching("pubsub", "subscriptions", "update") if c[3] == subscription("dicom-import-followup")]
     assert flag(update, "--ack-deadline") == "600"
     assert flag(update, "--message-retention-duration") == "7d"  # Eventarc's 24 h would drop long follow-ups
     assert flag(update, "--min-retry-delay") == "10s"
     assert flag(update, "--max-retry-delay") == "600s"
     assert flag(update, "--dead-letter-topic") == f"projects/{PROJECT}/topics/dicom-import-followups-dead-letter"
     assert 5 <= int(flag(update, "--max-delivery-attempts")) <= 100
+
+
+def test_every_trigger_subscription_waits_for_the_function_and_backs_off(env):
+    run = ok(deploy(env, *REQUIRED))
+    updates = {c[3]: c for c in run.matching("pubsub", "subscriptions", "update")}
+    assert set(updates) == {subscription(fn) for fn in FUNCTIONS}
+    for fn in FUNCTIONS:
+        update = updates[subscription(fn)]
+        assert int(flag(update, "--ack-deadline")) > 540  # the functions' timeout
+        assert (flag(update, "--min-retry-delay"), flag(update, "--max-retry-delay")) == ("10s", "600s")
+        assert (flag(update, "--dead-letter-topic") is None) == (fn != "dicom-import-followup")
 
 
 # ---------------------------------------------------------------- second run
