@@ -61,15 +61,24 @@ def parse_instance(data: bytes) -> Instance:
 
 
 def attributes(ds: Dataset) -> dict[str, Any]:
-    """The DICOM JSON model (PS3.18 F.2) of ``ds``'s non-bulk elements, keyed by 8-hex-digit tag."""
+    """The DICOM JSON model (PS3.18 F.2) of ``ds``'s non-bulk elements, keyed by 8-hex-digit tag.
+
+    An element whose value cannot be decoded (e.g. ``IS`` "1A") is left out of
+    the searchable attributes; the instance itself is kept as received.
+    """
     out: dict[str, Any] = {}
     try:
-        for element in ds:
+        tags = list(ds.keys())
+    except Exception as exc:
+        raise DicomError(f"cannot read the DICOM attributes: {exc}") from None
+    for tag in tags:
+        try:
+            element = ds[tag]
             if element.VR in BULK_VRS or element.tag.group == 0x7FE0:
                 continue
             out[f"{element.tag:08X}"] = element.to_json_dict(None, 1 << 20)
-    except Exception as exc:
-        raise DicomError(f"cannot decode the DICOM attributes: {exc}") from None
+        except Exception:
+            continue
     return out
 
 

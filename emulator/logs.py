@@ -90,3 +90,4 @@ def capture_python_logs(book: LogBook) -> None:
         book.warning(str(message), category=category.__name__, source=f"{filename}:{lineno}")
 
     warnings.showwarning = show
+    warnings.simplefilter("always")  # per-file problems are worth a line each time, not once per process

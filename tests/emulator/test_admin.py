@@ -7,7 +7,7 @@ import time
 from emulator.app import create_app
 from emulator.context import Emulator
 from emulator.logs import LogBook
-from localstack.samples import make_series
+from localstack.samples import bundled_bytes, make_series
 from tests.emulator.client import assert_google_error, counter
 
 
@@ -85,3 +85,18 @@ def test_unexpected_errors_give_a_google_500_without_traceback():
     assert done["error"]["code"] == 13 and "disk on fire" not in done["error"]["message"]
     assert counter(done) == {}
     assert "disk on fire" in stream.getvalue()
+
+
+def test_stderr_is_json_lines_only(api, healthcare_emulator, store, upload):
+    # badVR.dcm has an IS value "1A": pydicom warns, the instance is kept (that attribute is not searchable).
+    done = api.import_and_wait(store, upload("j/bad-vr.dcm", bundled_bytes("badVR.dcm")))
+    assert counter(done) == {"success": "1"}
+    # localstack's process manager heads the file with "=== <time> starting ..." lines.
+    lines = [line for line in healthcare_emulator.log_path.read_text().splitlines() if not line.startswith("=== ")]
+    assert lines
+    for line in lines:
+        entry = json.loads(line)
+        assert {"time", "severity", "message"} <= set(entry), line
+    entries = [json.loads(line) for line in lines]
+    assert any(e.get("methodId") == "dicomStores.import" for e in entries)
+    assert any(e["severity"] == "WARNING" and "1A" in e["message"] for e in entries)
