@@ -1,7 +1,8 @@
 """Exporting DICOM instances to Cloud Storage, optionally filtered by study/series/instance.
 
 An :class:`ExportRequest` is validated before any call (UIDs, destination, MIME
-type, filter lines). :class:`ExportJob` writes the filter file to the state
+type, filter lines). :class:`ExportJob` refuses paths that name nothing in the
+store (one QIDO search each, before anything is written), writes the filter file to the state
 bucket, calls ``dicomStores.export`` with ``filterConfig.resourcePathsGcsUri``,
 follows the operation and publishes one ``dicom-export-result/v1`` message.
 Its record (``exports/REQUEST_ID.json``) makes a redelivered request resume
@@ -36,6 +37,8 @@ _MIME_RE = re.compile(
     r"|image/png"
 )
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# Filter paths checked for existence (one QIDO search each) before an export starts.
+MAX_CHECKED_PATHS = 100
 
 
 class ExportRequestError(ValueError):
@@ -115,6 +118,34 @@ class ExportRequest:
             depth = path.count("/") // 2
             counts[("studies", "series", "instances")[depth - 1]] += 1
         return counts
+
+
+def check_paths_exist(api: HealthcareApi, request: ExportRequest, deadline: Deadline) -> None:
+    """Refuse a request whose paths (the first :data:`MAX_CHECKED_PATHS`) name nothing in the store.
+
+    One QIDO search per path. Raises :class:`ExportRequestError` listing the missing
+    paths, or RetryLater when the API cannot answer yet.
+    """
+    missing = []
+    for path in request.paths[:MAX_CHECKED_PATHS]:
+        study, series, instance = _PATH_RE.fullmatch(path).groups()  # type: ignore[union-attr]
+        if instance is not None:
+            resource, key, uid = f"studies/{study}/series/{series}/instances", "SOPInstanceUID", instance
+        elif series is not None:
+            resource, key, uid = f"studies/{study}/series", "SeriesInstanceUID", series
+        else:
+            resource, key, uid = "studies", "StudyInstanceUID", study
+        try:
+            found = api.search_dicom(request.store, resource, {key: uid, "limit": "1"}, deadline)
+        except ApiError as exc:
+            if exc.retryable:
+                raise RetryLater(f"cannot search {request.store} for the filter paths yet: {exc}") from None
+            raise ExportRequestError(f"cannot search DICOM store {request.store} for the filter paths: {exc}") from None
+        if not found:
+            missing.append(path)
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise ExportRequestError(f"not in DICOM store {request.store}: {shown}: check the UIDs (a QIDO search found nothing)")
 
 
 def _split(item: str, parts: int, flag: str, form: str) -> list[str]:
@@ -221,9 +252,13 @@ class ExportJob:
         return f"exports/{request.request_id}.json"
 
     def run(self, request: ExportRequest, deadline: Deadline) -> dict[str, Any]:
-        """The published result message; RetryLater when the budget ends first."""
+        """The published result message; RetryLater when the budget ends first.
+
+        A new request is first checked with :func:`check_paths_exist` (ExportRequestError
+        when it names something the store does not hold); a resumed one is not checked again.
+        """
         path = self.record_path(request)
-        record = self.store.read(path) or self._start(request, path)
+        record = self.store.read(path) or self._start(request, path, deadline)
         while True:
             state = record.data["state"]
             if state == DONE:
@@ -242,7 +277,8 @@ class ExportJob:
             except Conflict:
                 record = self.store.read(path) or record
 
-    def _start(self, request: ExportRequest, path: str) -> Document:
+    def _start(self, request: ExportRequest, path: str, deadline: Deadline) -> Document:
+        check_paths_exist(self.api, request, deadline)
         filter_uri = None
         if request.paths:
             filter_path = f"exports/{request.request_id}.filter.txt"

@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
+from urllib.parse import urlencode
 
 from handlers.retry import Backoff, Deadline
 
@@ -135,6 +136,11 @@ class HealthcareApi:
 
     def export_dicom(self, store: str, body: Mapping[str, Any], deadline: Deadline) -> Operation:
         return Operation.parse(self.request("POST", f"{store}:export", deadline, body))
+
+    def search_dicom(self, store: str, resource: str, params: Mapping[str, str], deadline: Deadline) -> list[dict[str, Any]]:
+        """QIDO-RS ``GET {store}/dicomWeb/{resource}?params`` (e.g. ``studies/S/series``); [] when nothing matches."""
+        found = self.request("GET", f"{store}/dicomWeb/{resource}?{urlencode(params)}", deadline)
+        return found if isinstance(found, list) else []
 
     def get_operation(self, name: str, deadline: Deadline) -> Operation:
         return Operation.parse(self.request("GET", name, deadline))

@@ -109,6 +109,9 @@ class FakeApi:
     exports: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     operations: dict[str, dict[str, Any]] = field(default_factory=dict)
     get_errors: list[ApiError] = field(default_factory=list)
+    stored: set[str] | None = None
+    """Resource paths QIDO finds (``/studies/S[/series/R[/instances/I]]``); None: any path."""
+    searches: list[str] = field(default_factory=list)
 
     def import_dicom(self, store: str, uri: str, deadline: Deadline, blob_storage_class: str | None = None) -> Operation:
         if self.import_errors:
@@ -135,6 +138,12 @@ class FakeApi:
         name = f"projects/p/locations/l/datasets/d/operations/export-{len(self.exports)}"
         self.operations[name] = {"name": name, "metadata": {"counter": {}}}
         return Operation.parse(self.operations[name])
+
+    def search_dicom(self, store: str, resource: str, params: Mapping[str, str], deadline: Deadline) -> list[dict[str, Any]]:
+        uid = next(value for key, value in params.items() if key != "limit")
+        path = f"/{resource}/{uid}"
+        self.searches.append(path)
+        return [{}] if self.stored is None or path in self.stored else []
 
     def wait(self, name: str, deadline: Deadline, poll: Any = None) -> Operation:
         if self.get_errors:
