@@ -1,0 +1,26 @@
+"""A whole local stack with the end-to-end config (small batches, 3 s window), shared by tests/e2e."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from localstack.bridge import Backoff
+from localstack.stack import Stack
+
+CONFIG = Path(__file__).with_name("config.yaml")
+MAX_OBJECTS = 20
+MAX_WAIT = 3.0
+
+
+@pytest.fixture(scope="session")
+def e2e_stack(tmp_path_factory: pytest.TempPathFactory, stack_owner: tuple[int, int]) -> Iterator[Stack]:
+    stack = Stack(tmp_path_factory.mktemp("e2e-stack"), config=CONFIG, owner=stack_owner,
+                  backoff=Backoff(initial=0.5, maximum=5.0))
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()

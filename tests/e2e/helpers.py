@@ -1,0 +1,90 @@
+"""What the end-to-end tests do to a running stack: upload, deliver events by hand, read results."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Mapping
+
+import requests
+
+from localstack.observe import Result, ResultsReader
+
+
+def storage(env: Mapping[str, str]):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs
+
+    return gcs.Client(project=env["GOOGLE_CLOUD_PROJECT"], credentials=AnonymousCredentials(),
+                      client_options={"api_endpoint": env["STORAGE_EMULATOR_HOST"]})
+
+
+def unique_prefix(label: str) -> str:
+    return f"{label}-{uuid.uuid4().hex[:8]}/"
+
+
+def upload(env: Mapping[str, str], files: Iterable[tuple[str, bytes]], threads: int = 16) -> dict[str, str]:
+    """Upload ``(name, data)`` pairs to the inbox; name -> generation."""
+    bucket = storage(env).bucket(env["INBOX_BUCKET"])
+
+    def put(item: tuple[str, bytes]) -> tuple[str, str]:
+        blob = bucket.blob(item[0])
+        blob.upload_from_string(item[1])
+        return item[0], str(blob.generation)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return dict(pool.map(put, list(files)))
+
+
+def storage_event(env: Mapping[str, str], name: str, generation: str, event_id: str | None = None) -> requests.Response:
+    """Deliver a finalize event to the function by hand, exactly as Eventarc would."""
+    bucket = env["INBOX_BUCKET"]
+    headers = {"ce-specversion": "1.0", "ce-type": "google.cloud.storage.object.v1.finalized",
+               "ce-source": f"//storage.googleapis.com/projects/_/buckets/{bucket}", "ce-subject": f"objects/{name}",
+               "ce-id": event_id or uuid.uuid4().hex, "ce-time": "2026-11-25T10:00:00Z",
+               "Content-Type": "application/json"}
+    body = {"bucket": bucket, "name": name, "generation": generation, "size": "1", "contentType": "application/dicom"}
+    return requests.post(env["FUNCTION_URL"], headers=headers, data=json.dumps(body), timeout=120)
+
+
+def notification_event(env: Mapping[str, str], name: str, generation: str) -> requests.Response:
+    """Deliver a Cloud Storage Pub/Sub notification (push envelope) to the same function."""
+    bucket = env["INBOX_BUCKET"]
+    resource = {"bucket": bucket, "name": name, "generation": generation, "size": "1"}
+    envelope = {"subscription": "projects/local-project/subscriptions/manual", "message": {
+        "data": base64.b64encode(json.dumps(resource).encode()).decode(), "messageId": uuid.uuid4().hex,
+        "publishTime": "2026-11-25T10:00:00Z",
+        "attributes": {"eventType": "OBJECT_FINALIZE", "bucketId": bucket, "objectId": name,
+                       "objectGeneration": generation, "payloadFormat": "JSON_API_V1"}}}
+    return requests.post(env["FUNCTION_URL"], json=envelope, timeout=120)
+
+
+def import_results_under(results: Iterable[Result], bucket: str, prefix: str) -> list[Result]:
+    """Import results that cover objects of ``gs://bucket/prefix``."""
+    scope = f"gs://{bucket}/{prefix}"
+    return [r for r in results if r.data["schema"] == "dicom-import-result/v1"
+            and any(o["uri"].startswith(scope) for o in r.data["objects"] or [])]
+
+
+def covered_names(results: Iterable[Result], bucket: str, prefix: str) -> Counter:
+    """How many reported batches cover each object name under the prefix (one per distinct batch)."""
+    seen: Counter = Counter()
+    batches = set()
+    for result in import_results_under(results, bucket, prefix):
+        if result.data["batch"] in batches:
+            continue
+        batches.add(result.data["batch"])
+        for item in result.data["objects"]:
+            seen[item["uri"][len(f"gs://{bucket}/"):]] += 1
+    return seen
+
+
+def wait_for_names(reader: ResultsReader, bucket: str, prefix: str, names: Iterable[str], timeout: float,
+                   quiet: float = 0.0) -> list[Result]:
+    """Results under ``prefix`` once every name is covered (then ``quiet`` more seconds)."""
+    wanted = set(names)
+    reader.until(lambda got: wanted <= set(covered_names(got, bucket, prefix)), timeout, quiet=quiet)
+    return import_results_under(reader.received, bucket, prefix)
