@@ -238,7 +238,7 @@ class _RouteWorker:
                     failing_since = time.monotonic()
                     log("WARNING", "pull failed, retrying", route=self.route.name, subscription=self.route.subscription, error=str(exc))
                 time.sleep(pause)
-                pause = min(pause * 2, 5.0)
+                pause = min(pause * 2, 2.0)
                 continue
             if failing_since is not None:
                 log("INFO", "pull recovered", route=self.route.name, outageSeconds=round(time.monotonic() - failing_since, 1))

@@ -1,0 +1,188 @@
+"""The composed stack: environment, resources, and events from fake-gcs-server through the bridge
+to functions-framework processes (a recording stand-in for main.py), including failures."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+import requests
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+
+from localstack.bridge import Backoff
+from localstack.names import CONTRACT_KEYS, Names
+from localstack.pubsub import PubSubRest
+from localstack.stack import Stack, read_env_file
+
+pytestmark = pytest.mark.stack
+
+RECORDING_FUNCTION = Path(__file__).with_name("recording_function.py")
+
+
+class Recorded:
+    """The stack plus what its functions received."""
+
+    def __init__(self, stack: Stack, record_file: Path, fail_file: Path) -> None:
+        self.stack, self.record_file, self.fail_file = stack, record_file, fail_file
+        self.env = stack.env
+        self.storage = storage.Client(
+            project=stack.names.project,
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": self.env["STORAGE_EMULATOR_HOST"]},
+        )
+        self.pubsub = PubSubRest(self.env["PUBSUB_EMULATOR_HOST"])
+
+    def received(self) -> list[dict]:
+        if not self.record_file.exists():
+            return []
+        return [json.loads(line) for line in self.record_file.read_text().splitlines()]
+
+    def wait_for(self, match: Callable[[dict], bool], count: int = 1, timeout: float = 30.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while len(found := [entry for entry in self.received() if match(entry)]) < count:
+            assert time.monotonic() < deadline, f"{len(found)} of {count} events after {timeout} s"
+            time.sleep(0.05)
+        return found
+
+    def route(self, name: str) -> dict:
+        return self.stack.bridge_status()["routes"][name]
+
+    def upload(self, name: str, bucket: str | None = None) -> None:
+        self.storage.bucket(bucket or self.env["INBOX_BUCKET"]).blob(name).upload_from_string(b"DICM?")
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory, stack_owner: tuple[int, int]) -> Iterator[Recorded]:
+    workdir = tmp_path_factory.mktemp("recorded-stack")
+    record_file, fail_file = workdir / "received.jsonl", workdir / "fail"
+    stack = Stack(
+        workdir / "stack",
+        source=RECORDING_FUNCTION,
+        function_env={"RECORD_FILE": str(record_file), "FAIL_FILE": str(fail_file)},
+        backoff=Backoff(initial=0.2, maximum=1.0),
+        owner=stack_owner,
+    )
+    try:
+        stack.start()
+        yield Recorded(stack, record_file, fail_file)
+    finally:
+        stack.stop()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def test_env_holds_every_contract_key_and_matches_stack_env(recorded: Recorded) -> None:
+    env, names = recorded.env, Names()
+    assert set(CONTRACT_KEYS) <= set(env)
+    assert read_env_file(recorded.stack.env_path) == env
+    assert env["GOOGLE_CLOUD_PROJECT"] == "local-project"
+    assert env["DICOM_STORE"] == "projects/local-project/locations/us-central1/datasets/local-dataset/dicomStores/local-store"
+    assert env["RESULTS_TOPIC"] == "projects/local-project/topics/dicom-import-results"
+    assert env["RESULTS_SUBSCRIPTION"] == "projects/local-project/subscriptions/dicom-import-results-tail"
+    assert (env["INBOX_BUCKET"], env["STATE_BUCKET"], env["EXPORT_BUCKET"]) == names.buckets
+    assert env["PUBSUB_EMULATOR_HOST"].startswith("127.0.0.1:")
+    for key in ("STORAGE_EMULATOR_HOST", "HEALTHCARE_EMULATOR_HOST", "BRIDGE_URL"):
+        assert env[key].startswith("http://127.0.0.1:") and not env[key].endswith("/")
+    for key in ("FUNCTION_URL", "FOLLOWUP_URL", "EXPORT_URL"):
+        assert env[key].startswith("http://127.0.0.1:") and env[key].endswith("/")
+    ports = {value.rstrip("/").rsplit(":", 1)[1] for key, value in env.items() if "127.0.0.1:" in value}
+    assert len(ports) == 7  # pubsub, gcs, healthcare, three functions, bridge: a port each
+    assert Path(env["DICOM_IMPORT_CONFIG"]).is_file()
+
+
+def test_every_resource_exists(recorded: Recorded) -> None:
+    env, names = recorded.env, Names()
+    for bucket in names.buckets:
+        assert requests.get(f"{env['STORAGE_EMULATOR_HOST']}/storage/v1/b/{bucket}", timeout=5).status_code == 200
+    for topic in names.topics:
+        assert recorded.pubsub.exists(names.topic_path(topic))
+    tail = recorded.pubsub.call("GET", env["RESULTS_SUBSCRIPTION"])
+    assert tail["topic"] == env["RESULTS_TOPIC"]
+    for subscription in names.subscriptions:
+        assert recorded.pubsub.exists(names.subscription_path(subscription))
+    store = requests.get(f"{env['HEALTHCARE_EMULATOR_HOST']}/v1/{env['DICOM_STORE']}", timeout=5)
+    assert store.status_code == 200 and store.json()["name"] == env["DICOM_STORE"]
+
+
+def test_an_inbox_upload_reaches_the_function_as_an_eventarc_cloudevent(recorded: Recorded) -> None:
+    name = f"{unique('study')}/series 1/img #1.dcm"
+    recorded.upload(name, recorded.env["STATE_BUCKET"])  # not the inbox: no event
+    recorded.upload(name)
+    (event,) = recorded.wait_for(lambda entry: entry["data"].get("name") == name)
+    assert event["entry_point"] == "on_object_finalized"
+    attributes = event["attributes"]
+    assert attributes["type"] == "google.cloud.storage.object.v1.finalized"
+    assert attributes["source"] == "//storage.googleapis.com/projects/_/buckets/dicom-inbox"
+    assert attributes["subject"] == f"objects/{name}"
+    assert attributes["specversion"] == "1.0" and attributes["id"] and attributes["time"]
+    assert event["data"]["bucket"] == "dicom-inbox" and event["data"]["size"] == "5"
+    time.sleep(0.5)
+    assert [entry["data"]["bucket"] for entry in recorded.received() if entry["data"].get("name") == name] == ["dicom-inbox"]
+
+
+@pytest.mark.parametrize(
+    "topic_key, entry_point", [("FOLLOWUP_TOPIC", "on_followup"), ("EXPORT_REQUESTS_TOPIC", "on_export_request")]
+)
+def test_topic_messages_reach_their_function_as_messagepublished(recorded: Recorded, topic_key: str, entry_point: str) -> None:
+    payload = json.dumps({"marker": unique(entry_point)}).encode()
+    recorded.pubsub.publish(recorded.env[topic_key], payload, {"kind": "test"})
+
+    def is_it(entry: dict) -> bool:
+        message = entry["data"].get("message") or {}
+        return base64.b64decode(message.get("data", "")) == payload
+
+    (event,) = recorded.wait_for(is_it)
+    assert event["entry_point"] == entry_point
+    assert event["attributes"]["type"] == "google.cloud.pubsub.topic.v1.messagePublished"
+    assert event["data"]["message"]["attributes"] == {"kind": "test"}
+
+
+def test_a_failing_function_gets_the_event_again_until_it_succeeds(recorded: Recorded) -> None:
+    failed_before = recorded.route("function")["failed_attempts"]
+    recorded.fail_file.touch()
+    try:
+        name = f"{unique('retry')}.dcm"
+        recorded.upload(name)
+        deadline = time.monotonic() + 20
+        while recorded.route("function")["failed_attempts"] < failed_before + 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        recorded.fail_file.unlink()
+    assert len(recorded.wait_for(lambda entry: entry["data"].get("name") == name)) == 1
+
+
+def test_a_killed_function_loses_no_event_once_restarted(recorded: Recorded) -> None:
+    function = recorded.stack.functions["function"]
+    port = function.port
+    function.kill()
+    prefix = unique("while-down")
+    for number in range(3):
+        recorded.upload(f"{prefix}/{number}.dcm")
+    deadline = time.monotonic() + 20
+    while recorded.route("function")["waiting_retry"] < 3:
+        assert time.monotonic() < deadline, recorded.route("function")
+        time.sleep(0.1)
+    function.start(port_wait=10)
+    assert function.port == port
+    events = recorded.wait_for(lambda entry: entry["data"].get("name", "").startswith(prefix + "/"), count=3)
+    assert sorted(event["data"]["name"] for event in events) == [f"{prefix}/{n}.dcm" for n in range(3)]
+
+
+def test_pubsub_emulator_restart_recreates_topics_and_delivery_resumes(recorded: Recorded) -> None:
+    recorded.stack.stop_service("pubsub")
+    time.sleep(1.0)
+    recorded.stack.start_service("pubsub")
+    assert recorded.pubsub.exists(recorded.env["RESULTS_SUBSCRIPTION"])
+    name = f"{unique('after-outage')}.dcm"
+    recorded.upload(name)
+    recorded.wait_for(lambda entry: entry["data"].get("name") == name, timeout=30)
+    assert recorded.route("function")["pull_errors"] > 0  # the bridge saw the outage and recovered
