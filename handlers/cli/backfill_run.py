@@ -1,0 +1,131 @@
+"""Carrying out a backfill plan with the function's own batching, then waiting for the batch records.
+
+* A one-call group becomes a batch record created directly in state ``listed``
+  (``importUri`` = the source pattern, ``members`` = the listing) whose driver
+  message is published with ``Runtime.kick_batch``: the function's Driver
+  imports, follows and publishes it like any batch. Its id is deterministic,
+  so a rerun finds the record and resumes it instead of importing again.
+* A staged group goes object by object through ``Intake.admit`` (claims make a
+  rerun idempotent), a few objects at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from handlers import batches
+from handlers.batches import DONE, LISTED
+from handlers.cli.backfill_plan import Group, Plan, SourceObject
+from handlers.cli.terminal import Progress
+from handlers.entrypoints import ADMIT_BUDGET_SECONDS
+from handlers.events import StorageObject, UnusableEvent
+from handlers.intake import DUPLICATE
+from handlers.retry import Deadline, RetryLater
+from handlers.runtime import Runtime
+from handlers.state import Conflict
+
+ADMIT_WORKERS = 8
+POLL_SECONDS = 1.0
+# A batch of this run: new, resumed from an interrupted run, or covering objects admitted before this run.
+NEW, RESUMED, EARLIER = "new", "resumed", "earlier"
+GONE = "deleted or overwritten since it was listed"
+NOT_ADMITTED = "not admitted in time (run the command again)"
+
+BatchKey = tuple[str, str]
+
+
+@dataclass
+class Tally:
+    """What this run has done so far: for the summary, and for an interrupted run."""
+
+    batches: dict[BatchKey, str] = field(default_factory=dict)
+    verdicts: Counter[str] = field(default_factory=Counter)
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+    admitted: int = 0
+
+    def skip(self, reason: str, name: str) -> None:
+        self.skipped.setdefault(reason, []).append(name)
+
+
+def source_object(bucket: str, item: SourceObject) -> StorageObject:
+    return StorageObject(bucket, item.name, item.generation, None, "backfill")
+
+
+def submit_exact(runtime: Runtime, plan: Plan, group: Group, tally: Tally, clock: Callable[[], float] = time.time) -> None:
+    """Create (or find) the group's batch record in state ``listed`` and publish its driver message."""
+    assert group.source is not None
+    rule, batch = group.rule, group.exact_batch_id()
+    path = batches.record_path(rule.name, batch)
+    now = clock()
+    members = [{"id": batches.object_id(source_object(plan.bucket, item)), "bucket": plan.bucket,
+                "name": item.name, "generation": item.generation} for item in group.objects]
+    record = {"batch": batch, "rule": rule.name, "store": rule.store, "blobStorageClass": rule.blob_storage_class,
+              "openedAt": now, "sealedAt": now, "sealedBy": "backfill", "state": LISTED, "members": members,
+              "importUri": group.source.uri}
+    try:
+        runtime.state.create(path, record)
+        status = NEW
+    except Conflict:
+        existing = runtime.state.read(path)
+        status = EARLIER if existing is not None and existing.data["state"] == DONE else RESUMED
+    if status != EARLIER:
+        runtime.kick_batch(rule.name, batch)
+    tally.batches[(rule.name, batch)] = status
+    tally.admitted += len(group.objects)
+    tally.verdicts[DUPLICATE if status == EARLIER else status] += len(group.objects)
+
+
+def admit_staged(runtime: Runtime, plan: Plan, group: Group, tally: Tally, progress: Progress) -> None:
+    """Admit each object through the function's intake, ADMIT_WORKERS at a time."""
+    runtime.intake  # noqa: B018 - build the shared collaborators before the workers use them
+    pool = ThreadPoolExecutor(max_workers=ADMIT_WORKERS, thread_name_prefix="admit")
+    futures: dict[Future[tuple[str, str]], SourceObject] = {
+        pool.submit(_admit_one, runtime, plan.bucket, group, item): item for item in group.objects}
+    try:
+        for future in as_completed(futures):
+            item = futures[future]
+            try:
+                verdict, batch = future.result()
+            except UnusableEvent:
+                tally.skip(GONE, item.name)
+            except RetryLater:
+                tally.skip(NOT_ADMITTED, item.name)
+            else:
+                tally.verdicts[verdict] += 1
+                tally.admitted += 1
+                key = (group.rule.name, batch)
+                if tally.batches.get(key) != NEW:
+                    tally.batches[key] = EARLIER if verdict == DUPLICATE else NEW
+            progress.advance()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _admit_one(runtime: Runtime, bucket: str, group: Group, item: SourceObject) -> tuple[str, str]:
+    """The intake's verdict for one object, and the batch its claim points to."""
+    obj = source_object(bucket, item)
+    verdict = runtime.intake.admit(obj, group.rule, Deadline(ADMIT_BUDGET_SECONDS))
+    claim = runtime.state.read(batches.claim_path(group.rule.name, batches.object_id(obj)))
+    if claim is None:
+        raise RetryLater(f"claim of {item.name} not found after admission")
+    return verdict, claim.data["batch"]
+
+
+def wait_for_batches(runtime: Runtime, keys: list[BatchKey], progress: Progress, timeout: float | None,
+                     sleep: Callable[[float], None] = time.sleep) -> dict[BatchKey, dict[str, Any]]:
+    """Batch records once ``done`` (key -> record data); those not done by ``timeout`` are left out."""
+    done: dict[BatchKey, dict[str, Any]] = {}
+    started = time.monotonic()
+    while True:
+        for key in [k for k in keys if k not in done]:
+            record = runtime.state.read(batches.record_path(*key))
+            if record is not None and record.data["state"] == DONE:
+                done[key] = record.data
+                progress.advance()
+        if len(done) == len(keys) or (timeout is not None and time.monotonic() - started >= timeout):
+            return done
+        sleep(POLL_SECONDS)

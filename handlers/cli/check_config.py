@@ -1,0 +1,52 @@
+"""``check-config [PATH]``: validate a config file and show what it does."""
+
+from __future__ import annotations
+
+import argparse
+
+from handlers.cli.context import Context
+from handlers.config import Config, load
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "check-config", help="validate config.yaml and print its rules, stores, batching and topics",
+        description="Validate a config file (${ENV} interpolated from the environment) and print what it does. "
+                    "Exit 0 when valid; otherwise every problem as PATH:LINE: message, exit 1.")
+    parser.add_argument("path", nargs="?", help="the config file (default: --config)")
+    parser.set_defaults(run=run)
+
+
+def run(ctx: Context, args: argparse.Namespace) -> int:
+    path = args.path or ctx.config_path
+    config = load(path)
+    ctx.out.write(render(config))
+    return 0
+
+
+def render(config: Config) -> str:
+    """The config as an operator reads it: rules in matching order, with full store names."""
+    lines = [f"{config.path}: valid", "", "stores:"]
+    width = max(len(alias) for alias in config.stores)
+    lines += [f"  {alias:<{width}}  {name}" for alias, name in config.stores.items()]
+    lines += ["", "rules (the first that matches wins):"]
+    for number, rule in enumerate(config.rules, start=1):
+        lines.append(f"  {number}. {rule.name}")
+        lines.append(f"       match   {rule.pattern.uri}")
+        lines.append(f"       store   {rule.store_alias} -> {rule.store}")
+        for pattern in rule.ignore:
+            lines.append(f"       ignore  {pattern.uri}")
+        if rule.blob_storage_class:
+            lines.append(f"       blob storage class  {rule.blob_storage_class}")
+    lines += ["", "ignored by every rule:"]
+    lines += [f"  {pattern.uri}" for pattern in config.ignore] or ["  (nothing)"]
+    lines += [
+        "",
+        f"watched buckets: {', '.join(sorted(config.buckets))}",
+        f"batching: one open batch per rule, sealed at {config.batching.max_objects} objects "
+        f"or {config.batching.max_wait_seconds:g} s after its first object",
+        f"state bucket: gs://{config.state_bucket}",
+        f"results topic: {config.results_topic} (object names: {config.names.mode})",
+        f"follow-up topic: {config.followup_topic} (operations followed for {config.followup_deadline_hours:g} h)",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,46 @@
+"""Errors the CLI reports as one line: what went wrong, and the fix. Never a traceback."""
+
+from __future__ import annotations
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class CliError(Exception):
+    """A failure the operator can fix; ``str(exc)`` names the thing and the fix."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an exception raised by the shared code or the Google libraries."""
+    from google.api_core import exceptions as google_exceptions
+    from google.auth import exceptions as auth_exceptions
+    import requests
+
+    from handlers.exports import ExportRequestError
+    from handlers.healthcare import ApiError
+    from handlers.retry import RetryLater
+    from handlers.wildcard import WildcardError
+
+    if isinstance(exc, (WildcardError, ExportRequestError)):
+        return str(exc)
+    if isinstance(exc, ApiError):
+        hint = {403: ": check the account's roles on the store (roles/healthcare.dicomEditor)",
+                404: ": check the store name"}.get(exc.code, "")
+        return f"the Cloud Healthcare API answered {exc}{hint}"
+    if isinstance(exc, RetryLater):
+        return f"{exc}: run the same command again"
+    if isinstance(exc, auth_exceptions.DefaultCredentialsError):
+        return ("no Google credentials: run `gcloud auth application-default login`, "
+                "or add --local to use the local stack")
+    if isinstance(exc, google_exceptions.Forbidden):
+        return f"permission denied: {exc.message}: grant the account the role it needs, or use another account"
+    if isinstance(exc, google_exceptions.GoogleAPICallError):
+        return f"Google Cloud answered {exc.code}: {exc.message}"
+    if isinstance(exc, (requests.ConnectionError, google_exceptions.RetryError)):
+        return f"cannot reach Google Cloud ({exc.__class__.__name__}): check the network, or add --local"
+    return f"unexpected error: {exc.__class__.__name__}: {exc}"

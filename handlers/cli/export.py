@@ -1,0 +1,115 @@
+"""``export --store STORE --to gs://BUCKET/DIR``: export instances to Cloud Storage, filtered or whole.
+
+Validated like the Pub/Sub export request (``handlers.exports``): UIDs, filter
+lines, destination and MIME type before any call, then paths naming nothing in
+the store (a QIDO search each) before anything is written. Runs the export in
+this process (``ExportJob.run``), which publishes ``dicom-export-result/v1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from handlers.cli.context import Context
+from handlers.cli.environment import HEALTHCARE, PUBSUB, STORAGE, require
+from handlers.cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliError
+from handlers.cli.terminal import count, red
+from handlers.exports import MAX_CHECKED_PATHS, ExportRequest, parse_filter_lines, resolve_store
+from handlers.results import SUCCEEDED
+from handlers.retry import Deadline, RetryLater
+
+RUN_BUDGET_SECONDS = 300.0
+RETRY_PAUSE_SECONDS = 2.0
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "export", help="export a DICOM store (or some studies, series, instances) to Cloud Storage",
+        description="Export instances to gs://BUCKET/DIR/STUDY/SERIES/INSTANCE.dcm, follow the operation, publish "
+                    "dicom-export-result/v1 to the results topic and print it. Refused before any call: bad UIDs, "
+                    "bad filter lines, and paths naming nothing in the store. Exit 0 only when SUCCEEDED.")
+    parser.add_argument("--store", required=True, help="a store alias from the config, or a full store name")
+    parser.add_argument("--to", required=True, metavar="gs://BUCKET/DIR", help="destination folder")
+    parser.add_argument("--study", action="append", default=[], metavar="UID", help="a study (repeatable)")
+    parser.add_argument("--series", action="append", default=[], metavar="STUDY/SERIES", help="a series (repeatable)")
+    parser.add_argument("--instance", action="append", default=[], metavar="STUDY/SERIES/INSTANCE",
+                        help="an instance (repeatable)")
+    parser.add_argument("--filter-file", type=Path, metavar="FILE",
+                        help="a local file of /studies/UID[/series/UID[/instances/UID]] lines")
+    parser.add_argument("--mime-type", help="default: application/dicom; transfer-syntax=*")
+    parser.add_argument("--request-id", metavar="ID",
+                        help="names the export; run again with the same id to resume it instead of exporting twice")
+    parser.add_argument("--json", action="store_true", help="print the result message as JSON")
+    parser.set_defaults(run=run)
+
+
+def run(ctx: Context, args: argparse.Namespace) -> int:
+    request = build_request(ctx, args)
+    require(STORAGE, PUBSUB, HEALTHCARE)
+    if len(request.paths) > MAX_CHECKED_PATHS:
+        ctx.note(f"checking the first {MAX_CHECKED_PATHS} of {len(request.paths)} paths against the store; "
+                 f"{len(request.paths) - MAX_CHECKED_PATHS} more were not checked")
+    ctx.note(f"export {request.request_id}: {_scope(request.summary())} of {request.store} to {request.destination}")
+    try:
+        result = follow(ctx, request)
+    except KeyboardInterrupt:
+        ctx.note(f"interrupted: export {request.request_id} goes on in the Cloud Healthcare API; follow it to its "
+                 f"result with the same command and --request-id {request.request_id}")
+        return EXIT_INTERRUPTED
+    ctx.out.write(json.dumps(result, indent=2) + "\n" if args.json else render(result, ctx))
+    return 0 if result["outcome"] == SUCCEEDED else EXIT_FAILURE
+
+
+def build_request(ctx: Context, args: argparse.Namespace) -> ExportRequest:
+    """Everything validated locally: no call yet."""
+    filter_lines: list[str] = []
+    if args.filter_file is not None:
+        try:
+            text = args.filter_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise CliError(f"cannot read filter file {args.filter_file} ({reason}): check the path") from None
+        filter_lines = parse_filter_lines(text, str(args.filter_file))
+        if not filter_lines:
+            raise CliError(f"filter file {args.filter_file} has no path: an empty filter would export the whole "
+                           "store; drop --filter-file for that")
+    return ExportRequest.build(
+        store=resolve_store(args.store, ctx.config.stores), destination=args.to, studies=args.study,
+        series=args.series, instances=args.instance, filter_lines=filter_lines, mime_type=args.mime_type,
+        request_id=args.request_id)
+
+
+def follow(ctx: Context, request: ExportRequest) -> dict[str, Any]:
+    """Run the export job until its result is published (it resumes from its record on each pass)."""
+    while True:
+        try:
+            return ctx.runtime.exports.run(request, Deadline(RUN_BUDGET_SECONDS))
+        except RetryLater as exc:
+            ctx.note(f"still running: {exc}")
+            time.sleep(RETRY_PAUSE_SECONDS)
+
+
+def _scope(counts: Mapping[str, int]) -> str:
+    """``2 studies, 1 series`` (``every instance`` without paths)."""
+    singular = {"studies": "study", "series": "series", "instances": "instance"}
+    return ", ".join(count(n, singular[level], level) for level, n in counts.items() if n) or "every instance"
+
+
+def render(result: dict[str, Any], ctx: Context) -> str:
+    counter = result["counter"]
+    head = f"export {result['outcome']}: {counter['success']} instances exported, {counter['failure']} failed"
+    lines = [head if result["outcome"] == SUCCEEDED else red(head, ctx.out)]
+    rows = [("store", result["store"]), ("destination", result["destination"]), ("MIME type", result["mimeType"])]
+    if result.get("filter"):
+        scope = _scope({level: result["filter"][level] for level in ("studies", "series", "instances")})
+        rows.append(("filter", f"{result['filter']['uri']} ({scope})"))
+    rows += [("operation", result["operation"]), ("request id", result["requestId"])]
+    if result.get("error"):
+        rows.append(("error", f"{result['error'].get('status', '')} {result['error'].get('message', '')}".strip()))
+    rows += [("hint", result.get("hint")), ("logs", result.get("logsUrl"))]
+    lines += [f"  {label:<12} {value}" for label, value in rows if value]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,145 @@
+"""``tail``: print import and export results from a Pub/Sub subscription, one line each, and ack them.
+
+Lines carry no object names (only rule, store, batch or request id), so
+``results.object_names`` has nothing to hide here; ``--json`` prints the
+messages as published.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from handlers.cli.context import Context
+from handlers.cli.environment import PUBSUB, require
+from handlers.cli.errors import CliError
+from handlers.cli.terminal import red
+from handlers.exports import EXPORT_SCHEMA
+from handlers.results import SUCCEEDED
+
+PULL_SECONDS = 5.0
+MAX_PULL = 100
+EMPTY_PAUSE_SECONDS = 0.5
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "tail", help="print result messages as they arrive, failures highlighted",
+        description="Pull dicom-import-result/v1 and dicom-export-result/v1 messages, print one line each "
+                    "(failures in red on a terminal) and acknowledge them. Ctrl-C stops.")
+    parser.add_argument("--subscription", metavar="NAME",
+                        help="subscription name or projects/P/subscriptions/NAME (default: $RESULTS_SUBSCRIPTION)")
+    parser.add_argument("--max-messages", type=_positive_int, metavar="N", help="stop after N messages")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after SECONDS without a message")
+    parser.add_argument("--json", action="store_true", help="one JSON object per message")
+    parser.set_defaults(run=run)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def run(ctx: Context, args: argparse.Namespace) -> int:
+    subscription = subscription_path(args.subscription or os.environ.get("RESULTS_SUBSCRIPTION", ""))
+    require(PUBSUB)
+    from google.api_core import exceptions
+    from google.cloud import pubsub_v1
+
+    subscriber = pubsub_v1.SubscriberClient()
+    printed = 0
+    last_message = time.monotonic()
+    try:
+        while args.max_messages is None or printed < args.max_messages:
+            idle = time.monotonic() - last_message
+            if args.timeout is not None and idle >= args.timeout:
+                break
+            wait = PULL_SECONDS if args.timeout is None else max(0.1, min(PULL_SECONDS, args.timeout - idle))
+            wanted = MAX_PULL if args.max_messages is None else min(MAX_PULL, args.max_messages - printed)
+            try:
+                response = subscriber.pull(request={"subscription": subscription, "max_messages": wanted},
+                                           timeout=wait)
+            except exceptions.DeadlineExceeded:
+                continue
+            except exceptions.NotFound:
+                raise CliError(f"subscription {subscription} does not exist: create it on the results topic, "
+                               "or pass --subscription") from None
+            received = response.received_messages
+            if not received:
+                time.sleep(EMPTY_PAUSE_SECONDS)
+                continue
+            for item in received:
+                ctx.say(render_json(item.message) if args.json else render_line(item.message, ctx))
+            subscriber.acknowledge(request={"subscription": subscription,
+                                            "ack_ids": [item.ack_id for item in received]})
+            printed += len(received)
+            last_message = time.monotonic()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        subscriber.close()
+    return 0
+
+
+def subscription_path(name: str) -> str:
+    """A full subscription name; a short one is completed with ``GOOGLE_CLOUD_PROJECT``."""
+    if not name:
+        raise CliError("no subscription: pass --subscription NAME, or set RESULTS_SUBSCRIPTION (--local sets it)")
+    if name.startswith("projects/"):
+        return name
+    project = os.environ.get("GOOGLE_CLOUD_PROJECT")
+    if not project:
+        raise CliError(f"subscription {name!r} is a short name: give projects/PROJECT/subscriptions/{name}, "
+                       "or set GOOGLE_CLOUD_PROJECT")
+    return f"projects/{project}/subscriptions/{name}"
+
+
+def _data(message: Any) -> Mapping[str, Any] | None:
+    try:
+        data = json.loads(message.data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _time(message: Any) -> str:
+    published = message.publish_time
+    if isinstance(published, datetime):
+        return published.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return "-"
+
+
+def _short(name: str | None, keep: int) -> str:
+    """The last ``keep`` segments of a resource name (``local-dataset/dicomStores/local-store`` -> ...)."""
+    return "/".join(name.split("/")[-keep:]) if name else "-"
+
+
+def render_line(message: Any, ctx: Context) -> str:
+    """``TIME  KIND  OUTCOME  COUNTS  rule/store  batch or request  operation``; red unless SUCCEEDED."""
+    data = _data(message)
+    if data is None or "outcome" not in data or "counter" not in data:
+        return f"{_time(message)}  message {message.message_id}: not a DICOM result ({dict(message.attributes)})"
+    counter = data["counter"]
+    parts = [_time(message)]
+    if data.get("schema") == EXPORT_SCHEMA:
+        parts += ["export", f"{data['outcome']:<9}", f"{counter['success']} ok {counter['failure']} failed",
+                  f"store {_short(data.get('store'), 3)}", f"request {data.get('requestId')}"]
+    else:
+        parts += ["import", f"{data['outcome']:<9}", f"{counter['success']} ok {counter['failure']} failed",
+                  f"rule {data.get('rule')}", f"store {_short(data.get('store'), 3)}", f"batch {data.get('batch')}"]
+    parts.append(f"operation {_short(data.get('operation'), 1)}")
+    if data["outcome"] != SUCCEEDED and data.get("error"):
+        parts.append(f"error: {str(data['error'].get('message', ''))[:200]}")
+    line = "  ".join(parts)
+    return line if data["outcome"] == SUCCEEDED else red(line, ctx.out)
+
+
+def render_json(message: Any) -> str:
+    return json.dumps({"messageId": message.message_id, "publishTime": _time(message),
+                       "attributes": dict(message.attributes), "data": _data(message)})

@@ -1,0 +1,76 @@
+"""``check-config``: valid files are shown as the function reads them; invalid ones as PATH:LINE problems."""
+
+from pathlib import Path
+
+from tests.cli.conftest import CONFIG_ENV, write_config
+
+REPO_CONFIG = str(Path(__file__).resolve().parents[2] / "config.yaml")
+
+
+def test_the_default_config_is_shown_with_full_store_names_and_ignores(cli, config_env):
+    result = cli("check-config")
+    assert result.code == 0 and result.err == ""
+    assert result.out.startswith(f"{REPO_CONFIG}: valid\n")
+    assert f"  1. all-dicom\n       match   gs://inbox-bkt/**.dcm\n       store   main -> {CONFIG_ENV['DICOM_STORE']}\n" \
+        in result.out
+    assert "ignored by every rule:\n  gs://inbox-bkt/tmp/**\n" in result.out
+    assert "sealed at 500 objects or 10 s after its first object" in result.out
+    assert "results topic: projects/p/topics/results (object names: plain)" in result.out
+    assert "follow-up topic: projects/p/topics/followups" in result.out
+    assert "state bucket: gs://state-bkt" in result.out
+
+
+def test_rules_keep_their_order_with_rule_ignores_and_storage_class(cli, config_env, tmp_path):
+    path = write_config(tmp_path / "c.yaml", """\
+  - name: ct
+    match: gs://inbox-bkt/ct/**.dcm
+    store: main
+    ignore: [gs://inbox-bkt/ct/scratch/**]
+    blob_storage_class: NEARLINE
+  - name: rest
+    match: gs://inbox-bkt/**.dcm
+    store: main
+""")
+    result = cli("--config", str(path), "check-config")
+    assert result.code == 0
+    assert result.out.index("1. ct") < result.out.index("2. rest")
+    assert "       ignore  gs://inbox-bkt/ct/scratch/**\n       blob storage class  NEARLINE\n" in result.out
+    assert "ignored by every rule:\n  (nothing)\n" in result.out
+
+
+def test_a_positional_path_wins_over_config(cli, config_env, tmp_path):
+    path = write_config(tmp_path / "other.yaml", "  - {name: only, match: gs://other-bkt/*.dcm, store: main}\n")
+    result = cli("--config", REPO_CONFIG, "check-config", str(path))
+    assert result.code == 0 and "1. only" in result.out and "all-dicom" not in result.out
+
+
+def test_every_problem_is_reported_as_path_line_message(cli, config_env, tmp_path):
+    path = write_config(tmp_path / "bad.yaml", """\
+  - name: Bad Name
+    match: gs://inbox-bkt/**.dcm
+    store: main
+  - name: ok
+    match: gs://inbox-bkt/a**/b.dcm
+    store: nowhere
+""")
+    result = cli("check-config", str(path))
+    assert result.code == 1 and result.out == ""
+    lines = result.err.splitlines()
+    assert lines[0].startswith(f"{path}:4: rule name 'Bad Name' must be")
+    assert any(line.startswith(f"{path}:8: rule 'ok' match:") and "'**' must be at the end" in line for line in lines)
+    assert any(line.startswith(f"{path}:9: rule 'ok' names store 'nowhere'") for line in lines)
+    assert "Traceback" not in result.err
+
+
+def test_an_unreadable_config_is_one_line(cli, config_env, tmp_path):
+    result = cli("check-config", str(tmp_path / "missing.yaml"))
+    assert result.code == 1
+    assert result.err == f"{tmp_path / 'missing.yaml'}:0: cannot read the config file (No such file or directory): check the path\n"
+
+
+def test_a_missing_environment_variable_names_the_fix(cli, config_env, monkeypatch):
+    monkeypatch.delenv("INBOX_BUCKET")
+    result = cli("check-config")
+    assert result.code == 1
+    assert "uses ${INBOX_BUCKET} but the environment does not set it" in result.err
+    assert result.err.endswith("hint: add --local to read .local/stack.env (the local stack), or export the variables\n")
