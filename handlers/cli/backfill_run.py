@@ -24,6 +24,7 @@ from handlers.cli.terminal import Progress
 from handlers.entrypoints import ADMIT_BUDGET_SECONDS
 from handlers.events import StorageObject, UnusableEvent
 from handlers.intake import DUPLICATE
+from handlers.reporting import ABANDONED_AFTER_SECONDS
 from handlers.retry import Deadline, RetryLater
 from handlers.runtime import Runtime
 from handlers.state import Conflict
@@ -68,15 +69,31 @@ def submit_exact(runtime: Runtime, plan: Plan, group: Group, tally: Tally, clock
               "importUri": group.source.uri}
     try:
         runtime.state.create(path, record)
-        status = NEW
     except Conflict:
         existing = runtime.state.read(path)
-        status = EARLIER if existing is not None and existing.data["state"] == DONE else RESUMED
-    if status != EARLIER:
+        done = existing is not None and existing.data["state"] == DONE
+        status = EARLIER if done else RESUMED
+        if existing is not None:
+            kick_if_stale(runtime, existing.data, clock())
+    else:
+        status = NEW
         runtime.kick_batch(rule.name, batch)
     tally.batches[(rule.name, batch)] = status
     tally.admitted += len(group.objects)
     tally.verdicts[DUPLICATE if status == EARLIER else status] += len(group.objects)
+
+
+def kick_if_stale(runtime: Runtime, record: dict[str, Any], now: float) -> bool:
+    """Publish the driver message again for a batch still ``listed`` long after it was sealed.
+
+    Its first driver message was evidently never published (a run interrupted
+    between the record and the message). A batch whose driver is alive is left
+    alone: two deliveries of one batch at once can publish its result twice.
+    """
+    if record["state"] != LISTED or now - record["sealedAt"] < ABANDONED_AFTER_SECONDS:
+        return False
+    runtime.kick_batch(record["rule"], record["batch"])
+    return True
 
 
 def admit_staged(runtime: Runtime, plan: Plan, group: Group, tally: Tally, progress: Progress) -> None:
@@ -116,9 +133,11 @@ def _admit_one(runtime: Runtime, bucket: str, group: Group, item: SourceObject) 
 
 
 def wait_for_batches(runtime: Runtime, keys: list[BatchKey], progress: Progress, timeout: float | None,
-                     sleep: Callable[[float], None] = time.sleep) -> dict[BatchKey, dict[str, Any]]:
+                     sleep: Callable[[float], None] = time.sleep,
+                     clock: Callable[[], float] = time.time) -> dict[BatchKey, dict[str, Any]]:
     """Batch records once ``done`` (key -> record data); those not done by ``timeout`` are left out."""
     done: dict[BatchKey, dict[str, Any]] = {}
+    kicked: set[BatchKey] = set()
     started = time.monotonic()
     while True:
         for key in [k for k in keys if k not in done]:
@@ -126,6 +145,8 @@ def wait_for_batches(runtime: Runtime, keys: list[BatchKey], progress: Progress,
             if record is not None and record.data["state"] == DONE:
                 done[key] = record.data
                 progress.advance()
+            elif record is not None and key not in kicked and kick_if_stale(runtime, record.data, clock()):
+                kicked.add(key)
         if len(done) == len(keys) or (timeout is not None and time.monotonic() - started >= timeout):
             return done
         sleep(POLL_SECONDS)

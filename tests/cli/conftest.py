@@ -90,3 +90,19 @@ followup:
   topic: ${{FOLLOWUP_TOPIC}}
 """)
     return path
+
+
+@pytest.fixture(scope="session")
+def stack_env_file(local_stack, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session stack's environment as an ``--env-file``."""
+    path = tmp_path_factory.mktemp("cli") / "stack.env"
+    path.write_text("".join(f"{key}={value}\n" for key, value in local_stack.env.items()))
+    return path
+
+
+@pytest.fixture
+def scenario(local_stack, stack_env_file: Path, tmp_path: Path):
+    """A test's own source bucket, DICOM store, rule name and results subscription on the session stack."""
+    from tests.cli.stack_helpers import Scenario
+
+    return Scenario(local_stack, stack_env_file, tmp_path)

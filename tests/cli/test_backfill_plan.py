@@ -91,3 +91,13 @@ def test_the_one_call_batch_id_is_stable_and_follows_the_listing():
     rewritten = make_plan(config(), "src", "ct/", [SourceObject("ct/1.dcm", "2"), SourceObject("ct/2.dcm", "1")])
     assert first == again and first.startswith("backfill-")
     assert grown != first and rewritten.groups[0].exact_batch_id() != first
+
+
+def test_printed_plans_follow_the_name_policy_except_the_dry_run():
+    from handlers.cli.backfill import render_dry_run, render_plan
+
+    hashed = config("hashed")
+    plan = make_plan(hashed, "src", "", listing("Doe^John/1.dcm", "tmp/Doe^John.dcm", "Doe^John.txt"))
+    printed = render_plan(hashed, plan, hashed.names)
+    assert "Doe^John" not in printed and printed.count("sha256:") == 2
+    assert "gs://src/Doe^John/1.dcm" in render_dry_run(hashed, plan)

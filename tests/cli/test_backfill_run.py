@@ -1,0 +1,136 @@
+"""Carrying out a backfill plan on in-memory fakes: records, driver messages, intake verdicts, waiting."""
+
+import io
+from types import SimpleNamespace
+
+from handlers import batches
+from handlers.batches import DONE, LISTED
+from handlers.cli.backfill_plan import SourceObject, make_plan
+from handlers.cli.backfill_run import (
+    EARLIER,
+    GONE,
+    NEW,
+    RESUMED,
+    Tally,
+    admit_staged,
+    submit_exact,
+    wait_for_batches,
+)
+from handlers.cli.terminal import Progress
+from handlers.config import parse
+from handlers.intake import Intake
+from handlers.reporting import ABANDONED_AFTER_SECONDS
+from tests.cli.conftest import CONFIG_ENV
+from tests.fakes import FakeClock, MemoryStateStore
+
+CONFIG = parse("""\
+stores: {main: projects/p/locations/l/datasets/d/dicomStores/s}
+rules:
+  - {name: scans, match: 'gs://src/**.dcm', store: main}
+ignore: [gs://src/tmp/**]
+state: {bucket: state-bkt}
+results: {topic: projects/p/topics/results}
+followup: {topic: projects/p/topics/followups}
+""", "c.yaml", CONFIG_ENV)
+
+
+def runtime():
+    store = MemoryStateStore()
+    kicks = []
+    clock = FakeClock()
+    kick = lambda rule, batch: kicks.append((rule, batch))  # noqa: E731
+    intake = Intake(store, CONFIG, kick=kick, clock=clock, sleep=clock.sleep)
+    return SimpleNamespace(state=store, intake=intake, kick_batch=kick, kicks=kicks, clock=clock)
+
+
+def exact_plan(*names):
+    return make_plan(CONFIG, "src", "a/", [SourceObject(name, "1") for name in names])
+
+
+def test_a_one_call_batch_is_recorded_listed_and_driven_once():
+    rt = runtime()
+    plan = exact_plan("a/1.dcm", "a/2.dcm")
+    tally = Tally()
+    submit_exact(rt, plan, plan.groups[0], tally, clock=rt.clock)
+    [(key, how)] = tally.batches.items()
+    assert how == NEW and rt.kicks == [key]
+    record = rt.state.doc(batches.record_path(*key))
+    assert record["state"] == LISTED and record["importUri"] == "gs://src/a/**.dcm"
+    assert record["store"] == "projects/p/locations/l/datasets/d/dicomStores/s"
+    assert [(m["name"], m["generation"], m["bucket"]) for m in record["members"]] == \
+        [("a/1.dcm", "1", "src"), ("a/2.dcm", "1", "src")]
+    assert {m["id"] for m in record["members"]} == {
+        batches.object_id(SimpleNamespace(bucket="src", name=n, generation="1")) for n in ("a/1.dcm", "a/2.dcm")}
+
+
+def test_a_rerun_resumes_without_a_second_driver_unless_the_batch_is_stale():
+    rt = runtime()
+    plan = exact_plan("a/1.dcm")
+    submit_exact(rt, plan, plan.groups[0], Tally(), clock=rt.clock)
+    again = Tally()
+    submit_exact(rt, plan, plan.groups[0], again, clock=rt.clock)
+    assert list(again.batches.values()) == [RESUMED] and len(rt.kicks) == 1
+    rt.clock.sleep(ABANDONED_AFTER_SECONDS + 1)  # still listed: its first driver message was lost
+    submit_exact(rt, plan, plan.groups[0], Tally(), clock=rt.clock)
+    assert len(rt.kicks) == 2
+
+
+def test_a_done_batch_is_reported_as_earlier_and_not_driven():
+    rt = runtime()
+    plan = exact_plan("a/1.dcm")
+    submit_exact(rt, plan, plan.groups[0], Tally(), clock=rt.clock)
+    [key] = rt.kicks
+    path = batches.record_path(*key)
+    rt.state.replace(path, {**rt.state.doc(path), "state": DONE}, rt.state.docs[path][1])
+    rt.clock.sleep(ABANDONED_AFTER_SECONDS + 1)
+    tally = Tally()
+    submit_exact(rt, plan, plan.groups[0], tally, clock=rt.clock)
+    assert tally.batches == {key: EARLIER} and tally.verdicts["duplicate"] == 1 and len(rt.kicks) == 1
+
+
+def test_staged_objects_go_through_the_intake_and_a_rerun_counts_duplicates():
+    rt = runtime()
+    names = ["b/1.dcm", "b/2.dcm", "b/3.dcm"]
+    for name in names[:2]:
+        rt.state.add_source("src", name, "1")  # b/3.dcm was deleted after the listing
+    plan = make_plan(CONFIG, "src", "", [SourceObject(n, "1") for n in names] + [SourceObject("tmp/x.dcm", "1")])
+    [group] = plan.groups
+    assert group.source is None
+    tally = Tally()
+    stream = io.StringIO()
+    admit_staged(rt, plan, group, tally, Progress(stream, "admitted", 3))
+    [(key, how)] = tally.batches.items()
+    assert how == NEW and tally.admitted == 2 and tally.skipped == {GONE: ["b/3.dcm"]}
+    assert tally.verdicts["opened"] + tally.verdicts["joined"] == 2 and rt.kicks == [key]
+    assert len(list(rt.state.list(batches.staging_prefix(*key)))) == 2
+    assert stream.getvalue() == "admitted: 1/3\nadmitted: 2/3\n"  # every object advances the bar, gone or not
+
+    again = Tally()
+    admit_staged(rt, plan, group, again, Progress(io.StringIO(), "admitted", 3))
+    assert again.verdicts["duplicate"] == 2 and again.batches == {key: EARLIER}
+
+
+def test_waiting_returns_done_records_and_publishes_a_lost_driver_again():
+    rt = runtime()
+    plan = exact_plan("a/1.dcm")
+    submit_exact(rt, plan, plan.groups[0], Tally(), clock=rt.clock)
+    [key] = rt.kicks
+    path = batches.record_path(*key)
+    rt.clock.sleep(ABANDONED_AFTER_SECONDS + 1)
+
+    def sleep(seconds):  # the driver picks the batch up after the second message
+        if len(rt.kicks) == 2:
+            rt.state.replace(path, {**rt.state.doc(path), "state": DONE, "result": {"outcome": "SUCCEEDED"}},
+                             rt.state.docs[path][1])
+
+    done = wait_for_batches(rt, [key], Progress(io.StringIO(), "done", 1), timeout=10, sleep=sleep, clock=rt.clock)
+    assert done[key]["result"] == {"outcome": "SUCCEEDED"} and len(rt.kicks) == 2
+
+
+def test_waiting_stops_at_the_timeout_with_what_is_done():
+    rt = runtime()
+    plan = exact_plan("a/1.dcm")
+    submit_exact(rt, plan, plan.groups[0], Tally(), clock=rt.clock)
+    [key] = rt.kicks
+    assert wait_for_batches(rt, [key], Progress(io.StringIO(), "done", 1), timeout=0, sleep=lambda s: None,
+                            clock=rt.clock) == {}
