@@ -35,7 +35,6 @@ readonly TRIGGER_RETENTION=7d
 readonly FOLLOWUP_MAX_DELIVERY_ATTEMPTS=100   # Pub/Sub's maximum
 # 100 attempts at most 600 s apart cover at least this many hours of
 # redelivery before a follow-up is dead-lettered (more when runs are long).
-readonly FOLLOWUP_COVERED_HOURS=16
 readonly DEAD_LETTER_RETENTION=7d
 readonly STAGING_RETENTION_DAYS=7
 readonly STATE_RETENTION_DAYS=30
@@ -373,14 +372,6 @@ validate_config() {
     fi
   done < <(sed -e 's/^#.*$//' -e 's/[[:space:]]#.*$//' "${SOURCE_DIR}/${CONFIG_REL}" \
              | grep -o '\${[A-Za-z_][A-Za-z0-9_]*}' | sed -e 's/^\${//' -e 's/}$//' | sort -u)
-
-  # A follow-up dead-lettered before its deadline never gets its UNKNOWN result.
-  local hours
-  hours=$(sed -n 's/^[[:space:]]*deadline_hours:[[:space:]]*\([0-9][0-9]*\).*/\1/p' "${SOURCE_DIR}/${CONFIG_REL}" | head -n 1)
-  if [[ -n ${hours} ]] && (( hours > FOLLOWUP_COVERED_HOURS )); then
-    printf 'deploy.sh: warning: %s sets followup.deadline_hours: %s, but a follow-up is dead-lettered after %s failed deliveries, which can take as little as %s h: lower it to %s or less, or have on_followup publish a fresh message before the attempts run out (docs/deploy.md#follow-up-subscription)\n' \
-      "${CONFIG_REL}" "${hours}" "${FOLLOWUP_MAX_DELIVERY_ATTEMPTS}" "${FOLLOWUP_COVERED_HOURS}" "${FOLLOWUP_COVERED_HOURS}" >&2
-  fi
 }
 
 # ---------------------------------------------------------------- steps

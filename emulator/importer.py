@@ -10,7 +10,9 @@ mismatch"). Each failure is an ERROR log line naming the object.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator, Mapping
 
 from emulator import jobs
 from emulator.context import Emulator
@@ -76,28 +78,63 @@ def _import(emulator: Emulator, store: DicomStore, pattern: GcsPattern, operatio
         if not names:
             raise ApiError(NOT_FOUND, f"no object in gs://{pattern.bucket} matches {pattern.uri}: nothing to import")
         operation.count(pending=len(names))
-        for index, name in enumerate(names):
-            pacer.step(index, len(names))
-            uri = f"gs://{pattern.bucket}/{name}"
-            outcome, problem = _import_one(gcs.read, store, pattern.bucket, name)
-            if outcome is AddResult.STORED:
-                operation.count(success=1, pending=-1)
-            elif outcome is AddResult.DUPLICATE:
-                operation.count(success=1, pending=-1)
-                emulator.log.info(f"ignored {uri}: {problem}", operation=operation.id, object=uri, store=store.name)
-            else:
-                operation.count(failure=1, pending=-1)
-                emulator.log.error(f"failed to import {uri}: {problem}", operation=operation.id, object=uri, store=store.name)
+        with _Reader(emulator, pattern.bucket) as reader:
+            for index, (name, data) in enumerate(zip(names, reader.read_all(names))):
+                pacer.step(index, len(names))
+                uri = f"gs://{pattern.bucket}/{name}"
+                outcome, problem = _import_one(data, store)
+                if outcome is AddResult.STORED:
+                    operation.count(success=1, pending=-1)
+                elif outcome is AddResult.DUPLICATE:
+                    operation.count(success=1, pending=-1)
+                    emulator.log.info(f"ignored {uri}: {problem}", operation=operation.id, object=uri, store=store.name)
+                else:
+                    operation.count(failure=1, pending=-1)
+                    emulator.log.error(f"failed to import {uri}: {problem}", operation=operation.id, object=uri, store=store.name)
     finally:
         gcs.close()
 
 
-def _import_one(read: Callable[[str, str], bytes], store: DicomStore, bucket: str, name: str) -> tuple[AddResult | None, str]:
+class _Reader:
+    """Reads objects with a few threads (as the real service reads files in parallel), yielding them in order."""
+
+    THREADS = 8
+
+    def __init__(self, emulator: Emulator, bucket: str) -> None:
+        self._emulator = emulator
+        self._bucket = bucket
+        self._local = threading.local()
+        self._clients: list[Any] = []
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=self.THREADS, thread_name_prefix="import-read")
+
+    def _read(self, name: str) -> bytes | ApiError:
+        client = getattr(self._local, "gcs", None)
+        if client is None:
+            client = self._local.gcs = self._emulator.gcs_factory()
+            with self._lock:
+                self._clients.append(client)
+        try:
+            return client.read(self._bucket, name)
+        except ApiError as exc:
+            return exc
+
+    def read_all(self, names: list[str]) -> Iterator[bytes | ApiError]:
+        return self._pool.map(self._read, names)
+
+    def __enter__(self) -> "_Reader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for client in self._clients:
+            client.close()
+
+
+def _import_one(data: bytes | ApiError, store: DicomStore) -> tuple[AddResult | None, str]:
     """What happened to one object (None: it failed before reaching the store) and why."""
-    try:
-        data = read(bucket, name)
-    except ApiError as exc:
-        return None, f"cannot read the object: {exc.message}"
+    if isinstance(data, ApiError):
+        return None, f"cannot read the object: {data.message}"
     try:
         instance = parse_instance(data)
     except DicomError as exc:

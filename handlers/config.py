@@ -282,7 +282,9 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> Config:
     names = _names(reader, results)
     followup = reader.section(document, "followup", ("topic", "deadline_hours"))
     followup_topic = _topic(reader, document, followup, "followup")
-    deadline = reader.number(followup, "deadline_hours", 24.0, 0.01, 168, False)
+    # A follow-up message is dead-lettered after 100 deliveries (Pub/Sub's maximum), about 16 h
+    # with deploy.sh's backoff: the deadline must come first, or the UNKNOWN result is never sent.
+    deadline = reader.number(followup, "deadline_hours", 12.0, 0.01, 15, False)
 
     if reader.problems:
         raise ConfigError(reader.problems)

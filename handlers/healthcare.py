@@ -147,7 +147,7 @@ class HealthcareApi:
 
     def wait(self, name: str, deadline: Deadline, poll: Backoff | None = None) -> Operation:
         """Poll until the operation is done or the budget runs out (then the last state)."""
-        poll = poll or Backoff(initial=1.0, maximum=10.0, rand=lambda: 1.0)
+        poll = poll or Backoff(initial=0.5, maximum=5.0, rand=lambda: 1.0)
         while True:
             operation = self.get_operation(name, deadline)
             if operation.done:

@@ -105,3 +105,14 @@ def api_calls(env: Mapping[str, str]) -> dict[str, int]:
     response = requests.get(f"{env['HEALTHCARE_EMULATOR_HOST'].rstrip('/')}/emulator/stats", timeout=10)
     response.raise_for_status()
     return dict(response.json())
+
+
+def result_object_uris(env: Mapping[str, str], result: Result) -> list[str]:
+    """The ``gs://`` URIs an import result covers: listed in the message, or read from its manifest."""
+    if result.data.get("objects") is not None:
+        return [item["uri"] for item in result.data["objects"]]
+    bucket, _, path = result.data["manifest"][len("gs://"):].partition("/")
+    response = requests.get(f"{env['STORAGE_EMULATOR_HOST'].rstrip('/')}/storage/v1/b/{bucket}/o/"
+                            f"{requests.utils.quote(path, safe='')}", params={"alt": "media"}, timeout=30)
+    response.raise_for_status()
+    return [f"gs://{m['bucket']}/{m['name']}" for m in response.json()["members"]]

@@ -59,7 +59,7 @@ def test_valid_config_is_interpolated_and_typed():
     assert cfg.batching.max_objects == 100 and cfg.batching.max_wait_seconds == 5.0
     assert cfg.state_bucket == "state-bkt"
     assert cfg.names.hashed
-    assert cfg.followup_deadline_hours == 24.0
+    assert cfg.followup_deadline_hours == 12.0
     assert cfg.buckets == {"inbox-bkt"}
 
 
@@ -152,3 +152,8 @@ def test_repository_config_is_valid_with_the_local_stack_environment():
     cfg = config_module.load(config_module.default_path(), ENV)
     assert cfg.rules[0].pattern.uri == "gs://inbox-bkt/**.dcm"
     assert cfg.batching.max_wait_seconds <= 10
+
+
+def test_followup_deadline_must_end_before_the_dead_letter_limit():
+    found = problems(VALID.replace("  topic: ${FOLLOWUP_TOPIC}\n", "  topic: ${FOLLOWUP_TOPIC}\n  deadline_hours: 24\n"))
+    assert found == ["config.yaml:26: deadline_hours must be between 0.01 and 15, got 24"]

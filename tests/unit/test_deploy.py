@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -578,16 +577,6 @@ def test_config_using_a_variable_deploy_does_not_set_exits_2(env):
     run = deploy(env, *REQUIRED)
     assert run.returncode == 2 and run.calls == []
     assert "${SITE_CODE}" in run.stderr and "IGNORED_IN_A_COMMENT" not in run.stderr
-
-
-@pytest.mark.parametrize("hours,warned", [(24, True), (16, False)])
-def test_warns_when_followups_would_be_dead_lettered_before_their_deadline(env, hours, warned):
-    config = env["src"] / "config.yaml"
-    text = config.read_text()
-    assert "deadline_hours:" in text
-    config.write_text(re.sub(r"deadline_hours:\s*\d+", f"deadline_hours: {hours}", text))
-    run = ok(deploy(env, *REQUIRED, "--dry-run"))
-    assert ("warning: config.yaml sets followup.deadline_hours" in run.stderr) is warned
 
 
 def test_help_exits_0_and_lists_every_flag(env):

@@ -1,0 +1,163 @@
+"""End to end on the local stack: N small instances in F study folders, uploaded as fast as possible.
+
+Runs the same drop twice, each on a fresh stack: our function (batched, the
+repository's config.yaml) and the one-import-per-file baseline
+(bench/naive_function.py). Prints, for each: import calls, result messages,
+time from the first upload to the last result, latency from each object's
+upload to its result (p50, p99), objects lost (valid instances missing from
+the store, or objects no result covers), and peak memory of the function
+processes.
+
+    .venv/bin/python bench/bench_e2e.py [--objects 10000] [--folders 100] [--only batched|per-object]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from localstack import samples  # noqa: E402
+from localstack.bridge import STORAGE_CLOUDEVENT  # noqa: E402
+from localstack.observe import ResultsReader, api_calls, result_object_uris, store_sop_uids  # noqa: E402
+from localstack.stack import FunctionSpec, Stack  # noqa: E402
+
+CONCURRENCY = 64  # deliveries in flight and threads per function process, the same for both
+
+
+@dataclass
+class Run:
+    mode: str
+    import_calls: int
+    operation_polls: int
+    results: int
+    seconds_to_last_result: float
+    p50: float
+    p99: float
+    lost: int
+    peak_rss_mb: float
+
+
+def build_drop(objects: int, folders: int) -> list[tuple[str, str, bytes]]:
+    """(name, SOP UID, bytes): ``folders`` studies of one series each, objects spread evenly."""
+    drop = []
+    per_folder = -(-objects // folders)
+    for folder in range(folders):
+        count = min(per_folder, objects - len(drop))
+        for number, (uids, data) in enumerate(samples.make_series(count, patient_id=f"BENCH-{folder:03d}")):
+            drop.append((f"bench/study-{folder:03d}/IMG{number:05d}.dcm", uids.sop, data))
+    return drop
+
+
+def peak_rss_mb(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return total
+
+
+def run(mode: str, drop: list[tuple[str, str, bytes]], workdir: Path, timeout: float) -> Run:
+    if mode == "batched":
+        stack = Stack(workdir, max_in_flight=CONCURRENCY, threads=CONCURRENCY)
+    else:
+        spec = FunctionSpec("function", "on_object_finalized", "FUNCTION_URL", "notifications_bridge_subscription",
+                            STORAGE_CLOUDEVENT)
+        stack = Stack(workdir, source=ROOT / "bench" / "naive_function.py", functions=(spec,),
+                      max_in_flight=CONCURRENCY, threads=CONCURRENCY)
+    try:
+        env = stack.start()
+        reader = ResultsReader(env)
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        client = storage.Client(project=env["GOOGLE_CLOUD_PROJECT"], credentials=AnonymousCredentials(),
+                                client_options={"api_endpoint": env["STORAGE_EMULATOR_HOST"]})
+        bucket = client.bucket(env["INBOX_BUCKET"])
+        uploaded_at: dict[str, float] = {}
+
+        def put(item: tuple[str, str, bytes]) -> None:
+            bucket.blob(item[0]).upload_from_string(item[2])
+            uploaded_at[f"gs://{env['INBOX_BUCKET']}/{item[0]}"] = time.time()
+
+        started = time.time()
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            list(pool.map(put, drop))
+        upload_seconds = time.time() - started
+        print(f"  {mode}: uploaded {len(drop)} objects in {upload_seconds:.1f} s", flush=True)
+
+        covered: dict[str, float] = {}
+
+        def all_covered(results) -> bool:
+            for result in results[len(covered_seen):]:
+                covered_seen.append(result)
+                for uri in result_object_uris(env, result):
+                    covered.setdefault(uri, result.received_at)
+            return len(covered) >= len(drop)
+
+        covered_seen: list = []
+        reader.until(all_covered, timeout)
+        latencies = sorted(covered[uri] - uploaded_at[uri] for uri in covered if uri in uploaded_at)
+        in_store = store_sop_uids(env)
+        lost = len({sop for _, sop, _ in drop} - in_store) + (len(drop) - len(covered))
+        calls = api_calls(env)
+        pids = [service.pid for service in stack.functions.values() if service.pid]
+        return Run(
+            mode=mode,
+            import_calls=calls.get("dicomStores.import", 0),
+            operation_polls=calls.get("operations.get", 0),
+            results=len(reader.received),
+            seconds_to_last_result=max(covered.values(), default=started) - started,
+            p50=statistics.median(latencies) if latencies else float("nan"),
+            p99=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else float("nan"),
+            lost=lost,
+            peak_rss_mb=peak_rss_mb(pids),
+        )
+    finally:
+        stack.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--objects", type=int, default=10_000)
+    parser.add_argument("--folders", type=int, default=100)
+    parser.add_argument("--only", choices=("batched", "per-object"))
+    parser.add_argument("--timeout", type=float, default=3600)
+    args = parser.parse_args()
+
+    started = time.time()
+    drop = build_drop(args.objects, args.folders)
+    print(f"generated {len(drop)} instances in {args.folders} folders in {time.time() - started:.1f} s "
+          f"({sum(len(d) for _, _, d in drop) / len(drop) / 1024:.1f} KiB each)", flush=True)
+    runs = []
+    for mode in ("batched", "per-object"):
+        if args.only and args.only != mode:
+            continue
+        with tempfile.TemporaryDirectory(prefix=f"bench-{mode}-") as workdir:
+            runs.append(run(mode, drop, Path(workdir), args.timeout))
+
+    print()
+    print(f"{'mode':<11} | {'objects':>7} | {'import calls':>12} | {'op polls':>8} | {'results':>7} | "
+          f"{'last result s':>13} | {'p50 s':>6} | {'p99 s':>6} | {'lost':>4} | {'fn RSS MB':>9}")
+    print("-" * 111)
+    for r in runs:
+        print(f"{r.mode:<11} | {len(drop):>7} | {r.import_calls:>12} | {r.operation_polls:>8} | {r.results:>7} | "
+              f"{r.seconds_to_last_result:>13.1f} | {r.p50:>6.1f} | {r.p99:>6.1f} | {r.lost:>4} | {r.peak_rss_mb:>9.0f}")
+    print(f"\nconcurrency {CONCURRENCY} deliveries in flight and {CONCURRENCY} threads per function process for both; "
+          f"{Path('/proc/cpuinfo').read_text().count('processor')} CPU cores shared by every process of the stack")
+
+
+if __name__ == "__main__":
+    main()
