@@ -1,0 +1,115 @@
+"""``export`` on the local stack: whole store, by study, series, instance and filter file; refusals before any call."""
+
+import json
+
+import pytest
+
+from localstack.samples import make_series, make_study
+from tests.cli.stack_helpers import files
+from tests.message_schemas import validate
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture
+def filled(scenario):
+    """The scenario's store holding study A (2 series x 2 instances) and study B (1 instance)."""
+    study_a = make_study(2, 2)
+    study_b = make_series(1)
+    scenario.upload(files(study_a + study_b, "seed/"))
+    scenario.import_now(f"gs://{scenario.bucket}/seed/**.dcm")
+    scenario.study_a, scenario.study_b = study_a, study_b
+    return scenario
+
+
+def exported(scenario, folder):
+    return scenario.names(scenario.export_bucket, f"{folder}/")
+
+
+def expected(folder, instances):
+    return sorted(f"{folder}/{u.study}/{u.series}/{u.sop}.dcm" for u, _ in instances)
+
+
+def test_the_whole_store_is_exported_and_the_result_printed(cli, filled):
+    folder = filled.rule  # unique
+    result = cli(*filled.args(filled.config(), "export", "--store", "main", "--to", f"gs://{filled.export_bucket}/{folder}"))
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert lines[0] == "export SUCCEEDED: 5 instances exported, 0 failed"
+    assert f"  store        {filled.store}" in lines and f"  destination  gs://{filled.export_bucket}/{folder}" in lines
+    assert not any(line.startswith("  filter") for line in lines)
+    assert exported(filled, folder) == expected(folder, filled.study_a + filled.study_b)
+
+
+def test_a_study_export_publishes_its_result_and_writes_the_filter_file(cli, filled):
+    folder = filled.rule
+    study = filled.study_a[0][0].study
+    result = cli(*filled.args(filled.config(), "export", "--store", "main", "--to",
+                              f"gs://{filled.export_bucket}/{folder}", "--study", study, "--request-id", f"{folder}-1",
+                              "--json"))
+    assert result.code == 0, result.err
+    printed = json.loads(result.out)
+    assert printed["outcome"] == "SUCCEEDED" and printed["counter"] == {"success": 4, "failure": 0}
+    assert printed["filter"] == {"uri": f"gs://{filled.state_bucket}/exports/{folder}-1.filter.txt",
+                                 "studies": 1, "series": 0, "instances": 0}
+    assert filled.read_text(filled.state_bucket, f"exports/{folder}-1.filter.txt") == f"/studies/{study}\n"
+    assert exported(filled, folder) == expected(folder, filled.study_a)
+    [(message, attributes)] = filled.results(1, requestId=f"{folder}-1")
+    validate(message, attributes)
+    assert message == printed
+
+    before = filled.stats()
+    again = cli(*filled.args(filled.config(), "export", "--store", "main", "--to",
+                             f"gs://{filled.export_bucket}/{folder}", "--study", study, "--request-id", f"{folder}-1",
+                             "--json"))
+    assert again.code == 0 and json.loads(again.out) == printed
+    assert "dicomStores.export" not in filled.calls_since(before)  # the same request id is not exported twice
+
+
+def test_series_instances_and_a_filter_file_combine(cli, filled, tmp_path):
+    folder = filled.rule
+    (a1, _), (a2, _), (a3, _), _ = filled.study_a
+    b = filled.study_b[0][0]
+    other_series = a3 if a3.series != a1.series else filled.study_a[3][0]
+    filter_file = tmp_path / "filter.txt"
+    filter_file.write_text(f"/studies/{b.study}\r\n\n")
+    result = cli(*filled.args(filled.config(), "export", "--store", filled.store, "--to",
+                              f"gs://{filled.export_bucket}/{folder}", "--series", f"{a1.study}/{a1.series}",
+                              "--instance", f"{other_series.study}/{other_series.series}/{other_series.sop}",
+                              "--filter-file", str(filter_file)))
+    assert result.code == 0, result.err
+    assert "(1 study, 1 series, 1 instance)" in result.out
+    in_series = [item for item in filled.study_a if item[0].series == a1.series]
+    assert exported(filled, folder) == expected(folder, in_series + [(other_series, b""), (b, b"")])
+
+
+def test_a_study_not_in_the_store_is_refused_before_any_export_or_write(cli, filled):
+    folder = filled.rule
+    present = filled.study_a[0][0]
+    missing = "1.2.3.4.5.6.7"
+    before = filled.stats()
+    result = cli(*filled.args(filled.config(), "export", "--store", "main", "--to",
+                              f"gs://{filled.export_bucket}/{folder}", "--study", present.study,
+                              "--series", f"{present.study}/{missing}", "--request-id", f"{folder}-x"))
+    assert result.code == 1 and result.out == ""
+    assert result.err.endswith(f"error: not in DICOM store {filled.store}: /studies/{present.study}/series/{missing}: "
+                               "check the UIDs (a QIDO search found nothing)\n")
+    calls = filled.calls_since(before)
+    assert calls == {"dicomStores.searchForStudies": 1, "dicomStores.studies.searchForSeries": 1}
+    assert filled.names(filled.state_bucket, f"exports/{folder}-x") == [] and exported(filled, folder) == []
+
+
+def test_a_bad_uid_or_unknown_store_is_refused_before_any_call(cli, filled):
+    before = filled.stats()
+    bad_uid = cli(*filled.args(filled.config(), "export", "--store", "main", "--to", "gs://b-x/d", "--study", "1.02.x"))
+    assert bad_uid.code == 1 and "study UID '1.02.x' is not a DICOM UID" in bad_uid.err
+    unknown = cli(*filled.args(filled.config(), "export", "--store", "archive", "--to", "gs://b-x/d"))
+    assert unknown.code == 1 and "store 'archive' is neither an alias from config.yaml (known: main)" in unknown.err
+    assert filled.calls_since(before) == {}
+
+    gone = filled.store.rsplit("/", 1)[0] + "/no-such-store"
+    absent = cli(*filled.args(filled.config(), "export", "--store", gone, "--to", "gs://b-x/d",
+                              "--study", filled.study_b[0][0].study))
+    assert absent.code == 1 and "Traceback" not in absent.err
+    assert absent.err.splitlines()[-1].startswith(
+        f"error: cannot search DICOM store {gone} for the filter paths: 404 NOT_FOUND")
