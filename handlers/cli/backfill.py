@@ -52,7 +52,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     if bucket not in config.buckets:
         raise CliError(f"bucket {bucket} is not watched by any rule of {config.path} "
                        f"(watched: {', '.join(sorted(config.buckets))}): nothing there would be imported")
-    require(STORAGE) if args.dry_run else require(STORAGE, PUBSUB)
+    require(*((STORAGE,) if args.dry_run else (STORAGE, PUBSUB)))
     plan = make_plan(config, bucket, prefix, list_objects(bucket, prefix), only)
     if args.dry_run:
         ctx.out.write(render_dry_run(config, plan))
@@ -72,8 +72,11 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         results = backfill_run.wait_for_batches(ctx.runtime, keys, progress, args.timeout)
         progress.finish()
     except KeyboardInterrupt:
-        ctx.note(interrupted(plan, tally))
+        ctx.note(stopped("interrupted", plan, tally))
         return EXIT_INTERRUPTED
+    except Exception:
+        ctx.note(stopped("stopped by the error below", plan, tally))
+        raise
     ctx.out.write(render_summary(ctx, tally, results))
     complete = len(results) == len(tally.batches) and NOT_ADMITTED not in tally.skipped
     all_ok = all(record.get("result", {}).get("outcome", SUCCEEDED) == SUCCEEDED for record in results.values())
@@ -201,8 +204,9 @@ def render_summary(ctx: Context, tally: Tally, results: dict[tuple[str, str], di
     return "\n".join(lines) + "\n"
 
 
-def interrupted(plan: Plan, tally: Tally) -> str:
-    return (f"interrupted: {tally.admitted} of {count(plan.objects, 'object')} admitted into "
+def stopped(why: str, plan: Plan, tally: Tally) -> str:
+    """What a run cut short has done, and how to finish it."""
+    return (f"{why}: {tally.admitted} of {count(plan.objects, 'object')} admitted into "
             f"{count(len(tally.batches), 'batch', 'batches')}; "
             "admitted objects are imported by the function and reported on the results topic. "
             "Run the same command again to import the rest: nothing is imported twice.")

@@ -134,3 +134,30 @@ def test_waiting_stops_at_the_timeout_with_what_is_done():
     [key] = rt.kicks
     assert wait_for_batches(rt, [key], Progress(io.StringIO(), "done", 1), timeout=0, sleep=lambda s: None,
                             clock=rt.clock) == {}
+
+
+def test_a_run_cut_short_says_what_was_done_and_how_to_finish(cli, config_env, monkeypatch):
+    from handlers.cli import backfill
+    from handlers.cli.context import Context
+
+    def admit(obj, rule, deadline):
+        raise failure
+
+    rt = runtime()
+    rt.intake = SimpleNamespace(admit=admit)
+    monkeypatch.setattr(Context, "runtime", property(lambda self: rt))
+    monkeypatch.setattr(backfill, "list_objects", lambda bucket, prefix: [SourceObject("x.dcm", "1")])
+    argv = ("backfill", "gs://inbox-bkt/no-folder-")  # not a folder: through the intake
+
+    failure = RuntimeError("storage down")
+    result = cli(*argv)
+    assert result.code == 1
+    assert result.err.splitlines()[-2:] == [
+        "stopped by the error below: 0 of 1 object admitted into 0 batches; admitted objects are imported by the "
+        "function and reported on the results topic. Run the same command again to import the rest: nothing is "
+        "imported twice.",
+        "error: unexpected error: RuntimeError: storage down"]
+
+    failure = KeyboardInterrupt()
+    result = cli(*argv)
+    assert result.code == 130 and result.err.splitlines()[-1].startswith("interrupted: 0 of 1 object admitted")
