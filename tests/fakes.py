@@ -84,15 +84,18 @@ class MemoryStateStore:
 
     def write_text(self, path: str, text: str) -> None:
         with self._lock:
+            self.ops.append(("write", path))
             self.blobs[path] = (text.encode(), {})
 
     def list(self, prefix: str) -> Iterator[Listed]:
         with self._lock:
+            self.ops.append(("list", prefix))
             found = [Listed(name, dict(meta)) for name, (_, meta) in sorted(self.blobs.items()) if name.startswith(prefix)]
         return iter(found)
 
     def delete(self, path: str) -> None:
         with self._lock:
+            self.ops.append(("delete", path))
             self.blobs.pop(path, None)
             self.docs.pop(path, None)
 
