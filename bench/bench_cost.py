@@ -75,6 +75,13 @@ def main() -> None:
     parser.add_argument("--healthcare-request", type=float, default=0.39 / 100_000)
     parser.add_argument("--pubsub-per-message", type=float, default=40 / 2**40 * 2000,
                         help="$40/TiB, 1,000-byte minimum on publish and on delivery")
+    parser.add_argument("--request-seconds-batched", type=float, default=0.0,
+                        help="function request-seconds per --objects, batched (bench_e2e)")
+    parser.add_argument("--request-seconds-per-object", type=float, default=0.0,
+                        help="function request-seconds per --objects, per object (bench_e2e)")
+    parser.add_argument("--vcpu-second", type=float, default=0.000024, help="Cloud Run, 1 vCPU")
+    parser.add_argument("--gib-second", type=float, default=0.0000025, help="Cloud Run, per GiB (0.5 GiB used)")
+    parser.add_argument("--invocation", type=float, default=0.40 / 1_000_000)
     args = parser.parse_args()
     log.redirect(open(os.devnull, "w"))
 
@@ -87,6 +94,8 @@ def main() -> None:
         "GCS Class A": batches * (ops["A"] + per_batch_lists),
         "GCS Class B": batches * ops["B"],
         "Pub/Sub messages": batches * (followups + 1),
+        "invocations": args.objects + batches * followups,
+        "request-seconds": round(args.request_seconds_batched),
     }
     naive = {
         "import calls": args.objects,
@@ -94,10 +103,13 @@ def main() -> None:
         "GCS Class A": 0,
         "GCS Class B": 0,
         "Pub/Sub messages": args.objects,
+        "invocations": args.objects,
+        "request-seconds": round(args.request_seconds_per_object),
     }
     price = {"import calls": args.healthcare_request, "operations.get": args.healthcare_request,
              "GCS Class A": args.gcs_class_a, "GCS Class B": args.gcs_class_b,
-             "Pub/Sub messages": args.pubsub_per_message}
+             "Pub/Sub messages": args.pubsub_per_message, "invocations": args.invocation,
+             "request-seconds": args.vcpu_second + 0.5 * args.gib_second}
 
     print(f"per {args.objects:,} objects; batches of {args.max_objects} (window {args.window:g} s); "
           f"operation polls per import: {args.polls_batched:g} batched, {args.polls_per_object:g} per object\n")
