@@ -54,6 +54,10 @@ def guarded(entry: str) -> Callable[[Callable[[Any], None]], Callable[[Any], Non
                     log.error("config is invalid: events are retried until it is fixed", entry=entry,
                               problems=exc.problems, eventId=event_id)
                     _respond_503("invalid config")
+                if _transient(exc):
+                    log.warning("a Google service did not answer: event will be retried", entry=entry,
+                                eventId=event_id, error=f"{exc.__class__.__name__}: {exc}"[:500])
+                    _respond_503("service unavailable")
                 log.error("unexpected error: event will be retried", entry=entry, eventId=event_id,
                           error=f"{exc.__class__.__name__}: {exc}", stack_trace=traceback.format_exc())
                 _respond_503("unexpected error")
@@ -61,6 +65,16 @@ def guarded(entry: str) -> Callable[[Callable[[Any], None]], Callable[[Any], Non
         return run
 
     return decorate
+
+
+def _transient(exc: BaseException) -> bool:
+    """Connection failures, timeouts, 429 and 5xx from Cloud Storage or Pub/Sub (after their clients' own retries)."""
+    import requests
+    from google.api_core import exceptions as google_errors
+
+    transient = (requests.ConnectionError, requests.Timeout, TimeoutError, ConnectionError,
+                 google_errors.TooManyRequests, google_errors.ServerError, google_errors.RetryError)
+    return isinstance(exc, transient)
 
 
 def _event_field(event: Any, key: str) -> str | None:

@@ -92,3 +92,25 @@ def test_unexpected_errors_are_logged_once_and_retried(client, capsys, monkeypat
     assert response.status_code == 503 and b"Traceback" not in response.data
     [line] = log_lines(capsys)
     assert line["severity"] == "ERROR" and line["error"] == "KeyError: 'batch'" and "Traceback" in line["stack_trace"]
+
+
+def _unavailable_errors():
+    import google.api_core.exceptions as google_errors
+    import requests
+
+    return [requests.ConnectionError("Connection reset by peer"), google_errors.ServiceUnavailable("backend down"),
+            google_errors.TooManyRequests("slow down"), TimeoutError("publish timed out")]
+
+
+@pytest.mark.parametrize("error", _unavailable_errors(), ids=lambda e: e.__class__.__name__)
+def test_unavailable_google_services_are_retried_with_a_warning(client, capsys, monkeypatch, error):
+    class Unreachable:
+        def admit(self, *args):
+            raise error
+
+    instance = runtime.get()
+    monkeypatch.setattr(type(instance), "intake", property(lambda self: Unreachable()), raising=False)
+    response = post_storage_event(client, {"bucket": "inbox-bkt", "name": "a.dcm", "generation": "1"})
+    assert response.status_code == 503
+    [line] = log_lines(capsys)
+    assert line["severity"] == "WARNING" and "stack_trace" not in line
