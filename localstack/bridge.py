@@ -29,6 +29,7 @@ import base64
 import heapq
 import itertools
 import json
+import queue
 import random
 import signal
 import sys
@@ -213,9 +214,11 @@ class _RouteWorker:
         self.room = threading.Condition(self.lock)
         self.pool = ThreadPoolExecutor(max_workers=route.max_in_flight, thread_name_prefix=f"deliver-{route.name}")
         self.http = threading.local()
+        self.acks: queue.Queue[_Held] = queue.Queue()
 
     def start(self) -> None:
         threading.Thread(target=self._pull_loop, name=f"pull-{self.route.name}", daemon=True).start()
+        threading.Thread(target=self._ack_loop, name=f"ack-{self.route.name}", daemon=True).start()
 
     # -- pulling ------------------------------------------------------------------
     def _pull_loop(self) -> None:
@@ -331,18 +334,32 @@ class _RouteWorker:
         self.submit(held)
 
     def _ack(self, held: _Held) -> None:
-        try:
-            self.pubsub.acknowledge(self.route.subscription, [held.ack_id])
-        except PubSubError as exc:
-            # The message will come back after its deadline: at least once, as in production.
-            with self.lock:
-                self.counters.ack_errors += 1
-            log("WARNING", "acknowledge failed; the message may be delivered again", route=self.route.name,
-                messageId=held.message_id, error=str(exc))
-        with self.room:
+        """The request is over: queue the acknowledgement (sent in batches by :meth:`_ack_loop`)."""
+        with self.lock:
             self.counters.in_flight -= 1
-            self.held.pop(held.message_id, None)
-            self.room.notify()
+        self.acks.put(held)
+
+    def _ack_loop(self) -> None:
+        while True:
+            batch = [self.acks.get()]
+            time.sleep(0.02)  # let acknowledgements of concurrent deliveries join this call
+            while len(batch) < 1000:
+                try:
+                    batch.append(self.acks.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self.pubsub.acknowledge(self.route.subscription, [held.ack_id for held in batch])
+            except PubSubError as exc:
+                # These messages come back after their deadline: at least once, as in production.
+                with self.lock:
+                    self.counters.ack_errors += len(batch)
+                log("WARNING", "acknowledge failed; the messages may be delivered again", route=self.route.name,
+                    messageIds=[held.message_id for held in batch], error=str(exc))
+            with self.room:
+                for held in batch:
+                    self.held.pop(held.message_id, None)
+                self.room.notify()
 
     # -- leases and status --------------------------------------------------------
     def renew_leases(self) -> None:

@@ -42,6 +42,7 @@ __all__ = [
     "read_record",
     "session_members",
     "signal_session",
+    "signal_until_gone",
     "spawn",
     "stop_pidfile",
     "stop_record",
@@ -169,35 +170,44 @@ def signal_session(record: ProcessRecord, sig: int) -> list[int]:
     return signalled
 
 
+def signal_until_gone(
+    record: ProcessRecord, sig: int, timeout: float, reap: Callable[[], None] | None = None
+) -> tuple[list[int], bool]:
+    """Send ``sig`` to every process of the record's session, including any forked meanwhile
+    (a gunicorn worker born after the first look), until none is left or ``timeout`` passes.
+
+    Returns the PIDs signalled and whether the session is empty.
+    """
+    signalled: list[int] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        if reap is not None:
+            reap()
+        for pid in _targets(record):
+            if pid not in signalled or sig == signal.SIGKILL:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    continue
+                if pid not in signalled:
+                    signalled.append(pid)
+        if not signalled or not session_members(record.pid):
+            return signalled, True
+        if time.monotonic() >= deadline:
+            return signalled, False
+        time.sleep(0.05)
+
+
 def stop_record(record: ProcessRecord, timeout: float = 10.0, reap: Callable[[], None] | None = None) -> list[int]:
     """Stop the record's session: SIGTERM, then SIGKILL after ``timeout`` seconds.
 
     Returns the PIDs that were signalled (empty if nothing of ours was running).
     ``reap`` is called while waiting, so a parent can collect its zombie child.
     """
-    signalled = signal_session(record, signal.SIGTERM)
-    if not signalled:
-        return []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if reap is not None:
-            reap()
-        if not any(alive(pid) for pid in signalled) and not session_members(record.pid):
-            return signalled
-        time.sleep(0.05)
-    signal_session(record, signal.SIGKILL)
-    for pid in signalled:
-        try:
-            os.kill(pid, signal.SIGKILL)  # a member that left the session is still ours
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline:
-        if reap is not None:
-            reap()
-        if not any(alive(pid) for pid in signalled) and not session_members(record.pid):
-            break
-        time.sleep(0.05)
+    signalled, gone = signal_until_gone(record, signal.SIGTERM, timeout, reap)
+    if not gone:
+        killed, _ = signal_until_gone(record, signal.SIGKILL, 5.0, reap)
+        signalled += [pid for pid in killed if pid not in signalled]
     return signalled
 
 

@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -31,8 +30,8 @@ from .process import (
     StartError,
     is_ours,
     proc_info,
-    session_members,
     signal_session,
+    signal_until_gone,
     spawn,
     stop_record,
     wait_ready,
@@ -173,13 +172,8 @@ class Service:
 
     def kill(self) -> None:
         """SIGKILL the daemon's whole session at once, as a crash would (no cleanup runs)."""
-        if self.record is None:
-            return
-        signal_session(self.record, signal.SIGKILL)
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline and session_members(self.record.pid):
-            self._reap()
-            time.sleep(0.02)
+        if self.record is not None:
+            signal_until_gone(self.record, signal.SIGKILL, 5.0, reap=self._reap)
         self._reap()
 
     def pause(self) -> None:

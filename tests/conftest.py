@@ -40,7 +40,7 @@ def stack_owner(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, int]:
     First stops the daemons of earlier sessions that died without stopping them.
     """
     earlier_sessions = tmp_path_factory.getbasetemp().parent
-    sweep_orphans(earlier_sessions.glob("pytest-*/*/run/*.pid"))
+    sweep_orphans(earlier_sessions.glob("pytest-*/**/run/*.pid"))
     return owner_of_this_process()
 
 

@@ -42,7 +42,7 @@ class Bridged:
 
 
 @pytest.fixture
-def bridged(pubsub_emulator: Service, tmp_path: Path) -> Iterator[Callable[..., Bridged]]:
+def bridged(pubsub_emulator: Service, tmp_path: Path, stack_owner: tuple[int, int]) -> Iterator[Callable[..., Bridged]]:
     """Factory: ``bridged(endpoint, format, backoff=..., ack_deadline=..., max_in_flight=...)``."""
     services: list[Service] = []
     pubsub = PubSubRest(pubsub_emulator.host)
@@ -56,7 +56,7 @@ def bridged(pubsub_emulator: Service, tmp_path: Path) -> Iterator[Callable[..., 
         route = Route("route", subscription, endpoint, fmt, max_in_flight=max_in_flight, timeout=600.0)
         config = BridgeConfig(pubsub_emulator.host, (route,), backoff=backoff, ack_deadline=ack_deadline)
         workdir = tmp_path / suffix
-        service = start_bridge(workdir, config_path=config.write(workdir / "bridge.json"))
+        service = start_bridge(workdir, config_path=config.write(workdir / "bridge.json"), owner=stack_owner)
         services.append(service)
         return Bridged(pubsub, topic, subscription, service)
 

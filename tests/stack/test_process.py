@@ -109,6 +109,26 @@ def test_sigterm_ignored_escalates_to_sigkill(tmp_path: Path) -> None:
     assert time.monotonic() - started < 5
 
 
+def test_processes_forked_while_stopping_are_stopped_too(tmp_path: Path) -> None:
+    # Like a gunicorn master forking its worker just after we looked at the session.
+    code = (
+        "import signal, subprocess, time\n"
+        "children = []\n"
+        "signal.signal(signal.SIGTERM, lambda *_: children.append(subprocess.Popen(['sleep', '300'])))\n"
+        "print('ready', flush=True)\n"
+        "while True: time.sleep(1)\n"
+    )
+    popen, record = spawn_python(tmp_path, "forker", code)
+    deadline = time.monotonic() + 10
+    while "ready" not in (tmp_path / "logs" / "forker.log").read_text().splitlines():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    signalled = stop_record(record, timeout=1.0)
+    popen.wait(timeout=5)
+    assert record.pid in signalled and len(signalled) >= 2  # the leader and the child born meanwhile
+    assert not session_members(record.pid)
+
+
 def test_sweep_stops_only_daemons_whose_owner_died(tmp_path: Path) -> None:
     dead_owner = subprocess.Popen(["sleep", "0"])
     dead_info = proc_info(dead_owner.pid)
