@@ -62,29 +62,54 @@ def notification_event(env: Mapping[str, str], name: str, generation: str) -> re
     return requests.post(env["FUNCTION_URL"], json=envelope, timeout=120)
 
 
-def import_results_under(results: Iterable[Result], bucket: str, prefix: str) -> list[Result]:
-    """Import results that cover objects of ``gs://bucket/prefix``."""
+_manifests: dict[str, list[dict]] = {}
+
+
+def reported_objects(result: Result, env: Mapping[str, str] | None = None) -> list[dict]:
+    """The objects (``uri``, ``generation``) a result covers.
+
+    A batch too large to list (more than 100 objects) has ``objects: null`` and only
+    its ``manifest``, the batch record in the state bucket: with ``env`` its members
+    are read from there (once per manifest); without, such a result covers nothing.
+    """
+    if result.data.get("objects") is not None:
+        return result.data["objects"]
+    manifest = result.data.get("manifest") or ""
+    if env is None or not manifest.startswith("gs://"):
+        return []
+    if manifest not in _manifests:
+        bucket, _, path = manifest[len("gs://"):].partition("/")
+        record = json.loads(storage(env).bucket(bucket).blob(path).download_as_bytes())
+        _manifests[manifest] = [{"uri": f"gs://{m['bucket']}/{m['name']}", "generation": m["generation"]}
+                                for m in record.get("members") or []]
+    return _manifests[manifest]
+
+
+def import_results_under(results: Iterable[Result], bucket: str, prefix: str,
+                         env: Mapping[str, str] | None = None) -> list[Result]:
+    """Import results that cover objects of ``gs://bucket/prefix`` (``env``: see :func:`reported_objects`)."""
     scope = f"gs://{bucket}/{prefix}"
     return [r for r in results if r.data["schema"] == "dicom-import-result/v1"
-            and any(o["uri"].startswith(scope) for o in r.data["objects"] or [])]
+            and any(o["uri"].startswith(scope) for o in reported_objects(r, env))]
 
 
-def covered_names(results: Iterable[Result], bucket: str, prefix: str) -> Counter:
+def covered_names(results: Iterable[Result], bucket: str, prefix: str,
+                  env: Mapping[str, str] | None = None) -> Counter:
     """How many reported batches cover each object name under the prefix (one per distinct batch)."""
     seen: Counter = Counter()
     batches = set()
-    for result in import_results_under(results, bucket, prefix):
+    for result in import_results_under(results, bucket, prefix, env):
         if result.data["batch"] in batches:
             continue
         batches.add(result.data["batch"])
-        for item in result.data["objects"]:
+        for item in reported_objects(result, env):
             seen[item["uri"][len(f"gs://{bucket}/"):]] += 1
     return seen
 
 
 def wait_for_names(reader: ResultsReader, bucket: str, prefix: str, names: Iterable[str], timeout: float,
-                   quiet: float = 0.0) -> list[Result]:
+                   quiet: float = 0.0, env: Mapping[str, str] | None = None) -> list[Result]:
     """Results under ``prefix`` once every name is covered (then ``quiet`` more seconds)."""
     wanted = set(names)
-    reader.until(lambda got: wanted <= set(covered_names(got, bucket, prefix)), timeout, quiet=quiet)
-    return import_results_under(reader.received, bucket, prefix)
+    reader.until(lambda got: wanted <= set(covered_names(got, bucket, prefix, env)), timeout, quiet=quiet)
+    return import_results_under(reader.received, bucket, prefix, env)

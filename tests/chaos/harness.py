@@ -1,0 +1,355 @@
+"""What every chaos scenario measures and checks, and the one line it prints.
+
+A scenario uploads a fresh set of objects under a unique prefix, does its damage,
+waits until every matched object is covered by a reported batch, then
+:meth:`Run.finish` checks the invariants of issue 5 and returns the figures:
+
+* every valid object is in the store (QIDO through the emulator);
+* the failures reported add up to the invalid ``.dcm`` files matched;
+* each matched object is reported by exactly one batch, each batch once;
+* no unhandled exception in the function logs (``unexpected error`` ERROR
+  lines, or any ``Traceback``), counted from the scenario's start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import pytest
+import requests
+
+from localstack import samples
+from localstack.observe import ResultsReader, store_sop_uids
+from localstack.stack import Stack
+from tests.e2e.helpers import covered_names, storage, unique_prefix, wait_for_names
+from tests.message_schemas import validate
+
+LOGGED_FUNCTIONS = ("function", "followup")
+RULE = "chaos"  # the only rule of tests/chaos/config.yaml
+
+
+# -- scale ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Scale:
+    """How hard each scenario pushes. ``short`` runs in ``make test``, ``long`` in ``make chaos``."""
+
+    name: str
+    objects: int  # objects per scenario (valid and invalid .dcm)
+    invalid_every: int  # one invalid .dcm in this many objects
+    kill_rounds: int  # scenario 3: kills of the function processes
+    outages: int  # scenario 4: Pub/Sub outages
+    outage_seconds: float  # scenario 4: length of each outage
+    timeout: float  # seconds to wait for every result of a scenario
+    quiet: float  # seconds to keep listening once everything is reported (late duplicates)
+
+
+SCALES = {
+    "short": Scale("short", objects=40, invalid_every=8, kill_rounds=1, outages=1, outage_seconds=10.0,
+                   timeout=150.0, quiet=5.0),
+    "long": Scale("long", objects=300, invalid_every=10, kill_rounds=5, outages=2, outage_seconds=30.0,
+                  timeout=900.0, quiet=15.0),
+}
+
+
+def scale_from_env() -> Scale:
+    """``CHAOS_SCALE`` (``short``, the default, or ``long``)."""
+    wanted = os.environ.get("CHAOS_SCALE", "short").strip().lower() or "short"
+    if wanted not in SCALES:
+        raise pytest.UsageError(f"CHAOS_SCALE={wanted!r}: use one of {', '.join(SCALES)}")
+    return SCALES[wanted]
+
+
+# -- objects --------------------------------------------------------------------------------------
+@dataclass
+class Drop:
+    """The objects of one scenario: what should end up in the store and what should fail."""
+
+    prefix: str
+    files: list[tuple[str, bytes]] = field(default_factory=list)
+    valid: dict[str, str] = field(default_factory=dict)  # name -> SOP Instance UID
+    invalid: set[str] = field(default_factory=set)  # matched .dcm names the import must count as failures
+    unmatched: set[str] = field(default_factory=set)  # uploaded, never imported
+
+    @property
+    def matched(self) -> set[str]:
+        return set(self.valid) | self.invalid
+
+    def add_valid(self, name: str, sop: str, data: bytes) -> None:
+        self.files.append((name, data))
+        self.valid[name] = sop
+
+    def add_invalid(self, name: str, data: bytes) -> None:
+        self.files.append((name, data))
+        self.invalid.add(name)
+
+    def add_unmatched(self, name: str, data: bytes) -> None:
+        self.files.append((name, data))
+        self.unmatched.add(name)
+
+
+def invalid_dicom(kind: int, valid: bytes) -> bytes:
+    """Bytes the import cannot read as DICOM: empty, text, a cut-off file, random bytes."""
+    choice = kind % 4
+    if choice == 0:
+        return b""
+    if choice == 1:
+        return b"this is not DICOM, whatever the name says\n"
+    if choice == 2:
+        return valid[:200]  # preamble and a piece of the file meta, then nothing
+    return random.Random(kind).randbytes(512)
+
+
+def make_drop(label: str, count: int, invalid_every: int, rng: random.Random) -> Drop:
+    """``count`` objects in a few folders, one in ``invalid_every`` not DICOM; names shuffled."""
+    drop = Drop(unique_prefix(f"chaos-{label}"))
+    series = samples.make_series(count)
+    for index, (uids, data) in enumerate(series):
+        folder = f"{drop.prefix}study{index % 3}/series{index % 2}/"
+        if index % invalid_every == invalid_every - 1:
+            drop.add_invalid(f"{folder}bad{index:04d}.dcm", invalid_dicom(index, data))
+        else:
+            drop.add_valid(f"{folder}IMG{index:04d}.dcm", uids.sop, data)
+    rng.shuffle(drop.files)
+    return drop
+
+
+# -- observing ------------------------------------------------------------------------------------
+class LogWatch:
+    """Reads what the function processes logged since it was created (kills and restarts append)."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.paths = {name: stack.functions[name].log_path for name in LOGGED_FUNCTIONS}
+        self.offsets = {name: _size(path) for name, path in self.paths.items()}
+
+    def lines(self, name: str) -> list[str]:
+        path = self.paths[name]
+        with open(path, "rb") as handle:
+            handle.seek(self.offsets[name])
+            return handle.read().decode("utf-8", "replace").splitlines()
+
+    def entries(self, name: str) -> list[dict[str, Any]]:
+        """The JSON log lines (one-line JSON for Cloud Logging)."""
+        out = []
+        for line in self.lines(name):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                out.append(entry)
+        return out
+
+    def unhandled(self) -> list[str]:
+        """``unexpected error`` ERROR lines, and tracebacks (with their last line), by process name."""
+        found = []
+        for name in self.paths:
+            lines = self.lines(name)
+            for index, line in enumerate(lines):
+                if "Traceback" in line:
+                    last = next((later for later in lines[index + 1:] if later and not later[0].isspace()), "")
+                    found.append(f"{name}: {line.strip()} ... {last[:300]}")
+                    continue
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(entry, dict) and entry.get("severity") == "ERROR" \
+                        and "unexpected error" in str(entry.get("message")):
+                    found.append(f"{name}: {line[:600]}")
+        return found
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+@dataclass(frozen=True)
+class Counters:
+    """Cumulative counters of the stack at one moment."""
+
+    bridge_failed: int  # deliveries the bridge had to retry (non-2xx, refused, timed out)
+    import_requests: int  # dicomStores.import requests the emulator received
+    import_refused: int  # ... of which it answered with an injected 429/503
+    injected: int  # injected 429/503 answers, every method
+
+    @classmethod
+    def read(cls, stack: Stack) -> "Counters":
+        full = requests.get(f"{stack.env['HEALTHCARE_EMULATOR_HOST'].rstrip('/')}/emulator/stats",
+                            params={"view": "full"}, timeout=10).json()
+        injected = full.get("injectedErrors", {})
+        return cls(bridge_failed=int(stack.bridge_status()["failed_attempts"]),
+                   import_requests=int(full["requests"].get("dicomStores.import", 0)),
+                   import_refused=sum(injected.get("dicomStores.import", {}).values()),
+                   injected=sum(sum(by_status.values()) for by_status in injected.values()))
+
+    def __sub__(self, other: "Counters") -> "Counters":
+        return Counters(self.bridge_failed - other.bridge_failed, self.import_requests - other.import_requests,
+                        self.import_refused - other.import_refused, self.injected - other.injected)
+
+
+class StateWatch:
+    """The batch records of the state bucket, to time damage against the batching protocol."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.bucket = storage(env).bucket(env["STATE_BUCKET"])
+        self.known = {blob.name for blob in self.bucket.list_blobs(prefix=f"batches/{RULE}/")}
+
+    def new_records(self) -> dict[str, str]:
+        """Batch records created since this watch began: path -> state."""
+        states = {}
+        for blob in self.bucket.list_blobs(prefix=f"batches/{RULE}/"):
+            if blob.name in self.known:
+                continue
+            try:
+                states[blob.name] = json.loads(blob.download_as_bytes())["state"]
+            except Exception:  # noqa: BLE001 - replaced between list and read: next look
+                continue
+        return states
+
+    def open_batch_with_copies(self) -> str | None:
+        """The rule's open batch once at least one copy is staged in it (a batch in the middle of its window)."""
+        blob = self.bucket.blob(f"leases/{RULE}.json")
+        try:
+            lease = json.loads(blob.download_as_bytes())
+        except Exception:  # noqa: BLE001 - no lease yet
+            return None
+        if lease.get("state") != "open":
+            return None
+        staged = self.bucket.list_blobs(prefix=f"staging/{RULE}/{lease['batch']}/", max_results=1)
+        return lease["batch"] if any(True for _ in staged) else None
+
+    def wait_for(self, condition: Callable[["StateWatch"], Any], timeout: float, every: float = 0.05) -> Any:
+        """Poll ``condition(self)`` until it is truthy (returned) or ``timeout`` passes (None)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = condition(self)
+            if value:
+                return value
+            time.sleep(every)
+        return None
+
+
+def sealed_record(watch: StateWatch, seen: Iterable[str] = ()) -> str | None:
+    """A new batch record that is sealed and listed (its import is next, then its result)."""
+    skip = set(seen)
+    for path, state in watch.new_records().items():
+        if path not in skip and state in ("listed", "importing"):
+            return path
+    return None
+
+
+# -- one scenario ---------------------------------------------------------------------------------
+@dataclass
+class Figures:
+    scenario: str
+    objects: int
+    valid_in_store: int
+    valid_expected: int
+    failures_reported: int
+    failures_expected: int
+    results: int
+    duplicates: int
+    import_calls: int
+    import_calls_refused: int
+    bridge_retries: int
+    injected: int
+    seconds: float
+    extra: str = ""
+
+    def line(self, scale: str) -> str:
+        extra = f" | {self.extra}" if self.extra else ""
+        return (f"{self.scenario:<15} [{scale}] objects {self.objects:>4} | valid in store "
+                f"{self.valid_in_store}/{self.valid_expected} | failures {self.failures_reported}/"
+                f"{self.failures_expected} | results {self.results} | duplicates {self.duplicates} | "
+                f"import calls {self.import_calls} ({self.import_calls_refused} refused) | retries: bridge "
+                f"{self.bridge_retries}, injected {self.injected} | {self.seconds:.1f} s{extra}")
+
+
+class Run:
+    """One scenario on the shared stack: baseline at start, invariants and figures at the end."""
+
+    def __init__(self, name: str, stack: Stack, scale: Scale, report: list[str]) -> None:
+        self.name = name
+        self.stack = stack
+        self.env = stack.env
+        self.scale = scale
+        self.report = report
+        self.reader = ResultsReader(self.env)
+        self.reader.drain(quiet=0.5)
+        self.logs = LogWatch(stack)
+        self.before = Counters.read(stack)
+        self.started = time.monotonic()
+        self.extra: list[str] = []
+
+    def note(self, text: str) -> None:
+        """Add ``text`` to the scenario's printed line."""
+        self.extra.append(text)
+
+    def results_for(self, drop: Drop, timeout: float | None = None) -> list:
+        """Wait until every matched object of ``drop`` is reported, then listen ``quiet`` seconds more."""
+        return wait_for_names(self.reader, self.env["INBOX_BUCKET"], drop.prefix, drop.matched,
+                              timeout=self.scale.timeout if timeout is None else timeout, quiet=self.scale.quiet,
+                              env=self.env)
+
+    def finish(self, drop: Drop, problems: Iterable[str] = ()) -> Figures:
+        """Wait for the results, record the scenario's line, then fail with every problem found.
+
+        ``problems``: what the scenario itself found wrong, reported with the invariants.
+        """
+        bucket = self.env["INBOX_BUCKET"]
+        results = self.results_for(drop)
+        seconds = time.monotonic() - self.started
+        delta = Counters.read(self.stack) - self.before
+        in_store = set(drop.valid.values()) & store_sop_uids(self.env)
+        batches = Counter(result.data["batch"] for result in results)
+        distinct = {result.data["batch"]: result for result in results}
+        covered = covered_names(results, bucket, drop.prefix, self.env)
+        failures = sum(result.data["counter"]["failure"] for result in distinct.values())
+        successes = sum(result.data["counter"]["success"] for result in distinct.values())
+        figures = Figures(
+            scenario=self.name, objects=len(drop.files), valid_in_store=len(in_store),
+            valid_expected=len(drop.valid), failures_reported=failures, failures_expected=len(drop.invalid),
+            results=len(results), duplicates=sum(batches.values()) - len(batches),
+            import_calls=delta.import_requests, import_calls_refused=delta.import_refused,
+            bridge_retries=delta.bridge_failed, injected=delta.injected, seconds=seconds,
+            extra=", ".join(self.extra))
+        self.report.append(figures.line(self.scale.name))
+
+        found = list(problems)
+        missing = drop.matched - set(covered)
+        if missing:
+            found.append(f"{len(missing)} matched objects never reported, e.g. {sorted(missing)[:5]}")
+        if set(covered) - drop.matched:
+            found.append(f"reported but not matched: {sorted(set(covered) - drop.matched)[:5]}")
+        twice = {name: count for name, count in covered.items() if count > 1}
+        if twice:
+            found.append(f"objects reported by more than one batch: {twice}")
+        if len(in_store) != len(drop.valid):
+            absent = sorted(name for name, sop in drop.valid.items() if sop not in in_store)
+            found.append(f"{len(absent)} valid objects not in the store, e.g. {absent[:5]}")
+        if failures != len(drop.invalid):
+            found.append(f"failures reported {failures}, invalid .dcm files {len(drop.invalid)}")
+        if successes != len(drop.valid):
+            found.append(f"successes reported {successes}, valid objects {len(drop.valid)}")
+        if figures.duplicates:
+            found.append(f"result published more than once: {[(b, n) for b, n in batches.items() if n > 1]}")
+        found += [f"unhandled exception logged by {line}" for line in self.logs.unhandled()[:20]]
+        for result in distinct.values():
+            try:
+                validate(result.data, result.attributes)
+            except Exception as exc:  # noqa: BLE001 - reported with the rest
+                found.append(f"result of batch {result.data.get('batch')} does not match the schema: {exc}")
+            if result.data["outcome"] not in ("SUCCEEDED", "PARTIAL", "FAILED"):
+                found.append(f"batch {result.data['batch']} ended {result.data['outcome']}: {result.data.get('error')}")
+        assert not found, f"{self.name}: " + "\n".join(found)
+        return figures
