@@ -10,6 +10,9 @@ import functions_framework
 
 from handlers import entrypoints
 
+# A body functions-framework cannot read as a CloudEvent: a 400 and a log line, not a 500 and a traceback.
+functions_framework.errorhandler(Exception)(entrypoints.unreadable_request)
+
 
 @functions_framework.cloud_event
 def on_object_finalized(cloud_event):

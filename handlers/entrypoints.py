@@ -3,7 +3,9 @@
 * the work is done, or can never be done (bad event, unwatched bucket): return,
   so the delivery is acknowledged, with a log line giving the reason;
 * the work can succeed later (quota, a batch being sealed, a broken config
-  that a redeploy will fix): answer 503 so the event is redelivered with backoff.
+  that a redeploy will fix): answer 503 so the event is redelivered with backoff;
+* the request is no CloudEvent at all (functions-framework cannot parse it): 400,
+  with a log line (:func:`unreadable_request`).
 Nothing reaches the caller as a stack trace.
 """
 
@@ -75,6 +77,25 @@ def _transient(exc: BaseException) -> bool:
     transient = (requests.ConnectionError, requests.Timeout, TimeoutError, ConnectionError,
                  google_errors.TooManyRequests, google_errors.ServerError, google_errors.RetryError)
     return isinstance(exc, transient)
+
+
+def unreadable_request(error: Exception) -> Any:
+    """Flask error handler (registered by main.py) for requests that are no CloudEvent.
+
+    The entry points let nothing but HTTP errors out (:func:`guarded`), so any other
+    exception reaching Flask was raised by functions-framework while it parsed the
+    body (invalid UTF-8, a JSON list or string, deep nesting...); left alone, Flask
+    answers 500 and logs a traceback. Answer 400 instead, as the framework does for
+    the malformed bodies it recognises, with one log line. HTTP errors (our 503s,
+    the framework's 400 and 415) pass through unchanged.
+    """
+    from werkzeug.exceptions import HTTPException
+
+    if isinstance(error, HTTPException):
+        return error
+    log.warning("request refused: the body is not a CloudEvent", status=400,
+                error=f"{error.__class__.__name__}: {error}"[:300])
+    return "request body is not a CloudEvent\n", 400
 
 
 def _event_field(event: Any, key: str) -> str | None:

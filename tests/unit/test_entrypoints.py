@@ -114,3 +114,17 @@ def test_unavailable_google_services_are_retried_with_a_warning(client, capsys, 
     assert response.status_code == 503
     [line] = log_lines(capsys)
     assert line["severity"] == "WARNING" and "stack_trace" not in line
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b'"event"', b'{"name": "\xff"}', b"[" * 100_000],
+                         ids=["list", "string", "invalid-utf8", "deeply-nested"])
+def test_bodies_the_framework_cannot_read_are_a_400_with_a_log_line_not_a_500(client, capsys, body):
+    response = client.post("/", headers={"Content-Type": "application/json"}, data=body)
+    assert response.status_code == 400 and b"Traceback" not in response.data
+    [line] = log_lines(capsys)
+    assert line["severity"] == "WARNING" and "not a CloudEvent" in line["message"] and line["error"]
+
+
+def test_http_errors_pass_the_error_handler_unchanged(client):
+    assert client.post("/", headers={"Content-Type": "text/plain"}, data=b"hi").status_code == 415
+    assert client.post("/", headers={"Content-Type": "application/json"}, data=b"{}").status_code == 400
