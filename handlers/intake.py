@@ -39,19 +39,32 @@ class Intake:
     _kicked: set[tuple[str, str]] = field(default_factory=set)
 
     def admit(self, obj: StorageObject, rule: Rule, deadline: Deadline) -> str:
-        """Cover ``obj`` by a batch of ``rule``; return OPENED, JOINED or DUPLICATE, or raise RetryLater."""
+        """Cover ``obj`` by a batch of ``rule``; return OPENED, JOINED or DUPLICATE, or raise RetryLater.
+
+        The common case costs four Cloud Storage calls: read the lease, create
+        the claim, copy the object, read the lease again. The claim is read
+        only when creating it conflicts, or before opening a batch (so that a
+        late duplicate never opens one).
+        """
         oid = batches.object_id(obj)
         path = batches.claim_path(rule.name, oid)
+        claim: Document | None = None  # this object's claim, when read and not yet settled
         while not deadline.expired:
-            claim = self.store.read(path)
-            if claim is not None:
-                verdict = self._settle_claim(obj, rule, oid, claim, deadline)
-                if verdict == _WAIT:
-                    self.sleep(POLL_SECONDS)
+            lease = self.store.read(batches.lease_path(rule.name))
+            if lease is not None and lease.data["state"] == OPEN:
+                claimed = claim is not None or (lease.data.get("openedBy") == oid and self.store.read(path) is not None)
+                self._ensure_driven(rule, lease, oid, claimed=claimed)
+            else:
+                if claim is None:
+                    verdict, claim = self._existing_claim(obj, rule, oid, path, deadline)
+                    if verdict == DUPLICATE:
+                        return DUPLICATE
+                    if verdict == _WAIT:
+                        self.sleep(POLL_SECONDS)
+                        continue
+                lease = self._open_lease(rule, oid, lease)
+                if lease is None:
                     continue
-                if verdict != _RESTAGE:
-                    return verdict
-            lease = self._open_lease(rule, oid)
             batch = lease.data["batch"]
             body = {"batch": batch, "rule": rule.name, "claimedAt": self.clock()}
             try:
@@ -60,10 +73,26 @@ class Intake:
                 else:
                     self.store.replace(path, body, claim.generation)
             except Conflict:
+                verdict, claim = self._existing_claim(obj, rule, oid, path, deadline)
+                if verdict == DUPLICATE:
+                    return DUPLICATE
+                if verdict == _WAIT:
+                    self.sleep(POLL_SECONDS)
+                    claim = None
                 continue
             if self._stage_and_confirm(obj, rule, oid, batch, deadline):
                 return OPENED if lease.data.get("openedBy") == oid else JOINED
+            claim = None  # listed without it (it arrived after the seal): restage under the next batch
         raise RetryLater(f"could not place the object in a batch of rule {rule.name!r} in time")
+
+    def _existing_claim(self, obj: StorageObject, rule: Rule, oid: str, path: str,
+                        deadline: Deadline) -> tuple[str | None, Document | None]:
+        """(verdict, claim) of an earlier delivery's claim; (None, None) when there is none."""
+        claim = self.store.read(path)
+        if claim is None:
+            return None, None
+        verdict = self._settle_claim(obj, rule, oid, claim, deadline)
+        return verdict, (claim if verdict == _RESTAGE else None)
 
     def _settle_claim(self, obj: StorageObject, rule: Rule, oid: str, claim: Document, deadline: Deadline) -> str:
         """An earlier delivery claimed this object: DUPLICATE when it is covered, else _WAIT or _RESTAGE."""
@@ -81,34 +110,28 @@ class Intake:
             return _RESTAGE
         return _WAIT
 
-    def _open_lease(self, rule: Rule, oid: str) -> Document:
-        """The rule's open lease, opening a new batch (and publishing its driver) when there is none."""
-        while True:
-            lease = self.store.read(batches.lease_path(rule.name))
-            if lease is not None and lease.data["state"] == OPEN:
-                self._ensure_driven(rule, lease, oid, claimed=False)
-                return lease
-            now = self.clock()
-            data = {
-                "batch": batches.new_batch_id(now),
-                "rule": rule.name,
-                "store": rule.store,
-                "blobStorageClass": rule.blob_storage_class,
-                "state": OPEN,
-                "openedAt": now,
-                "openedBy": oid,
-            }
-            try:
-                if lease is None:
-                    generation = self.store.create(batches.lease_path(rule.name), data)
-                else:
-                    generation = self.store.replace(batches.lease_path(rule.name), data, lease.generation)
-            except Conflict:
-                continue
-            opened = Document(data, generation)
-            log.info("batch opened", rule=rule.name, batch=data["batch"])
-            self._kick(rule.name, data["batch"])
-            return opened
+    def _open_lease(self, rule: Rule, oid: str, current: Document | None) -> Document | None:
+        """Open a new batch in place of ``current`` (absent or sealed) and publish its driver; None if another won."""
+        now = self.clock()
+        data = {
+            "batch": batches.new_batch_id(now),
+            "rule": rule.name,
+            "store": rule.store,
+            "blobStorageClass": rule.blob_storage_class,
+            "state": OPEN,
+            "openedAt": now,
+            "openedBy": oid,
+        }
+        try:
+            if current is None:
+                generation = self.store.create(batches.lease_path(rule.name), data)
+            else:
+                generation = self.store.replace(batches.lease_path(rule.name), data, current.generation)
+        except Conflict:
+            return None
+        log.info("batch opened", rule=rule.name, batch=data["batch"])
+        self._kick(rule.name, data["batch"])
+        return Document(data, generation)
 
     def _ensure_driven(self, rule: Rule, lease: Document, oid: str, claimed: bool) -> None:
         """Re-publish the driver of an open batch that may lack one.
