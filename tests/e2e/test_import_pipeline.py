@@ -162,3 +162,29 @@ def test_killed_function_processes_lose_nothing(e2e_stack, env, reader):
     assert {uids.sop for uids, _ in series} <= store_sop_uids(env)
     batches = [r.data["batch"] for r in results]
     assert len(batches) == len(set(batches)), "each batch's result published once"
+
+
+def test_two_instances_receiving_the_same_events_import_each_object_once(e2e_stack, env, reader, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from localstack.services import start_function
+
+    second = start_function(tmp_path, target="on_object_finalized", env=env, name="second-instance",
+                            owner=e2e_stack.owner)
+    try:
+        prefix = unique_prefix("two")
+        series = samples.make_series(40)
+        files = [(f"{prefix}{i:03d}.dcm", data) for i, (_, data) in enumerate(series)]
+        before = imports_made(env)
+        generations = upload(env, files)  # the bridge delivers each to the first instance...
+        other = {**env, "FUNCTION_URL": second.url}
+        with ThreadPoolExecutor(max_workers=16) as pool:  # ...and each goes to the second one too, concurrently
+            statuses = list(pool.map(lambda item: storage_event(other, *item).status_code, generations.items()))
+        assert set(statuses) == {200}
+        results = wait_for_names(reader, env["INBOX_BUCKET"], prefix, generations, timeout=60, quiet=MAX_WAIT + 2)
+    finally:
+        second.stop()
+    covered = covered_names(results, env["INBOX_BUCKET"], prefix)
+    assert set(covered) == set(generations) and set(covered.values()) == {1}
+    assert imports_made(env) - before <= ceil(len(files) / MAX_OBJECTS) + 1
+    assert {uids.sop for uids, _ in series} <= store_sop_uids(env)
