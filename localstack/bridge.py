@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -154,7 +154,12 @@ def build_request(route: Route, received: dict[str, Any]) -> tuple[dict[str, str
         return None
     bucket, name = attributes.get("bucketId"), attributes.get("objectId")
     if not bucket or not name:
-        resource = json.loads(data or b"{}")
+        try:
+            resource = json.loads(data)
+        except ValueError:
+            return None
+        if not isinstance(resource, dict):
+            return None
         bucket, name = resource.get("bucket"), resource.get("name")
     if not bucket or not name:
         return None
@@ -176,11 +181,9 @@ def build_request(route: Route, received: dict[str, Any]) -> tuple[dict[str, str
 class _Held:
     """A message the bridge holds until it is acknowledged."""
 
-    route: Route
     received: dict[str, Any]
     ack_id: str
     attempts: int = 0
-    first_pulled: float = field(default_factory=time.monotonic)
 
     @property
     def message_id(self) -> str:
@@ -260,7 +263,7 @@ class _RouteWorker:
                 held.ack_id = received["ackId"]
                 self.counters.redelivered_by_pubsub += 1
                 return
-            held = _Held(route=self.route, received=received, ack_id=received["ackId"])
+            held = _Held(received=received, ack_id=received["ackId"])
             self.held[message_id] = held
         self.submit(held)
 
@@ -288,7 +291,7 @@ class _RouteWorker:
         request = build_request(self.route, held.received)
         if request is None:
             attributes = held.received["message"].get("attributes") or {}
-            log("INFO", "event skipped: not an OBJECT_FINALIZE notification", route=self.route.name,
+            log("INFO", "event skipped: not an OBJECT_FINALIZE notification naming an object", route=self.route.name,
                 messageId=held.message_id, eventType=attributes.get("eventType"), objectId=attributes.get("objectId"))
             with self.lock:
                 self.counters.skipped += 1

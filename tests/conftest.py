@@ -17,7 +17,6 @@ next one starts.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 import pytest
