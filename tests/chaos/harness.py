@@ -18,7 +18,7 @@ import os
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -28,7 +28,7 @@ import requests
 from localstack import samples
 from localstack.observe import ResultsReader, store_sop_uids
 from localstack.stack import Stack
-from tests.e2e.helpers import covered_names, storage, unique_prefix, wait_for_names
+from tests.e2e.helpers import covered_names, storage, unique_prefix, upload, wait_for_names
 from tests.message_schemas import validate
 
 LOGGED_FUNCTIONS = ("function", "followup")
@@ -43,6 +43,7 @@ class Scale:
     name: str
     objects: int  # objects per scenario (valid and invalid .dcm)
     invalid_every: int  # one invalid .dcm in this many objects
+    waves: int  # uploads in this many waves, each once the previous one has a sealed batch
     kill_rounds: int  # scenario 3: kills of the function processes
     outages: int  # scenario 4: Pub/Sub outages
     outage_seconds: float  # scenario 4: length of each outage
@@ -51,19 +52,27 @@ class Scale:
 
 
 SCALES = {
-    "short": Scale("short", objects=40, invalid_every=8, kill_rounds=1, outages=1, outage_seconds=10.0,
+    "short": Scale("short", objects=40, invalid_every=8, waves=2, kill_rounds=1, outages=1, outage_seconds=10.0,
                    timeout=150.0, quiet=5.0),
-    "long": Scale("long", objects=300, invalid_every=10, kill_rounds=5, outages=2, outage_seconds=30.0,
+    "long": Scale("long", objects=400, invalid_every=10, waves=4, kill_rounds=6, outages=3, outage_seconds=30.0,
                   timeout=900.0, quiet=15.0),
 }
 
 
 def scale_from_env() -> Scale:
-    """``CHAOS_SCALE`` (``short``, the default, or ``long``)."""
+    """``CHAOS_SCALE`` (``short``, the default, or ``long``); ``CHAOS_OUTAGE_SECONDS`` overrides the outages."""
     wanted = os.environ.get("CHAOS_SCALE", "short").strip().lower() or "short"
     if wanted not in SCALES:
         raise pytest.UsageError(f"CHAOS_SCALE={wanted!r}: use one of {', '.join(SCALES)}")
-    return SCALES[wanted]
+    scale = SCALES[wanted]
+    outage = os.environ.get("CHAOS_OUTAGE_SECONDS", "").strip()
+    if outage:
+        try:
+            seconds = float(outage)
+        except ValueError:
+            raise pytest.UsageError(f"CHAOS_OUTAGE_SECONDS={outage!r} is not a number of seconds") from None
+        scale = replace(scale, outage_seconds=seconds, timeout=scale.timeout + 2 * seconds * scale.outages)
+    return scale
 
 
 # -- objects --------------------------------------------------------------------------------------
@@ -246,6 +255,24 @@ def sealed_record(watch: StateWatch, seen: Iterable[str] = ()) -> str | None:
         if path not in skip and state in ("listed", "importing"):
             return path
     return None
+
+
+def upload_in_waves(env: Mapping[str, str], files: list[tuple[str, bytes]], waves: int, watch: StateWatch,
+                    each: Callable[[list[tuple[str, bytes]]], dict[str, str]] | None = None) -> dict[str, str]:
+    """Upload ``files`` in ``waves`` parts, each once a batch of the previous one is sealed.
+
+    One burst would land in a single batch (the window listing runs every second);
+    waves make several batches, sealed by count and by time. ``each`` uploads one
+    part (default :func:`tests.e2e.helpers.upload`). Returns name -> generation.
+    """
+    generations: dict[str, str] = {}
+    parts = [part for part in (files[index::waves] for index in range(waves)) if part]
+    for index, part in enumerate(parts):
+        seen = set(watch.new_records())
+        generations.update(each(part) if each else upload(env, part))
+        if index < len(parts) - 1:
+            watch.wait_for(lambda w: sealed_record(w, seen), timeout=60)
+    return generations
 
 
 # -- one scenario ---------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ import requests
 from localstack import samples
 from localstack.pubsub import PubSubRest
 from tests.chaos.conftest import MAX_WAIT
-from tests.chaos.harness import Counters, Drop, Run, StateWatch, invalid_dicom, make_drop, sealed_record
+from tests.chaos.harness import (Counters, Drop, Run, StateWatch, invalid_dicom, make_drop, sealed_record,
+                                 upload_in_waves)
 from tests.e2e.helpers import import_results_under, notification_event, storage_event, unique_prefix, upload
 
 pytestmark = [pytest.mark.chaos, pytest.mark.stack, pytest.mark.slow]
@@ -74,7 +75,7 @@ def test_healthcare_api_answers_30_percent_of_calls_with_429_or_503(stack, scale
     spec = {"seed": seed, "methods": {method: rates for method in FAULT_METHODS}}
     requests.put(faults_url(stack), json=spec, timeout=10).raise_for_status()
     try:
-        upload(stack.env, drop.files)
+        upload_in_waves(stack.env, drop.files, scale.waves, StateWatch(stack.env))
         run.results_for(drop)
     finally:
         requests.delete(faults_url(stack), timeout=10).raise_for_status()
@@ -102,8 +103,11 @@ def test_every_event_delivered_twice_and_shuffled(stack, scale, report):
                 retries.append(pool.submit(deliver_until_acked, lambda: send(name, generation)))
             return name, generation
 
-        with ThreadPoolExecutor(max_workers=16) as uploaders:
-            generations = dict(uploaders.map(upload_and_race, drop.files))
+        def upload_part(part: list[tuple[str, bytes]]) -> dict[str, str]:
+            with ThreadPoolExecutor(max_workers=16) as uploaders:
+                return dict(uploaders.map(upload_and_race, part))
+
+        generations = upload_in_waves(env, drop.files, scale.waves, StateWatch(env), each=upload_part)
         # Every object: one more, in random order, concurrently.
         events = [(name, generation, rng.choice(senders)) for name, generation in generations.items()]
         rng.shuffle(events)
@@ -325,6 +329,7 @@ def test_bad_inputs_are_acknowledged_or_refused_never_retried_forever(stack, sca
                                                        "objectId": f"{drop.prefix}ghost1.dcm"}),
                ("garbage data, no ids", b"garbage", {"eventType": "OBJECT_FINALIZE"}),
                ("JSON list, no ids", b"[1]", {"eventType": "OBJECT_FINALIZE"}),
+               ("numbers for names, no ids", b'{"bucket": 1, "name": 2}', {"eventType": "OBJECT_FINALIZE"}),
                ("no attributes", json.dumps(resource).encode(), {}),
                ("OBJECT_DELETE", json.dumps(resource).encode(), {"eventType": "OBJECT_DELETE", "bucketId": inbox,
                                                                  "objectId": ghost}),
