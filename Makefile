@@ -33,3 +33,9 @@ test: $(STAMP)
 # A realistic drop through the whole local stack, then the results table (starts and stops its own stack).
 demo: $(STAMP)
 	$(PY) -m localstack.demo
+
+# The fault-injection suite at full scale (docs/chaos.md): hundreds of objects per scenario, more kills,
+# longer Pub/Sub outages. `make test` runs the same scenarios short. One line per scenario at the end.
+.PHONY: chaos
+chaos: $(STAMP)
+	CHAOS_SCALE=long $(PY) -m pytest -q -m chaos tests/chaos
