@@ -59,8 +59,11 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code."""
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
+        if args.local and args.env_file:  # one before the command, one after it
+            parser.error("argument --env-file: not allowed with argument --local")
     except SystemExit as exc:  # --help, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     out, err = sys.stdout, sys.stderr

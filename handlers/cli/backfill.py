@@ -15,7 +15,7 @@ import math
 from handlers import batches
 from handlers.cli import backfill_run
 from handlers.cli.backfill_plan import Plan, SourceObject, make_plan
-from handlers.cli.backfill_run import EARLIER, NOT_ADMITTED, RESUMED, Tally
+from handlers.cli.backfill_run import EARLIER, NEW, NOT_ADMITTED, RESUMED, Tally
 from handlers.cli.context import Context
 from handlers.cli.environment import PUBSUB, STORAGE, require
 from handlers.cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliError
@@ -117,8 +117,10 @@ def list_objects(bucket: str, prefix: str) -> list[SourceObject]:
 def _admit(ctx: Context, plan: Plan, tally: Tally) -> None:
     for group in plan.groups:
         if group.source is not None:
-            backfill_run.submit_exact(ctx.runtime, plan, group, tally)
-            ctx.note(f"rule {group.rule.name}: {count(len(group.objects), 'object')} submitted as one import")
+            status = backfill_run.submit_exact(ctx.runtime, plan, group, tally)
+            what = {NEW: "submitted as one import", RESUMED: "in an unfinished batch of an earlier run: resumed",
+                    EARLIER: "imported by an earlier run"}[status]
+            ctx.note(f"rule {group.rule.name}: {count(len(group.objects), 'object')} {what}")
         else:
             progress = Progress(ctx.err, f"rule {group.rule.name}: admitted", len(group.objects))
             backfill_run.admit_staged(ctx.runtime, plan, group, tally, progress)

@@ -56,8 +56,11 @@ def source_object(bucket: str, item: SourceObject) -> StorageObject:
     return StorageObject(bucket, item.name, item.generation, None, "backfill")
 
 
-def submit_exact(runtime: Runtime, plan: Plan, group: Group, tally: Tally, clock: Callable[[], float] = time.time) -> None:
-    """Create (or find) the group's batch record in state ``listed`` and publish its driver message."""
+def submit_exact(runtime: Runtime, plan: Plan, group: Group, tally: Tally, clock: Callable[[], float] = time.time) -> str:
+    """Create (or find) the group's batch record in state ``listed`` and publish its driver message.
+
+    Returns how the batch came to be: NEW, RESUMED or EARLIER.
+    """
     assert group.source is not None
     rule, batch = group.rule, group.exact_batch_id()
     path = batches.record_path(rule.name, batch)
@@ -81,6 +84,7 @@ def submit_exact(runtime: Runtime, plan: Plan, group: Group, tally: Tally, clock
     tally.batches[(rule.name, batch)] = status
     tally.admitted += len(group.objects)
     tally.verdicts[DUPLICATE if status == EARLIER else status] += len(group.objects)
+    return status
 
 
 def kick_if_stale(runtime: Runtime, record: dict[str, Any], now: float) -> bool:

@@ -23,7 +23,6 @@ def describe(exc: BaseException) -> str:
 
     from handlers.exports import ExportRequestError
     from handlers.healthcare import ApiError
-    from handlers.retry import RetryLater
     from handlers.wildcard import WildcardError
 
     if isinstance(exc, (WildcardError, ExportRequestError)):
@@ -32,8 +31,6 @@ def describe(exc: BaseException) -> str:
         hint = {403: ": check the account's roles on the store (roles/healthcare.dicomEditor)",
                 404: ": check the store name"}.get(exc.code, "")
         return f"the Cloud Healthcare API answered {exc}{hint}"
-    if isinstance(exc, RetryLater):
-        return f"{exc}: run the same command again"
     if isinstance(exc, auth_exceptions.DefaultCredentialsError):
         return ("no Google credentials: run `gcloud auth application-default login`, "
                 "or add --local to use the local stack")

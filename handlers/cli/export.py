@@ -53,7 +53,6 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     if len(request.paths) > MAX_CHECKED_PATHS:
         ctx.note(f"checking the first {MAX_CHECKED_PATHS} of {len(request.paths)} paths against the store; "
                  f"{len(request.paths) - MAX_CHECKED_PATHS} more were not checked")
-    ctx.note(f"export {request.request_id}: {_scope(request.summary())} of {request.store} to {request.destination}")
     try:
         result = follow(ctx, request)
     except KeyboardInterrupt:

@@ -20,6 +20,7 @@ def one_line_error(result, code=1):
     (("explode",), "python -m handlers: error: argument COMMAND: invalid choice: 'explode'"),
     (("tail", "--max-messages", "0"), "python -m handlers tail: error: argument --max-messages: must be at least 1"),
     (("--local", "--env-file", "x", "tail"), "error: argument --env-file: not allowed with argument --local"),
+    (("--local", "tail", "--env-file", "x"), "error: argument --env-file: not allowed with argument --local"),
     (("export", "--to", "gs://b/d"), "python -m handlers export: error: the following arguments are required: --store"),
 ])
 def test_usage_errors_are_one_line_with_exit_2(cli, argv, message):
