@@ -64,6 +64,20 @@ class ProcInfo:
     session: int
     start_ticks: int
 
+    @property
+    def live(self) -> bool:
+        """False for a zombie whose threads have all exited (its files, ports included, are closed).
+
+        A killed multi-threaded process shows its main thread as a zombie while
+        other threads are still exiting and still hold its sockets: that one is live.
+        """
+        if self.state not in ("Z", "X"):
+            return True
+        try:
+            return len(os.listdir(f"/proc/{self.pid}/task")) > 1
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+
 
 @dataclass(frozen=True)
 class ProcessRecord:
@@ -126,7 +140,7 @@ def proc_cmdline(pid: int) -> tuple[str, ...] | None:
 def alive(pid: int) -> bool:
     """True if ``pid`` names a running (not zombie) process."""
     info = proc_info(pid)
-    return info is not None and info.state not in ("Z", "X")
+    return info is not None and info.live
 
 
 def session_members(session_id: int) -> list[int]:
@@ -136,7 +150,7 @@ def session_members(session_id: int) -> list[int]:
         if not entry.isdigit():
             continue
         info = proc_info(int(entry))
-        if info is not None and info.session == session_id and info.state not in ("Z", "X"):
+        if info is not None and info.session == session_id and info.live:
             members.append(info.pid)
     return members
 
@@ -144,7 +158,7 @@ def session_members(session_id: int) -> list[int]:
 def is_ours(record: ProcessRecord) -> bool:
     """True if ``record.pid`` is still the very process the record describes."""
     info = proc_info(record.pid)
-    if info is None or info.state in ("Z", "X") or info.start_ticks != record.start_ticks:
+    if info is None or not info.live or info.start_ticks != record.start_ticks:
         return False
     return proc_cmdline(record.pid) == record.cmdline
 
@@ -152,7 +166,7 @@ def is_ours(record: ProcessRecord) -> bool:
 def _targets(record: ProcessRecord) -> list[int]:
     """The PIDs that belong to ``record``'s session and may be signalled."""
     info = proc_info(record.pid)
-    leader_alive = info is not None and info.state not in ("Z", "X")
+    leader_alive = info is not None and info.live
     if leader_alive and not is_ours(record):
         return []  # the PID was reused by an unrelated program: never touch it
     return session_members(record.pid)
@@ -340,7 +354,7 @@ def owner_alive(record: ProcessRecord) -> bool:
     if record.owner is None:
         return True
     info = proc_info(record.owner[0])
-    return info is not None and info.state not in ("Z", "X") and info.start_ticks == record.owner[1]
+    return info is not None and info.live and info.start_ticks == record.owner[1]
 
 
 def sweep_orphans(pid_paths: Iterable[Path], timeout: float = 5.0) -> list[str]:
