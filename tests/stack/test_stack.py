@@ -186,3 +186,34 @@ def test_pubsub_emulator_restart_recreates_topics_and_delivery_resumes(recorded:
     recorded.upload(name)
     recorded.wait_for(lambda entry: entry["data"].get("name") == name, timeout=30)
     assert recorded.route("function")["pull_errors"] > 0  # the bridge saw the outage and recovered
+
+
+def test_delivery_goes_on_while_pubsub_is_paused_and_acks_land_after(recorded: Recorded) -> None:
+    # An outage that keeps state (SIGSTOP, then SIGCONT): a held message is still delivered, and
+    # its acknowledgement waits for the emulator instead of being lost.
+    followup = recorded.stack.functions["followup"]
+    followup.kill()
+    failed_before = recorded.route("followup")["failed_attempts"]
+    payload = json.dumps({"marker": unique("paused")}).encode()
+    recorded.pubsub.publish(recorded.env["FOLLOWUP_TOPIC"], payload)
+    deadline = time.monotonic() + 20
+    while recorded.route("followup")["failed_attempts"] == failed_before:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+    def is_it(entry: dict) -> bool:
+        return base64.b64decode((entry["data"].get("message") or {}).get("data", "")) == payload
+
+    recorded.stack.pubsub.pause()
+    try:
+        followup.start(port_wait=10)
+        recorded.wait_for(is_it, timeout=20)
+        assert recorded.route("followup")["held"] >= 1  # delivered, not yet acknowledged
+    finally:
+        recorded.stack.pubsub.resume()
+    deadline = time.monotonic() + 30
+    while recorded.route("followup")["held"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert recorded.route("followup")["ack_errors"] == 0
+    assert len([entry for entry in recorded.received() if is_it(entry)]) == 1
