@@ -161,7 +161,7 @@ def build_request(route: Route, received: dict[str, Any]) -> tuple[dict[str, str
         if not isinstance(resource, dict):
             return None
         bucket, name = resource.get("bucket"), resource.get("name")
-    if not bucket or not name:
+    if not (isinstance(bucket, str) and isinstance(name, str) and bucket and name):
         return None
     headers = {
         "ce-specversion": "1.0",

@@ -116,6 +116,7 @@ def test_only_finalize_notifications_are_delivered(bridged: Callable[..., Bridge
     with Recorder() as recorder:
         bridge = bridged(recorder.url, "storage-cloudevent")
         bridge.publish(b"not an object resource", {"eventType": "OBJECT_FINALIZE"})  # names no object
+        bridge.publish(b'{"bucket": 1, "name": 2}', {"eventType": "OBJECT_FINALIZE"})  # nor does this
         for event_type in ("OBJECT_DELETE", "OBJECT_METADATA_UPDATE", "OBJECT_FINALIZE"):
             data, attributes = gcs_notification("inbox", f"{event_type}.dcm", event_type)
             bridge.publish(data, attributes)
@@ -124,7 +125,7 @@ def test_only_finalize_notifications_are_delivered(bridged: Callable[..., Bridge
         assert len(recorder.requests) == 1
     assert request.headers["ce-subject"] == "objects/OBJECT_FINALIZE.dcm"
     status = bridge.status()
-    assert (status["skipped"], status["delivered"], status["failed_attempts"], status["held"]) == (3, 1, 0, 0)
+    assert (status["skipped"], status["delivered"], status["failed_attempts"], status["held"]) == (4, 1, 0, 0)
 
 
 def test_pubsub_push_envelope(bridged: Callable[..., Bridged]) -> None:
