@@ -13,7 +13,6 @@ of the same message cannot both import or both publish.
 from __future__ import annotations
 
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -24,7 +23,7 @@ from handlers.config import Config
 from handlers.healthcare import ApiError, HealthcareApi, Operation
 from handlers.pubsub import Publisher
 from handlers.results import REJECTED, UNKNOWN, import_message, operation_hint, outcome_of, rejection_hint
-from handlers.reporting import ABANDONED_AFTER_SECONDS, Reporter
+from handlers.reporting import ABANDONED_AFTER_SECONDS, Reporter, new_worker
 from handlers.retry import Deadline, RetryLater
 from handlers.state import Conflict, Document, StateStore
 
@@ -40,18 +39,18 @@ class Driver:
     publisher: Publisher
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
-    worker: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     reporter: Reporter = field(init=False)
 
     def __post_init__(self) -> None:
-        self.reporter = Reporter(self.store, self.publisher, self.config.results_topic, self.clock, self.worker)
+        self.reporter = Reporter(self.store, self.publisher, self.config.results_topic, self.clock)
 
     def drive(self, rule: str, batch: str, deadline: Deadline) -> str:
         """Advance the batch as far as the budget allows; its final state, or RetryLater."""
         path = batches.record_path(rule, batch)
+        worker = new_worker()
         record = self.store.read(path)
         if record is None:
-            record = self._seal(rule, batch, deadline)
+            record = self._seal(rule, batch, deadline, worker)
             if record is None:
                 log.warning("follow-up names a batch that was never opened: dropped", rule=rule, batch=batch)
                 return "missing"
@@ -66,18 +65,18 @@ class Driver:
                 if state == SEALING:
                     record = self._list_members(record, path)
                 elif state == LISTED:
-                    record = self._start_import(record, path, deadline)
+                    record = self._start_import(record, path, deadline, worker)
                 elif state == IMPORTING:
-                    record = self._follow(record, path, deadline)
+                    record = self._follow(record, path, deadline, worker)
                 elif state == PUBLISHING:
-                    record = self.reporter.publish(record, path)
+                    record = self.reporter.publish(record, path, worker)
                 else:
                     raise ValueError(f"batch record {path} has unknown state {state!r}")
             except Conflict:
                 record = self.store.read(path) or record
 
     # open -> sealing
-    def _seal(self, rule: str, batch: str, deadline: Deadline) -> Document | None:
+    def _seal(self, rule: str, batch: str, deadline: Deadline, worker: str) -> Document | None:
         """Wait for the batch window to close, then write the record (sealing) and seal the lease."""
         lease_path = batches.lease_path(rule)
         while True:
@@ -87,7 +86,7 @@ class Driver:
             if lease.data["state"] == OPEN:
                 self._wait_for_window(rule, batch, lease.data["openedAt"], deadline)
             record = {key: lease.data.get(key) for key in ("batch", "rule", "store", "blobStorageClass", "openedAt")}
-            record.update(state=SEALING, sealedAt=self.clock(), sealedBy=self.worker)
+            record.update(state=SEALING, sealedAt=self.clock(), sealedBy=worker)
             try:
                 generation = self.store.create(batches.record_path(rule, batch), record)
             except Conflict:
@@ -126,7 +125,7 @@ class Driver:
         return Document(data, generation)
 
     # listed -> importing
-    def _start_import(self, record: Document, path: str, deadline: Deadline) -> Document:
+    def _start_import(self, record: Document, path: str, deadline: Deadline, worker: str) -> Document:
         data = record.data
         if not data["members"]:
             log.info("batch sealed empty: nothing to import", rule=data["rule"], batch=data["batch"])
@@ -134,7 +133,7 @@ class Driver:
             return Document(done, self.store.replace(path, done, record.generation))
         self._drop_stragglers(data)
         claimed = {**data, "state": IMPORTING, "operation": None, "importStartedAt": self.clock(),
-                   "importBy": self.worker}
+                   "importBy": worker}
         generation = self.store.replace(path, claimed, record.generation)
         try:
             operation = self.api.import_dicom(data["store"], data["importUri"], deadline, data.get("blobStorageClass"))
@@ -142,7 +141,7 @@ class Driver:
             if exc.retryable:
                 self.store.replace(path, {**data, "lastError": str(exc)}, generation)
                 raise RetryLater(f"import call for batch {data['batch']} not accepted yet: {exc}") from None
-            return self._conclude(Document(claimed, generation), path, outcome=REJECTED,
+            return self._conclude(Document(claimed, generation), path, worker, outcome=REJECTED,
                                   error={"code": exc.code, "status": exc.status, "message": exc.message},
                                   hint=rejection_hint(exc.code, data["store"], self.store.bucket))
         started = {**claimed, "operation": operation.name}
@@ -158,7 +157,7 @@ class Driver:
                 self.store.delete(item.name)
 
     # importing -> publishing
-    def _follow(self, record: Document, path: str, deadline: Deadline) -> Document:
+    def _follow(self, record: Document, path: str, deadline: Deadline, worker: str) -> Document:
         data = record.data
         if data.get("operation") is None:
             if self.clock() - data["importStartedAt"] < ABANDONED_AFTER_SECONDS:
@@ -167,7 +166,7 @@ class Driver:
             reverted = {**data, "state": LISTED}
             return Document(reverted, self.store.replace(path, reverted, record.generation))
         if self.clock() > data["sealedAt"] + self.config.followup_deadline_hours * 3600:
-            return self._conclude(record, path, outcome=UNKNOWN, error={
+            return self._conclude(record, path, worker, outcome=UNKNOWN, error={
                 "code": 4, "status": "DEADLINE_EXCEEDED",
                 "message": f"operation not done after {self.config.followup_deadline_hours:g} h: no longer followed"})
         try:
@@ -175,21 +174,21 @@ class Driver:
         except ApiError as exc:
             if exc.retryable:
                 raise RetryLater(f"operation {data['operation']} not readable yet: {exc}") from None
-            return self._conclude(record, path, outcome=UNKNOWN,
+            return self._conclude(record, path, worker, outcome=UNKNOWN,
                                   error={"code": exc.code, "status": exc.status, "message": exc.message})
         if not operation.done:
             raise RetryLater(f"operation {operation.name} still running ({operation.pending} pending)")
         outcome = outcome_of(operation)
-        return self._conclude(record, path, outcome=outcome, operation=operation,
+        return self._conclude(record, path, worker, outcome=outcome, operation=operation,
                               hint=operation_hint(outcome, operation, self.store.bucket))
 
-    def _conclude(self, record: Document, path: str, *, outcome: str, operation: Operation | None = None,
+    def _conclude(self, record: Document, path: str, worker: str, *, outcome: str, operation: Operation | None = None,
                   error: dict[str, Any] | None = None, hint: str | None = None) -> Document:
         message, attributes = import_message(
             record.data, outcome=outcome, names=self.config.names,
             manifest_uri=f"gs://{self.store.bucket}/{path}", operation=operation, error=error, hint=hint,
             concluded_at=self.clock())
-        return self.reporter.conclude(record, path, message, attributes)
+        return self.reporter.conclude(record, path, message, attributes, worker)
 
     def _clean_staging(self, rule: str, batch: str) -> None:
         names = [item.name for item in self.store.list(batches.staging_prefix(rule, batch))]

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Mapping
 from handlers import log
 from handlers.batches import DONE, PUBLISHING
 from handlers.healthcare import ApiError, HealthcareApi, Operation
-from handlers.reporting import ABANDONED_AFTER_SECONDS, Reporter
+from handlers.reporting import ABANDONED_AFTER_SECONDS, Reporter, new_worker
 from handlers.results import REJECTED, UNKNOWN, outcome_of, rfc3339
 from handlers.retry import Deadline, RetryLater
 from handlers.state import Conflict, Document, StateStore
@@ -258,6 +258,7 @@ class ExportJob:
         when it names something the store does not hold); a resumed one is not checked again.
         """
         path = self.record_path(request)
+        worker = new_worker()
         record = self.store.read(path) or self._start(request, path, deadline)
         while True:
             state = record.data["state"]
@@ -267,11 +268,11 @@ class ExportJob:
                 raise RetryLater(f"export {request.request_id} is {state}; continuing on the next delivery")
             try:
                 if state == STARTING:
-                    record = self._call(request, record, path, deadline)
+                    record = self._call(request, record, path, deadline, worker)
                 elif state == RUNNING:
-                    record = self._follow(request, record, path, deadline)
+                    record = self._follow(request, record, path, deadline, worker)
                 elif state == PUBLISHING:
-                    record = self.reporter.publish(record, path)
+                    record = self.reporter.publish(record, path, worker)
                 else:
                     raise ValueError(f"export record {path} has unknown state {state!r}")
             except Conflict:
@@ -292,7 +293,8 @@ class ExportJob:
         except Conflict:
             return self.store.read(path)  # type: ignore[return-value]
 
-    def _call(self, request: ExportRequest, record: Document, path: str, deadline: Deadline) -> Document:
+    def _call(self, request: ExportRequest, record: Document, path: str, deadline: Deadline,
+              worker: str) -> Document:
         started = record.data.get("callStartedAt")
         if started and self.clock() - started < ABANDONED_AFTER_SECONDS:
             raise RetryLater(f"another worker is starting export {request.request_id}")
@@ -307,16 +309,17 @@ class ExportJob:
             if exc.retryable:
                 self.store.replace(path, {**claimed, "callStartedAt": None, "lastError": str(exc)}, generation)
                 raise RetryLater(f"export call not accepted yet: {exc}") from None
-            return self._conclude(request, Document(claimed, generation), path, REJECTED, None,
+            return self._conclude(worker, request, Document(claimed, generation), path, REJECTED, None,
                                   {"code": exc.code, "status": exc.status, "message": exc.message},
                                   export_hint(exc.code, request, self.store.bucket))
         running = {**claimed, "state": RUNNING, "operation": operation.name}
         log.info("export started", operation=operation.name, requestId=request.request_id, paths=len(request.paths))
         return Document(running, self.store.replace(path, running, generation))
 
-    def _follow(self, request: ExportRequest, record: Document, path: str, deadline: Deadline) -> Document:
+    def _follow(self, request: ExportRequest, record: Document, path: str, deadline: Deadline,
+                worker: str) -> Document:
         if self.clock() > record.data["requestedAt"] + self.deadline_hours * 3600:
-            return self._conclude(request, record, path, UNKNOWN, None, {
+            return self._conclude(worker, request, record, path, UNKNOWN, None, {
                 "code": 4, "status": "DEADLINE_EXCEEDED",
                 "message": f"operation not done after {self.deadline_hours:g} h: no longer followed"}, None)
         try:
@@ -324,23 +327,24 @@ class ExportJob:
         except ApiError as exc:
             if exc.retryable:
                 raise RetryLater(f"operation {record.data['operation']} not readable yet: {exc}") from None
-            return self._conclude(request, record, path, UNKNOWN, None,
+            return self._conclude(worker, request, record, path, UNKNOWN, None,
                                   {"code": exc.code, "status": exc.status, "message": exc.message}, None)
         if not operation.done:
             raise RetryLater(f"export operation {operation.name} still running")
         outcome = outcome_of(operation)
         hint = export_hint((operation.error or {}).get("code"), request, self.store.bucket)
-        return self._conclude(request, record, path, outcome, operation, None, hint)
+        return self._conclude(worker, request, record, path, outcome, operation, None, hint)
 
-    def _conclude(self, request: ExportRequest, record: Document, path: str, outcome: str,
+    def _conclude(self, worker: str, request: ExportRequest, record: Document, path: str, outcome: str,
                   operation: Operation | None, error: Mapping[str, Any] | None, hint: str | None) -> Document:
         message, attributes = export_message(request, record.data, outcome=outcome, operation=operation, error=error,
                                              hint=hint, concluded_at=self.clock())
-        return self.reporter.conclude(record, path, message, attributes)
+        return self.reporter.conclude(record, path, message, attributes, worker)
 
     def reject(self, request_id: str, store: str | None, destination: str | None, reason: str) -> dict[str, Any]:
         """Report a request refused before any call (once, even if the message is redelivered)."""
         path = f"exports/{request_id}.json"
+        worker = new_worker()
         record = self.store.read(path)
         if record is None:
             data = {"state": STARTING, "requestId": request_id, "requestedAt": self.clock()}
@@ -352,9 +356,9 @@ class ExportJob:
             try:
                 if record.data["state"] == STARTING:
                     message, attributes = rejection_message(request_id, store, destination, reason, self.clock())
-                    record = self.reporter.conclude(record, path, message, attributes)
+                    record = self.reporter.conclude(record, path, message, attributes, worker)
                 else:
-                    record = self.reporter.publish(record, path)
+                    record = self.reporter.publish(record, path, worker)
             except Conflict:
                 record = self.store.read(path)
         return record.data["result"] if record else {}

@@ -3,7 +3,8 @@
 A job (an import batch, an export) freezes its result into its record with one
 conditional write (state ``publishing``), publishes it, then marks the record
 ``done``. Concurrent deliveries see the frozen result and either wait for its
-publisher or, past a timeout, take over. Used by ``handlers.driver`` and
+publisher or, past a timeout, take over. Each delivery is its own worker
+(:func:`new_worker`), also within one process. Used by ``handlers.driver`` and
 ``handlers.exports``.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from handlers import log
@@ -24,27 +25,32 @@ from handlers.state import Document, StateStore
 ABANDONED_AFTER_SECONDS = 120.0
 
 
+def new_worker() -> str:
+    """An identity for one delivery: two deliveries in one process are two workers."""
+    return uuid.uuid4().hex[:12]
+
+
 @dataclass
 class Reporter:
     store: StateStore
     publisher: Publisher
     topic: str
     clock: Callable[[], float] = time.time
-    worker: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
-    def conclude(self, record: Document, path: str, message: Mapping[str, Any], attributes: Mapping[str, str]) -> Document:
-        """Freeze the result into the record; raises Conflict when another worker got there first."""
+    def conclude(self, record: Document, path: str, message: Mapping[str, Any], attributes: Mapping[str, str],
+                 worker: str) -> Document:
+        """Freeze the result into the record for ``worker``; raises Conflict when another got there first."""
         data = {**record.data, "state": PUBLISHING, "result": dict(message), "resultAttributes": dict(attributes),
-                "publishingSince": self.clock(), "publishingBy": self.worker}
+                "publishingSince": self.clock(), "publishingBy": worker}
         return Document(data, self.store.replace(path, data, record.generation))
 
-    def publish(self, record: Document, path: str) -> Document:
+    def publish(self, record: Document, path: str, worker: str) -> Document:
         """Publish the frozen result and mark the record done; RetryLater when that must wait."""
         data = record.data
-        if data.get("publishingBy") != self.worker:
+        if data.get("publishingBy") != worker:
             if self.clock() - data.get("publishingSince", 0) < ABANDONED_AFTER_SECONDS:
                 raise RetryLater(f"another worker is publishing the result of {path}")
-            data = {**data, "publishingSince": self.clock(), "publishingBy": self.worker}
+            data = {**data, "publishingSince": self.clock(), "publishingBy": worker}
             record = Document(data, self.store.replace(path, data, record.generation))
         try:
             message_id = self.publisher.publish(self.topic, data["result"], data["resultAttributes"])

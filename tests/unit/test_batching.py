@@ -358,3 +358,25 @@ def test_long_batches_link_the_manifest_instead_of_listing_names(monkeypatch):
     [(_, message, _)] = world.publisher.messages
     assert message["objects"] is None and message["objectCount"] == 3
     assert message["manifest"] == f"gs://state-bkt/batches/all/{batch}.json"
+
+
+def test_two_deliveries_of_a_batch_in_one_process_publish_its_result_once():
+    world = World()
+    world.admit(world.upload("a.dcm"))
+    batch = world.kicks[0][1]
+    with pytest.raises(RetryLater):
+        world.drive(batch)
+    finish_all(world)
+    real_publish = world.publisher.publish
+    overlapping = []
+
+    def publish_while_another_delivery_runs(*args, **kwargs):
+        if not overlapping:
+            with pytest.raises(RetryLater, match="another worker is publishing") as caught:
+                world.drive(batch)  # Pub/Sub redelivered the follow-up to the same instance
+            overlapping.append(caught.value)
+        return real_publish(*args, **kwargs)
+
+    world.publisher.publish = publish_while_another_delivery_runs
+    assert world.drive(batch) == DONE
+    assert overlapping and len(world.publisher.messages) == 1
