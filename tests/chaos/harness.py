@@ -328,10 +328,11 @@ class Run:
                               timeout=self.scale.timeout if timeout is None else timeout, quiet=self.scale.quiet,
                               env=self.env)
 
-    def finish(self, drop: Drop, problems: Iterable[str] = ()) -> Figures:
+    def finish(self, drop: Drop, checks: Callable[[], Iterable[str]] | None = None) -> Figures:
         """Wait for the results, record the scenario's line, then fail with every problem found.
 
-        ``problems``: what the scenario itself found wrong, reported with the invariants.
+        ``checks``: the scenario's own checks, run once every result is in; they
+        return what they found wrong, reported with the invariants.
         """
         bucket = self.env["INBOX_BUCKET"]
         results = self.results_for(drop)
@@ -352,7 +353,7 @@ class Run:
             extra=", ".join(self.extra))
         self.report.append(figures.line(self.scale.name))
 
-        found = list(problems)
+        found = list(checks()) if checks else []
         missing = drop.matched - set(covered)
         if missing:
             found.append(f"{len(missing)} matched objects never reported, e.g. {sorted(missing)[:5]}")
@@ -376,6 +377,10 @@ class Run:
                 validate(result.data, result.attributes)
             except Exception as exc:  # noqa: BLE001 - reported with the rest
                 found.append(f"result of batch {result.data.get('batch')} does not match the schema: {exc}")
+            counted = result.data["counter"]["success"] + result.data["counter"]["failure"]
+            if counted != result.data["objectCount"]:
+                found.append(f"batch {result.data['batch']}: the operation counted {counted} files "
+                             f"({result.data['counter']}), the manifest lists {result.data['objectCount']}")
             if result.data["outcome"] not in ("SUCCEEDED", "PARTIAL", "FAILED"):
                 found.append(f"batch {result.data['batch']} ended {result.data['outcome']}: {result.data.get('error')}")
         assert not found, f"{self.name}: " + "\n".join(found)
