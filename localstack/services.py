@@ -289,10 +289,19 @@ def start_fake_gcs(
     project: str | None = None,
     topic: str | None = None,
     event_bucket: str | None = None,
+    backend: str = "memory",
     wait: bool = True,
     owner: tuple[int, int] | None = None,
 ) -> Service:
-    """fake-gcs-server (memory backend).
+    """fake-gcs-server, empty.
+
+    ``backend="memory"`` (the default) stores any object name, including
+    1,024-byte names and ``dir/`` placeholders, but keeps each bucket's objects
+    in a list: every call scans it, so calls slow down linearly past a few
+    thousand objects. ``backend="filesystem"`` (files under
+    ``workdir/gcs-data``, which survive a restart) stays fast at any size but
+    cannot store a name with a segment longer than 255 bytes nor a name ending
+    in ``/``: the large benchmarks use it, the tests use memory.
 
     With ``pubsub_host``, ``project`` and ``topic`` it publishes an OBJECT_FINALIZE
     notification per new object to that topic (only for ``event_bucket`` if given).
@@ -306,7 +315,7 @@ def start_fake_gcs(
         "-scheme", "http",
         "-host", HOST,
         "-port", str(port),
-        "-backend", "memory",
+        *_backend_args(backend, Path(workdir)),
         "-public-host", f"{HOST}:{port}",
         "-external-url", url,
         "-log-level", "warn",
@@ -331,6 +340,16 @@ def start_fake_gcs(
         owner=owner,
     )
     return service.start(wait=wait)
+
+
+def _backend_args(backend: str, workdir: Path) -> list[str]:
+    if backend == "memory":
+        return ["-backend", "memory"]
+    if backend == "filesystem":
+        root = workdir / "gcs-data"
+        shutil.rmtree(root, ignore_errors=True)
+        return ["-backend", "filesystem", "-filesystem-root", str(root)]
+    raise ValueError(f"fake-gcs-server backend must be 'memory' or 'filesystem', got {backend!r}")
 
 
 def start_healthcare_emulator(

@@ -97,7 +97,9 @@ class Stack:
     Healthcare emulator's fault injection environment), ``backoff``,
     ``max_in_flight`` and ``request_timeout`` (the bridge's delivery), ``threads``
     (per function process), ``names`` (resource names), ``owner`` (see
-    :func:`localstack.services.owner_of_this_process`).
+    :func:`localstack.services.owner_of_this_process`), ``gcs_backend``
+    (fake-gcs-server's ``memory`` or ``filesystem``: see
+    :func:`localstack.services.start_fake_gcs`).
     """
 
     def __init__(
@@ -115,8 +117,10 @@ class Stack:
         threads: int = 64,
         names: Names = Names(),
         owner: tuple[int, int] | None = None,
+        gcs_backend: str = "memory",
     ) -> None:
         self.workdir = Path(workdir).resolve()
+        self.gcs_backend = gcs_backend
         self.config = Path(config).resolve() if config else REPO_ROOT / "config.yaml"
         self.source = source
         self.function_specs = functions
@@ -202,6 +206,7 @@ class Stack:
             project=names.project,
             topic=names.notifications_topic,
             event_bucket=names.inbox_bucket,
+            backend=self.gcs_backend,
             wait=False,
             owner=owner,
         )
