@@ -71,7 +71,9 @@ def scale_from_env() -> Scale:
             seconds = float(outage)
         except ValueError:
             raise pytest.UsageError(f"CHAOS_OUTAGE_SECONDS={outage!r} is not a number of seconds") from None
-        scale = replace(scale, outage_seconds=seconds, timeout=scale.timeout + 2 * seconds * scale.outages)
+        # Listen as long again once everything is reported: a publication that outlived the outage may come late.
+        scale = replace(scale, outage_seconds=seconds, timeout=scale.timeout + 2 * seconds * scale.outages,
+                        quiet=max(scale.quiet, seconds))
     return scale
 
 
