@@ -382,7 +382,8 @@ class Run:
             counted = result.data["counter"]["success"] + result.data["counter"]["failure"]
             if counted != result.data["objectCount"]:
                 found.append(f"batch {result.data['batch']}: the operation counted {counted} files "
-                             f"({result.data['counter']}), the manifest lists {result.data['objectCount']}")
+                             f"({result.data['counter']}), the manifest lists {result.data['objectCount']} "
+                             f"(docs/chaos.md, finding 1)")
             if result.data["outcome"] not in ("SUCCEEDED", "PARTIAL", "FAILED"):
                 found.append(f"batch {result.data['batch']} ended {result.data['outcome']}: {result.data.get('error')}")
         assert not found, f"{self.name}: " + "\n".join(found)
