@@ -2,7 +2,9 @@
 
 ``leases/{rule}.json``                the rule's current batch: ``open`` or ``sealed``
 ``claims/{rule}/{object_id}.json``    idempotency record: which batch holds an object generation
-``staging/{rule}/{batch}/{id}.dcm``   copies of the batch's objects; the import URI is this folder's ``*``
+``members/{rule}/{batch}/{id}``       membership marker written by the intake (source in its metadata)
+``staging/{rule}/{batch}/{id}.dcm``   copies the driver makes of the listed members; the import URI is
+                                      this folder's ``*``, which only the driver writes
 ``batches/{rule}/{batch}.json``       the batch record: members, import, operation, result
 """
 
@@ -39,6 +41,19 @@ def claim_path(rule: str, oid: str) -> str:
     return f"claims/{rule}/{oid}.json"
 
 
+def member_prefix(rule: str, batch: str) -> str:
+    return f"members/{rule}/{batch}/"
+
+
+def member_path(rule: str, batch: str, oid: str) -> str:
+    return f"{member_prefix(rule, batch)}{oid}"
+
+
+def source_metadata(obj: StorageObject) -> dict[str, str]:
+    """What a membership marker records of its object (its custom metadata)."""
+    return {"source-bucket": obj.bucket, "source-name": obj.name, "source-generation": obj.generation}
+
+
 def staging_prefix(rule: str, batch: str) -> str:
     return f"staging/{rule}/{batch}/"
 
@@ -52,7 +67,7 @@ def record_path(rule: str, batch: str) -> str:
 
 
 def import_uri(state_bucket: str, rule: str, batch: str) -> str:
-    """Exactly the batch's staging copies: ids are hex, so ``*`` covers nothing else."""
+    """Exactly the batch's staging copies: only the driver writes there, ids are hex, so ``*`` covers nothing else."""
     return f"gs://{state_bucket}/{staging_prefix(rule, batch)}*"
 
 

@@ -3,7 +3,7 @@
 A durable follow-up message per batch runs this; every delivery resumes from
 the batch record's state, so an instance dying anywhere only delays the batch:
 
-    open lease --window--> sealing --seal, list--> listed --import--> importing
+    open lease --window--> sealing --seal, list markers--> listed --copy, import--> importing
     --operation done--> publishing --result published--> done (staging removed)
 
 Each transition is a conditional write of the record, so concurrent deliveries
@@ -25,10 +25,10 @@ from handlers.pubsub import Publisher
 from handlers.results import REJECTED, UNKNOWN, import_message, operation_hint, outcome_of, rejection_hint
 from handlers.reporting import ABANDONED_AFTER_SECONDS, Reporter, new_worker
 from handlers.retry import Deadline, RetryLater
-from handlers.state import Conflict, Document, StateStore
+from handlers.state import Conflict, Document, SourceGone, StateStore
 
 POLL_SECONDS = 1.0
-CLEANUP_THREADS = 16
+COPY_THREADS = 16
 
 
 @dataclass
@@ -95,7 +95,7 @@ class Driver:
 
     def _wait_for_window(self, rule: str, batch: str, opened_at: float, deadline: Deadline) -> None:
         closes_at = opened_at + self.config.batching.max_wait_seconds
-        prefix = batches.staging_prefix(rule, batch)
+        prefix = batches.member_prefix(rule, batch)
         while self.clock() < closes_at:
             if sum(1 for _ in self.store.list(prefix)) >= self.config.batching.max_objects:
                 return
@@ -111,9 +111,9 @@ class Driver:
             self.store.replace(batches.lease_path(rule), {**lease.data, "state": SEALED, "sealedAt": self.clock()},
                                lease.generation)
         members = []
-        for listed in self.store.list(batches.staging_prefix(rule, batch)):
+        for listed in self.store.list(batches.member_prefix(rule, batch)):
             members.append({
-                "id": listed.name.rsplit("/", 1)[-1].removesuffix(".dcm"),
+                "id": listed.name.rsplit("/", 1)[-1],
                 "bucket": listed.metadata.get("source-bucket", ""),
                 "name": listed.metadata.get("source-name", ""),
                 "generation": listed.metadata.get("source-generation", ""),
@@ -127,11 +127,14 @@ class Driver:
     # listed -> importing
     def _start_import(self, record: Document, path: str, deadline: Deadline, worker: str) -> Document:
         data = record.data
+        if data["importUri"] == batches.import_uri(self.store.bucket, data["rule"], data["batch"]):
+            record = self._stage_members(record, path)
+            data = record.data
         if not data["members"]:
-            log.info("batch sealed empty: nothing to import", rule=data["rule"], batch=data["batch"])
+            log.info("batch has nothing to import", rule=data["rule"], batch=data["batch"],
+                     skipped=len(data.get("skipped") or []))
             done = {**data, "state": DONE}
             return Document(done, self.store.replace(path, done, record.generation))
-        self._drop_stragglers(data)
         claimed = {**data, "state": IMPORTING, "operation": None, "importStartedAt": self.clock(),
                    "importBy": worker}
         generation = self.store.replace(path, claimed, record.generation)
@@ -149,12 +152,35 @@ class Driver:
                  objects=len(data["members"]))
         return Document(started, self.store.replace(path, started, generation))
 
-    def _drop_stragglers(self, data: dict[str, Any]) -> None:
-        """Delete copies that landed after the listing, so the import matches the manifest exactly."""
-        listed = batches.member_ids(data)
-        for item in self.store.list(batches.staging_prefix(data["rule"], data["batch"])):
-            if item.name.rsplit("/", 1)[-1].removesuffix(".dcm") not in listed:
-                self.store.delete(item.name)
+    def _stage_members(self, record: Document, path: str) -> Document:
+        """Copy each listed member's generation into the staging folder, which only drivers write.
+
+        Idempotent (same bytes, same name), so a resumed delivery copies again.
+        A generation deleted or overwritten since its event is skipped, and the
+        result says so.
+        """
+        data = record.data
+        rule, batch = data["rule"], data["batch"]
+
+        def copy(member: dict[str, Any]) -> dict[str, Any] | None:
+            try:
+                self.store.copy_in(member["bucket"], member["name"], member["generation"],
+                                   batches.staging_path(rule, batch, member["id"]), {})
+            except SourceGone:
+                return member
+            return None
+
+        with ThreadPoolExecutor(max_workers=min(COPY_THREADS, len(data["members"]) or 1)) as pool:
+            gone = [member for member in pool.map(copy, data["members"]) if member is not None]
+        if not gone:
+            return record
+        gone_ids = {member["id"] for member in gone}
+        log.warning("objects deleted or overwritten before import: skipped", rule=rule, batch=batch,
+                    skipped=len(gone))
+        updated = {**data, "members": [m for m in data["members"] if m["id"] not in gone_ids],
+                   "skipped": [*(data.get("skipped") or []),
+                               *({**m, "reason": "generation deleted or overwritten before import"} for m in gone)]}
+        return Document(updated, self.store.replace(path, updated, record.generation))
 
     # importing -> publishing
     def _follow(self, record: Document, path: str, deadline: Deadline, worker: str) -> Document:
@@ -191,7 +217,9 @@ class Driver:
         return self.reporter.conclude(record, path, message, attributes, worker)
 
     def _clean_staging(self, rule: str, batch: str) -> None:
-        names = [item.name for item in self.store.list(batches.staging_prefix(rule, batch))]
+        """Delete the batch's staging copies and membership markers (its record stays, as the manifest)."""
+        names = [item.name for prefix in (batches.staging_prefix(rule, batch), batches.member_prefix(rule, batch))
+                 for item in self.store.list(prefix)]
         if names:
-            with ThreadPoolExecutor(max_workers=min(CLEANUP_THREADS, len(names))) as pool:
+            with ThreadPoolExecutor(max_workers=min(COPY_THREADS, len(names))) as pool:
                 list(pool.map(self.store.delete, names))

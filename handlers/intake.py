@@ -1,8 +1,9 @@
 """Admitting one finalized object into its rule's open batch (docs/design.md, "Intake").
 
 An event is acknowledged only once its object generation is durably covered:
-its staging copy exists in a batch that is still open (so the batch's listing,
-made after sealing, will include it) or whose record lists it. Every step is
+its membership marker exists in a batch that is still open (so the batch's
+listing, made after sealing, will include it) or whose record lists it. The
+intake never touches the object's data: the driver copies the listed members. Every step is
 idempotent, so a duplicate or redelivered event converges to the same answer
 and never causes a second import.
 """
@@ -16,9 +17,9 @@ from typing import Callable
 from handlers import batches, log
 from handlers.batches import OPEN
 from handlers.config import Config, Rule
-from handlers.events import StorageObject, UnusableEvent
+from handlers.events import StorageObject
 from handlers.retry import Deadline, RetryLater
-from handlers.state import Conflict, Document, SourceGone, StateStore
+from handlers.state import Conflict, Document, StateStore
 
 # A lease still open this long after its window closed has lost its driver.
 STALE_AFTER_SECONDS = 60.0
@@ -42,7 +43,7 @@ class Intake:
         """Cover ``obj`` by a batch of ``rule``; return OPENED, JOINED or DUPLICATE, or raise RetryLater.
 
         The common case costs four Cloud Storage calls: read the lease, create
-        the claim, copy the object, read the lease again. The claim is read
+        the claim, write the membership marker, read the lease again. The claim is read
         only when creating it conflicts, or before opening a batch (so that a
         late duplicate never opens one).
         """
@@ -80,9 +81,9 @@ class Intake:
                     self.sleep(POLL_SECONDS)
                     claim = None
                 continue
-            if self._stage_and_confirm(obj, rule, oid, batch, deadline):
+            if self._join_and_confirm(obj, rule, oid, batch, deadline):
                 return OPENED if lease.data.get("openedBy") == oid else JOINED
-            claim = None  # listed without it (it arrived after the seal): restage under the next batch
+            claim = None  # listed without it (its marker came after the seal): join the next batch
         raise RetryLater(f"could not place the object in a batch of rule {rule.name!r} in time")
 
     def _existing_claim(self, obj: StorageObject, rule: Rule, oid: str, path: str,
@@ -105,7 +106,7 @@ class Intake:
         lease = self.store.read(batches.lease_path(rule.name))
         if lease is not None and lease.data["batch"] == batch and lease.data["state"] == OPEN:
             self._ensure_driven(rule, lease, oid, claimed=True)
-            if self._stage_and_confirm(obj, rule, oid, batch, deadline):
+            if self._join_and_confirm(obj, rule, oid, batch, deadline):
                 return DUPLICATE
             return _RESTAGE
         return _WAIT
@@ -154,23 +155,16 @@ class Intake:
         self.kick(rule, batch)
         self._kicked.add((rule, batch))
 
-    def _stage_and_confirm(self, obj: StorageObject, rule: Rule, oid: str, batch: str, deadline: Deadline) -> bool:
-        """Copy the object into the batch; True once the batch is sure to include it."""
-        try:
-            self.store.copy_in(obj.bucket, obj.name, obj.generation, batches.staging_path(rule.name, batch, oid),
-                               {"source-bucket": obj.bucket, "source-name": obj.name,
-                                "source-generation": obj.generation})
-        except SourceGone:
-            raise UnusableEvent("this object generation no longer exists (overwritten or deleted before import); "
-                                "a newer generation has its own event") from None
+    def _join_and_confirm(self, obj: StorageObject, rule: Rule, oid: str, batch: str, deadline: Deadline) -> bool:
+        """Mark the object as a member of the batch; True once the batch is sure to include it."""
+        self.store.write_marker(batches.member_path(rule.name, batch, oid), batches.source_metadata(obj))
         lease = self.store.read(batches.lease_path(rule.name))
         if lease is not None and lease.data["batch"] == batch and lease.data["state"] == OPEN:
             return True
-        # Sealed while we copied: the batch record's listing decides.
+        # Sealed while we wrote the marker: the batch record's listing decides.
         while not deadline.expired:
             record = self.store.read(batches.record_path(rule.name, batch))
             if record is not None and batches.has_members_listed(record.data):
                 return oid in batches.member_ids(record.data)
             self.sleep(POLL_SECONDS)
         raise RetryLater(f"batch {batch} of rule {rule.name!r} is being sealed; its listing is not written yet")
-

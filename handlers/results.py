@@ -81,6 +81,8 @@ def import_message(
     objects = None
     if len(members) <= MAX_LISTED_OBJECTS:
         objects = [{"uri": names.uri(m["bucket"], m["name"]), "generation": m["generation"]} for m in members]
+    skipped = [{"uri": names.uri(m["bucket"], m["name"]), "generation": m["generation"], "reason": m["reason"]}
+               for m in record.get("skipped") or []]
     success = operation.success if operation else 0
     failure = operation.failure if operation else 0
     if operation is None and outcome == REJECTED:
@@ -97,6 +99,7 @@ def import_message(
         "counter": {"success": success, "failure": failure},
         "objectCount": len(members),
         "objects": objects,
+        "skipped": skipped,
         "manifest": manifest_uri,
         "objectNames": names.mode,
         "error": dict(error or (operation.error if operation and operation.error else {})) or None,

@@ -51,6 +51,8 @@ class StateStore(Protocol):
 
     def write_text(self, path: str, text: str) -> None: ...
 
+    def write_marker(self, path: str, metadata: Mapping[str, str]) -> None: ...
+
     def list(self, prefix: str) -> Iterator[Listed]: ...
 
     def delete(self, path: str) -> None: ...
@@ -129,6 +131,12 @@ class GcsStateStore:
 
     def write_text(self, path: str, text: str) -> None:
         self._handle().blob(path).upload_from_string(text, content_type="text/plain")
+
+    def write_marker(self, path: str, metadata: Mapping[str, str]) -> None:
+        """An empty object whose custom metadata is the point (listings return it)."""
+        blob = self._handle().blob(path)
+        blob.metadata = dict(metadata)
+        blob.upload_from_string(b"", content_type="application/octet-stream")
 
     def list(self, prefix: str) -> Iterator[Listed]:
         for blob in self._handle().client.list_blobs(self.bucket, prefix=prefix):

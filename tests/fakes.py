@@ -41,7 +41,7 @@ class MemoryStateStore:
         self.blobs: dict[str, tuple[bytes, dict[str, str]]] = {}
         self._generations = itertools.count(1)
         self._lock = threading.RLock()
-        self.after_copy: Callable[[str], None] | None = None
+        self.after_marker: Callable[[str], None] | None = None
         self.ops: list[tuple[str, str]] = []
 
     def add_source(self, bucket: str, name: str, generation: str, content: bytes = b"DICM") -> None:
@@ -79,8 +79,13 @@ class MemoryStateStore:
                 raise SourceGone(str(key))
             self.blobs[path] = (self.sources[key], dict(metadata))
             self.ops.append(("copy", path))
-        if self.after_copy:
-            self.after_copy(path)
+
+    def write_marker(self, path: str, metadata: Mapping[str, str]) -> None:
+        with self._lock:
+            self.ops.append(("write", path))
+            self.blobs[path] = (b"", dict(metadata))
+        if self.after_marker:
+            self.after_marker(path)
 
     def write_text(self, path: str, text: str) -> None:
         with self._lock:

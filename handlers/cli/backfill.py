@@ -182,13 +182,17 @@ def render_summary(ctx: Context, tally: Tally, results: dict[tuple[str, str], di
             continue
         result = record.get("result")
         if result is None:
-            lines.append(f"  {rule}  {batch}  nothing imported (the batch was sealed empty)")
+            gone = len(record.get("skipped") or [])
+            why = f"every object ({gone}) was deleted or overwritten before import" if gone else "the batch was sealed empty"
+            lines.append(f"  {rule}  {batch}  nothing imported ({why})")
             continue
         success += result["counter"]["success"]
         failure += result["counter"]["failure"]
         note = {EARLIER: "  (imported before this run)", RESUMED: "  (resumed)"}.get(how, "")
+        gone = len(result.get("skipped") or [])
+        skipped = f", {gone} deleted or overwritten before import" if gone else ""
         line = (f"  {rule}  {batch}  {result['outcome']}  {result['counter']['success']} ok, "
-                f"{result['counter']['failure']} failed, {count(result['objectCount'], 'object')}  "
+                f"{result['counter']['failure']} failed, {count(result['objectCount'], 'object')}{skipped}  "
                 f"operation {result['operation'] or '-'}{note}")
         lines.append(line if result["outcome"] == SUCCEEDED else red(line, ctx.out))
     earlier = sum(1 for how in tally.batches.values() if how == EARLIER)

@@ -22,7 +22,7 @@ from handlers.batches import DONE, LISTED
 from handlers.cli.backfill_plan import Group, Plan, SourceObject
 from handlers.cli.terminal import Progress
 from handlers.entrypoints import ADMIT_BUDGET_SECONDS
-from handlers.events import StorageObject, UnusableEvent
+from handlers.events import StorageObject
 from handlers.intake import DUPLICATE
 from handlers.reporting import ABANDONED_AFTER_SECONDS
 from handlers.retry import Deadline, RetryLater
@@ -33,7 +33,6 @@ ADMIT_WORKERS = 8
 POLL_SECONDS = 1.0
 # A batch of this run: new, resumed from an interrupted run, or covering objects admitted before this run.
 NEW, RESUMED, EARLIER = "new", "resumed", "earlier"
-GONE = "deleted or overwritten since it was listed"
 NOT_ADMITTED = "not admitted in time (run the command again)"
 
 BatchKey = tuple[str, str]
@@ -111,8 +110,6 @@ def admit_staged(runtime: Runtime, plan: Plan, group: Group, tally: Tally, progr
             item = futures[future]
             try:
                 verdict, batch = future.result()
-            except UnusableEvent:
-                tally.skip(GONE, item.name)
             except RetryLater:
                 tally.skip(NOT_ADMITTED, item.name)
             else:

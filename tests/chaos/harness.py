@@ -227,8 +227,8 @@ class StateWatch:
                 continue
         return states
 
-    def open_batch_with_copies(self) -> str | None:
-        """The rule's open batch once at least one copy is staged in it (a batch in the middle of its window)."""
+    def open_batch_with_members(self) -> str | None:
+        """The rule's open batch once at least one object joined it (a batch in the middle of its window)."""
         blob = self.bucket.blob(f"leases/{RULE}.json")
         try:
             lease = json.loads(blob.download_as_bytes())
@@ -236,8 +236,19 @@ class StateWatch:
             return None
         if lease.get("state") != "open":
             return None
-        staged = self.bucket.list_blobs(prefix=f"staging/{RULE}/{lease['batch']}/", max_results=1)
-        return lease["batch"] if any(True for _ in staged) else None
+        joined = self.bucket.list_blobs(prefix=f"members/{RULE}/{lease['batch']}/", max_results=1)
+        return lease["batch"] if any(True for _ in joined) else None
+
+    def describe(self) -> str:
+        """The lease, its staged copies and the new records, for a failure message."""
+        try:
+            lease = json.loads(self.bucket.blob(f"leases/{RULE}.json").download_as_bytes())
+        except Exception as exc:  # noqa: BLE001 - shown as is
+            lease = repr(exc)
+        staged = 0
+        if isinstance(lease, dict):
+            staged = sum(1 for _ in self.bucket.list_blobs(prefix=f"staging/{RULE}/{lease.get('batch')}/"))
+        return f"lease {lease}, {staged} copies staged in its batch, new records {self.new_records()}"
 
     def wait_for(self, condition: Callable[["StateWatch"], Any], timeout: float, every: float = 0.05) -> Any:
         """Poll ``condition(self)`` until it is truthy (returned) or ``timeout`` passes (None)."""

@@ -8,7 +8,6 @@ from handlers.batches import DONE, LISTED
 from handlers.cli.backfill_plan import SourceObject, make_plan
 from handlers.cli.backfill_run import (
     EARLIER,
-    GONE,
     NEW,
     RESUMED,
     Tally,
@@ -100,14 +99,15 @@ def test_staged_objects_go_through_the_intake_and_a_rerun_counts_duplicates():
     stream = io.StringIO()
     admit_staged(rt, plan, group, tally, Progress(stream, "admitted", 3))
     [(key, how)] = tally.batches.items()
-    assert how == NEW and tally.admitted == 2 and tally.skipped == {GONE: ["b/3.dcm"]}
-    assert tally.verdicts["opened"] + tally.verdicts["joined"] == 2 and rt.kicks == [key]
-    assert len(list(rt.state.list(batches.staging_prefix(*key)))) == 2
-    assert stream.getvalue() == "admitted: 1/3\nadmitted: 2/3\n"  # every object advances the bar, gone or not
+    # Admission only marks membership: the deleted b/3.dcm is found (and reported as skipped) by the driver.
+    assert how == NEW and tally.admitted == 3 and tally.skipped == {}
+    assert tally.verdicts["opened"] + tally.verdicts["joined"] == 3 and rt.kicks == [key]
+    assert len(list(rt.state.list(batches.member_prefix(*key)))) == 3
+    assert stream.getvalue() == "admitted: 1/3\nadmitted: 2/3\n"
 
     again = Tally()
     admit_staged(rt, plan, group, again, Progress(io.StringIO(), "admitted", 3))
-    assert again.verdicts["duplicate"] == 2 and again.batches == {key: EARLIER}
+    assert again.verdicts["duplicate"] == 3 and again.batches == {key: EARLIER}
 
 
 def test_waiting_returns_done_records_and_publishes_a_lost_driver_again():

@@ -11,7 +11,7 @@ from handlers import batches
 from handlers.batches import DONE, IMPORTING, LISTED, PUBLISHING
 from handlers.config import parse
 from handlers.driver import ABANDONED_AFTER_SECONDS, Driver
-from handlers.events import StorageObject, UnusableEvent
+from handlers.events import StorageObject
 from handlers.healthcare import ApiError
 from handlers.intake import DUPLICATE, JOINED, OPENED, STALE_AFTER_SECONDS, Intake
 from handlers.retry import Deadline, RetryLater
@@ -136,18 +136,18 @@ def test_a_new_generation_of_the_same_name_is_a_new_object():
     assert world.admit(world.upload("a.dcm", "2")) == JOINED
 
 
-def test_object_copied_just_before_the_seal_stays_in_the_sealed_batch():
+def test_marker_written_just_before_the_seal_stays_in_the_sealed_batch():
     world = World()
     world.admit(world.upload("a.dcm"))
     batch = world.kicks[0][1]
     world.clock.now += 11  # window over
 
-    def seal_after_this_copy(path):
-        world.store.after_copy = None
+    def seal_after_this_marker(path):
+        world.store.after_marker = None
         with pytest.raises(RetryLater):
-            world.drive(batch)  # seals and lists: the copy has landed, so it is listed
+            world.drive(batch)  # seals and lists: the marker has landed, so it is listed
 
-    world.store.after_copy = seal_after_this_copy
+    world.store.after_marker = seal_after_this_marker
     verdict = world.admit(world.upload("b.dcm"))
     record = world.store.doc(batches.record_path("all", batch))
     assert {m["name"] for m in record["members"]} == {"a.dcm", "b.dcm"}
@@ -155,38 +155,40 @@ def test_object_copied_just_before_the_seal_stays_in_the_sealed_batch():
     assert len(world.kicks) == 1
 
 
-def test_copy_landing_after_the_listing_is_restaged_not_lost():
+def test_marker_landing_after_the_listing_joins_the_next_batch_and_is_never_imported_twice():
     world = World()
-    world.admit(world.upload("a.dcm"))
+    first = world.upload("a.dcm")
+    world.admit(first)
     batch = world.kicks[0][1]
     world.clock.now += 11
 
-    real_copy = world.store.copy_in
+    real_marker = world.store.write_marker
     sealed = []
 
-    def copy_after_seal(*args, **kwargs):
+    def marker_after_seal(*args, **kwargs):
         if not sealed:
             sealed.append(True)
             with pytest.raises(RetryLater):
-                world.drive(batch)  # sealed and listed just before this copy lands
-        return real_copy(*args, **kwargs)
+                world.drive(batch)  # sealed, listed, staged and import called just before this marker lands
+        return real_marker(*args, **kwargs)
 
-    world.store.copy_in = copy_after_seal
+    world.store.write_marker = marker_after_seal
     late = world.upload("late.dcm")
     verdict = world.admit(late)
-    world.store.copy_in = real_copy
+    world.store.write_marker = real_marker
 
     record = world.store.doc(batches.record_path("all", batch))
     assert {m["name"] for m in record["members"]} == {"a.dcm"}
-    assert verdict == OPENED, "re-staged into a new batch it opened"
+    staged = {name.rsplit("/", 1)[-1] for name, _ in world.store.blobs.items()
+              if name.startswith(batches.staging_prefix("all", batch))}
+    assert staged == {batches.object_id(first) + ".dcm"}, "the imported folder holds exactly the listed members"
+    assert verdict == OPENED, "joined a new batch it opened"
     new_batch = world.kicks[-1][1]
     assert new_batch != batch
     assert world.store.doc(batches.claim_path("all", batches.object_id(late)))["batch"] == new_batch
-    straggler = batches.staging_path("all", batch, batches.object_id(late))
-    assert straggler in world.store.blobs
     finish_all(world)
     assert world.drive(batch) == DONE
-    assert straggler not in world.store.blobs, "the sealed batch's folder is emptied once reported"
+    assert not [name for name in world.store.blobs if name.startswith(batches.member_prefix("all", batch))]
 
 
 def test_opener_that_died_before_publishing_the_driver_publishes_it_on_redelivery():
@@ -209,11 +211,28 @@ def test_a_stale_open_lease_gets_its_driver_published_again_by_any_object():
     assert len(world.kicks) == 2 and world.kicks[0] == world.kicks[1]
 
 
-def test_deleted_or_overwritten_generation_is_acknowledged_without_import():
+def test_generation_deleted_before_the_import_is_skipped_and_reported():
     world = World()
-    gone = StorageObject("inbox-bkt", "gone.dcm", "7", 4, "e")
-    with pytest.raises(UnusableEvent, match="no longer exists"):
-        world.admit(gone)
+    world.admit(world.upload("kept.dcm"))
+    gone = StorageObject("inbox-bkt", "gone.dcm", "7", 4, "e")  # its generation no longer exists
+    assert world.admit(gone) == JOINED
+    batch = world.kicks[0][1]
+    with pytest.raises(RetryLater):
+        world.drive(batch)
+    finish_all(world)
+    world.drive(batch)
+    [message] = world.results()
+    assert message["objects"] == [{"uri": "gs://inbox-bkt/kept.dcm", "generation": "1"}]
+    assert message["skipped"] == [{"uri": "gs://inbox-bkt/gone.dcm", "generation": "7",
+                                   "reason": "generation deleted or overwritten before import"}]
+    assert message["objectCount"] == 1
+
+
+def test_batch_whose_every_generation_is_gone_imports_nothing():
+    world = World()
+    world.admit(StorageObject("inbox-bkt", "gone.dcm", "7", 4, "e"))
+    assert world.drive(world.kicks[0][1]) == DONE
+    assert world.api.imports == [] and world.publisher.messages == []
 
 
 def test_driver_resumes_after_dying_between_seal_and_listing():
