@@ -240,15 +240,15 @@ class StateWatch:
         return lease["batch"] if any(True for _ in joined) else None
 
     def describe(self) -> str:
-        """The lease, its staged copies and the new records, for a failure message."""
+        """The lease, how many objects joined its batch, and the new records, for a failure message."""
         try:
             lease = json.loads(self.bucket.blob(f"leases/{RULE}.json").download_as_bytes())
         except Exception as exc:  # noqa: BLE001 - shown as is
             lease = repr(exc)
-        staged = 0
+        joined = 0
         if isinstance(lease, dict):
-            staged = sum(1 for _ in self.bucket.list_blobs(prefix=f"staging/{RULE}/{lease.get('batch')}/"))
-        return f"lease {lease}, {staged} copies staged in its batch, new records {self.new_records()}"
+            joined = sum(1 for _ in self.bucket.list_blobs(prefix=f"members/{RULE}/{lease.get('batch')}/"))
+        return f"lease {lease}, {joined} objects joined its batch, new records {self.new_records()}"
 
     def wait_for(self, condition: Callable[["StateWatch"], Any], timeout: float, every: float = 0.05) -> Any:
         """Poll ``condition(self)`` until it is truthy (returned) or ``timeout`` passes (None)."""

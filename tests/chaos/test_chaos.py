@@ -147,7 +147,7 @@ def test_function_processes_killed_mid_batch_then_restarted(stack, scale, report
     with ThreadPoolExecutor(max_workers=1) as uploader:
         pending = uploader.submit(upload, env, waves[0], 8)
         for round_ in range(rounds):
-            # Even rounds: while a batch's window is open (copies staged, driver waiting);
+            # Even rounds: while a batch's window is open (objects joined, driver waiting);
             # odd rounds: right after a batch is sealed (its driver importing or following).
             if round_ % 2 == 0:
                 moment = watch.wait_for(StateWatch.open_batch_with_members, timeout=30)
