@@ -1,5 +1,9 @@
 """Cold start: time to import ``main.py``, time to handle the first event, peak memory.
 
+``main.py`` is timed after ``functions_framework`` is imported, as the runtime
+loads the framework before the function's source; the framework's own import
+is shown beside it.
+
 Each figure is the median of fresh Python processes. "lazy" is ``main.py`` as
 deployed (Google clients imported on first use); "eager" imports
 google-cloud-storage, google-cloud-pubsub and google-auth's transport before
@@ -32,6 +36,8 @@ EAGER_IMPORTS = "import google.cloud.storage, google.cloud.pubsub_v1, google.aut
 CHILD = r"""
 import json, resource, sys, time
 start = time.perf_counter()
+import functions_framework
+framework = time.perf_counter()
 {eager}import main
 imported = time.perf_counter()
 from functions_framework import create_app
@@ -43,7 +49,8 @@ body = json.dumps({{"bucket": "{bucket}", "name": "{name}", "generation": "{gene
 ready = time.perf_counter()
 response = client.post("/", headers=headers, data=body)
 done = time.perf_counter()
-print(json.dumps({{"import_ms": (imported - start) * 1000, "event_ms": (done - ready) * 1000,
+print(json.dumps({{"framework_ms": (framework - start) * 1000, "import_ms": (imported - framework) * 1000,
+                   "event_ms": (done - ready) * 1000,
                    "status": response.status_code,
                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
@@ -57,7 +64,8 @@ def run_child(eager: bool, env: dict[str, str], bucket: str, name: str, generati
 
 def medians(samples: list[dict]) -> dict:
     assert all(s["status"] == 200 for s in samples), samples
-    return {key: statistics.median(s[key] for s in samples) for key in ("import_ms", "event_ms", "peak_rss_mb")}
+    keys = ("framework_ms", "import_ms", "event_ms", "peak_rss_mb")
+    return {key: statistics.median(s[key] for s in samples) for key in keys}
 
 
 def stack_env(workdir: Path) -> tuple[dict[str, str], list]:
@@ -111,11 +119,15 @@ def main() -> None:
             for service in services:
                 service.stop()
 
-    print(f"{'main.py':<8} | {'import ms':>9} | {'1st event unmatched ms':>22} | {'1st event admitted ms':>21} | {'peak RSS MB':>11}")
-    print("-" * 86)
+    print(f"{'main.py':<8} | {'framework ms':>12} | {'main.py ms':>10} | {'total ms':>8} | {'1st event unmatched ms':>22} | "
+          f"{'1st event admitted ms':>21} | {'peak RSS MB':>11}")
+    print("-" * 114)
     for label, unmatched, admitted in rows:
-        print(f"{label:<8} | {unmatched['import_ms']:>9.0f} | {unmatched['event_ms']:>22.0f} | "
-              f"{admitted['event_ms']:>21.0f} | {admitted['peak_rss_mb']:>11.1f}")
+        total = unmatched["framework_ms"] + unmatched["import_ms"]
+        print(f"{label:<8} | {unmatched['framework_ms']:>12.0f} | {unmatched['import_ms']:>10.0f} | {total:>8.0f} | "
+              f"{unmatched['event_ms']:>22.0f} | {admitted['event_ms']:>21.0f} | {admitted['peak_rss_mb']:>11.1f}")
+    print("\nframework: importing functions_framework (the runtime has done it before it loads main.py); "
+          "main.py: importing main.py after it")
     print(f"\nmedian of {args.runs} fresh processes each; Python {sys.version.split()[0]}")
 
 
