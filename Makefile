@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv up down status test demo
+.PHONY: venv up down status test demo bench bench-e2e
 
 venv: $(STAMP)
 
@@ -39,3 +39,13 @@ demo: $(STAMP)
 .PHONY: chaos
 chaos: $(STAMP)
 	CHAOS_SCALE=long $(PY) -m pytest -q -m chaos tests/chaos
+
+# Benchmarks that take a minute: rule matching, cold start, cost model (bench/RESULTS.md has all four tables).
+bench: $(STAMP)
+	$(PY) bench/bench_matching.py
+	$(PY) bench/bench_coldstart.py
+	$(PY) bench/bench_cost.py
+
+# The end-to-end benchmark: 10,000 objects against one import per object (about 20 minutes on 2 cores).
+bench-e2e: $(STAMP)
+	$(PY) bench/bench_e2e.py --objects 10000 --folders 100

@@ -8,7 +8,7 @@ measurement. The baseline's counts follow from bench/naive_function.py
 (one import, its polls and one result message per object). Prices are list
 prices (USD, us-central1), passed as options so they can be updated.
 
-    .venv/bin/python bench/bench_cost.py [--objects 10000] [--max-objects 500] [--polls-batched 3.6]
+    .venv/bin/python bench/bench_cost.py [--objects 10000] [--max-objects 500] [--polls-batched 3.3]
 """
 
 from __future__ import annotations
@@ -68,19 +68,14 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=10_000)
     parser.add_argument("--max-objects", type=int, default=500, help="batching.max_objects")
     parser.add_argument("--window", type=float, default=10.0, help="seconds a batch stays open (listing polls)")
-    parser.add_argument("--polls-batched", type=float, default=3.6, help="operations.get per batched import (bench_e2e)")
-    parser.add_argument("--polls-per-object", type=float, default=1.7, help="operations.get per per-object import (bench_e2e)")
+    parser.add_argument("--polls-batched", type=float, default=3.3, help="operations.get per batched import (bench_e2e)")
+    parser.add_argument("--polls-per-object", type=float, default=2.25,
+                        help="operations.get per per-object import (bench_e2e)")
     parser.add_argument("--gcs-class-a", type=float, default=0.005 / 1000)
     parser.add_argument("--gcs-class-b", type=float, default=0.0004 / 1000)
     parser.add_argument("--healthcare-request", type=float, default=0.39 / 100_000)
     parser.add_argument("--pubsub-per-message", type=float, default=40 / 2**40 * 2000,
                         help="$40/TiB, 1,000-byte minimum on publish and on delivery")
-    parser.add_argument("--request-seconds-batched", type=float, default=0.0,
-                        help="function request-seconds per --objects, batched (bench_e2e)")
-    parser.add_argument("--request-seconds-per-object", type=float, default=0.0,
-                        help="function request-seconds per --objects, per object (bench_e2e)")
-    parser.add_argument("--vcpu-second", type=float, default=0.000024, help="Cloud Run, 1 vCPU")
-    parser.add_argument("--gib-second", type=float, default=0.0000025, help="Cloud Run, per GiB (0.5 GiB used)")
     parser.add_argument("--invocation", type=float, default=0.40 / 1_000_000)
     args = parser.parse_args()
     log.redirect(open(os.devnull, "w"))
@@ -95,7 +90,6 @@ def main() -> None:
         "GCS Class B": batches * ops["B"],
         "Pub/Sub messages": batches * (followups + 1),
         "invocations": args.objects + batches * followups,
-        "request-seconds": round(args.request_seconds_batched),
     }
     naive = {
         "import calls": args.objects,
@@ -104,12 +98,10 @@ def main() -> None:
         "GCS Class B": 0,
         "Pub/Sub messages": args.objects,
         "invocations": args.objects,
-        "request-seconds": round(args.request_seconds_per_object),
     }
     price = {"import calls": args.healthcare_request, "operations.get": args.healthcare_request,
              "GCS Class A": args.gcs_class_a, "GCS Class B": args.gcs_class_b,
-             "Pub/Sub messages": args.pubsub_per_message, "invocations": args.invocation,
-             "request-seconds": args.vcpu_second + 0.5 * args.gib_second}
+             "Pub/Sub messages": args.pubsub_per_message, "invocations": args.invocation}
 
     print(f"per {args.objects:,} objects; batches of {args.max_objects} (window {args.window:g} s); "
           f"operation polls per import: {args.polls_batched:g} batched, {args.polls_per_object:g} per object\n")
@@ -127,7 +119,9 @@ def main() -> None:
     print(f"\nCloud Storage calls per object in our protocol (measured on the code): Class A {per_object['A']:.2f}, "
           f"Class B {per_object['B']:.2f}, free (deletes) {per_object['free']:.2f}.")
     print("Same for both and not shown: the Eventarc delivery per object, the API reading each file once, the "
-          "Healthcare API's ETL and storage charges (same bytes).")
+          "Healthcare API's ETL and storage charges (same bytes). Not modelled: instance time (Cloud Run bills "
+          "instances, shared by concurrent requests): the per-object function holds every request until its "
+          "operation ends, ours holds one request per open batch.")
 
 
 if __name__ == "__main__":

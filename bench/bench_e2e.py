@@ -8,8 +8,7 @@ few thousand objects, which would measure the emulator, not the function. Prints
 time from the first upload to the last result, latency from each object's
 upload to its result (p50, p99), objects lost (valid instances missing from
 the store, or objects no result covers), and peak memory of the function
-processes, and the seconds they spent answering deliveries (what Cloud Run
-bills per request at concurrency 1; an upper bound with more concurrency).
+processes.
 
     .venv/bin/python bench/bench_e2e.py [--objects 10000] [--folders 100] [--only batched|per-object]
 """
@@ -17,7 +16,6 @@ bills per request at concurrency 1; an upper bound with more concurrency).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -48,18 +46,6 @@ class Run:
     p99: float
     lost: int
     peak_rss_mb: float
-    request_seconds: float
-
-
-def request_seconds(bridge_log: Path) -> float:
-    """Time the functions spent answering deliveries (the bridge logs each one with its duration)."""
-    total = 0.0
-    for line in bridge_log.read_text().splitlines():
-        if line.startswith("{"):
-            entry = json.loads(line)
-            if entry.get("message") in ("delivered", "delivery failed, will retry") and "seconds" in entry:
-                total += float(entry["seconds"])
-    return total
 
 
 def build_drop(objects: int, folders: int) -> list[tuple[str, str, bytes]]:
@@ -140,7 +126,6 @@ def run(mode: str, drop: list[tuple[str, str, bytes]], workdir: Path, timeout: f
             p99=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else float("nan"),
             lost=lost,
             peak_rss_mb=peak_rss_mb(pids),
-            request_seconds=request_seconds(stack.workdir / "logs" / "bridge.log"),
         )
     finally:
         stack.stop()
@@ -167,12 +152,11 @@ def main() -> None:
 
     print()
     print(f"{'mode':<11} | {'objects':>7} | {'import calls':>12} | {'op polls':>8} | {'results':>7} | "
-          f"{'last result s':>13} | {'p50 s':>6} | {'p99 s':>6} | {'lost':>4} | {'fn RSS MB':>9} | {'request s':>9}")
-    print("-" * 123)
+          f"{'last result s':>13} | {'p50 s':>6} | {'p99 s':>6} | {'lost':>4} | {'fn RSS MB':>9}")
+    print("-" * 111)
     for r in runs:
         print(f"{r.mode:<11} | {len(drop):>7} | {r.import_calls:>12} | {r.operation_polls:>8} | {r.results:>7} | "
-              f"{r.seconds_to_last_result:>13.1f} | {r.p50:>6.1f} | {r.p99:>6.1f} | {r.lost:>4} | {r.peak_rss_mb:>9.0f} | "
-              f"{r.request_seconds:>9.0f}")
+              f"{r.seconds_to_last_result:>13.1f} | {r.p50:>6.1f} | {r.p99:>6.1f} | {r.lost:>4} | {r.peak_rss_mb:>9.0f}")
     print(f"\nconcurrency {CONCURRENCY} deliveries in flight and {CONCURRENCY} threads per function process for both; "
           f"{Path('/proc/cpuinfo').read_text().count('processor')} CPU cores shared by every process of the stack")
 
