@@ -78,20 +78,18 @@ class Driver:
     # open -> sealing
     def _seal(self, rule: str, batch: str, deadline: Deadline, worker: str) -> Document | None:
         """Wait for the batch window to close, then write the record (sealing) and seal the lease."""
-        lease_path = batches.lease_path(rule)
-        while True:
-            lease = self.store.read(lease_path)
-            if lease is None or lease.data["batch"] != batch:
-                return self.store.read(batches.record_path(rule, batch))
-            if lease.data["state"] == OPEN:
-                self._wait_for_window(rule, batch, lease.data["openedAt"], deadline)
-            record = {key: lease.data.get(key) for key in ("batch", "rule", "store", "blobStorageClass", "openedAt")}
-            record.update(state=SEALING, sealedAt=self.clock(), sealedBy=worker)
-            try:
-                generation = self.store.create(batches.record_path(rule, batch), record)
-            except Conflict:
-                return self.store.read(batches.record_path(rule, batch))
-            return Document(record, generation)
+        lease = self.store.read(batches.lease_path(rule))
+        if lease is None or lease.data["batch"] != batch:
+            return self.store.read(batches.record_path(rule, batch))
+        if lease.data["state"] == OPEN:
+            self._wait_for_window(rule, batch, lease.data["openedAt"], deadline)
+        record = {key: lease.data.get(key) for key in ("batch", "rule", "store", "blobStorageClass", "openedAt")}
+        record.update(state=SEALING, sealedAt=self.clock(), sealedBy=worker)
+        try:
+            generation = self.store.create(batches.record_path(rule, batch), record)
+        except Conflict:
+            return self.store.read(batches.record_path(rule, batch))
+        return Document(record, generation)
 
     def _wait_for_window(self, rule: str, batch: str, opened_at: float, deadline: Deadline) -> None:
         closes_at = opened_at + self.config.batching.max_wait_seconds

@@ -6,14 +6,8 @@ import pytest
 
 from handlers import config as config_module
 from handlers.config import ConfigError, parse
+from tests.unit.config_env import CONFIG_ENV as ENV
 
-ENV = {
-    "DICOM_STORE": "projects/p/locations/l/datasets/d/dicomStores/s",
-    "INBOX_BUCKET": "inbox-bkt",
-    "STATE_BUCKET": "state-bkt",
-    "RESULTS_TOPIC": "projects/p/topics/results",
-    "FOLLOWUP_TOPIC": "projects/p/topics/followups",
-}
 
 VALID = """\
 stores:

@@ -8,15 +8,9 @@ from functions_framework import create_app
 
 from handlers import runtime
 from handlers.retry import RetryLater
+from tests.unit.config_env import CONFIG_ENV as ENV
 
 MAIN = str(Path(__file__).resolve().parents[2] / "main.py")
-ENV = {
-    "DICOM_STORE": "projects/p/locations/l/datasets/d/dicomStores/s",
-    "INBOX_BUCKET": "inbox-bkt",
-    "STATE_BUCKET": "state-bkt",
-    "RESULTS_TOPIC": "projects/p/topics/results",
-    "FOLLOWUP_TOPIC": "projects/p/topics/followups",
-}
 
 
 @pytest.fixture
