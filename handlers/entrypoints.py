@@ -138,7 +138,7 @@ def _followup_budget() -> float:
 
 @guarded("on_export_request")
 def export_request(event: Any) -> None:
-    from handlers import exports, runtime
+    from handlers import export_requests, runtime
 
     message = events.pubsub_message(event)
     instance = runtime.get()
@@ -147,12 +147,12 @@ def export_request(event: Any) -> None:
     except (UnicodeDecodeError, json.JSONDecodeError):
         body = None
     try:
-        request = exports.request_from_message(body, instance.config.stores, message.message_id)
+        request = export_requests.request_from_message(body, instance.config.stores, message.message_id)
         result = instance.exports.run(request, Deadline(_followup_budget()))
-    except exports.ExportRequestError as exc:
+    except export_requests.ExportRequestError as exc:
         fields = body if isinstance(body, dict) else {}
         request_id = fields.get("requestId")
-        if not (isinstance(request_id, str) and exports.REQUEST_ID_RE.fullmatch(request_id)):
+        if not (isinstance(request_id, str) and export_requests.REQUEST_ID_RE.fullmatch(request_id)):
             request_id = message.message_id
         log.warning("export request refused", reason=str(exc), requestId=request_id)
         instance.exports.reject(request_id, _text(fields.get("store")), _text(fields.get("destination")), str(exc))

@@ -1,9 +1,8 @@
 """Exporting DICOM instances to Cloud Storage, optionally filtered by study/series/instance.
 
-An :class:`ExportRequest` is validated before any call (UIDs, destination, MIME
-type, filter lines). :class:`ExportJob` refuses paths that name nothing in the
-store (one QIDO search each, before anything is written), writes the filter file to the state
-bucket, calls ``dicomStores.export`` with ``filterConfig.resourcePathsGcsUri``,
+:class:`ExportJob` runs a validated :class:`handlers.export_requests.ExportRequest`:
+it refuses paths that name nothing in the store (before anything is written),
+writes the filter file to the state bucket, calls ``dicomStores.export`` with ``filterConfig.resourcePathsGcsUri``,
 follows the operation and publishes one ``dicom-export-result/v1`` message.
 Its record (``exports/REQUEST_ID.json``) makes a redelivered request resume
 instead of exporting twice.
@@ -11,194 +10,21 @@ instead of exporting twice.
 
 from __future__ import annotations
 
-import re
 import time
-import uuid
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 from handlers import log
 from handlers.batches import DONE, PUBLISHING
+from handlers.export_requests import ExportRequest, check_paths_exist
 from handlers.healthcare import ApiError, HealthcareApi, Operation
 from handlers.reporting import ABANDONED_AFTER_SECONDS, Reporter, new_worker
 from handlers.results import REJECTED, UNKNOWN, outcome_of, rfc3339
 from handlers.retry import Deadline, RetryLater
 from handlers.state import Conflict, Document, StateStore
-from handlers.wildcard import WILDCARD_CHARS, WildcardError, split_gcs_uri
 
 EXPORT_SCHEMA = "dicom-export-result/v1"
-DEFAULT_MIME_TYPE = "application/dicom; transfer-syntax=*"
 STARTING, RUNNING = "starting", "running"
-_UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
-_PATH_RE = re.compile(r"/studies/([^/]+)(?:/series/([^/]+)(?:/instances/([^/]+))?)?")
-_MIME_RE = re.compile(
-    r"(application/dicom|application/octet-stream)(; ?transfer-syntax=(\*|[0-9]+(\.[0-9]+)*))?"
-    r"|image/jpeg(; ?transfer-syntax=1\.2\.840\.10008\.1\.2\.4\.50)?"
-    r"|image/png"
-)
-REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-# Filter paths checked for existence (one QIDO search each) before an export starts.
-MAX_CHECKED_PATHS = 100
-
-
-class ExportRequestError(ValueError):
-    """A request refused before any call: the message names the field and the fix."""
-
-
-def check_uid(uid: str, what: str) -> str:
-    """A DICOM UID: digits and dots, at most 64 characters (leading zeros tolerated, as found in real data)."""
-    if not isinstance(uid, str) or len(uid) > 64 or not _UID_RE.fullmatch(uid):
-        raise ExportRequestError(f"{what} {uid!r} is not a DICOM UID: digits separated by dots, at most 64 characters")
-    return uid
-
-
-def resource_path(study: str, series: str | None = None, instance: str | None = None) -> str:
-    path = f"/studies/{check_uid(study, 'study UID')}"
-    if series is not None:
-        path += f"/series/{check_uid(series, 'series UID')}"
-    if instance is not None:
-        path += f"/instances/{check_uid(instance, 'instance UID')}"
-    return path
-
-
-def parse_filter_lines(text: str, source: str) -> list[str]:
-    """Filter-file lines (``\\n`` or ``\\r\\n``, blanks ignored), each checked; errors name ``source:LINE``."""
-    paths = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line:
-            continue
-        found = _PATH_RE.fullmatch(line)
-        if found is None:
-            raise ExportRequestError(
-                f"{source}:{number}: {line!r} is not /studies/STUDY_UID[/series/SERIES_UID[/instances/INSTANCE_UID]]")
-        try:
-            paths.append(resource_path(*[part for part in found.groups() if part is not None]))
-        except ExportRequestError as exc:
-            raise ExportRequestError(f"{source}:{number}: {exc}") from None
-    return paths
-
-
-@dataclass(frozen=True)
-class ExportRequest:
-    store: str
-    destination: str
-    paths: tuple[str, ...] = ()
-    mime_type: str = DEFAULT_MIME_TYPE
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-
-    @classmethod
-    def build(cls, *, store: str, destination: str, studies: Iterable[str] = (), series: Iterable[str] = (),
-              instances: Iterable[str] = (), filter_lines: Iterable[str] = (), mime_type: str | None = None,
-              request_id: str | None = None) -> "ExportRequest":
-        """Validate every part; ``series`` are ``STUDY/SERIES``, ``instances`` ``STUDY/SERIES/INSTANCE``."""
-        paths = [resource_path(uid) for uid in studies]
-        paths += [resource_path(*_split(item, 2, "--series", "STUDY_UID/SERIES_UID")) for item in series]
-        paths += [resource_path(*_split(item, 3, "--instance", "STUDY_UID/SERIES_UID/INSTANCE_UID")) for item in instances]
-        paths += list(filter_lines)
-        _check_destination(destination)
-        mime = mime_type or DEFAULT_MIME_TYPE
-        if not _MIME_RE.fullmatch(mime):
-            raise ExportRequestError(
-                f"MIME type {mime!r} is not one the API exports: use {DEFAULT_MIME_TYPE!r}, "
-                "'application/dicom; transfer-syntax=1.2.840.10008.1.2.1', 'application/octet-stream; transfer-syntax=*', "
-                "'image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50' or 'image/png'")
-        rid = request_id or uuid.uuid4().hex
-        if not REQUEST_ID_RE.fullmatch(rid):
-            raise ExportRequestError(f"requestId {rid!r} must be 1-128 letters, digits, '.', '_' or '-'")
-        return cls(store, destination, tuple(dict.fromkeys(paths)), mime, rid)
-
-    @property
-    def filter_text(self) -> str:
-        return "".join(f"{path}\n" for path in self.paths)
-
-    def summary(self) -> dict[str, int]:
-        counts = {"studies": 0, "series": 0, "instances": 0}
-        for path in self.paths:
-            depth = path.count("/") // 2
-            counts[("studies", "series", "instances")[depth - 1]] += 1
-        return counts
-
-
-def check_paths_exist(api: HealthcareApi, request: ExportRequest, deadline: Deadline) -> None:
-    """Refuse a request whose paths (the first :data:`MAX_CHECKED_PATHS`) name nothing in the store.
-
-    One QIDO search per path. Raises :class:`ExportRequestError` listing the missing
-    paths, or RetryLater when the API cannot answer yet.
-    """
-    missing = []
-    for path in request.paths[:MAX_CHECKED_PATHS]:
-        study, series, instance = _PATH_RE.fullmatch(path).groups()  # type: ignore[union-attr]
-        if instance is not None:
-            resource, key, uid = f"studies/{study}/series/{series}/instances", "SOPInstanceUID", instance
-        elif series is not None:
-            resource, key, uid = f"studies/{study}/series", "SeriesInstanceUID", series
-        else:
-            resource, key, uid = "studies", "StudyInstanceUID", study
-        try:
-            found = api.search_dicom(request.store, resource, {key: uid, "limit": "1"}, deadline)
-        except ApiError as exc:
-            if exc.retryable:
-                raise RetryLater(f"cannot search {request.store} for the filter paths yet: {exc}") from None
-            raise ExportRequestError(f"cannot search DICOM store {request.store} for the filter paths: {exc}") from None
-        if not found:
-            missing.append(path)
-    if missing:
-        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        raise ExportRequestError(f"not in DICOM store {request.store}: {shown}: check the UIDs (a QIDO search found nothing)")
-
-
-def _split(item: str, parts: int, flag: str, form: str) -> list[str]:
-    pieces = item.split("/") if isinstance(item, str) else []
-    if len(pieces) != parts:
-        raise ExportRequestError(f"{flag} {item!r} must be {form}")
-    return pieces
-
-
-def _check_destination(destination: str) -> None:
-    try:
-        bucket, path = split_gcs_uri(destination if "/" in destination[5:] else destination + "/")
-    except WildcardError as exc:
-        raise ExportRequestError(f"destination: {exc}") from None
-    if any(char in WILDCARD_CHARS for char in path):
-        raise ExportRequestError(f"destination {destination!r} has a wildcard: give a folder such as gs://{bucket}/exports")
-
-
-def request_from_message(body: Any, stores: Mapping[str, str], default_id: str) -> ExportRequest:
-    """An export request from a Pub/Sub message body (same options as the CLI)."""
-    if not isinstance(body, dict):
-        raise ExportRequestError("the export request must be a JSON object with 'store' and 'destination'")
-    known = {"store", "destination", "studies", "series", "instances", "filterLines", "mimeType", "requestId"}
-    unknown = sorted(set(body) - known)
-    if unknown:
-        raise ExportRequestError(f"unknown field(s) {', '.join(unknown)}: known fields are {', '.join(sorted(known))}")
-    for key in ("store", "destination"):
-        if not isinstance(body.get(key), str) or not body[key]:
-            raise ExportRequestError(f"'{key}' is required and must be a string")
-    lists = {}
-    for key in ("studies", "series", "instances", "filterLines"):
-        value = body.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ExportRequestError(f"'{key}' must be a list of strings")
-        lists[key] = value
-    filter_lines = parse_filter_lines("\n".join(lists["filterLines"]), "filterLines")
-    return ExportRequest.build(
-        store=resolve_store(body["store"], stores), destination=body["destination"], studies=lists["studies"],
-        series=lists["series"], instances=lists["instances"], filter_lines=filter_lines,
-        mime_type=body.get("mimeType"), request_id=body.get("requestId") or default_id)
-
-
-def resolve_store(store: str, stores: Mapping[str, str]) -> str:
-    """A config alias or a full store name."""
-    if store in stores:
-        return stores[store]
-    if re.fullmatch(r"projects/[^/]+/locations/[^/]+/datasets/[^/]+/dicomStores/[^/]+", store):
-        return store
-    known = ", ".join(sorted(stores)) or "none"
-    raise ExportRequestError(f"store {store!r} is neither an alias from config.yaml (known: {known}) nor a full "
-                             "store name projects/P/locations/L/datasets/D/dicomStores/S")
-
-
 def export_message(request: ExportRequest, record: Mapping[str, Any], *, outcome: str, operation: Operation | None,
                    error: Mapping[str, Any] | None, hint: str | None, concluded_at: float) -> tuple[dict, dict]:
     success = operation.success if operation else 0

@@ -21,7 +21,7 @@ def describe(exc: BaseException) -> str:
     from google.auth import exceptions as auth_exceptions
     import requests
 
-    from handlers.exports import ExportRequestError
+    from handlers.export_requests import ExportRequestError
     from handlers.healthcare import ApiError
     from handlers.wildcard import WildcardError
 

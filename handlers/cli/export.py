@@ -18,7 +18,7 @@ from handlers.cli.context import Context
 from handlers.cli.environment import HEALTHCARE, PUBSUB, STORAGE, require
 from handlers.cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliError
 from handlers.cli.terminal import count, red
-from handlers.exports import MAX_CHECKED_PATHS, ExportRequest, parse_filter_lines, resolve_store
+from handlers.export_requests import MAX_CHECKED_PATHS, ExportRequest, parse_filter_lines, resolve_store
 from handlers.results import SUCCEEDED
 from handlers.retry import Deadline, RetryLater
 

@@ -9,7 +9,8 @@ import pytest
 from cloudevents.http import CloudEvent
 
 from handlers import entrypoints, runtime
-from handlers.exports import MAX_CHECKED_PATHS, ExportJob, ExportRequest, ExportRequestError
+from handlers.export_requests import MAX_CHECKED_PATHS, ExportRequest, ExportRequestError
+from handlers.exports import ExportJob
 from handlers.healthcare import ApiError
 from handlers.reporting import Reporter
 from handlers.retry import Deadline, RetryLater

@@ -2,14 +2,8 @@
 
 import pytest
 
-from handlers.exports import (
-    EXPORT_SCHEMA,
-    ExportJob,
-    ExportRequest,
-    ExportRequestError,
-    parse_filter_lines,
-    request_from_message,
-)
+from handlers.export_requests import ExportRequest, ExportRequestError, parse_filter_lines, request_from_message
+from handlers.exports import EXPORT_SCHEMA, ExportJob
 from handlers.healthcare import ApiError
 from handlers.reporting import Reporter
 from handlers.retry import Deadline, RetryLater
