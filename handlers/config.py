@@ -309,7 +309,7 @@ def _stores(reader: _Reader, document: _Map) -> dict[str, str]:
         reader.problem(line, "'stores' must map at least one alias to a DICOM store name, e.g. main: projects/P/locations/L/datasets/D/dicomStores/S")
         return {}
     stores: dict[str, str] = {}
-    for alias, value in section.items():
+    for alias in section:
         line = section.lines[alias]
         name = reader.text(section, alias, line, f"store {alias!r}")
         if name is None:
