@@ -30,10 +30,6 @@ def _write(severity: str, message: str, fields: dict[str, Any]) -> None:
         stream.flush()
 
 
-def debug(message: str, **fields: Any) -> None:
-    _write("DEBUG", message, fields)
-
-
 def info(message: str, **fields: Any) -> None:
     _write("INFO", message, fields)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Sequence
 
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 WILDCARD_CHARS = frozenset("*?")
@@ -38,10 +38,6 @@ class GcsPattern:
     @property
     def uri(self) -> str:
         return f"gs://{self.bucket}/{self.pattern}"
-
-    @property
-    def has_wildcards(self) -> bool:
-        return any(c in WILDCARD_CHARS for c in self.pattern)
 
     @property
     def literal_prefix(self) -> str:
@@ -199,7 +195,3 @@ def narrow_to_prefix(pattern: GcsPattern, prefix: str) -> GcsPattern | None:
     rest = "/".join(segments[len(folders):])
     return parse_gcs_uri(f"gs://{pattern.bucket}/{prefix}{rest}")
 
-
-def matching(pattern: GcsPattern, names: Iterable[str]) -> list[str]:
-    """The names (of objects in ``pattern.bucket``) that ``pattern`` matches, in order."""
-    return [name for name in names if pattern.regex.fullmatch(name)]

@@ -94,7 +94,6 @@ def test_invalid_forms_are_refused_with_the_reason(uri, fragment):
 def test_literal_prefix_stops_at_first_wildcard():
     assert parse_gcs_uri("gs://bkt/studies/2024/*/x?.dcm").literal_prefix == "studies/2024/"
     assert parse_gcs_uri("gs://bkt/a/b.dcm").literal_prefix == "a/b.dcm"
-    assert not parse_gcs_uri("gs://bkt/a/b.dcm").has_wildcards
 
 
 def test_pattern_set_returns_the_first_matching_rule_in_order():
