@@ -1,7 +1,7 @@
 """Cost model: billable operations per 10,000 objects, batched against one import per object.
 
-Our counts come from running the real intake and driver code (handlers.intake,
-handlers.driver) on an in-memory store that counts every Cloud Storage call
+Our counts come from running the real intake and driver code (handlers.batch.intake,
+handlers.batch.driver) on an in-memory store that counts every Cloud Storage call
 by kind; the window's listing polls (one per second while a batch is open)
 and operation polls are added from the settings and from bench_e2e's
 measurement. The baseline's counts follow from bench/naive_function.py
@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 from handlers import log  # noqa: E402
 from handlers.config import parse  # noqa: E402
-from handlers.driver import Driver  # noqa: E402
+from handlers.batch.driver import Driver  # noqa: E402
 from handlers.events import StorageObject  # noqa: E402
-from handlers.intake import Intake  # noqa: E402
+from handlers.batch.intake import Intake  # noqa: E402
 from handlers.retry import Deadline, RetryLater  # noqa: E402
 from tests.fakes import FakeApi, FakeClock, FakePublisher, MemoryStateStore  # noqa: E402
 

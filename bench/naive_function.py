@@ -12,12 +12,12 @@ import time
 
 import functions_framework
 
-from handlers.batches import object_id
+from handlers.batch.layout import object_id
 from handlers.events import storage_object
-from handlers.healthcare import HealthcareApi
+from handlers.clients.healthcare import HealthcareApi
 from handlers.privacy import NamePolicy
-from handlers.pubsub import Publisher
-from handlers.results import import_message, outcome_of
+from handlers.clients.pubsub import Publisher
+from handlers.batch.results import import_message, outcome_of
 from handlers.retry import Deadline
 from handlers.wildcard import exact_uri
 

@@ -16,7 +16,13 @@ from typing import Any, Mapping
 import yaml
 
 from handlers.privacy import MODES, NamePolicy
-from handlers.wildcard import GcsPattern, PatternSet, WildcardError, parse_gcs_uri, validate_bucket
+from handlers.wildcard import (
+    GcsPattern,
+    PatternSet,
+    WildcardError,
+    parse_gcs_uri,
+    validate_bucket,
+)
 
 STORE_RE = re.compile(r"projects/[^/\s]+/locations/[^/\s]+/datasets/[^/\s]+/dicomStores/[^/\s]+")
 TOPIC_RE = re.compile(r"projects/[^/\s]+/topics/[A-Za-z][\w.~+%-]{2,254}")

@@ -17,7 +17,8 @@ import os
 import traceback
 from typing import Any, Callable
 
-from handlers import events, followups, log
+from handlers import events, log
+from handlers.batch import followups
 from handlers.events import UnusableEvent
 from handlers.retry import Deadline, RetryLater
 
@@ -138,7 +139,8 @@ def _followup_budget() -> float:
 
 @guarded("on_export_request")
 def export_request(event: Any) -> None:
-    from handlers import export_requests, runtime
+    from handlers import runtime
+    from handlers.exports import request as export_requests
 
     message = events.pubsub_message(event)
     instance = runtime.get()

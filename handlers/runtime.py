@@ -11,15 +11,15 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from handlers import config as config_module
-from handlers import followups
+from handlers.batch import followups
+from handlers.batch.driver import Driver
+from handlers.batch.intake import Intake
+from handlers.batch.reporting import Reporter
+from handlers.clients.healthcare import HealthcareApi
+from handlers.clients.pubsub import Publisher
+from handlers.clients.storage import GcsStateStore
 from handlers.config import Config
-from handlers.driver import Driver
-from handlers.exports import ExportJob
-from handlers.healthcare import HealthcareApi
-from handlers.intake import Intake
-from handlers.pubsub import Publisher
-from handlers.reporting import Reporter
-from handlers.state import GcsStateStore
+from handlers.exports.job import ExportJob
 
 
 @dataclass

@@ -14,9 +14,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
-from handlers.healthcare import ApiError, Operation
+from handlers.clients.healthcare import ApiError, Operation
 from handlers.retry import Deadline
-from handlers.state import Conflict, Document, Listed, SourceGone
+from handlers.clients.storage import Conflict, Document, Listed, SourceGone
 from tests.message_schemas import validate
 
 

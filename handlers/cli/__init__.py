@@ -19,7 +19,13 @@ from handlers import log
 from handlers.cli import backfill, check_config, explain, export, tail
 from handlers.cli.context import Context
 from handlers.cli.environment import LOCAL_ENV_FILE, load_env_file
-from handlers.cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, CliError, describe
+from handlers.cli.errors import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CliError,
+    describe,
+)
 from handlers.config import ConfigError
 
 COMMANDS = (check_config, explain, backfill, export, tail)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import math
 
-from handlers import batches
+from handlers.batch import layout
+from handlers.batch.intake import DUPLICATE
+from handlers.batch.results import SUCCEEDED
 from handlers.cli import backfill_run
 from handlers.cli.backfill_plan import Plan, SourceObject, make_plan
 from handlers.cli.backfill_run import EARLIER, NEW, NOT_ADMITTED, RESUMED, Tally
@@ -21,9 +23,7 @@ from handlers.cli.environment import PUBSUB, STORAGE, require
 from handlers.cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliError
 from handlers.cli.terminal import Progress, count, red
 from handlers.config import Config, Rule
-from handlers.intake import DUPLICATE
 from handlers.privacy import NamePolicy
-from handlers.results import SUCCEEDED
 from handlers.wildcard import WILDCARD_CHARS, split_gcs_uri
 
 SHOWN_NAMES = 5
@@ -105,7 +105,7 @@ def list_objects(bucket: str, prefix: str) -> list[SourceObject]:
     """Every object generation under the prefix."""
     from google.api_core import exceptions
 
-    from handlers.state import storage_client
+    from handlers.clients.storage import storage_client
 
     try:
         return [SourceObject(blob.name, str(blob.generation))
@@ -154,7 +154,7 @@ def render_dry_run(config: Config, plan: Plan) -> str:
         if group.source is not None:
             lines.append(f"{group.source.uri}  (rule {group.rule.name}, one call, into {group.rule.store}):")
         else:
-            uri = batches.import_uri(config.state_bucket, group.rule.name, "BATCH")
+            uri = layout.import_uri(config.state_bucket, group.rule.name, "BATCH")
             lines.append(f"{uri}  (rule {group.rule.name}, staged, into {group.rule.store}; "
                          "BATCH is assigned as each object is admitted):")
         lines += [f"  gs://{plan.bucket}/{item.name}" for item in group.objects]

@@ -17,17 +17,17 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from handlers import batches
-from handlers.batches import DONE, LISTED
+from handlers.batch import layout
+from handlers.batch.intake import DUPLICATE
+from handlers.batch.layout import DONE, LISTED
+from handlers.batch.reporting import ABANDONED_AFTER_SECONDS
 from handlers.cli.backfill_plan import Group, Plan, SourceObject
 from handlers.cli.terminal import Progress
+from handlers.clients.storage import Conflict
 from handlers.entrypoints import ADMIT_BUDGET_SECONDS
 from handlers.events import StorageObject
-from handlers.intake import DUPLICATE
-from handlers.reporting import ABANDONED_AFTER_SECONDS
 from handlers.retry import Deadline, RetryLater
 from handlers.runtime import Runtime
-from handlers.state import Conflict
 
 ADMIT_WORKERS = 8
 POLL_SECONDS = 1.0
@@ -62,9 +62,9 @@ def submit_exact(runtime: Runtime, plan: Plan, group: Group, tally: Tally, clock
     """
     assert group.source is not None
     rule, batch = group.rule, group.exact_batch_id()
-    path = batches.record_path(rule.name, batch)
+    path = layout.record_path(rule.name, batch)
     now = clock()
-    members = [{"id": batches.object_id(source_object(plan.bucket, item)), "bucket": plan.bucket,
+    members = [{"id": layout.object_id(source_object(plan.bucket, item)), "bucket": plan.bucket,
                 "name": item.name, "generation": item.generation} for item in group.objects]
     record = {"batch": batch, "rule": rule.name, "store": rule.store, "blobStorageClass": rule.blob_storage_class,
               "openedAt": now, "sealedAt": now, "sealedBy": "backfill", "state": LISTED, "members": members,
@@ -127,7 +127,7 @@ def _admit_one(runtime: Runtime, bucket: str, group: Group, item: SourceObject) 
     """The intake's verdict for one object, and the batch its claim points to."""
     obj = source_object(bucket, item)
     verdict = runtime.intake.admit(obj, group.rule, Deadline(ADMIT_BUDGET_SECONDS))
-    claim = runtime.state.read(batches.claim_path(group.rule.name, batches.object_id(obj)))
+    claim = runtime.state.read(layout.claim_path(group.rule.name, layout.object_id(obj)))
     if claim is None:
         raise RetryLater(f"claim of {item.name} not found after admission")
     return verdict, claim.data["batch"]
@@ -142,7 +142,7 @@ def wait_for_batches(runtime: Runtime, keys: list[BatchKey], progress: Progress,
     started = time.monotonic()
     while True:
         for key in [k for k in keys if k not in done]:
-            record = runtime.state.read(batches.record_path(*key))
+            record = runtime.state.read(layout.record_path(*key))
             if record is not None and record.data["state"] == DONE:
                 done[key] = record.data
                 progress.advance()

@@ -17,12 +17,12 @@ class CliError(Exception):
 
 def describe(exc: BaseException) -> str:
     """One line for an exception raised by the shared code or the Google libraries."""
+    import requests
     from google.api_core import exceptions as google_exceptions
     from google.auth import exceptions as auth_exceptions
-    import requests
 
-    from handlers.export_requests import ExportRequestError
-    from handlers.healthcare import ApiError
+    from handlers.clients.healthcare import ApiError
+    from handlers.exports.request import ExportRequestError
     from handlers.wildcard import WildcardError
 
     if isinstance(exc, (WildcardError, ExportRequestError)):

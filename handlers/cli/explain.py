@@ -10,7 +10,7 @@ import argparse
 import json
 from typing import Any
 
-from handlers import batches
+from handlers.batch import layout
 from handlers.cli.context import Context
 from handlers.cli.errors import CliError
 from handlers.config import Config, Rule
@@ -62,7 +62,7 @@ def explain(config: Config, bucket: str, name: str) -> dict[str, Any]:
         "batchKey": rule.name,
         "batching": {"maxObjects": config.batching.max_objects,
                      "maxWaitSeconds": config.batching.max_wait_seconds},
-        "importUri": batches.import_uri(config.state_bucket, rule.name, "BATCH"),
+        "importUri": layout.import_uri(config.state_bucket, rule.name, "BATCH"),
         "batchAssigned": BATCH_ASSIGNED,
         "backfill": _backfill(config, rule, bucket, name),
     })

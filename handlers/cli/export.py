@@ -1,6 +1,6 @@
 """``export --store STORE --to gs://BUCKET/DIR``: export instances to Cloud Storage, filtered or whole.
 
-Validated like the Pub/Sub export request (``handlers.exports``): UIDs, filter
+Validated like the Pub/Sub export request (``handlers.exports.job``): UIDs, filter
 lines, destination and MIME type before any call, then paths naming nothing in
 the store (a QIDO search each) before anything is written. Runs the export in
 this process (``ExportJob.run``), which publishes ``dicom-export-result/v1``.
@@ -14,12 +14,17 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from handlers.batch.results import SUCCEEDED
 from handlers.cli.context import Context
 from handlers.cli.environment import HEALTHCARE, PUBSUB, STORAGE, require
 from handlers.cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliError
 from handlers.cli.terminal import count, red
-from handlers.export_requests import MAX_CHECKED_PATHS, ExportRequest, parse_filter_lines, resolve_store
-from handlers.results import SUCCEEDED
+from handlers.exports.request import (
+    MAX_CHECKED_PATHS,
+    ExportRequest,
+    parse_filter_lines,
+    resolve_store,
+)
 from handlers.retry import Deadline, RetryLater
 
 RUN_BUDGET_SECONDS = 300.0

@@ -14,12 +14,12 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+from handlers.batch.results import SUCCEEDED
 from handlers.cli.context import Context
 from handlers.cli.environment import PUBSUB, require
 from handlers.cli.errors import CliError
 from handlers.cli.terminal import red
-from handlers.exports import EXPORT_SCHEMA
-from handlers.results import SUCCEEDED
+from handlers.exports.job import EXPORT_SCHEMA
 
 PULL_SECONDS = 5.0
 MAX_PULL = 100

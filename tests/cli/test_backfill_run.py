@@ -3,8 +3,8 @@
 import io
 from types import SimpleNamespace
 
-from handlers import batches
-from handlers.batches import DONE, LISTED
+from handlers.batch import layout
+from handlers.batch.layout import DONE, LISTED
 from handlers.cli.backfill_plan import SourceObject, make_plan
 from handlers.cli.backfill_run import (
     EARLIER,
@@ -17,8 +17,8 @@ from handlers.cli.backfill_run import (
 )
 from handlers.cli.terminal import Progress
 from handlers.config import parse
-from handlers.intake import Intake
-from handlers.reporting import ABANDONED_AFTER_SECONDS
+from handlers.batch.intake import Intake
+from handlers.batch.reporting import ABANDONED_AFTER_SECONDS
 from tests.cli.conftest import CONFIG_ENV
 from tests.fakes import FakeClock, MemoryStateStore
 
@@ -53,13 +53,13 @@ def test_a_one_call_batch_is_recorded_listed_and_driven_once():
     submit_exact(rt, plan, plan.groups[0], tally, clock=rt.clock)
     [(key, how)] = tally.batches.items()
     assert how == NEW and rt.kicks == [key]
-    record = rt.state.doc(batches.record_path(*key))
+    record = rt.state.doc(layout.record_path(*key))
     assert record["state"] == LISTED and record["importUri"] == "gs://src/a/**.dcm"
     assert record["store"] == "projects/p/locations/l/datasets/d/dicomStores/s"
     assert [(m["name"], m["generation"], m["bucket"]) for m in record["members"]] == \
         [("a/1.dcm", "1", "src"), ("a/2.dcm", "1", "src")]
     assert {m["id"] for m in record["members"]} == {
-        batches.object_id(SimpleNamespace(bucket="src", name=n, generation="1")) for n in ("a/1.dcm", "a/2.dcm")}
+        layout.object_id(SimpleNamespace(bucket="src", name=n, generation="1")) for n in ("a/1.dcm", "a/2.dcm")}
 
 
 def test_a_rerun_resumes_without_a_second_driver_unless_the_batch_is_stale():
@@ -79,7 +79,7 @@ def test_a_done_batch_is_reported_as_earlier_and_not_driven():
     plan = exact_plan("a/1.dcm")
     submit_exact(rt, plan, plan.groups[0], Tally(), clock=rt.clock)
     [key] = rt.kicks
-    path = batches.record_path(*key)
+    path = layout.record_path(*key)
     rt.state.replace(path, {**rt.state.doc(path), "state": DONE}, rt.state.docs[path][1])
     rt.clock.sleep(ABANDONED_AFTER_SECONDS + 1)
     tally = Tally()
@@ -102,7 +102,7 @@ def test_staged_objects_go_through_the_intake_and_a_rerun_counts_duplicates():
     # Admission only marks membership: the deleted b/3.dcm is found (and reported as skipped) by the driver.
     assert how == NEW and tally.admitted == 3 and tally.skipped == {}
     assert tally.verdicts["opened"] + tally.verdicts["joined"] == 3 and rt.kicks == [key]
-    assert len(list(rt.state.list(batches.member_prefix(*key)))) == 3
+    assert len(list(rt.state.list(layout.member_prefix(*key)))) == 3
     assert stream.getvalue() == "admitted: 1/3\nadmitted: 2/3\n"
 
     again = Tally()
@@ -115,7 +115,7 @@ def test_waiting_returns_done_records_and_publishes_a_lost_driver_again():
     plan = exact_plan("a/1.dcm")
     submit_exact(rt, plan, plan.groups[0], Tally(), clock=rt.clock)
     [key] = rt.kicks
-    path = batches.record_path(*key)
+    path = layout.record_path(*key)
     rt.clock.sleep(ABANDONED_AFTER_SECONDS + 1)
 
     def sleep(seconds):  # the driver picks the batch up after the second message

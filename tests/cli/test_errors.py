@@ -135,7 +135,7 @@ def test_missing_credentials_and_api_errors_read_as_fixes():
     from google.api_core import exceptions
     from google.auth.exceptions import DefaultCredentialsError
 
-    from handlers.healthcare import ApiError
+    from handlers.clients.healthcare import ApiError
 
     assert "gcloud auth application-default login" in describe(DefaultCredentialsError("none"))
     assert describe(exceptions.Forbidden("no access")).startswith("permission denied: no access: grant")

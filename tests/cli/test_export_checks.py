@@ -1,4 +1,4 @@
-"""The export existence check shared by the CLI and the Pub/Sub entry point (handlers.exports), on fakes."""
+"""The export existence check shared by the CLI and the Pub/Sub entry point (handlers.exports.job), on fakes."""
 
 import base64
 import json
@@ -9,10 +9,10 @@ import pytest
 from cloudevents.http import CloudEvent
 
 from handlers import entrypoints, runtime
-from handlers.export_requests import MAX_CHECKED_PATHS, ExportRequest, ExportRequestError
-from handlers.exports import ExportJob
-from handlers.healthcare import ApiError
-from handlers.reporting import Reporter
+from handlers.exports.request import MAX_CHECKED_PATHS, ExportRequest, ExportRequestError
+from handlers.exports.job import ExportJob
+from handlers.clients.healthcare import ApiError
+from handlers.batch.reporting import Reporter
 from handlers.retry import Deadline, RetryLater
 from tests.fakes import FakeApi, FakeClock, FakePublisher, MemoryStateStore
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from handlers.privacy import NamePolicy
-from handlers.results import import_message
+from handlers.batch.results import import_message
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 TOKEN = re.compile(r'\s*(\(|\)|!=|=|:|,|"(?:[^"\\]|\\.)*"|[A-Za-z_][\w.-]*)')

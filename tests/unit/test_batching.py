@@ -7,13 +7,13 @@ event, and exactly one result message is published per import.
 
 import pytest
 
-from handlers import batches
-from handlers.batches import DONE, IMPORTING, LISTED, PUBLISHING
+from handlers.batch import layout
+from handlers.batch.layout import DONE, IMPORTING, LISTED, PUBLISHING
 from handlers.config import parse
-from handlers.driver import ABANDONED_AFTER_SECONDS, Driver
+from handlers.batch.driver import ABANDONED_AFTER_SECONDS, Driver
 from handlers.events import StorageObject
-from handlers.healthcare import ApiError
-from handlers.intake import DUPLICATE, JOINED, OPENED, STALE_AFTER_SECONDS, Intake
+from handlers.clients.healthcare import ApiError
+from handlers.batch.intake import DUPLICATE, JOINED, OPENED, STALE_AFTER_SECONDS, Intake
 from handlers.retry import Deadline, RetryLater
 from tests.fakes import FakeApi, FakeClock, FakePublisher, MemoryStateStore
 
@@ -102,7 +102,7 @@ def test_objects_join_the_open_batch_and_a_full_batch_seals_early():
     with pytest.raises(RetryLater):
         world.drive(batch)
     assert world.clock.now == start, "max_objects reached: sealed without waiting for the window"
-    record = world.store.doc(batches.record_path("all", batch))
+    record = world.store.doc(layout.record_path("all", batch))
     assert {m["name"] for m in record["members"]} == {"s/0.dcm", "s/1.dcm", "s/2.dcm"}
 
     late = world.upload("s/3.dcm")
@@ -149,7 +149,7 @@ def test_marker_written_just_before_the_seal_stays_in_the_sealed_batch():
 
     world.store.after_marker = seal_after_this_marker
     verdict = world.admit(world.upload("b.dcm"))
-    record = world.store.doc(batches.record_path("all", batch))
+    record = world.store.doc(layout.record_path("all", batch))
     assert {m["name"] for m in record["members"]} == {"a.dcm", "b.dcm"}
     assert verdict == JOINED
     assert len(world.kicks) == 1
@@ -177,18 +177,18 @@ def test_marker_landing_after_the_listing_joins_the_next_batch_and_is_never_impo
     verdict = world.admit(late)
     world.store.write_marker = real_marker
 
-    record = world.store.doc(batches.record_path("all", batch))
+    record = world.store.doc(layout.record_path("all", batch))
     assert {m["name"] for m in record["members"]} == {"a.dcm"}
     staged = {name.rsplit("/", 1)[-1] for name, _ in world.store.blobs.items()
-              if name.startswith(batches.staging_prefix("all", batch))}
-    assert staged == {batches.object_id(first) + ".dcm"}, "the imported folder holds exactly the listed members"
+              if name.startswith(layout.staging_prefix("all", batch))}
+    assert staged == {layout.object_id(first) + ".dcm"}, "the imported folder holds exactly the listed members"
     assert verdict == OPENED, "joined a new batch it opened"
     new_batch = world.kicks[-1][1]
     assert new_batch != batch
-    assert world.store.doc(batches.claim_path("all", batches.object_id(late)))["batch"] == new_batch
+    assert world.store.doc(layout.claim_path("all", layout.object_id(late)))["batch"] == new_batch
     finish_all(world)
     assert world.drive(batch) == DONE
-    assert not [name for name in world.store.blobs if name.startswith(batches.member_prefix("all", batch))]
+    assert not [name for name in world.store.blobs if name.startswith(layout.member_prefix("all", batch))]
 
 
 def test_opener_that_died_before_publishing_the_driver_publishes_it_on_redelivery():
@@ -242,12 +242,12 @@ def test_driver_resumes_after_dying_between_seal_and_listing():
     world.clock.now += 11
     sealing = {"batch": batch, "rule": "all", "store": STORE, "blobStorageClass": None,
                "openedAt": world.clock.now - 11, "state": "sealing", "sealedAt": world.clock.now, "sealedBy": "dead"}
-    world.store.create(batches.record_path("all", batch), sealing)
+    world.store.create(layout.record_path("all", batch), sealing)
     with pytest.raises(RetryLater):
         world.drive(batch)
-    record = world.store.doc(batches.record_path("all", batch))
+    record = world.store.doc(layout.record_path("all", batch))
     assert record["state"] == IMPORTING and len(record["members"]) == 1
-    assert world.store.doc(batches.lease_path("all"))["state"] == "sealed"
+    assert world.store.doc(layout.lease_path("all"))["state"] == "sealed"
 
 
 def test_import_claimed_by_a_dead_worker_is_started_again_after_a_while():
@@ -259,7 +259,7 @@ def test_import_claimed_by_a_dead_worker_is_started_again_after_a_while():
     with pytest.raises(RetryLater):
         Driver(world.store, world.config, world.api, world.publisher, clock=world.clock,
                sleep=world.clock.sleep).drive("all", batch, Deadline(0.01))
-    path = batches.record_path("all", batch)
+    path = layout.record_path("all", batch)
     assert world.store.doc(path)["state"] == LISTED, "a refused call reverts to listed"
 
     doc = world.store.doc(path)
@@ -327,7 +327,7 @@ def test_publish_failure_is_retried_by_the_next_delivery_and_published_once():
     world.publisher.failures = 1
     with pytest.raises(RetryLater, match="results topic unavailable"):
         world.drive(batch)
-    assert world.store.doc(batches.record_path("all", batch))["state"] == PUBLISHING
+    assert world.store.doc(layout.record_path("all", batch))["state"] == PUBLISHING
     assert world.drive(batch) == DONE
     assert len(world.publisher.messages) == 1
 
@@ -365,7 +365,7 @@ def test_hashed_names_never_reach_the_message():
 
 
 def test_long_batches_link_the_manifest_instead_of_listing_names(monkeypatch):
-    monkeypatch.setattr("handlers.results.MAX_LISTED_OBJECTS", 2)
+    monkeypatch.setattr("handlers.batch.results.MAX_LISTED_OBJECTS", 2)
     world = World()
     for i in range(3):
         world.admit(world.upload(f"{i}.dcm"))

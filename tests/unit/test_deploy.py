@@ -678,7 +678,7 @@ def test_gcloudignore_uploads_only_what_the_function_needs(tmp_path):
     tree = tmp_path / "tree"
     files = [
         "main.py", "requirements.txt", "config.yaml", "config.site-b.yaml", "config/site-c.yaml",
-        "handlers/__init__.py", "handlers/intake.py", "handlers/__pycache__/intake.cpython-312.pyc",
+        "handlers/__init__.py", "handlers/batch/intake.py", "handlers/__pycache__/intake.cpython-312.pyc",
         "handlers/__main__.py", "handlers/cli/__init__.py", "handlers/cli/export.py", "requirements-dev.txt", "deploy.sh", "README.md", "Makefile", ".gitignore",
         "tests/unit/test_x.py", "emulator/server.py", "localstack/up.py", "bench/run.py", "docs/deploy.md",
         ".venv/lib/site.py", ".local/stack.env", ".pytest_cache/v/x", ".ci/run", "schema/result.json",
@@ -692,5 +692,5 @@ def test_gcloudignore_uploads_only_what_the_function_needs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert set(proc.stdout.split()) == {
         "main.py", "requirements.txt", "config.yaml", "config.site-b.yaml", "config/site-c.yaml",
-        "handlers/__init__.py", "handlers/intake.py",
+        "handlers/__init__.py", "handlers/batch/intake.py",
     }

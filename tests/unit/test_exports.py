@@ -2,10 +2,10 @@
 
 import pytest
 
-from handlers.export_requests import ExportRequest, ExportRequestError, parse_filter_lines, request_from_message
-from handlers.exports import EXPORT_SCHEMA, ExportJob
-from handlers.healthcare import ApiError
-from handlers.reporting import Reporter
+from handlers.exports.request import ExportRequest, ExportRequestError, parse_filter_lines, request_from_message
+from handlers.exports.job import EXPORT_SCHEMA, ExportJob
+from handlers.clients.healthcare import ApiError
+from handlers.batch.reporting import Reporter
 from handlers.retry import Deadline, RetryLater
 from tests.fakes import FakeApi, FakeClock, FakePublisher, MemoryStateStore
 

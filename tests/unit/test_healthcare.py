@@ -5,8 +5,8 @@ import json
 import pytest
 import requests
 
-from handlers import healthcare
-from handlers.healthcare import ApiError, HealthcareApi, Operation
+from handlers.clients import healthcare
+from handlers.clients.healthcare import ApiError, HealthcareApi, Operation
 from handlers.retry import Deadline
 
 

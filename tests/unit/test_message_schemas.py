@@ -4,7 +4,7 @@ import jsonschema
 import pytest
 
 from handlers.privacy import NamePolicy
-from handlers.results import import_message
+from handlers.batch.results import import_message
 from tests.message_schemas import validate
 
 RECORD = {"batch": "20261125T100000Z-0a1b2c3d", "rule": "all-dicom",

@@ -2,8 +2,8 @@
 
 import json
 
-from handlers import pubsub
-from handlers.pubsub import Publisher
+from handlers.clients import pubsub
+from handlers.clients.pubsub import Publisher
 
 
 class RecordingClient:

@@ -17,15 +17,31 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from handlers import batches, log
-from handlers.batches import DONE, IMPORTING, LISTED, OPEN, PUBLISHING, SEALED, SEALING
+from handlers import log
+from handlers.batch import layout
+from handlers.batch.layout import (
+    DONE,
+    IMPORTING,
+    LISTED,
+    OPEN,
+    PUBLISHING,
+    SEALED,
+    SEALING,
+)
+from handlers.batch.reporting import ABANDONED_AFTER_SECONDS, Reporter, new_worker
+from handlers.batch.results import (
+    REJECTED,
+    UNKNOWN,
+    import_message,
+    operation_hint,
+    outcome_of,
+    rejection_hint,
+)
+from handlers.clients.healthcare import ApiError, HealthcareApi, Operation
+from handlers.clients.pubsub import Publisher
+from handlers.clients.storage import Conflict, Document, SourceGone, StateStore
 from handlers.config import Config
-from handlers.healthcare import ApiError, HealthcareApi, Operation
-from handlers.pubsub import Publisher
-from handlers.results import REJECTED, UNKNOWN, import_message, operation_hint, outcome_of, rejection_hint
-from handlers.reporting import ABANDONED_AFTER_SECONDS, Reporter, new_worker
 from handlers.retry import Deadline, RetryLater
-from handlers.state import Conflict, Document, SourceGone, StateStore
 
 POLL_SECONDS = 1.0
 COPY_THREADS = 16
@@ -46,7 +62,7 @@ class Driver:
 
     def drive(self, rule: str, batch: str, deadline: Deadline) -> str:
         """Advance the batch as far as the budget allows; its final state, or RetryLater."""
-        path = batches.record_path(rule, batch)
+        path = layout.record_path(rule, batch)
         worker = new_worker()
         record = self.store.read(path)
         if record is None:
@@ -78,22 +94,22 @@ class Driver:
     # open -> sealing
     def _seal(self, rule: str, batch: str, deadline: Deadline, worker: str) -> Document | None:
         """Wait for the batch window to close, then write the record (sealing) and seal the lease."""
-        lease = self.store.read(batches.lease_path(rule))
+        lease = self.store.read(layout.lease_path(rule))
         if lease is None or lease.data["batch"] != batch:
-            return self.store.read(batches.record_path(rule, batch))
+            return self.store.read(layout.record_path(rule, batch))
         if lease.data["state"] == OPEN:
             self._wait_for_window(rule, batch, lease.data["openedAt"], deadline)
         record = {key: lease.data.get(key) for key in ("batch", "rule", "store", "blobStorageClass", "openedAt")}
         record.update(state=SEALING, sealedAt=self.clock(), sealedBy=worker)
         try:
-            generation = self.store.create(batches.record_path(rule, batch), record)
+            generation = self.store.create(layout.record_path(rule, batch), record)
         except Conflict:
-            return self.store.read(batches.record_path(rule, batch))
+            return self.store.read(layout.record_path(rule, batch))
         return Document(record, generation)
 
     def _wait_for_window(self, rule: str, batch: str, opened_at: float, deadline: Deadline) -> None:
         closes_at = opened_at + self.config.batching.max_wait_seconds
-        prefix = batches.member_prefix(rule, batch)
+        prefix = layout.member_prefix(rule, batch)
         while self.clock() < closes_at:
             if sum(1 for _ in self.store.list(prefix)) >= self.config.batching.max_objects:
                 return
@@ -104,12 +120,12 @@ class Driver:
     # sealing -> listed
     def _list_members(self, record: Document, path: str) -> Document:
         rule, batch = record.data["rule"], record.data["batch"]
-        lease = self.store.read(batches.lease_path(rule))
+        lease = self.store.read(layout.lease_path(rule))
         if lease is not None and lease.data["batch"] == batch and lease.data["state"] == OPEN:
-            self.store.replace(batches.lease_path(rule), {**lease.data, "state": SEALED, "sealedAt": self.clock()},
+            self.store.replace(layout.lease_path(rule), {**lease.data, "state": SEALED, "sealedAt": self.clock()},
                                lease.generation)
         members = []
-        for listed in self.store.list(batches.member_prefix(rule, batch)):
+        for listed in self.store.list(layout.member_prefix(rule, batch)):
             members.append({
                 "id": listed.name.rsplit("/", 1)[-1],
                 "bucket": listed.metadata.get("source-bucket", ""),
@@ -117,7 +133,7 @@ class Driver:
                 "generation": listed.metadata.get("source-generation", ""),
             })
         data = {**record.data, "state": LISTED, "members": members,
-                "importUri": batches.import_uri(self.store.bucket, rule, batch)}
+                "importUri": layout.import_uri(self.store.bucket, rule, batch)}
         generation = self.store.replace(path, data, record.generation)
         log.info("batch sealed", rule=rule, batch=batch, objects=len(members))
         return Document(data, generation)
@@ -125,7 +141,7 @@ class Driver:
     # listed -> importing
     def _start_import(self, record: Document, path: str, deadline: Deadline, worker: str) -> Document:
         data = record.data
-        if data["importUri"] == batches.import_uri(self.store.bucket, data["rule"], data["batch"]):
+        if data["importUri"] == layout.import_uri(self.store.bucket, data["rule"], data["batch"]):
             record = self._stage_members(record, path)
             data = record.data
         if not data["members"]:
@@ -163,7 +179,7 @@ class Driver:
         def copy(member: dict[str, Any]) -> dict[str, Any] | None:
             try:
                 self.store.copy_in(member["bucket"], member["name"], member["generation"],
-                                   batches.staging_path(rule, batch, member["id"]), {})
+                                   layout.staging_path(rule, batch, member["id"]), {})
             except SourceGone:
                 return member
             return None
@@ -216,7 +232,7 @@ class Driver:
 
     def _clean_staging(self, rule: str, batch: str) -> None:
         """Delete the batch's staging copies and membership markers (its record stays, as the manifest)."""
-        names = [item.name for prefix in (batches.staging_prefix(rule, batch), batches.member_prefix(rule, batch))
+        names = [item.name for prefix in (layout.staging_prefix(rule, batch), layout.member_prefix(rule, batch))
                  for item in self.store.list(prefix)]
         if names:
             with ThreadPoolExecutor(max_workers=min(COPY_THREADS, len(names))) as pool:

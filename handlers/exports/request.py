@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from handlers.healthcare import ApiError, HealthcareApi
+from handlers.clients.healthcare import ApiError, HealthcareApi
 from handlers.retry import Deadline, RetryLater
 from handlers.wildcard import WILDCARD_CHARS, WildcardError, split_gcs_uri
 

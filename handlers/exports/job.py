@@ -1,6 +1,6 @@
 """Exporting DICOM instances to Cloud Storage, optionally filtered by study/series/instance.
 
-:class:`ExportJob` runs a validated :class:`handlers.export_requests.ExportRequest`:
+:class:`ExportJob` runs a validated :class:`handlers.exports.request.ExportRequest`:
 it refuses paths that name nothing in the store (before anything is written),
 writes the filter file to the state bucket, calls ``dicomStores.export`` with ``filterConfig.resourcePathsGcsUri``,
 follows the operation and publishes one ``dicom-export-result/v1`` message.
@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from handlers import log
-from handlers.batches import DONE, PUBLISHING
-from handlers.export_requests import ExportRequest, check_paths_exist
-from handlers.healthcare import ApiError, HealthcareApi, Operation
-from handlers.reporting import ABANDONED_AFTER_SECONDS, Reporter, new_worker
-from handlers.results import REJECTED, UNKNOWN, outcome_of, rfc3339
+from handlers.batch.layout import DONE, PUBLISHING
+from handlers.batch.reporting import ABANDONED_AFTER_SECONDS, Reporter, new_worker
+from handlers.batch.results import REJECTED, UNKNOWN, outcome_of, rfc3339
+from handlers.clients.healthcare import ApiError, HealthcareApi, Operation
+from handlers.clients.storage import Conflict, Document, StateStore
+from handlers.exports.request import ExportRequest, check_paths_exist
 from handlers.retry import Deadline, RetryLater
-from handlers.state import Conflict, Document, StateStore
 
 EXPORT_SCHEMA = "dicom-export-result/v1"
 STARTING, RUNNING = "starting", "running"

@@ -14,12 +14,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from handlers import batches, log
-from handlers.batches import OPEN
+from handlers import log
+from handlers.batch import layout
+from handlers.batch.layout import OPEN
+from handlers.clients.storage import Conflict, Document, StateStore
 from handlers.config import Config, Rule
 from handlers.events import StorageObject
 from handlers.retry import Deadline, RetryLater
-from handlers.state import Conflict, Document, StateStore
 
 # A lease still open this long after its window closed has lost its driver.
 STALE_AFTER_SECONDS = 60.0
@@ -47,11 +48,11 @@ class Intake:
         only when creating it conflicts, or before opening a batch (so that a
         late duplicate never opens one).
         """
-        oid = batches.object_id(obj)
-        path = batches.claim_path(rule.name, oid)
+        oid = layout.object_id(obj)
+        path = layout.claim_path(rule.name, oid)
         claim: Document | None = None  # this object's claim, when read and not yet settled
         while not deadline.expired:
-            lease = self.store.read(batches.lease_path(rule.name))
+            lease = self.store.read(layout.lease_path(rule.name))
             if lease is not None and lease.data["state"] == OPEN:
                 claimed = claim is not None or (lease.data.get("openedBy") == oid and self.store.read(path) is not None)
                 self._ensure_driven(rule, lease, oid, claimed=claimed)
@@ -98,12 +99,12 @@ class Intake:
     def _settle_claim(self, obj: StorageObject, rule: Rule, oid: str, claim: Document, deadline: Deadline) -> str:
         """An earlier delivery claimed this object: DUPLICATE when it is covered, else _WAIT or _RESTAGE."""
         batch = claim.data["batch"]
-        record = self.store.read(batches.record_path(rule.name, batch))
+        record = self.store.read(layout.record_path(rule.name, batch))
         if record is not None:
-            if not batches.has_members_listed(record.data):
+            if not layout.has_members_listed(record.data):
                 return _WAIT
-            return DUPLICATE if oid in batches.member_ids(record.data) else _RESTAGE
-        lease = self.store.read(batches.lease_path(rule.name))
+            return DUPLICATE if oid in layout.member_ids(record.data) else _RESTAGE
+        lease = self.store.read(layout.lease_path(rule.name))
         if lease is not None and lease.data["batch"] == batch and lease.data["state"] == OPEN:
             self._ensure_driven(rule, lease, oid, claimed=True)
             if self._join_and_confirm(obj, rule, oid, batch, deadline):
@@ -115,7 +116,7 @@ class Intake:
         """Open a new batch in place of ``current`` (absent or sealed) and publish its driver; None if another won."""
         now = self.clock()
         data = {
-            "batch": batches.new_batch_id(now),
+            "batch": layout.new_batch_id(now),
             "rule": rule.name,
             "store": rule.store,
             "blobStorageClass": rule.blob_storage_class,
@@ -125,9 +126,9 @@ class Intake:
         }
         try:
             if current is None:
-                generation = self.store.create(batches.lease_path(rule.name), data)
+                generation = self.store.create(layout.lease_path(rule.name), data)
             else:
-                generation = self.store.replace(batches.lease_path(rule.name), data, current.generation)
+                generation = self.store.replace(layout.lease_path(rule.name), data, current.generation)
         except Conflict:
             return None
         log.info("batch opened", rule=rule.name, batch=data["batch"])
@@ -157,14 +158,14 @@ class Intake:
 
     def _join_and_confirm(self, obj: StorageObject, rule: Rule, oid: str, batch: str, deadline: Deadline) -> bool:
         """Mark the object as a member of the batch; True once the batch is sure to include it."""
-        self.store.write_marker(batches.member_path(rule.name, batch, oid), batches.source_metadata(obj))
-        lease = self.store.read(batches.lease_path(rule.name))
+        self.store.write_marker(layout.member_path(rule.name, batch, oid), layout.source_metadata(obj))
+        lease = self.store.read(layout.lease_path(rule.name))
         if lease is not None and lease.data["batch"] == batch and lease.data["state"] == OPEN:
             return True
         # Sealed while we wrote the marker: the batch record's listing decides.
         while not deadline.expired:
-            record = self.store.read(batches.record_path(rule.name, batch))
-            if record is not None and batches.has_members_listed(record.data):
-                return oid in batches.member_ids(record.data)
+            record = self.store.read(layout.record_path(rule.name, batch))
+            if record is not None and layout.has_members_listed(record.data):
+                return oid in layout.member_ids(record.data)
             self.sleep(POLL_SECONDS)
         raise RetryLater(f"batch {batch} of rule {rule.name!r} is being sealed; its listing is not written yet")

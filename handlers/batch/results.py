@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from handlers.healthcare import Operation
+from handlers.clients.healthcare import Operation
 from handlers.privacy import NamePolicy
 
 IMPORT_SCHEMA = "dicom-import-result/v1"

@@ -4,8 +4,8 @@ A job (an import batch, an export) freezes its result into its record with one
 conditional write (state ``publishing``), publishes it, then marks the record
 ``done``. Concurrent deliveries see the frozen result and either wait for its
 publisher or, past a timeout, take over. Each delivery is its own worker
-(:func:`new_worker`), also within one process. Used by ``handlers.driver`` and
-``handlers.exports``.
+(:func:`new_worker`), also within one process. Used by ``handlers.batch.driver`` and
+``handlers.exports.job``.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from handlers import log
-from handlers.batches import DONE, PUBLISHING
-from handlers.pubsub import Publisher
+from handlers.batch.layout import DONE, PUBLISHING
+from handlers.clients.pubsub import Publisher
+from handlers.clients.storage import Document, StateStore
 from handlers.retry import RetryLater
-from handlers.state import Document, StateStore
 
 # A claim on a step older than this is presumed abandoned by a dead instance.
 ABANDONED_AFTER_SECONDS = 120.0
