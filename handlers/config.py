@@ -29,6 +29,7 @@ TOPIC_RE = re.compile(r"projects/[^/\s]+/topics/[A-Za-z][\w.~+%-]{2,254}")
 RULE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 BLOB_STORAGE_CLASSES = ("STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+MIN_QUIET_SECONDS = 0.5
 _TOP_LEVEL = ("stores", "rules", "ignore", "batching", "state", "results", "followup")
 
 
@@ -55,6 +56,8 @@ class Rule:
 class Batching:
     max_objects: int = 500
     max_wait_seconds: float = 10.0
+    seal_after_quiet_seconds: float = 2.0
+    """Seal once no member has joined for this long (0: off); see docs/design.md, "Window"."""
 
 
 @dataclass(frozen=True)
@@ -274,13 +277,7 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> Config:
     stores = _stores(reader, document)
     rules = _rules(reader, document, stores)
     ignore = _patterns(reader, document, "ignore")
-    batching_section = reader.section(document, "batching", ("max_objects", "max_wait_seconds"))
-    batching = Batching(
-        max_objects=int(reader.number(batching_section, "max_objects", Batching.max_objects, 1, 100_000, True)),
-        max_wait_seconds=float(
-            reader.number(batching_section, "max_wait_seconds", Batching.max_wait_seconds, 0, 300, False)
-        ),
-    )
+    batching = _batching(reader, document)
     state = reader.section(document, "state", ("bucket",))
     state_bucket = _state_bucket(reader, document, state, rules)
     results = reader.section(document, "results", ("topic", "object_names", "hash_key"))
@@ -306,6 +303,22 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> Config:
         followup_topic=followup_topic,
         followup_deadline_hours=float(deadline),
     )
+
+
+def _batching(reader: _Reader, document: _Map) -> Batching:
+    section = reader.section(document, "batching", ("max_objects", "max_wait_seconds", "seal_after_quiet_seconds"))
+    max_objects = int(reader.number(section, "max_objects", Batching.max_objects, 1, 100_000, True))
+    max_wait = float(reader.number(section, "max_wait_seconds", Batching.max_wait_seconds, 0, 300, False))
+    key = "seal_after_quiet_seconds"
+    quiet = float(reader.number(section, key, Batching.seal_after_quiet_seconds, 0, 300, False))
+    if key in section and 0 < quiet < MIN_QUIET_SECONDS:
+        reader.problem(section.lines[key], f"{key} must be 0 (off) or at least {MIN_QUIET_SECONDS:g}: the driver "
+                                           f"lists the batch every {MIN_QUIET_SECONDS / 4:g} s at most, got {quiet:g}")
+        quiet = Batching.seal_after_quiet_seconds
+    elif key in section and quiet and max_wait and quiet >= max_wait:
+        reader.problem(section.lines[key], f"{key} ({quiet:g}) must be shorter than max_wait_seconds ({max_wait:g}), "
+                                           "or the window always closes first: lower it, or write 0 to turn it off")
+    return Batching(max_objects=max_objects, max_wait_seconds=max_wait, seal_after_quiet_seconds=quiet)
 
 
 def _stores(reader: _Reader, document: _Map) -> dict[str, str]:

@@ -45,6 +45,8 @@ from handlers.retry import Deadline, RetryLater
 
 POLL_SECONDS = 1.0
 COPY_THREADS = 16
+# Why a batch was sealed (the record's ``sealedBecause``).
+FULL, QUIET, WINDOW = "full", "quiet", "window"
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Driver:
     publisher: Publisher
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
+    monotonic: Callable[[], float] = time.monotonic
     reporter: Reporter = field(init=False)
 
     def __post_init__(self) -> None:
@@ -97,25 +100,45 @@ class Driver:
         lease = self.store.read(layout.lease_path(rule))
         if lease is None or lease.data["batch"] != batch:
             return self.store.read(layout.record_path(rule, batch))
+        because = None  # sealed by an earlier delivery that died before writing the record
         if lease.data["state"] == OPEN:
-            self._wait_for_window(rule, batch, lease.data["openedAt"], deadline)
+            because = self._wait_for_window(rule, batch, lease.data["openedAt"], deadline)
         record = {key: lease.data.get(key) for key in ("batch", "rule", "store", "blobStorageClass", "openedAt")}
-        record.update(state=SEALING, sealedAt=self.clock(), sealedBy=worker)
+        record.update(state=SEALING, sealedAt=self.clock(), sealedBy=worker, sealedBecause=because)
         try:
             generation = self.store.create(layout.record_path(rule, batch), record)
         except Conflict:
             return self.store.read(layout.record_path(rule, batch))
         return Document(record, generation)
 
-    def _wait_for_window(self, rule: str, batch: str, opened_at: float, deadline: Deadline) -> None:
-        closes_at = opened_at + self.config.batching.max_wait_seconds
+    def _wait_for_window(self, rule: str, batch: str, opened_at: float, deadline: Deadline) -> str:
+        """Wait until the batch should be sealed; why: FULL, QUIET or WINDOW (docs/design.md, "Window").
+
+        Quiet means the count of markers stopped growing: two listings with the
+        same count, the later one started at least ``seal_after_quiet_seconds``
+        after the earlier one ended. Both times are this process's monotonic
+        clock, so no clock of another instance (nor Cloud Storage's) is compared;
+        a resumed delivery starts measuring afresh, which can only seal later.
+        """
+        batching = self.config.batching
+        closes_at = opened_at + batching.max_wait_seconds
+        quiet = batching.seal_after_quiet_seconds
+        poll = min(POLL_SECONDS, quiet / 4) if quiet else POLL_SECONDS
         prefix = layout.member_prefix(rule, batch)
+        count, unchanged_since = -1, 0.0  # the count, and when the listing that first saw it ended
         while self.clock() < closes_at:
-            if sum(1 for _ in self.store.list(prefix)) >= self.config.batching.max_objects:
-                return
-            if deadline.remaining() < POLL_SECONDS:
+            listing_started = self.monotonic()
+            listed = sum(1 for _ in self.store.list(prefix))
+            if listed >= batching.max_objects:
+                return FULL
+            if listed != count:
+                count, unchanged_since = listed, self.monotonic()
+            elif quiet and count > 0 and listing_started - unchanged_since >= quiet:
+                return QUIET
+            if deadline.remaining() < poll:
                 raise RetryLater(f"batch {batch} window still open")
-            self.sleep(min(POLL_SECONDS, max(0.0, closes_at - self.clock())))
+            self.sleep(min(poll, max(0.0, closes_at - self.clock())))
+        return WINDOW
 
     # sealing -> listed
     def _list_members(self, record: Document, path: str) -> Document:
@@ -135,7 +158,7 @@ class Driver:
         data = {**record.data, "state": LISTED, "members": members,
                 "importUri": layout.import_uri(self.store.bucket, rule, batch)}
         generation = self.store.replace(path, data, record.generation)
-        log.info("batch sealed", rule=rule, batch=batch, objects=len(members))
+        log.info("batch sealed", rule=rule, batch=batch, objects=len(members), reason=record.data.get("sealedBecause"))
         return Document(data, generation)
 
     # listed -> importing

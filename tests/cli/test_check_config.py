@@ -14,7 +14,7 @@ def test_the_default_config_is_shown_with_full_store_names_and_ignores(cli, conf
     assert f"  1. all-dicom\n       match   gs://inbox-bkt/**.dcm\n       store   main -> {CONFIG_ENV['DICOM_STORE']}\n" \
         in result.out
     assert "ignored by every rule:\n  gs://inbox-bkt/tmp/**\n" in result.out
-    assert "sealed at 500 objects or 10 s after its first object" in result.out
+    assert "sealed at 500 objects, after 2 s without a new object, or 10 s after its first object" in result.out
     assert "results topic: projects/p/topics/results (object names: plain)" in result.out
     assert "follow-up topic: projects/p/topics/followups" in result.out
     assert "state bucket: gs://state-bkt" in result.out

@@ -13,6 +13,7 @@ from localstack.stack import Stack
 CONFIG = Path(__file__).with_name("config.yaml")
 MAX_OBJECTS = 20
 MAX_WAIT = 3.0
+QUIET = 2.0  # batching.seal_after_quiet_seconds
 
 
 @pytest.fixture(scope="session")

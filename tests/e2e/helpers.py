@@ -113,3 +113,28 @@ def wait_for_names(reader: ResultsReader, bucket: str, prefix: str, names: Itera
     wanted = set(names)
     reader.until(lambda got: wanted <= set(covered_names(got, bucket, prefix, env)), timeout, quiet=quiet)
     return import_results_under(reader.received, bucket, prefix, env)
+
+
+def join_times(env: Mapping[str, str], rule: str, generations: Mapping[str, str]) -> list[float]:
+    """When each object joined its batch (its claim's ``claimedAt``, the intake's clock), sorted."""
+    from handlers.batch import layout
+    from handlers.events import StorageObject
+
+    state = storage(env).bucket(env["STATE_BUCKET"])
+    times = []
+    for name, generation in generations.items():
+        oid = layout.object_id(StorageObject(env["INBOX_BUCKET"], name, generation, None, ""))
+        times.append(json.loads(state.blob(layout.claim_path(rule, oid)).download_as_bytes())["claimedAt"])
+    return sorted(times)
+
+
+def call_bound(objects: int, max_objects: int, max_wait: float, quiet: float, joins: list[float]) -> int:
+    """docs/design.md, "Bounds": ceil(N / max_objects) + 1 for a burst within one window with no gap of the
+    quiet time; each gap that long, and each full window the burst spans, may seal one batch more.
+
+    Gaps are measured on the claims' times, written just before each marker: a gap counts from
+    ``quiet - 1 s`` so that the marker's own latency cannot hide one.
+    """
+    gaps = sum(1 for earlier, later in zip(joins, joins[1:]) if later - earlier >= quiet - 1.0)
+    spanned = int((joins[-1] - joins[0]) // max_wait) if joins else 0
+    return -(-objects // max_objects) + 1 + gaps + spanned

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from math import ceil
 
 import pytest
 
 from localstack import samples
 from localstack.observe import ResultsReader, api_calls, store_sop_uids
-from tests.e2e.conftest import MAX_OBJECTS, MAX_WAIT
+from tests.e2e.conftest import MAX_OBJECTS, MAX_WAIT, QUIET
 from tests.e2e.helpers import (
+    call_bound,
     covered_names,
+    join_times,
     notification_event,
     storage_event,
     unique_prefix,
@@ -55,7 +56,7 @@ def test_multi_study_drop_is_in_the_store_with_failures_counted(env, reader):
                     (f"tmp/{prefix}x.dcm", files[0][1])]
     before = imports_made(env)
 
-    upload(env, files + not_imported)
+    generations = upload(env, files + not_imported)
     matched = [name for name, _ in files]
     results = wait_for_names(reader, env["INBOX_BUCKET"], prefix, matched, timeout=90, quiet=MAX_WAIT + 1)
 
@@ -65,7 +66,8 @@ def test_multi_study_drop_is_in_the_store_with_failures_counted(env, reader):
     assert valid <= store_sop_uids(env)
     assert sum(r.data["counter"]["failure"] for r in results) == len(corrupt)
     assert sum(r.data["counter"]["success"] for r in results) == len(valid)
-    assert imports_made(env) - before <= ceil(len(matched) / MAX_OBJECTS) + 1
+    joins = join_times(env, "all-dicom", {name: generations[name] for name in matched})
+    assert imports_made(env) - before <= call_bound(len(matched), MAX_OBJECTS, MAX_WAIT, QUIET, joins)
     for result in results:
         validate(result.data, result.attributes)
     assert {r.data["outcome"] for r in results} <= {"SUCCEEDED", "PARTIAL", "FAILED"}
@@ -75,10 +77,13 @@ def test_burst_in_one_folder_respects_the_call_bound(env, reader):
     prefix = unique_prefix("burst")
     files = [(f"{prefix}series/IMG{i:04d}.dcm", data) for i, (_, data) in enumerate(samples.make_series(75))]
     before = imports_made(env)
-    upload(env, files, threads=32)
+    generations = upload(env, files, threads=32)
     results = wait_for_names(reader, env["INBOX_BUCKET"], prefix, [n for n, _ in files], timeout=90)
     calls = imports_made(env) - before
-    assert calls <= ceil(len(files) / MAX_OBJECTS) + 1, f"{calls} import calls for {len(files)} objects"
+    joins = join_times(env, "all-dicom", generations)
+    bound = call_bound(len(files), MAX_OBJECTS, MAX_WAIT, QUIET, joins)
+    gaps = [round(later - earlier, 2) for earlier, later in zip(joins, joins[1:])]
+    assert calls <= bound, f"{calls} import calls for {len(files)} objects (bound {bound}; join gaps {gaps})"
     assert sum(r.data["objectCount"] for r in results) == len(files)
 
 
@@ -186,5 +191,6 @@ def test_two_instances_receiving_the_same_events_import_each_object_once(e2e_sta
         second.stop()
     covered = covered_names(results, env["INBOX_BUCKET"], prefix)
     assert set(covered) == set(generations) and set(covered.values()) == {1}
-    assert imports_made(env) - before <= ceil(len(files) / MAX_OBJECTS) + 1
+    joins = join_times(env, "all-dicom", generations)
+    assert imports_made(env) - before <= call_bound(len(files), MAX_OBJECTS, MAX_WAIT, QUIET, joins)
     assert {uids.sop for uids, _ in series} <= store_sop_uids(env)

@@ -5,6 +5,8 @@ that no object is lost, nothing is imported twice because of a duplicate
 event, and exactly one result message is published per import.
 """
 
+import math
+
 import pytest
 
 from handlers.batch import layout
@@ -22,7 +24,7 @@ CONFIG = f"""
 stores: {{main: {STORE}}}
 rules:
   - {{name: all, match: "gs://inbox-bkt/**.dcm", store: main}}
-batching: {{max_objects: 3, max_wait_seconds: 10}}
+batching: {{max_objects: 3, max_wait_seconds: 10, seal_after_quiet_seconds: QUIET}}
 state: {{bucket: state-bkt}}
 results: {{topic: projects/p/topics/results, object_names: OBJECT_NAMES}}
 followup: {{topic: projects/p/topics/followups, deadline_hours: 1}}
@@ -32,8 +34,9 @@ followup: {{topic: projects/p/topics/followups, deadline_hours: 1}}
 class World:
     """One rule's intake and driver sharing a store, a clock, an API and a publisher."""
 
-    def __init__(self, object_names: str = "plain") -> None:
-        self.config = parse(CONFIG.replace("OBJECT_NAMES", object_names), "config.yaml", {})
+    def __init__(self, object_names: str = "plain", quiet: float = 2.0) -> None:
+        text = CONFIG.replace("OBJECT_NAMES", object_names).replace("QUIET", str(quiet))
+        self.config = parse(text, "config.yaml", {})
         self.rule = self.config.rules[0]
         self.clock = FakeClock()
         self.store = MemoryStateStore()
@@ -41,7 +44,8 @@ class World:
         self.publisher = FakePublisher()
         self.kicks: list[tuple[str, str]] = []
         self.intake = self.new_intake()
-        self.driver = Driver(self.store, self.config, self.api, self.publisher, clock=self.clock, sleep=self.clock.sleep)
+        self.driver = Driver(self.store, self.config, self.api, self.publisher, clock=self.clock, sleep=self.clock.sleep,
+                             monotonic=self.clock)
 
     def new_intake(self) -> Intake:
         """A fresh instance (empty memory), as after a restart or on another instance."""
@@ -69,7 +73,7 @@ def finish_all(world: World, success_per_import=None, failure=0, error=None):
 
 
 def test_lone_object_is_imported_after_the_window_and_reported_once():
-    world = World()
+    world = World(quiet=0)
     obj = world.upload("study/a.dcm")
     assert world.admit(obj) == OPENED
     assert len(world.kicks) == 1
@@ -91,6 +95,117 @@ def test_lone_object_is_imported_after_the_window_and_reported_once():
 
     assert world.drive(batch) == DONE
     assert len(world.publisher.messages) == 1, "a redelivered follow-up publishes nothing more"
+
+
+def run_timeline(world: World, arrivals: list[float]) -> list[str]:
+    """Objects joining at the given fake times while the drivers of the batches they open run.
+
+    Intakes and drivers share the fake clock: each driver's sleep admits the objects
+    due by then, as concurrent intakes would. Returns the batches, in opening order.
+    """
+    start = world.clock.now
+    due = sorted((start + at, f"t/{index:03d}.dcm") for index, at in enumerate(arrivals))
+
+    def admit_due() -> None:
+        while due and due[0][0] <= world.clock.now:
+            world.admit(world.upload(due.pop(0)[1]), world.new_intake())
+
+    real_sleep = world.clock.sleep
+
+    def sleep_and_admit(seconds: float) -> None:
+        real_sleep(seconds)
+        admit_due()
+
+    world.driver.sleep = sleep_and_admit
+    driven = 0
+    while due or driven < len(world.kicks):
+        admit_due()
+        if driven < len(world.kicks):
+            with pytest.raises(RetryLater, match="still running"):  # sealed, imported; the operation runs
+                world.drive(world.kicks[driven][1])
+            driven += 1
+        elif due:
+            world.clock.now = max(world.clock.now, due[0][0])
+    world.driver.sleep = real_sleep
+    return [batch for _, batch in world.kicks]
+
+
+def sealed_because(world: World, batch: str) -> str:
+    return world.store.doc(layout.record_path("all", batch))["sealedBecause"]
+
+
+def test_a_lone_object_is_sealed_once_the_batch_is_quiet_not_at_the_window():
+    world = World(quiet=2.0)
+    opened = world.clock.now
+    [batch] = run_timeline(world, [0.0])
+    record = world.store.doc(layout.record_path("all", batch))
+    assert record["sealedBecause"] == "quiet"
+    assert 2.0 <= record["sealedAt"] - opened <= 2.0 + 0.5 + 0.01, "quiet time plus at most one listing interval"
+    assert len(world.api.imports) == 1
+
+
+def test_objects_closer_together_than_the_quiet_time_stay_in_one_batch():
+    world = World(quiet=2.0)
+    opened = world.clock.now
+    [batch] = run_timeline(world, [0.0, 1.9])
+    record = world.store.doc(layout.record_path("all", batch))
+    assert record["sealedBecause"] == "quiet" and len(record["members"]) == 2
+    assert record["sealedAt"] - opened >= 1.9 + 2.0
+
+
+def test_a_gap_longer_than_the_quiet_time_seals_the_batch_and_the_next_object_opens_another():
+    world = World(quiet=2.0)
+    first, second = run_timeline(world, [0.0, 1.0, 4.0])
+    assert sealed_because(world, first) == "quiet" and sealed_because(world, second) == "quiet"
+    assert [len(world.store.doc(layout.record_path("all", b))["members"]) for b in (first, second)] == [2, 1]
+
+
+def test_quiet_off_waits_for_the_window():
+    world = World(quiet=0)
+    opened = world.clock.now
+    [batch] = run_timeline(world, [0.0, 1.0])
+    record = world.store.doc(layout.record_path("all", batch))
+    assert record["sealedBecause"] == "window" and record["sealedAt"] - opened == pytest.approx(10, abs=1.01)
+
+
+def test_a_full_batch_is_sealed_at_max_objects_before_it_is_quiet():
+    world = World(quiet=2.0)
+    first, second = run_timeline(world, [0.0, 0.1, 0.2, 1.0])
+    assert sealed_because(world, first) == "full" and sealed_because(world, second) == "quiet"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_call_bound_for_a_burst_whose_gaps_are_all_shorter_than_the_quiet_time(seed):
+    """docs/design.md, "Bounds": N objects, no gap of the quiet time or more, within one window."""
+    import random
+
+    rng = random.Random(seed)
+    world = World(quiet=2.0)
+    count = rng.randint(1, 12)
+    arrivals, at = [], 0.0
+    for _ in range(count):
+        arrivals.append(at)
+        at += rng.uniform(0.0, 1.99) * rng.choice((0.05, 1.0))
+    assert arrivals[-1] < 10, "the burst fits in one max_wait_seconds window"
+    run_timeline(world, arrivals)
+    assert len(world.api.imports) <= math.ceil(count / 3) + 1, (arrivals, world.kicks)
+    members = [m for _, b in world.kicks for m in world.store.doc(layout.record_path("all", b)).get("members", [])]
+    assert sorted(m["name"] for m in members) == [f"t/{i:03d}.dcm" for i in range(count)], "each object once"
+
+
+def test_a_resumed_driver_measures_the_quiet_time_afresh():
+    world = World(quiet=2.0)
+    world.admit(world.upload("a.dcm"))
+    batch = world.kicks[0][1]
+    with pytest.raises(RetryLater, match="window still open"):
+        Driver(world.store, world.config, world.api, world.publisher, clock=world.clock, sleep=world.clock.sleep,
+               monotonic=world.clock).drive("all", batch, Deadline(0.3))
+    assert not world.store.docs.get(layout.record_path("all", batch)), "not sealed by a delivery that saw no quiet"
+    world.clock.now += 3.0  # redelivered later: the object joined 3 s ago, but no listing of this delivery saw quiet
+    resumed_at = world.clock.now
+    with pytest.raises(RetryLater, match="still running"):
+        world.drive(batch)
+    assert world.store.doc(layout.record_path("all", batch))["sealedAt"] - resumed_at >= 2.0
 
 
 def test_objects_join_the_open_batch_and_a_full_batch_seals_early():

@@ -151,3 +151,21 @@ def test_repository_config_is_valid_with_the_local_stack_environment():
 def test_followup_deadline_must_end_before_the_dead_letter_limit():
     found = problems(VALID.replace("  topic: ${FOLLOWUP_TOPIC}\n", "  topic: ${FOLLOWUP_TOPIC}\n  deadline_hours: 24\n"))
     assert found == ["config.yaml:26: deadline_hours must be between 0.01 and 15, got 24"]
+
+
+def test_seal_after_quiet_defaults_to_two_seconds_and_zero_turns_it_off():
+    assert parse(VALID, "config.yaml", ENV).batching.seal_after_quiet_seconds == 2.0
+    text = VALID.replace("  max_wait_seconds: 5\n", "  max_wait_seconds: 5\n  seal_after_quiet_seconds: 0\n")
+    assert parse(text, "config.yaml", ENV).batching.seal_after_quiet_seconds == 0.0
+
+
+@pytest.mark.parametrize("value, message", [
+    ("0.1", "config.yaml:19: seal_after_quiet_seconds must be 0 (off) or at least 0.5"),
+    ("5", "config.yaml:19: seal_after_quiet_seconds (5) must be shorter than max_wait_seconds (5)"),
+    ("-1", "config.yaml:19: seal_after_quiet_seconds must be between 0 and 300, got -1"),
+    ("soon", "config.yaml:19: seal_after_quiet_seconds must be a number"),
+])
+def test_seal_after_quiet_out_of_range_names_the_line(value, message):
+    text = VALID.replace("  max_wait_seconds: 5\n", f"  max_wait_seconds: 5\n  seal_after_quiet_seconds: {value}\n")
+    [found] = problems(text)
+    assert found.startswith(message), found
