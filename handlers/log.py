@@ -42,7 +42,8 @@ def error(message: str, **fields: Any) -> None:
     _write("ERROR", message, fields)
 
 
-def redirect(stream: TextIO | None) -> None:
-    """Send log lines elsewhere (the CLI logs to stderr, keeping stdout for results)."""
+def redirect(stream: TextIO | None) -> TextIO | None:
+    """Send log lines elsewhere (the CLI logs to stderr, keeping stdout for results); returns the previous stream."""
     global _stream
-    _stream = stream
+    previous, _stream = _stream, stream
+    return previous

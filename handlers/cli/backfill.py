@@ -21,7 +21,7 @@ from handlers.cli.backfill_run import EARLIER, NEW, NOT_ADMITTED, RESUMED, Tally
 from handlers.cli.context import Context
 from handlers.cli.environment import PUBSUB, STORAGE, require
 from handlers.cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliError
-from handlers.cli.terminal import Progress, count, red
+from handlers.cli.terminal import Column, Progress, Table, count
 from handlers.config import Config, Rule
 from handlers.privacy import NamePolicy
 from handlers.wildcard import WILDCARD_CHARS, split_gcs_uri
@@ -68,16 +68,17 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
             ctx.out.write(render_admitted(tally))
             return 0 if NOT_ADMITTED not in tally.skipped else EXIT_FAILURE
         keys = sorted(tally.batches)
-        progress = Progress(ctx.err, "batches done", len(keys))
-        results = backfill_run.wait_for_batches(ctx.runtime, keys, progress, args.timeout)
-        progress.finish()
+        with Progress(ctx.err, "batches done", len(keys)) as progress:
+            results = backfill_run.wait_for_batches(ctx.runtime, keys, progress, args.timeout)
+            progress.finish()
     except KeyboardInterrupt:
         ctx.note(stopped("interrupted", plan, tally))
         return EXIT_INTERRUPTED
     except Exception:
         ctx.note(stopped("stopped by the error below", plan, tally))
         raise
-    ctx.out.write(render_summary(ctx, tally, results))
+    render_summary(tally, results).render(ctx.out)
+    ctx.out.write(render_totals(tally, results))
     complete = len(results) == len(tally.batches) and NOT_ADMITTED not in tally.skipped
     all_ok = all(record.get("result", {}).get("outcome", SUCCEEDED) == SUCCEEDED for record in results.values())
     return 0 if complete and all_ok else EXIT_FAILURE
@@ -122,9 +123,9 @@ def _admit(ctx: Context, plan: Plan, tally: Tally) -> None:
                     EARLIER: "imported by an earlier run"}[status]
             ctx.note(f"rule {group.rule.name}: {count(len(group.objects), 'object')} {what}")
         else:
-            progress = Progress(ctx.err, f"rule {group.rule.name}: admitted", len(group.objects))
-            backfill_run.admit_staged(ctx.runtime, plan, group, tally, progress)
-            progress.finish()
+            with Progress(ctx.err, f"rule {group.rule.name}: admitted", len(group.objects)) as progress:
+                backfill_run.admit_staged(ctx.runtime, plan, group, tally, progress)
+                progress.finish()
 
 
 def _names(policy: NamePolicy, bucket: str, names: list[str]) -> str:
@@ -170,31 +171,48 @@ def render_admitted(tally: Tally) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_summary(ctx: Context, tally: Tally, results: dict[tuple[str, str], dict]) -> str:
-    """Per batch: outcome, counters, operation; then totals and anything skipped by this run."""
-    lines = ["results (one import call per batch):"]
-    success = failure = 0
+SUMMARY_COLUMNS = (Column("rule"), Column("batch"), Column("outcome"), Column("ok", "right"),
+                   Column("failed", "right"), Column("objects", "right"), Column("operation"), Column("note"))
+
+
+def render_summary(tally: Tally, results: dict[tuple[str, str], dict]) -> Table:
+    """Per batch: outcome, counters, operation (a table on a terminal, a line each otherwise)."""
+    table = Table(SUMMARY_COLUMNS, title="results (one import call per batch):")
     for key, how in sorted(tally.batches.items()):
         rule, batch = key
         record = results.get(key)
         if record is None:
-            lines.append(f"  {rule}  {batch}  still running")
+            table.add([rule, batch, "running", "", "", "", "", "still running"], plain=f"  {rule}  {batch}  still running")
             continue
         result = record.get("result")
         if result is None:
             gone = len(record.get("skipped") or [])
             why = f"every object ({gone}) was deleted or overwritten before import" if gone else "the batch was sealed empty"
-            lines.append(f"  {rule}  {batch}  nothing imported ({why})")
+            table.add([rule, batch, "-", "", "", "", "", f"nothing imported ({why})"],
+                      plain=f"  {rule}  {batch}  nothing imported ({why})")
             continue
-        success += result["counter"]["success"]
-        failure += result["counter"]["failure"]
-        note = {EARLIER: "  (imported before this run)", RESUMED: "  (resumed)"}.get(how, "")
+        counter = result["counter"]
+        note = {EARLIER: "imported before this run", RESUMED: "resumed"}.get(how, "")
         gone = len(result.get("skipped") or [])
         skipped = f", {gone} deleted or overwritten before import" if gone else ""
-        line = (f"  {rule}  {batch}  {result['outcome']}  {result['counter']['success']} ok, "
-                f"{result['counter']['failure']} failed, {count(result['objectCount'], 'object')}{skipped}  "
-                f"operation {result['operation'] or '-'}{note}")
-        lines.append(line if result["outcome"] == SUCCEEDED else red(line, ctx.out))
+        plain = (f"  {rule}  {batch}  {result['outcome']}  {counter['success']} ok, "
+                 f"{counter['failure']} failed, {count(result['objectCount'], 'object')}{skipped}  "
+                 f"operation {result['operation'] or '-'}{f'  ({note})' if note else ''}")
+        notes = ", ".join(filter(None, [skipped.removeprefix(", "), note]))
+        table.add([rule, batch, result["outcome"], counter["success"], counter["failure"], result["objectCount"],
+                   result["operation"] or "-", notes], plain=plain, failed=result["outcome"] != SUCCEEDED)
+    return table
+
+
+def render_totals(tally: Tally, results: dict[tuple[str, str], dict]) -> str:
+    """Totals of this run, and anything skipped or still running."""
+    lines = []
+    success = failure = 0
+    for record in results.values():
+        result = record.get("result")
+        if result is not None:
+            success += result["counter"]["success"]
+            failure += result["counter"]["failure"]
     earlier = sum(1 for how in tally.batches.values() if how == EARLIER)
     lines.append(f"total: {count(len(tally.batches) - earlier, 'import call')} by this run "
                  f"({count(earlier, 'batch', 'batches')} from before); instances in these batches: {success} imported, "

@@ -18,7 +18,7 @@ from handlers.batch.results import SUCCEEDED
 from handlers.cli.context import Context
 from handlers.cli.environment import HEALTHCARE, PUBSUB, STORAGE, require
 from handlers.cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliError
-from handlers.cli.terminal import count, red
+from handlers.cli.terminal import count, failure
 from handlers.exports.request import (
     MAX_CHECKED_PATHS,
     ExportRequest,
@@ -106,7 +106,7 @@ def _scope(counts: Mapping[str, int]) -> str:
 def render(result: dict[str, Any], ctx: Context) -> str:
     counter = result["counter"]
     head = f"export {result['outcome']}: {counter['success']} instances exported, {counter['failure']} failed"
-    lines = [head if result["outcome"] == SUCCEEDED else red(head, ctx.out)]
+    lines = [head if result["outcome"] == SUCCEEDED else failure(head, ctx.out)]
     rows = [("store", result["store"]), ("destination", result["destination"]), ("MIME type", result["mimeType"])]
     if result.get("filter"):
         scope = _scope({level: result["filter"][level] for level in ("studies", "series", "instances")})

@@ -18,7 +18,7 @@ from handlers.batch.results import SUCCEEDED
 from handlers.cli.context import Context
 from handlers.cli.environment import PUBSUB, require
 from handlers.cli.errors import CliError
-from handlers.cli.terminal import red
+from handlers.cli.terminal import Column, Table
 from handlers.exports.job import EXPORT_SCHEMA
 
 PULL_SECONDS = 5.0
@@ -74,8 +74,11 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
             if not received:
                 time.sleep(EMPTY_PAUSE_SECONDS)
                 continue
-            for item in received:
-                ctx.say(render_json(item.message) if args.json else render_line(item.message, ctx))
+            if args.json:
+                for item in received:
+                    ctx.say(render_json(item.message))
+            else:
+                render_table([item.message for item in received]).render(ctx.out, header=printed == 0)
             subscriber.acknowledge(request={"subscription": subscription,
                                             "ack_ids": [item.ack_id for item in received]})
             printed += len(received)
@@ -120,10 +123,47 @@ def _short(name: str | None, keep: int) -> str:
     return "/".join(name.split("/")[-keep:]) if name else "-"
 
 
-def render_line(message: Any, ctx: Context) -> str:
-    """``TIME  KIND  OUTCOME  COUNTS  rule/store  batch or request  operation``; red unless SUCCEEDED."""
+# min_width keeps the tables of successive pulls aligned under the first one's header.
+COLUMNS = (Column("published", min_width=20), Column("kind", min_width=6), Column("outcome", min_width=9),
+           Column("ok", "right", 5), Column("failed", "right", 6), Column("rule", min_width=10),
+           Column("store", min_width=20), Column("batch / request", min_width=26), Column("operation", min_width=19),
+           Column("error"))
+ERROR_CHARS = 200
+
+
+def render_table(messages: list[Any]) -> Table:
+    """One row per message: a table on a terminal (failures in red), :func:`render_line` otherwise."""
+    table = Table(COLUMNS)
+    for message in messages:
+        data = _result(message)
+        if data is None:
+            table.add([_time(message), "-", "-", "", "", "", "", "", "", render_line(message)],
+                      plain=render_line(message))
+            continue
+        export = data.get("schema") == EXPORT_SCHEMA
+        table.add([_time(message), "export" if export else "import", data["outcome"], data["counter"]["success"],
+                   data["counter"]["failure"], "" if export else data.get("rule"), _short(data.get("store"), 3),
+                   data.get("requestId") if export else data.get("batch"), _short(data.get("operation"), 1),
+                   _error(data)], plain=render_line(message), failed=data["outcome"] != SUCCEEDED)
+    return table
+
+
+def _result(message: Any) -> Mapping[str, Any] | None:
+    """The message's data if it is an import or export result."""
     data = _data(message)
-    if data is None or "outcome" not in data or "counter" not in data:
+    return data if data is not None and "outcome" in data and "counter" in data else None
+
+
+def _error(data: Mapping[str, Any]) -> str:
+    if data["outcome"] == SUCCEEDED or not data.get("error"):
+        return ""
+    return str(data["error"].get("message", ""))[:ERROR_CHARS]
+
+
+def render_line(message: Any) -> str:
+    """``TIME  KIND  OUTCOME  COUNTS  rule/store  batch or request  operation  error``: the plain output."""
+    data = _result(message)
+    if data is None:
         return f"{_time(message)}  message {message.message_id}: not a DICOM result ({dict(message.attributes)})"
     counter = data["counter"]
     parts = [_time(message)]
@@ -134,10 +174,9 @@ def render_line(message: Any, ctx: Context) -> str:
         parts += ["import", f"{data['outcome']:<9}", f"{counter['success']} ok {counter['failure']} failed",
                   f"rule {data.get('rule')}", f"store {_short(data.get('store'), 3)}", f"batch {data.get('batch')}"]
     parts.append(f"operation {_short(data.get('operation'), 1)}")
-    if data["outcome"] != SUCCEEDED and data.get("error"):
-        parts.append(f"error: {str(data['error'].get('message', ''))[:200]}")
-    line = "  ".join(parts)
-    return line if data["outcome"] == SUCCEEDED else red(line, ctx.out)
+    if _error(data):
+        parts.append(f"error: {_error(data)}")
+    return "  ".join(parts)
 
 
 def render_json(message: Any) -> str:
