@@ -233,6 +233,15 @@ def retrieve_instance(call: Call) -> Response:
     return Response(body, content_type=content_type)
 
 
+def delete_instance(call: Call) -> Response:
+    store = call.emulator.registry.store(call.dataset, call.params["store"])
+    p = call.params
+    dicomweb.delete(store, p["study"], p["series"], p["instance"])
+    call.emulator.log.info("instance deleted", store=store.name,
+                           instance=f"/studies/{p['study']}/series/{p['series']}/instances/{p['instance']}")
+    return json_response({})
+
+
 @dataclass(frozen=True)
 class Route:
     http_method: str
@@ -270,6 +279,8 @@ ROUTES: tuple[Route, ...] = (
            "dicomStores.studies.series.searchForInstances", _search(dicomweb.INSTANCE)),
     _route("GET", rf"{_WEB}/studies/(?P<study>{_UID})/series/(?P<series>{_UID})/instances/(?P<instance>{_UID})",
            "dicomStores.studies.series.instances.retrieveInstance", retrieve_instance),
+    _route("DELETE", rf"{_WEB}/studies/(?P<study>{_UID})/series/(?P<series>{_UID})/instances/(?P<instance>{_UID})",
+           "dicomStores.studies.series.instances.delete", delete_instance),
 )
 
 

@@ -1,9 +1,16 @@
-"""The Flask application: API dispatch (stats, faults), admin blueprint, Google-format errors."""
+"""The Flask application: API dispatch (stats, faults), admin blueprint, Google-format errors.
+
+Besides the Healthcare API (``/v1/``, ``/v1beta1/``) it serves Cloud Logging's
+``POST /v2/entries:list`` (method id ``entries.list``), so one emulator URL is
+both ``HEALTHCARE_EMULATOR_HOST`` and ``LOGGING_EMULATOR_HOST``.
+"""
 
 from __future__ import annotations
 
 import time
 import traceback
+
+from typing import Callable
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
@@ -11,13 +18,34 @@ from werkzeug.exceptions import HTTPException
 from emulator import api
 from emulator.admin import admin
 from emulator.context import Emulator
-from emulator.errors import CANONICAL, INTERNAL, RESOURCE_EXHAUSTED, UNAVAILABLE, UNIMPLEMENTED, ApiError, not_found
+from emulator.errors import (
+    CANONICAL,
+    INTERNAL,
+    RESOURCE_EXHAUSTED,
+    UNAVAILABLE,
+    UNIMPLEMENTED,
+    ApiError,
+    invalid,
+    not_found,
+)
 
 _INJECTED = {
     429: (RESOURCE_EXHAUSTED, "Quota exceeded for quota metric 'Requests' (injected by the emulator: faults rate429)"),
     503: (UNAVAILABLE, "The service is currently unavailable (injected by the emulator: faults rate503)"),
 }
 _BY_HTTP = {http: code for code, (_, http) in sorted(CANONICAL.items(), reverse=True)}
+LOGGING_LIST = "entries.list"
+
+
+def _json_object() -> dict:
+    """The request's JSON object body ({} when empty); 400 for anything else."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return {}
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise invalid("Invalid JSON payload received: the request body must be a JSON object")
+    return body
 
 
 def create_app(emulator: Emulator) -> Flask:
@@ -38,17 +66,25 @@ def create_app(emulator: Emulator) -> Flask:
                     UNIMPLEMENTED, f"{request.method} /{version}/{path} is not implemented by the emulator; this path takes {ids}"
                 )
             raise not_found(f"no Cloud Healthcare API method at {request.method} /{version}/{path} in the emulator")
-        g.method_id = route.method_id
-        emulator.stats.request(route.method_id)
-        faults = emulator.faults.for_method(route.method_id)
+        return serve(route.method_id, lambda: route.handler(api.Call(emulator, version, params, request)))
+
+    @app.post("/v2/entries:list")
+    def list_log_entries() -> Response:
+        return serve(LOGGING_LIST, lambda: api.json_response(emulator.cloud_logging.list(_json_object())))
+
+    def serve(method_id: str, handler: Callable[[], Response]) -> Response:
+        """Count the call, apply the method's faults (latency, injected 429/503), then answer."""
+        g.method_id = method_id
+        emulator.stats.request(method_id)
+        faults = emulator.faults.for_method(method_id)
         if faults.latency_seconds:
             time.sleep(faults.latency_seconds)
-        injected = emulator.faults.draw_error(route.method_id)
+        injected = emulator.faults.draw_error(method_id)
         if injected is not None:
-            emulator.stats.injected(route.method_id, injected)
+            emulator.stats.injected(method_id, injected)
             code, message = _INJECTED[injected]
             raise ApiError(code, message)
-        return route.handler(api.Call(emulator, version, params, request))
+        return handler()
 
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError) -> Response:

@@ -6,6 +6,7 @@ import threading
 from collections import Counter
 from typing import Callable
 
+from emulator.cloudlogging import CloudLogging
 from emulator.faults import FaultConfig, Faults
 from emulator.gcs import Gcs
 from emulator.logs import LogBook
@@ -49,7 +50,7 @@ class Stats:
 
 
 class Emulator:
-    """Resources, operations, logs, faults, settings and statistics of one emulator process."""
+    """Resources, operations, logs, Cloud Logging entries, faults, settings and statistics of one emulator process."""
 
     def __init__(
         self,
@@ -62,6 +63,7 @@ class Emulator:
         self.registry = Registry()
         self.operations = Operations()
         self.log = log or LogBook()
+        self.cloud_logging = CloudLogging()
         self.initial_faults = faults or FaultConfig(None, {})
         self.faults = Faults(self.initial_faults)
         self.settings = LiveSettings(settings or Settings())
@@ -69,7 +71,7 @@ class Emulator:
         self.gcs_factory = gcs_factory
 
     def reset(self, *, everything: bool = False) -> None:
-        """Drop datasets, stores, instances, operations, logs and stats.
+        """Drop datasets, stores, instances, operations, logs (and Cloud Logging entries) and stats.
 
         Faults and settings stay as they are, unless ``everything``: then they
         go back to what the emulator started with.
@@ -77,6 +79,7 @@ class Emulator:
         self.operations.clear()
         self.registry.clear()
         self.log.clear()
+        self.cloud_logging.clear()
         self.stats.clear()
         if everything:
             self.faults.set(self.initial_faults)

@@ -16,6 +16,8 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, p
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from emulator.dicomstore import Instance, digest
+from handlers.failures.header import NotDicom
+from handlers.failures.header import inspect as inspect_header
 
 EXPLICIT_VR_LITTLE_ENDIAN = str(ExplicitVRLittleEndian)
 # Value representations kept out of the searchable attributes (bulk data).
@@ -45,6 +47,9 @@ def parse_instance(data: bytes) -> Instance:
     transfer_syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if not transfer_syntax:
         raise DicomError("not a valid DICOM file: the file meta lacks TransferSyntaxUID (0002,0010)")
+    truncation = _truncation(data)
+    if truncation:
+        raise DicomError(f"not a valid DICOM file: truncated: {truncation}")
     uids = []
     for keyword, tag in REQUIRED_UIDS:
         try:
@@ -58,6 +63,18 @@ def parse_instance(data: bytes) -> Instance:
         uids.append(str(value))
     study, series, sop = uids
     return Instance(study, series, sop, data, str(transfer_syntax), attributes(ds), digest(data))
+
+
+def _truncation(data: bytes) -> str:
+    """Why the file is truncated, or ''. pydicom reads a short last value without complaint; the walk does not.
+
+    Only truncation counts here: a file pydicom reads and the walker finds odd
+    in another way is imported as before.
+    """
+    try:
+        return inspect_header(data).truncated
+    except NotDicom:
+        return ""
 
 
 def attributes(ds: Dataset) -> dict[str, Any]:

@@ -61,6 +61,11 @@ class DicomStore:
                 return AddResult.STORED
             return AddResult.DUPLICATE if existing.sha256 == instance.sha256 else AddResult.CONFLICT
 
+    def delete(self, study: str, series: str, sop: str) -> Instance | None:
+        """Remove one instance; the removed instance, or None when it was not stored."""
+        with self._lock:
+            return self._instances.pop((study, series, sop), None)
+
     def get(self, study: str, series: str, sop: str) -> Instance | None:
         with self._lock:
             return self._instances.get((study, series, sop))

@@ -1,4 +1,4 @@
-"""Enough DICOMweb to check results: QIDO-RS searches and WADO-RS retrieval of one instance.
+"""Enough DICOMweb to check results: QIDO-RS searches, WADO-RS retrieval and deletion of one instance.
 
 QIDO answers the DICOM JSON model (``application/dicom+json``); no match gives
 ``200 []``. Match keys: any attribute keyword or 8-hex-digit tag. UIDs match a
@@ -254,3 +254,13 @@ def retrieve(store: DicomStore, study: str, series: str, sop: str, accept: str) 
     )
     return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
 
+
+
+def delete(store: DicomStore, study: str, series: str, sop: str) -> None:
+    """DeleteInstance: the instance is gone at once (QIDO, WADO, export); 404 when it is not stored.
+
+    The API answers ``Empty`` (``{}``). Deleting a study or series is a
+    long-running operation in the API; the emulator does not implement it.
+    """
+    if store.delete(study, series, sop) is None:
+        raise not_found(f"instance /studies/{study}/series/{series}/instances/{sop} not found in {store.name}")

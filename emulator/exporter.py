@@ -15,7 +15,8 @@ from emulator import jobs, png
 from emulator.context import Emulator
 from emulator.dicom import DicomError, raw_frames, rendered_frames, to_explicit_vr_little_endian
 from emulator.dicomstore import DicomStore, Instance
-from emulator.errors import INVALID_ARGUMENT, NOT_FOUND, ApiError, invalid
+from emulator.errors import FAILED_PRECONDITION, INVALID_ARGUMENT, NOT_FOUND, ApiError, invalid
+from emulator.faults import MethodFaults
 from emulator.operations import Operation, api_method
 from handlers.wildcard import WildcardError, split_gcs_uri, validate_bucket
 
@@ -170,12 +171,13 @@ def start_export(emulator: Emulator, store: DicomStore, dataset: str, version: s
         METHOD_ID,
         "export",
         "dicom.ExportDicomDataResponse",
-        lambda op, pacer: _export(emulator, store, request, op, pacer),
+        lambda op, pacer, faults: _export(emulator, store, request, op, pacer, faults),
     )
     return operation
 
 
-def _export(emulator: Emulator, store: DicomStore, request: ExportRequest, operation: Operation, pacer: jobs.Pacer) -> None:
+def _export(emulator: Emulator, store: DicomStore, request: ExportRequest, operation: Operation, pacer: jobs.Pacer,
+            faults: MethodFaults) -> None:
     gcs = emulator.gcs_factory()
     try:
         if not gcs.bucket_exists(request.bucket):
@@ -215,9 +217,9 @@ def _export(emulator: Emulator, store: DicomStore, request: ExportRequest, opera
             except (DicomError, ApiError) as exc:
                 operation.count(failure=1, pending=-1)
                 reason = exc.message if isinstance(exc, ApiError) else str(exc)
-                emulator.log.error(
-                    f"failed to export {instance.path}: {reason}", operation=operation.id, instance=instance.path
-                )
+                code = exc.code if isinstance(exc, ApiError) else FAILED_PRECONDITION
+                jobs.file_failed(emulator, operation, faults, "export", store.name, f"{store.name}/dicomWeb{instance.path}",
+                                 code, reason, instance=instance.path)
             else:
                 operation.count(success=1, pending=-1)
     finally:

@@ -9,7 +9,8 @@ Off by default. Set with ``HEALTHCARE_EMULATOR_FAULTS`` (JSON) at start, or
         "*":                  {"latencySeconds": 0.01},
         "dicomStores.import": {"rate429": 0.2, "rate503": 0.1,
                                "minOperationSeconds": 2.0,
-                               "failOperation": {"code": 13, "message": "boom"}},
+                               "failOperation": {"code": 13, "message": "boom"},
+                               "logDelaySeconds": 5, "logSampleAbove": 10},
         "operations.get":     {"rate503": 0.05}
       }
     }
@@ -19,6 +20,8 @@ Method ids are the discovery document's, without the
 ``operations.get``...). ``*`` applies to every method; a method's own entry
 overrides it field by field. ``failOperation`` may also be ``true`` (code 13) or
 ``false`` (off, e.g. to exempt one method from a ``*`` entry).
+``logDelaySeconds`` and ``logSampleAbove`` shape the per-file Cloud Logging
+entries of the operations a method starts (emulator.cloudlogging).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ _FIELDS = {
     "latencySeconds": "latency_seconds",
     "minOperationSeconds": "min_operation_seconds",
     "failOperation": "fail_operation",
+    "logDelaySeconds": "log_delay_seconds",
+    "logSampleAbove": "log_sample_above",
 }
 
 
@@ -58,6 +63,8 @@ class MethodFaults:
     latency_seconds: float | None = None
     min_operation_seconds: float | None = None
     fail_operation: FailOperation | bool | None = None  # False: explicitly off (overrides "*")
+    log_delay_seconds: float | None = None  # per-file Cloud Logging entries listed only this long after written
+    log_sample_above: int | None = None  # an operation writes at most this many per-file entries
 
     @property
     def failure(self) -> FailOperation | None:
@@ -119,9 +126,14 @@ def parse_method(spec: Any, where: str) -> MethodFaults:
     for key in ("rate429", "rate503"):
         if key in spec:
             values[_FIELDS[key]] = _number(spec[key], f"{where}.{key}", upper=1.0)
-    for key in ("latencySeconds", "minOperationSeconds"):
+    for key in ("latencySeconds", "minOperationSeconds", "logDelaySeconds"):
         if key in spec:
             values[_FIELDS[key]] = _number(spec[key], f"{where}.{key}", upper=600.0)
+    if "logSampleAbove" in spec:
+        above = spec["logSampleAbove"]
+        if isinstance(above, bool) or not isinstance(above, int) or above < 0:
+            raise FaultSpecError(f"{where}.logSampleAbove must be an integer, 0 or more, got {above!r}")
+        values["log_sample_above"] = above
     if "failOperation" in spec:
         values["fail_operation"] = _fail_operation(spec["failOperation"], f"{where}.failOperation")
     faults = MethodFaults(**values)

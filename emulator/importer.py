@@ -4,8 +4,11 @@ Listing uses the pattern's literal prefix, matching uses ``handlers.wildcard``
 (the same grammar as the function). Per object: stored, or ignored as a
 duplicate (same UIDs, same bytes: counted as a success, since the API
 "accepts duplicate DICOM instances by ignoring the newly-pushed instance"), or
-failed (not DICOM, missing UIDs, same UIDs with other bytes: "checksum
-mismatch"). Each failure is an ERROR log line naming the object.
+failed (empty, not DICOM, truncated, missing UIDs, same UIDs with other bytes).
+Each failure is an ERROR log line naming the object and a Cloud Logging
+``ImportDicomLogEntry`` (emulator.cloudlogging) with the API's wording where
+it is known: "empty DICOM instance found" (code 3), and for a changed re-send
+the checksum-mismatch sentence users quote (:data:`CONFLICT_MESSAGE`).
 """
 
 from __future__ import annotations
@@ -18,12 +21,18 @@ from emulator import jobs
 from emulator.context import Emulator
 from emulator.dicom import DicomError, parse_instance
 from emulator.dicomstore import AddResult, DicomStore
-from emulator.errors import NOT_FOUND, ApiError, invalid
+from emulator.errors import ALREADY_EXISTS, INVALID_ARGUMENT, NOT_FOUND, ApiError, invalid
+from emulator.faults import MethodFaults
 from emulator.operations import Operation, api_method
 from handlers.wildcard import GcsPattern, WildcardError, parse_gcs_uri
 
 METHOD_ID = "dicomStores.import"
 BLOB_STORAGE_CLASSES = ("BLOB_STORAGE_CLASS_UNSPECIFIED", "STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE")
+EMPTY_MESSAGE = "empty DICOM instance found"
+CONFLICT_MESSAGE = ("An instance already exists in this DICOM Store with the same Study/Series/SOPInstance UID, "
+                    "but the DICOM files differ (checksum mismatch).")
+# The code of a conflict entry is UNCONFIRMED (docs/emulator.md): ALREADY_EXISTS describes it.
+CONFLICT_CODE = ALREADY_EXISTS
 
 
 def parse_request(body: Mapping[str, Any]) -> GcsPattern:
@@ -60,12 +69,13 @@ def start_import(emulator: Emulator, store: DicomStore, dataset: str, version: s
         METHOD_ID,
         "import",
         "dicom.ImportDicomDataResponse",
-        lambda op, pacer: _import(emulator, store, pattern, op, pacer),
+        lambda op, pacer, faults: _import(emulator, store, pattern, op, pacer, faults),
     )
     return operation
 
 
-def _import(emulator: Emulator, store: DicomStore, pattern: GcsPattern, operation: Operation, pacer: jobs.Pacer) -> None:
+def _import(emulator: Emulator, store: DicomStore, pattern: GcsPattern, operation: Operation, pacer: jobs.Pacer,
+            faults: MethodFaults) -> None:
     gcs = emulator.gcs_factory()
     try:
         if not gcs.bucket_exists(pattern.bucket):
@@ -82,7 +92,7 @@ def _import(emulator: Emulator, store: DicomStore, pattern: GcsPattern, operatio
             for index, (name, data) in enumerate(zip(names, reader.read_all(names))):
                 pacer.step(index, len(names))
                 uri = f"gs://{pattern.bucket}/{name}"
-                outcome, problem = _import_one(data, store)
+                outcome, code, problem = _import_one(data, store)
                 if outcome is AddResult.STORED:
                     operation.count(success=1, pending=-1)
                 elif outcome is AddResult.DUPLICATE:
@@ -90,7 +100,7 @@ def _import(emulator: Emulator, store: DicomStore, pattern: GcsPattern, operatio
                     emulator.log.info(f"ignored {uri}: {problem}", operation=operation.id, object=uri, store=store.name)
                 else:
                     operation.count(failure=1, pending=-1)
-                    emulator.log.error(f"failed to import {uri}: {problem}", operation=operation.id, object=uri, store=store.name)
+                    jobs.file_failed(emulator, operation, faults, "import", store.name, uri, code, problem, object=uri)
     finally:
         gcs.close()
 
@@ -131,20 +141,19 @@ class _Reader:
             client.close()
 
 
-def _import_one(data: bytes | ApiError, store: DicomStore) -> tuple[AddResult | None, str]:
-    """What happened to one object (None: it failed before reaching the store) and why."""
+def _import_one(data: bytes | ApiError, store: DicomStore) -> tuple[AddResult | None, int, str]:
+    """What happened to one object (None: it failed before reaching the store), the canonical code, and why."""
     if isinstance(data, ApiError):
-        return None, f"cannot read the object: {data.message}"
+        return None, data.code, f"cannot read the object: {data.message}"
+    if not data:
+        return None, INVALID_ARGUMENT, EMPTY_MESSAGE
     try:
         instance = parse_instance(data)
     except DicomError as exc:
-        return None, str(exc)
+        return None, INVALID_ARGUMENT, str(exc)
     result = store.add(instance)
     if result is AddResult.DUPLICATE:
-        return result, f"duplicate of instance {instance.path} (same UIDs, same bytes): not stored again"
+        return result, 0, f"duplicate of instance {instance.path} (same UIDs, same bytes): not stored again"
     if result is AddResult.CONFLICT:
-        return result, (
-            f"checksum mismatch: instance {instance.path} is already in the store with different content "
-            "(the API ignores re-imports and never overwrites)"
-        )
-    return result, ""
+        return result, CONFLICT_CODE, CONFLICT_MESSAGE
+    return result, 0, ""

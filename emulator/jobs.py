@@ -13,6 +13,7 @@ import time
 import traceback
 from typing import Callable
 
+from emulator.cloudlogging import log_entry
 from emulator.context import Emulator
 from emulator.errors import INTERNAL, ApiError
 from emulator.faults import MethodFaults
@@ -43,7 +44,24 @@ class Pacer:
         self._until(self.started + self.seconds)
 
 
-Work = Callable[[Operation, Pacer], None]
+Work = Callable[[Operation, Pacer, MethodFaults], None]
+
+
+def file_failed(emulator: Emulator, operation: Operation, faults: MethodFaults, kind: str, store: str, source: str,
+                code: int, message: str, **fields: str) -> None:
+    """One file (import) or instance (export) failed: an ERROR line, and a Cloud Logging entry unless sampled out.
+
+    ``fields`` go to the log line (``object`` or ``instance``...); the entry's
+    ``jsonPayload`` has ``source`` and ``error {code, message}`` (canonical code).
+    """
+    emulator.log.error(f"failed to {kind} {source}: {message}", operation=operation.id, store=store, code=code,
+                       **fields)
+    entry = log_entry(kind, store, operation.name, emulator.settings.get().log_operation_id, source, code, message)
+    written = emulator.cloud_logging.write(entry, operation=operation.name, delay_seconds=faults.log_delay_seconds,
+                                           sample_above=faults.log_sample_above)
+    if not written:
+        emulator.log.info(f"per-file error of {source} not written to Cloud Logging (faults: logSampleAbove "
+                          f"{faults.log_sample_above})", operation=operation.id)
 
 
 def start(emulator: Emulator, operation: Operation, method_id: str, kind: str, response_message: str, work: Work) -> None:
@@ -74,7 +92,7 @@ def _run(
             pacer.finish()
             operation.fail(faults.failure.code, faults.failure.message)
         else:
-            work(operation, pacer)
+            work(operation, pacer, faults)
             pacer.finish()
             _finish_counted(emulator, operation, kind, response_message)
     except Cancelled:

@@ -14,17 +14,17 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
 
-def parse_page_size(raw: str | None) -> int:
+def parse_page_size(raw: str | None, default: int = DEFAULT_PAGE_SIZE) -> int:
     """The page size; absent or 0 means the default (100); more than 1000 is refused, as documented."""
     if raw in (None, ""):
-        return DEFAULT_PAGE_SIZE
+        return default
     try:
         size = int(raw)
     except ValueError:
         raise invalid(f"pageSize must be an integer, got {raw!r}", field="page_size") from None
     if size < 0 or size > MAX_PAGE_SIZE:
         raise invalid(f"pageSize must be between 0 and {MAX_PAGE_SIZE}, got {size}", field="page_size")
-    return size or DEFAULT_PAGE_SIZE
+    return size or default
 
 
 def _token(listing: str, offset: int) -> str:
@@ -48,12 +48,13 @@ def _offset(listing: str, token: str) -> int:
     return offset
 
 
-def page(items: Sequence[T], listing: str, page_size: str | None, page_token: str | None) -> tuple[list[T], str]:
+def page(items: Sequence[T], listing: str, page_size: str | None, page_token: str | None,
+         default: int = DEFAULT_PAGE_SIZE) -> tuple[list[T], str]:
     """One page of ``items`` and the next page's token ('' on the last page).
 
     ``listing`` names the collection, so a token from one list is refused by another.
     """
-    size = parse_page_size(page_size)
+    size = parse_page_size(page_size, default)
     start = _offset(listing, page_token) if page_token else 0
     chunk = list(items[start : start + size])
     more = start + size < len(items)

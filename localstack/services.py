@@ -363,6 +363,10 @@ def start_healthcare_emulator(
 ) -> Service:
     """The Cloud Healthcare API emulator (``python -m emulator``) reading objects from ``storage_host``.
 
+    It also serves Cloud Logging's ``entries.list`` (the per-file errors of
+    imports and exports): its ``env`` sets both ``HEALTHCARE_EMULATOR_HOST`` and
+    ``LOGGING_EMULATOR_HOST`` to its URL.
+
     ``faults`` are extra environment variables for the emulator's fault
     injection (their names are the emulator's: see ``emulator/``).
     """
@@ -384,7 +388,7 @@ def start_healthcare_emulator(
         url=url,
         workdir=Path(workdir),
         process_env=process_env,
-        env={"HEALTHCARE_EMULATOR_HOST": url},
+        env={"HEALTHCARE_EMULATOR_HOST": url, "LOGGING_EMULATOR_HOST": url},
         health_path="/emulator/health",
         owner=owner,
     )

@@ -45,7 +45,8 @@ def test_config_is_validated(api, settings):
     assert_google_error(api.admin("PUT", "config", json={"partialFailureCode": 0}), 400, "INVALID_ARGUMENT", "canonical")
     assert_google_error(api.admin("PUT", "config", json={"style": "x"}), 400, "INVALID_ARGUMENT", "unknown setting")
     settings({"partialFailureCode": 13})
-    assert api.admin("GET", "config").json() == {"partialFailure": "error", "partialFailureCode": 13}
+    assert api.admin("GET", "config").json() == {"partialFailure": "error", "partialFailureCode": 13,
+                                                "logOperationId": "name"}
 
 
 class _BrokenGcs:

@@ -144,7 +144,8 @@ def test_faults_from_the_environment_at_start_and_reset(tmp_path, fake_gcs):
         # ...unless all=true: then back to the startup values.
         own.admin("POST", "reset", params={"all": "true"})
         assert own.admin("GET", "faults").json()["methods"] == spec["methods"]
-        assert own.admin("GET", "config").json() == {"partialFailure": "error", "partialFailureCode": 3}
+        assert own.admin("GET", "config").json() == {"partialFailure": "error", "partialFailureCode": 3,
+                                                    "logOperationId": "name"}
     finally:
         service.stop()
 

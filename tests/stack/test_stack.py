@@ -89,6 +89,7 @@ def test_env_holds_every_contract_key_and_matches_stack_env(recorded: Recorded) 
     assert env["RESULTS_SUBSCRIPTION"] == "projects/local-project/subscriptions/dicom-import-results-tail"
     assert (env["INBOX_BUCKET"], env["STATE_BUCKET"], env["EXPORT_BUCKET"]) == names.buckets
     assert env["PUBSUB_EMULATOR_HOST"].startswith("127.0.0.1:")
+    assert env["LOGGING_EMULATOR_HOST"] == env["HEALTHCARE_EMULATOR_HOST"], "one emulator serves both APIs"
     for key in ("STORAGE_EMULATOR_HOST", "HEALTHCARE_EMULATOR_HOST", "BRIDGE_URL"):
         assert env[key].startswith("http://127.0.0.1:") and not env[key].endswith("/")
     for key in ("FUNCTION_URL", "FOLLOWUP_URL", "EXPORT_URL"):

@@ -1,0 +1,58 @@
+"""The emulator's Logging query parser: the subset the function uses, and a 400 for anything else."""
+
+import pytest
+
+from emulator.logfilter import FilterError, parse
+
+ENTRY = {
+    "logName": "projects/p/logs/healthcare.googleapis.com%2Fimport_dicom",
+    "severity": "ERROR",
+    "timestamp": "2026-01-01T10:00:00.500000Z",
+    "operation": {"id": "projects/p/locations/l/datasets/d/operations/123"},
+    "resource": {"type": "healthcare_dicom_store", "labels": {"dicom_store_id": "s"}},
+    "jsonPayload": {"@type": "type.googleapis.com/google.cloud.healthcare.logging.ImportDicomLogEntry",
+                    "source": "gs://b/x.dcm", "error": {"code": 3}},
+}
+TYPE = "type.googleapis.com/google.cloud.healthcare.logging.ImportDicomLogEntry"
+
+
+@pytest.mark.parametrize("query, matches", [
+    ("", True),
+    ('jsonPayload."@type"="' + TYPE + '"', True),
+    ("jsonPayload.@type=\"" + TYPE + "\"", True),
+    ('resource.type="healthcare_dicom_store" AND resource.labels.dicom_store_id=s', True),
+    ('operation.id="123" OR operation.id="projects/p/locations/l/datasets/d/operations/123"', True),
+    ('(operation.id="123" OR operation.id="9") AND severity=ERROR', False),
+    ('severity>=WARNING timestamp>="2026-01-01T09:59:00Z"', True),
+    ('timestamp>"2026-01-01T10:00:00.5Z"', False),
+    ('timestamp="2026-01-01T10:00:00.5Z"', True),
+    ("severity<ERROR", False),
+    ("NOT severity=ERROR", False),
+    ("-severity=ERROR", False),
+    ('jsonPayload.source:"X.DCM"', True),
+    ("jsonPayload.error.code=3", True),
+    ("jsonPayload.error.code>2", True),
+    ('jsonPayload.missing="a"', False),
+    ('jsonPayload.missing!="a"', True),
+    ('logName="projects/p/logs/healthcare.googleapis.com%2Fexport_dicom"', False),
+])
+def test_comparisons_and_boolean_operators(query, matches):
+    assert parse(query)(ENTRY) is matches
+
+
+@pytest.mark.parametrize("query, fragment", [
+    ('"text alone"', "global restrictions"),
+    ("severity", "global restrictions"),
+    ("(severity=ERROR", "the filter ends"),
+    ("severity=ERROR)", "unexpected ')' at character 15"),
+    ("severity=ERROR OR", "the filter ends"),
+    ('severity=~"E"', "regular expressions"),
+    ('timestamp>="yesterday"', "not an RFC 3339 time"),
+    ("severity>=LOUD", "not a severity"),
+    ('SEARCH("x")', "not supported"),
+    ("a.b$c=1", "is not a field name"),
+    ("a.=1", "expected a field name"),
+])
+def test_what_it_cannot_read_is_an_error_never_match_everything(query, fragment):
+    with pytest.raises(FilterError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        parse(query)
