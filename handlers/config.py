@@ -17,10 +17,12 @@ import yaml
 
 from handlers.privacy import MODES, NamePolicy
 from handlers.wildcard import (
+    WILDCARD_CHARS,
     GcsPattern,
     PatternSet,
     WildcardError,
     parse_gcs_uri,
+    split_gcs_uri,
     validate_bucket,
 )
 
@@ -30,7 +32,9 @@ RULE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 BLOB_STORAGE_CLASSES = ("STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 MIN_QUIET_SECONDS = 0.5
-_TOP_LEVEL = ("stores", "rules", "ignore", "batching", "state", "results", "followup")
+_TOP_LEVEL = ("stores", "rules", "ignore", "batching", "state", "results", "followup", "exports")
+#: The environment variable deploy.sh --export-bucket sets: the default (and only) export destination.
+EXPORT_BUCKET_ENV = "EXPORT_BUCKET"
 
 
 class ConfigError(ValueError):
@@ -61,6 +65,17 @@ class Batching:
 
 
 @dataclass(frozen=True)
+class Exports:
+    """Where exports may be written: ``gs://BUCKET/PREFIX/`` folders (``exports.destinations``).
+
+    ``default`` is True when the list comes from ``$EXPORT_BUCKET`` because the config names none.
+    """
+
+    destinations: tuple[str, ...] = ()
+    default: bool = False
+
+
+@dataclass(frozen=True)
 class Route:
     """Where an object goes: the rule that matched, or why none applies."""
 
@@ -81,6 +96,7 @@ class Config:
     names: NamePolicy
     followup_topic: str
     followup_deadline_hours: float
+    exports: Exports = Exports()
     _matcher: PatternSet = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
     _ignore_matcher: PatternSet = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
 
@@ -288,6 +304,7 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> Config:
     # A follow-up message is dead-lettered after 100 deliveries (Pub/Sub's maximum), about 16 h
     # with deploy.sh's backoff: the deadline must come first, or the UNKNOWN result is never sent.
     deadline = reader.number(followup, "deadline_hours", 12.0, 0.01, 15, False)
+    exports = _exports(reader, document, rules, state_bucket)
 
     if reader.problems:
         raise ConfigError(reader.problems)
@@ -302,6 +319,7 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> Config:
         names=names,
         followup_topic=followup_topic,
         followup_deadline_hours=float(deadline),
+        exports=exports,
     )
 
 
@@ -418,6 +436,68 @@ def _topic(reader: _Reader, document: _Map, section: _Map, name: str) -> str:
         reader.problem(line, f"{name} topic {topic!r} must be a full topic name: projects/PROJECT/topics/TOPIC")
         return ""
     return topic
+
+
+def _exports(reader: _Reader, document: _Map, rules: list[Rule], state_bucket: str) -> Exports:
+    """``exports.destinations``, or by default ``gs://$EXPORT_BUCKET/`` (nothing when that is unset)."""
+    section = reader.section(document, "exports", ("destinations",))
+    if "destinations" not in section:
+        bucket = reader.env.get(EXPORT_BUCKET_ENV, "")
+        if not bucket:
+            return Exports((), default=True)
+        line = document.lines.get("exports", 1)
+        folder = _destination(reader, f"gs://{bucket}/", line, rules, state_bucket,
+                              f"the default export destination (${{{EXPORT_BUCKET_ENV}}})")
+        return Exports((folder,) if folder else (), default=True)
+    value, line = section["destinations"], section.lines["destinations"]
+    if value is None:
+        value = _List()
+        value.lines = []
+    if not isinstance(value, _List):
+        reader.problem(line, "exports.destinations must be a list of gs://BUCKET/PREFIX/ folders, e.g. "
+                             "- gs://${EXPORT_BUCKET}/ (an empty list refuses every export)")
+        return Exports()
+    folders: list[str] = []
+    for item, item_line in zip(value, value.lines):
+        if not isinstance(item, str):
+            reader.problem(item_line, f"export destination must be a gs://BUCKET/PREFIX/ string, got {item!r}")
+            continue
+        text = reader.interpolate(item, item_line, "export destination")
+        folder = _destination(reader, text, item_line, rules, state_bucket, "export destination") if text else None
+        if folder in folders:
+            reader.problem(item_line, f"export destination {folder} is listed twice: remove one")
+        elif folder:
+            folders.append(folder)
+    return Exports(tuple(folders))
+
+
+def _destination(reader: _Reader, uri: str, line: int, rules: list[Rule], state_bucket: str, what: str) -> str | None:
+    """A valid allowed folder ``gs://BUCKET/PREFIX/``, or None with the problem recorded."""
+    try:
+        bucket, prefix = split_gcs_uri(uri if "/" in uri.removeprefix("gs://") else uri + "/")
+    except WildcardError as exc:
+        reader.problem(line, f"{what}: {exc}")
+        return None
+    if any(char in WILDCARD_CHARS for char in prefix):
+        reader.problem(line, f"{what} {uri!r} has a wildcard: list folders such as gs://{bucket}/research/")
+        return None
+    if prefix and not prefix.endswith("/"):
+        reader.problem(line, f"{what} {uri!r} must end with '/': gs://{bucket}/{prefix}/ (without it, "
+                             f"gs://{bucket}/{prefix}-other/ would be allowed too)")
+        return None
+    if any(segment in ("", ".", "..") for segment in prefix.split("/")[:-1]):
+        reader.problem(line, f"{what} {uri!r} has an empty, '.' or '..' folder: write the folder plainly")
+        return None
+    if bucket == state_bucket:
+        reader.problem(line, f"{what} {uri!r} is in the state bucket: its lifecycle deletes objects; "
+                             "use a bucket of its own for exports")
+        return None
+    for rule in rules:
+        if rule.pattern.bucket == bucket:
+            reader.problem(line, f"{what} {uri!r} is in bucket {bucket!r}, watched by rule {rule.name!r}: "
+                                 "exports would be imported again; use a bucket no rule watches")
+            return None
+    return f"gs://{bucket}/{prefix}"
 
 
 def _names(reader: _Reader, results: _Map) -> NamePolicy:

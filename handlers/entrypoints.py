@@ -156,8 +156,9 @@ def export_request(event: Any) -> None:
         request_id = fields.get("requestId")
         if not (isinstance(request_id, str) and export_requests.REQUEST_ID_RE.fullmatch(request_id)):
             request_id = message.message_id
-        log.warning("export request refused", reason=str(exc), requestId=request_id)
-        instance.exports.reject(request_id, _text(fields.get("store")), _text(fields.get("destination")), str(exc))
+        log.warning("export request refused", reason=str(exc), rule=exc.rule, requestId=request_id)
+        instance.exports.reject(request_id, _text(fields.get("store")), _text(fields.get("destination")), str(exc),
+                                exc.rule)
         return
     log.info("export finished", requestId=request.request_id, outcome=result["outcome"],
              operation=result["operation"], success=result["counter"]["success"],

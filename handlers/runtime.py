@@ -49,7 +49,8 @@ class Runtime:
     @cached_property
     def exports(self) -> ExportJob:
         reporter = Reporter(self.state, self.publisher, self.config.results_topic)
-        return ExportJob(self.state, self.api, reporter, deadline_hours=self.config.followup_deadline_hours)
+        return ExportJob(self.state, self.api, reporter, deadline_hours=self.config.followup_deadline_hours,
+                         destinations=self.config.exports.destinations, config_path=self.config.path)
 
     def kick_batch(self, rule: str, batch: str) -> None:
         """Publish the follow-up message that drives a batch to its end."""

@@ -24,6 +24,14 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def _destinations(config: Config) -> str:
+    """exports.destinations, and where the list comes from."""
+    folders = ", ".join(config.exports.destinations) or "none (every export is refused)"
+    if config.exports.default:
+        return f"{folders} (the default: gs://$EXPORT_BUCKET/; set exports.destinations to change it)"
+    return folders
+
+
 def render(config: Config) -> str:
     """The config as an operator reads it: rules in matching order, with full store names."""
     lines = [f"{config.path}: valid", "", "stores:"]
@@ -50,5 +58,6 @@ def render(config: Config) -> str:
         f"state bucket: gs://{config.state_bucket}",
         f"results topic: {config.results_topic} (object names: {config.names.mode})",
         f"follow-up topic: {config.followup_topic} (operations followed for {config.followup_deadline_hours:g} h)",
+        f"export destinations: {_destinations(config)}",
     ]
     return "\n".join(lines) + "\n"

@@ -22,6 +22,7 @@ from handlers.cli.terminal import count, failure
 from handlers.exports.request import (
     MAX_CHECKED_PATHS,
     ExportRequest,
+    check_destination,
     parse_filter_lines,
     resolve_store,
 )
@@ -36,9 +37,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "export", help="export a DICOM store (or some studies, series, instances) to Cloud Storage",
         description="Export instances to gs://BUCKET/DIR/STUDY/SERIES/INSTANCE.dcm, follow the operation, publish "
                     "dicom-export-result/v1 to the results topic and print it. Refused before any call: bad UIDs, "
-                    "bad filter lines, and paths naming nothing in the store. Exit 0 only when SUCCEEDED.")
-    parser.add_argument("--store", required=True, help="a store alias from the config, or a full store name")
-    parser.add_argument("--to", required=True, metavar="gs://BUCKET/DIR", help="destination folder")
+                    "bad filter lines, a store or destination the config does not allow (stores, "
+                    "exports.destinations), and paths naming nothing in the store. Exit 0 only when SUCCEEDED.")
+    parser.add_argument("--store", required=True, help="a store alias from the config (or its full name)")
+    parser.add_argument("--to", required=True, metavar="gs://BUCKET/DIR",
+                        help="destination folder, inside one of the config's exports.destinations")
     parser.add_argument("--study", action="append", default=[], metavar="UID", help="a study (repeatable)")
     parser.add_argument("--series", action="append", default=[], metavar="STUDY/SERIES", help="a series (repeatable)")
     parser.add_argument("--instance", action="append", default=[], metavar="STUDY/SERIES/INSTANCE",
@@ -81,10 +84,13 @@ def build_request(ctx: Context, args: argparse.Namespace) -> ExportRequest:
         if not filter_lines:
             raise CliError(f"filter file {args.filter_file} has no path: an empty filter would export the whole "
                            "store; drop --filter-file for that")
-    return ExportRequest.build(
+    request = ExportRequest.build(
         store=resolve_store(args.store, ctx.config.stores), destination=args.to, studies=args.study,
         series=args.series, instances=args.instance, filter_lines=filter_lines, mime_type=args.mime_type,
         request_id=args.request_id)
+    # The export job checks it again before its call (the gate shared with Pub/Sub requests).
+    check_destination(request.destination, ctx.config.exports.destinations, ctx.config.path)
+    return request
 
 
 def follow(ctx: Context, request: ExportRequest) -> dict[str, Any]:

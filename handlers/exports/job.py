@@ -20,7 +20,7 @@ from handlers.batch.reporting import ABANDONED_AFTER_SECONDS, Reporter, new_work
 from handlers.batch.results import REJECTED, UNKNOWN, outcome_of, rfc3339
 from handlers.clients.healthcare import ApiError, HealthcareApi, Operation
 from handlers.clients.storage import Conflict, Document, StateStore
-from handlers.exports.request import ExportRequest, check_paths_exist
+from handlers.exports.request import ExportRequest, check_destination, check_paths_exist
 from handlers.retry import Deadline, RetryLater
 
 EXPORT_SCHEMA = "dicom-export-result/v1"
@@ -73,6 +73,9 @@ class ExportJob:
     reporter: Reporter
     clock: Callable[[], float] = time.time
     deadline_hours: float = 24.0
+    #: ``exports.destinations``: the only folders an export may be written to (none: every export is refused).
+    destinations: tuple[str, ...] = ()
+    config_path: str = "config.yaml"
 
     def record_path(self, request: ExportRequest) -> str:
         return f"exports/{request.request_id}.json"
@@ -80,12 +83,16 @@ class ExportJob:
     def run(self, request: ExportRequest, deadline: Deadline) -> dict[str, Any]:
         """The published result message; RetryLater when the budget ends first.
 
-        A new request is first checked with :func:`check_paths_exist` (ExportRequestError
-        when it names something the store does not hold); a resumed one is not checked again.
+        Until its export call is made, a request is checked against ``destinations``
+        (ExportRequestError naming the rule); a new one then with :func:`check_paths_exist`
+        (ExportRequestError when it names something the store does not hold).
         """
         path = self.record_path(request)
         worker = new_worker()
-        record = self.store.read(path) or self._start(request, path, deadline)
+        record = self.store.read(path)
+        if record is None or record.data["state"] == STARTING:
+            check_destination(request.destination, self.destinations, self.config_path)
+        record = record or self._start(request, path, deadline)
         while True:
             state = record.data["state"]
             if state == DONE:
@@ -167,8 +174,12 @@ class ExportJob:
                                              hint=hint, concluded_at=self.clock())
         return self.reporter.conclude(record, path, message, attributes, worker)
 
-    def reject(self, request_id: str, store: str | None, destination: str | None, reason: str) -> dict[str, Any]:
-        """Report a request refused before any call (once, even if the message is redelivered)."""
+    def reject(self, request_id: str, store: str | None, destination: str | None, reason: str,
+               rule: str | None = None) -> dict[str, Any]:
+        """Report a request refused before any call (once, even if the message is redelivered).
+
+        ``rule``: the config rule that refused it (``exports.destinations``, ``stores``), None for a malformed request.
+        """
         path = f"exports/{request_id}.json"
         worker = new_worker()
         record = self.store.read(path)
@@ -181,7 +192,7 @@ class ExportJob:
         while record is not None and record.data["state"] != DONE:
             try:
                 if record.data["state"] == STARTING:
-                    message, attributes = rejection_message(request_id, store, destination, reason, self.clock())
+                    message, attributes = rejection_message(request_id, store, destination, reason, self.clock(), rule)
                     record = self.reporter.conclude(record, path, message, attributes, worker)
                 else:
                     record = self.reporter.publish(record, path, worker)
@@ -191,13 +202,19 @@ class ExportJob:
 
 
 def rejection_message(request_id: str, store: str | None, destination: str | None, reason: str,
-                      concluded_at: float) -> tuple[dict, dict]:
+                      concluded_at: float, rule: str | None = None) -> tuple[dict, dict]:
+    if rule is None:
+        error: dict[str, Any] = {"code": 400, "status": "INVALID_ARGUMENT", "message": reason}
+        hint = "fix the request and send it again"
+    else:
+        error = {"code": 403, "status": "PERMISSION_DENIED", "message": reason, "rule": rule}
+        hint = f"refused by {rule} in config.yaml: request an allowed value, or have the operators change {rule}"
     data = {
         "schema": EXPORT_SCHEMA, "outcome": REJECTED, "requestId": request_id, "store": store,
         "destination": destination, "mimeType": None, "filter": None, "operation": None,
         "counter": {"success": 0, "failure": 0},
-        "error": {"code": 400, "status": "INVALID_ARGUMENT", "message": reason},
-        "hint": "fix the request and send it again", "logsUrl": None,
+        "error": error,
+        "hint": hint, "logsUrl": None,
         "timings": {"requestedAt": None, "operationCreateTime": None, "operationEndTime": None,
                     "concludedAt": rfc3339(concluded_at)},
     }

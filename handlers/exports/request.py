@@ -4,6 +4,13 @@ UIDs, the destination, the MIME type and filter-file lines are checked by
 :meth:`ExportRequest.build`; :func:`check_paths_exist` then refuses paths that
 name nothing in the store (one QIDO search each). The CLI and the Pub/Sub entry
 point build requests the same way.
+
+Where data may go is config.yaml's, not the requester's: a request names a
+configured store (:func:`resolve_store`) and a destination inside
+``exports.destinations`` (:func:`check_destination`). The export is written by
+the Cloud Healthcare service agent, which a bucket in any project can grant
+access to; without these checks whoever may publish an export request could
+copy the store anywhere (docs/security.md).
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from handlers.clients.healthcare import ApiError, HealthcareApi
 from handlers.retry import Deadline, RetryLater
@@ -30,8 +37,17 @@ REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_CHECKED_PATHS = 100
 
 
+#: The config rules a request can be refused by (named in the REJECTED result's ``error.rule``).
+DESTINATIONS_RULE = "exports.destinations"
+STORES_RULE = "stores"
+
+
 class ExportRequestError(ValueError):
-    """A request refused before any call: the message names the field and the fix."""
+    """A request refused before any call: the message names the field and the fix; ``rule`` the config rule, if any."""
+
+    def __init__(self, message: str, rule: str | None = None) -> None:
+        super().__init__(message)
+        self.rule = rule
 
 
 def check_uid(uid: str, what: str) -> str:
@@ -178,11 +194,30 @@ def request_from_message(body: Any, stores: Mapping[str, str], default_id: str) 
 
 
 def resolve_store(store: str, stores: Mapping[str, str]) -> str:
-    """A config alias or a full store name."""
+    """The full name of a configured store, named by its alias (or by that full name); any other is refused."""
     if store in stores:
         return stores[store]
-    if re.fullmatch(r"projects/[^/]+/locations/[^/]+/datasets/[^/]+/dicomStores/[^/]+", store):
+    if store in stores.values():
         return store
-    known = ", ".join(sorted(stores)) or "none"
-    raise ExportRequestError(f"store {store!r} is neither an alias from config.yaml (known: {known}) nor a full "
-                             "store name projects/P/locations/L/datasets/D/dicomStores/S")
+    known = ", ".join(f"{alias} ({name})" for alias, name in sorted(stores.items())) or "none"
+    raise ExportRequestError(f"store {store!r} is not one of the stores in config.yaml (known: {known}): name a "
+                             "configured store's alias, or add the store to 'stores' and redeploy", STORES_RULE)
+
+
+def check_destination(destination: str, allowed: Sequence[str], config_path: str = "config.yaml") -> str:
+    """The ``exports.destinations`` folder that holds ``destination``; ExportRequestError if none does.
+
+    ``gs://B/P`` is inside ``gs://B/P/`` and below it, never in a sibling such as ``gs://B/P-other/``.
+    """
+    folder = destination if destination.endswith("/") else destination + "/"
+    segments = folder.removeprefix("gs://").split("/")[1:-1]
+    if any(segment in ("", ".", "..") for segment in segments):
+        raise ExportRequestError(f"destination {destination!r} has an empty, '.' or '..' folder: write the folder "
+                                 "plainly", DESTINATIONS_RULE)
+    for prefix in allowed:
+        if folder.startswith(prefix):
+            return prefix
+    where = ", ".join(allowed) if allowed else "none: every export is refused"
+    raise ExportRequestError(
+        f"destination {destination} is outside {DESTINATIONS_RULE} ({where}): export into one of those folders, or "
+        f"add the folder to {DESTINATIONS_RULE} in {config_path} and redeploy", DESTINATIONS_RULE)

@@ -64,7 +64,7 @@ def stopped_stack(tmp_path, config_env):
     env = tmp_path / "stopped.env"
     env.write_text(f"STORAGE_EMULATOR_HOST=http://127.0.0.1:{ports['gcs']}\nPUBSUB_EMULATOR_HOST=127.0.0.1:{ports['pubsub']}\n"
                    f"HEALTHCARE_EMULATOR_HOST=http://127.0.0.1:{ports['hc']}\n"
-                   "RESULTS_SUBSCRIPTION=projects/p/subscriptions/tail\n")
+                   "RESULTS_SUBSCRIPTION=projects/p/subscriptions/tail\nEXPORT_BUCKET=out-bkt\n")
     return str(env), ports
 
 
@@ -87,7 +87,9 @@ def test_a_stopped_emulator_is_named_with_the_fix(cli, stopped_stack, argv, serv
     (("backfill", "gs://other-bkt/"), "error: bucket other-bkt is not watched by any rule of "),
     (("backfill", "gs://inbox-bkt/", "--rule", "nope"), "error: rule 'nope' is not in "),
     (("export", "--store", "nope", "--to", "gs://out-bkt/d"),
-     "error: store 'nope' is neither an alias from config.yaml (known: main) nor a full store name"),
+     "error: store 'nope' is not one of the stores in config.yaml (known: main ("),
+    (("export", "--store", "main", "--to", "gs://elsewhere/d"),
+     "error: destination gs://elsewhere/d is outside exports.destinations (gs://out-bkt/)"),
     (("export", "--store", "main", "--to", "gs://out-bkt/d", "--study", "1.2.x"),
      "error: study UID '1.2.x' is not a DICOM UID"),
     (("export", "--store", "main", "--to", "gs://out-bkt/d", "--series", "1.2"),

@@ -32,7 +32,7 @@ class Setup:
         self.publisher = FakePublisher()
         clock = FakeClock()
         self.job = ExportJob(self.store, self.api, Reporter(self.store, self.publisher, "projects/p/topics/r", clock=clock),
-                             clock=clock)
+                             clock=clock, destinations=("gs://out-bkt/",))
 
 
 def request(**kwargs) -> ExportRequest:

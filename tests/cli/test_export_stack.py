@@ -99,16 +99,24 @@ def test_a_study_not_in_the_store_is_refused_before_any_export_or_write(cli, fil
     assert filled.names(filled.state_bucket, f"exports/{folder}-x") == [] and exported(filled, folder) == []
 
 
-def test_a_bad_uid_or_unknown_store_is_refused_before_any_call(cli, filled):
+def test_a_bad_uid_unknown_store_or_destination_outside_the_allow_list_is_refused_before_any_call(cli, filled):
     before = filled.stats()
-    bad_uid = cli(*filled.args(filled.config(), "export", "--store", "main", "--to", "gs://b-x/d", "--study", "1.02.x"))
+    inside = f"gs://{filled.export_bucket}/{filled.rule}"
+    bad_uid = cli(*filled.args(filled.config(), "export", "--store", "main", "--to", inside, "--study", "1.02.x"))
     assert bad_uid.code == 1 and "study UID '1.02.x' is not a DICOM UID" in bad_uid.err
-    unknown = cli(*filled.args(filled.config(), "export", "--store", "archive", "--to", "gs://b-x/d"))
-    assert unknown.code == 1 and "store 'archive' is neither an alias from config.yaml (known: main)" in unknown.err
+    unknown = cli(*filled.args(filled.config(), "export", "--store", "archive", "--to", inside))
+    assert unknown.code == 1 and "store 'archive' is not one of the stores in config.yaml (known: main (" in unknown.err
+    gone = filled.store.rsplit("/", 1)[0] + "/no-such-store"
+    unconfigured = cli(*filled.args(filled.config(), "export", "--store", gone, "--to", inside))
+    assert unconfigured.code == 1 and f"store '{gone}' is not one of the stores in config.yaml" in unconfigured.err
+    config = filled.config()
+    outside = cli(*filled.args(config, "export", "--store", "main", "--to", "gs://b-x/d"))
+    assert outside.code == 1 and outside.err == (
+        f"error: destination gs://b-x/d is outside exports.destinations (gs://{filled.export_bucket}/): export into one "
+        f"of those folders, or add the folder to exports.destinations in {config} and redeploy\n")
     assert filled.calls_since(before) == {}
 
-    gone = filled.store.rsplit("/", 1)[0] + "/no-such-store"
-    absent = cli(*filled.args(filled.config(), "export", "--store", gone, "--to", "gs://b-x/d",
+    absent = cli(*filled.args(filled.config(stores={"gone": gone}), "export", "--store", "gone", "--to", inside,
                               "--study", filled.study_b[0][0].study))
     assert absent.code == 1 and "Traceback" not in absent.err
     assert absent.err.splitlines()[-1].startswith(

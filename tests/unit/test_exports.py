@@ -70,7 +70,7 @@ def test_message_requests_resolve_store_aliases_and_check_fields():
                                     "filterLines": ["/studies/3.4"]}, {"main": STORE}, "msg-1")
     assert request.store == STORE and request.request_id == "msg-1"
     assert request.paths == ("/studies/1.2", "/studies/3.4")
-    with pytest.raises(ExportRequestError, match="neither an alias"):
+    with pytest.raises(ExportRequestError, match="not one of the stores in config.yaml"):
         request_from_message({"store": "nope", "destination": "gs://out-bkt/x"}, {"main": STORE}, "m")
     with pytest.raises(ExportRequestError, match="unknown field"):
         request_from_message({"store": "main", "destination": "gs://out-bkt/x", "study": "1"}, {"main": STORE}, "m")
@@ -88,7 +88,8 @@ class Setup:
 
     def new_job(self):
         reporter = Reporter(self.store, self.publisher, "projects/p/topics/results", clock=self.clock)
-        return ExportJob(self.store, self.api, reporter, clock=self.clock, deadline_hours=1)
+        return ExportJob(self.store, self.api, reporter, clock=self.clock, deadline_hours=1,
+                         destinations=("gs://out-bkt/",))
 
 
 def test_filtered_export_writes_the_filter_file_and_reports_once():

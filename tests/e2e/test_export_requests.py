@@ -1,0 +1,67 @@
+"""Export requests on Pub/Sub end to end: published to the export-requests topic, delivered by the bridge
+to on_export_request under functions-framework, answered with a dicom-export-result/v1 on the results topic.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from localstack.observe import ResultsReader, api_calls
+from localstack.pubsub import PubSubRest
+from tests.message_schemas import validate
+
+pytestmark = pytest.mark.e2e
+
+RESULT_TIMEOUT = 60.0
+
+
+@pytest.fixture
+def env(e2e_stack):
+    return e2e_stack.env
+
+
+@pytest.fixture
+def reader(env):
+    reader = ResultsReader(env)
+    reader.drain(quiet=0.5)
+    return reader
+
+
+def request_export(env, body: dict) -> str:
+    """Publish an export request; returns its requestId."""
+    body = {"requestId": f"e2e-{uuid.uuid4().hex[:12]}", **body}
+    PubSubRest(env["PUBSUB_EMULATOR_HOST"]).publish(env["EXPORT_REQUESTS_TOPIC"], json.dumps(body).encode())
+    return body["requestId"]
+
+
+def result_of(reader: ResultsReader, request_id: str) -> dict:
+    def mine(results):
+        return [r for r in results if r.data.get("requestId") == request_id]
+
+    found = mine(reader.until(lambda got: bool(mine(got)), RESULT_TIMEOUT))
+    assert found, f"no result for export request {request_id} within {RESULT_TIMEOUT:g} s"
+    validate(found[0].data, found[0].attributes)
+    return found[0].data
+
+
+@pytest.mark.parametrize("destination", ["gs://attacker-bucket/loot", "gs://{EXPORT_BUCKET}-copy/x"])
+def test_a_destination_outside_exports_destinations_is_rejected_naming_the_rule(env, reader, destination):
+    before = api_calls(env)
+    request_id = request_export(env, {"store": "main", "destination": destination.format(**env)})
+    result = result_of(reader, request_id)
+    assert result["outcome"] == "REJECTED" and result["operation"] is None
+    assert result["error"]["rule"] == "exports.destinations" and result["error"]["status"] == "PERMISSION_DENIED"
+    assert f"is outside exports.destinations (gs://{env['EXPORT_BUCKET']}/)" in result["error"]["message"]
+    after = api_calls(env)
+    assert after.get("dicomStores.export", 0) == before.get("dicomStores.export", 0)
+
+
+def test_a_store_not_in_the_config_is_rejected_naming_the_rule(env, reader):
+    elsewhere = env["DICOM_STORE"].rsplit("/", 1)[0] + "/not-configured"
+    request_id = request_export(env, {"store": elsewhere, "destination": f"gs://{env['EXPORT_BUCKET']}/x"})
+    result = result_of(reader, request_id)
+    assert result["outcome"] == "REJECTED" and result["error"]["rule"] == "stores"
+    assert f"store '{elsewhere}' is not one of the stores in config.yaml" in result["error"]["message"]

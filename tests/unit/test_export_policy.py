@@ -1,0 +1,250 @@
+"""Where exports may go (exports.destinations) and which stores they may read: config, checks, refusals.
+
+Every refusal is tested at each place it can happen: the config (FILE:LINE), the request
+checks, the export job (before any call or write), the Pub/Sub entry point (a REJECTED
+result naming the rule, valid against the schema) and the CLI (one line, exit 1).
+"""
+
+import base64
+import json
+from types import SimpleNamespace
+
+import pytest
+from cloudevents.http import CloudEvent
+
+from handlers import entrypoints, runtime
+from handlers.batch.reporting import Reporter
+from handlers.config import ConfigError, parse
+from handlers.exports.job import STARTING, ExportJob
+from handlers.exports.request import (
+    DESTINATIONS_RULE,
+    STORES_RULE,
+    ExportRequest,
+    ExportRequestError,
+    check_destination,
+    resolve_store,
+)
+from handlers.retry import Deadline, RetryLater
+from tests.fakes import FakeApi, FakeClock, FakePublisher, MemoryStateStore
+from tests.message_schemas import validate
+from tests.unit.config_env import CONFIG_ENV
+
+STORE = "projects/p/locations/l/datasets/d/dicomStores/s"
+OTHER_STORE = "projects/attacker/locations/l/datasets/d/dicomStores/s"
+
+BASE = """\
+stores:
+  main: ${DICOM_STORE}
+rules:
+  - name: all
+    match: gs://${INBOX_BUCKET}/**.dcm
+    store: main
+state:
+  bucket: ${STATE_BUCKET}
+results:
+  topic: ${RESULTS_TOPIC}
+followup:
+  topic: ${FOLLOWUP_TOPIC}
+"""
+
+
+def load(exports: str = "", **env: str):
+    return parse(BASE + exports, "c.yaml", {**CONFIG_ENV, **env})
+
+
+def problems(exports: str, **env: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load(exports, **env)
+    return info.value.problems
+
+
+# -- config -------------------------------------------------------------------------------------------
+
+def test_the_default_is_the_export_bucket_deploy_sh_sets_and_nothing_else():
+    config = load(EXPORT_BUCKET="exports-bkt")
+    assert config.exports.destinations == ("gs://exports-bkt/",) and config.exports.default
+    assert load().exports.destinations == (), "without --export-bucket every export is refused"
+
+
+def test_listed_destinations_replace_the_default_and_are_interpolated():
+    config = load("exports:\n  destinations:\n    - gs://${EXPORT_BUCKET}/research/\n    - gs://cohorts\n",
+                  EXPORT_BUCKET="exports-bkt")
+    assert config.exports.destinations == ("gs://exports-bkt/research/", "gs://cohorts/")
+    assert not config.exports.default
+    assert load("exports:\n  destinations: []\n", EXPORT_BUCKET="exports-bkt").exports.destinations == ()
+
+
+@pytest.mark.parametrize("item, message", [
+    ("gs://cohorts/research", "c.yaml:15: export destination 'gs://cohorts/research' must end with '/': "
+                              "gs://cohorts/research/ (without it, gs://cohorts/research-other/ would be allowed too)"),
+    ("cohorts/research/", "c.yaml:15: export destination: 'cohorts/research/' is not a Cloud Storage URI"),
+    ("gs://cohorts/*/", "c.yaml:15: export destination 'gs://cohorts/*/' has a wildcard"),
+    ("gs://Bad_Bucket/", "c.yaml:15: export destination: bucket 'Bad_Bucket'"),
+    ("gs://cohorts/a/../b/", "c.yaml:15: export destination 'gs://cohorts/a/../b/' has an empty, '.' or '..' folder"),
+    ("gs://${STATE_BUCKET}/exports/", "c.yaml:15: export destination 'gs://state-bkt/exports/' is in the state bucket"),
+    ("gs://${INBOX_BUCKET}/out/", "c.yaml:15: export destination 'gs://inbox-bkt/out/' is in bucket 'inbox-bkt', "
+                                  "watched by rule 'all': exports would be imported again"),
+    ("gs://${NOPE}/", "c.yaml:15: export destination uses ${NOPE} but the environment does not set it"),
+    ("42", "c.yaml:15: export destination must be a gs://BUCKET/PREFIX/ string, got 42"),
+])
+def test_each_bad_destination_is_reported_with_its_line_and_fix(item, message):
+    found = problems(f"exports:\n  destinations:\n    - {item}\n")
+    assert len(found) == 1 and found[0].startswith(message), found
+
+
+def test_a_list_is_required_and_duplicates_are_reported():
+    assert problems("exports:\n  destinations: gs://cohorts/\n") == [
+        "c.yaml:14: exports.destinations must be a list of gs://BUCKET/PREFIX/ folders, e.g. - gs://${EXPORT_BUCKET}/ "
+        "(an empty list refuses every export)"]
+    assert problems("exports:\n  destinations:\n    - gs://cohorts/\n    - gs://cohorts\n") == [
+        "c.yaml:16: export destination gs://cohorts/ is listed twice: remove one"]
+    assert problems("exports:\n  destination: []\n")[0].startswith(
+        "c.yaml:14: unknown key 'destination' in exports: did you mean 'destinations'?")
+
+
+def test_a_default_export_bucket_that_is_watched_is_a_config_problem():
+    assert problems("", EXPORT_BUCKET="inbox-bkt")[0].startswith(
+        "c.yaml:1: the default export destination (${EXPORT_BUCKET}) 'gs://inbox-bkt/' is in bucket 'inbox-bkt'")
+
+
+# -- the checks -------------------------------------------------------------------------------------------
+
+ALLOWED = ("gs://exports-bkt/", "gs://cohorts/research/")
+
+
+@pytest.mark.parametrize("destination, folder", [
+    ("gs://exports-bkt", "gs://exports-bkt/"),
+    ("gs://exports-bkt/anything/below", "gs://exports-bkt/"),
+    ("gs://cohorts/research", "gs://cohorts/research/"),
+    ("gs://cohorts/research/2026/ct/", "gs://cohorts/research/"),
+])
+def test_destinations_inside_an_allowed_folder_pass(destination, folder):
+    assert check_destination(destination, ALLOWED) == folder
+
+
+@pytest.mark.parametrize("destination, reason", [
+    ("gs://attacker-bkt/loot", "outside exports.destinations (gs://exports-bkt/, gs://cohorts/research/)"),
+    ("gs://cohorts/research-other/x", "outside exports.destinations"),
+    ("gs://cohorts/", "outside exports.destinations"),
+    ("gs://exports-bkt-2/x", "outside exports.destinations"),
+    ("gs://cohorts/research/../private", "has an empty, '.' or '..' folder"),
+    ("gs://cohorts/research//x", "has an empty, '.' or '..' folder"),
+])
+def test_destinations_elsewhere_are_refused_naming_the_rule(destination, reason):
+    with pytest.raises(ExportRequestError, match=reason.replace("(", r"\(").replace(")", r"\)")) as info:
+        check_destination(destination, ALLOWED, "c.yaml")
+    assert info.value.rule == DESTINATIONS_RULE
+
+
+def test_with_no_destination_every_export_is_refused_and_the_fix_is_named():
+    with pytest.raises(ExportRequestError) as info:
+        check_destination("gs://exports-bkt/x", (), "c.yaml")
+    assert str(info.value) == ("destination gs://exports-bkt/x is outside exports.destinations (none: every export is "
+                               "refused): export into one of those folders, or add the folder to exports.destinations "
+                               "in c.yaml and redeploy")
+
+
+def test_only_configured_stores_may_be_named():
+    stores = {"main": STORE}
+    assert resolve_store("main", stores) == STORE and resolve_store(STORE, stores) == STORE
+    with pytest.raises(ExportRequestError) as info:
+        resolve_store(OTHER_STORE, stores)
+    assert info.value.rule == STORES_RULE
+    assert str(info.value) == (f"store {OTHER_STORE!r} is not one of the stores in config.yaml (known: main ({STORE})): "
+                               "name a configured store's alias, or add the store to 'stores' and redeploy")
+
+
+# -- the export job: refused before any call or write ------------------------------------------------------
+
+class Setup:
+    def __init__(self, destinations=("gs://exports-bkt/",)):
+        self.clock = FakeClock()
+        self.store = MemoryStateStore()
+        self.api = FakeApi(stored=None)
+        self.publisher = FakePublisher()
+        reporter = Reporter(self.store, self.publisher, "projects/p/topics/results", clock=self.clock)
+        self.job = ExportJob(self.store, self.api, reporter, clock=self.clock, destinations=destinations,
+                             config_path="c.yaml")
+
+
+def test_the_job_refuses_a_destination_outside_before_searching_writing_or_exporting():
+    s = Setup()
+    request = ExportRequest.build(store=STORE, destination="gs://attacker-bkt/loot", studies=["1.2"], request_id="r1")
+    with pytest.raises(ExportRequestError, match="outside exports.destinations"):
+        s.job.run(request, Deadline(60))
+    assert s.api.searches == [] and s.api.exports == [] and s.store.blobs == {} and s.store.docs == {}
+
+
+def test_a_known_request_id_cannot_smuggle_a_new_destination_before_the_call():
+    s = Setup()
+    allowed = ExportRequest.build(store=STORE, destination="gs://exports-bkt/a", request_id="r1")
+    s.store.create("exports/r1.json", {"state": STARTING, "requestId": "r1", "store": STORE,
+                                       "destination": allowed.destination, "mimeType": allowed.mime_type,
+                                       "filterUri": None, "requestedAt": s.clock(), "operation": None,
+                                       "callStartedAt": None})
+    smuggled = ExportRequest.build(store=STORE, destination="gs://attacker-bkt/loot", request_id="r1")
+    with pytest.raises(ExportRequestError, match="outside exports.destinations"):
+        s.job.run(smuggled, Deadline(60))
+    assert s.api.exports == []
+    with pytest.raises(RetryLater):
+        s.job.run(allowed, Deadline(60))
+    assert [body["gcsDestination"]["uriPrefix"] for _, body in s.api.exports] == ["gs://exports-bkt/a"]
+
+
+# -- the Pub/Sub entry point: a REJECTED result naming the rule ---------------------------------------------
+
+def export_event(body: dict) -> CloudEvent:
+    data = {"message": {"data": base64.b64encode(json.dumps(body).encode()).decode(), "messageId": "m-7"}}
+    return CloudEvent({"type": "google.cloud.pubsub.topic.v1.messagePublished", "source": "//pubsub", "id": "e-1"},
+                      data)
+
+
+@pytest.mark.parametrize("body, rule, fragment", [
+    ({"store": "main", "destination": "gs://attacker-bkt/loot", "requestId": "req-1"}, DESTINATIONS_RULE,
+     "destination gs://attacker-bkt/loot is outside exports.destinations (gs://exports-bkt/)"),
+    ({"store": OTHER_STORE, "destination": "gs://exports-bkt/x", "requestId": "req-1"}, STORES_RULE,
+     f"store '{OTHER_STORE}' is not one of the stores in config.yaml"),
+])
+def test_a_refused_pubsub_request_gets_a_rejected_result_naming_the_rule(monkeypatch, body, rule, fragment):
+    s = Setup()
+    instance = SimpleNamespace(config=SimpleNamespace(stores={"main": STORE}), exports=s.job, api=s.api)
+    monkeypatch.setattr(runtime, "get", lambda: instance)
+    entrypoints.export_request(export_event(body))
+    assert s.api.searches == [] and s.api.exports == []
+    [(topic, message, attributes)] = s.publisher.messages
+    validate(message, attributes)
+    assert message["outcome"] == "REJECTED" and message["requestId"] == "req-1"
+    assert message["error"]["rule"] == rule and message["error"]["code"] == 403
+    assert fragment in message["error"]["message"] and rule in message["hint"]
+    assert attributes["outcome"] == "REJECTED"
+
+
+def test_a_malformed_request_names_no_rule(monkeypatch):
+    s = Setup()
+    instance = SimpleNamespace(config=SimpleNamespace(stores={"main": STORE}), exports=s.job, api=s.api)
+    monkeypatch.setattr(runtime, "get", lambda: instance)
+    entrypoints.export_request(export_event({"store": "main", "destination": "gs://exports-bkt/x", "studies": ["x"]}))
+    [(_, message, _)] = s.publisher.messages
+    validate(message)
+    assert message["error"]["code"] == 400 and "rule" not in message["error"]
+
+
+# -- the CLI: one line, exit 1, no call ----------------------------------------------------------------------
+
+def test_the_cli_refuses_a_destination_outside_in_one_line(tmp_path, monkeypatch, capsys):
+    from handlers.cli import main
+
+    for key, value in {**CONFIG_ENV, "EXPORT_BUCKET": "exports-bkt"}.items():
+        monkeypatch.setenv(key, value)
+    for key in ("STORAGE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "HEALTHCARE_EMULATOR_HOST"):
+        monkeypatch.delenv(key, raising=False)
+    config = tmp_path / "c.yaml"
+    config.write_text(BASE)
+    monkeypatch.setattr(runtime.Runtime, "api", property(lambda self: pytest.fail("the API was called")))
+    code = main(["--config", str(config), "export", "--store", "main", "--to", "gs://attacker-bkt/loot"])
+    err = capsys.readouterr().err
+    assert code == 1 and err == (
+        f"error: destination gs://attacker-bkt/loot is outside exports.destinations (gs://exports-bkt/): export into "
+        f"one of those folders, or add the folder to exports.destinations in {config} and redeploy\n")
+    code = main(["--config", str(config), "export", "--store", OTHER_STORE, "--to", "gs://exports-bkt/x"])
+    assert code == 1 and "is not one of the stores in config.yaml" in capsys.readouterr().err
