@@ -19,6 +19,13 @@ from emulator.paging import page
 
 VERSIONS = ("v1", "v1beta1")
 
+# Google's system parameters (the discovery document's top-level "parameters"): every method takes them,
+# and Google's discovery-based client sends alt=json on every call. They are never QIDO match keys.
+SYSTEM_PARAMETERS = frozenset(
+    {"$.xgafv", "access_token", "alt", "callback", "fields", "key", "oauth_token", "prettyPrint", "quotaUser",
+     "uploadType", "upload_protocol"}
+)
+
 _SEG = r"[^/:]+"
 _LOC = rf"projects/(?P<project>{_SEG})/locations/(?P<location>{_SEG})"
 _DS = rf"{_LOC}/datasets/(?P<dataset>{_SEG})"
@@ -214,10 +221,11 @@ def cancel_operation(call: Call) -> Response:
 def _search(level: str) -> Callable[[Call], Response]:
     def handler(call: Call) -> Response:
         store = call.emulator.registry.store(call.dataset, call.params["store"])
+        args = [(k, v) for k, v in call.request.args.items(multi=True) if k not in SYSTEM_PARAMETERS]
         results = dicomweb.search(
             store,
             level,
-            call.request.args.items(multi=True),
+            args,
             study=call.params.get("study"),
             series=call.params.get("series"),
         )
