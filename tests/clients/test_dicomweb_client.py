@@ -1,0 +1,115 @@
+"""dicomweb-client (``DICOMwebClient(url=".../dicomStores/S/dicomWeb")``) against the emulator.
+
+It builds the QIDO query strings (repeated ``includefield``, ``fuzzymatching=true``,
+``limit``/``offset``, paging by offset with ``get_remaining``) and parses WADO's
+multipart responses itself: what it accepts is what the emulator must send.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
+
+from localstack.samples import bundled_bytes, make_series, new_uid, with_new_uids
+from tests.clients.conftest import wait
+
+STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
+EXPLICIT_LE, IMPLICIT_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
+
+
+@pytest.fixture
+def web(healthcare_emulator):
+    """A dicomweb-client for a store, at the store's DICOMweb URL (as for the real API)."""
+
+    def client(store: str) -> DICOMwebClient:
+        return DICOMwebClient(url=f"{healthcare_emulator.url}/v1/{store}/dicomWeb")
+
+    return client
+
+
+@pytest.fixture
+def loaded(datasets, store, upload, web):
+    """Study A (patient P-A: CT series of 2, MR series of 1) and study B (patient P-B: one implicit VR MR)."""
+    study_a = new_uid()
+    items = make_series(2, study_uid=study_a, modality="CT", patient_id="P-A") + make_series(
+        1, study_uid=study_a, modality="MR", series_number=2, patient_id="P-A"
+    )
+    implicit = with_new_uids(bundled_bytes("MR_small_implicit.dcm"))
+    for uids, data in items + [implicit]:
+        upload(f"load/{uids.sop}.dcm", data)
+    uri = upload("load/x", b"").rsplit("/", 1)[0] + "/*.dcm"
+    done = wait(datasets, datasets.dicomStores().import_(name=store, body={"gcsSource": {"uri": uri}}).execute())
+    assert done["metadata"]["counter"] == {"success": "4"}
+    return web(store), study_a, items, implicit
+
+
+def values(results, tag):
+    return [r[tag]["Value"][0] for r in results]
+
+
+def test_search_for_studies_with_match_keys_limit_offset_and_fields(loaded):
+    client, study_a, _, implicit = loaded
+    study_b = implicit[0].study
+    everything = values(client.search_for_studies(), STUDY_UID)
+    assert sorted(everything) == sorted([study_a, study_b])
+    assert values(client.search_for_studies(search_filters={"PatientID": "P-A"}), STUDY_UID) == [study_a]
+    assert values(client.search_for_studies(search_filters={"00100020": "P-*"}), STUDY_UID) == [study_a]
+    assert values(client.search_for_studies(search_filters={"ModalitiesInStudy": "CT"}), STUDY_UID) == [study_a]
+    assert client.search_for_studies(search_filters={"PatientID": "nobody"}) == []
+    assert values(client.search_for_studies(limit=1), STUDY_UID) == everything[:1]
+    assert values(client.search_for_studies(limit=1, offset=1), STUDY_UID) == everything[1:]
+    assert values(client.search_for_studies(limit=1, get_remaining=True), STUDY_UID) == everything  # pages by offset
+    fuzzy = client.search_for_studies(fuzzymatching=True, search_filters={"PatientID": "P-A"})
+    assert values(fuzzy, STUDY_UID) == [study_a]
+
+    (with_fields,) = client.search_for_studies(search_filters={"PatientID": "P-A"}, fields=["StudyDescription", "00100030"])
+    plain = client.search_for_studies(search_filters={"PatientID": "P-A"})[0]
+    assert "00081030" in with_fields and "00100030" in with_fields
+    assert with_fields["00201208"]["Value"] == [3] and plain["00201206"]["Value"] == [2]
+
+
+def test_search_for_series_and_instances(loaded):
+    client, study_a, items, implicit = loaded
+    series = client.search_for_series(study_a)
+    assert {s["00080060"]["Value"][0]: s["00201209"]["Value"][0] for s in series} == {"CT": 2, "MR": 1}
+    assert len(client.search_for_series()) == 3
+    mr = client.search_for_series(search_filters={"Modality": "MR"})
+    assert sorted(values(mr, STUDY_UID)) == sorted([study_a, implicit[0].study])
+    (with_number,) = client.search_for_series(study_a, search_filters={"Modality": "MR"}, fields=["SeriesNumber"])
+    assert with_number["00200011"]["Value"] == [2]
+
+    ct = items[0][0]
+    assert sorted(values(client.search_for_instances(study_a, ct.series), SOP_UID)) == sorted(u.sop for u, _ in items[:2])
+    assert len(client.search_for_instances(study_a)) == 3
+    assert len(client.search_for_instances()) == 4
+    assert values(client.search_for_instances(search_filters={"SOPInstanceUID": implicit[0].sop}), STUDY_UID) == [
+        implicit[0].study
+    ]
+    assert len(client.search_for_instances(search_filters={"Modality": "CT"}, limit=1, get_remaining=True)) == 2
+
+
+def test_retrieve_instance_parses_the_multipart_answer(loaded):
+    client, _, items, (uids, data) = loaded
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # dicomweb-client warns when a server answers WADO without multipart
+        as_stored = client.retrieve_instance(uids.study, uids.series, uids.sop)  # default: transfer-syntax=*
+        transcoded = client.retrieve_instance(uids.study, uids.series, uids.sop, media_types=(("application/dicom", EXPLICIT_LE),))
+        plain = client.retrieve_instance(uids.study, uids.series, uids.sop, media_types=("application/dicom",))
+    assert as_stored.file_meta.TransferSyntaxUID == IMPLICIT_LE and as_stored.SOPInstanceUID == uids.sop
+    assert transcoded.file_meta.TransferSyntaxUID == EXPLICIT_LE and transcoded.SOPInstanceUID == uids.sop
+    assert plain.file_meta.TransferSyntaxUID == EXPLICIT_LE
+    assert transcoded.PixelData == as_stored.PixelData
+    synthetic = items[0][0]
+    assert client.retrieve_instance(synthetic.study, synthetic.series, synthetic.sop).PatientID == "P-A"
+
+
+def test_retrieve_of_a_missing_instance_is_404(loaded):
+    client, study_a, items, _ = loaded
+    client.set_http_retry_params(retry=False)
+    with pytest.raises(requests.HTTPError) as missing:
+        client.retrieve_instance(study_a, items[0][0].series, new_uid())
+    assert missing.value.response.status_code == 404
+    assert missing.value.response.json()["error"]["status"] == "NOT_FOUND"
