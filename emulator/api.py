@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping
 
 from flask import Request, Response
 
-from emulator import dicomweb
+from emulator import dicomweb, stow
 from emulator.context import Emulator
 from emulator.errors import invalid, not_found
 from emulator.exporter import start_export
@@ -250,6 +250,33 @@ def delete_instance(call: Call) -> Response:
     return json_response({})
 
 
+def _own_root(request: Request) -> str:
+    """The emulator's base URL, for the URLs it hands out (STOW-RS RetrieveURL).
+
+    From the Host header when it names a port; otherwise from the listening socket: dicomweb-client sends
+    ``Host: 127.0.0.1`` without the port, and URLs built from that would point at port 80.
+    """
+    host = request.host
+    if ":" not in host.rsplit("]", 1)[-1]:
+        name, port = request.environ["SERVER_NAME"], request.environ["SERVER_PORT"]
+        host = f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
+    return f"{request.scheme}://{host}/"
+
+
+def store_instances(call: Call) -> Response:
+    store = call.emulator.registry.store(call.dataset, call.params["store"])
+    request = call.request
+    web_url = f"{_own_root(request)}{call.version}/{store.name}/dicomWeb"
+    answer = stow.store_instances(
+        store, request.get_data(), request.headers.get("Content-Type", ""), request.headers.get("Accept", ""),
+        web_url, study=call.params.get("study"),
+    )
+    call.emulator.log.info("instances stored (STOW-RS)", store=store.name, stored=answer.stored, failed=len(answer.failures))
+    for failure in answer.failures:
+        call.emulator.log.warning(f"STOW-RS: instance not stored: {failure}", store=store.name)
+    return Response(answer.body, status=answer.status, content_type=answer.content_type)
+
+
 @dataclass(frozen=True)
 class Route:
     http_method: str
@@ -277,6 +304,8 @@ ROUTES: tuple[Route, ...] = (
     _route("GET", _OP, "operations.get", get_operation),
     _route("POST", rf"{_OP}:cancel", "operations.cancel", cancel_operation),
     _route("GET", rf"{_WEB}/studies", "dicomStores.searchForStudies", _search(dicomweb.STUDY)),
+    _route("POST", rf"{_WEB}/studies", "dicomStores.storeInstances", store_instances),
+    _route("POST", rf"{_WEB}/studies/(?P<study>{_UID})", "dicomStores.studies.storeInstances", store_instances),
     _route("GET", rf"{_WEB}/series", "dicomStores.searchForSeries", _search(dicomweb.SERIES)),
     _route("GET", rf"{_WEB}/instances", "dicomStores.searchForInstances", _search(dicomweb.INSTANCE)),
     _route("GET", rf"{_WEB}/studies/(?P<study>{_UID})/series", "dicomStores.studies.searchForSeries",

@@ -8,7 +8,10 @@ multipart responses itself: what it accepts is what the emulator must send.
 from __future__ import annotations
 
 import warnings
+from io import BytesIO
+from xml.etree.ElementTree import fromstring
 
+import pydicom
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
@@ -113,3 +116,93 @@ def test_retrieve_of_a_missing_instance_is_404(loaded):
         client.retrieve_instance(study_a, items[0][0].series, new_uid())
     assert missing.value.response.status_code == 404
     assert missing.value.response.json()["error"]["status"] == "NOT_FOUND"
+
+
+def dataset_of(data: bytes):
+    return pydicom.dcmread(BytesIO(data))
+
+
+def test_store_instances_then_search_and_retrieve(web, store):
+    """STOW-RS as dicomweb-client sends it (multipart, no Accept: the API answers XML, which the client parses)."""
+    client = web(store)
+    items = make_series(2)
+    study = items[0][0].study
+    answer = client.store_instances([dataset_of(data) for _, data in items])
+    assert answer.RetrieveURL == f"{client.base_url}/studies/{study}"
+    referenced = {item.ReferencedSOPInstanceUID: item for item in answer.ReferencedSOPSequence}
+    assert set(referenced) == {uids.sop for uids, _ in items}
+    for uids, _ in items:
+        assert referenced[uids.sop].ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+        assert referenced[uids.sop].RetrieveURL == f"{client.base_url}{uids.path}"
+    assert "FailedSOPSequence" not in answer
+
+    assert sorted(values(client.search_for_instances(study), SOP_UID)) == sorted(u.sop for u, _ in items)
+    uids, data = items[1]
+    assert client.retrieve_instance(uids.study, uids.series, uids.sop).PatientID == dataset_of(data).PatientID
+    again = client.store_instances([dataset_of(items[0][1])], study_instance_uid=study)  # identical: accepted
+    assert [item.ReferencedSOPInstanceUID for item in again.ReferencedSOPSequence] == [items[0][0].sop]
+    assert len(client.search_for_instances(study)) == 2
+
+
+def test_store_instances_failures(web, store):
+    client = web(store)
+    client.set_http_retry_params(retry=False)
+    (uids, data), (other_uids, other) = make_series(2)
+    client.store_instances([dataset_of(data)])
+    changed = dataset_of(data)
+    changed.PatientID = "SOMEONE-ELSE"
+
+    with pytest.raises(requests.HTTPError) as conflict:
+        client.store_instances([changed])
+    response = conflict.value.response
+    assert response.status_code == 409 and response.headers["Content-Type"] == "application/dicom+xml"
+    root = fromstring(response.content)
+    (failed,) = [a for a in root if a.get("keyword") == "FailedSOPSequence"]
+    (item,) = list(failed)
+    fields = {a.get("keyword"): a for a in item}
+    assert fields["ReferencedSOPInstanceUID"][0].text == uids.sop
+    assert fields["FailureReason"][0].text == "272"
+    assert "checksum mismatch" in fields["FailureDetail"][0].text and fields["FailureDetail"].get("privateCreator") == "GOOGLE"
+
+    with pytest.raises(requests.HTTPError) as wrong_study:
+        client.store_instances([dataset_of(other)], study_instance_uid=new_uid())
+    assert wrong_study.value.response.status_code == 409
+    assert client.search_for_instances(search_filters={"SOPInstanceUID": other_uids.sop}) == []
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns that FailureDetail (Google's private element) is no keyword
+        mixed = client.store_instances([dataset_of(other), changed])  # one stored, one refused: 202
+    assert [i.ReferencedSOPInstanceUID for i in mixed.ReferencedSOPSequence] == [other_uids.sop]
+    assert [i.ReferencedSOPInstanceUID for i in mixed.FailedSOPSequence] == [uids.sop]
+    assert client.retrieve_instance(uids.study, uids.series, uids.sop).PatientID != "SOMEONE-ELSE"  # never overwritten
+
+
+def test_store_instances_answers_json_when_asked(healthcare_emulator, store):
+    client = DICOMwebClient(url=f"{healthcare_emulator.url}/v1/{store}/dicomWeb", headers={"Accept": "application/dicom+json"})
+    uids, data = make_series(1)[0]
+    answer = client.store_instances([dataset_of(data)])
+    assert [i.ReferencedSOPInstanceUID for i in answer.ReferencedSOPSequence] == [uids.sop]
+    assert answer.RetrieveURL.endswith(f"/dicomWeb/studies/{uids.study}")
+
+
+def test_store_one_instance_as_the_product_sample_does(healthcare_emulator, store):
+    """The product's Python sample: an AuthorizedSession POSTs one file with Content-Type application/dicom."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.auth.transport.requests import AuthorizedSession
+
+    session = AuthorizedSession(AnonymousCredentials())
+    uids, data = make_series(1)[0]
+    url = f"{healthcare_emulator.url}/v1/{store}/dicomWeb/studies"
+    response = session.post(url, data=data, headers={"Content-Type": "application/dicom"})
+    assert response.status_code == 200, response.text
+    root = fromstring(response.content)
+    assert root.tag == "NativeDicomModel"
+    assert f"/dicomWeb/studies/{uids.study}/series/{uids.series}/instances/{uids.sop}" in response.text
+    stored = session.get(f"{url}/{uids.study}/series/{uids.series}/instances/{uids.sop}",
+                         headers={"Accept": "application/dicom; transfer-syntax=*"})
+    assert stored.content == data
+
+    not_dicom = session.post(url, data=b"hello", headers={"Content-Type": "application/dicom"})
+    assert not_dicom.status_code == 409 and "not a DICOM file" in not_dicom.text
+    metadata = session.post(url, data=b"[]", headers={"Content-Type": 'multipart/related; type="application/dicom+json"; boundary=x'})
+    assert metadata.status_code == 501 and metadata.json()["error"]["status"] == "UNIMPLEMENTED"
