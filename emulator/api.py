@@ -11,7 +11,7 @@ from flask import Request, Response
 
 from emulator import dicomweb, stow
 from emulator.context import Emulator
-from emulator.errors import invalid, not_found
+from emulator.errors import UNIMPLEMENTED, ApiError, invalid, not_found
 from emulator.exporter import start_export
 from emulator.importer import start_import
 from emulator.operations import Operation, api_method, type_url
@@ -234,6 +234,36 @@ def _search(level: str) -> Callable[[Call], Response]:
     return handler
 
 
+def retrieve_many(call: Call) -> Response:
+    store = call.emulator.registry.store(call.dataset, call.params["store"])
+    p = call.params
+    body, content_type = dicomweb.retrieve_many(store, p["study"], p.get("series"), call.request.headers.get("Accept", ""))
+    return Response(body, content_type=content_type)
+
+
+def retrieve_metadata(call: Call) -> Response:
+    store = call.emulator.registry.store(call.dataset, call.params["store"])
+    p = call.params
+    results = dicomweb.metadata(store, p["study"], p.get("series"), p.get("instance"))
+    return Response(json.dumps(results), content_type="application/dicom+json")
+
+
+def not_implemented(method_id: str) -> Callable[[Call], Response]:
+    """A discovery method the emulator does not implement: 501 naming it (not a 404, which reads as "no such study")."""
+
+    def handler(call: Call) -> Response:
+        path = call.request.path.split("/", 2)[2]  # after /VERSION/
+        served = [r for r in ROUTES if r not in _NOT_IMPLEMENTED and r.pattern.fullmatch(path)]
+        takes = "; this path takes " + ", ".join(f"{r.http_method} ({r.method_id})" for r in served) if served else ""
+        raise ApiError(
+            UNIMPLEMENTED,
+            f"{method_id} ({call.request.method} {call.request.path}) is not implemented by the Healthcare API "
+            f"emulator{takes}; docs/emulator.md lists the methods it implements",
+        )
+
+    return handler
+
+
 def retrieve_instance(call: Call) -> Response:
     store = call.emulator.registry.store(call.dataset, call.params["store"])
     p = call.params
@@ -289,7 +319,41 @@ def _route(http_method: str, pattern: str, method_id: str, handler: Callable[[Ca
     return Route(http_method, re.compile(pattern), method_id, handler)
 
 
-ROUTES: tuple[Route, ...] = (
+# The discovery document's other methods on these resources (DICOMweb deletes excepted): 501 naming the method,
+# not a 404 that reads as "no such study". First, so that `:verb` paths never reach the routes below.
+_NOT_IMPLEMENTED: tuple[Route, ...] = tuple(
+    _route(http_method, pattern, method_id, not_implemented(method_id))
+    for http_method, pattern, method_id in (
+        ("PATCH", _DS, "datasets.patch"),
+        ("POST", rf"{_DS}:deidentify", "datasets.deidentify"),
+        ("GET", rf"{_DS}:getIamPolicy", "datasets.getIamPolicy"),
+        ("POST", rf"{_DS}:setIamPolicy", "datasets.setIamPolicy"),
+        ("POST", rf"{_DS}:testIamPermissions", "datasets.testIamPermissions"),
+        ("PATCH", _ST, "dicomStores.patch"),
+        ("POST", rf"{_ST}:deidentify", "dicomStores.deidentify"),
+        ("GET", rf"{_ST}:getDICOMStoreMetrics", "dicomStores.getDICOMStoreMetrics"),
+        ("GET", rf"{_ST}:getIamPolicy", "dicomStores.getIamPolicy"),
+        ("POST", rf"{_ST}:setIamPolicy", "dicomStores.setIamPolicy"),
+        ("POST", rf"{_ST}:testIamPermissions", "dicomStores.testIamPermissions"),
+        ("POST", rf"{_ST}:setBlobStorageSettings", "dicomStores.setBlobStorageSettings"),
+        ("GET", rf"{_WEB}/studies/{_SEG}:getStudyMetrics", "dicomStores.dicomWeb.studies.getStudyMetrics"),
+        ("POST", rf"{_WEB}/studies/{_SEG}:setBlobStorageSettings", "dicomStores.dicomWeb.studies.setBlobStorageSettings"),
+        ("GET", rf"{_WEB}/studies/{_UID}/series/{_SEG}:getSeriesMetrics",
+         "dicomStores.dicomWeb.studies.series.getSeriesMetrics"),
+        ("GET", rf"{_WEB}/studies/{_UID}/series/{_UID}/instances/{_SEG}:getStorageInfo",
+         "dicomStores.dicomWeb.studies.series.instances.getStorageInfo"),
+        ("GET", rf"{_WEB}/studies/{_UID}/series/{_UID}/instances/{_UID}/rendered",
+         "dicomStores.studies.series.instances.retrieveRendered"),
+        ("GET", rf"{_WEB}/studies/{_UID}/series/{_UID}/instances/{_UID}/frames/{_UID}",
+         "dicomStores.studies.series.instances.frames.retrieveFrames"),
+        ("GET", rf"{_WEB}/studies/{_UID}/series/{_UID}/instances/{_UID}/frames/{_UID}/rendered",
+         "dicomStores.studies.series.instances.frames.retrieveRendered"),
+        ("GET", rf"{_WEB}/studies/{_UID}/series/{_UID}/instances/{_UID}/bulkdata/{_UID}/{_UID}",
+         "dicomStores.studies.series.instances.bulkdata.retrieveBulkdata"),
+    )
+)
+
+ROUTES: tuple[Route, ...] = _NOT_IMPLEMENTED + (
     _route("POST", rf"{_LOC}/datasets", "datasets.create", create_dataset),
     _route("GET", rf"{_LOC}/datasets", "datasets.list", list_datasets),
     _route("GET", _DS, "datasets.get", get_dataset),
@@ -318,6 +382,15 @@ ROUTES: tuple[Route, ...] = (
            "dicomStores.studies.series.instances.retrieveInstance", retrieve_instance),
     _route("DELETE", rf"{_WEB}/studies/(?P<study>{_UID})/series/(?P<series>{_UID})/instances/(?P<instance>{_UID})",
            "dicomStores.studies.series.instances.delete", delete_instance),
+    _route("GET", rf"{_WEB}/studies/(?P<study>{_UID})", "dicomStores.studies.retrieveStudy", retrieve_many),
+    _route("GET", rf"{_WEB}/studies/(?P<study>{_UID})/series/(?P<series>{_UID})",
+           "dicomStores.studies.series.retrieveSeries", retrieve_many),
+    _route("GET", rf"{_WEB}/studies/(?P<study>{_UID})/metadata", "dicomStores.studies.retrieveMetadata",
+           retrieve_metadata),
+    _route("GET", rf"{_WEB}/studies/(?P<study>{_UID})/series/(?P<series>{_UID})/metadata",
+           "dicomStores.studies.series.retrieveMetadata", retrieve_metadata),
+    _route("GET", rf"{_WEB}/studies/(?P<study>{_UID})/series/(?P<series>{_UID})/instances/(?P<instance>{_UID})/metadata",
+           "dicomStores.studies.series.instances.retrieveMetadata", retrieve_metadata),
 )
 
 

@@ -236,6 +236,44 @@ def retrieve(store: DicomStore, study: str, series: str, sop: str, accept: str) 
     if instance is None:
         raise not_found(f"instance /studies/{study}/series/{series}/instances/{sop} not found in {store.name}")
     multipart, syntax = negotiate(accept)
+    data, part_type = _encoded(instance, syntax)
+    if not multipart:
+        return data, part_type
+    return _multipart([(data, part_type)])
+
+
+def retrieve_many(store: DicomStore, study: str, series: str | None, accept: str) -> tuple[bytes, str]:
+    """WADO-RS RetrieveStudy / RetrieveSeries: every instance, one part each, in store order."""
+    members = _members(store, study, series)
+    multipart, syntax = negotiate(accept)
+    if not multipart:
+        raise invalid(
+            "single-part application/dicom is for one instance (RetrieveInstance) only; a study or series is "
+            "'multipart/related; type=\"application/dicom\"' (optionally with transfer-syntax=*)"
+        )
+    return _multipart([_encoded(instance, syntax) for instance in members])
+
+
+def metadata(store: DicomStore, study: str, series: str | None = None, sop: str | None = None) -> list[dict[str, Any]]:
+    """WADO-RS RetrieveMetadata: each instance's attributes in the DICOM JSON model (bulk data left out)."""
+    if sop is not None and series is not None:
+        instance = store.get(study, series, sop)
+        if instance is None:
+            raise not_found(f"instance /studies/{study}/series/{series}/instances/{sop} not found in {store.name}")
+        return [instance.attributes]
+    return [instance.attributes for instance in _members(store, study, series)]
+
+
+def _members(store: DicomStore, study: str, series: str | None) -> list[Instance]:
+    members = [i for i in store.instances() if i.study == study and (series is None or i.series == series)]
+    if not members:
+        path = f"/studies/{study}" + (f"/series/{series}" if series else "")
+        raise not_found(f"{path} not found in {store.name}")
+    return members
+
+
+def _encoded(instance: Instance, syntax: str) -> tuple[bytes, str]:
+    """The instance's bytes in ``syntax`` ('*': as stored) and its part's Content-Type."""
     if syntax == "*":
         data, actual = instance.data, instance.transfer_syntax
     else:
@@ -243,17 +281,7 @@ def retrieve(store: DicomStore, study: str, series: str, sop: str, accept: str) 
             data, actual = to_explicit_vr_little_endian(instance), EXPLICIT_LE
         except DicomError as exc:
             raise ApiError(FAILED_PRECONDITION, str(exc)) from None
-    part_type = f"application/dicom; transfer-syntax={actual}"
-    if not multipart:
-        return data, part_type
-    boundary = secrets.token_hex(16)
-    body = (
-        f"--{boundary}\r\nContent-Type: {part_type}\r\n\r\n".encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
-
+    return data, f"application/dicom; transfer-syntax={actual}"
 
 
 def delete(store: DicomStore, study: str, series: str, sop: str) -> None:
@@ -264,3 +292,9 @@ def delete(store: DicomStore, study: str, series: str, sop: str) -> None:
     """
     if store.delete(study, series, sop) is None:
         raise not_found(f"instance /studies/{study}/series/{series}/instances/{sop} not found in {store.name}")
+
+
+def _multipart(parts: list[tuple[bytes, str]]) -> tuple[bytes, str]:
+    boundary = secrets.token_hex(16)
+    body = b"".join(f"--{boundary}\r\nContent-Type: {part_type}\r\n\r\n".encode() + data + b"\r\n" for data, part_type in parts)
+    return body + f"--{boundary}--\r\n".encode(), f'multipart/related; type="application/dicom"; boundary={boundary}'

@@ -206,3 +206,43 @@ def test_store_one_instance_as_the_product_sample_does(healthcare_emulator, stor
     assert not_dicom.status_code == 409 and "not a DICOM file" in not_dicom.text
     metadata = session.post(url, data=b"[]", headers={"Content-Type": 'multipart/related; type="application/dicom+json"; boundary=x'})
     assert metadata.status_code == 501 and metadata.json()["error"]["status"] == "UNIMPLEMENTED"
+
+
+def test_retrieve_study_series_and_metadata(loaded):
+    client, study_a, items, implicit = loaded
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        study = client.retrieve_study(study_a)
+        series = client.retrieve_series(study_a, items[0][0].series)
+        as_stored = client.retrieve_study(implicit[0].study, media_types=(("application/dicom", "*"),))
+    assert sorted(ds.SOPInstanceUID for ds in study) == sorted(u.sop for u, _ in items)
+    assert {ds.file_meta.TransferSyntaxUID for ds in study} == {EXPLICIT_LE}  # the default transfer syntax
+    assert sorted(ds.SOPInstanceUID for ds in series) == sorted(u.sop for u, _ in items[:2])
+    assert [ds.file_meta.TransferSyntaxUID for ds in as_stored] == [IMPLICIT_LE]
+
+    study_metadata = client.retrieve_study_metadata(study_a)
+    assert sorted(values(study_metadata, SOP_UID)) == sorted(u.sop for u, _ in items)
+    assert "7FE00010" not in study_metadata[0] and study_metadata[0]["00100020"]["Value"] == ["P-A"]
+    mr = items[2][0]
+    assert values(client.retrieve_series_metadata(study_a, mr.series), SOP_UID) == [mr.sop]
+    instance = client.retrieve_instance_metadata(study_a, mr.series, mr.sop)
+    assert instance["00080060"]["Value"] == ["MR"] and instance[SOP_UID]["Value"] == [mr.sop]
+    client.set_http_retry_params(retry=False)
+    with pytest.raises(requests.HTTPError) as missing:
+        client.retrieve_study_metadata(new_uid())
+    assert missing.value.response.status_code == 404
+
+
+def test_methods_the_emulator_lacks_are_501_not_404(loaded):
+    client, study_a, items, _ = loaded
+    client.set_http_retry_params(retry=False)
+    uids = items[0][0]
+    for call in (
+        lambda: client.retrieve_instance_frames(uids.study, uids.series, uids.sop, frame_numbers=[1]),
+        lambda: client.retrieve_instance_rendered(uids.study, uids.series, uids.sop),
+    ):
+        with pytest.raises(requests.HTTPError) as lacking:
+            call()
+        error = lacking.value.response.json()["error"]
+        assert (error["code"], error["status"]) == (501, "UNIMPLEMENTED")
+        assert "is not implemented by the Healthcare API emulator" in error["message"]

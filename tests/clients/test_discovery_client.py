@@ -280,3 +280,16 @@ def test_v1beta1_client_exports_with_filter_as_the_how_to_does(healthcare_emulat
     assert [b.name for b in storage_client.list_blobs(bucket.name, prefix="beta-out/")] == [
         f"beta-out/{uids.study}/{uids.series}/{uids.sop}.dcm"
     ]
+
+
+def test_methods_the_emulator_lacks_are_501_naming_them(datasets, store):
+    for request, method_id in (
+        (datasets.dicomStores().getIamPolicy(resource=store), "dicomStores.getIamPolicy"),
+        (datasets.dicomStores().patch(name=store, updateMask="labels", body={"labels": {"a": "b"}}), "dicomStores.patch"),
+        (datasets.dicomStores().dicomWeb().studies().getStudyMetrics(study=f"{store}/dicomWeb/studies/1.2.3"),
+         "dicomStores.dicomWeb.studies.getStudyMetrics"),
+    ):
+        with pytest.raises(HttpError) as lacking:
+            request.execute()
+        assert (lacking.value.status_code, error_of(lacking.value)["status"]) == (501, "UNIMPLEMENTED")
+        assert lacking.value.reason.startswith(f"{method_id} (")
