@@ -177,9 +177,12 @@ def test_store_instances_failures(web, store):
     assert client.retrieve_instance(uids.study, uids.series, uids.sop).PatientID != "SOMEONE-ELSE"  # never overwritten
 
 
-def test_store_instances_answers_json_when_asked(healthcare_emulator, store):
-    client = DICOMwebClient(url=f"{healthcare_emulator.url}/v1/{store}/dicomWeb", headers={"Accept": "application/dicom+json"})
-    uids, data = make_series(1)[0]
+def test_store_instances_answers_json_when_asked_and_takes_chunked_bodies(healthcare_emulator, store):
+    """A body larger than chunk_size goes out with Transfer-Encoding: chunked (as a whole study would)."""
+    client = DICOMwebClient(url=f"{healthcare_emulator.url}/v1/{store}/dicomWeb", headers={"Accept": "application/dicom+json"},
+                            chunk_size=4096)
+    uids, data = make_series(1, rows=64, cols=64)[0]
+    assert len(data) > 2 * 4096
     answer = client.store_instances([dataset_of(data)])
     assert [i.ReferencedSOPInstanceUID for i in answer.ReferencedSOPSequence] == [uids.sop]
     assert answer.RetrieveURL.endswith(f"/dicomWeb/studies/{uids.study}")
