@@ -319,7 +319,7 @@ def _route(http_method: str, pattern: str, method_id: str, handler: Callable[[Ca
     return Route(http_method, re.compile(pattern), method_id, handler)
 
 
-# The discovery document's other methods on these resources (DICOMweb deletes excepted): 501 naming the method,
+# The discovery document's other methods on these resources: 501 naming the method,
 # not a 404 that reads as "no such study". First, so that `:verb` paths never reach the routes below.
 _NOT_IMPLEMENTED: tuple[Route, ...] = tuple(
     _route(http_method, pattern, method_id, not_implemented(method_id))
@@ -336,6 +336,8 @@ _NOT_IMPLEMENTED: tuple[Route, ...] = tuple(
         ("POST", rf"{_ST}:setIamPolicy", "dicomStores.setIamPolicy"),
         ("POST", rf"{_ST}:testIamPermissions", "dicomStores.testIamPermissions"),
         ("POST", rf"{_ST}:setBlobStorageSettings", "dicomStores.setBlobStorageSettings"),
+        ("DELETE", rf"{_WEB}/studies/{_UID}", "dicomStores.studies.delete"),  # long-running in the API
+        ("DELETE", rf"{_WEB}/studies/{_UID}/series/{_UID}", "dicomStores.studies.series.delete"),
         ("GET", rf"{_WEB}/studies/{_SEG}:getStudyMetrics", "dicomStores.dicomWeb.studies.getStudyMetrics"),
         ("POST", rf"{_WEB}/studies/{_SEG}:setBlobStorageSettings", "dicomStores.dicomWeb.studies.setBlobStorageSettings"),
         ("GET", rf"{_WEB}/studies/{_UID}/series/{_SEG}:getSeriesMetrics",

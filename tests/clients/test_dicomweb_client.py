@@ -249,3 +249,25 @@ def test_methods_the_emulator_lacks_are_501_not_404(loaded):
         error = lacking.value.response.json()["error"]
         assert (error["code"], error["status"]) == (501, "UNIMPLEMENTED")
         assert "is not implemented by the Healthcare API emulator" in error["message"]
+
+
+def test_delete_instance(loaded):
+    client, study_a, items, _ = loaded
+    client.set_http_retry_params(retry=False)
+    gone, kept = items[0][0], items[1][0]
+    assert client.delete_instance(gone.study, gone.series, gone.sop) is None
+    assert values(client.search_for_instances(study_a, gone.series), SOP_UID) == [kept.sop]
+    (series,) = client.search_for_series(study_a, search_filters={"SeriesInstanceUID": gone.series})
+    assert series["00201209"]["Value"] == [1]
+    with pytest.raises(requests.HTTPError) as retrieved:
+        client.retrieve_instance(gone.study, gone.series, gone.sop)
+    assert retrieved.value.response.status_code == 404
+    with pytest.raises(requests.HTTPError) as again:
+        client.delete_instance(gone.study, gone.series, gone.sop)
+    assert again.value.response.status_code == 404
+
+    with pytest.raises(requests.HTTPError) as whole_series:  # a long-running operation in the API
+        client.delete_series(study_a, kept.series)
+    error = whole_series.value.response.json()["error"]
+    assert (error["code"], error["status"]) == (501, "UNIMPLEMENTED") and "dicomStores.studies.series.delete" in error["message"]
+    assert values(client.search_for_instances(study_a, kept.series), SOP_UID) == [kept.sop]
