@@ -42,6 +42,7 @@ readonly APIS=(
   healthcare.googleapis.com cloudfunctions.googleapis.com run.googleapis.com
   eventarc.googleapis.com pubsub.googleapis.com storage.googleapis.com
   cloudbuild.googleapis.com artifactregistry.googleapis.com logging.googleapis.com
+  monitoring.googleapis.com
 )
 # Paths the deployed source keeps (see .gcloudignore); --config must be one.
 readonly CONFIG_PATTERN='^(config\.yaml|config\.[A-Za-z0-9_-]+\.yaml|config/[A-Za-z0-9_./-]+\.yaml)$'
@@ -75,6 +76,10 @@ Options:
                                                                                 [FUNCTION_CPU]
   --config PATH             rules file, relative to the repository (default config.yaml);
                             another file is passed as DICOM_IMPORT_CONFIG [DICOM_IMPORT_CONFIG]
+  --alert-email ADDR        notify ADDR when an alert policy fires (repeatable; creates an
+                            email notification channel per address)  [ALERT_EMAILS, space-separated]
+  --alert-channel NAME      also notify projects/P/notificationChannels/ID, an existing
+                            channel of any type (repeatable)       [ALERT_CHANNELS, space-separated]
   --dry-run                 print every command (a runnable script) and run nothing  [DRY_RUN=1]
   -h, --help                this help
 
@@ -99,13 +104,15 @@ die_usage() {
 
 dry() { [[ ${DRY_RUN} == 1 ]]; }
 
-# Quote one argument for a shell. Dry-run placeholders (${NAME}) stay
-# expandable inside double quotes; everything else is single-quoted if needed.
+# Quote one argument for a shell. Dry-run placeholders (${NAME}, upper case)
+# stay expandable inside double quotes; everything else (including JSON that
+# holds a Monitoring template such as ${metric.labels.rule}) is single-quoted.
+readonly PLACEHOLDER_RE='\$\{[A-Z_][A-Z0-9_]*[}#%]'
 quote() {
   local arg=$1
   if [[ ${arg} =~ ^[A-Za-z0-9_./:=@,+%-]+$ ]]; then
     printf '%s' "${arg}"
-  elif [[ ${arg} == *'${'* ]]; then
+  elif [[ ${arg} =~ ${PLACEHOLDER_RE} ]]; then
     arg=${arg//\\/\\\\}; arg=${arg//\"/\\\"}; arg=${arg//\`/\\\`}
     printf '"%s"' "${arg}"
   else
@@ -141,6 +148,52 @@ ensure() {
     say "creating: ${what}"
     "$@"
   fi
+}
+
+# converge WHAT DESCRIBE... -- UPDATE... -- CREATE...: update what exists,
+# create what does not (settings re-applied on every run).
+converge() {
+  local what=$1; shift
+  local -a describe=() update=()
+  while [[ $1 != -- ]]; do describe+=("$1"); shift; done
+  shift
+  while [[ $1 != -- ]]; do update+=("$1"); shift; done
+  shift
+  if dry; then
+    printf 'if %s >/dev/null 2>&1; then %s; else %s; fi\n' \
+      "$(command_line "${describe[@]}")" "$(command_line "${update[@]}")" "$(command_line "$@")"
+    return
+  fi
+  if "${describe[@]}" >/dev/null 2>&1; then
+    say "exists: ${what} (updating)"
+    "${update[@]}"
+  else
+    say "creating: ${what}"
+    "$@"
+  fi
+}
+
+# find_or_create VAR FIND... -- CREATE...: VAR=$(FIND), or $(CREATE) when FIND
+# prints nothing; first line. Under --dry-run VAR becomes the placeholder ${VAR}.
+find_or_create() {
+  local var=$1; shift
+  local -a find=()
+  while [[ $1 != -- ]]; do find+=("$1"); shift; done
+  shift
+  if dry; then
+    printf '%s="$(%s)"; [ -n "${%s}" ] || %s="$(%s)"\n' "${var}" "$(command_line "${find[@]}")" "${var}" "${var}" \
+      "$(command_line "$@")"
+    printf -v "${var}" '${%s}' "${var}"
+    return
+  fi
+  local out
+  out=$("${find[@]}") || die "look-up failed: $(command_line "${find[@]}")"
+  if [[ -z ${out} ]]; then
+    out=$("$@") || die "create failed: $(command_line "$@")"
+  fi
+  out=${out%%$'\n'*}
+  [[ -n ${out} ]] || die "create printed no name: $(command_line "$@")"
+  printf -v "${var}" '%s' "${out}"
 }
 
 # lookup VAR [--hint TEXT] CMD...: VAR=$(CMD), first line. Under --dry-run,
@@ -193,9 +246,13 @@ parse_args() {
   MEMORY=${FUNCTION_MEMORY:-512Mi}
   CPU=${FUNCTION_CPU:-1}
   CONFIG_IN=${DICOM_IMPORT_CONFIG:-config.yaml}
+  ALERT_EMAILS_IN=${ALERT_EMAILS:-}
+  ALERT_CHANNELS_IN=${ALERT_CHANNELS:-}
   DRY_RUN=${DRY_RUN:-0}
   [[ ${DRY_RUN} == 1 || ${DRY_RUN} == true ]] && DRY_RUN=1 || DRY_RUN=0
 
+  # Repeatable flags replace their environment variable once given.
+  ALERT_EMAILS_FLAG="" ALERT_CHANNELS_FLAG=""
   while (( $# )); do
     local flag=$1 value
     case ${flag} in
@@ -222,10 +279,14 @@ parse_args() {
       --memory) MEMORY=${value} ;;
       --cpu) CPU=${value} ;;
       --config) CONFIG_IN=${value} ;;
+      --alert-email) ALERT_EMAILS_FLAG+=" ${value}" ;;
+      --alert-channel) ALERT_CHANNELS_FLAG+=" ${value}" ;;
       --help|--dry-run) die_usage "${flag} takes no value" ;;
       *) die_usage "unknown flag '${flag}'" ;;
     esac
   done
+  [[ -z ${ALERT_EMAILS_FLAG} ]] || ALERT_EMAILS_IN=${ALERT_EMAILS_FLAG}
+  [[ -z ${ALERT_CHANNELS_FLAG} ]] || ALERT_CHANNELS_IN=${ALERT_CHANNELS_FLAG}
 }
 
 require() { # require FLAG ENV VALUE
@@ -335,6 +396,7 @@ validate() {
   fi
 
   validate_config
+  validate_monitoring
 }
 
 cpu_at_least_one() {
@@ -616,6 +678,142 @@ configure_trigger_subscriptions() {
   configure_trigger_subscription "${FN_EXPORT}" EXPORT
 }
 
+# ---------------------------------------------------------------- monitoring as code (monitoring/)
+# Log-based metrics (monitoring/metrics/NAME.json), the dashboard
+# (monitoring/dashboard.json) and alert policies (monitoring/alerts/*.json),
+# created or updated on every run; --alert-email creates notification channels.
+# Reference: docs/deploy.md, "Monitoring".
+
+readonly DASHBOARD_ID=dicom-import
+readonly EMAIL_RE='^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$'
+readonly CHANNEL_RE='^projects/[^/]+/notificationChannels/[0-9]+$'
+
+validate_monitoring() {
+  ALERT_EMAIL_LIST="" ALERT_CHANNEL_LIST=""
+  local -a items
+  local item
+  read -r -a items <<<"${ALERT_EMAILS_IN//,/ }"
+  for item in ${items[@]+"${items[@]}"}; do
+    [[ ${item} =~ ${EMAIL_RE} ]] || die_usage "--alert-email '${item}' is not an email address, e.g. --alert-email imaging-oncall@hospital.example"
+    [[ " ${ALERT_EMAIL_LIST} " == *" ${item} "* ]] || ALERT_EMAIL_LIST+="${ALERT_EMAIL_LIST:+ }${item}"
+  done
+  read -r -a items <<<"${ALERT_CHANNELS_IN//,/ }"
+  for item in ${items[@]+"${items[@]}"}; do
+    [[ ${item} =~ ${CHANNEL_RE} ]] \
+      || die_usage "--alert-channel '${item}' is not a notification channel: use projects/PROJECT/notificationChannels/ID (gcloud beta monitoring channels list --format='value(name)')"
+    [[ " ${ALERT_CHANNEL_LIST} " == *" ${item} "* ]] || ALERT_CHANNEL_LIST+="${ALERT_CHANNEL_LIST:+ }${item}"
+  done
+  local file
+  for file in "${SOURCE_DIR}/monitoring/dashboard.json" "${SOURCE_DIR}"/monitoring/metrics/*.json \
+              "${SOURCE_DIR}"/monitoring/alerts/*.json; do
+    [[ -f ${file} ]] || die "${file} is missing: restore monitoring/ from the repository"
+  done
+}
+
+# monitoring_json FILE: the file's JSON on one line, with the values deploy.sh
+# chose in place of {{PROJECT}}, {{FOLLOWUP_DEAD_LETTER}}, {{RESULTS_DEAD_LETTER}}.
+monitoring_json() {
+  local line out=""
+  while IFS= read -r line || [[ -n ${line} ]]; do
+    out+=${line#"${line%%[![:space:]]*}"}   # JSON needs no whitespace between tokens
+  done <"$1"
+  out=${out//'{{PROJECT}}'/"${PROJECT}"}
+  out=${out//'{{FOLLOWUP_DEAD_LETTER}}'/"${FOLLOWUP_DLQ_ID}"}
+  out=${out//'{{RESULTS_DEAD_LETTER}}'/"${RESULTS_DLQ_ID}"}
+  [[ ${out} != *'{{'* ]] || die "$1 holds a {{PLACEHOLDER}} deploy.sh does not know"
+  printf '%s' "${out}"
+}
+
+deploy_log_metrics() {
+  local file name
+  for file in "${SOURCE_DIR}"/monitoring/metrics/*.json; do
+    name=$(basename "${file}" .json)
+    converge "log-based metric ${name}" \
+      gcloud logging metrics describe "${name}" --project="${PROJECT}" -- \
+      gcloud logging metrics update "${name}" --project="${PROJECT}" --config-from-file="${file}" -- \
+      gcloud logging metrics create "${name}" --project="${PROJECT}" --config-from-file="${file}"
+  done
+}
+
+deploy_dashboard() {
+  local config
+  config=$(monitoring_json "${SOURCE_DIR}/monitoring/dashboard.json")
+  converge "dashboard ${DASHBOARD_ID}" \
+    gcloud monitoring dashboards describe "${DASHBOARD_ID}" --project="${PROJECT}" -- \
+    gcloud monitoring dashboards update "${DASHBOARD_ID}" --project="${PROJECT}" --config="${config}" -- \
+    gcloud monitoring dashboards create --project="${PROJECT}" --config="${config}"
+}
+
+# Sets NOTIFICATION_CHANNELS: one email channel per --alert-email (found by its
+# address, or created), then every --alert-channel; comma-separated.
+notification_channels() {
+  NOTIFICATION_CHANNELS=""
+  local email n=0 var
+  for email in ${ALERT_EMAIL_LIST}; do
+    n=$(( n + 1 ))
+    var=ALERT_CHANNEL_${n}
+    find_or_create "${var}" \
+      gcloud beta monitoring channels list --project="${PROJECT}" \
+      --filter="type=\"email\" AND labels.email_address=\"${email}\"" --format='value(name)' --limit=1 -- \
+      gcloud beta monitoring channels create --project="${PROJECT}" --type=email \
+      --display-name="DICOM import: ${email}" --channel-labels="email_address=${email}" --format='value(name)'
+    NOTIFICATION_CHANNELS+="${NOTIFICATION_CHANNELS:+,}${!var}"
+  done
+  for email in ${ALERT_CHANNEL_LIST}; do
+    NOTIFICATION_CHANNELS+="${NOTIFICATION_CHANNELS:+,}${email}"
+  done
+}
+
+# An alert policy is found by its userLabels (app, policy = the file's name):
+# updated in place (its notification channels replaced by this run's), or created.
+deploy_alert_policy() {
+  local file=$1 key policy var
+  key=$(basename "${file}" .json)
+  var=ALERT_POLICY_$(printf '%s' "${key//-/_}" | tr '[:lower:]' '[:upper:]')
+  policy=$(monitoring_json "${file}")
+  local -a find=(gcloud alpha monitoring policies list --project="${PROJECT}"
+    --filter="userLabels.app=dicom-import AND userLabels.policy=${key}" --format='value(name)' --limit=1)
+  local -a set_channels=(--clear-notification-channels) create_channels=()
+  if [[ -n ${NOTIFICATION_CHANNELS} ]]; then
+    set_channels=(--set-notification-channels="${NOTIFICATION_CHANNELS}")
+    create_channels=(--notification-channels="${NOTIFICATION_CHANNELS}")
+  fi
+  local -a create=(gcloud alpha monitoring policies create --project="${PROJECT}" --policy="${policy}"
+    ${create_channels[@]+"${create_channels[@]}"})
+  if dry; then
+    local -a update=(gcloud alpha monitoring policies update "\${${var}}" --project="${PROJECT}" --policy="${policy}"
+      "${set_channels[@]}")
+    printf '%s="$(%s)"\n' "${var}" "$(command_line "${find[@]}")"
+    printf 'if [ -n "${%s}" ]; then %s; else %s; fi\n' "${var}" "$(command_line "${update[@]}")" \
+      "$(command_line "${create[@]}")"
+    return
+  fi
+  local found
+  found=$("${find[@]}") || die "look-up failed: $(command_line "${find[@]}")"
+  found=${found%%$'\n'*}
+  if [[ -n ${found} ]]; then
+    say "exists: alert policy ${key} (updating)"
+    gcloud alpha monitoring policies update "${found}" --project="${PROJECT}" --policy="${policy}" "${set_channels[@]}"
+  else
+    say "creating: alert policy ${key}"
+    "${create[@]}"
+  fi
+}
+
+deploy_monitoring() {
+  say "monitoring: log-based metrics, dashboard, alert policies"
+  deploy_log_metrics
+  deploy_dashboard
+  notification_channels
+  if [[ -z ${NOTIFICATION_CHANNELS} ]]; then
+    say "alert policies get no notification channel (incidents show in the console only): pass --alert-email ADDR or --alert-channel NAME to be notified"
+  fi
+  local file
+  for file in "${SOURCE_DIR}"/monitoring/alerts/*.json; do
+    deploy_alert_policy "${file}"
+  done
+}
+
 summary() {
   dry && return
   say "done: ${FN_INTAKE} (gs://${INBOX} finalize), ${FN_FOLLOWUP} (${FOLLOWUP_TOPIC_ID}), ${FN_EXPORT} (${EXPORT_REQUESTS_TOPIC_ID})"
@@ -648,6 +846,7 @@ main() {
   deploy_functions
   grant_invoker
   configure_trigger_subscriptions
+  deploy_monitoring
   summary
 }
 

@@ -59,8 +59,25 @@ class Reporter:
             self.store.replace(path, released, record.generation)
             raise RetryLater(f"results topic unavailable: {exc.__class__.__name__}: {exc}") from None
         done = {**data, "state": DONE, "publishedAt": self.clock(), "resultMessageId": message_id}
-        result = data["result"]
-        log.info("result published", schema=result.get("schema"), outcome=result.get("outcome"),
-                 operation=result.get("operation"), success=result.get("counter", {}).get("success"),
-                 failure=result.get("counter", {}).get("failure"), record=path)
+        log.info("result published", **published_fields(data["result"], data["resultAttributes"]), record=path)
         return Document(done, self.store.replace(path, done, record.generation))
+
+
+def published_fields(result: Mapping[str, Any], attributes: Mapping[str, str]) -> dict[str, Any]:
+    """The fields of the "result published" log line, which the log-based metrics in ``monitoring/metrics`` read.
+
+    No object names: ``rule``, counters, ``objects`` (how many), the latency ``totalSeconds``
+    (first object admitted to result) and, when the result counts them, ``conflicts``.
+    """
+    conflicts = attributes.get("conflictCount")
+    return {
+        "schema": result.get("schema"),
+        "outcome": result.get("outcome"),
+        "rule": result.get("rule"),
+        "operation": result.get("operation"),
+        "success": result.get("counter", {}).get("success"),
+        "failure": result.get("counter", {}).get("failure"),
+        "objects": result.get("objectCount"),
+        "totalSeconds": (result.get("timings") or {}).get("totalSeconds"),
+        "conflicts": int(conflicts) if conflicts is not None and conflicts.isdigit() else None,
+    }

@@ -53,6 +53,10 @@ REQUIRED = [
 ]
 # Not the defaults, so a test can tell the flags were used.
 TUNING = ["--concurrency", "7", "--max-instances", "3", "--memory", "1Gi"]
+EMAILS = ["imaging-oncall@hospital.example", "pacs-team@hospital.example"]
+GIVEN_CHANNEL = f"projects/{PROJECT}/notificationChannels/42"
+# All the monitoring options together.
+OPTIONS = ["--alert-email", EMAILS[0], "--alert-email", EMAILS[1], "--alert-channel", GIVEN_CHANNEL]
 SEP = "\x1f"
 
 FAKE_GCLOUD = r"""#!/usr/bin/env bash
@@ -65,6 +69,7 @@ format=""
 for arg in "$@"; do
   case $arg in
     --lifecycle-file=*) cp -- "${arg#--lifecycle-file=}" "$log.lifecycle.$n" ;;
+    --config-from-file=*) cp -- "${arg#--config-from-file=}" "$log.config.$n" ;;
     --format=*) format=${arg#--format=} ;;
   esac
 done
@@ -87,7 +92,7 @@ case "$1 ${2:-}" in
     if [[ $3 == describe ]]; then
       if [[ $4 == "gs://$FAKE_GCLOUD_INBOX" ]]; then
         case $format in
-          'value(location.lower())') echo eu ;;
+          'value(location.lower())') echo "${FAKE_INBOX_LOCATION:-eu}" ;;
           'value(location)') echo EU ;;
           *) printf 'name: %s\nlocation: EU\n' "${4#gs://}" ;;
         esac
@@ -97,6 +102,13 @@ case "$1 ${2:-}" in
   "pubsub topics"|"pubsub subscriptions"|"iam service-accounts")
     if [[ $3 == describe && $existing != 1 ]]; then not_found "$4"; fi ;;
   "storage service-agent") echo "service-123456789012@gs-project-accounts.iam.gserviceaccount.com" ;;
+  "logging metrics"|"monitoring dashboards")
+    if [[ $3 == describe && $existing != 1 ]]; then not_found "$4"; fi ;;
+  "beta monitoring")  # notification channels: found when existing, else created
+    if [[ $3 == channels && $4 == list && $existing == 1 ]]; then echo "projects/$FAKE_MAIN_PROJECT/notificationChannels/$n"; fi
+    if [[ $3 == channels && $4 == create ]]; then echo "projects/$FAKE_MAIN_PROJECT/notificationChannels/$n"; fi ;;
+  "alpha monitoring")  # alert policies: found (by their labels) when existing
+    if [[ $3 == policies && $4 == list && $existing == 1 ]]; then echo "projects/$FAKE_MAIN_PROJECT/alertPolicies/$n"; fi ;;
   "functions describe")
     trigger="projects/$FAKE_MAIN_PROJECT/locations/$FAKE_REGION/triggers/$3-483920"
     if [[ $format == 'value(eventTrigger.trigger)' ]]; then echo "$trigger"
@@ -170,9 +182,12 @@ def env(tmp_path: Path) -> dict:
         shutil.copy2(REPO / name, src / name)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    fake = bin_dir / "gcloud"
-    fake.write_text(FAKE_GCLOUD)
-    fake.chmod(0o755)
+    for name, text in (("gcloud", FAKE_GCLOUD),):
+        fake = bin_dir / name
+        fake.write_text(text)
+        fake.chmod(0o755)
+    for directory in ("monitoring",):
+        shutil.copytree(REPO / directory, src / directory)
     home = tmp_path / "home"
     home.mkdir()
     return {
@@ -223,6 +238,11 @@ def is_create(argv: list[str]) -> bool:
     return "create" in argv[:4]
 
 
+def is_monitoring(argv: list[str]) -> bool:
+    """Log-based metrics, dashboards, notification channels, alert policies."""
+    return argv[:2] == ["logging", "metrics"] or "monitoring" in argv[:2]
+
+
 # ---------------------------------------------------------------- dry run
 
 
@@ -254,14 +274,15 @@ def test_dry_run_runs_nothing_and_prints_every_command(env):
     assert syntax.returncode == 0, syntax.stderr
 
 
-def test_dry_run_output_executes_exactly_the_calls_of_a_real_run(env, tmp_path):
+@pytest.mark.parametrize("options", [[], OPTIONS], ids=["plain", "alerts"])
+def test_dry_run_output_executes_exactly_the_calls_of_a_real_run(env, tmp_path, options):
     script = tmp_path / "printed.sh"
-    script.write_text(ok(deploy(env, *REQUIRED, *TUNING, "--dry-run")).stdout)
+    script.write_text(ok(deploy(env, *REQUIRED, *TUNING, *options, "--dry-run")).stdout)
 
     printed = ok(deploy(env, script=script))
     printed_calls, printed_lifecycle = printed.calls, printed.lifecycle(printed.index("storage", "buckets", "create"))
     env["log"].unlink()
-    real = ok(deploy(env, *REQUIRED, *TUNING))
+    real = ok(deploy(env, *REQUIRED, *TUNING, *options))
 
     def normal(calls):
         return [[a if not a.startswith("--lifecycle-file=") else "--lifecycle-file=F" for a in c] for c in calls]
@@ -306,9 +327,10 @@ def test_fresh_project_creates_topics_bucket_and_service_account(env):
         "eventarc.googleapis.com", "pubsub.googleapis.com", "storage.googleapis.com",
         "cloudbuild.googleapis.com", "artifactregistry.googleapis.com", "logging.googleapis.com",
     ]
-    # Everything the functions use exists, with its bindings, before the first deploy.
-    prepared = [i for i, c in enumerate(run.calls)
-                if is_create(c) or ("add-iam-policy-binding" in c and c[:2] != ["pubsub", "subscriptions"])]
+    # Everything the functions use exists, with its bindings, before the first deploy
+    # (monitoring, which reads their logs, comes after).
+    prepared = [i for i, c in enumerate(run.calls) if not is_monitoring(c)
+                and (is_create(c) or ("add-iam-policy-binding" in c and c[:2] != ["pubsub", "subscriptions"]))]
     assert max(prepared) < run.index("functions", "deploy")
 
 
@@ -491,6 +513,99 @@ def test_another_config_file_is_passed_as_dicom_import_config(env):
     assert all("DICOM_IMPORT_CONFIG" not in env_vars(c) for c in deploys(default).values())
 
 
+# ---------------------------------------------------------------- monitoring (monitoring/)
+
+MONITORING = REPO / "monitoring"
+METRIC_NAMES = sorted(path.stem for path in (MONITORING / "metrics").glob("*.json"))
+POLICY_NAMES = sorted(path.stem for path in (MONITORING / "alerts").glob("*.json"))
+
+
+def monitoring_file(path: Path, followups: str = "dicom-import-followups", results: str = "dicom-import-results") -> dict:
+    """The file as deploy.sh must send it: placeholders filled for these topics."""
+    text = (path.read_text().replace("{{PROJECT}}", PROJECT)
+            .replace("{{FOLLOWUP_DEAD_LETTER}}", f"{followups}-dead-letter")
+            .replace("{{RESULTS_DEAD_LETTER}}", f"{results}-dead-letter"))
+    return json.loads(text)
+
+
+def policy_key(argv: list[str]) -> str:
+    return json.loads(flag(argv, "--policy"))["userLabels"]["policy"]
+
+
+def test_monitoring_is_created_from_the_repository_files_after_the_functions(env):
+    run = ok(deploy(env, *REQUIRED))
+
+    metrics = run.matching("logging", "metrics", "create")
+    assert [c[3] for c in metrics] == METRIC_NAMES
+    for c in metrics:  # the file itself (static): the fake keeps a copy of what it was given
+        assert json.loads(Path(f"{run.log}.config.{run.calls.index(c) + 1}").read_text()) == json.loads(
+            (MONITORING / "metrics" / f"{c[3]}.json").read_text())
+    (dashboard,) = run.matching("monitoring", "dashboards", "create")
+    assert json.loads(flag(dashboard, "--config")) == monitoring_file(MONITORING / "dashboard.json")
+    policies = run.matching("alpha", "monitoring", "policies", "create")
+    assert sorted(policy_key(c) for c in policies) == POLICY_NAMES
+    for c in policies:
+        assert json.loads(flag(c, "--policy")) == monitoring_file(MONITORING / "alerts" / f"{policy_key(c)}.json")
+        assert flag(c, "--notification-channels") is None
+    assert "no notification channel" in run.stderr and "--alert-email" in run.stderr
+    assert not run.matching("beta", "monitoring", "channels", "create")
+    first_monitoring = min(i for i, c in enumerate(run.calls) if is_monitoring(c))
+    assert first_monitoring > max(run.calls.index(c) for c in run.matching("functions", "deploy"))
+
+
+def test_custom_topic_names_reach_the_dead_letter_alert(env):
+    run = ok(deploy(env, *REQUIRED, "--followup-topic", "rad-followups", "--results-topic", "rad-results"))
+    (policy,) = [c for c in run.matching("alpha", "monitoring", "policies", "create") if policy_key(c) == "dead-letters"]
+    assert json.loads(flag(policy, "--policy")) == monitoring_file(MONITORING / "alerts" / "dead-letters.json",
+                                                                    "rad-followups", "rad-results")
+    assert "rad-followups-dead-letter" in flag(policy, "--policy")
+
+
+def test_second_run_updates_metrics_dashboard_and_policies_in_place(env):
+    run = ok(deploy(env, *REQUIRED, scenario="existing"))
+
+    assert not [c for c in run.calls if is_monitoring(c) and is_create(c)]
+    assert [c[3] for c in run.matching("logging", "metrics", "update")] == METRIC_NAMES
+    (dashboard,) = run.matching("monitoring", "dashboards", "update")
+    assert dashboard[3] == "dicom-import" and json.loads(flag(dashboard, "--config"))["displayName"]
+    lists = run.matching("alpha", "monitoring", "policies", "list")
+    updates = run.matching("alpha", "monitoring", "policies", "update")
+    assert len(lists) == len(updates) == len(POLICY_NAMES)
+    for found, update in zip(lists, updates):
+        # found by the labels in its file, updated under the name the list printed
+        key = policy_key(update)
+        assert flag(found, "--filter") == f"userLabels.app=dicom-import AND userLabels.policy={key}"
+        assert update[4] == f"projects/{PROJECT}/alertPolicies/{run.calls.index(found) + 1}"
+        assert "--clear-notification-channels" in update  # no --alert-email: this run's channels are none
+
+
+def test_alert_emails_become_channels_that_every_policy_notifies(env):
+    run = ok(deploy(env, *REQUIRED, "--alert-email", EMAILS[0], "--alert-email", EMAILS[1],
+                    "--alert-email", EMAILS[0], "--alert-channel", GIVEN_CHANNEL))
+
+    created = run.matching("beta", "monitoring", "channels", "create")
+    assert [(flag(c, "--type"), flag(c, "--channel-labels")) for c in created] == [
+        ("email", f"email_address={EMAILS[0]}"), ("email", f"email_address={EMAILS[1]}")]  # once per address
+    channels = [f"projects/{PROJECT}/notificationChannels/{run.calls.index(c) + 1}" for c in created]
+    policies = run.matching("alpha", "monitoring", "policies", "create")
+    assert len(policies) == len(POLICY_NAMES)
+    assert {flag(c, "--notification-channels") for c in policies} == {",".join([*channels, GIVEN_CHANNEL])}
+    assert "no notification channel" not in run.stderr
+
+    env["log"].unlink()
+    again = ok(deploy(env, *REQUIRED, "--alert-email", EMAILS[0], scenario="existing"))
+    assert not again.matching("beta", "monitoring", "channels", "create")  # found by its address
+    (found,) = again.matching("beta", "monitoring", "channels", "list")
+    assert flag(found, "--filter") == f'type="email" AND labels.email_address="{EMAILS[0]}"'
+    assert {flag(c, "--set-notification-channels") for c in again.matching("alpha", "monitoring", "policies", "update")} == {
+        f"projects/{PROJECT}/notificationChannels/{again.calls.index(found) + 1}"}
+
+
+def test_alert_emails_can_come_from_the_environment(env):
+    run = ok(deploy(env, *REQUIRED, ALERT_EMAILS=f"{EMAILS[0]} {EMAILS[1]}"))
+    assert len(run.matching("beta", "monitoring", "channels", "create")) == 2
+
+
 # ---------------------------------------------------------------- failures
 
 
@@ -550,6 +665,8 @@ BAD_INPUT = [
     pytest.param(REQUIRED + ["--memory", "512"], "--memory", id="memory-no-unit"),
     pytest.param(REQUIRED + ["--config", "nope.yaml"], "--config", id="config-missing"),
     pytest.param(REQUIRED + ["--config", "/etc/hostname"], "--config", id="config-outside-source"),
+    pytest.param(REQUIRED + ["--alert-email", "oncall"], "--alert-email", id="alert-email-not-an-address"),
+    pytest.param(REQUIRED + ["--alert-channel", "oncall-slack"], "--alert-channel", id="alert-channel-not-a-name"),
     pytest.param(REQUIRED + ["--regoin", "x"], "--regoin", id="unknown-flag"),
     pytest.param(REQUIRED + ["--project"], "--project", id="flag-without-value"),
 ]
@@ -583,7 +700,8 @@ def test_help_exits_0_and_lists_every_flag(env):
     run = ok(deploy(env, "--help"))
     for name in ("--project", "--region", "--inbox-bucket", "--state-bucket", "--dicom-store", "--results-topic",
                  "--followup-topic", "--export-requests-topic", "--export-bucket", "--concurrency",
-                 "--max-instances", "--memory", "--cpu", "--config", "--dry-run"):
+                 "--max-instances", "--memory", "--cpu", "--config", "--alert-email", "--alert-channel",
+                 "--dry-run"):
         assert name in run.stdout, name
     assert run.calls == []
 
@@ -655,15 +773,24 @@ def parse_with_gcloud(commands: list[list[str]], tmp_path: Path) -> dict[tuple[s
 def test_real_gcloud_accepts_every_command_and_flag(env, tmp_path):
     """Every recorded command parses with the installed gcloud: it stops at the credential check,
     which comes after argument parsing (an unknown flag or bad choice fails before it)."""
+    printed = tmp_path / "printed.sh"
+    printed.write_text(ok(deploy(env, *REQUIRED, *OPTIONS, "--dry-run")).stdout)
     runs = [
         ok(deploy(env, *REQUIRED, *TUNING, "--export-bucket", "rad-exports")),
         ok(deploy(env, *REQUIRED, scenario="existing")),
+        ok(deploy(env, script=printed)),  # what --dry-run with the alert options prints
+        ok(deploy(env, *REQUIRED, *OPTIONS, scenario="existing")),
     ]
     lifecycle = tmp_path / "lifecycle.json"
     lifecycle.write_text('{"rule": []}')
-    commands = sorted({tuple(a if not a.startswith("--lifecycle-file=") else f"--lifecycle-file={lifecycle}" for a in c)
-                       for run in runs for c in run.calls})
+    everything = {tuple(a if not a.startswith("--lifecycle-file=") else f"--lifecycle-file={lifecycle}" for a in c)
+                  for run in runs for c in run.calls}
+    commands = sorted(everything)
     assert len(commands) >= 40
+    for group in (("logging", "metrics"), ("monitoring", "dashboards"), ("alpha", "monitoring"),
+                  ("beta", "monitoring")):
+        assert any(c[:len(group)] == group for c in commands), group
+
     outputs = parse_with_gcloud([list(c) for c in commands] + [["pubsub", "topics", "create", "t", "--retry"]], tmp_path)
 
     # The check itself can fail: a flag gcloud does not know is reported.
