@@ -80,6 +80,8 @@ Options:
                             email notification channel per address)  [ALERT_EMAILS, space-separated]
   --alert-channel NAME      also notify projects/P/notificationChannels/ID, an existing
                             channel of any type (repeatable)       [ALERT_CHANNELS, space-separated]
+  --kms-key KEY             projects/P/locations/L/keyRings/R/cryptoKeys/K: customer-managed key of
+                            the state bucket and the topics; L must be the buckets' location  [KMS_KEY]
   --dry-run                 print every command (a runnable script) and run nothing  [DRY_RUN=1]
   -h, --help                this help
 
@@ -248,6 +250,7 @@ parse_args() {
   CONFIG_IN=${DICOM_IMPORT_CONFIG:-config.yaml}
   ALERT_EMAILS_IN=${ALERT_EMAILS:-}
   ALERT_CHANNELS_IN=${ALERT_CHANNELS:-}
+  KMS_KEY_IN=${KMS_KEY:-}
   DRY_RUN=${DRY_RUN:-0}
   [[ ${DRY_RUN} == 1 || ${DRY_RUN} == true ]] && DRY_RUN=1 || DRY_RUN=0
 
@@ -281,6 +284,7 @@ parse_args() {
       --config) CONFIG_IN=${value} ;;
       --alert-email) ALERT_EMAILS_FLAG+=" ${value}" ;;
       --alert-channel) ALERT_CHANNELS_FLAG+=" ${value}" ;;
+      --kms-key) KMS_KEY_IN=${value} ;;
       --help|--dry-run) die_usage "${flag} takes no value" ;;
       *) die_usage "unknown flag '${flag}'" ;;
     esac
@@ -397,6 +401,7 @@ validate() {
 
   validate_config
   validate_monitoring
+  validate_kms_key
 }
 
 cpu_at_least_one() {
@@ -472,6 +477,13 @@ find_identities() {
 }
 
 ensure_topic() {
+  if [[ -n ${KMS_KEY} ]]; then
+    converge "topic ${1}" \
+      gcloud pubsub topics describe "$1" --project="${PROJECT}" -- \
+      gcloud pubsub topics update "$1" --project="${PROJECT}" --topic-encryption-key="${KMS_KEY}" -- \
+      gcloud pubsub topics create "$1" --project="${PROJECT}" --labels="${LABELS}" --topic-encryption-key="${KMS_KEY}"
+    return
+  fi
   ensure "topic ${1}" \
     gcloud pubsub topics describe "$1" --project="${PROJECT}" -- \
     gcloud pubsub topics create "$1" --project="${PROJECT}" --labels="${LABELS}"
@@ -523,6 +535,10 @@ create_state_bucket() {
   # An existing bucket is converged (lifecycle, uniform access), not recreated.
   local -a update=(gcloud storage buckets update "gs://${STATE}" --project="${PROJECT}"
     --uniform-bucket-level-access --lifecycle-file="${LIFECYCLE_FILE}")
+  if [[ -n ${KMS_KEY} ]]; then  # new objects (staging copies, records) are encrypted with it
+    create+=(--default-encryption-key="${KMS_KEY}")
+    update+=(--default-encryption-key="${KMS_KEY}")
+  fi
   if dry; then
     printf 'if %s >/dev/null 2>&1; then %s; else %s; fi\n' \
       "$(command_line "${describe[@]}")" "$(command_line "${update[@]}")" "$(command_line "${create[@]}")"
@@ -676,6 +692,59 @@ configure_trigger_subscriptions() {
   configure_trigger_subscription "${FN_INTAKE}" INTAKE
   configure_trigger_subscription "${FN_FOLLOWUP}" FOLLOWUP "${FOLLOWUP_DLQ_ID}"
   configure_trigger_subscription "${FN_EXPORT}" EXPORT
+}
+
+# ---------------------------------------------------------------- customer-managed key (--kms-key)
+# The state bucket's default key and the topics' key; each Google service agent
+# that encrypts with it gets roles/cloudkms.cryptoKeyEncrypterDecrypter on it.
+# Reference: docs/deploy.md, "Customer-managed encryption keys".
+
+readonly KMS_ROLE=roles/cloudkms.cryptoKeyEncrypterDecrypter
+
+validate_kms_key() {
+  KMS_KEY="" KMS_LOCATION=""
+  [[ -n ${KMS_KEY_IN} ]] || return 0
+  local re='^projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/locations/([a-z0-9-]+)/keyRings/[A-Za-z0-9_-]{1,63}/cryptoKeys/[A-Za-z0-9_-]{1,63}$'
+  [[ ${KMS_KEY_IN} =~ ${re} ]] \
+    || die_usage "--kms-key '${KMS_KEY_IN}' is not a key name: use projects/PROJECT/locations/LOCATION/keyRings/RING/cryptoKeys/KEY (gcloud kms keys list --keyring RING --location LOCATION --format='value(name)')"
+  KMS_KEY=${KMS_KEY_IN}
+  KMS_LOCATION=${BASH_REMATCH[1]}
+  [[ ${KMS_LOCATION} != global ]] \
+    || die_usage "--kms-key is in location global: Cloud Storage only accepts a key in the bucket's own location (e.g. europe-west4, or europe for an EU bucket)"
+}
+
+# The Cloud Storage location a key location serves: the same name, except
+# that EU multi-region buckets take keys in the KMS multi-region "europe".
+bucket_location_of_key() {
+  case $1 in europe) printf eu ;; *) printf '%s' "$1" ;; esac
+}
+
+# The state bucket is created in the inbox's location, so the key must be there.
+check_kms_key_location() {
+  [[ -n ${KMS_KEY} ]] || return 0
+  local expected message
+  expected=$(bucket_location_of_key "${KMS_LOCATION}")
+  message="--kms-key is in ${KMS_LOCATION}, which only encrypts buckets in ${expected}; gs://${INBOX} (and the state bucket, created beside it) is elsewhere: use a key in the inbox's location (gcloud storage buckets describe gs://${INBOX} --format='value(location)'; EU -> europe)"
+  if dry; then
+    printf 'case "${INBOX_LOCATION}" in %s) ;; *) echo %s >&2; exit 1 ;; esac\n' "${expected}" "$(quote "deploy.sh: error: ${message}")"
+    return
+  fi
+  [[ ${INBOX_LOCATION} == "${expected}" ]] || die "${message} (inbox location: ${INBOX_LOCATION})"
+}
+
+grant_kms_key() {
+  [[ -n ${KMS_KEY} ]] || return 0
+  say "IAM: service agents on the key ${KMS_KEY}"
+  # Cloud Storage encrypts the state bucket's objects; Pub/Sub the topics' messages.
+  bind gcloud kms keys add-iam-policy-binding "${KMS_KEY}" --member="serviceAccount:${GCS_AGENT}" --role="${KMS_ROLE}"
+  bind gcloud kms keys add-iam-policy-binding "${KMS_KEY}" --member="serviceAccount:${PUBSUB_AGENT}" --role="${KMS_ROLE}"
+  # A CMEK dataset (encryptionSpec, set at its creation) uses a key in the
+  # dataset's own location: only then can this key be the dataset's.
+  if [[ ${KMS_LOCATION} == "${STORE_LOCATION}" ]]; then
+    bind gcloud kms keys add-iam-policy-binding "${KMS_KEY}" --member="serviceAccount:${HEALTHCARE_AGENT}" --role="${KMS_ROLE}"
+  else
+    say "not granted to the Healthcare agent: the store's dataset is in ${STORE_LOCATION}, the key in ${KMS_LOCATION}; a CMEK dataset needs a key in its own location (docs/deploy.md)"
+  fi
 }
 
 # ---------------------------------------------------------------- monitoring as code (monitoring/)
@@ -838,6 +907,8 @@ main() {
 
   enable_apis
   find_identities
+  check_kms_key_location
+  grant_kms_key
   create_topics
   create_state_bucket
   create_service_account

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 
+from handlers.cli import kms
 from handlers.cli.context import Context
+from handlers.cli.environment import STORAGE, require
+from handlers.cli.errors import CliError
 from handlers.config import Config, load
 
 
@@ -14,13 +18,26 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         description="Validate a config file (${ENV} interpolated from the environment) and print what it does. "
                     "Exit 0 when valid; otherwise every problem as PATH:LINE: message, exit 1.")
     parser.add_argument("path", nargs="?", help="the config file (default: --config)")
+    parser.add_argument("--kms-key", metavar="KEY", default=None,
+                        help="also check that this Cloud KMS key (default: $KMS_KEY, as for deploy.sh) can encrypt "
+                             "the state bucket and the watched buckets: it asks Cloud Storage for their locations")
     parser.set_defaults(run=run)
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
     path = args.path or ctx.config_path
     config = load(path)
+    key = args.kms_key or os.environ.get("KMS_KEY") or None
+    if key is not None:
+        kms.key_location(key)  # a malformed key is a usage error, before any call
+        require(STORAGE)
+        buckets = {config.state_bucket, *config.buckets}
+        found = kms.problems(key, buckets, kms.bucket_location)
+        if found:
+            raise CliError("; ".join(found))
     ctx.out.write(render(config))
+    if key is not None:
+        ctx.out.write(f"encryption key: {key} fits {', '.join(f'gs://{b}' for b in sorted(buckets))}\n")
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from tests.cli.conftest import CONFIG_ENV, write_config
 
 REPO_CONFIG = str(Path(__file__).resolve().parents[2] / "config.yaml")
@@ -74,3 +76,56 @@ def test_a_missing_environment_variable_names_the_fix(cli, config_env, monkeypat
     assert result.code == 1
     assert "uses ${INBOX_BUCKET} but the environment does not set it" in result.err
     assert result.err.endswith("hint: add --local to read .local/stack.env (the local stack), or export the variables\n")
+
+
+# ---------------------------------------------------------------- --kms-key: the key must fit the buckets
+
+EU_KEY = "projects/keys-1/locations/europe/keyRings/imaging/cryptoKeys/dicom"
+
+
+def test_a_key_is_checked_against_the_location_of_every_bucket_it_would_encrypt():
+    from handlers.cli import kms
+
+    locations = {"inbox-bkt": "EU", "state-bkt": "EU", "nam-bkt": "NAM4", "iowa-bkt": "US-CENTRAL1"}
+    assert kms.problems(EU_KEY, ["inbox-bkt", "state-bkt"], locations.get) == []
+    assert kms.problems("projects/k/locations/nam4/keyRings/r/cryptoKeys/k", ["nam-bkt"], locations.get) == []
+    assert kms.problems("projects/k/locations/us-central1/keyRings/r/cryptoKeys/k", ["iowa-bkt"], locations.get) == []
+    [problem] = kms.problems("projects/k/locations/europe-west4/keyRings/r/cryptoKeys/k", ["inbox-bkt"], locations.get)
+    assert problem.startswith("--kms-key is in europe-west4, gs://inbox-bkt in EU") and "use a key in europe" in problem
+    [missing] = kms.problems(EU_KEY, ["gone-bkt"], locations.get)
+    assert "gs://gone-bkt does not exist" in missing
+
+
+def test_check_config_refuses_a_key_in_another_location_than_the_buckets(cli, config_env, monkeypatch):
+    from handlers.cli import kms
+
+    asked = []
+    monkeypatch.setattr(kms, "bucket_location", lambda bucket: asked.append(bucket) or {"state-bkt": "EU"}.get(bucket, "US"))
+    result = cli("check-config", "--kms-key", EU_KEY)
+    assert result.code == 1 and result.out == ""
+    assert result.err == ("error: --kms-key is in europe, gs://inbox-bkt in US: Cloud Storage encrypts a bucket only "
+                          "with a key in its own location: use a key in us\n")
+    assert sorted(asked) == ["inbox-bkt", "state-bkt"]  # the watched buckets and the state bucket
+
+    monkeypatch.setattr(kms, "bucket_location", lambda bucket: "EU")
+    monkeypatch.setenv("KMS_KEY", EU_KEY)  # as deploy.sh reads it
+    result = cli("check-config")
+    assert result.code == 0
+    assert result.out.endswith(f"encryption key: {EU_KEY} fits gs://inbox-bkt, gs://state-bkt\n")
+
+
+def test_a_malformed_key_is_a_usage_error_before_any_call(cli, config_env, monkeypatch):
+    from handlers.cli import kms
+
+    monkeypatch.setattr(kms, "bucket_location", lambda bucket: pytest.fail("no call expected"))
+    result = cli("check-config", "--kms-key", "projects/k/keyRings/r/cryptoKeys/k")
+    assert result.code == 2 and "is not a key name" in result.err
+
+
+def test_without_a_key_check_config_asks_no_bucket(cli, config_env, monkeypatch):
+    from handlers.cli import kms
+
+    monkeypatch.delenv("KMS_KEY", raising=False)
+    monkeypatch.setattr(kms, "bucket_location", lambda bucket: pytest.fail("no call expected"))
+    result = cli("check-config")
+    assert result.code == 0 and "encryption key" not in result.out

@@ -53,10 +53,13 @@ REQUIRED = [
 ]
 # Not the defaults, so a test can tell the flags were used.
 TUNING = ["--concurrency", "7", "--max-instances", "3", "--memory", "1Gi"]
+KMS_KEY = "projects/dicom-keys-1/locations/europe/keyRings/imaging/cryptoKeys/dicom"  # the fake inbox is in EU
+KMS_ROLE = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
 EMAILS = ["imaging-oncall@hospital.example", "pacs-team@hospital.example"]
 GIVEN_CHANNEL = f"projects/{PROJECT}/notificationChannels/42"
-# All the monitoring options together.
-OPTIONS = ["--alert-email", EMAILS[0], "--alert-email", EMAILS[1], "--alert-channel", GIVEN_CHANNEL]
+# The alert and key options together.
+OPTIONS = ["--alert-email", EMAILS[0], "--alert-email", EMAILS[1], "--alert-channel", GIVEN_CHANNEL,
+           "--kms-key", KMS_KEY]
 SEP = "\x1f"
 
 FAKE_GCLOUD = r"""#!/usr/bin/env bash
@@ -274,7 +277,7 @@ def test_dry_run_runs_nothing_and_prints_every_command(env):
     assert syntax.returncode == 0, syntax.stderr
 
 
-@pytest.mark.parametrize("options", [[], OPTIONS], ids=["plain", "alerts"])
+@pytest.mark.parametrize("options", [[], OPTIONS], ids=["plain", "alerts-kms"])
 def test_dry_run_output_executes_exactly_the_calls_of_a_real_run(env, tmp_path, options):
     script = tmp_path / "printed.sh"
     script.write_text(ok(deploy(env, *REQUIRED, *TUNING, *options, "--dry-run")).stdout)
@@ -606,6 +609,72 @@ def test_alert_emails_can_come_from_the_environment(env):
     assert len(run.matching("beta", "monitoring", "channels", "create")) == 2
 
 
+# ---------------------------------------------------------------- customer-managed key (--kms-key)
+
+TOPICS = {"dicom-import-results", "dicom-import-results-dead-letter", "dicom-import-followups",
+          "dicom-import-followups-dead-letter", "dicom-export-requests"}
+
+
+def test_kms_key_encrypts_the_state_bucket_and_topics_and_the_agents_may_use_it(env):
+    run = ok(deploy(env, *REQUIRED, "--kms-key", KMS_KEY))
+
+    assert {b for b in run.bindings() if b[0] == "kms keys"} == {
+        ("kms keys", KMS_KEY, f"serviceAccount:{GCS_AGENT}", KMS_ROLE),
+        ("kms keys", KMS_KEY, PUBSUB_AGENT, KMS_ROLE),
+    }
+    # The store's dataset is in europe-west4, the key in europe: it cannot be the dataset's key.
+    assert "not granted to the Healthcare agent" in run.stderr
+    creates = run.matching("pubsub", "topics", "create")
+    assert {c[3] for c in creates} == TOPICS
+    assert {flag(c, "--topic-encryption-key") for c in creates} == {KMS_KEY}
+    (bucket,) = run.matching("storage", "buckets", "create")
+    assert flag(bucket, "--default-encryption-key") == KMS_KEY
+    # The agents may use the key before anything is created with it.
+    grants = [i for i, c in enumerate(run.calls) if c[:2] == ["kms", "keys"]]
+    assert max(grants) < min(run.calls.index(c) for c in creates + [bucket])
+
+    env["log"].unlink()
+    again = ok(deploy(env, *REQUIRED, "--kms-key", KMS_KEY, scenario="existing"))
+    updates = again.matching("pubsub", "topics", "update")
+    assert {c[3] for c in updates} == TOPICS and {flag(c, "--topic-encryption-key") for c in updates} == {KMS_KEY}
+    (bucket,) = again.matching("storage", "buckets", "update")
+    assert flag(bucket, "--default-encryption-key") == KMS_KEY
+
+    env["log"].unlink()
+    plain = ok(deploy(env, *REQUIRED))
+    assert not plain.matching("kms") and not plain.matching("pubsub", "topics", "update")
+    assert not [c for c in plain.calls if any(a.startswith(("--topic-encryption-key", "--default-encryption-key")) for a in c)]
+
+
+def test_kms_key_in_the_store_s_location_is_granted_to_the_healthcare_agent(env):
+    key = "projects/dicom-keys-1/locations/europe-west4/keyRings/imaging/cryptoKeys/dicom"
+    run = ok(deploy(env, *REQUIRED, "--kms-key", key, FAKE_INBOX_LOCATION="europe-west4"))
+    assert ("kms keys", key, HEALTHCARE_AGENT, KMS_ROLE) in run.bindings()
+    assert "not granted to the Healthcare agent" not in run.stderr
+
+
+def test_kms_key_in_another_location_than_the_buckets_is_refused_before_anything_is_created(env, tmp_path):
+    key = "projects/dicom-keys-1/locations/us-central1/keyRings/imaging/cryptoKeys/dicom"
+    run = deploy(env, *REQUIRED, "--kms-key", key)
+    assert run.returncode == 1
+    assert "--kms-key is in us-central1" in run.stderr and f"gs://{INBOX}" in run.stderr and "(inbox location: eu)" in run.stderr
+    assert not run.matching("kms") and not run.matching("pubsub", "topics", "create")
+    assert not run.matching("storage", "buckets", "create") and not run.matching("functions", "deploy")
+
+    # The dry run's script refuses the same way when run.
+    script = tmp_path / "printed.sh"
+    script.write_text(ok(deploy(env, *REQUIRED, "--kms-key", key, "--dry-run")).stdout)
+    env["log"].unlink()
+    printed = deploy(env, script=script)
+    assert printed.returncode == 1 and "--kms-key is in us-central1" in printed.stderr
+    assert not printed.matching("kms") and not printed.matching("pubsub", "topics", "create")
+
+
+def test_an_eu_key_fits_an_eu_inbox_only(env):
+    run = deploy(env, *REQUIRED, "--kms-key", KMS_KEY, FAKE_INBOX_LOCATION="europe-west4")
+    assert run.returncode == 1 and "only encrypts buckets in eu" in run.stderr
+
+
 # ---------------------------------------------------------------- failures
 
 
@@ -667,6 +736,9 @@ BAD_INPUT = [
     pytest.param(REQUIRED + ["--config", "/etc/hostname"], "--config", id="config-outside-source"),
     pytest.param(REQUIRED + ["--alert-email", "oncall"], "--alert-email", id="alert-email-not-an-address"),
     pytest.param(REQUIRED + ["--alert-channel", "oncall-slack"], "--alert-channel", id="alert-channel-not-a-name"),
+    pytest.param(REQUIRED + ["--kms-key", "projects/dicom-keys-1/keyRings/r/cryptoKeys/k"], "--kms-key", id="kms-key-no-location"),
+    pytest.param(REQUIRED + ["--kms-key", "projects/dicom-keys-1/locations/global/keyRings/r/cryptoKeys/k"], "--kms-key",
+                 id="kms-key-global"),
     pytest.param(REQUIRED + ["--regoin", "x"], "--regoin", id="unknown-flag"),
     pytest.param(REQUIRED + ["--project"], "--project", id="flag-without-value"),
 ]
@@ -700,7 +772,7 @@ def test_help_exits_0_and_lists_every_flag(env):
     run = ok(deploy(env, "--help"))
     for name in ("--project", "--region", "--inbox-bucket", "--state-bucket", "--dicom-store", "--results-topic",
                  "--followup-topic", "--export-requests-topic", "--export-bucket", "--concurrency",
-                 "--max-instances", "--memory", "--cpu", "--config", "--alert-email", "--alert-channel",
+                 "--max-instances", "--memory", "--cpu", "--config", "--alert-email", "--alert-channel", "--kms-key",
                  "--dry-run"):
         assert name in run.stdout, name
     assert run.calls == []
@@ -778,7 +850,7 @@ def test_real_gcloud_accepts_every_command_and_flag(env, tmp_path):
     runs = [
         ok(deploy(env, *REQUIRED, *TUNING, "--export-bucket", "rad-exports")),
         ok(deploy(env, *REQUIRED, scenario="existing")),
-        ok(deploy(env, script=printed)),  # what --dry-run with the alert options prints
+        ok(deploy(env, script=printed)),  # what --dry-run with the alert, key and table options prints
         ok(deploy(env, *REQUIRED, *OPTIONS, scenario="existing")),
     ]
     lifecycle = tmp_path / "lifecycle.json"
@@ -787,8 +859,8 @@ def test_real_gcloud_accepts_every_command_and_flag(env, tmp_path):
                   for run in runs for c in run.calls}
     commands = sorted(everything)
     assert len(commands) >= 40
-    for group in (("logging", "metrics"), ("monitoring", "dashboards"), ("alpha", "monitoring"),
-                  ("beta", "monitoring")):
+    for group in (("kms", "keys"), ("logging", "metrics"), ("monitoring", "dashboards"), ("alpha", "monitoring"),
+                  ("beta", "monitoring"), ("pubsub", "topics", "update")):
         assert any(c[:len(group)] == group for c in commands), group
 
     outputs = parse_with_gcloud([list(c) for c in commands] + [["pubsub", "topics", "create", "t", "--retry"]], tmp_path)
