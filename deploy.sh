@@ -82,6 +82,9 @@ Options:
                             channel of any type (repeatable)       [ALERT_CHANNELS, space-separated]
   --kms-key KEY             projects/P/locations/L/keyRings/R/cryptoKeys/K: customer-managed key of
                             the state bucket and the topics; L must be the buckets' location  [KMS_KEY]
+  --results-table TABLE     PROJECT:DATASET.TABLE: every result message is written there by a
+                            BigQuery subscription; the table is created if missing, the dataset
+                            must exist                                       [RESULTS_TABLE]
   --dry-run                 print every command (a runnable script) and run nothing  [DRY_RUN=1]
   -h, --help                this help
 
@@ -198,6 +201,16 @@ find_or_create() {
   printf -v "${var}" '%s' "${out}"
 }
 
+# must_succeed MESSAGE CMD...: stop with MESSAGE unless CMD succeeds (output hidden).
+must_succeed() {
+  local message=$1; shift
+  if dry; then
+    printf '%s >/dev/null 2>&1 || { echo %s >&2; exit 1; }\n' "$(command_line "$@")" "$(quote "deploy.sh: error: ${message}")"
+    return
+  fi
+  "$@" >/dev/null 2>&1 || die "${message}"
+}
+
 # lookup VAR [--hint TEXT] CMD...: VAR=$(CMD), first line. Under --dry-run,
 # prints the assignment and sets VAR to the placeholder ${VAR} that the
 # commands printed after it use.
@@ -251,6 +264,7 @@ parse_args() {
   ALERT_EMAILS_IN=${ALERT_EMAILS:-}
   ALERT_CHANNELS_IN=${ALERT_CHANNELS:-}
   KMS_KEY_IN=${KMS_KEY:-}
+  RESULTS_TABLE_IN=${RESULTS_TABLE:-}
   DRY_RUN=${DRY_RUN:-0}
   [[ ${DRY_RUN} == 1 || ${DRY_RUN} == true ]] && DRY_RUN=1 || DRY_RUN=0
 
@@ -285,6 +299,7 @@ parse_args() {
       --alert-email) ALERT_EMAILS_FLAG+=" ${value}" ;;
       --alert-channel) ALERT_CHANNELS_FLAG+=" ${value}" ;;
       --kms-key) KMS_KEY_IN=${value} ;;
+      --results-table) RESULTS_TABLE_IN=${value} ;;
       --help|--dry-run) die_usage "${flag} takes no value" ;;
       *) die_usage "unknown flag '${flag}'" ;;
     esac
@@ -402,6 +417,7 @@ validate() {
   validate_config
   validate_monitoring
   validate_kms_key
+  validate_results_table
 }
 
 cpu_at_least_one() {
@@ -747,6 +763,60 @@ grant_kms_key() {
   fi
 }
 
+# ---------------------------------------------------------------- results in BigQuery (--results-table)
+# A BigQuery subscription on the results topic writes every result message
+# (imports and exports) into a table whose schema is bigquery/results.schema.json.
+# Reference: docs/deploy.md, "Results in BigQuery"; queries: docs/queries.md.
+
+readonly RESULTS_TABLE_SCHEMA=bigquery/results.schema.json
+readonly BIGQUERY_MAX_DELIVERY_ATTEMPTS=10
+
+validate_results_table() {
+  RESULTS_TABLE=""
+  [[ -n ${RESULTS_TABLE_IN} ]] || return 0
+  local re='^([a-z][a-z0-9-]{4,28}[a-z0-9])[:.]([A-Za-z0-9_]{1,1024})\.([A-Za-z0-9_-]{1,1024})$'
+  [[ ${RESULTS_TABLE_IN} =~ ${re} ]] \
+    || die_usage "--results-table '${RESULTS_TABLE_IN}' is not a table name: use PROJECT:DATASET.TABLE, e.g. --results-table ${PROJECT}:dicom_import.results"
+  TABLE_PROJECT=${BASH_REMATCH[1]}
+  TABLE_DATASET=${BASH_REMATCH[2]}
+  RESULTS_TABLE=${TABLE_PROJECT}:${TABLE_DATASET}.${BASH_REMATCH[3]}
+  RESULTS_BIGQUERY_SUBSCRIPTION=${RESULTS_TOPIC_ID}-bigquery
+  [[ -f ${SOURCE_DIR}/${RESULTS_TABLE_SCHEMA} ]] || die "${SOURCE_DIR}/${RESULTS_TABLE_SCHEMA} is missing: restore it from the repository"
+}
+
+ensure_results_table() {
+  [[ -n ${RESULTS_TABLE} ]] || return 0
+  say "results table ${RESULTS_TABLE}, written by the subscription ${RESULTS_BIGQUERY_SUBSCRIPTION}"
+  local schema=${SOURCE_DIR}/${RESULTS_TABLE_SCHEMA}
+  run gcloud services enable bigquery.googleapis.com --project="${TABLE_PROJECT}"
+  # The dataset decides the location, retention and default key: its owner creates it.
+  must_succeed "dataset ${TABLE_PROJECT}:${TABLE_DATASET} of --results-table does not exist or is not readable: create it where the results may live, e.g. bq --location=EU mk --dataset [--default_kms_key=KEY] ${TABLE_PROJECT}:${TABLE_DATASET}" \
+    bq show --format=none "${TABLE_PROJECT}:${TABLE_DATASET}"
+  # An existing table gets the columns the repository's schema added since (bq update only adds).
+  converge "table ${RESULTS_TABLE}" \
+    bq show --format=none "${RESULTS_TABLE}" -- \
+    bq update --schema="${schema}" "${RESULTS_TABLE}" -- \
+    bq mk --table --schema="${schema}" --time_partitioning_field=publish_time --time_partitioning_type=DAY \
+    --clustering_fields=outcome,rule --label=app:dicom-import \
+    --description="DICOM import and export results, one row per message on ${RESULTS_TOPIC_ID} (deploy.sh)" \
+    "${RESULTS_TABLE}"
+  # The subscription writes as the Pub/Sub service agent.
+  bind bq add-iam-policy-binding --member="serviceAccount:${PUBSUB_AGENT}" --role=roles/bigquery.dataEditor "${RESULTS_TABLE}"
+  # Rows BigQuery refuses (a column missing) go to the results dead-letter topic.
+  local -a bigquery=(--bigquery-table="${RESULTS_TABLE}" --use-table-schema --write-metadata
+    --dead-letter-topic="projects/${PROJECT}/topics/${RESULTS_DLQ_ID}"
+    --max-delivery-attempts="${BIGQUERY_MAX_DELIVERY_ATTEMPTS}")
+  converge "subscription ${RESULTS_BIGQUERY_SUBSCRIPTION}" \
+    gcloud pubsub subscriptions describe "${RESULTS_BIGQUERY_SUBSCRIPTION}" --project="${PROJECT}" -- \
+    gcloud pubsub subscriptions update "${RESULTS_BIGQUERY_SUBSCRIPTION}" --project="${PROJECT}" "${bigquery[@]}" -- \
+    gcloud pubsub subscriptions create "${RESULTS_BIGQUERY_SUBSCRIPTION}" --project="${PROJECT}" \
+    --topic="${RESULTS_TOPIC_ID}" "${bigquery[@]}" --message-retention-duration="${DEAD_LETTER_RETENTION}" \
+    --expiration-period=never --labels="${LABELS}"
+  # Dead-lettering acknowledges the message on this subscription.
+  bind gcloud pubsub subscriptions add-iam-policy-binding "${RESULTS_BIGQUERY_SUBSCRIPTION}" --project="${PROJECT}" \
+    --member="serviceAccount:${PUBSUB_AGENT}" --role=roles/pubsub.subscriber
+}
+
 # ---------------------------------------------------------------- monitoring as code (monitoring/)
 # Log-based metrics (monitoring/metrics/NAME.json), the dashboard
 # (monitoring/dashboard.json) and alert policies (monitoring/alerts/*.json),
@@ -917,6 +987,7 @@ main() {
   deploy_functions
   grant_invoker
   configure_trigger_subscriptions
+  ensure_results_table
   deploy_monitoring
   summary
 }

@@ -55,11 +55,13 @@ REQUIRED = [
 TUNING = ["--concurrency", "7", "--max-instances", "3", "--memory", "1Gi"]
 KMS_KEY = "projects/dicom-keys-1/locations/europe/keyRings/imaging/cryptoKeys/dicom"  # the fake inbox is in EU
 KMS_ROLE = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
+TABLE = f"{PROJECT}:dicom_import.results"
+BIGQUERY_SUBSCRIPTION = "dicom-import-results-bigquery"
 EMAILS = ["imaging-oncall@hospital.example", "pacs-team@hospital.example"]
 GIVEN_CHANNEL = f"projects/{PROJECT}/notificationChannels/42"
-# The alert and key options together.
+# The issue's "done when": the alert, key and table options together.
 OPTIONS = ["--alert-email", EMAILS[0], "--alert-email", EMAILS[1], "--alert-channel", GIVEN_CHANNEL,
-           "--kms-key", KMS_KEY]
+           "--kms-key", KMS_KEY, "--results-table", TABLE]
 SEP = "\x1f"
 
 FAKE_GCLOUD = r"""#!/usr/bin/env bash
@@ -130,6 +132,23 @@ exit 0
 """
 
 
+FAKE_BQ = r"""#!/usr/bin/env bash
+# Fake bq for tests/unit/test_deploy.py: records argv (after "bq") in the gcloud log.
+set -u
+log=${FAKE_GCLOUD_LOG:?}
+{ printf '%s\x1f' bq "$@"; printf '\n'; } >>"$log"
+if [[ $1 == show ]]; then
+  target=${!#}
+  if [[ $target == *.* ]]; then  # a table
+    [[ ${FAKE_GCLOUD_EXISTING:-0} == 1 ]] || { echo "BigQuery error in show operation: Not found: Table $target" >&2; exit 2; }
+  else                           # a dataset
+    [[ -z ${FAKE_BQ_NO_DATASET:-} ]] || { echo "BigQuery error in show operation: Not found: Dataset $target" >&2; exit 2; }
+  fi
+fi
+exit 0
+"""
+
+
 class Run:
     def __init__(self, proc: subprocess.CompletedProcess, log: Path):
         self.returncode = proc.returncode
@@ -159,7 +178,8 @@ class Run:
         for c in self.calls:
             if "add-iam-policy-binding" in c:
                 i = c.index("add-iam-policy-binding")
-                out.add((" ".join(c[:i]), c[i + 1], flag(c, "--member"), flag(c, "--role")))
+                resource = c[-1] if c[0] == "bq" else c[i + 1]  # bq names the resource last
+                out.add((" ".join(c[:i]), resource, flag(c, "--member"), flag(c, "--role")))
         return out
 
     def dump(self) -> str:
@@ -185,11 +205,11 @@ def env(tmp_path: Path) -> dict:
         shutil.copy2(REPO / name, src / name)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, text in (("gcloud", FAKE_GCLOUD),):
+    for name, text in (("gcloud", FAKE_GCLOUD), ("bq", FAKE_BQ)):
         fake = bin_dir / name
         fake.write_text(text)
         fake.chmod(0o755)
-    for directory in ("monitoring",):
+    for directory in ("monitoring", "bigquery"):
         shutil.copytree(REPO / directory, src / directory)
     home = tmp_path / "home"
     home.mkdir()
@@ -277,7 +297,7 @@ def test_dry_run_runs_nothing_and_prints_every_command(env):
     assert syntax.returncode == 0, syntax.stderr
 
 
-@pytest.mark.parametrize("options", [[], OPTIONS], ids=["plain", "alerts-kms"])
+@pytest.mark.parametrize("options", [[], OPTIONS], ids=["plain", "alerts-kms-bigquery"])
 def test_dry_run_output_executes_exactly_the_calls_of_a_real_run(env, tmp_path, options):
     script = tmp_path / "printed.sh"
     script.write_text(ok(deploy(env, *REQUIRED, *TUNING, *options, "--dry-run")).stdout)
@@ -675,6 +695,55 @@ def test_an_eu_key_fits_an_eu_inbox_only(env):
     assert run.returncode == 1 and "only encrypts buckets in eu" in run.stderr
 
 
+# ---------------------------------------------------------------- results in BigQuery (--results-table)
+
+
+def test_results_table_is_created_and_filled_by_a_bigquery_subscription(env):
+    run = ok(deploy(env, *REQUIRED, "--results-table", TABLE))
+
+    assert ["services", "enable", "bigquery.googleapis.com", f"--project={PROJECT}"] in run.calls
+    assert [c[-1] for c in run.matching("bq", "show")] == [f"{PROJECT}:dicom_import", TABLE]
+    (mk,) = run.matching("bq", "mk")
+    assert mk[-1] == TABLE and "--table" in mk
+    assert flag(mk, "--schema") == str(env["src"] / "bigquery" / "results.schema.json")
+    assert (flag(mk, "--time_partitioning_field"), flag(mk, "--time_partitioning_type")) == ("publish_time", "DAY")
+    grant = ("bq", TABLE, PUBSUB_AGENT, "roles/bigquery.dataEditor")
+    assert grant in run.bindings()
+    (subscription,) = [c for c in run.matching("pubsub", "subscriptions", "create") if c[3] == BIGQUERY_SUBSCRIPTION]
+    assert flag(subscription, "--topic") == "dicom-import-results"
+    assert flag(subscription, "--bigquery-table") == TABLE
+    assert "--use-table-schema" in subscription and "--write-metadata" in subscription
+    assert "--drop-unknown-fields" not in subscription  # a missing column is dead-lettered, not silently dropped
+    assert flag(subscription, "--dead-letter-topic") == f"projects/{PROJECT}/topics/dicom-import-results-dead-letter"
+    assert 5 <= int(flag(subscription, "--max-delivery-attempts")) <= 100
+    assert ("pubsub subscriptions", BIGQUERY_SUBSCRIPTION, PUBSUB_AGENT, "roles/pubsub.subscriber") in run.bindings()
+    # Pub/Sub checks on creation that it may write the table.
+    assert run.index("bq", "add-iam-policy-binding") < run.calls.index(subscription)
+    assert run.calls.index(mk) < run.index("bq", "add-iam-policy-binding")
+
+    env["log"].unlink()
+    again = ok(deploy(env, *REQUIRED, "--results-table", TABLE.replace(":", "."), scenario="existing"))
+    assert not again.matching("bq", "mk")
+    (update,) = again.matching("bq", "update")
+    assert update[-1] == TABLE and flag(update, "--schema") == str(env["src"] / "bigquery" / "results.schema.json")
+    (subscription,) = [c for c in again.matching("pubsub", "subscriptions", "update") if c[3] == BIGQUERY_SUBSCRIPTION]
+    assert flag(subscription, "--bigquery-table") == TABLE and "--use-table-schema" in subscription
+
+
+def test_results_table_needs_an_existing_dataset(env):
+    run = deploy(env, *REQUIRED, "--results-table", TABLE, FAKE_BQ_NO_DATASET="1")
+    assert run.returncode == 1
+    assert f"dataset {PROJECT}:dicom_import" in run.stderr and "bq --location=" in run.stderr
+    assert not run.matching("bq", "mk")
+    assert not [c for c in run.calls if BIGQUERY_SUBSCRIPTION in c]
+
+
+def test_without_results_table_nothing_touches_bigquery(env):
+    run = ok(deploy(env, *REQUIRED))
+    assert not run.matching("bq") and not [c for c in run.calls if BIGQUERY_SUBSCRIPTION in c]
+    assert not [c for c in run.calls if "bigquery.googleapis.com" in c]
+
+
 # ---------------------------------------------------------------- failures
 
 
@@ -739,6 +808,9 @@ BAD_INPUT = [
     pytest.param(REQUIRED + ["--kms-key", "projects/dicom-keys-1/keyRings/r/cryptoKeys/k"], "--kms-key", id="kms-key-no-location"),
     pytest.param(REQUIRED + ["--kms-key", "projects/dicom-keys-1/locations/global/keyRings/r/cryptoKeys/k"], "--kms-key",
                  id="kms-key-global"),
+    pytest.param(REQUIRED + ["--results-table", "dicom_import.results"], "--results-table", id="results-table-no-project"),
+    pytest.param(REQUIRED + ["--results-table", f"{PROJECT}:dicom-import.results"], "--results-table",
+                 id="results-table-dataset-with-dash"),
     pytest.param(REQUIRED + ["--regoin", "x"], "--regoin", id="unknown-flag"),
     pytest.param(REQUIRED + ["--project"], "--project", id="flag-without-value"),
 ]
@@ -773,7 +845,7 @@ def test_help_exits_0_and_lists_every_flag(env):
     for name in ("--project", "--region", "--inbox-bucket", "--state-bucket", "--dicom-store", "--results-topic",
                  "--followup-topic", "--export-requests-topic", "--export-bucket", "--concurrency",
                  "--max-instances", "--memory", "--cpu", "--config", "--alert-email", "--alert-channel", "--kms-key",
-                 "--dry-run"):
+                 "--results-table", "--dry-run"):
         assert name in run.stdout, name
     assert run.calls == []
 
@@ -841,6 +913,24 @@ def parse_with_gcloud(commands: list[list[str]], tmp_path: Path) -> dict[tuple[s
     return outputs
 
 
+def parse_with_bq(commands: list[tuple[str, ...]], tmp_path: Path) -> dict[tuple[str, ...], str]:
+    """bq's output for each command, run as the SDK's bq.py with an empty configuration: it parses
+    its flags (an unknown one is fatal) before it asks gcloud for credentials, which fails."""
+    sdk = Path(os.path.realpath(real_gcloud())).parent.parent
+    bundled = sdk / "platform" / "bundledpythonunix" / "bin" / "python3"
+    python = str(bundled) if bundled.exists() else sys.executable
+    config = tmp_path / "bq-gcloud-config"
+    config.mkdir(exist_ok=True)
+    isolated = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "LANG": "C.UTF-8", "CLOUDSDK_CONFIG": str(config),
+                "CLOUDSDK_CORE_DISABLE_PROMPTS": "1", "CLOUDSDK_CORE_CHECK_GCE_METADATA": "false"}
+    outputs = {}
+    for argv in commands:
+        proc = subprocess.run([python, str(sdk / "platform" / "bq" / "bq.py"), *argv[1:]], env=isolated,
+                              capture_output=True, text=True, timeout=120)
+        outputs[argv] = " ".join((proc.stdout + proc.stderr).split())  # bq wraps its messages
+    return outputs
+
+
 @pytest.mark.skipif(real_gcloud() is None, reason="the gcloud CLI is not installed")
 def test_real_gcloud_accepts_every_command_and_flag(env, tmp_path):
     """Every recorded command parses with the installed gcloud: it stops at the credential check,
@@ -857,12 +947,16 @@ def test_real_gcloud_accepts_every_command_and_flag(env, tmp_path):
     lifecycle.write_text('{"rule": []}')
     everything = {tuple(a if not a.startswith("--lifecycle-file=") else f"--lifecycle-file={lifecycle}" for a in c)
                   for run in runs for c in run.calls}
-    commands = sorted(everything)
+    commands = sorted(c for c in everything if c[0] != "bq")
     assert len(commands) >= 40
     for group in (("kms", "keys"), ("logging", "metrics"), ("monitoring", "dashboards"), ("alpha", "monitoring"),
                   ("beta", "monitoring"), ("pubsub", "topics", "update")):
         assert any(c[:len(group)] == group for c in commands), group
-
+    bq_outputs = parse_with_bq(sorted(c for c in everything if c[0] == "bq") + [("bq", "mk", "--tabel", "p:d.t")], tmp_path)
+    assert "Unknown command line flag 'tabel'" in bq_outputs[("bq", "mk", "--tabel", "p:d.t")]
+    bq_rejected = [f"{' '.join(argv)}\n  -> {output.strip()[:300]}" for argv, output in bq_outputs.items()
+                   if "--tabel" not in argv and "Error retrieving auth credentials" not in output]
+    assert not bq_rejected, "\n".join(bq_rejected)
     outputs = parse_with_gcloud([list(c) for c in commands] + [["pubsub", "topics", "create", "t", "--retry"]], tmp_path)
 
     # The check itself can fail: a flag gcloud does not know is reported.
