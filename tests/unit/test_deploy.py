@@ -744,6 +744,43 @@ def test_without_results_table_nothing_touches_bigquery(env):
     assert not [c for c in run.calls if "bigquery.googleapis.com" in c]
 
 
+# ---------------------------------------------------------------- docs/security.md
+
+
+def security_sections() -> dict[str, str]:
+    """docs/security.md's identity sections: heading -> text."""
+    text = (REPO / "docs" / "security.md").read_text()
+    found = {}
+    for part in text.split("\n### ")[1:]:
+        heading, _, body = part.partition("\n")
+        found[heading.strip()] = body.split("\n## ")[0]
+    return found
+
+
+def test_security_md_names_every_role_deploy_sh_grants_under_its_identity(env):
+    runs = [
+        ok(deploy(env, *REQUIRED, *OPTIONS, "--export-bucket", "rad-exports")),
+        # a key in the store's location: the Healthcare agent's grant too
+        ok(deploy(env, *REQUIRED, "--kms-key", "projects/dicom-keys-1/locations/europe-west4/keyRings/r/cryptoKeys/k",
+                  FAKE_INBOX_LOCATION="europe-west4")),
+    ]
+    granted = {(member, role) for run in runs for _, _, member, role in run.bindings()}
+    granted |= {(flag(c, "--member"), "roles/run.invoker")
+                for run in runs for c in run.matching("functions", "add-invoker-policy-binding")}
+    identities = {f"serviceAccount:{RUNTIME_SA}": "Runtime service account",
+                  HEALTHCARE_AGENT: "Cloud Healthcare service agent",
+                  PUBSUB_AGENT: "Pub/Sub service agent",
+                  f"serviceAccount:{GCS_AGENT}": "Cloud Storage service agent"}
+    sections = security_sections()
+    missing = []
+    for member, role in sorted(granted):
+        assert member in identities, f"deploy.sh grants {role} to {member}: add the identity to docs/security.md"
+        if f"`{role}`" not in sections[identities[member]]:
+            missing.append(f"{role} ({identities[member]})")
+    assert not missing, f"docs/security.md does not list: {missing}"
+    assert len(granted) >= 15
+
+
 # ---------------------------------------------------------------- failures
 
 
