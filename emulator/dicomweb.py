@@ -17,7 +17,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from emulator.dicom import DicomError, to_explicit_vr_little_endian
 from emulator.dicomstore import DicomStore, Instance
-from emulator.errors import FAILED_PRECONDITION, ApiError, invalid, not_found
+from emulator.errors import FAILED_PRECONDITION, INVALID_ARGUMENT, ApiError, invalid, not_found
 
 STUDY, SERIES, INSTANCE = "study", "series", "instance"
 MAX_LIMIT = {STUDY: 5000, SERIES: 5000, INSTANCE: 50000}
@@ -210,7 +210,7 @@ def _media_ranges(accept: str) -> list[tuple[str, dict[str, str]]]:
 
 
 def negotiate(accept: str) -> tuple[bool, str]:
-    """(multipart?, transfer syntax: '*' or explicit VR LE) for an Accept header; 400 if unsupported."""
+    """(multipart?, transfer syntax: '*' or explicit VR LE) for an Accept header; 406 if unsupported."""
     if not accept.strip():
         return True, EXPLICIT_LE
     for media, params in _media_ranges(accept):
@@ -223,10 +223,20 @@ def negotiate(accept: str) -> tuple[bool, str]:
             return True, syntax
         if media in ("*/*", "multipart/*"):
             return True, syntax
-    raise invalid(
-        f"Accept {accept!r} is not supported by the emulator for instance retrieval; use "
-        "'application/dicom; transfer-syntax=*', 'application/dicom; transfer-syntax=1.2.840.10008.1.2.1' "
-        "or 'multipart/related; type=\"application/dicom\"' (optionally with transfer-syntax=*)"
+    raise not_acceptable(accept, single_part=True)
+
+
+def not_acceptable(accept: str, *, single_part: bool) -> ApiError:
+    """406, as the API answers an Accept header it cannot satisfy, with its wording and the emulator's choices."""
+    choices = ['multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1',
+               'multipart/related; type="application/dicom"; transfer-syntax=*']
+    if single_part:
+        choices += ["application/dicom; transfer-syntax=1.2.840.10008.1.2.1", "application/dicom; transfer-syntax=*"]
+    return ApiError(
+        INVALID_ARGUMENT,
+        f"no supported media type found in [{accept}], accept-header must include one of {', '.join(choices)} "
+        "(the emulator transcodes to explicit VR little endian only)",
+        http=406,
     )
 
 
@@ -246,11 +256,8 @@ def retrieve_many(store: DicomStore, study: str, series: str | None, accept: str
     """WADO-RS RetrieveStudy / RetrieveSeries: every instance, one part each, in store order."""
     members = _members(store, study, series)
     multipart, syntax = negotiate(accept)
-    if not multipart:
-        raise invalid(
-            "single-part application/dicom is for one instance (RetrieveInstance) only; a study or series is "
-            "'multipart/related; type=\"application/dicom\"' (optionally with transfer-syntax=*)"
-        )
+    if not multipart:  # single-part application/dicom is for one instance (RetrieveInstance) only
+        raise not_acceptable(accept, single_part=False)
     return _multipart([_encoded(instance, syntax) for instance in members])
 
 

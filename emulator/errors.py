@@ -36,13 +36,25 @@ CANCELLED = 1
 
 
 class ApiError(Exception):
-    """An error answered in Google's JSON error format; ``code`` is the canonical code."""
+    """An error answered in Google's JSON error format; ``code`` is the canonical code.
 
-    def __init__(self, code: int, message: str, *, field: str | None = None, details: list[dict[str, Any]] | None = None):
+    ``http`` overrides the code's usual HTTP status where the API answers another one (DICOMweb's 406).
+    """
+
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        *,
+        field: str | None = None,
+        details: list[dict[str, Any]] | None = None,
+        http: int | None = None,
+    ):
         if code not in CANONICAL:
             raise ValueError(f"{code} is not a canonical google.rpc.Code")
         super().__init__(message)
         self.code = code
+        self._http = http
         self.message = message
         self.details = list(details or [])
         if field:
@@ -59,7 +71,7 @@ class ApiError(Exception):
 
     @property
     def http_status(self) -> int:
-        return CANONICAL[self.code][1]
+        return self._http or CANONICAL[self.code][1]
 
     def body(self) -> dict[str, Any]:
         """``{"error": {"code": HTTP, "message", "status", "details"}}``."""

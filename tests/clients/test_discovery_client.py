@@ -208,7 +208,7 @@ def test_dicomweb_searches(datasets, loaded):
     assert len(in_study_instances) == 3
 
 
-def test_retrieve_instance(healthcare_raw, loaded):
+def test_retrieve_instance(healthcare, healthcare_raw, loaded):
     store, _, _, (uids, data) = loaded
     instances = healthcare_raw.projects().locations().datasets().dicomStores().studies().series().instances()
     path = f"studies/{uids.study}/series/{uids.series}/instances/{uids.sop}"
@@ -223,6 +223,13 @@ def test_retrieve_instance(healthcare_raw, loaded):
     transcoded = pydicom.dcmread(BytesIO(dicom_part.get_payload(decode=True)))
     assert transcoded.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"  # the API's default: explicit VR LE
     assert transcoded.SOPInstanceUID == uids.sop
+
+    with pytest.raises(HttpError) as json_accept:  # the JSON model asks for application/json: the API says 406
+        healthcare.projects().locations().datasets().dicomStores().studies().series().instances().retrieveInstance(
+            parent=store, dicomWebPath=path
+        ).execute()
+    assert json_accept.value.status_code == 406
+    assert json_accept.value.reason.startswith("no supported media type found in [application/json]")
 
 
 def test_errors_surface_as_http_error(datasets, store, location):

@@ -120,7 +120,7 @@ def test_retrieve_transcodes_by_default_and_refuses_unknown_accept(api, store, u
     assert pydicom.dcmread(BytesIO(single.content)).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
     stored = api.call("GET", path, headers={"Accept": "application/dicom; transfer-syntax=*"})
     assert stored.headers["Content-Type"] == "application/dicom; transfer-syntax=1.2.840.10008.1.2"
-    assert_google_error(api.call("GET", path, headers={"Accept": "image/jpeg"}), 400, "INVALID_ARGUMENT", "transfer-syntax=*")
+    assert_google_error(api.call("GET", path, headers={"Accept": "image/jpeg"}), 406, "INVALID_ARGUMENT", "transfer-syntax=*")
 
 
 def test_retrieve_missing_instance_or_store_is_404(api, loaded):

@@ -22,7 +22,7 @@ def test_study_and_series_as_multipart_and_metadata(api: Api, store: StoreRef, u
     one_series = api.call("GET", f"{store.web}/studies/{study}/series/{second.series}")
     assert one_series.content.count(b"Content-Type: application/dicom; transfer-syntax=1.2.840.10008.1.2.1\r\n") == 1
     single = api.call("GET", f"{store.web}/studies/{study}", headers={"Accept": "application/dicom"})
-    assert_google_error(single, 400, "INVALID_ARGUMENT", "RetrieveInstance")
+    assert_google_error(single, 406, "INVALID_ARGUMENT", "no supported media type found in [application/dicom]")
     assert_google_error(api.call("GET", f"{store.web}/studies/{study}/series/{new_uid()}"), 404, "NOT_FOUND", "/series/")
 
     metadata = api.call("GET", f"{store.web}/studies/{study}/metadata")
