@@ -300,3 +300,29 @@ def test_methods_the_emulator_lacks_are_501_naming_them(datasets, store):
             request.execute()
         assert (lacking.value.status_code, error_of(lacking.value)["status"]) == (501, "UNIMPLEMENTED")
         assert lacking.value.reason.startswith(f"{method_id} (")
+
+
+def injected_errors(emulator) -> int:
+    stats = requests.get(f"{emulator.url}/emulator/stats", params={"view": "full"}, timeout=10).json()
+    return sum(stats["injectedErrors"].get("dicomStores.get", {}).values())
+
+
+def test_injected_429_and_503_are_retried_by_the_client(healthcare_emulator, datasets, store, monkeypatch):
+    """execute(num_retries=N) retries 429 and 5xx with backoff: the emulator's injected faults look retryable to it."""
+    import time
+
+    faults = f"{healthcare_emulator.url}/emulator/faults"
+    spec = {"seed": 3, "methods": {"dicomStores.get": {"rate429": 0.5, "rate503": 0.3}}}
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)  # the client's backoff, without the wait
+    try:
+        assert requests.put(faults, json=spec, timeout=10).status_code == 200
+        with pytest.raises(HttpError) as first:
+            datasets.dicomStores().get(name=store).execute()  # no retries: the first draw is a fault
+        assert first.value.status_code in (429, 503) and "injected by the emulator" in first.value.reason
+        assert requests.put(faults, json=spec, timeout=10).status_code == 200  # same seed, same draws
+        before = injected_errors(healthcare_emulator)
+        assert datasets.dicomStores().get(name=store).execute(num_retries=10) == {"name": store}
+        assert len(slept) == injected_errors(healthcare_emulator) - before >= 2  # one backoff per injected error
+    finally:
+        requests.delete(faults, timeout=10)
