@@ -222,6 +222,8 @@ def test_retrieve_study_series_and_metadata(loaded):
     assert {ds.file_meta.TransferSyntaxUID for ds in study} == {EXPLICIT_LE}  # the default transfer syntax
     assert sorted(ds.SOPInstanceUID for ds in series) == sorted(u.sop for u, _ in items[:2])
     assert [ds.file_meta.TransferSyntaxUID for ds in as_stored] == [IMPLICIT_LE]
+    streaming = DICOMwebClient(url=client.base_url, chunk_size=97)  # boundaries straddle the chunks it reads
+    assert sorted(ds.SOPInstanceUID for ds in streaming.iter_study(study_a)) == sorted(u.sop for u, _ in items)
 
     study_metadata = client.retrieve_study_metadata(study_a)
     assert sorted(values(study_metadata, SOP_UID)) == sorted(u.sop for u, _ in items)
