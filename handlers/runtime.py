@@ -6,6 +6,7 @@ clients are imported when the first event arrives (cold start stays short).
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from functools import cached_property
@@ -15,11 +16,13 @@ from handlers.batch import followups
 from handlers.batch.driver import Driver
 from handlers.batch.intake import Intake
 from handlers.batch.reporting import Reporter
+from handlers.clients.cloudlogging import CloudLogging
 from handlers.clients.healthcare import HealthcareApi
 from handlers.clients.pubsub import Publisher
 from handlers.clients.storage import GcsStateStore
 from handlers.config import Config
 from handlers.exports.job import ExportJob
+from handlers.failures.collect import DEFAULT_VERIFY_SECONDS, DEFAULT_WAIT_SECONDS
 
 
 @dataclass
@@ -39,12 +42,18 @@ class Runtime:
         return HealthcareApi()
 
     @cached_property
+    def logging(self) -> CloudLogging:
+        return CloudLogging()
+
+    @cached_property
     def intake(self) -> Intake:
         return Intake(self.state, self.config, kick=self.kick_batch)
 
     @cached_property
     def driver(self) -> Driver:
-        return Driver(self.state, self.config, self.api, self.publisher)
+        return Driver(self.state, self.config, self.api, self.publisher, self.logging,
+                      failure_logs_wait_seconds=_seconds("FAILURE_LOGS_WAIT_SECONDS", DEFAULT_WAIT_SECONDS),
+                      failure_verify_seconds=_seconds("FAILURE_VERIFY_SECONDS", DEFAULT_VERIFY_SECONDS))
 
     @cached_property
     def exports(self) -> ExportJob:
@@ -56,6 +65,13 @@ class Runtime:
         """Publish the follow-up message that drives a batch to its end."""
         data, attributes = followups.batch_message(rule, batch)
         self.publisher.publish(self.config.followup_topic, data, attributes)
+
+
+def _seconds(variable: str, default: float) -> float:
+    try:
+        return float(os.environ.get(variable) or default)
+    except ValueError:
+        return default
 
 
 _lock = threading.Lock()
@@ -74,7 +90,7 @@ def get() -> Runtime:
 
 def _prime(runtime: Runtime) -> None:
     """Build the shared clients once, under the lock, so concurrent first requests don't race."""
-    runtime.state, runtime.publisher, runtime.api, runtime.intake, runtime.driver, runtime.exports  # noqa: B018
+    runtime.state, runtime.publisher, runtime.api, runtime.logging, runtime.intake, runtime.driver, runtime.exports  # noqa: B018
 
 
 def reset() -> None:

@@ -7,7 +7,9 @@ End-to-end tests use the real services instead.
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
 import itertools
 import json
 import threading
@@ -43,6 +45,8 @@ class MemoryStateStore:
         self._lock = threading.RLock()
         self.after_marker: Callable[[str], None] | None = None
         self.ops: list[tuple[str, str]] = []
+        self.source_metadata: dict[tuple[str, str, str], dict[str, str]] = {}
+        """Custom metadata set on sources (tags), keyed like ``sources``; other buckets' copies are sources too."""
 
     def add_source(self, bucket: str, name: str, generation: str, content: bytes = b"DICM") -> None:
         self.sources[(bucket, name, generation)] = content
@@ -95,8 +99,55 @@ class MemoryStateStore:
     def list(self, prefix: str) -> Iterator[Listed]:
         with self._lock:
             self.ops.append(("list", prefix))
-            found = [Listed(name, dict(meta)) for name, (_, meta) in sorted(self.blobs.items()) if name.startswith(prefix)]
+            found = [Listed(name, dict(meta), len(data), md5(data))
+                     for name, (data, meta) in sorted(self.blobs.items()) if name.startswith(prefix)]
         return iter(found)
+
+    def read_range(self, path: str, start: int, length: int) -> bytes:
+        with self._lock:
+            self.ops.append(("read_range", path))
+            return self.blobs[path][0][start:start + length]
+
+    def write_bytes(self, path: str, data: bytes, metadata: Mapping[str, str]) -> int | None:
+        with self._lock:
+            if path in self.blobs:
+                return None
+            self.ops.append(("write", path))
+            self.blobs[path] = (data, dict(metadata))
+            return next(self._generations)
+
+    def tag_source(self, bucket: str, name: str, generation: str, metadata: Mapping[str, str]) -> bool:
+        with self._lock:
+            self.ops.append(("tag", f"{bucket}/{name}#{generation}"))
+            if (bucket, name, generation) not in self.sources:
+                return False
+            self.source_metadata.setdefault((bucket, name, generation), {}).update(metadata)
+            return True
+
+    def copy_source(self, bucket: str, name: str, generation: str, to_bucket: str, to_name: str,
+                    metadata: Mapping[str, str]) -> bool:
+        with self._lock:
+            self.ops.append(("copy_source", f"{bucket}/{name}#{generation} -> {to_bucket}/{to_name}"))
+            if (bucket, name, generation) not in self.sources:
+                return False
+            for key in [k for k in self.sources if k[:2] == (to_bucket, to_name)]:
+                del self.sources[key]
+            target = (to_bucket, to_name, str(next(self._generations)))
+            self.sources[target] = self.sources[(bucket, name, generation)]
+            self.source_metadata[target] = dict(metadata)
+            return True
+
+    def delete_source(self, bucket: str, name: str, generation: str) -> bool:
+        with self._lock:
+            self.ops.append(("delete_source", f"{bucket}/{name}#{generation}"))
+            return self.sources.pop((bucket, name, generation), None) is not None
+
+    def source_in(self, bucket: str, name: str) -> tuple[str, bytes, dict[str, str]] | None:
+        """(generation, bytes, metadata) of the live object ``gs://bucket/name``, if any."""
+        for (b, n, generation), data in self.sources.items():
+            if (b, n) == (bucket, name):
+                return generation, data, self.source_metadata.get((b, n, generation), {})
+        return None
 
     def delete(self, path: str) -> None:
         with self._lock:
@@ -107,6 +158,10 @@ class MemoryStateStore:
     def doc(self, path: str) -> dict[str, Any]:
         return json.loads(self.docs[path][0])
 
+
+def md5(data: bytes) -> str:
+    """Base64 MD5, as Cloud Storage reports ``md5Hash``."""
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
 
 @dataclass
 class FakeApi:
@@ -120,6 +175,9 @@ class FakeApi:
     stored: set[str] | None = None
     """Resource paths QIDO finds (``/studies/S[/series/R[/instances/I]]``); None: any path."""
     searches: list[str] = field(default_factory=list)
+    instances: dict[str, bytes] = field(default_factory=dict)
+    """Stored instances by DICOMweb path ``studies/S/series/SE/instances/I`` (WADO, DELETE, series searches)."""
+    deleted: list[str] = field(default_factory=list)
 
     def import_dicom(self, store: str, uri: str, deadline: Deadline, blob_storage_class: str | None = None) -> Operation:
         if self.import_errors:
@@ -148,10 +206,24 @@ class FakeApi:
         return Operation.parse(self.operations[name])
 
     def search_dicom(self, store: str, resource: str, params: Mapping[str, str], deadline: Deadline) -> list[dict[str, Any]]:
+        if resource.endswith("/instances") and set(params) <= {"includefield", "limit"}:  # every instance of a series
+            self.searches.append(f"/{resource}")
+            prefix = resource + "/"
+            return [{"00080018": {"vr": "UI", "Value": [path.rsplit("/", 1)[-1]]}}
+                    for path in self.instances if path.startswith(prefix)]
         uid = next(value for key, value in params.items() if key != "limit")
         path = f"/{resource}/{uid}"
         self.searches.append(path)
         return [{}] if self.stored is None or path in self.stored else []
+
+    def retrieve_instance(self, store: str, path: str, deadline: Deadline) -> bytes:
+        if path not in self.instances:
+            raise ApiError(404, "NOT_FOUND", f"{path} not found")
+        return self.instances[path]
+
+    def delete_instance(self, store: str, path: str, deadline: Deadline) -> bool:
+        self.deleted.append(path)
+        return self.instances.pop(path, None) is not None
 
     def wait(self, name: str, deadline: Deadline, poll: Any = None) -> Operation:
         if self.get_errors:
@@ -173,3 +245,26 @@ class FakePublisher:
         validate(data, attributes)
         self.messages.append((topic, dict(data), dict(attributes)))
         return str(len(self.messages))
+
+
+@dataclass
+class FakeLogging:
+    """Cloud Logging's entries.list over entries a test adds; counts calls, can be told to fail."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    calls: int = 0
+    queries: list[str] = field(default_factory=list)
+    errors: list[ApiError] = field(default_factory=list)
+
+    def add(self, operation: str, source: str, message: str, code: int = 3) -> None:
+        self.entries.append({"operation": {"id": operation}, "jsonPayload": {
+            "@type": "type.googleapis.com/google.cloud.healthcare.logging.ImportDicomLogEntry",
+            "source": source, "error": {"code": code, "message": message}}})
+
+    def list_entries(self, project: str, query: str, deadline: Deadline, order_by: str = "timestamp asc"):
+        self.calls += 1
+        self.queries.append(query)
+        if self.errors:
+            raise self.errors.pop(0)
+        operations = [e for e in self.entries if f'operation.id="{e["operation"]["id"]}"' in query]
+        return iter(copy.deepcopy(operations))

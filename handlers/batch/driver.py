@@ -4,7 +4,11 @@ A durable follow-up message per batch runs this; every delivery resumes from
 the batch record's state, so an instance dying anywhere only delays the batch:
 
     open lease --window--> sealing --seal, list markers--> listed --copy, import--> importing
-    --operation done--> publishing --result published--> done (staging removed)
+    --operation done--> [collecting --failures named-->] publishing --result published--> done (staging removed)
+
+``collecting`` only when the operation counted failures (or ended with an
+error): the failed files are read from Cloud Logging, and verified when
+Logging lists fewer (``handlers.failures.collect``).
 
 Each transition is a conditional write of the record, so concurrent deliveries
 of the same message cannot both import or both publish.
@@ -12,6 +16,7 @@ of the same message cannot both import or both publish.
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,6 +25,7 @@ from typing import Any, Callable
 from handlers import log
 from handlers.batch import layout
 from handlers.batch.layout import (
+    COLLECTING,
     DONE,
     IMPORTING,
     LISTED,
@@ -30,6 +36,8 @@ from handlers.batch.layout import (
 )
 from handlers.batch.reporting import ABANDONED_AFTER_SECONDS, Reporter, new_worker
 from handlers.batch.results import (
+    CANCELLED,
+    MAX_LISTED_FAILURES,
     REJECTED,
     UNKNOWN,
     import_message,
@@ -37,10 +45,12 @@ from handlers.batch.results import (
     outcome_of,
     rejection_hint,
 )
+from handlers.clients.cloudlogging import CloudLogging
 from handlers.clients.healthcare import ApiError, HealthcareApi, Operation
 from handlers.clients.pubsub import Publisher
 from handlers.clients.storage import Conflict, Document, SourceGone, StateStore
 from handlers.config import Config
+from handlers.failures.collect import DEFAULT_VERIFY_SECONDS, DEFAULT_WAIT_SECONDS, FailureCollector, failures_from_record
 from handlers.retry import Deadline, RetryLater
 
 POLL_SECONDS = 1.0
@@ -55,13 +65,20 @@ class Driver:
     config: Config
     api: HealthcareApi
     publisher: Publisher
+    logging: CloudLogging | None = None
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     monotonic: Callable[[], float] = time.monotonic
+    failure_logs_wait_seconds: float = DEFAULT_WAIT_SECONDS
+    failure_verify_seconds: float = DEFAULT_VERIFY_SECONDS
     reporter: Reporter = field(init=False)
+    collector: FailureCollector = field(init=False)
 
     def __post_init__(self) -> None:
         self.reporter = Reporter(self.store, self.publisher, self.config.results_topic, self.clock)
+        self.collector = FailureCollector(self.store, self.api, self.logging or CloudLogging(),
+                                          self.failure_logs_wait_seconds, self.failure_verify_seconds,
+                                          self.clock, self.sleep)
 
     def drive(self, rule: str, batch: str, deadline: Deadline) -> str:
         """Advance the batch as far as the budget allows; its final state, or RetryLater."""
@@ -87,7 +104,10 @@ class Driver:
                     record = self._start_import(record, path, deadline, worker)
                 elif state == IMPORTING:
                     record = self._follow(record, path, deadline, worker)
+                elif state == COLLECTING:
+                    record = self._collect(record, path, deadline, worker)
                 elif state == PUBLISHING:
+                    self._write_failure_files(record.data)
                     record = self.reporter.publish(record, path, worker)
                 else:
                     raise ValueError(f"batch record {path} has unknown state {state!r}")
@@ -241,17 +261,64 @@ class Driver:
                                   error={"code": exc.code, "status": exc.status, "message": exc.message})
         if not operation.done:
             raise RetryLater(f"operation {operation.name} still running ({operation.pending} pending)")
+        if operation.failure > 0 or (operation.error and operation.error.get("code") != CANCELLED):
+            collecting = {**data, "state": COLLECTING, "operationResult": operation.to_record(),
+                          "collectingSince": self.clock()}
+            return Document(collecting, self.store.replace(path, collecting, record.generation))
         outcome = outcome_of(operation)
         return self._conclude(record, path, worker, outcome=outcome, operation=operation,
                               hint=operation_hint(outcome, operation, self.store.bucket))
 
+    # collecting -> publishing
+    def _collect(self, record: Document, path: str, deadline: Deadline, worker: str) -> Document:
+        """Name the failed members (Cloud Logging, then verification), then freeze the result."""
+        data = record.data
+        operation = Operation.from_record(data["operationResult"])
+        collected = self.collector.collect(data, operation, data["collectingSince"], deadline)
+        names = self.config.names
+        for failure in collected.failures:
+            log.warning("file not imported", rule=data["rule"], batch=data["batch"],
+                        object=names.uri(failure.bucket, failure.name), generation=failure.generation,
+                        kind=failure.kind, reason=failure.message[:300], source=failure.source)
+        if collected.incomplete:
+            log.warning("not every failed file could be named", rule=data["rule"], batch=data["batch"],
+                        reason=collected.incomplete)
+        named = {**data, "failures": [failure.to_record() for failure in collected.failures],
+                 "failuresIncomplete": collected.incomplete}
+        outcome = outcome_of(operation)
+        return self._conclude(Document(named, record.generation), path, worker, outcome=outcome, operation=operation,
+                              hint=operation_hint(outcome, operation, self.store.bucket, collected.incomplete is None))
+
     def _conclude(self, record: Document, path: str, worker: str, *, outcome: str, operation: Operation | None = None,
                   error: dict[str, Any] | None = None, hint: str | None = None) -> Document:
+        data = record.data
+        failures = failures_from_record(data.get("failures"))
         message, attributes = import_message(
-            record.data, outcome=outcome, names=self.config.names,
+            data, outcome=outcome, names=self.config.names,
             manifest_uri=f"gs://{self.store.bucket}/{path}", operation=operation, error=error, hint=hint,
-            concluded_at=self.clock())
+            concluded_at=self.clock(), failures=failures, failures_incomplete=data.get("failuresIncomplete"),
+            failures_manifest=f"gs://{self.store.bucket}/{layout.failures_manifest_path(data['rule'], data['batch'])}")
         return self.reporter.conclude(record, path, message, attributes, worker)
+
+    def _write_failure_files(self, data: dict[str, Any]) -> None:
+        """Before publishing a result that names failures: its NDJSON manifest (over 100) and its index entry.
+
+        Both are written from the frozen record, so every delivery writes the same bytes.
+        """
+        failures = failures_from_record(data.get("failures"))
+        if not failures:
+            return
+        rule, batch = data["rule"], data["batch"]
+        if len(failures) > MAX_LISTED_FAILURES:
+            names = self.config.names
+            self.store.write_text(layout.failures_manifest_path(rule, batch),
+                                  "".join(json.dumps(f.shown(names), separators=(",", ":")) + "\n" for f in failures))
+        result = data.get("result") or {}
+        self.store.write_marker(layout.failed_index_path(rule, batch), {
+            "failures": str(len(failures)),
+            "kinds": ",".join(sorted({f.kind for f in failures})),
+            "concludedAt": str(result.get("timings", {}).get("concludedAt") or ""),
+        })
 
     def _clean_staging(self, rule: str, batch: str) -> None:
         """Delete the batch's staging copies and membership markers (its record stays, as the manifest)."""

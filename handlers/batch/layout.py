@@ -5,7 +5,11 @@
 ``members/{rule}/{batch}/{id}``       membership marker written by the intake (source in its metadata)
 ``staging/{rule}/{batch}/{id}.dcm``   copies the driver makes of the listed members; the import URI is
                                       this folder's ``*``, which only the driver writes
-``batches/{rule}/{batch}.json``       the batch record: members, import, operation, result
+``batches/{rule}/{batch}.json``       the batch record: members, import, operation, failures, result
+``failures/{rule}/{batch}.ndjson``    every failure of a batch with more than the message lists (names as the
+                                      name policy shows them)
+``failed/{rule}/{batch}``             index of the batches whose result names failures (empty; counts in its
+                                      metadata), read by the failures and retry tools
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from typing import Any, Mapping
 from handlers.events import StorageObject
 
 OPEN, SEALED = "open", "sealed"
-# Batch record states, in order.
+# Batch record states, in order (collecting and acting only for an import with failures).
 SEALING, LISTED, IMPORTING, PUBLISHING, DONE = "sealing", "listed", "importing", "publishing", "done"
+COLLECTING, ACTING = "collecting", "acting"
 
 
 def object_id(obj: StorageObject) -> str:
@@ -64,6 +69,18 @@ def staging_path(rule: str, batch: str, oid: str) -> str:
 
 def record_path(rule: str, batch: str) -> str:
     return f"batches/{rule}/{batch}.json"
+
+
+def failures_manifest_path(rule: str, batch: str) -> str:
+    return f"failures/{rule}/{batch}.ndjson"
+
+
+def failed_index_prefix(rule: str | None = None) -> str:
+    return f"failed/{rule}/" if rule else "failed/"
+
+
+def failed_index_path(rule: str, batch: str) -> str:
+    return f"{failed_index_prefix(rule)}{batch}"
 
 
 def import_uri(state_bucket: str, rule: str, batch: str) -> str:

@@ -1,21 +1,28 @@
 """Result messages (``dicom-import-result/v1``), published once per import operation.
 
 The JSON Schema is ``schemas/dicom-import-result.v1.json``; attributes carry
-what subscribers filter on (``outcome``, ``failureCount``, ``store``, ``rule``).
+what subscribers filter on (``outcome``, ``failureCount``, ``conflictCount``,
+``store``, ``rule``). Failed files are named in ``failures`` (the first 100;
+``failuresManifest`` has them all beyond that), every name through the
+config's name policy.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from handlers.clients.healthcare import Operation
+from handlers.failures.kinds import CONFLICT
+from handlers.failures.model import Failure
 from handlers.privacy import NamePolicy
 
 IMPORT_SCHEMA = "dicom-import-result/v1"
 SUCCEEDED, PARTIAL, FAILED, REJECTED, UNKNOWN = "SUCCEEDED", "PARTIAL", "FAILED", "REJECTED", "UNKNOWN"
 # Above this many objects the message links the batch manifest instead of listing names.
 MAX_LISTED_OBJECTS = 100
+# Above this many failures the message lists the first ones and links the NDJSON failures manifest.
+MAX_LISTED_FAILURES = 100
 CANCELLED = 1
 PERMISSION_DENIED = 7
 
@@ -55,12 +62,16 @@ def rejection_hint(code: int, store: str, bucket: str) -> str:
     return "see the error message; the request was not retried because it cannot succeed as is"
 
 
-def operation_hint(outcome: str, operation: Operation | None, bucket: str) -> str | None:
+def operation_hint(outcome: str, operation: Operation | None, bucket: str, named_all: bool = False) -> str | None:
     if operation is None:
         return None
     if (operation.error or {}).get("code") == PERMISSION_DENIED:
         return SERVICE_AGENT_HINT.format(bucket=f"gs://{bucket}")
     if outcome in (PARTIAL, FAILED):
+        if named_all and operation.failure:
+            return "each failed file is named in failures with the API's reason"
+        if operation.failure:
+            return "failuresIncomplete says which failed files are not named; Cloud Logging has the rest: open logsUrl"
         return "per-file errors are in Cloud Logging: open logsUrl"
     return None
 
@@ -75,8 +86,15 @@ def import_message(
     error: Mapping[str, Any] | None = None,
     hint: str | None = None,
     concluded_at: float,
+    failures: Sequence[Failure] = (),
+    failures_incomplete: str | None = None,
+    failures_manifest: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """The message data and attributes for one finished (or rejected, or abandoned) batch."""
+    """The message data and attributes for one finished (or rejected, or abandoned) batch.
+
+    ``failures_manifest`` is the NDJSON file the publisher writes when there are
+    more than :data:`MAX_LISTED_FAILURES` failures (ignored otherwise).
+    """
     members = record.get("members") or []
     objects = None
     if len(members) <= MAX_LISTED_OBJECTS:
@@ -87,6 +105,9 @@ def import_message(
     failure = operation.failure if operation else 0
     if operation is None and outcome == REJECTED:
         failure = len(members)
+        failures_incomplete = "the import call was refused: no file was read, so no file has an error of its own"
+    elif failure > len(failures) and not failures_incomplete:
+        failures_incomplete = f"{failure - len(failures)} of {failure} failures not named"
     opened, sealed, started = record.get("openedAt"), record.get("sealedAt"), record.get("importStartedAt")
     data: dict[str, Any] = {
         "schema": IMPORT_SCHEMA,
@@ -105,6 +126,12 @@ def import_message(
         "error": dict(error or (operation.error if operation and operation.error else {})) or None,
         "hint": hint,
         "logsUrl": operation.logs_url if operation and operation.logs_url else None,
+        "failures": [item.shown(names) for item in failures[:MAX_LISTED_FAILURES]],
+        "failuresListed": len(failures),
+        "failuresIncomplete": failures_incomplete,
+        "failuresManifest": failures_manifest if len(failures) > MAX_LISTED_FAILURES else None,
+        "replaces": record.get("replaces"),
+        "retryOf": record.get("retryOf"),
         "timings": {
             "openedAt": rfc3339(opened),
             "sealedAt": rfc3339(sealed),
@@ -120,6 +147,7 @@ def import_message(
         "schema": IMPORT_SCHEMA,
         "outcome": outcome,
         "failureCount": str(failure),
+        "conflictCount": str(sum(1 for item in failures if item.kind == CONFLICT)),
         "successCount": str(success),
         "store": record["store"],
         "rule": record["rule"],

@@ -1,40 +1,27 @@
-"""Cloud Healthcare API over REST: DICOM import/export and long-running operations.
+"""Cloud Healthcare API over REST: DICOM import/export, long-running operations, a little DICOMweb.
 
 Credentials come from ``google.auth.default()`` through an ``AuthorizedSession``;
 with ``HEALTHCARE_EMULATOR_HOST`` set, requests go to that base URL without
 credentials (the local emulator). 429, 5xx and connection errors are retried
 with exponential backoff and jitter within the caller's budget; other 4xx are
-not retried.
+not retried (``handlers.clients.rest``).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 from urllib.parse import urlencode
 
+from handlers.clients.rest import ApiError, open_session, send
 from handlers.retry import Backoff, Deadline
 
+__all__ = ["API_ROOT", "ApiError", "HealthcareApi", "Operation"]
+
 API_ROOT = "https://healthcare.googleapis.com"
-SCOPE = "https://www.googleapis.com/auth/cloud-platform"
-REQUEST_TIMEOUT = 60.0
-
-
-class ApiError(Exception):
-    """An error answer from the API (Google JSON error body), or no answer at all."""
-
-    def __init__(self, code: int, status: str, message: str) -> None:
-        super().__init__(f"{code} {status}: {message}")
-        self.code = code
-        self.status = status
-        self.message = message
-
-    @property
-    def retryable(self) -> bool:
-        return self.code == 429 or self.code >= 500 or self.code == 0
+DICOM_AS_STORED = "application/dicom; transfer-syntax=*"
 
 
 @dataclass(frozen=True)
@@ -68,24 +55,20 @@ class Operation:
         )
 
 
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-able copy, for the batch record (a finished operation is read once)."""
+        return {**asdict(self), "error": dict(self.error) if self.error else None}
+
+    @classmethod
+    def from_record(cls, data: Mapping[str, Any]) -> "Operation":
+        return cls(**{key: data.get(key) for key in cls.__dataclass_fields__})  # type: ignore[arg-type]
+
+
 def _count(value: Any) -> int:
     try:
         return int(value or 0)
     except (TypeError, ValueError):
         return 0
-
-
-def _session() -> tuple[Any, str]:
-    emulator = os.environ.get("HEALTHCARE_EMULATOR_HOST")
-    if emulator:
-        import requests
-
-        return requests.Session(), emulator.rstrip("/")
-    import google.auth
-    from google.auth.transport.requests import AuthorizedSession
-
-    credentials, _ = google.auth.default(scopes=[SCOPE])
-    return AuthorizedSession(credentials), API_ROOT
 
 
 class HealthcareApi:
@@ -104,29 +87,15 @@ class HealthcareApi:
         """The HTTP session, created on first use (credentials are looked up then)."""
         with self._lock:
             if self._session is None:
-                self._session, default_url = _session()
+                self._session, default_url = open_session("HEALTHCARE_EMULATOR_HOST", API_ROOT)
                 self._base_url = self._base_url or default_url
             return self._session, (self._base_url or API_ROOT).rstrip("/")
 
     def request(self, method: str, path: str, deadline: Deadline, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Call ``/v1/{path}``; retry what can succeed later until ``deadline``; raise :class:`ApiError`."""
-        import requests
-
-        backoff = Backoff()
         session, base_url = self._connect()
-        url = f"{base_url}/v1/{path}"
-        while True:
-            try:
-                response = session.request(method, url, json=body,
-                                                 timeout=min(REQUEST_TIMEOUT, max(1.0, deadline.remaining())))
-            except requests.RequestException as exc:
-                failure = ApiError(0, "UNAVAILABLE", f"no answer from {base_url}: {exc.__class__.__name__}")
-            else:
-                if response.status_code < 400:
-                    return response.json() if response.content else {}
-                failure = _api_error(response)
-            if not failure.retryable or not backoff.sleep(deadline):
-                raise failure
+        response = send(session, method, f"{base_url}/v1/{path}", deadline, body)
+        return response.json() if response.content else {}
 
     def import_dicom(self, store: str, uri: str, deadline: Deadline, blob_storage_class: str | None = None) -> Operation:
         body: dict[str, Any] = {"gcsSource": {"uri": uri}}
@@ -142,6 +111,23 @@ class HealthcareApi:
         found = self.request("GET", f"{store}/dicomWeb/{resource}?{urlencode(params)}", deadline)
         return found if isinstance(found, list) else []
 
+    def retrieve_instance(self, store: str, path: str, deadline: Deadline) -> bytes:
+        """WADO-RS RetrieveInstance of ``studies/S/series/SE/instances/I``: the bytes as stored."""
+        session, base_url = self._connect()
+        response = send(session, "GET", f"{base_url}/v1/{store}/dicomWeb/{path}", deadline,
+                        headers={"Accept": DICOM_AS_STORED})
+        return bytes(response.content)
+
+    def delete_instance(self, store: str, path: str, deadline: Deadline) -> bool:
+        """DICOMweb DeleteInstance of ``studies/S/series/SE/instances/I``; False when it was not stored (404)."""
+        try:
+            self.request("DELETE", f"{store}/dicomWeb/{path}", deadline)
+        except ApiError as exc:
+            if exc.code == 404:
+                return False
+            raise
+        return True
+
     def get_operation(self, name: str, deadline: Deadline) -> Operation:
         return Operation.parse(self.request("GET", name, deadline))
 
@@ -156,15 +142,3 @@ class HealthcareApi:
             if delay >= deadline.remaining():
                 return operation
             time.sleep(delay)
-
-
-def _api_error(response: Any) -> ApiError:
-    try:
-        error = response.json().get("error", {})
-    except ValueError:
-        error = {}
-    return ApiError(
-        int(error.get("code") or response.status_code),
-        str(error.get("status") or response.reason or "UNKNOWN"),
-        str(error.get("message") or response.text[:200] or "no message"),
-    )

@@ -33,6 +33,9 @@ class Document:
 class Listed:
     name: str
     metadata: Mapping[str, str]
+    size: int = 0
+    md5: str = ""
+    """Base64 MD5 of the content, as Cloud Storage gives it ('' when unknown)."""
 
 
 class StateStore(Protocol):
@@ -56,6 +59,17 @@ class StateStore(Protocol):
     def list(self, prefix: str) -> Iterator[Listed]: ...
 
     def delete(self, path: str) -> None: ...
+
+    def read_range(self, path: str, start: int, length: int) -> bytes: ...
+
+    def write_bytes(self, path: str, data: bytes, metadata: Mapping[str, str]) -> int | None: ...
+
+    def tag_source(self, bucket: str, name: str, generation: str, metadata: Mapping[str, str]) -> bool: ...
+
+    def copy_source(self, bucket: str, name: str, generation: str, to_bucket: str, to_name: str,
+                    metadata: Mapping[str, str]) -> bool: ...
+
+    def delete_source(self, bucket: str, name: str, generation: str) -> bool: ...
 
 
 def storage_client(project: str | None = None) -> Any:
@@ -140,7 +154,68 @@ class GcsStateStore:
 
     def list(self, prefix: str) -> Iterator[Listed]:
         for blob in self._handle().client.list_blobs(self.bucket, prefix=prefix):
-            yield Listed(blob.name, blob.metadata or {})
+            yield Listed(blob.name, blob.metadata or {}, int(blob.size or 0), blob.md5_hash or "")
+
+    def read_range(self, path: str, start: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``start`` (fewer at the end of the object)."""
+        return self._handle().blob(path).download_as_bytes(start=start, end=start + length - 1)
+
+    def write_bytes(self, path: str, data: bytes, metadata: Mapping[str, str]) -> int | None:
+        """Create ``path`` unless it exists; its generation, or None when it already existed."""
+        from google.api_core import exceptions
+
+        blob = self._handle().blob(path)
+        blob.metadata = dict(metadata)
+        try:
+            blob.upload_from_string(data, content_type="application/dicom", if_generation_match=0)
+        except exceptions.PreconditionFailed:
+            return None
+        return int(blob.generation)
+
+    # Objects in other buckets (the inbox, a quarantine bucket): the failure policies.
+    def tag_source(self, bucket: str, name: str, generation: str, metadata: Mapping[str, str]) -> bool:
+        """Merge ``metadata`` into that generation's custom metadata; False when the generation is gone.
+
+        A metadata update keeps the generation (only the metageneration grows)
+        and sends no finalize event, so it never starts an import.
+        """
+        from google.api_core import exceptions
+
+        blob = self._handle().client.bucket(bucket).blob(name)
+        blob.metadata = dict(metadata)
+        try:
+            blob.patch(if_generation_match=int(generation))
+        except (exceptions.PreconditionFailed, exceptions.NotFound):
+            return False
+        return True
+
+    def copy_source(self, bucket: str, name: str, generation: str, to_bucket: str, to_name: str,
+                    metadata: Mapping[str, str]) -> bool:
+        """Copy that generation to ``gs://to_bucket/to_name`` with ``metadata``; False when it is gone."""
+        from google.api_core import exceptions
+
+        client = self._handle().client
+        source = client.bucket(bucket).blob(name, generation=int(generation))
+        target = client.bucket(to_bucket).blob(to_name)
+        target.metadata = dict(metadata)
+        token = None
+        try:
+            while True:
+                token, _, _ = target.rewrite(source, token=token)
+                if token is None:
+                    return True
+        except exceptions.NotFound:
+            return False
+
+    def delete_source(self, bucket: str, name: str, generation: str) -> bool:
+        """Delete exactly that generation (a newer one is left alone); False when it was already gone."""
+        from google.api_core import exceptions
+
+        try:
+            self._handle().client.bucket(bucket).blob(name).delete(if_generation_match=int(generation))
+        except (exceptions.NotFound, exceptions.PreconditionFailed):
+            return False
+        return True
 
     def delete(self, path: str) -> None:
         from google.api_core import exceptions

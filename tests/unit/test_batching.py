@@ -17,7 +17,7 @@ from handlers.events import StorageObject
 from handlers.clients.healthcare import ApiError
 from handlers.batch.intake import DUPLICATE, JOINED, OPENED, STALE_AFTER_SECONDS, Intake
 from handlers.retry import Deadline, RetryLater
-from tests.fakes import FakeApi, FakeClock, FakePublisher, MemoryStateStore
+from tests.fakes import FakeApi, FakeClock, FakeLogging, FakePublisher, MemoryStateStore
 
 STORE = "projects/p/locations/l/datasets/d/dicomStores/s"
 CONFIG = f"""
@@ -42,10 +42,11 @@ class World:
         self.store = MemoryStateStore()
         self.api = FakeApi()
         self.publisher = FakePublisher()
+        self.logging = FakeLogging()
         self.kicks: list[tuple[str, str]] = []
         self.intake = self.new_intake()
-        self.driver = Driver(self.store, self.config, self.api, self.publisher, clock=self.clock, sleep=self.clock.sleep,
-                             monotonic=self.clock)
+        self.driver = Driver(self.store, self.config, self.api, self.publisher, self.logging, clock=self.clock,
+                             sleep=self.clock.sleep, monotonic=self.clock)
 
     def new_intake(self) -> Intake:
         """A fresh instance (empty memory), as after a restart or on another instance."""
@@ -198,8 +199,8 @@ def test_a_resumed_driver_measures_the_quiet_time_afresh():
     world.admit(world.upload("a.dcm"))
     batch = world.kicks[0][1]
     with pytest.raises(RetryLater, match="window still open"):
-        Driver(world.store, world.config, world.api, world.publisher, clock=world.clock, sleep=world.clock.sleep,
-               monotonic=world.clock).drive("all", batch, Deadline(0.3))
+        Driver(world.store, world.config, world.api, world.publisher, world.logging, clock=world.clock,
+               sleep=world.clock.sleep, monotonic=world.clock).drive("all", batch, Deadline(0.3))
     assert not world.store.docs.get(layout.record_path("all", batch)), "not sealed by a delivery that saw no quiet"
     world.clock.now += 3.0  # redelivered later: the object joined 3 s ago, but no listing of this delivery saw quiet
     resumed_at = world.clock.now
@@ -372,7 +373,7 @@ def test_import_claimed_by_a_dead_worker_is_started_again_after_a_while():
     world.clock.now += 11
     world.api.import_errors = [ApiError(503, "UNAVAILABLE", "down")]
     with pytest.raises(RetryLater):
-        Driver(world.store, world.config, world.api, world.publisher, clock=world.clock,
+        Driver(world.store, world.config, world.api, world.publisher, world.logging, clock=world.clock,
                sleep=world.clock.sleep).drive("all", batch, Deadline(0.01))
     path = layout.record_path("all", batch)
     assert world.store.doc(path)["state"] == LISTED, "a refused call reverts to listed"

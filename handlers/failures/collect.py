@@ -1,0 +1,149 @@
+"""Naming every failed member of a finished import: Cloud Logging first, then verification.
+
+The API writes one Cloud Logging entry per failed file, naming the staging
+copy (``gs://STATE/staging/RULE/BATCH/ID.dcm``); the id maps it back to the
+member (bucket, name, generation) through the batch record. Logging ingests
+with a delay and samples when errors are many, so the collector polls for at
+most ``wait_seconds`` from the first try (across deliveries: ``since`` is kept
+in the batch record), then verifies the members it did not list
+(:mod:`handlers.failures.verify`). It never claims more than it has: the
+result says how many failures are named, and why not all when so.
+
+The query (docs/emulator.md, "Cloud Logging"): the payload type, the resource
+type, and the operation by both forms of ``operation.id`` (the full operation
+name and its last segment: which one the API writes is not documented), from a
+minute before the operation started.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Callable, Iterable, Mapping
+
+from handlers import log
+from handlers.batch import layout
+from handlers.clients.cloudlogging import CloudLogging
+from handlers.clients.healthcare import ApiError, HealthcareApi, Operation
+from handlers.clients.storage import StateStore
+from handlers.failures import kinds
+from handlers.failures.model import LOGGING, Failure
+from handlers.failures.verify import Verifier
+from handlers.retry import Deadline, RetryLater
+
+IMPORT_LOG_TYPE = "type.googleapis.com/google.cloud.healthcare.logging.ImportDicomLogEntry"
+RESOURCE_TYPE = "healthcare_dicom_store"
+DEFAULT_WAIT_SECONDS = 60.0
+DEFAULT_VERIFY_SECONDS = 120.0
+POLL_SECONDS = 2.0
+MAX_POLL_SECONDS = 10.0
+
+
+def log_query(operation: str, started: str = "") -> str:
+    """The Logging filter for one import operation's per-file entries (either form of ``operation.id``)."""
+    op_id = operation.rsplit("/", 1)[-1]
+    query = (f'resource.type="{RESOURCE_TYPE}" AND jsonPayload."@type"="{IMPORT_LOG_TYPE}" AND '
+             f'(operation.id="{operation}" OR operation.id="{op_id}")')
+    since = _minute_before(started)
+    return f'{query} AND timestamp>="{since}"' if since else query
+
+
+def _minute_before(rfc3339: str) -> str:
+    try:
+        moment = datetime.fromisoformat(rfc3339.replace("Z", "+00:00"))
+    except ValueError:
+        return ""
+    return (moment - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Collected:
+    failures: list[Failure]
+    incomplete: str | None
+    """Why fewer failures are named than the operation counted (None when all are)."""
+
+
+@dataclass
+class FailureCollector:
+    store: StateStore
+    api: HealthcareApi
+    logging: CloudLogging
+    wait_seconds: float = DEFAULT_WAIT_SECONDS
+    verify_seconds: float = DEFAULT_VERIFY_SECONDS
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+
+    def collect(self, record: Mapping[str, Any], operation: Operation, since: float, deadline: Deadline) -> Collected:
+        """The batch's failures; RetryLater while Logging may still catch up and this delivery's budget ends."""
+        members = {m["id"]: m for m in record.get("members") or []}
+        expected = operation.failure
+        project = record["store"].split("/")[1]
+        query = log_query(operation.name, operation.create_time)
+        delay = POLL_SECONDS
+        logging_problem = ""
+        while True:
+            try:
+                listed = self._from_logging(project, query, record, members, deadline)
+                logging_problem = ""
+            except ApiError as exc:
+                listed = []
+                logging_problem = f"Cloud Logging could not be read ({exc})"
+                if not exc.retryable:
+                    break
+            if len(listed) >= expected:
+                return Collected(listed, None)
+            if self.clock() >= since + self.wait_seconds:
+                break
+            if deadline.remaining() < delay + 5.0:
+                raise RetryLater(f"Cloud Logging lists {len(listed)} of {expected} failures of {operation.name} "
+                                 "so far; looking again on the next delivery")
+            self.sleep(delay)
+            delay = min(MAX_POLL_SECONDS, delay * 2)
+        return self._verify_rest(record, listed, expected, logging_problem, deadline)
+
+    def _from_logging(self, project: str, query: str, record: Mapping[str, Any], members: Mapping[str, Any],
+                      deadline: Deadline) -> list[Failure]:
+        staging = f"gs://{self.store.bucket}/{layout.staging_prefix(record['rule'], record['batch'])}"
+        found: dict[str, Failure] = {}
+        strangers = 0
+        for entry in self.logging.list_entries(project, query, deadline):
+            payload = entry.get("jsonPayload") or {}
+            source = str(payload.get("source") or "")
+            member = members.get(source[len(staging):].removesuffix(".dcm")) if source.startswith(staging) else None
+            if member is None:
+                strangers += 1
+                continue
+            error = payload.get("error") or {}
+            code = error.get("code") if isinstance(error.get("code"), int) else None
+            message = str(error.get("message") or "no message in the log entry")
+            found.setdefault(member["id"], Failure.of_member(member, kinds.classify(code, message), code, message,
+                                                            LOGGING))
+        if strangers:
+            log.warning("Cloud Logging entries of the operation name no member of the batch: ignored",
+                        batch=record["batch"], entries=strangers)
+        return list(found.values())
+
+    def _verify_rest(self, record: Mapping[str, Any], listed: list[Failure], expected: int, logging_problem: str,
+                     deadline: Deadline) -> Collected:
+        missing = expected - len(listed)
+        named = {failure.id for failure in listed}
+        candidates = [m for m in record.get("members") or [] if m["id"] not in named]
+        budget = Deadline(max(1.0, min(self.verify_seconds, deadline.remaining() - 5.0)))
+        found = Verifier(self.store, self.api).find(record, candidates, missing, budget)
+        failures = listed + found.failures[:missing]
+        if len(failures) >= expected:
+            return Collected(failures, None)
+        why = [logging_problem or f"Cloud Logging listed {len(listed)} of {expected} failures within "
+                                  f"{self.wait_seconds:g} s (it samples when errors are many)"]
+        why.append(f"reading the objects and the store found {len(found.failures)} more")
+        if found.unchecked:
+            why.append(f"{found.unchecked} of {len(candidates)} other members could not be checked "
+                       f"(verification budget {self.verify_seconds:g} s, unreadable headers or failed calls)")
+        else:
+            why.append(f"all {len(candidates)} other members were checked")
+        return Collected(failures, f"{expected - len(failures)} of {expected} failures not named: " + "; ".join(why))
+
+
+def failures_from_record(items: Iterable[Mapping[str, Any]] | None) -> list[Failure]:
+    return [Failure.from_record(item) for item in items or []]
