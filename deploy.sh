@@ -782,6 +782,8 @@ validate_results_table() {
   RESULTS_TABLE=${TABLE_PROJECT}:${TABLE_DATASET}.${BASH_REMATCH[3]}
   RESULTS_BIGQUERY_SUBSCRIPTION=${RESULTS_TOPIC_ID}-bigquery
   [[ -f ${SOURCE_DIR}/${RESULTS_TABLE_SCHEMA} ]] || die "${SOURCE_DIR}/${RESULTS_TABLE_SCHEMA} is missing: restore it from the repository"
+  dry || command -v bq >/dev/null \
+    || die "--results-table needs bq, which is not on PATH: it comes with the Google Cloud CLI (gcloud components install bq)"
 }
 
 ensure_results_table() {

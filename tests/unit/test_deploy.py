@@ -738,6 +738,18 @@ def test_results_table_needs_an_existing_dataset(env):
     assert not [c for c in run.calls if BIGQUERY_SUBSCRIPTION in c]
 
 
+def test_results_table_without_bq_stops_before_any_call(env, tmp_path):
+    tools = tmp_path / "tools"  # the commands deploy.sh and the fake use, and no bq
+    tools.mkdir()
+    for name in ("bash", "dirname", "basename", "tr", "sed", "grep", "sort", "mktemp", "cat", "rm", "wc", "cp"):
+        (tools / name).symlink_to(shutil.which(name))
+    (env["src"].parent / "bin" / "bq").unlink()
+    run = deploy(env, *REQUIRED, "--results-table", TABLE, PATH=f"{env['src'].parent / 'bin'}:{tools}")
+    assert run.returncode == 1 and "needs bq" in run.stderr
+    assert run.calls == []
+    assert ok(deploy(env, *REQUIRED, PATH=f"{env['src'].parent / 'bin'}:{tools}")).calls  # the tools suffice
+
+
 def test_without_results_table_nothing_touches_bigquery(env):
     run = ok(deploy(env, *REQUIRED))
     assert not run.matching("bq") and not [c for c in run.calls if BIGQUERY_SUBSCRIPTION in c]
