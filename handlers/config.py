@@ -45,6 +45,28 @@ class ConfigError(ValueError):
         self.problems = problems
 
 
+REPORT, TAG, QUARANTINE = "report", "tag", "quarantine"
+KEEP, REPLACE = "keep", "replace"
+ON_CONFLICT = (KEEP, REPLACE)
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    """A rule's ``on_failure``: what happens to a file the import failed (besides the result naming it)."""
+
+    action: str = REPORT
+    bucket: str = ""
+    prefix: str = ""
+    """quarantine: the copy goes to ``gs://bucket/prefix`` + the object's name (prefix '' or ending in '/')."""
+    move: bool = False
+    """quarantine: then delete the failed generation from where it was dropped."""
+    line: int = field(default=0, compare=False)
+
+    @property
+    def destination(self) -> str:
+        return f"gs://{self.bucket}/{self.prefix}"
+
+
 @dataclass(frozen=True)
 class Rule:
     name: str
@@ -54,6 +76,8 @@ class Rule:
     ignore: tuple[GcsPattern, ...] = ()
     blob_storage_class: str | None = None
     line: int = 0
+    on_failure: FailurePolicy = FailurePolicy()
+    on_conflict: str = KEEP
 
 
 @dataclass(frozen=True)
@@ -296,6 +320,7 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> Config:
     batching = _batching(reader, document)
     state = reader.section(document, "state", ("bucket",))
     state_bucket = _state_bucket(reader, document, state, rules)
+    _quarantine_loops(reader, rules, state_bucket)
     results = reader.section(document, "results", ("topic", "object_names", "hash_key"))
     results_topic = _topic(reader, document, results, "results")
     names = _names(reader, results)
@@ -369,7 +394,8 @@ def _rules(reader: _Reader, document: _Map, stores: dict[str, str]) -> list[Rule
         if not isinstance(entry, _Map):
             reader.problem(line, "each rule must be a mapping with name, match and store")
             continue
-        reader.unknown_keys(entry, ("name", "match", "store", "ignore", "blob_storage_class"), "a rule")
+        reader.unknown_keys(entry, ("name", "match", "store", "ignore", "blob_storage_class", "on_failure",
+                                    "on_conflict"), "a rule")
         if not all([reader.required(entry, key, "this rule", line) for key in ("name", "match", "store")]):
             continue
         name = entry["name"]
@@ -391,9 +417,70 @@ def _rules(reader: _Reader, document: _Map, stores: dict[str, str]) -> list[Rule
         storage_class = entry.get("blob_storage_class")
         if storage_class is not None and storage_class not in BLOB_STORAGE_CLASSES:
             reader.problem(entry.lines["blob_storage_class"], f"blob_storage_class must be one of {', '.join(BLOB_STORAGE_CLASSES)}, got {storage_class!r}")
+        on_failure = _on_failure(reader, entry, name)
+        on_conflict = entry.get("on_conflict", KEEP)
+        if on_conflict not in ON_CONFLICT:
+            reader.problem(entry.lines["on_conflict"], f"rule {name!r} on_conflict must be keep (report a re-sent "
+                           f"instance whose bytes differ) or replace (delete the stored one and import the file "
+                           f"again), got {on_conflict!r}")
+            on_conflict = KEEP
         if pattern is not None and store is not None:
-            rules.append(Rule(name, pattern, store, alias, tuple(ignore), storage_class, line))
+            rules.append(Rule(name, pattern, store, alias, tuple(ignore), storage_class, line, on_failure, on_conflict))
     return rules
+
+
+def _on_failure(reader: _Reader, entry: _Map, name: str) -> FailurePolicy:
+    """``report`` (default), ``tag``, or ``{quarantine: gs://BUCKET/PREFIX/, move: true|false}``."""
+    value = entry.get("on_failure", REPORT)
+    line = entry.lines.get("on_failure", 0)
+    usage = "report, tag, or a mapping {quarantine: gs://BUCKET/PREFIX/, move: false}"
+    if value in (REPORT, TAG):
+        return FailurePolicy(value)
+    if not isinstance(value, _Map):
+        reader.problem(line, f"rule {name!r} on_failure must be {usage}, got {value!r}")
+        return FailurePolicy()
+    reader.unknown_keys(value, (QUARANTINE, "move"), f"rule {name!r} on_failure")
+    if QUARANTINE not in value:
+        reader.problem(line, f"rule {name!r} on_failure needs 'quarantine: gs://BUCKET/PREFIX/' (the place failed "
+                             "files are copied to)")
+        return FailurePolicy()
+    where = value.lines[QUARANTINE]
+    uri = reader.text(value, QUARANTINE, where, f"rule {name!r} quarantine")
+    move = value.get("move", False)
+    if not isinstance(move, bool):
+        reader.problem(value.lines["move"], f"rule {name!r} on_failure move must be true (copy, then delete the "
+                                            f"failed generation) or false (copy only), got {move!r}")
+        move = False
+    if uri is None:
+        return FailurePolicy()
+    try:
+        bucket, prefix = split_gcs_uri(uri if uri.count("/") >= 3 else uri.rstrip("/") + "/")
+    except WildcardError as exc:
+        reader.problem(where, f"rule {name!r} quarantine: {exc}")
+        return FailurePolicy()
+    if any(char in WILDCARD_CHARS for char in prefix):
+        reader.problem(where, f"rule {name!r} quarantine {uri!r} has a wildcard: give a plain gs://BUCKET/PREFIX/")
+        return FailurePolicy()
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return FailurePolicy(QUARANTINE, bucket, prefix, move, where)
+
+
+def _quarantine_loops(reader: _Reader, rules: list[Rule], state_bucket: str) -> None:
+    """A quarantine bucket a rule watches would import the copies as new files (a loop); the state bucket is ours."""
+    watched = {rule.pattern.bucket: rule.name for rule in rules}
+    for rule in rules:
+        policy = rule.on_failure
+        if policy.action != QUARANTINE:
+            continue
+        if policy.bucket in watched:
+            reader.problem(policy.line, f"rule {rule.name!r} quarantines into gs://{policy.bucket}, which rule "
+                                        f"{watched[policy.bucket]!r} watches: the copies would be imported again (a "
+                                        "loop); quarantine into a bucket no rule watches")
+        elif policy.bucket == state_bucket:
+            reader.problem(policy.line, f"rule {rule.name!r} quarantines into the state bucket gs://{state_bucket}: "
+                                        "use a bucket of its own (the state bucket is the function's, and its "
+                                        "lifecycle rule deletes objects)")
 
 
 def _patterns(reader: _Reader, container: _Map, key: str, what: str | None = None) -> list[GcsPattern]:

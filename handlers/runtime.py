@@ -51,7 +51,7 @@ class Runtime:
 
     @cached_property
     def driver(self) -> Driver:
-        return Driver(self.state, self.config, self.api, self.publisher, self.logging,
+        return Driver(self.state, self.config, self.api, self.publisher, self.logging, self.kick_batch,
                       failure_logs_wait_seconds=_seconds("FAILURE_LOGS_WAIT_SECONDS", DEFAULT_WAIT_SECONDS),
                       failure_verify_seconds=_seconds("FAILURE_VERIFY_SECONDS", DEFAULT_VERIFY_SECONDS))
 

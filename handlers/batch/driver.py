@@ -4,11 +4,15 @@ A durable follow-up message per batch runs this; every delivery resumes from
 the batch record's state, so an instance dying anywhere only delays the batch:
 
     open lease --window--> sealing --seal, list markers--> listed --copy, import--> importing
-    --operation done--> [collecting --failures named-->] publishing --result published--> done (staging removed)
+    --operation done--> [collecting --failures named--> [acting --policies applied-->]] publishing
+    --result published--> done (staging removed)
 
 ``collecting`` only when the operation counted failures (or ended with an
 error): the failed files are read from Cloud Logging, and verified when
-Logging lists fewer (``handlers.failures.collect``).
+Logging lists fewer (``handlers.failures.collect``). ``acting`` only when the
+rule's ``on_failure`` / ``on_conflict`` asks for more than a report: tag or
+quarantine each failed file, write the child batch that replaces conflicts
+(``handlers.failures.policies``, ``.replace``, ``.readmit``).
 
 Each transition is a conditional write of the record, so concurrent deliveries
 of the same message cannot both import or both publish.
@@ -25,6 +29,7 @@ from typing import Any, Callable
 from handlers import log
 from handlers.batch import layout
 from handlers.batch.layout import (
+    ACTING,
     COLLECTING,
     DONE,
     IMPORTING,
@@ -49,12 +54,18 @@ from handlers.clients.cloudlogging import CloudLogging
 from handlers.clients.healthcare import ApiError, HealthcareApi, Operation
 from handlers.clients.pubsub import Publisher
 from handlers.clients.storage import Conflict, Document, SourceGone, StateStore
-from handlers.config import Config
+from handlers.config import REPLACE, REPORT, Config, Rule
+from handlers.failures import policies, readmit, replace
 from handlers.failures.collect import DEFAULT_VERIFY_SECONDS, DEFAULT_WAIT_SECONDS, FailureCollector, failures_from_record
+from handlers.failures.kinds import CONFLICT
+from handlers.failures.model import Failure
 from handlers.retry import Deadline, RetryLater
 
 POLL_SECONDS = 1.0
 COPY_THREADS = 16
+# The acting step saves its progress every this many failures, and before its delivery's budget ends.
+ACT_PERSIST_EVERY = 100
+ACT_MARGIN_SECONDS = 15.0
 # Why a batch was sealed (the record's ``sealedBecause``).
 FULL, QUIET, WINDOW = "full", "quiet", "window"
 
@@ -66,6 +77,8 @@ class Driver:
     api: HealthcareApi
     publisher: Publisher
     logging: CloudLogging | None = None
+    kick: Callable[[str, str], None] | None = None
+    """Publishes a batch's driver message (for the child batches that replace conflicts)."""
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     monotonic: Callable[[], float] = time.monotonic
@@ -106,6 +119,8 @@ class Driver:
                     record = self._follow(record, path, deadline, worker)
                 elif state == COLLECTING:
                     record = self._collect(record, path, deadline, worker)
+                elif state == ACTING:
+                    record = self._act(record, path, deadline, worker)
                 elif state == PUBLISHING:
                     self._write_failure_files(record.data)
                     record = self.reporter.publish(record, path, worker)
@@ -196,6 +211,8 @@ class Driver:
                    "importBy": worker}
         generation = self.store.replace(path, claimed, record.generation)
         try:
+            # A child batch replacing conflicts deletes the stored instances only now, under the import claim.
+            replace.replace_stored(self.store, self.api, data, self.config.names, deadline)
             operation = self.api.import_dicom(data["store"], data["importUri"], deadline, data.get("blobStorageClass"))
         except ApiError as exc:
             if exc.retryable:
@@ -285,9 +302,72 @@ class Driver:
                         reason=collected.incomplete)
         named = {**data, "failures": [failure.to_record() for failure in collected.failures],
                  "failuresIncomplete": collected.incomplete}
+        rule = self.config.rule_named(data["rule"])
+        if rule is not None and _needs_action(rule, collected.failures):
+            acting = {**named, "state": ACTING}
+            return Document(acting, self.store.replace(path, acting, record.generation))
+        return self._conclude_failures(Document(named, record.generation), path, worker)
+
+    # acting -> publishing
+    def _act(self, record: Document, path: str, deadline: Deadline, worker: str) -> Document:
+        """Apply the rule's policies to each failed file; progress is saved, so a long list spans deliveries."""
+        data = record.data
+        rule = self.config.rule_named(data["rule"])
+        failures = failures_from_record(data.get("failures"))
+        if rule is not None and rule.on_conflict == REPLACE:
+            conflicts = [f for f in failures if f.kind == CONFLICT and f.action is None]
+            if conflicts:
+                record = self._plan_replacement(record, path, conflicts)
+                data, failures = record.data, failures_from_record(record.data.get("failures"))
+        if rule is not None and rule.on_failure.action != REPORT:
+            applied = 0
+            for index, failure in enumerate(failures):
+                if failure.action is not None:
+                    continue
+                action = policies.apply(self.store, rule.on_failure, failure, data["batch"])
+                failures[index] = failure.with_action(action)
+                destination = action.get("to")
+                log.info("failure policy applied", rule=data["rule"], batch=data["batch"],
+                         object=self.config.names.uri(failure.bucket, failure.name), generation=failure.generation,
+                         policy=action.get("policy"), done=action.get("done"), moved=action.get("moved"),
+                         to=self.config.names.uri(*_bucket_and_name(destination)) if destination else None,
+                         error=action.get("error"))
+                applied += 1
+                if applied % ACT_PERSIST_EVERY == 0 or deadline.remaining() < ACT_MARGIN_SECONDS:
+                    record = self._save_failures(record, path, failures)
+                    data = record.data
+                    if deadline.remaining() < ACT_MARGIN_SECONDS:
+                        raise RetryLater(f"failure policies of batch {data['batch']}: {applied} applied, "
+                                         "continuing on the next delivery")
+        record = Document({**data, "failures": [f.to_record() for f in failures]}, record.generation)
+        return self._conclude_failures(record, path, worker)
+
+    def _plan_replacement(self, record: Document, path: str, conflicts: list[Failure]) -> Document:
+        """Write the child batch that replaces this batch's conflicts, and save each conflict's action."""
+        if self.kick is None:
+            raise ValueError("the driver needs a kick callable to replace conflicts (Runtime passes one)")
+        data = record.data
+        plan = replace.plan(self.store, data, conflicts)
+        if plan.members:
+            created = readmit.create_child(self.store, self.kick, data, plan.batch, plan.members, readmit.REPLACE,
+                                           {"replaceInstances": plan.instances}, self.clock)
+            log.info("conflicting files will replace the stored instances", rule=data["rule"], batch=data["batch"],
+                     replacedBy=plan.batch, files=len(plan.members), created=created)
+        failures = [f.with_action(plan.actions[f.id]) if f.id in plan.actions else f
+                    for f in failures_from_record(data.get("failures"))]
+        return self._save_failures(record, path, failures)
+
+    def _save_failures(self, record: Document, path: str, failures: list[Failure]) -> Document:
+        data = {**record.data, "failures": [f.to_record() for f in failures]}
+        return Document(data, self.store.replace(path, data, record.generation))
+
+    def _conclude_failures(self, record: Document, path: str, worker: str) -> Document:
+        data = record.data
+        operation = Operation.from_record(data["operationResult"])
         outcome = outcome_of(operation)
-        return self._conclude(Document(named, record.generation), path, worker, outcome=outcome, operation=operation,
-                              hint=operation_hint(outcome, operation, self.store.bucket, collected.incomplete is None))
+        named_all = data.get("failuresIncomplete") is None
+        return self._conclude(record, path, worker, outcome=outcome, operation=operation,
+                              hint=operation_hint(outcome, operation, self.store.bucket, named_all))
 
     def _conclude(self, record: Document, path: str, worker: str, *, outcome: str, operation: Operation | None = None,
                   error: dict[str, Any] | None = None, hint: str | None = None) -> Document:
@@ -327,3 +407,15 @@ class Driver:
         if names:
             with ThreadPoolExecutor(max_workers=min(COPY_THREADS, len(names))) as pool:
                 list(pool.map(self.store.delete, names))
+
+
+def _needs_action(rule: Rule, failures: list[Failure]) -> bool:
+    """Whether the rule asks for more than naming the failures in the result."""
+    if failures and rule.on_failure.action != REPORT:
+        return True
+    return rule.on_conflict == REPLACE and any(f.kind == CONFLICT for f in failures)
+
+
+def _bucket_and_name(uri: str) -> tuple[str, str]:
+    bucket, _, name = uri[len("gs://"):].partition("/")
+    return bucket, name

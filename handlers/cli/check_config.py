@@ -9,7 +9,7 @@ from handlers.cli import kms
 from handlers.cli.context import Context
 from handlers.cli.environment import STORAGE, require
 from handlers.cli.errors import CliError
-from handlers.config import Config, load
+from handlers.config import QUARANTINE, REPLACE, TAG, Config, Rule, load
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -63,6 +63,7 @@ def render(config: Config) -> str:
             lines.append(f"       ignore  {pattern.uri}")
         if rule.blob_storage_class:
             lines.append(f"       blob storage class  {rule.blob_storage_class}")
+        lines += _policies(rule)
     lines += ["", "ignored by every rule:"]
     lines += [f"  {pattern.uri}" for pattern in config.ignore] or ["  (nothing)"]
     lines += [
@@ -78,3 +79,17 @@ def render(config: Config) -> str:
         f"export destinations: {_destinations(config)}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _policies(rule: Rule) -> list[str]:
+    """What happens to a failed file beyond its result, when the rule says more than the defaults."""
+    lines = []
+    policy = rule.on_failure
+    if policy.action == TAG:
+        lines.append("       on failure   tag the object (metadata dicom-import-error, dicom-import-batch)")
+    elif policy.action == QUARANTINE:
+        then = ", then delete the failed generation" if policy.move else ""
+        lines.append(f"       on failure   quarantine: copy to {policy.destination}NAME{then}")
+    if rule.on_conflict == REPLACE:
+        lines.append("       on conflict  replace: delete the stored instance, import the file again")
+    return lines

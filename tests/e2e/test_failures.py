@@ -17,10 +17,10 @@ import requests
 
 from handlers.privacy import NamePolicy
 from localstack.bridge import Backoff
-from localstack.observe import Result, ResultsReader
+from localstack.observe import Result, ResultsReader, api_calls
 from localstack.samples import make_instance, make_study, new_uid
 from localstack.stack import Stack
-from tests.e2e.helpers import storage, unique_prefix, upload
+from tests.e2e.helpers import storage, storage_event, unique_prefix, upload
 from tests.message_schemas import validate
 
 pytestmark = pytest.mark.e2e
@@ -165,3 +165,85 @@ def test_hashed_names_never_appear_plain_in_messages_manifests_or_logs(stack, en
     assert "file not imported" in logs
     for text in [json.dumps(r.data) + json.dumps(r.attributes) for r in reader.received] + [manifest, logs]:
         assert "patient-doe-john" not in text
+
+
+def metadata_update_event(env, name: str, generation: str) -> requests.Response:
+    """A Cloud Storage notification of a metadata update, as a bucket notifying every event type would send."""
+    import base64
+    import uuid
+
+    bucket = env["INBOX_BUCKET"]
+    resource = {"bucket": bucket, "name": name, "generation": generation, "metageneration": "2"}
+    envelope = {"subscription": "projects/local-project/subscriptions/manual", "message": {
+        "data": base64.b64encode(json.dumps(resource).encode()).decode(), "messageId": uuid.uuid4().hex,
+        "publishTime": "2026-11-25T10:00:00Z",
+        "attributes": {"eventType": "OBJECT_METADATA_UPDATE", "bucketId": bucket, "objectId": name,
+                       "objectGeneration": generation, "payloadFormat": "JSON_API_V1"}}}
+    return requests.post(env["FUNCTION_URL"], json=envelope, timeout=60)
+
+
+def test_tag_marks_the_failed_object_and_never_triggers_an_import(env, reader):
+    folder = unique_prefix("tagged/t")
+    bad, good = f"{folder}broken.dcm", f"{folder}good.dcm"
+    generations = upload(env, [(bad, b"not DICOM\n" * 30), (good, make_instance(new_uid(), new_uid(), new_uid()))])
+    [result] = wait_for(reader, env, [bad, good])
+    [failure] = result.data["failures"]
+    assert failure["action"] == {"policy": "tag", "done": True}
+    blob = storage(env).bucket(env["INBOX_BUCKET"]).get_blob(bad)
+    assert str(blob.generation) == generations[bad], "a metadata update keeps the generation"
+    assert blob.metadata["dicom-import-error"].startswith("not-dicom: not a DICOM file")
+    assert blob.metadata["dicom-import-batch"] == result.data["batch"]
+    imports = api_calls(env).get("dicomStores.import", 0)
+    assert metadata_update_event(env, bad, generations[bad]).status_code == 200, "acknowledged, nothing to do"
+    assert storage_event(env, bad, generations[bad]).status_code == 200, "a finalize event would be a duplicate"
+    reader.until(lambda got: False, timeout=8)  # past the 3 s window: any import would have started
+    assert api_calls(env).get("dicomStores.import", 0) == imports, "tagging started no import"
+    assert not [r for r in reader.received if r.data.get("batch") != result.data["batch"]
+                and hashed(env, bad) in covered(env, r)], "and no result"
+
+
+def test_quarantine_copies_the_failed_file_with_its_error(env, reader):
+    folder = unique_prefix("quarantined/q")
+    bad = f"{folder}empty.dcm"
+    upload(env, [(bad, b""), (f"{folder}ok.dcm", make_instance(new_uid(), new_uid(), new_uid()))])
+    [result] = wait_for(reader, env, [bad])
+    [failure] = result.data["failures"]
+    assert failure["action"] == {"policy": "quarantine", "to": NAMES.uri(env["EXPORT_BUCKET"], f"quarantine/{bad}"),
+                                 "done": True}
+    copy = storage(env).bucket(env["EXPORT_BUCKET"]).get_blob(f"quarantine/{bad}")
+    assert copy is not None and copy.size == 0
+    assert copy.metadata["dicom-import-error"] == "empty: empty DICOM instance found"
+    assert storage(env).bucket(env["INBOX_BUCKET"]).get_blob(bad) is not None, "copy only"
+
+
+def test_quarantine_with_move_removes_the_failed_file_from_the_inbox(env, reader):
+    folder = unique_prefix("moved/m")
+    bad = f"{folder}report.dcm"
+    upload(env, [(bad, b"radiology report\n" * 30), (f"{folder}ok.dcm", make_instance(new_uid(), new_uid(), new_uid()))])
+    [result] = wait_for(reader, env, [bad])
+    [failure] = result.data["failures"]
+    assert failure["action"]["moved"] is True and failure["action"]["done"] is True
+    assert storage(env).bucket(env["EXPORT_BUCKET"]).get_blob(f"moved/{bad}") is not None
+    assert storage(env).bucket(env["INBOX_BUCKET"]).get_blob(bad) is None, "moved out of the inbox"
+
+
+def test_replace_deletes_the_stored_instance_and_imports_the_re_sent_file(env, reader):
+    folder = unique_prefix("replaced/r")
+    study, series, sop = new_uid(), new_uid(), new_uid()
+    original, re_sent = make_instance(study, series, sop), make_instance(study, series, sop, patient_name="Fixed^Name")
+    upload(env, [(f"{folder}first.dcm", original)])
+    wait_for(reader, env, [f"{folder}first.dcm"])
+    upload(env, [(f"{folder}again.dcm", re_sent)])
+    [origin] = wait_for(reader, env, [f"{folder}again.dcm"])
+    [failure] = origin.data["failures"]
+    child = f"{origin.data['batch']}-replace"
+    assert failure["kind"] == "conflict" and failure["action"] == {"policy": "replace", "done": True, "batch": child}
+    reader.until(lambda got: any(r.data.get("replaces") == origin.data["batch"] for r in got), timeout=60)
+    [repair] = [r for r in reader.received if r.data.get("replaces") == origin.data["batch"]]
+    validate(repair.data, repair.attributes)
+    assert repair.data["batch"] == child and repair.data["outcome"] == "SUCCEEDED"
+    assert repair.data["objects"] == [{"uri": hashed(env, f"{folder}again.dcm"), "generation": failure["generation"]}]
+    url = (f"{env['HEALTHCARE_EMULATOR_HOST'].rstrip('/')}/v1/{env['DICOM_STORE']}/dicomWeb/studies/{study}/series/"
+           f"{series}/instances/{sop}")
+    stored = requests.get(url, headers={"Accept": "application/dicom; transfer-syntax=*"}, timeout=30)
+    assert stored.status_code == 200 and stored.content == re_sent, "WADO: the store holds the re-sent bytes"

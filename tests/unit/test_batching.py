@@ -45,8 +45,9 @@ class World:
         self.logging = FakeLogging()
         self.kicks: list[tuple[str, str]] = []
         self.intake = self.new_intake()
-        self.driver = Driver(self.store, self.config, self.api, self.publisher, self.logging, clock=self.clock,
-                             sleep=self.clock.sleep, monotonic=self.clock)
+        self.driver = Driver(self.store, self.config, self.api, self.publisher, self.logging,
+                             lambda r, b: self.kicks.append((r, b)), clock=self.clock, sleep=self.clock.sleep,
+                             monotonic=self.clock)
 
     def new_intake(self) -> Intake:
         """A fresh instance (empty memory), as after a restart or on another instance."""

@@ -1,0 +1,139 @@
+"""``on_conflict: replace``: a re-sent instance whose bytes differ replaces the stored one.
+
+The API never overwrites ("checksum mismatch"), so replacing takes a delete
+and a new import. Two halves, so that a delete can never hit what a
+replacement already imported:
+
+* the batch that saw the conflicts (:func:`plan`, in its ``acting`` step) reads
+  each file's UIDs from its staging copy, claims the object generation's one
+  replacement with a marker ``replacements/RULE/ID.json`` (create-if-absent:
+  at most one replacement per object generation, ever), and writes the child
+  batch ``ORIGIN-replace`` listing those members and their instances;
+* the child batch (:func:`replace_stored`, after its import is claimed and
+  before the import call) saves each stored instance's bytes to
+  ``replaced/RULE/CHILD/ID.dcm`` in the state bucket (the old version stays
+  recoverable; its generation is logged), deletes it with DICOMweb
+  DeleteInstance, then imports the files. A stored instance that already has
+  the new bytes (a redelivery after the import) is left alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from handlers import log
+from handlers.batch import layout
+from handlers.clients.healthcare import ApiError, HealthcareApi
+from handlers.clients.storage import Conflict, StateStore
+from handlers.failures import readmit
+from handlers.failures.header import NotDicom, inspect
+from handlers.failures.model import Failure
+from handlers.privacy import NamePolicy
+from handlers.retry import Deadline
+
+HEADER_BYTES = 64 * 1024
+
+
+def marker_path(rule: str, oid: str) -> str:
+    return f"replacements/{rule}/{oid}.json"
+
+
+def saved_copy_path(rule: str, batch: str, oid: str) -> str:
+    return f"replaced/{rule}/{batch}/{oid}.dcm"
+
+
+@dataclass
+class Plan:
+    batch: str
+    members: list[dict[str, Any]] = field(default_factory=list)
+    instances: dict[str, str] = field(default_factory=dict)
+    """Member id -> ``studies/S/series/SE/instances/I`` to delete before the child's import."""
+    actions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Failure id -> its ``action`` in the origin's result."""
+
+
+def plan(store: StateStore, record: Mapping[str, Any], conflicts: Sequence[Failure]) -> Plan:
+    """Which conflicts the child batch replaces (each object generation at most once), and why not the others."""
+    rule, origin = record["rule"], record["batch"]
+    child = readmit.replacement_id(origin)
+    result = Plan(child)
+    members = {m["id"]: m for m in record.get("members") or []}
+    for failure in conflicts:
+        path = _instance_path(store, rule, origin, failure.id)
+        if path is None:
+            result.actions[failure.id] = {"policy": "replace", "done": False,
+                                          "error": "the file's Study, Series and SOP Instance UIDs cannot be read"}
+            continue
+        owner = _claim_replacement(store, rule, failure.id, child, origin, path)
+        if owner != child:
+            result.actions[failure.id] = {"policy": "replace", "done": False, "batch": owner,
+                                          "error": f"already replaced once, by batch {owner}: at most one "
+                                                   "replacement per object generation"}
+            continue
+        result.members.append(dict(members[failure.id]))
+        result.instances[failure.id] = path
+        result.actions[failure.id] = {"policy": "replace", "done": True, "batch": child}
+    return result
+
+
+def _instance_path(store: StateStore, rule: str, batch: str, oid: str) -> str | None:
+    try:
+        header = inspect(store.read_range(layout.staging_path(rule, batch, oid), 0, HEADER_BYTES),
+                         total_size=_size(store, rule, batch, oid))
+    except (NotDicom, KeyError):
+        return None
+    return header.path if header.uids else None
+
+
+def _size(store: StateStore, rule: str, batch: str, oid: str) -> int:
+    name = layout.staging_path(rule, batch, oid)
+    for item in store.list(name):
+        if item.name == name:
+            return item.size
+    raise KeyError(name)
+
+
+def _claim_replacement(store: StateStore, rule: str, oid: str, child: str, origin: str, instance: str) -> str:
+    """The batch that owns this object generation's one replacement (``child`` when this claim won or holds)."""
+    path = marker_path(rule, oid)
+    try:
+        store.create(path, {"batch": child, "origin": origin, "instance": instance})
+        return child
+    except Conflict:
+        existing = store.read(path)
+        return str(existing.data.get("batch")) if existing else child
+
+
+def replace_stored(store: StateStore, api: HealthcareApi, record: Mapping[str, Any], names: NamePolicy,
+                   deadline: Deadline) -> None:
+    """In the child batch, before its import call: save and delete each stored instance its files replace."""
+    rule, batch, dicom_store = record["rule"], record["batch"], record["store"]
+    instances: Mapping[str, str] = record.get("replaceInstances") or {}
+    if not instances:
+        return
+    new_md5 = {item.name.rsplit("/", 1)[-1].removesuffix(".dcm"): item.md5
+               for item in store.list(layout.staging_prefix(rule, batch))}
+    members = {m["id"]: m for m in record.get("members") or []}
+    for oid, path in instances.items():
+        member = members.get(oid)
+        if member is None:
+            continue  # skipped by the copy (its generation is gone): nothing replaces the stored instance
+        try:
+            stored = api.retrieve_instance(dicom_store, path, deadline)
+        except ApiError as exc:
+            if exc.code == 404:
+                continue  # deleted already (an earlier delivery, or by hand): the import stores the new file
+            raise
+        if base64.b64encode(hashlib.md5(stored).digest()).decode() == new_md5.get(oid):
+            continue  # the new bytes are already stored: an earlier delivery got this far
+        copy = saved_copy_path(rule, batch, oid)
+        saved = store.write_bytes(copy, stored, {"instance": path, "replaced-by": f"{batch}/{oid}"})
+        api.delete_instance(dicom_store, path, deadline)
+        log.info("stored instance replaced: the old version is saved, the re-sent file is imported next",
+                 rule=rule, batch=batch, replaces=record.get("replaces"), instance=path,
+                 object=names.uri(member["bucket"], member["name"]), newGeneration=member["generation"],
+                 oldCopy=f"gs://{store.bucket}/{copy}",
+                 oldGeneration=str(saved) if saved is not None else "saved by an earlier delivery")
