@@ -16,7 +16,7 @@ from typing import NoReturn, Sequence
 
 from handlers import config as config_module
 from handlers import log
-from handlers.cli import backfill, check_config, explain, export, tail
+from handlers.cli import backfill, check_config, explain, export, failures, retry, tail
 from handlers.cli.context import Context
 from handlers.cli.environment import LOCAL_ENV_FILE, load_env_file
 from handlers.cli.errors import (
@@ -28,7 +28,7 @@ from handlers.cli.errors import (
 )
 from handlers.config import ConfigError
 
-COMMANDS = (check_config, explain, backfill, export, tail)
+COMMANDS = (check_config, explain, backfill, export, tail, failures, retry)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,7 +1,8 @@
 """``tail``: print import and export results from a Pub/Sub subscription, one line each, and ack them.
 
-Lines carry no object names (only rule, store, batch or request id), so
-``results.object_names`` has nothing to hide here; ``--json`` prints the
+Under an import's line, its failed files, one line each (kind, object, reason;
+red on a terminal). Names are printed as the messages carry them, so
+``results.object_names: hashed`` shows hashes here too; ``--json`` prints the
 messages as published.
 """
 
@@ -145,7 +146,22 @@ def render_table(messages: list[Any]) -> Table:
                    data["counter"]["failure"], "" if export else data.get("rule"), _short(data.get("store"), 3),
                    data.get("requestId") if export else data.get("batch"), _short(data.get("operation"), 1),
                    _error(data)], plain=render_line(message), failed=data["outcome"] != SUCCEEDED)
+        for line in failure_lines(data):
+            table.add(["", "", "", "", "", "", "", "", "", line.strip()], plain=line, failed=True)
     return table
+
+
+def failure_lines(data: Mapping[str, Any]) -> list[str]:
+    """The failed files of an import result, one indented line each, then what the message does not list."""
+    lines = [f"    failed  {item.get('kind')}  {item.get('uri')}  generation {item.get('generation')}  "
+             f"{str((item.get('error') or {}).get('message', ''))[:ERROR_CHARS]}"
+             for item in data.get("failures") or []]
+    more = int(data.get("failuresListed") or 0) - len(data.get("failures") or [])
+    if more > 0:
+        lines.append(f"    ... and {more} more: {data.get('failuresManifest')}")
+    if data.get("failuresIncomplete"):
+        lines.append(f"    not all named: {data['failuresIncomplete']}")
+    return lines
 
 
 def _result(message: Any) -> Mapping[str, Any] | None:

@@ -247,3 +247,74 @@ def test_replace_deletes_the_stored_instance_and_imports_the_re_sent_file(env, r
            f"{series}/instances/{sop}")
     stored = requests.get(url, headers={"Accept": "application/dicom; transfer-syntax=*"}, timeout=30)
     assert stored.status_code == 200 and stored.content == re_sent, "WADO: the store holds the re-sent bytes"
+
+
+@pytest.fixture
+def cli(stack, capsys):
+    """The operator CLI in this process on this stack (``--env-file``): (exit code, stdout, stderr)."""
+    import os
+
+    from handlers.cli import main
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        saved = dict(os.environ)
+        capsys.readouterr()
+        try:
+            code = main(["--env-file", str(stack.env_path), *argv])
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def test_failures_lists_each_failed_file_with_its_reason(env, reader, cli):
+    folder = unique_prefix("report/listed")
+    upload(env, [(f"{folder}empty.dcm", b""), (f"{folder}ok.dcm", make_instance(new_uid(), new_uid(), new_uid()))])
+    [result] = wait_for(reader, env, [f"{folder}empty.dcm"])
+    code, out, err = cli("failures", "--since", "1h", "--rule", "report", "--kind", "empty")
+    assert code == 0, err
+    [line] = [line for line in out.splitlines() if hashed(env, f"{folder}empty.dcm") in line]
+    assert f"  report  {result.data['batch']}  empty  " in line and "empty DICOM instance found" in line
+    assert "folder" not in out and "listed-" not in out, "hashed mode: no plain name"
+    code, out, _ = cli("failures", "--since", "1h", "--json", "--rule", "report")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert any(row["uri"] == hashed(env, f"{folder}empty.dcm") and row["kind"] == "empty" for row in rows)
+
+
+def test_retry_imports_a_fixed_conflict_once(env, reader, cli):
+    folder = unique_prefix("retried/r")
+    study, series, sop = new_uid(), new_uid(), new_uid()
+    re_sent = make_instance(study, series, sop, patient_name="Fixed^Name")
+    upload(env, [(f"{folder}first.dcm", make_instance(study, series, sop))])
+    wait_for(reader, env, [f"{folder}first.dcm"])
+    upload(env, [(f"{folder}again.dcm", re_sent)])
+    [origin] = wait_for(reader, env, [f"{folder}again.dcm"])
+    assert origin.data["failures"][0]["kind"] == "conflict"
+    url = (f"{env['HEALTHCARE_EMULATOR_HOST'].rstrip('/')}/v1/{env['DICOM_STORE']}/dicomWeb/studies/{study}/series/"
+           f"{series}/instances/{sop}")
+    assert requests.delete(url, timeout=30).status_code == 200  # the operator resolves the conflict by hand
+
+    code, out, err = cli("retry", origin.data["batch"])
+    assert code == 0, err
+    child = f"{origin.data['batch']}-retry1"
+    assert out.splitlines() == [
+        f"retried  {hashed(env, f'{folder}again.dcm')}  generation {origin.data['failures'][0]['generation']}  "
+        f"conflict  from {origin.data['batch']}  in {child}",
+        f"1 file retried in 1 batch ({child}): follow their results with `python -m handlers tail`"]
+    reader.until(lambda got: any(r.data.get("retryOf") == origin.data["batch"] for r in got), timeout=60)
+    [retried] = [r for r in reader.received if r.data.get("retryOf") == origin.data["batch"]]
+    validate(retried.data, retried.attributes)
+    assert retried.data["batch"] == child and retried.data["outcome"] == "SUCCEEDED"
+    stored = requests.get(url, headers={"Accept": "application/dicom; transfer-syntax=*"}, timeout=30)
+    assert stored.content == re_sent
+
+    imports = api_calls(env).get("dicomStores.import", 0)
+    code, out, _ = cli("retry", origin.data["batch"])
+    assert out.splitlines() == ["0 files retried in 0 batches"], "already taken over by the first retry"
+    code, out, _ = cli("retry", "--failed-since", "1h", "--rule", "retried", "--kind", "conflict")
+    assert out.splitlines() == ["0 files retried in 0 batches"], "each object retried once"
+    reader.until(lambda got: False, timeout=5)
+    assert api_calls(env).get("dicomStores.import", 0) == imports, "no second import"
