@@ -1,0 +1,274 @@
+"""The gateway's YAML config: load, interpolate ``${ENV}``, validate.
+
+Problems are reported like config.yaml's, ``PATH:LINE: what is wrong, and how to fix
+it``, all at once, with the same line-tracking loader and checks
+(:mod:`handlers.config`), so both files behave the same for an operator.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+# The loader and the problem collector of config.yaml: one implementation of
+# "FILE:LINE: problem and fix", ${NAME} interpolation and "did you mean" hints.
+from handlers.config import ConfigError, _LineLoader, _List, _Map, _Reader
+
+__all__ = ["ConfigError", "GatewayConfig", "NAME_FIELDS", "DEFAULT_OBJECT_NAME", "load", "parse"]
+
+DEFAULT_OBJECT_NAME = "{CallingAETitle}/{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
+#: Fields an object name template may use. Nothing that names a patient is offered:
+#: object names show up in logs, listings and result messages.
+NAME_FIELDS = (
+    "CallingAETitle",
+    "CalledAETitle",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "Modality",
+    "StudyDate",
+    "ReceivedDate",
+)
+_TOP_LEVEL = ("dicom", "tls", "destination", "object_name", "spool", "uploads", "health")
+# AE titles: 1-16 characters of the default repertoire, no backslash, no control characters.
+_AE_TITLE_RE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Tls:
+    """DICOM TLS: the server's certificate chain and key; with ``client_ca``, clients must present a certificate it signed."""
+
+    certificate: str
+    private_key: str
+    client_ca: str | None = None
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    path: str
+    ae_title: str
+    address: str
+    port: int
+    calling_ae_titles: tuple[str, ...]
+    clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    max_associations: int
+    max_pdu_bytes: int
+    tls: Tls | None
+    bucket: str
+    prefix: str  # "" or ending with "/"
+    object_name: str
+    spool_directory: str
+    spool_max_bytes: int
+    segment_bytes: int
+    upload_threads: int
+    max_backoff_seconds: float
+    health_address: str
+    health_port: int
+    stuck_after_seconds: float
+    stats_every_seconds: float
+
+    def client_allowed(self, ip: str) -> bool:
+        """True when no client list is configured, or ``ip`` is in one of its networks."""
+        if not self.clients:
+            return True
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.clients)
+
+
+def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read and validate a gateway config file; raise :class:`ConfigError` listing every problem."""
+    try:
+        source = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}:0: cannot read the gateway config file ({exc.strerror}): check the path"]) from None
+    return parse(source, str(path), os.environ if env is None else env)
+
+
+def parse(source: str, path: str, env: Mapping[str, str]) -> GatewayConfig:
+    """Validate gateway config text; ``path`` only labels the messages."""
+    reader = _Reader(path, env)
+    try:
+        document = yaml.load(source, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{path}:{mark.line + 1 if mark else 0}: not valid YAML ({reason}): fix the indentation or quoting"]) from None
+    if not isinstance(document, _Map):
+        raise ConfigError([f"{path}:1: the file must be a mapping with 'dicom' and 'destination' at the top level"])
+    reader.unknown_keys(document, _TOP_LEVEL, "the top level")
+
+    dicom = reader.section(document, "dicom", ("ae_title", "address", "port", "calling_ae_titles", "clients",
+                                               "max_associations", "max_pdu_bytes"))
+    dicom_line = document.lines.get("dicom", 1)
+    ae_title = _ae_title(reader, dicom, "ae_title", dicom_line)
+    address = _string(reader, dicom, "address", "0.0.0.0")
+    port = int(reader.number(dicom, "port", 11112, 0, 65535, True))  # 0: any free port
+    calling = _calling_titles(reader, dicom, dicom_line)
+    clients = _clients(reader, dicom)
+    max_associations = int(reader.number(dicom, "max_associations", 10, 1, 1000, True))
+    max_pdu = int(reader.number(dicom, "max_pdu_bytes", 65536, 0, 2**32 - 1, True))
+    tls = _tls(reader, document)
+    bucket, prefix = _destination(reader, document)
+    object_name = _object_name(reader, document)
+
+    spool = reader.section(document, "spool", ("directory", "max_megabytes", "segment_megabytes"))
+    spool_directory = _string(reader, spool, "directory", None, required_line=document.lines.get("spool", 1),
+                              where="'spool'")
+    max_mb = reader.number(spool, "max_megabytes", 10240, 0.01, 10**8, False)
+    segment_mb = reader.number(spool, "segment_megabytes", 64, 0.001, 4096, False)
+    if segment_mb > max_mb:
+        reader.problem(spool.lines.get("segment_megabytes", document.lines.get("spool", 1)),
+                       f"segment_megabytes ({segment_mb:g}) is larger than max_megabytes ({max_mb:g}): "
+                       "make segments a small fraction of the spool (the default, 64, suits spools of a few GB)")
+    uploads = reader.section(document, "uploads", ("threads", "max_backoff_seconds"))
+    threads = int(reader.number(uploads, "threads", 4, 1, 64, True))
+    max_backoff = float(reader.number(uploads, "max_backoff_seconds", 60, 0.01, 3600, False))
+    health = reader.section(document, "health", ("address", "port", "stuck_after_seconds", "stats_every_seconds"))
+    health_address = _string(reader, health, "address", "0.0.0.0")
+    health_port = int(reader.number(health, "port", 8080, 0, 65535, True))
+    stuck = float(reader.number(health, "stuck_after_seconds", 600, 1, 7 * 86400, False))
+    stats_every = float(reader.number(health, "stats_every_seconds", 60, 0.1, 86400, False))
+
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return GatewayConfig(
+        path=path, ae_title=ae_title, address=address, port=port, calling_ae_titles=calling, clients=clients,
+        max_associations=max_associations, max_pdu_bytes=max_pdu, tls=tls, bucket=bucket, prefix=prefix,
+        object_name=object_name, spool_directory=spool_directory, spool_max_bytes=int(max_mb * _MIB),
+        segment_bytes=max(1, int(segment_mb * _MIB)), upload_threads=threads, max_backoff_seconds=max_backoff,
+        health_address=health_address, health_port=health_port, stuck_after_seconds=stuck,
+        stats_every_seconds=stats_every,
+    )
+
+
+def _string(reader: _Reader, section: _Map, key: str, default: str | None, *, required_line: int = 0,
+            where: str = "") -> str:
+    if key not in section:
+        if default is None:
+            reader.problem(required_line, f"{where} needs '{key}'")
+            return ""
+        return default
+    return reader.text(section, key, section.lines[key], key) or ""
+
+
+def _ae_title(reader: _Reader, section: _Map, key: str, line: int) -> str:
+    if key not in section:
+        reader.problem(line, "'dicom' needs 'ae_title': the AE title modalities call, e.g. DICOM-GCS (1-16 characters)")
+        return ""
+    return _check_ae(reader, section[key], section.lines[key], "ae_title")
+
+
+def _check_ae(reader: _Reader, value: Any, line: int, what: str) -> str:
+    text = reader.interpolate(value, line, what) if isinstance(value, str) else None
+    if text is None or not _AE_TITLE_RE.fullmatch(text) or not text.strip():
+        reader.problem(line, f"{what} {value!r} is not an AE title: use 1-16 printable ASCII characters, no backslash")
+        return ""
+    return text.strip()
+
+
+def _calling_titles(reader: _Reader, section: _Map, line: int) -> tuple[str, ...]:
+    value = section.get("calling_ae_titles")
+    if not isinstance(value, _List) or not value:
+        reader.problem(section.lines.get("calling_ae_titles", line),
+                       "'dicom' needs 'calling_ae_titles': the list of AE titles allowed to send (e.g. [CT_SCANNER_1]); "
+                       "associations from any other AE title are rejected")
+        return ()
+    titles = [_check_ae(reader, item, item_line, "calling AE title") for item, item_line in zip(value, value.lines)]
+    return tuple(title for title in titles if title)
+
+
+def _clients(reader: _Reader, section: _Map) -> tuple[Any, ...]:
+    value = section.get("clients")
+    if value is None:
+        return ()
+    if not isinstance(value, _List):
+        reader.problem(section.lines["clients"], "clients must be a list of IP addresses or networks, e.g. [10.1.2.0/24]")
+        return ()
+    networks = []
+    for item, line in zip(value, value.lines):
+        try:
+            networks.append(ipaddress.ip_network(str(item), strict=False))
+        except ValueError:
+            reader.problem(line, f"client {item!r} is not an IP address or network: write e.g. 10.1.2.3 or 10.1.2.0/24")
+    return tuple(networks)
+
+
+def _tls(reader: _Reader, document: _Map) -> Tls | None:
+    if "tls" not in document:
+        return None
+    section = reader.section(document, "tls", ("certificate", "private_key", "client_ca"))
+    line = document.lines["tls"]
+    files: dict[str, str | None] = {}
+    for key in ("certificate", "private_key", "client_ca"):
+        if key not in section:
+            if key != "client_ca":
+                reader.problem(line, f"'tls' needs '{key}' (a PEM file), or remove 'tls' to listen without TLS")
+            files[key] = None
+            continue
+        path = reader.text(section, key, section.lines[key], f"tls {key}")
+        if path and not Path(path).is_file():
+            reader.problem(section.lines[key], f"tls {key} {path!r} is not a readable file: check the path (PEM format)")
+        files[key] = path
+    if not files["certificate"] or not files["private_key"]:
+        return None
+    return Tls(files["certificate"], files["private_key"], files["client_ca"])  # type: ignore[arg-type]
+
+
+def _destination(reader: _Reader, document: _Map) -> tuple[str, str]:
+    if "destination" not in document:
+        reader.problem(1, "the file needs 'destination: gs://BUCKET/PREFIX/': where received instances are written")
+        return "", ""
+    line = document.lines["destination"]
+    uri = reader.text(document, "destination", line, "destination")
+    if uri is None:
+        return "", ""
+    if not uri.startswith("gs://"):
+        reader.problem(line, f"destination {uri!r} must be gs://BUCKET or gs://BUCKET/PREFIX/")
+        return "", ""
+    bucket, _, prefix = uri[len("gs://"):].partition("/")
+    if not _BUCKET_RE.fullmatch(bucket):
+        reader.problem(line, f"destination bucket {bucket!r} is not a bucket name: 3-222 of a-z 0-9 . _ -")
+        return "", ""
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    if any(char in prefix for char in "*?[") or "//" in prefix:
+        reader.problem(line, f"destination prefix {prefix!r} must be a plain folder path (no wildcards, no empty segments)")
+    return bucket, prefix
+
+
+def _object_name(reader: _Reader, document: _Map) -> str:
+    if "object_name" not in document:
+        return DEFAULT_OBJECT_NAME
+    line = document.lines["object_name"]
+    template = document["object_name"]
+    if not isinstance(template, str) or not template.strip():
+        reader.problem(line, f"object_name must be a template string such as {DEFAULT_OBJECT_NAME!r}")
+        return DEFAULT_OBJECT_NAME
+    try:
+        fields = [field for _, field, spec, conversion in string.Formatter().parse(template) if field is not None]
+    except ValueError as exc:
+        reader.problem(line, f"object_name {template!r} is not a valid template ({exc}): write fields as {{Name}}, a literal brace as {{{{")
+        return DEFAULT_OBJECT_NAME
+    for field in fields:
+        if field not in NAME_FIELDS:
+            reader.problem(line, f"object_name uses {{{field}}}, which is not a field: use {', '.join(NAME_FIELDS)}")
+    if "SOPInstanceUID" not in fields:
+        reader.problem(line, "object_name must contain {SOPInstanceUID}: without it, instances of a series overwrite each other")
+    if template.startswith("/"):
+        reader.problem(line, "object_name must not start with '/': the destination prefix already ends the folder path")
+    return template

@@ -1,0 +1,285 @@
+"""The DICOM side: a pynetdicom Storage SCP (every storage SOP class) and Verification SCP.
+
+Each C-STORE is answered only after its Part 10 bytes (the dataset exactly as
+received, any transfer syntax, never transcoded, behind pynetdicom's file meta
+information) are durable in the spool. Statuses (DICOM PS3.4 Annex B, PS3.7 C):
+
+=======  ==============================================  =========================================
+status   meaning                                         when
+=======  ==============================================  =========================================
+0x0000   Success                                         spooled and fsynced
+0x0122   Refused: SOP Class not supported                the request's SOP class is not a storage
+                                                         class or not the presentation context's
+0xA700   Refused: Out of resources                       the spool is full, or the disk failed
+0xA900   Error: Data Set does not match SOP Class        SOP Class, Study, Series or SOP Instance
+                                                         UID missing, or the SOP Class or Instance
+                                                         UID differs from the request's
+0xC210   Error: Cannot understand                        the dataset does not decode (pydicom cannot
+                                                         parse its elements before the pixel data)
+=======  ==============================================  =========================================
+
+Associations are refused (A-ASSOCIATE-RJ, rejected permanent, by the service
+user) with reason 3 "calling AE title not recognised" for an AE title not in
+the allow-list, 7 "called AE title not recognised" for a wrong called AE
+title, and 1 "no reason given" for a client address outside ``dicom.clients``.
+Every outcome is one JSON log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from io import BytesIO
+from typing import Any, Callable
+
+from handlers import log
+
+from .config import GatewayConfig
+from .naming import MissingUid, ObjectNamer
+from .spool import Record, Spool, SpoolError, SpoolFull
+
+__all__ = ["Receiver", "STATUS"]
+
+STATUS = {
+    "success": 0x0000,
+    "sop_class_not_supported": 0x0122,
+    "out_of_resources": 0xA700,
+    "does_not_match_sop_class": 0xA900,
+    "cannot_understand": 0xC210,
+}
+_NAME_TAGS = ("SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality", "StudyDate")
+_REJECT_REASONS = {
+    (1, 1): "no reason given",
+    (1, 2): "application context name not supported",
+    (1, 3): "calling AE title not recognised",
+    (1, 7): "called AE title not recognised",
+    (2, 1): "no reason given (ACSE)",
+    (2, 2): "protocol version not supported",
+    (3, 1): "temporary congestion",
+    (3, 2): "local limit exceeded (too many associations)",
+}
+
+
+@dataclass
+class _AssociationCount:
+    stored: int = 0
+    refused: int = 0
+    logged_end: bool = False
+
+
+class _JsonLogBridge(logging.Handler):
+    """pynetdicom's own warnings and errors as JSON lines (its routine INFO chatter is switched off)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        writer = log.error if record.levelno >= logging.ERROR else log.warning
+        writer(f"pynetdicom: {record.getMessage()}"[:1000], logger=record.name)
+
+
+class Receiver:
+    """Binds pynetdicom's events to the spool; ``start`` listens, ``stop`` closes the port."""
+
+    def __init__(self, config: GatewayConfig, spool: Spool, on_spooled: Callable[[Record], None]) -> None:
+        self.config = config
+        self.spool = spool
+        self.on_spooled = on_spooled
+        self.namer = ObjectNamer(config.object_name, config.prefix)
+        self._server: Any = None
+        self._associations: dict[int, _AssociationCount] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def listening(self) -> bool:
+        """True while the DICOM port is open."""
+        return self._server is not None
+
+    @property
+    def port(self) -> int:
+        """The port listened on (useful when configured as 0)."""
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, _config, evt
+        from pynetdicom.sop_class import Verification
+
+        _config.LOG_HANDLER_LEVEL = "none"
+        pynetdicom_logger = logging.getLogger("pynetdicom")
+        pynetdicom_logger.setLevel(logging.WARNING)
+        pynetdicom_logger.propagate = False
+        if not any(isinstance(h, _JsonLogBridge) for h in pynetdicom_logger.handlers):
+            pynetdicom_logger.addHandler(_JsonLogBridge())
+
+        ae = AE(ae_title=self.config.ae_title)
+        ae.maximum_associations = self.config.max_associations
+        ae.maximum_pdu_size = self.config.max_pdu_bytes
+        ae.require_calling_aet = list(self.config.calling_ae_titles)
+        ae.require_called_aet = True
+        ae.network_timeout = 60
+        ae.acse_timeout = 30
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification)
+        self._storage_classes = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+        handlers = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_RELEASED, self._on_ended),
+            (evt.EVT_ABORTED, self._on_ended),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+        self._server = ae.start_server((self.config.address, self.config.port), block=False,
+                                       ssl_context=self._ssl_context(), evt_handlers=handlers)
+        log.info("DICOM receiver listening", aeTitle=self.config.ae_title, address=self.config.address,
+                 port=self.port, tls=self.config.tls is not None, callingAETitles=list(self.config.calling_ae_titles))
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        tls = self.config.tls
+        if tls is None:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(tls.certificate, tls.private_key)
+        if tls.client_ca:
+            context.load_verify_locations(tls.client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    # -- associations ------------------------------------------------------------
+    @staticmethod
+    def _peer(assoc: Any) -> dict[str, Any]:
+        return {"callingAETitle": assoc.requestor.ae_title, "calledAETitle": assoc.acceptor.ae_title or None,
+                "peer": f"{assoc.requestor.address}:{assoc.requestor.port}"}
+
+    def _on_requested(self, event: Any) -> None:
+        assoc = event.assoc
+        if not self.config.client_allowed(assoc.requestor.address):
+            assoc.acse.send_reject(0x01, 0x01, 0x01)
+            assoc.kill()  # as pynetdicom's own rejections do: returns once the A-ASSOCIATE-RJ is sent
+            log.warning("association rejected", reason="client address not in dicom.clients", **self._peer(assoc))
+
+    def _on_rejected(self, event: Any) -> None:
+        primitive = event.assoc.acceptor.primitive
+        reason = _REJECT_REASONS.get((primitive.result_source, primitive.diagnostic), "unknown")
+        called = event.assoc.requestor.primitive.called_ae_title
+        log.warning("association rejected", reason=reason, result=primitive.result, source=primitive.result_source,
+                    diagnostic=primitive.diagnostic, requestedCalledAETitle=called, **self._peer(event.assoc))
+
+    def _on_established(self, event: Any) -> None:
+        with self._lock:
+            self._associations[id(event.assoc)] = _AssociationCount()
+        # An unknown or non-storage SOP class is refused here, per presentation context
+        # (result 3, abstract syntax not supported): no C-STORE can then carry it.
+        rejected = [{"abstractSyntax": str(cx.abstract_syntax), "result": cx.result}
+                    for cx in event.assoc.rejected_contexts]
+        log.info("association accepted", contexts=len(event.assoc.accepted_contexts),
+                 rejectedContexts=rejected or None, **self._peer(event.assoc))
+
+    def _on_ended(self, event: Any) -> None:
+        with self._lock:
+            count = self._associations.get(id(event.assoc))
+            if count is None or count.logged_end:
+                return
+            count.logged_end = True
+        if event.event.name == "EVT_RELEASED":
+            log.info("association released", stored=count.stored, refused=count.refused, **self._peer(event.assoc))
+        else:
+            log.warning("association aborted (A-ABORT or connection dropped): an instance in transfer was not "
+                        "acknowledged", stored=count.stored, refused=count.refused, **self._peer(event.assoc))
+
+    def _on_closed(self, event: Any) -> None:
+        with self._lock:
+            count = self._associations.pop(id(event.assoc), None)
+        if count is not None and not count.logged_end:
+            log.warning("connection dropped without release or abort: an instance in transfer was not acknowledged",
+                        stored=count.stored, refused=count.refused, **self._peer(event.assoc))
+
+    def _on_echo(self, event: Any) -> int:
+        log.info("C-ECHO", **self._peer(event.assoc))
+        return STATUS["success"]
+
+    # -- C-STORE -----------------------------------------------------------------
+    def _on_store(self, event: Any) -> int:
+        started = time.monotonic()
+        request, assoc = event.request, event.assoc
+        fields = {"sopClassUID": str(request.AffectedSOPClassUID), "sopInstanceUID": str(request.AffectedSOPInstanceUID),
+                  **self._peer(assoc)}
+        status, reason, record = self._store(event)
+        with self._lock:
+            count = self._associations.get(id(assoc))
+            if count is not None:
+                if status == 0:
+                    count.stored += 1
+                else:
+                    count.refused += 1
+        if record is not None:
+            self.on_spooled(record)
+            log.info("instance received", object=f"gs://{self.config.bucket}/{record.name}", bytes=record.length,
+                     transferSyntax=str(event.context.transfer_syntax),
+                     seconds=round(time.monotonic() - started, 4), **fields)
+        else:
+            log.warning("C-STORE refused", status=f"0x{status:04X}", reason=reason, **fields)
+        return status
+
+    def _store(self, event: Any) -> tuple[int, str, Record | None]:
+        request = event.request
+        sop_class = str(request.AffectedSOPClassUID)
+        if sop_class not in self._storage_classes or sop_class != str(event.context.abstract_syntax):
+            return STATUS["sop_class_not_supported"], "SOP class is not a storage class accepted on this presentation context", None
+        meta = event.file_meta
+        meta.SourceApplicationEntityTitle = event.assoc.requestor.ae_title
+        payload = _part10(meta, request.DataSet.getvalue())
+        try:
+            values = _name_values(payload)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for undecodable bytes
+            return STATUS["cannot_understand"], f"dataset does not decode: {type(exc).__name__}: {exc}"[:300], None
+        for keyword, requested in (("SOPClassUID", sop_class), ("SOPInstanceUID", str(request.AffectedSOPInstanceUID))):
+            if values.get(keyword) and values[keyword] != requested:
+                return STATUS["does_not_match_sop_class"], f"the dataset's {keyword} differs from the request's", None
+        if not values.get("SOPClassUID"):
+            return STATUS["does_not_match_sop_class"], "missing SOPClassUID: every instance needs its SOP Class UID", None
+        values["CallingAETitle"] = event.assoc.requestor.ae_title
+        values["CalledAETitle"] = self.config.ae_title
+        try:
+            name = self.namer.name(values, datetime.now(timezone.utc))
+        except MissingUid as exc:
+            return STATUS["does_not_match_sop_class"], f"{exc}: every instance needs Study, Series and SOP Instance UIDs", None
+        except ValueError as exc:
+            return STATUS["does_not_match_sop_class"], str(exc), None
+        try:
+            record = self.spool.append(name, payload, {"callingAETitle": values["CallingAETitle"]})
+        except SpoolFull as exc:
+            return STATUS["out_of_resources"], f"spool full: {exc}", None
+        except SpoolError as exc:
+            return STATUS["out_of_resources"], f"spool write failed: {exc}", None
+        return STATUS["success"], "", record
+
+
+def _part10(meta: Any, dataset: bytes) -> bytes:
+    """Preamble, ``DICM``, the file meta information, then the dataset bytes as received."""
+    from pynetdicom.dsutils import encode_file_meta
+
+    return b"".join((b"\x00" * 128, b"DICM", encode_file_meta(meta), dataset))
+
+
+def _name_values(payload: bytes) -> dict[str, str]:
+    """The UIDs and attributes the object name may use; every element before the pixel data is parsed."""
+    import pydicom
+
+    dataset = pydicom.dcmread(BytesIO(payload), stop_before_pixels=True)
+    values = {}
+    for keyword in _NAME_TAGS:
+        value = dataset.get(keyword)
+        if value is not None and str(value).strip():
+            values[keyword] = str(value).strip()
+    return values

@@ -1,0 +1,60 @@
+"""The gateway assembled: spool recovery, uploaders, the DICOM receiver and the health endpoint."""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+from handlers import log
+
+from .config import GatewayConfig
+from .health import Health
+from .inbox import GcsInbox, Inbox
+from .scp import Receiver
+from .spool import Spool
+from .uploader import Uploader
+
+__all__ = ["Gateway"]
+
+
+class Gateway:
+    """``start()`` resumes the spool, then listens; ``stop()`` closes the port, then stops the uploaders.
+
+    ``inbox_factory`` makes one :class:`~gateway.inbox.Inbox` per uploader thread
+    (default: the configured bucket through google-cloud-storage).
+    """
+
+    def __init__(self, config: GatewayConfig, inbox_factory: Callable[[], Inbox] | None = None) -> None:
+        self.config = config
+        self.spool = Spool(config.spool_directory, max_bytes=config.spool_max_bytes, segment_bytes=config.segment_bytes)
+        self.uploader = Uploader(self.spool, inbox_factory or (lambda: GcsInbox(config.bucket)), bucket=config.bucket,
+                                 threads=config.upload_threads, max_backoff=config.max_backoff_seconds)
+        self.receiver = Receiver(config, self.spool, self.uploader.submit)
+        self.health = Health(self.spool, address=config.health_address, port=config.health_port,
+                             stuck_after=config.stuck_after_seconds, stats_every=config.stats_every_seconds,
+                             listening=lambda: self.receiver.listening)
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        recovered = self.spool.recover()
+        stats = self.spool.stats()
+        log.info("spool resumed", directory=self.config.spool_directory, pending=stats.pending,
+                 pendingBytes=stats.pending_bytes, segments=stats.segments)
+        for record in recovered:
+            self.uploader.submit(record)
+        self.uploader.start()
+        self.receiver.start()
+        self.health.start()
+        log.info("gateway started", destination=f"gs://{self.config.bucket}/{self.config.prefix}",
+                 healthPort=self.health.port, dicomPort=self.receiver.port)
+
+    def stop(self) -> None:
+        """Refuse new associations, stop uploading (the spool keeps what is left), close the spool."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.receiver.stop()
+        self.health.stop()
+        self.uploader.stop()
+        self.spool.close()
+        log.info("gateway stopped")

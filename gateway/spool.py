@@ -1,0 +1,355 @@
+"""The durable spool: received instances are appended to segment files and fsynced before any acknowledgement.
+
+Layout: ``DIR/NNNNNNNNNNNNNNNNNNNN.seg`` files, each a sequence of records::
+
+    b"DGR1" | header length (u32) | payload length (u64) | CRC-32 of the header (u32) | header (JSON) | payload
+
+The payload is the instance's DICOM Part 10 bytes as received; the header holds
+its object name, the payload's MD5 (base64, as Cloud Storage reports it) and
+where it came from.
+
+**Never acknowledge what could be lost.** :meth:`Spool.append` returns only
+once the record's bytes are on disk: ``fdatasync`` of the segment, and an
+``fsync`` of the directory when a segment is created. Appends from all
+associations go to one current segment, and one ``fdatasync`` covers every
+record written before it started (group commit): concurrent associations
+share flushes, a lone association pays one flush per instance, not the
+create + fsync + rename + directory fsync of a file per instance.
+
+**Restart resumes.** :meth:`Spool.recover` reads every segment left on disk
+(all sealed: new records go to a new segment) and returns their records for
+upload. A record cut short by a crash fails its length, CRC or MD5 check; it
+was never acknowledged, and it and anything after it in that segment are
+dropped with a warning. A record that was uploaded before the crash is
+uploaded again, and the uploader recognises the identical object.
+
+**Bounded.** Past ``max_bytes`` of segments on disk, :meth:`append` raises
+:class:`SpoolFull` (the receiver answers Out of Resources). A segment is
+deleted once it is sealed and each of its records is uploaded.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import struct
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from handlers import log
+
+__all__ = ["Record", "Spool", "SpoolError", "SpoolFull", "SpoolStats"]
+
+MAGIC = b"DGR1"
+_PREFIX = struct.Struct("<4sIQI")  # magic, header length, payload length, header CRC-32
+_MAX_HEADER = 64 * 1024
+SUFFIX = ".seg"
+
+
+class SpoolError(OSError):
+    """The spool could not make a record durable (disk error): nothing was acknowledged."""
+
+
+class SpoolFull(SpoolError):
+    """Appending would take the spool past its size limit."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One spooled instance: where its payload is, and its header."""
+
+    segment: Path
+    offset: int  # of the payload in the segment
+    length: int  # of the payload
+    name: str  # object name, without gs://bucket/
+    md5: str  # base64 of the payload's MD5
+    received: float  # epoch seconds
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def read(self) -> bytes:
+        """The payload (the instance's Part 10 bytes)."""
+        with open(self.segment, "rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read(self.length)
+        if len(data) != self.length:
+            raise SpoolError(f"{self.segment}: record at {self.offset} is cut short ({len(data)} of {self.length} bytes)")
+        return data
+
+
+@dataclass(frozen=True)
+class SpoolStats:
+    pending: int  # records acknowledged but not yet uploaded
+    pending_bytes: int
+    oldest_age: float  # seconds since the oldest pending record was received (0 if none)
+    disk_bytes: int  # bytes of segment files on disk
+    segments: int
+
+
+class _Segment:
+    """A segment file: size written, size made durable, records and how many are uploaded."""
+
+    def __init__(self, path: Path, fd: int | None, size: int = 0) -> None:
+        self.path = path
+        self.fd = fd  # open for appending while current or not yet fully synced; None once closed
+        self.size = size  # bytes written
+        self.synced = size  # bytes known durable
+        self.syncing = False
+        self.failed: OSError | None = None
+        self.sealed = fd is None
+        self.records = 0
+        self.uploaded = 0
+        self.cond = threading.Condition()
+
+
+def _md5_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Append-only, fsynced, size-bounded segments of received instances (see the module docstring)."""
+
+    def __init__(self, directory: str | Path, *, max_bytes: int, segment_bytes: int = 64 * 1024 * 1024) -> None:
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self._lock = threading.Lock()
+        self._segments: dict[Path, _Segment] = {}
+        self._current: _Segment | None = None
+        self._pending: OrderedDict[tuple[Path, int], tuple[float, int]] = OrderedDict()
+        self._sequence = 0
+
+    # -- restart ---------------------------------------------------------------
+    def recover(self) -> list[Record]:
+        """Create the directory if needed; read every segment on disk; return their records, oldest first."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for leftover in self.directory.glob("*.tmp"):
+            leftover.unlink()
+        records: list[Record] = []
+        for path in sorted(self.directory.glob(f"*{SUFFIX}")):
+            found, good_size = self._scan(path)
+            segment = _Segment(path, None, good_size)
+            segment.records = len(found)
+            with self._lock:
+                self._segments[path] = segment
+                for record in found:
+                    self._pending[(path, record.offset)] = (record.received, record.length)
+            records.extend(found)
+            if not found:
+                self._delete(segment)
+        return records
+
+    def _scan(self, path: Path) -> tuple[list[Record], int]:
+        size = path.stat().st_size
+        records: list[Record] = []
+        offset = 0
+        with open(path, "rb") as handle:
+            while offset < size:
+                record = self._read_record(handle, path, offset, size)
+                if record is None:
+                    log.warning("spool: dropping an incomplete record (never acknowledged)", segment=str(path),
+                                offset=offset, bytes=size - offset)
+                    break
+                records.append(record)
+                offset = record.offset + record.length
+        return records, offset
+
+    @staticmethod
+    def _read_record(handle: Any, path: Path, offset: int, size: int) -> Record | None:
+        handle.seek(offset)
+        prefix = handle.read(_PREFIX.size)
+        if len(prefix) < _PREFIX.size:
+            return None
+        magic, header_length, payload_length, crc = _PREFIX.unpack(prefix)
+        payload_offset = offset + _PREFIX.size + header_length
+        if magic != MAGIC or header_length > _MAX_HEADER or payload_offset + payload_length > size:
+            return None
+        header_bytes = handle.read(header_length)
+        if zlib.crc32(header_bytes) != crc:
+            return None
+        header = json.loads(header_bytes)
+        payload = handle.read(payload_length)
+        if _md5_b64(payload) != header["md5"]:
+            return None
+        return Record(path, payload_offset, payload_length, header["name"], header["md5"], header["received"],
+                      header.get("meta", {}))
+
+    # -- the hot path ----------------------------------------------------------
+    def append(self, name: str, payload: bytes, meta: dict[str, Any] | None = None) -> Record:
+        """Write one instance and return once it is durable.
+
+        Raises :class:`SpoolFull` past the size limit, :class:`SpoolError` when the
+        disk fails; in both cases the instance must not be acknowledged.
+        """
+        md5 = _md5_b64(payload)
+        received = time.time()
+        header = json.dumps({"name": name, "md5": md5, "received": received, "meta": meta or {}},
+                            separators=(",", ":")).encode()
+        prefix = _PREFIX.pack(MAGIC, len(header), len(payload), zlib.crc32(header))
+        length = len(prefix) + len(header) + len(payload)
+        with self._lock:
+            if self.disk_bytes() + length > self.max_bytes:
+                raise SpoolFull(f"spool holds {self.disk_bytes()} bytes; this instance would pass the limit of {self.max_bytes}")
+            segment = self._current if self._current is not None else self._open_segment()
+            start = segment.size
+            try:
+                _write_all(segment.fd, (prefix, header, payload))  # type: ignore[arg-type]
+            except OSError as exc:
+                self._seal_after_failure(segment, start, exc)
+                raise SpoolError(f"cannot write to {segment.path}: {exc.strerror or exc}") from exc
+            segment.size = start + length
+            segment.records += 1
+            payload_offset = start + len(prefix) + len(header)
+            self._pending[(segment.path, payload_offset)] = (received, len(payload))
+            if segment.size >= self.segment_bytes:
+                segment.sealed = True
+                self._current = None
+        try:
+            self._make_durable(segment, start + length)
+        except SpoolError:
+            with self._lock:  # not acknowledged, so never uploaded by this run (a restart would find it)
+                self._pending.pop((segment.path, payload_offset), None)
+                segment.records -= 1
+            self._close_if_done_writing(segment)
+            raise
+        return Record(segment.path, payload_offset, len(payload), name, md5, received, meta or {})
+
+    def _open_segment(self) -> _Segment:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._sequence += 1
+        path = self.directory / f"{time.time_ns():020d}-{os.getpid()}-{self._sequence:06d}{SUFFIX}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+            _fsync_directory(self.directory)  # the new name survives a crash before its first record is acked
+        except OSError as exc:
+            raise SpoolError(f"cannot create a spool segment in {self.directory}: {exc.strerror or exc}") from exc
+        segment = _Segment(path, fd)
+        self._segments[path] = segment
+        self._current = segment
+        return segment
+
+    def _seal_after_failure(self, segment: _Segment, good_size: int, exc: OSError) -> None:
+        """A write failed part way: cut the segment back to its last whole record and stop appending to it."""
+        log.error("spool: write failed, segment sealed", segment=str(segment.path), error=str(exc))
+        try:
+            os.ftruncate(segment.fd, good_size)  # type: ignore[arg-type]
+        except OSError:
+            pass  # recovery drops a torn tail anyway (CRC and MD5 checks)
+        segment.sealed = True
+        if self._current is segment:
+            self._current = None
+
+    def _make_durable(self, segment: _Segment, end: int) -> None:
+        """Wait until ``segment`` is synced up to ``end``; lead one ``fdatasync`` for everyone if none is running."""
+        with segment.cond:
+            while segment.synced < end:
+                if segment.failed is not None:
+                    raise SpoolError(f"cannot sync {segment.path}: {segment.failed}") from segment.failed
+                if segment.syncing:
+                    segment.cond.wait()
+                    continue
+                segment.syncing = True
+                target = segment.size  # everything written so far: one flush for every waiting writer
+                segment.cond.release()
+                try:
+                    os.fdatasync(segment.fd)  # type: ignore[arg-type]
+                    error = None
+                except OSError as exc:
+                    error = exc
+                finally:
+                    segment.cond.acquire()
+                segment.syncing = False
+                if error is not None:
+                    # After a failed fsync the page cache cannot be trusted: never append here again.
+                    segment.failed = error
+                    with self._lock:
+                        segment.sealed = True
+                        if self._current is segment:
+                            self._current = None
+                else:
+                    segment.synced = max(segment.synced, target)
+                segment.cond.notify_all()
+        self._close_if_done_writing(segment)
+
+    def _close_if_done_writing(self, segment: _Segment) -> None:
+        """Close a sealed segment once nothing more will be synced; delete it if every record is uploaded."""
+        with segment.cond:
+            finished = segment.failed is not None or segment.synced >= segment.size
+            if not (segment.sealed and finished and not segment.syncing and segment.fd is not None):
+                return
+            os.close(segment.fd)
+            segment.fd = None
+        with self._lock:
+            if segment.uploaded >= segment.records and segment.path in self._segments:
+                self._delete(segment)
+
+    # -- after upload ----------------------------------------------------------
+    def done(self, record: Record) -> None:
+        """``record`` is in Cloud Storage: forget it; delete its segment once sealed and entirely uploaded."""
+        with self._lock:
+            self._pending.pop((record.segment, record.offset), None)
+            segment = self._segments.get(record.segment)
+            if segment is None:
+                return
+            segment.uploaded += 1
+            if segment.sealed and segment.uploaded >= segment.records and segment.fd is None:
+                self._delete(segment)
+
+    def _delete(self, segment: _Segment) -> None:
+        segment.path.unlink(missing_ok=True)
+        self._segments.pop(segment.path, None)
+
+    def close(self) -> None:
+        """Close open segment files (a later :meth:`recover` resumes from them)."""
+        with self._lock:
+            for segment in self._segments.values():
+                if segment.fd is not None:
+                    os.close(segment.fd)
+                    segment.fd = None
+            self._current = None
+
+    # -- observability -----------------------------------------------------------
+    def disk_bytes(self) -> int:
+        """Bytes of segment files on disk (what counts against the limit)."""
+        return sum(segment.size for segment in self._segments.values())
+
+    def stats(self) -> SpoolStats:
+        """Pending records, their bytes and the age of the oldest; bytes and count of segments on disk."""
+        with self._lock:
+            oldest = next(iter(self._pending.values()), None)
+            pending_bytes = sum(length for _, length in self._pending.values())
+            return SpoolStats(
+                pending=len(self._pending),
+                pending_bytes=pending_bytes,
+                oldest_age=max(0.0, time.time() - oldest[0]) if oldest else 0.0,
+                disk_bytes=self.disk_bytes(),
+                segments=len(self._segments),
+            )
+
+
+def _write_all(fd: int, parts: Iterator[bytes] | tuple[bytes, ...]) -> None:
+    """``os.writev`` until every byte of ``parts`` is written (short writes continue)."""
+    buffers = [memoryview(part) for part in parts if part]
+    while buffers:
+        written = os.writev(fd, buffers)
+        while written and buffers:
+            if written >= len(buffers[0]):
+                written -= len(buffers[0])
+                buffers.pop(0)
+            else:
+                buffers[0] = buffers[0][written:]
+                written = 0

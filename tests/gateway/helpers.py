@@ -1,0 +1,103 @@
+"""Helpers for the gateway tests: configs, an in-process gateway, a pynetdicom SCU, log capture."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from gateway.config import GatewayConfig, parse
+from gateway.inbox import GcsInbox, Inbox
+from gateway.service import Gateway
+from handlers import log
+
+AE_TITLE = "GW-TEST"
+CALLING = "MODALITY1"
+
+
+def config_text(spool_dir: Path, bucket: str, **sections: str) -> str:
+    """A gateway config on free ports (0), fast stats; ``sections`` replace whole top-level blocks."""
+    blocks = {
+        "dicom": f"dicom:\n  ae_title: {AE_TITLE}\n  address: 127.0.0.1\n  port: 0\n  calling_ae_titles: [{CALLING}]\n",
+        "destination": f"destination: gs://{bucket}/in/\n",
+        "spool": f"spool:\n  directory: {spool_dir}\n  max_megabytes: 64\n  segment_megabytes: 1\n",
+        "uploads": "uploads:\n  threads: 2\n  max_backoff_seconds: 0.5\n",
+        "health": "health:\n  address: 127.0.0.1\n  port: 0\n  stuck_after_seconds: 30\n  stats_every_seconds: 0.5\n",
+    }
+    blocks.update(sections)
+    return "".join(blocks.values())
+
+
+def make_config(spool_dir: Path, bucket: str, **sections: str) -> GatewayConfig:
+    return parse(config_text(spool_dir, bucket, **sections), "gateway-test.yaml", {})
+
+
+@contextmanager
+def running_gateway(config: GatewayConfig, inbox_factory: Callable[[], Inbox]) -> Iterator[Gateway]:
+    gateway = Gateway(config, inbox_factory=inbox_factory)
+    gateway.start()
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+def gcs_inbox_factory(bucket: str, endpoint: str) -> Callable[[], Inbox]:
+    return lambda: GcsInbox(bucket, endpoint=endpoint)
+
+
+@contextmanager
+def captured_logs() -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """JSON log lines written meanwhile, parsed (the gateway runs in this process)."""
+    stream = io.StringIO()
+    log.redirect(stream)
+    try:
+        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+    finally:
+        log.redirect(None)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def storage_contexts(datasets: list[Any]) -> list[Any]:
+    """Requested presentation contexts for the SOP classes and transfer syntaxes of ``datasets``."""
+    from pynetdicom import build_context
+
+    pairs = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}
+    return [build_context(sop_class, [syntax]) for sop_class, syntax in sorted(pairs)]
+
+
+def send(port: int, datasets: list[Any], *, calling: str = CALLING, called: str = AE_TITLE,
+         tls: Any = None) -> list[int]:
+    """Associate, C-STORE each dataset, release; the status of each (-1: no response)."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling)
+    assoc = ae.associate("127.0.0.1", port, contexts=storage_contexts(datasets), ae_title=called, tls_args=tls)
+    assert assoc.is_established, f"association not established (rejected={assoc.is_rejected})"
+    statuses = []
+    try:
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            statuses.append(int(status.Status) if "Status" in status else -1)
+    finally:
+        assoc.release()
+    return statuses
+
+
+def read_dataset(data: bytes) -> Any:
+    import pydicom
+
+    return pydicom.dcmread(io.BytesIO(data))

@@ -1,0 +1,301 @@
+"""The gateway in this process, driven by a pynetdicom SCU, writing to fake-gcs-server."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+import requests
+from pydicom.uid import generate_uid
+
+from localstack import samples
+from localstack.names import REPO_ROOT
+
+from .helpers import (
+    AE_TITLE,
+    CALLING,
+    captured_logs,
+    gcs_inbox_factory,
+    make_config,
+    read_dataset,
+    running_gateway,
+    send,
+    storage_contexts,
+    wait_for,
+)
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, bucket: str, fake_gcs: Any):
+    with running_gateway(make_config(tmp_path / "spool", bucket), gcs_inbox_factory(bucket, fake_gcs.url)) as gw:
+        yield gw
+
+
+def _objects(storage_client: Any, bucket: str) -> dict[str, Any]:
+    return {blob.name: blob for blob in storage_client.list_blobs(bucket)}
+
+
+def _datasets(items: list[tuple[samples.InstanceUids, bytes]]) -> list[Any]:
+    return [read_dataset(data) for _, data in items]
+
+
+def _dataset_bytes(part10: bytes) -> bytes:
+    """The dataset that follows the file meta information of a Part 10 file."""
+    ds = pydicom.dcmread(io.BytesIO(part10), stop_before_pixels=True)
+    meta_end = 132 + 12 + int(ds.file_meta.FileMetaInformationGroupLength)
+    return part10[meta_end:]
+
+
+def test_c_echo_succeeds_and_is_logged(gateway: Any) -> None:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title=CALLING)
+    ae.add_requested_context(Verification)
+    with captured_logs() as logs:
+        assoc = ae.associate("127.0.0.1", gateway.receiver.port, ae_title=AE_TITLE)
+        assert assoc.is_established
+        status = assoc.send_c_echo()
+        assoc.release()
+        assert status.Status == 0x0000
+        wait_for(lambda: any(line["message"] == "association released" for line in logs()), what="release logged")
+    assert [line["callingAETitle"] for line in logs() if line["message"] == "C-ECHO"] == [CALLING]
+
+
+def test_three_series_study_lands_in_the_bucket_as_received(gateway: Any, bucket: str, storage_client: Any) -> None:
+    study = samples.make_study(3, 4, modality="CT")
+    statuses = send(gateway.receiver.port, _datasets(study))
+    assert statuses == [0x0000] * 12
+    expected = {f"in/{CALLING}/{u.study}/{u.series}/{u.sop}.dcm": data for u, data in study}
+    objects = wait_for(lambda: (found := _objects(storage_client, bucket)) and len(found) == 12 and found,
+                       what="12 objects")
+    assert set(objects) == set(expected)
+    for name, original in expected.items():
+        stored = objects[name].download_as_bytes()
+        assert _dataset_bytes(stored) == _dataset_bytes(original)  # the dataset exactly as sent, not re-encoded
+        meta = pydicom.dcmread(io.BytesIO(stored)).file_meta
+        assert meta.SourceApplicationEntityTitle == CALLING
+        assert objects[name].content_type == "application/dicom"
+    wait_for(lambda: gateway.spool.stats().segments == 0 or gateway.spool.stats().pending == 0, what="spool drained")
+    assert gateway.spool.stats().pending == 0
+
+
+def test_compressed_instance_is_stored_in_its_transfer_syntax(gateway: Any, bucket: str, storage_client: Any) -> None:
+    original = samples.bundled_bytes("JPEG2000.dcm")
+    uids, data = samples.with_new_uids(original)
+    ds = read_dataset(data)
+    assert send(gateway.receiver.port, [ds]) == [0x0000]
+    name = f"in/{CALLING}/{uids.study}/{uids.series}/{uids.sop}.dcm"
+    blob = wait_for(lambda: storage_client.bucket(bucket).get_blob(name), what="the JPEG 2000 object")
+    stored = pydicom.dcmread(io.BytesIO(blob.download_as_bytes()))
+    assert stored.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.91"
+    assert stored.PixelData == ds.PixelData  # the compressed frames as sent, never transcoded
+
+
+def _reject_reason(port: int, calling: str, called: str) -> tuple[int, int, int]:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    assert assoc.is_rejected and not assoc.is_established
+    primitive = assoc.acceptor.primitive
+    return primitive.result, primitive.result_source, primitive.diagnostic
+
+
+def test_disallowed_calling_ae_is_rejected_with_reason_3(gateway: Any) -> None:
+    with captured_logs() as logs:
+        assert _reject_reason(gateway.receiver.port, "INTRUDER", AE_TITLE) == (1, 1, 3)
+        line = wait_for(lambda: [l for l in logs() if l["message"] == "association rejected"], what="log")[0]
+    assert line["callingAETitle"] == "INTRUDER" and line["reason"] == "calling AE title not recognised"
+
+
+def test_wrong_called_ae_is_rejected_with_reason_7(gateway: Any) -> None:
+    assert _reject_reason(gateway.receiver.port, CALLING, "SOMEONE-ELSE") == (1, 1, 7)
+
+
+def test_client_address_outside_the_allow_list_is_rejected(tmp_path: Path, bucket: str, fake_gcs: Any) -> None:
+    dicom = (f"dicom:\n  ae_title: {AE_TITLE}\n  address: 127.0.0.1\n  port: 0\n  calling_ae_titles: [{CALLING}]\n"
+             "  clients: [10.99.0.0/16]\n")
+    config = make_config(tmp_path / "spool", bucket, dicom=dicom)
+    with running_gateway(config, gcs_inbox_factory(bucket, fake_gcs.url)) as gw, captured_logs() as logs:
+        assert _reject_reason(gw.receiver.port, CALLING, AE_TITLE) == (1, 1, 1)
+        assert wait_for(lambda: [l for l in logs() if l.get("reason") == "client address not in dicom.clients"])
+
+
+def test_unknown_sop_class_context_is_refused_and_logged(gateway: Any) -> None:
+    from pynetdicom import AE, build_context
+
+    ae = AE(ae_title=CALLING)
+    private = "1.2.826.0.1.3680043.9.9999.1"
+    with captured_logs() as logs:
+        assoc = ae.associate("127.0.0.1", gateway.receiver.port, ae_title=AE_TITLE,
+                             contexts=[build_context(private), build_context("1.2.840.10008.5.1.4.1.1.2")])
+        assert assoc.is_established
+        assert [str(cx.abstract_syntax) for cx in assoc.rejected_contexts] == [private]
+        assoc.release()
+        line = wait_for(lambda: [l for l in logs() if l["message"] == "association accepted"], what="log")[0]
+    assert line["rejectedContexts"] == [{"abstractSyntax": private, "result": 3}]
+
+
+def _raw_store(port: int, context_sop_class: str, request_sop_class: str, dataset: bytes,
+               sop_instance: str | None = None) -> int:
+    """A C-STORE whose request and dataset are exactly as given (pynetdicom's primitives, not hand-written DIMSE)."""
+    from pynetdicom import AE, build_context
+    from pynetdicom.dimse_primitives import C_STORE
+
+    ae = AE(ae_title=CALLING)
+    ae.dimse_timeout = 10
+    assoc = ae.associate("127.0.0.1", port, ae_title=AE_TITLE,
+                         contexts=[build_context(context_sop_class, ["1.2.840.10008.1.2.1"])])
+    assert assoc.is_established
+    try:
+        request = C_STORE()
+        request.MessageID = 7
+        request.AffectedSOPClassUID = request_sop_class
+        request.AffectedSOPInstanceUID = sop_instance or generate_uid()
+        request.Priority = 2
+        request.DataSet = io.BytesIO(dataset)
+        context_id = assoc.accepted_contexts[0].context_id
+        assoc._reactor_checkpoint.clear()  # as send_c_store does: the reactor must not take the response
+        while not assoc._is_paused:
+            pass
+        try:
+            assoc.dimse.send_msg(request, context_id)
+            _, response = assoc.dimse.get_msg(block=True)
+        finally:
+            assoc._reactor_checkpoint.set()
+        return int(response.Status)
+    finally:
+        assoc.release()
+
+
+def _refusals(logs: Any) -> list[dict[str, Any]]:
+    return [line for line in logs() if line["message"] == "C-STORE refused"]
+
+
+def test_sop_class_not_matching_its_context_gets_0122(gateway: Any) -> None:
+    ct, mr = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
+    with captured_logs() as logs:
+        assert _raw_store(gateway.receiver.port, ct, mr, _dataset_bytes(samples.make_series(1, modality="MR")[0][1])) == 0x0122
+        assert [line["status"] for line in _refusals(logs)] == ["0x0122"]
+
+
+def test_dataset_that_does_not_decode_gets_c210(gateway: Any, bucket: str, storage_client: Any) -> None:
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    garbage = b"\x08\x00\x16\x00XX\x04\x00abcd"  # an element with a value representation that does not exist
+    with captured_logs() as logs:
+        assert _raw_store(gateway.receiver.port, ct, ct, garbage) == 0xC210
+        refusals = _refusals(logs)
+    assert len(refusals) == 1 and refusals[0]["reason"].startswith("dataset does not decode")
+    assert gateway.spool.stats().disk_bytes == 0
+    assert _objects(storage_client, bucket) == {}
+
+
+@pytest.mark.parametrize("missing", ["StudyInstanceUID", "SeriesInstanceUID"])
+def test_missing_uid_gets_a900_not_a_crash(gateway: Any, missing: str) -> None:
+    (_, data), = samples.make_series(1)
+    ds = read_dataset(data)
+    delattr(ds, missing)
+    with captured_logs() as logs:
+        assert send(gateway.receiver.port, [ds]) == [0xA900]
+        refusals = _refusals(logs)
+    assert len(refusals) == 1 and missing in refusals[0]["reason"]
+    # the receiver goes on: the next association stores normally
+    (_, good), = samples.make_series(1)
+    assert send(gateway.receiver.port, [read_dataset(good)]) == [0x0000]
+
+
+def test_dataset_without_sop_class_uid_gets_a900(gateway: Any) -> None:
+    (_, data), = samples.make_series(1)
+    ds = read_dataset(data)
+    del ds.SOPClassUID
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    with captured_logs() as logs:
+        assert _raw_store(gateway.receiver.port, ct, ct, _dataset_bytes(buffer.getvalue()), ds.SOPInstanceUID) == 0xA900
+        assert [line["reason"] for line in _refusals(logs)] == ["missing SOPClassUID: every instance needs its SOP Class UID"]
+
+
+def test_spool_full_answers_out_of_resources(tmp_path: Path, bucket: str, fake_gcs: Any) -> None:
+    spool = f"spool:\n  directory: {tmp_path / 'spool'}\n  max_megabytes: 0.05\n  segment_megabytes: 0.01\n"
+    config = make_config(tmp_path / "spool", bucket, spool=spool)
+    # uploads never succeed (no such bucket): the spool only grows
+    with running_gateway(config, gcs_inbox_factory("no-such-bucket-gw", fake_gcs.url)) as gw, captured_logs() as logs:
+        study = samples.make_series(12, rows=64, cols=64)  # about 8.5 KB each, 50 KB allowed
+        statuses = send(gw.receiver.port, _datasets(study))
+        assert statuses[:5] == [0x0000] * 5
+        assert statuses[-1] == 0xA700
+        assert {line["status"] for line in _refusals(logs)} == {"0xA700"}
+        assert gw.spool.stats().disk_bytes <= 0.05 * 2**20
+
+
+def test_identical_resend_is_not_uploaded_again_but_a_changed_one_is(gateway: Any, bucket: str,
+                                                                       storage_client: Any) -> None:
+    (uids, data), = samples.make_series(1)
+    name = f"in/{CALLING}/{uids.study}/{uids.series}/{uids.sop}.dcm"
+    assert send(gateway.receiver.port, [read_dataset(data)]) == [0]
+    first = wait_for(lambda: storage_client.bucket(bucket).get_blob(name), what="first upload")
+    with captured_logs() as logs:
+        assert send(gateway.receiver.port, [read_dataset(data)]) == [0]
+        line = wait_for(lambda: [l for l in logs() if l["message"] == "instance uploaded"], what="upload")[0]
+    assert line["outcome"] == "identical"
+    assert storage_client.bucket(bucket).get_blob(name).generation == first.generation
+
+    changed = samples.make_instance(uids.study, uids.series, uids.sop, pixel_seed=99)
+    with captured_logs() as logs:
+        assert send(gateway.receiver.port, [read_dataset(changed)]) == [0]
+        line = wait_for(lambda: [l for l in logs() if l["message"] == "instance uploaded"], what="upload")[0]
+    assert line["outcome"] == "replaced"
+    blob = storage_client.bucket(bucket).get_blob(name)
+    assert blob.generation != first.generation and _dataset_bytes(blob.download_as_bytes()) == _dataset_bytes(changed)
+
+
+def test_peer_dropping_the_connection_mid_transfer(gateway: Any, bucket: str, storage_client: Any) -> None:
+    """A sender killed after part of a large instance: nothing stored, one log line, the receiver goes on."""
+    with captured_logs() as logs:
+        result = subprocess.run([sys.executable, "-m", "tests.gateway.drop_mid_transfer", str(gateway.receiver.port),
+                                 CALLING, AE_TITLE], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+        assert result.returncode == 0, result.stderr
+        ended = wait_for(lambda: [l for l in logs() if l["message"].startswith("connection dropped")], what="log")
+        time.sleep(0.5)
+        assert [l["message"] for l in logs() if l["severity"] != "INFO"] == [ended[0]["message"]]
+    assert len(ended) == 1 and ended[0]["stored"] == 0
+    assert gateway.spool.stats().disk_bytes == 0 and _objects(storage_client, bucket) == {}
+    (_, data), = samples.make_series(1)
+    assert send(gateway.receiver.port, [read_dataset(data)]) == [0]
+
+
+def test_healthz_fails_when_uploads_are_stuck(tmp_path: Path, fake_gcs: Any) -> None:
+    health = "health:\n  address: 127.0.0.1\n  port: 0\n  stuck_after_seconds: 1\n  stats_every_seconds: 0.2\n"
+    config = make_config(tmp_path / "spool", "no-such-bucket-gw", health=health)
+    with running_gateway(config, gcs_inbox_factory("no-such-bucket-gw", fake_gcs.url)) as gw:
+        url = f"http://127.0.0.1:{gw.health.port}/healthz"
+        assert requests.get(url, timeout=5).status_code == 200
+        (_, data), = samples.make_series(1)
+        assert send(gw.receiver.port, [read_dataset(data)]) == [0]
+        body = wait_for(lambda: (r := requests.get(url, timeout=5)).status_code == 503 and r.json(), what="503")
+        assert body["pending"] == 1 and "uploads to Cloud Storage are failing" in body["problems"][0]
+
+
+def test_restart_resumes_the_spool(tmp_path: Path, bucket: str, fake_gcs: Any, storage_client: Any) -> None:
+    config = make_config(tmp_path / "spool", bucket)
+    study = samples.make_study(2, 3)
+    with running_gateway(config, gcs_inbox_factory("no-such-bucket-gw", fake_gcs.url)) as gw:
+        assert send(gw.receiver.port, _datasets(study)) == [0] * 6
+        assert gw.spool.stats().pending == 6
+    assert list((tmp_path / "spool").glob("*.seg"))
+    with running_gateway(config, gcs_inbox_factory(bucket, fake_gcs.url)) as gw:
+        wait_for(lambda: len(_objects(storage_client, bucket)) == 6, what="6 objects after restart")
+        wait_for(lambda: gw.spool.stats().pending == 0, what="spool drained")
+    assert not list((tmp_path / "spool").glob("*.seg"))

@@ -1,0 +1,127 @@
+"""Gateway units without network: config validation, object names, the spool's durability rules."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from gateway.config import DEFAULT_OBJECT_NAME, ConfigError, load, parse
+from gateway.naming import MissingUid, ObjectNamer, safe_value
+from gateway.spool import Spool, SpoolFull
+from localstack.names import REPO_ROOT
+
+from .helpers import config_text
+
+
+def _problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse(text, "gw.yaml", {})
+    return caught.value.problems
+
+
+def test_example_config_is_valid_and_defaults_apply(tmp_path: Path) -> None:
+    config = load(REPO_ROOT / "gateway" / "example.yaml", {"GATEWAY_SPOOL": str(tmp_path)})
+    assert (config.ae_title, config.port, config.calling_ae_titles) == ("DICOM-GCS", 11112, ("MODALITY",))
+    assert (config.bucket, config.prefix, config.object_name) == ("dicom-inbox", "modalities/", DEFAULT_OBJECT_NAME)
+
+
+def test_config_problems_name_the_line_and_the_fix(tmp_path: Path) -> None:
+    text = config_text(tmp_path, "bkt", dicom="dicom:\n  ae_title: THIS-TITLE-IS-TOO-LONG\n  prot: 104\n  calling_ae_titles: []\n",
+                       destination="destination: s3://bkt/\nobject_name: '{PatientName}/{SOPInstanceUID}'\n")
+    problems = _problems(text)
+    assert "gw.yaml:2: ae_title 'THIS-TITLE-IS-TOO-LONG' is not an AE title" in problems[1]
+    assert problems[0] == "gw.yaml:3: unknown key 'prot' in dicom: did you mean 'port'?"
+    assert any(p.startswith("gw.yaml:4: 'dicom' needs 'calling_ae_titles'") for p in problems)
+    assert any(p.startswith("gw.yaml:5: destination 's3://bkt/' must be gs://") for p in problems)
+    assert any(p.startswith("gw.yaml:6: object_name uses {PatientName}, which is not a field") for p in problems)
+
+
+def test_config_requires_sop_instance_uid_in_the_name_and_a_spool(tmp_path: Path) -> None:
+    text = config_text(tmp_path, "bkt", spool="", destination="destination: gs://bkt\nobject_name: '{StudyInstanceUID}.dcm'\n")
+    problems = _problems(text)
+    assert any("object_name must contain {SOPInstanceUID}" in p for p in problems)
+    assert any(p.endswith("'spool' needs 'directory'") for p in problems)
+
+
+def test_client_allow_list(tmp_path: Path) -> None:
+    dicom = "dicom:\n  ae_title: GW\n  calling_ae_titles: [A]\n  clients: [10.1.0.0/16, 192.0.2.7]\n"
+    config = parse(config_text(tmp_path, "bkt", dicom=dicom), "gw.yaml", {})
+    assert config.client_allowed("10.1.200.3") and config.client_allowed("::ffff:192.0.2.7")
+    assert not config.client_allowed("10.2.0.1") and not config.client_allowed("not-an-ip")
+
+
+def test_names_are_made_safe() -> None:
+    namer = ObjectNamer(DEFAULT_OBJECT_NAME, "in/")
+    values = {"CallingAETitle": "CT 1/../x", "StudyInstanceUID": "..", "SeriesInstanceUID": "1.2*?[3]",
+              "SOPInstanceUID": "1.2.3\n"}
+    assert namer.name(values) == "in/CT_1_.._x/__/1.2___3_/1.2.3.dcm"
+    assert safe_value("") == "_" and safe_value("a" * 100) == "a" * 64
+
+
+def test_names_need_the_three_uids() -> None:
+    with pytest.raises(MissingUid, match="SeriesInstanceUID"):
+        ObjectNamer(DEFAULT_OBJECT_NAME).name({"CallingAETitle": "A", "StudyInstanceUID": "1", "SOPInstanceUID": "2"})
+
+
+def test_spool_round_trip_and_segment_deletion(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=10_000_000, segment_bytes=300)
+    spool.recover()
+    records = [spool.append(f"o/{n}.dcm", bytes([n]) * 200) for n in range(5)]
+    assert [record.read() for record in records] == [bytes([n]) * 200 for n in range(5)]
+    assert len(list(tmp_path.glob("*.seg"))) == 5  # each record passes 300 bytes: one segment each
+    for record in records:
+        spool.done(record)
+    assert list(tmp_path.glob("*.seg")) == [] and spool.stats().pending == 0
+
+
+def test_spool_recovery_drops_a_torn_tail_and_keeps_the_rest(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=10_000_000)
+    spool.recover()
+    first = spool.append("a.dcm", b"A" * 1000, {"callingAETitle": "CT1"})
+    spool.append("b.dcm", b"B" * 1000)
+    spool.close()
+    segment = next(tmp_path.glob("*.seg"))
+    os.truncate(segment, segment.stat().st_size - 10)  # a crash in the middle of the second write
+
+    again = Spool(tmp_path, max_bytes=10_000_000)
+    recovered = again.recover()
+    assert [(r.name, r.read(), r.meta) for r in recovered] == [("a.dcm", b"A" * 1000, {"callingAETitle": "CT1"})]
+    assert recovered[0].md5 == first.md5
+    again.done(recovered[0])
+    assert list(tmp_path.glob("*.seg")) == []
+
+
+def test_spool_full_refuses_before_writing(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=5000)
+    spool.recover()
+    spool.append("a.dcm", b"x" * 3000)
+    with pytest.raises(SpoolFull):
+        spool.append("b.dcm", b"x" * 3000)
+    assert spool.stats().pending == 1 and spool.stats().disk_bytes < 5000
+
+
+def test_group_commit_shares_fdatasync_between_concurrent_writers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = os.fdatasync
+    gate = threading.Event()
+
+    def slow_fdatasync(fd: int) -> None:
+        calls.append(fd)
+        gate.wait(0.2)  # while one flush runs, the other writers queue behind it
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    spool = Spool(tmp_path, max_bytes=10_000_000)
+    spool.recover()
+    threads = [threading.Thread(target=spool.append, args=(f"{n}.dcm", b"z" * 100)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert spool.stats().pending == 8
+    assert len(calls) < 8  # fewer flushes than records, and every append returned only after one covering it
+    recovered = Spool(tmp_path, max_bytes=10_000_000).recover()
+    assert sorted(r.name for r in recovered) == sorted(f"{n}.dcm" for n in range(8))
