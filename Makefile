@@ -27,8 +27,14 @@ down: $(STAMP)
 status: $(STAMP)
 	$(PY) -m localstack status
 
-test: $(STAMP)
+test: $(STAMP) dcmtk
 	$(PY) -m pytest -q
+
+# DCMTK (storescu, echoscu, storescp) from Debian, for the gateway's interoperability tests and benchmark.
+.PHONY: dcmtk
+dcmtk:
+	@command -v storescu >/dev/null && command -v echoscu >/dev/null && command -v storescp >/dev/null || \
+	  apt-get install -y -q dcmtk || (apt-get update -q && apt-get install -y -q dcmtk)
 
 # A realistic drop through the whole local stack, then the results table (starts and stops its own stack).
 demo: $(STAMP)

@@ -40,6 +40,8 @@ def _up(args: argparse.Namespace) -> int:
     for service in stack.services.values():
         print(f"  {service.name:<11} {service.pid:>7}  {service.url:<26} {service.log_path}")
     print(f"  DICOM_STORE={env['DICOM_STORE']}")
+    print(f"  DICOM: C-STORE to AE {env['GATEWAY_AE_TITLE']} at {env['GATEWAY_HOST']}:{env['GATEWAY_PORT']} "
+          f"from AE {env['GATEWAY_CALLING_AE_TITLE']} (the gateway writes to gs://{env['INBOX_BUCKET']}/modalities/)")
     print(f"  upload to gs://{env['INBOX_BUCKET']}/ (STORAGE_EMULATOR_HOST={env['STORAGE_EMULATOR_HOST']}); "
           f"results on {env['RESULTS_SUBSCRIPTION']}")
     print("  stop with: make down")

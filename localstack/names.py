@@ -30,6 +30,10 @@ CONTRACT_KEYS: tuple[str, ...] = (
     "EXPORT_REQUESTS_TOPIC",
     "NOTIFICATIONS_TOPIC",
     "DICOM_IMPORT_CONFIG",
+    "GATEWAY_HOST",
+    "GATEWAY_PORT",
+    "GATEWAY_AE_TITLE",
+    "GATEWAY_CALLING_AE_TITLE",
 )
 
 
@@ -56,6 +60,10 @@ class Names:
     notifications_bridge_subscription: str = "gcs-notifications-to-function"
     followup_bridge_subscription: str = "dicom-import-followups-to-function"
     export_bridge_subscription: str = "dicom-export-requests-to-function"
+    #: The DICOM gateway: its AE title, the one AE title it accepts, where it writes in the inbox.
+    gateway_ae_title: str = "DICOM-GCS"
+    gateway_calling_ae_title: str = "LOCAL-SCU"
+    gateway_prefix: str = "modalities/"
 
     @property
     def buckets(self) -> tuple[str, ...]:

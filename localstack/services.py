@@ -45,6 +45,7 @@ __all__ = [
     "start_bridge",
     "start_fake_gcs",
     "start_function",
+    "start_gateway",
     "start_healthcare_emulator",
     "start_pubsub_emulator",
 ]
@@ -479,5 +480,43 @@ def start_bridge(
         health_path="/health",
         owner=owner,
         stop_timeout=5.0,
+    )
+    return service.start(wait=wait)
+
+
+def start_gateway(
+    workdir: Path,
+    *,
+    config_path: Path,
+    health_port: int,
+    env: Mapping[str, str],
+    dicom_env: Mapping[str, str] | None = None,
+    wait: bool = True,
+    owner: tuple[int, int] | None = None,
+) -> Service:
+    """The DICOM gateway (``python -m gateway --config config_path``), uploading where ``env`` points.
+
+    ``env`` gives ``STORAGE_EMULATOR_HOST`` (the same Cloud Storage the functions
+    use) and ``GOOGLE_CLOUD_PROJECT``; the config file fixes the DICOM port and
+    ``health_port`` (the Service's port: ``/healthz``), so a restart keeps both.
+    ``dicom_env`` is what a DICOM client needs (``GATEWAY_HOST``...), kept in the Service's ``env``.
+    """
+    process_env = base_env()
+    process_env.update(env)
+    process_env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        PYTHONUNBUFFERED="1",
+    )
+    service = Service(
+        name="gateway",
+        argv=[sys.executable, "-m", "gateway", "--config", str(config_path)],
+        port=health_port,
+        url=f"http://{HOST}:{health_port}",
+        workdir=Path(workdir),
+        process_env=process_env,
+        env=dict(dicom_env or {}),
+        health_path="/healthz",
+        owner=owner,
+        stop_timeout=10.0,
     )
     return service.start(wait=wait)

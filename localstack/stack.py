@@ -14,6 +14,7 @@ a second start, or a start after a crash, leaves no orphan and finds free ports.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from .services import (
     start_bridge,
     start_fake_gcs,
     start_function,
+    start_gateway,
     start_healthcare_emulator,
     start_pubsub_emulator,
 )
@@ -196,7 +198,8 @@ class Stack:
 
     def _start(self, started: float) -> None:
         names, workdir, owner = self.names, self.workdir, self.owner
-        pubsub_port, gcs_port, healthcare_port, bridge_port, *function_ports = free_ports(4 + len(self.function_specs))
+        pubsub_port, gcs_port, healthcare_port, bridge_port, *function_ports, dicom_port, gateway_port = free_ports(
+            6 + len(self.function_specs))
         pubsub = start_pubsub_emulator(workdir, port=pubsub_port, wait=False, owner=owner)
         self.services["pubsub"] = pubsub
         gcs = start_fake_gcs(
@@ -234,6 +237,7 @@ class Stack:
                 wait=False,
                 owner=owner,
             )
+        env.update(self._start_gateway(env, dicom_port, gateway_port))
         for service in list(self.services.values()):
             self.timings[f"{service.name}_ready_s"] = round(service.wait_ready(), 2)
         resources_started = time.monotonic()
@@ -246,6 +250,43 @@ class Stack:
         self.env = {key: env[key] for key in (*CONTRACT_KEYS, "BRIDGE_URL") if key in env}
         self.timings["start_s"] = round(time.monotonic() - started, 2)
         self._write_state()
+
+    def _start_gateway(self, env: Mapping[str, str], dicom_port: int, health_port: int) -> dict[str, str]:
+        """Start the DICOM gateway (not waiting) against the Cloud Storage the functions use; its stack.env keys.
+
+        Its config is ``workdir/gateway.yaml``, its spool ``workdir/gateway-spool``
+        (emptied here: a new stack's buckets are empty too), kept across a restart
+        of the service, as on a real host.
+        """
+        names = self.names
+        spool = self.workdir / "gateway-spool"
+        shutil.rmtree(spool, ignore_errors=True)
+        config_path = self.workdir / "gateway.yaml"
+        config_path.write_text(
+            "# Written by localstack.stack for the local stack (docs/gateway.md explains each key).\n"
+            f"dicom:\n  ae_title: {names.gateway_ae_title}\n  address: 127.0.0.1\n  port: {dicom_port}\n"
+            f"  calling_ae_titles: [{names.gateway_calling_ae_title}]\n"
+            f"destination: gs://{names.inbox_bucket}/{names.gateway_prefix}\n"
+            f"spool:\n  directory: {spool}\n  max_megabytes: 4096\n"
+            "uploads:\n  threads: 4\n  max_backoff_seconds: 2\n"
+            f"health:\n  address: 127.0.0.1\n  port: {health_port}\n  stuck_after_seconds: 300\n"
+            "  stats_every_seconds: 30\n"
+        )
+        dicom_env = {
+            "GATEWAY_HOST": "127.0.0.1",
+            "GATEWAY_PORT": str(dicom_port),
+            "GATEWAY_AE_TITLE": names.gateway_ae_title,
+            "GATEWAY_CALLING_AE_TITLE": names.gateway_calling_ae_title,
+        }
+        storage_env = {key: env[key] for key in ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")}
+        self.services["gateway"] = start_gateway(self.workdir, config_path=config_path, health_port=health_port,
+                                                 env=storage_env, dicom_env=dicom_env, wait=False, owner=self.owner)
+        return dicom_env
+
+    @property
+    def gateway(self) -> Service:
+        """The DICOM gateway (``url`` serves ``/healthz``; ``env`` has ``GATEWAY_HOST``, ``GATEWAY_PORT``...)."""
+        return self.services["gateway"]
 
     def bridge_config(self) -> BridgeConfig:
         """The bridge's routes: each function's subscription to its URL."""

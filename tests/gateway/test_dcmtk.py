@@ -1,0 +1,82 @@
+"""Interoperability with DCMTK (a client no one here wrote): ``echoscu`` and ``storescu`` against the gateway.
+
+DCMTK comes from the Debian package ``dcmtk``; ``make test`` (and so ``.ci/run``)
+installs it when missing. Every DCMTK tool runs with ``TCP_NODELAY=1``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from localstack import samples
+
+from .helpers import AE_TITLE, CALLING, gcs_inbox_factory, make_config, running_gateway, wait_for
+
+pytestmark = pytest.mark.stack
+
+
+def dcmtk(tool: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a DCMTK tool (TCP_NODELAY=1); a missing tool fails the test with the install line."""
+    if shutil.which(tool) is None:
+        pytest.fail(f"{tool} not found: apt-get install -y dcmtk (make test installs it when missing)")
+    return subprocess.run([tool, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "TCP_NODELAY": "1"})
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, bucket: str, fake_gcs: Any):
+    with running_gateway(make_config(tmp_path / "spool", bucket), gcs_inbox_factory(bucket, fake_gcs.url)) as gw:
+        yield gw
+
+
+def test_echoscu(gateway: Any) -> None:
+    result = dcmtk("echoscu", "-aet", CALLING, "-aec", AE_TITLE, "127.0.0.1", str(gateway.receiver.port))
+    assert result.returncode == 0, result.stderr
+
+
+def test_storescu_sends_a_study_in_several_transfer_syntaxes(gateway: Any, tmp_path: Path, bucket: str,
+                                                               storage_client: Any) -> None:
+    folder = tmp_path / "study"
+    folder.mkdir()
+    expected = {}
+    study = samples.make_study(3, 3)
+    for number, (uids, data) in enumerate(study):
+        (folder / f"{number:03d}.dcm").write_bytes(data)
+        expected[f"in/{CALLING}/{uids.study}/{uids.series}/{uids.sop}.dcm"] = data
+    address = ["-aet", CALLING, "-aec", AE_TITLE, "127.0.0.1", str(gateway.receiver.port)]
+    result = dcmtk("storescu", "+sd", *address, str(folder))
+    assert result.returncode == 0 and "Store Failed" not in result.stderr, result.stderr
+    # Compressed files, each with the storescu option that proposes its transfer syntax (so nothing is converted)
+    for bundled, option in (("JPEG2000.dcm", "-xw"), ("SC_rgb_jpeg_dcmtk.dcm", "-xy"), ("MR_small_RLE.dcm", "-xr")):
+        uids, data = samples.with_new_uids(samples.bundled_bytes(bundled), study_uid=study[0][0].study)
+        (tmp_path / bundled).write_bytes(data)
+        expected[f"in/{CALLING}/{uids.study}/{uids.series}/{uids.sop}.dcm"] = data
+        result = dcmtk("storescu", option, *address, str(tmp_path / bundled))
+        assert result.returncode == 0 and "Store Failed" not in result.stderr, result.stderr
+    blobs = wait_for(lambda: (found := {b.name: b for b in storage_client.list_blobs(bucket)})
+                     and len(found) == len(expected) and found, what=f"{len(expected)} objects")
+    assert set(blobs) == set(expected)
+    for name, original in expected.items():
+        sent = pydicom.dcmread(io.BytesIO(original))
+        stored = pydicom.dcmread(io.BytesIO(blobs[name].download_as_bytes()))
+        assert stored.file_meta.TransferSyntaxUID == sent.file_meta.TransferSyntaxUID
+        assert stored.PixelData == sent.PixelData and stored.SOPInstanceUID == sent.SOPInstanceUID
+
+
+def test_storescu_from_a_disallowed_ae_is_rejected(gateway: Any, tmp_path: Path) -> None:
+    (_, data), = samples.make_series(1)
+    path = tmp_path / "one.dcm"
+    path.write_bytes(data)
+    result = dcmtk("storescu", "-aet", "NOT-ALLOWED", "-aec", AE_TITLE, "127.0.0.1", str(gateway.receiver.port),
+                   str(path))
+    assert result.returncode != 0
+    assert "Association Rejected" in result.stderr and "Calling AE Title Not Recognized" in result.stderr
+    assert gateway.spool.stats().pending == 0

@@ -1,0 +1,167 @@
+"""The gateway on the whole local stack: modality -> gateway -> inbox -> function -> DICOM store -> result.
+
+One stack for this module (the end-to-end config: batches sealed after 3 s),
+with the gateway ``make up`` starts. The faults stop fake-gcs-server while a
+study is being sent, and SIGKILL the gateway mid-study.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import pydicom
+import pytest
+import requests
+
+from localstack import samples
+from localstack.bridge import Backoff
+from localstack.observe import ResultsReader, result_object_uris, store_sop_uids
+from localstack.stack import Stack
+from tests.message_schemas import validate
+
+from .helpers import storage_contexts, wait_for
+from .test_dcmtk import dcmtk
+
+pytestmark = [pytest.mark.stack, pytest.mark.e2e]
+CONFIG = Path(__file__).resolve().parent.parent / "e2e" / "config.yaml"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, stack_owner: tuple[int, int]) -> Iterator[Stack]:
+    # The filesystem backend keeps objects (the function's state too) across a restart of fake-gcs-server,
+    # as Cloud Storage keeps them through an outage; the memory backend would forget what came before it.
+    stack = Stack(tmp_path_factory.mktemp("gateway-stack"), config=CONFIG, owner=stack_owner,
+                  backoff=Backoff(initial=0.5, maximum=5.0), gcs_backend="filesystem")
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+
+
+def _object_uri(env: dict[str, str], uids: samples.InstanceUids) -> str:
+    return (f"gs://{env['INBOX_BUCKET']}/modalities/{env['GATEWAY_CALLING_AE_TITLE']}/"
+            f"{uids.study}/{uids.series}/{uids.sop}.dcm")
+
+
+def _reported(reader: ResultsReader, env: dict[str, str], uris: set[str], timeout: float = 120) -> Counter[str]:
+    """Wait until import results cover every URI of ``uris``; how often each was reported (and check each message)."""
+    counts: Counter[str] = Counter()
+    seen: set[str] = set()
+
+    def covered(results: list[Any]) -> bool:
+        for result in results:
+            if result.message_id in seen or result.data.get("schema") != "dicom-import-result/v1":
+                continue
+            seen.add(result.message_id)
+            validate(result.data, result.attributes)
+            counts.update(uri for uri in result_object_uris(env, result) if uri in uris)
+        return set(counts) >= uris
+
+    reader.until(covered, timeout, quiet=3.0)
+    covered(reader.received)
+    return counts
+
+
+def _send(env: dict[str, str], items: list[tuple[samples.InstanceUids, bytes]], assoc: Any = None) -> list[int]:
+    datasets = [pydicom.dcmread(io.BytesIO(data)) for _, data in items]
+    return [int(assoc.send_c_store(ds).get("Status", -1)) for ds in datasets]
+
+
+def _associate(env: dict[str, str], items: list[tuple[samples.InstanceUids, bytes]]) -> Any:
+    from pynetdicom import AE
+
+    datasets = [pydicom.dcmread(io.BytesIO(data)) for _, data in items[:1]]
+    ae = AE(ae_title=env["GATEWAY_CALLING_AE_TITLE"])
+    assoc = ae.associate(env["GATEWAY_HOST"], int(env["GATEWAY_PORT"]), ae_title=env["GATEWAY_AE_TITLE"],
+                         contexts=storage_contexts(datasets))
+    assert assoc.is_established
+    return assoc
+
+
+def _healthz(stack: Stack) -> dict[str, Any]:
+    return requests.get(f"{stack.gateway.url}/healthz", timeout=5).json()
+
+
+def test_stack_env_names_the_gateway(stack: Stack) -> None:
+    env = stack.env
+    assert env["GATEWAY_HOST"] == "127.0.0.1" and int(env["GATEWAY_PORT"]) > 0
+    assert (env["GATEWAY_AE_TITLE"], env["GATEWAY_CALLING_AE_TITLE"]) == ("DICOM-GCS", "LOCAL-SCU")
+    assert "GATEWAY_PORT=" in stack.env_path.read_text()
+
+
+def test_study_sent_by_storescu_is_in_the_store_and_reported(stack: Stack, tmp_path: Path) -> None:
+    env = stack.env
+    reader = ResultsReader(env)
+    reader.drain()
+    study = samples.make_study(2, 3, modality="MR")
+    for number, (_, data) in enumerate(study):
+        (tmp_path / f"{number}.dcm").write_bytes(data)
+    result = dcmtk("storescu", "+sd", "-aet", env["GATEWAY_CALLING_AE_TITLE"], "-aec", env["GATEWAY_AE_TITLE"],
+                   env["GATEWAY_HOST"], env["GATEWAY_PORT"], str(tmp_path))
+    assert result.returncode == 0 and "Store Failed" not in result.stderr, result.stderr
+    uris = {_object_uri(env, uids) for uids, _ in study}
+    counts = _reported(reader, env, uris)
+    assert counts == Counter({uri: 1 for uri in uris})
+    assert {uids.sop for uids, _ in study} <= store_sop_uids(env)
+    outcomes = {r.data["outcome"] for r in reader.received if set(result_object_uris(env, r)) & uris}
+    assert outcomes == {"SUCCEEDED"}
+
+
+def test_cloud_storage_down_while_a_study_is_sent(stack: Stack) -> None:
+    """Every C-STORE succeeds while fake-gcs-server is stopped; every instance reaches the store once it is back."""
+    env = stack.env
+    reader = ResultsReader(env)
+    reader.drain()
+    study = samples.make_study(2, 5, modality="CT")
+    assoc = _associate(env, study)
+    try:
+        assert _send(env, study[:3], assoc) == [0] * 3
+        stack.stop_service("gcs")
+        assert _send(env, study[3:], assoc) == [0] * 7  # spooled, fsynced, acknowledged: the outage is invisible
+    finally:
+        assoc.release()
+    health = _healthz(stack)
+    assert health["pending"] >= 7
+    stack.start_service("gcs")
+    uris = {_object_uri(env, uids) for uids, _ in study}
+    counts = _reported(reader, env, uris, timeout=180)
+    assert set(counts) == uris
+    assert {uids.sop for uids, _ in study} <= store_sop_uids(env)
+    wait_for(lambda: _healthz(stack)["pending"] == 0, what="spool drained")
+
+
+def test_gateway_killed_mid_study_loses_no_acknowledged_instance(stack: Stack) -> None:
+    """SIGKILL after some C-STOREs succeeded: after a restart each acknowledged instance is imported exactly once."""
+    env = stack.env
+    reader = ResultsReader(env)
+    reader.drain()
+    study = samples.make_study(3, 8, modality="CT")
+    assoc = _associate(env, study)
+    acknowledged = []
+    for number, (uids, data) in enumerate(study):
+        if number == 12:
+            stack.gateway.kill()  # a crash: no cleanup, uploads in flight cut off
+        try:
+            statuses = _send(env, [(uids, data)], assoc)
+        except Exception:  # noqa: BLE001 - the association is gone with the process
+            break
+        if statuses == [0]:
+            acknowledged.append(uids)
+        if not assoc.is_established:
+            break
+    assoc.release() if assoc.is_established else None
+    assert len(acknowledged) == 12
+    stack.gateway.start(port_wait=15.0)
+    uris = {_object_uri(env, uids) for uids in acknowledged}
+    counts = _reported(reader, env, uris, timeout=180)
+    assert counts == Counter({uri: 1 for uri in uris}), "an acknowledged instance was lost or imported twice"
+    assert {uids.sop for uids in acknowledged} <= store_sop_uids(env)
+    wait_for(lambda: _healthz(stack)["pending"] == 0, what="spool drained")
+    log = (stack.gateway.log_path).read_text()
+    assert '"message": "spool resumed"' in log.split("starting")[-1]
