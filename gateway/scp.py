@@ -1,8 +1,8 @@
 """The DICOM side: a pynetdicom Storage SCP (every storage SOP class) and Verification SCP.
 
 Each C-STORE is answered only after its Part 10 bytes (the dataset exactly as
-received, any transfer syntax, never transcoded, behind pynetdicom's file meta
-information) are durable in the spool. Statuses (DICOM PS3.4 Annex B, PS3.7 C):
+received, any transfer syntax, never transcoded, behind file meta information
+naming the calling AE: :mod:`gateway.part10`) are durable in the spool. Statuses (DICOM PS3.4 Annex B, PS3.7 C):
 
 =======  ==============================================  =========================================
 status   meaning                                         when
@@ -33,13 +33,13 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from io import BytesIO
 from typing import Any, Callable
 
 from handlers import log
 
 from .config import GatewayConfig
 from .naming import MissingUid, ObjectNamer
+from .part10 import file_meta, header_values
 from .spool import Record, Spool, SpoolError, SpoolFull
 
 __all__ = ["Receiver", "STATUS"]
@@ -51,7 +51,6 @@ STATUS = {
     "does_not_match_sop_class": 0xA900,
     "cannot_understand": 0xC210,
 }
-_NAME_TAGS = ("SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality", "StudyDate")
 _REJECT_REASONS = {
     (1, 1): "no reason given",
     (1, 2): "application context name not supported",
@@ -233,22 +232,21 @@ class Receiver:
 
     def _store(self, event: Any) -> tuple[int, str, Record | None]:
         request = event.request
-        sop_class = str(request.AffectedSOPClassUID)
+        sop_class, sop_instance = str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
+        transfer_syntax = str(event.context.transfer_syntax)
         if sop_class not in self._storage_classes or sop_class != str(event.context.abstract_syntax):
             return STATUS["sop_class_not_supported"], "SOP class is not a storage class accepted on this presentation context", None
-        meta = event.file_meta
-        meta.SourceApplicationEntityTitle = event.assoc.requestor.ae_title
-        payload = _part10(meta, request.DataSet.getvalue())
         try:
-            values = _name_values(payload)
+            values = header_values(request.DataSet, transfer_syntax)
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types for undecodable bytes
             return STATUS["cannot_understand"], f"dataset does not decode: {type(exc).__name__}: {exc}"[:300], None
-        for keyword, requested in (("SOPClassUID", sop_class), ("SOPInstanceUID", str(request.AffectedSOPInstanceUID))):
+        for keyword, requested in (("SOPClassUID", sop_class), ("SOPInstanceUID", sop_instance)):
             if values.get(keyword) and values[keyword] != requested:
                 return STATUS["does_not_match_sop_class"], f"the dataset's {keyword} differs from the request's", None
         if not values.get("SOPClassUID"):
             return STATUS["does_not_match_sop_class"], "missing SOPClassUID: every instance needs its SOP Class UID", None
-        values["CallingAETitle"] = event.assoc.requestor.ae_title
+        calling = event.assoc.requestor.ae_title
+        values["CallingAETitle"] = calling
         values["CalledAETitle"] = self.config.ae_title
         try:
             name = self.namer.name(values, datetime.now(timezone.utc))
@@ -256,30 +254,12 @@ class Receiver:
             return STATUS["does_not_match_sop_class"], f"{exc}: every instance needs Study, Series and SOP Instance UIDs", None
         except ValueError as exc:
             return STATUS["does_not_match_sop_class"], str(exc), None
+        meta = file_meta(sop_class, sop_instance, transfer_syntax, calling)
         try:
-            record = self.spool.append(name, payload, {"callingAETitle": values["CallingAETitle"]})
+            with request.DataSet.getbuffer() as dataset:  # the bytes as received, not copied
+                record = self.spool.append(name, (meta, dataset), {"callingAETitle": calling})
         except SpoolFull as exc:
             return STATUS["out_of_resources"], f"spool full: {exc}", None
         except SpoolError as exc:
             return STATUS["out_of_resources"], f"spool write failed: {exc}", None
         return STATUS["success"], "", record
-
-
-def _part10(meta: Any, dataset: bytes) -> bytes:
-    """Preamble, ``DICM``, the file meta information, then the dataset bytes as received."""
-    from pynetdicom.dsutils import encode_file_meta
-
-    return b"".join((b"\x00" * 128, b"DICM", encode_file_meta(meta), dataset))
-
-
-def _name_values(payload: bytes) -> dict[str, str]:
-    """The UIDs and attributes the object name may use; every element before the pixel data is parsed."""
-    import pydicom
-
-    dataset = pydicom.dcmread(BytesIO(payload), stop_before_pixels=True)
-    values = {}
-    for keyword in _NAME_TAGS:
-        value = dataset.get(keyword)
-        if value is not None and str(value).strip():
-            values[keyword] = str(value).strip()
-    return values

@@ -41,7 +41,7 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from handlers import log
 
@@ -108,8 +108,11 @@ class _Segment:
         self.cond = threading.Condition()
 
 
-def _md5_b64(data: bytes) -> str:
-    return base64.b64encode(hashlib.md5(data).digest()).decode()
+def _md5_b64(*parts: bytes | memoryview) -> str:
+    digest = hashlib.md5()
+    for part in parts:
+        digest.update(part)
+    return base64.b64encode(digest.digest()).decode()
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -189,32 +192,35 @@ class Spool:
                       header.get("meta", {}))
 
     # -- the hot path ----------------------------------------------------------
-    def append(self, name: str, payload: bytes, meta: dict[str, Any] | None = None) -> Record:
-        """Write one instance and return once it is durable.
+    def append(self, name: str, payload: bytes | tuple[bytes | memoryview, ...],
+               meta: dict[str, Any] | None = None) -> Record:
+        """Write one instance (``payload``, or the concatenation of its parts) and return once it is durable.
 
         Raises :class:`SpoolFull` past the size limit, :class:`SpoolError` when the
         disk fails; in both cases the instance must not be acknowledged.
         """
-        md5 = _md5_b64(payload)
+        parts = (payload,) if isinstance(payload, bytes) else payload
+        payload_length = sum(len(part) for part in parts)
+        md5 = _md5_b64(*parts)
         received = time.time()
         header = json.dumps({"name": name, "md5": md5, "received": received, "meta": meta or {}},
                             separators=(",", ":")).encode()
-        prefix = _PREFIX.pack(MAGIC, len(header), len(payload), zlib.crc32(header))
-        length = len(prefix) + len(header) + len(payload)
+        prefix = _PREFIX.pack(MAGIC, len(header), payload_length, zlib.crc32(header))
+        length = len(prefix) + len(header) + payload_length
         with self._lock:
             if self.disk_bytes() + length > self.max_bytes:
                 raise SpoolFull(f"spool holds {self.disk_bytes()} bytes; this instance would pass the limit of {self.max_bytes}")
             segment = self._current if self._current is not None else self._open_segment()
             start = segment.size
             try:
-                _write_all(segment.fd, (prefix, header, payload))  # type: ignore[arg-type]
+                _write_all(segment.fd, (prefix, header, *parts))  # type: ignore[arg-type]
             except OSError as exc:
                 self._seal_after_failure(segment, start, exc)
                 raise SpoolError(f"cannot write to {segment.path}: {exc.strerror or exc}") from exc
             segment.size = start + length
             segment.records += 1
             payload_offset = start + len(prefix) + len(header)
-            self._pending[(segment.path, payload_offset)] = (received, len(payload))
+            self._pending[(segment.path, payload_offset)] = (received, payload_length)
             if segment.size >= self.segment_bytes:
                 segment.sealed = True
                 self._current = None
@@ -226,7 +232,7 @@ class Spool:
                 segment.records -= 1
             self._close_if_done_writing(segment)
             raise
-        return Record(segment.path, payload_offset, len(payload), name, md5, received, meta or {})
+        return Record(segment.path, payload_offset, payload_length, name, md5, received, meta or {})
 
     def _open_segment(self) -> _Segment:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -341,7 +347,7 @@ class Spool:
             )
 
 
-def _write_all(fd: int, parts: Iterator[bytes] | tuple[bytes, ...]) -> None:
+def _write_all(fd: int, parts: tuple[bytes | memoryview, ...]) -> None:
     """``os.writev`` until every byte of ``parts`` is written (short writes continue)."""
     buffers = [memoryview(part) for part in parts if part]
     while buffers:

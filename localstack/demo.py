@@ -1,9 +1,11 @@
 """``make demo``: a realistic drop through the whole local stack, then a table of the results.
 
 Starts its own stack in ``.local/demo`` (a ``make up`` stack keeps running),
-uploads several studies in nested folders (synthetic CT and MR series and
-files that ship with pydicom), a corrupt ``.dcm``, a file no rule matches and
-one the config ignores; waits for the result messages on Pub/Sub; prints them;
+uploads several studies in nested folders (a synthetic CT study and files that
+ship with pydicom), a corrupt ``.dcm``, a file no rule matches and one the
+config ignores, and sends a synthetic MR study by DICOM C-STORE (a pynetdicom
+SCU) to the stack's gateway, as a modality would; waits for the result messages
+on Pub/Sub; prints them (how many objects of each batch came by C-STORE);
 checks the store through QIDO; stops the stack. Exit status 1 if anything is
 missing or wrong.
 
@@ -20,8 +22,8 @@ from math import ceil
 from pathlib import Path
 
 from . import samples
-from .names import REPO_ROOT
-from .observe import Result, ResultsReader, api_calls, covered_objects, store_sop_uids
+from .names import REPO_ROOT, Names
+from .observe import Result, ResultsReader, api_calls, covered_objects, result_object_uris, store_sop_uids
 from .stack import Stack
 
 # Bundled pydicom files with unique UIDs among themselves, Part 10, parseable.
@@ -34,6 +36,7 @@ class Drop:
     """What the demo uploads and what it expects of each object."""
 
     files: list[tuple[str, bytes]] = field(default_factory=list)
+    cstore: list[tuple[samples.InstanceUids, bytes]] = field(default_factory=list)  # sent to the gateway
     valid_sops: set[str] = field(default_factory=set)
     corrupt: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -55,8 +58,8 @@ def build_drop() -> Drop:
         drop.add_valid(f"site-a/2026-11-25/CT/{uids.study}/{uids.series}/{uids.sop}.dcm", uids.sop, data)
     mr = samples.make_study(3, 8, modality="MR", patient_id="DEMO-002", patient_name="Demo^Mr",
                             study_description="MR brain")
-    for number, (uids, data) in enumerate(mr):
-        drop.add_valid(f"site-a/2026-11-25/MR/exam 42/IMG{number:04d}.dcm", uids.sop, data)
+    drop.cstore = mr
+    drop.valid_sops.update(uids.sop for uids, _ in mr)
     import pydicom
     from io import BytesIO
 
@@ -87,12 +90,35 @@ def upload(env: dict[str, str], drop: Drop) -> float:
     return started
 
 
-def table(results: list[Result], uploaded_at: float) -> str:
-    header = f"{'batch':<28} {'outcome':<9} {'objects':>7} {'success':>7} {'failure':>7} {'wait s':>6} {'latency s':>9}"
+def send_by_cstore(env: dict[str, str], drop: Drop) -> list[int]:
+    """C-STORE the drop's ``cstore`` study to the stack's gateway (one association); the status of each."""
+    import pydicom
+    from io import BytesIO
+    from pynetdicom import AE, build_context
+
+    datasets = [pydicom.dcmread(BytesIO(data)) for _, data in drop.cstore]
+    contexts = [build_context(sop_class, [str(datasets[0].file_meta.TransferSyntaxUID)])
+                for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets})]
+    ae = AE(ae_title=env["GATEWAY_CALLING_AE_TITLE"])
+    assoc = ae.associate(env["GATEWAY_HOST"], int(env["GATEWAY_PORT"]), ae_title=env["GATEWAY_AE_TITLE"],
+                         contexts=contexts)
+    if not assoc.is_established:
+        return [-1] * len(datasets)
+    try:
+        return [int(assoc.send_c_store(ds).get("Status", -1)) for ds in datasets]
+    finally:
+        assoc.release()
+
+
+def table(env: dict[str, str], results: list[Result], uploaded_at: float) -> str:
+    header = (f"{'batch':<28} {'outcome':<9} {'objects':>7} {'C-STORE':>7} {'success':>7} {'failure':>7} "
+              f"{'wait s':>6} {'latency s':>9}")
     lines = [header, "-" * len(header)]
+    gateway_prefix = f"gs://{env['INBOX_BUCKET']}/{Names().gateway_prefix}"
     for result in sorted(results, key=lambda r: r.data["batch"]):
         data = result.data
-        lines.append(f"{data['batch']:<28} {data['outcome']:<9} {data['objectCount']:>7} "
+        by_cstore = sum(uri.startswith(gateway_prefix) for uri in result_object_uris(env, result))
+        lines.append(f"{data['batch']:<28} {data['outcome']:<9} {data['objectCount']:>7} {by_cstore:>7} "
                      f"{data['counter']['success']:>7} {data['counter']['failure']:>7} "
                      f"{data['timings']['waitSeconds'] or 0:>6.1f} {result.received_at - uploaded_at:>9.1f}")
     return "\n".join(lines)
@@ -134,19 +160,28 @@ def main(argv: list[str] | None = None) -> int:
         env = stack.start()
         max_objects = load(env["DICOM_IMPORT_CONFIG"], env).batching.max_objects
         reader = ResultsReader(env)
-        print(f"uploading {len(drop.files)} objects to gs://{env['INBOX_BUCKET']}/: {len(drop.valid_sops)} valid "
-              f"instances (a CT and an MR study, synthetic, and {len(BUNDLED)} files from pydicom), "
+        dropped_valid = len(drop.valid_sops) - len(drop.cstore)
+        print(f"uploading {len(drop.files)} objects to gs://{env['INBOX_BUCKET']}/: {dropped_valid} valid "
+              f"instances (a synthetic CT study and {len(BUNDLED)} files from pydicom), "
               f"{len(drop.corrupt)} corrupt .dcm, {len(drop.skipped)} that must not be imported", flush=True)
         uploaded_at = upload(env, drop)
+        print(f"sending an MR study ({len(drop.cstore)} instances) by DICOM C-STORE to the gateway, AE "
+              f"{env['GATEWAY_AE_TITLE']} at {env['GATEWAY_HOST']}:{env['GATEWAY_PORT']} ...", flush=True)
+        statuses = send_by_cstore(env, drop)
+        acknowledged = statuses.count(0)
+        print(f"  {acknowledged}/{len(statuses)} C-STOREs acknowledged (each fsynced in the gateway's spool, "
+              f"then uploaded to gs://{env['INBOX_BUCKET']}/{Names().gateway_prefix})", flush=True)
         print(f"waiting for results on {env['RESULTS_SUBSCRIPTION']} ...", flush=True)
         results = reader.until(lambda got: covered_objects(got) >= drop.matched, WAIT_SECONDS, quiet=2.0)
         print()
-        print(table(results, uploaded_at))
+        print(table(env, results, uploaded_at))
         print()
         calls = api_calls(env).get("dicomStores.import", 0)
         print(f"{drop.matched} objects matched the rules, imported with {calls} import call(s); "
               f"not imported: {'; '.join(drop.skipped)}")
         problems = verify(env, drop, results, max_objects)
+        if acknowledged != len(drop.cstore):
+            problems.append(f"the gateway acknowledged {acknowledged} of {len(drop.cstore)} C-STOREs: {statuses}")
         in_store = len(drop.valid_sops & store_sop_uids(env))
         print(f"store check (QIDO): {in_store}/{len(drop.valid_sops)} valid instances present")
         for problem in problems:

@@ -299,3 +299,51 @@ def test_restart_resumes_the_spool(tmp_path: Path, bucket: str, fake_gcs: Any, s
         wait_for(lambda: len(_objects(storage_client, bucket)) == 6, what="6 objects after restart")
         wait_for(lambda: gw.spool.stats().pending == 0, what="spool drained")
     assert not list((tmp_path / "spool").glob("*.seg"))
+
+
+def _certificate(folder: Path, name: str, ca: tuple[Path, Path] | None = None) -> tuple[Path, Path]:
+    """A key and certificate for CN=localhost (self-signed, or signed by ``ca``), made with the openssl CLI."""
+    key, cert = folder / f"{name}.key", folder / f"{name}.pem"
+    subject = ["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
+    if ca is None:
+        command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", str(key),
+                   "-out", str(cert), *subject]
+        subprocess.run(command, check=True, capture_output=True)
+    else:
+        request = folder / f"{name}.csr"
+        subprocess.run(["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                        str(request), "-subj", f"/CN={name}"], check=True, capture_output=True)
+        subprocess.run(["openssl", "x509", "-req", "-in", str(request), "-CA", str(ca[1]), "-CAkey", str(ca[0]),
+                        "-CAcreateserial", "-days", "1", "-out", str(cert)], check=True, capture_output=True)
+    return key, cert
+
+
+def test_tls_with_client_certificates(tmp_path: Path, bucket: str, fake_gcs: Any, storage_client: Any) -> None:
+    import ssl
+
+    server_key, server_cert = _certificate(tmp_path, "server")
+    ca = _certificate(tmp_path, "ca")
+    client_key, client_cert = _certificate(tmp_path, "client", ca=ca)
+    tls = f"tls:\n  certificate: {server_cert}\n  private_key: {server_key}\n  client_ca: {ca[1]}\n"
+    config = make_config(tmp_path / "spool", bucket, tls=tls)
+
+    def client_context(with_certificate: bool) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(server_cert))
+        if with_certificate:
+            context.load_cert_chain(str(client_cert), str(client_key))
+        return context
+
+    with running_gateway(config, gcs_inbox_factory(bucket, fake_gcs.url)) as gw:
+        (uids, data), = samples.make_series(1)
+        statuses = send(gw.receiver.port, [read_dataset(data)], tls=(client_context(True), "localhost"))
+        assert statuses == [0]
+        assert wait_for(lambda: storage_client.bucket(bucket).get_blob(f"in/{CALLING}/{uids.study}/{uids.series}/{uids.sop}.dcm"))
+
+        from pynetdicom import AE
+        from pynetdicom.sop_class import Verification
+
+        ae = AE(ae_title=CALLING)
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", gw.receiver.port, ae_title=AE_TITLE,
+                             tls_args=(client_context(False), "localhost"))
+        assert not assoc.is_established  # no client certificate: the TLS handshake fails, nothing is negotiated

@@ -114,7 +114,12 @@ def test_study_sent_by_storescu_is_in_the_store_and_reported(stack: Stack, tmp_p
 
 
 def test_cloud_storage_down_while_a_study_is_sent(stack: Stack) -> None:
-    """Every C-STORE succeeds while fake-gcs-server is stopped; every instance reaches the store once it is back."""
+    """Every C-STORE succeeds while fake-gcs-server is stopped; every instance reaches the store once it is back.
+
+    The outage starts between two instances of one association, once the first ones are uploaded:
+    fake-gcs-server publishes an object's notification after storing it, so stopping it in the middle
+    of an upload can keep the object and lose its event (Cloud Storage notifies every committed object).
+    """
     env = stack.env
     reader = ResultsReader(env)
     reader.drain()
@@ -122,6 +127,7 @@ def test_cloud_storage_down_while_a_study_is_sent(stack: Stack) -> None:
     assoc = _associate(env, study)
     try:
         assert _send(env, study[:3], assoc) == [0] * 3
+        wait_for(lambda: _healthz(stack)["pending"] == 0, what="the first instances uploaded")
         stack.stop_service("gcs")
         assert _send(env, study[3:], assoc) == [0] * 7  # spooled, fsynced, acknowledged: the outage is invisible
     finally:

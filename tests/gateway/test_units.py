@@ -125,3 +125,50 @@ def test_group_commit_shares_fdatasync_between_concurrent_writers(tmp_path: Path
     assert len(calls) < 8  # fewer flushes than records, and every append returned only after one covering it
     recovered = Spool(tmp_path, max_bytes=10_000_000).recover()
     assert sorted(r.name for r in recovered) == sorted(f"{n}.dcm" for n in range(8))
+
+
+@pytest.mark.parametrize("sop_instance, source_ae", [("1.2.3.4", "CT1"), ("1.2.33.4", "ODD-AE"), ("1.2.840.1", "A")])
+def test_file_meta_is_what_pydicom_writes(sop_instance: str, source_ae: str) -> None:
+    from io import BytesIO
+
+    import pydicom
+    from pydicom.filewriter import write_file_meta_info
+    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
+    from gateway.part10 import file_meta
+
+    meta = pydicom.dataset.FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"
+    meta.ImplementationClassUID = PYNETDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = PYNETDICOM_IMPLEMENTATION_VERSION
+    meta.SourceApplicationEntityTitle = source_ae
+    buffer = BytesIO()
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    ours = file_meta("1.2.840.10008.5.1.4.1.1.2", sop_instance, "1.2.840.10008.1.2.4.50", source_ae)
+    assert ours == b"\x00" * 128 + b"DICM" + buffer.getvalue()
+    parsed = pydicom.dcmread(BytesIO(ours + b""), force=True).file_meta
+    assert parsed.SourceApplicationEntityTitle == source_ae and parsed.MediaStorageSOPInstanceUID == sop_instance
+
+
+def test_header_values_of_each_encoding() -> None:
+    from io import BytesIO
+
+    import pydicom
+    from pynetdicom.dsutils import encode
+
+    from gateway.part10 import header_values
+    from localstack import samples
+
+    (uids, data), = samples.make_series(1)
+    ds = pydicom.dcmread(BytesIO(data))
+    # (implicit VR, little endian, deflated): the dataset as an SCU puts it on the wire in each transfer syntax
+    for syntax, flags in (("1.2.840.10008.1.2", (True, True, False)), ("1.2.840.10008.1.2.1", (False, True, False)),
+                          ("1.2.840.10008.1.2.2", (False, False, False)), ("1.2.840.10008.1.2.1.99", (False, True, True))):
+        encoded = encode(ds, *flags)
+        values = header_values(BytesIO(encoded), syntax)
+        assert (values["StudyInstanceUID"], values["SeriesInstanceUID"], values["SOPInstanceUID"]) == tuple(uids), syntax
+    with pytest.raises(Exception):
+        header_values(BytesIO(b"\x08\x00\x16\x00XX\x04\x00abcd"), "1.2.840.10008.1.2.1")
