@@ -71,6 +71,7 @@ class GatewayConfig:
     spool_max_bytes: int
     segment_bytes: int
     upload_threads: int
+    upload_processes: int
     max_backoff_seconds: float
     health_address: str
     health_port: int
@@ -135,8 +136,9 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> GatewayConfig:
         reader.problem(spool.lines.get("segment_megabytes", document.lines.get("spool", 1)),
                        f"segment_megabytes ({segment_mb:g}) is larger than max_megabytes ({max_mb:g}): "
                        "make segments a small fraction of the spool (the default, 64, suits spools of a few GB)")
-    uploads = reader.section(document, "uploads", ("threads", "max_backoff_seconds"))
+    uploads = reader.section(document, "uploads", ("threads", "processes", "max_backoff_seconds"))
     threads = int(reader.number(uploads, "threads", 4, 1, 64, True))
+    processes = int(reader.number(uploads, "processes", 2, 0, 64, True))
     max_backoff = float(reader.number(uploads, "max_backoff_seconds", 60, 0.01, 3600, False))
     health = reader.section(document, "health", ("address", "port", "stuck_after_seconds", "stats_every_seconds"))
     health_address = _string(reader, health, "address", "0.0.0.0")
@@ -150,7 +152,8 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> GatewayConfig:
         path=path, ae_title=ae_title, address=address, port=port, calling_ae_titles=calling, clients=clients,
         max_associations=max_associations, max_pdu_bytes=max_pdu, tls=tls, bucket=bucket, prefix=prefix,
         object_name=object_name, spool_directory=spool_directory, spool_max_bytes=int(max_mb * _MIB),
-        segment_bytes=max(1, int(segment_mb * _MIB)), upload_threads=threads, max_backoff_seconds=max_backoff,
+        segment_bytes=max(1, int(segment_mb * _MIB)), upload_threads=threads, upload_processes=processes,
+        max_backoff_seconds=max_backoff,
         health_address=health_address, health_port=health_port, stuck_after_seconds=stuck,
         stats_every_seconds=stats_every,
     )

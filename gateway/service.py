@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from functools import partial
 from typing import Callable
 
 from handlers import log
@@ -20,15 +21,17 @@ __all__ = ["Gateway"]
 class Gateway:
     """``start()`` resumes the spool, then listens; ``stop()`` closes the port, then stops the uploaders.
 
-    ``inbox_factory`` makes one :class:`~gateway.inbox.Inbox` per uploader thread
-    (default: the configured bucket through google-cloud-storage).
+    ``inbox_factory`` makes one :class:`~gateway.inbox.Inbox` per uploader thread or
+    helper process (default: the configured bucket through google-cloud-storage); it
+    must pickle when ``uploads.processes`` > 0.
     """
 
     def __init__(self, config: GatewayConfig, inbox_factory: Callable[[], Inbox] | None = None) -> None:
         self.config = config
         self.spool = Spool(config.spool_directory, max_bytes=config.spool_max_bytes, segment_bytes=config.segment_bytes)
-        self.uploader = Uploader(self.spool, inbox_factory or (lambda: GcsInbox(config.bucket)), bucket=config.bucket,
-                                 threads=config.upload_threads, max_backoff=config.max_backoff_seconds)
+        self.uploader = Uploader(self.spool, inbox_factory or partial(GcsInbox, config.bucket), bucket=config.bucket,
+                                 threads=config.upload_threads, processes=config.upload_processes,
+                                 max_backoff=config.max_backoff_seconds)
         self.receiver = Receiver(config, self.spool, self.uploader.submit)
         self.health = Health(self.spool, address=config.health_address, port=config.health_port,
                              stuck_after=config.stuck_after_seconds, stats_every=config.stats_every_seconds,

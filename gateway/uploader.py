@@ -5,13 +5,23 @@ also 403 or a missing bucket, which an operator can fix) is retried with
 exponential backoff and full jitter up to ``max_backoff`` seconds between
 attempts, for as long as it takes. One WARNING line per failed attempt at most,
 so an outage logs at the backoff's pace, not in a storm.
+
+With ``processes`` > 0 the uploads themselves (reading the record, HTTP, JSON,
+authentication: Python work) run in that many helper processes: in the
+receiver's process they would take turns with the DICOM associations for the
+GIL, and the associations' acknowledgements would wait. The threads here keep
+the queue, the retries and the spool's bookkeeping.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import queue
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Callable
 
 from handlers import log
@@ -23,16 +33,69 @@ from .spool import Record, Spool
 __all__ = ["Uploader"]
 
 
+_worker_inbox: Inbox | None = None
+
+
+def _put_in_worker(factory: Callable[[], Inbox], segment: Path, offset: int, length: int, name: str,
+                   md5: str) -> tuple[str | None, str | None]:
+    """In a helper process: (outcome, None), or (None, the error) to be retried by the caller."""
+    global _worker_inbox
+    try:
+        _worker_inbox = _worker_inbox or factory()
+        data = Record(segment, offset, length, name, md5, 0.0).read()
+        return _worker_inbox.put(name, data, md5), None
+    except Exception as exc:  # noqa: BLE001 - reported to the thread that retries it
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+class UploadError(RuntimeError):
+    """An upload failed in a helper process (the message names the original exception)."""
+
+
+class _Processes:
+    """Helper processes (spawned, not forked: the receiver has threads) that run ``Inbox.put``."""
+
+    def __init__(self, factory: Callable[[], Inbox], processes: int) -> None:
+        self.factory = factory
+        self.processes = processes
+        self._lock = threading.Lock()
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
+
+    def put(self, record: Record) -> str:
+        pool = self._pool
+        try:
+            outcome, error = pool.submit(_put_in_worker, self.factory, record.segment, record.offset, record.length,
+                                         record.name, record.md5).result()
+        except BrokenProcessPool:
+            with self._lock:  # a helper died (killed, out of memory): start new ones, retry this record
+                if self._pool is pool:
+                    self._pool = self._new_pool()
+            raise
+        if error is not None:
+            raise UploadError(error)
+        return str(outcome)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 class Uploader:
-    """``threads`` workers taking records from a queue; each worker has its own :class:`~gateway.inbox.Inbox`."""
+    """``threads`` workers taking records from a queue; each uploads in one of ``processes`` helper processes
+    (0: in its own thread, with its own :class:`~gateway.inbox.Inbox`). ``inbox_factory`` must pickle
+    when ``processes`` > 0 (e.g. ``functools.partial(GcsInbox, bucket)``).
+    """
 
     def __init__(self, spool: Spool, inbox_factory: Callable[[], Inbox], *, bucket: str, threads: int = 4,
-                 max_backoff: float = 60.0) -> None:
+                 processes: int = 0, max_backoff: float = 60.0) -> None:
         self.spool = spool
         self.inbox_factory = inbox_factory
         self.bucket = bucket
         self.threads = threads
         self.max_backoff = max_backoff
+        self._processes = _Processes(inbox_factory, processes) if processes > 0 else None
         self._queue: queue.Queue[Record | None] = queue.Queue()
         self._workers: list[threading.Thread] = []
         self._stopping = threading.Event()
@@ -56,6 +119,14 @@ class Uploader:
         deadline = time.monotonic() + timeout
         for worker in self._workers:
             worker.join(max(0.0, deadline - time.monotonic()))
+        if self._processes is not None:
+            self._processes.close()
+
+    def _put(self, inbox: Inbox | None, record: Record) -> tuple[str, Inbox | None]:
+        if self._processes is not None:
+            return self._processes.put(record), None
+        inbox = inbox or self.inbox_factory()
+        return inbox.put(record.name, record.read(), record.md5), inbox
 
     def _work(self) -> None:
         inbox: Inbox | None = None
@@ -69,8 +140,7 @@ class Uploader:
                 attempt += 1
                 started = time.monotonic()
                 try:
-                    inbox = inbox or self.inbox_factory()
-                    outcome = inbox.put(record.name, record.read(), record.md5)
+                    outcome, inbox = self._put(inbox, record)
                 except Exception as exc:  # noqa: BLE001 - any failure is retried: the instance was acknowledged
                     delay = backoff.next_delay()
                     log.warning("upload failed, will retry", object=f"gs://{self.bucket}/{record.name}",

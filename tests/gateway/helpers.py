@@ -6,6 +6,7 @@ import io
 import json
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -46,7 +47,8 @@ def running_gateway(config: GatewayConfig, inbox_factory: Callable[[], Inbox]) -
 
 
 def gcs_inbox_factory(bucket: str, endpoint: str) -> Callable[[], Inbox]:
-    return lambda: GcsInbox(bucket, endpoint=endpoint)
+    """Picklable, as the uploads run in helper processes (``uploads.processes``, default 2)."""
+    return partial(GcsInbox, bucket, endpoint=endpoint)
 
 
 @contextmanager

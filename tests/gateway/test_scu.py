@@ -244,19 +244,25 @@ def test_identical_resend_is_not_uploaded_again_but_a_changed_one_is(gateway: An
                                                                        storage_client: Any) -> None:
     (uids, data), = samples.make_series(1)
     name = f"in/{CALLING}/{uids.study}/{uids.series}/{uids.sop}.dcm"
-    assert send(gateway.receiver.port, [read_dataset(data)]) == [0]
-    first = wait_for(lambda: storage_client.bucket(bucket).get_blob(name), what="first upload")
-    with captured_logs() as logs:
-        assert send(gateway.receiver.port, [read_dataset(data)]) == [0]
-        line = wait_for(lambda: [l for l in logs() if l["message"] == "instance uploaded"], what="upload")[0]
-    assert line["outcome"] == "identical"
-    assert storage_client.bucket(bucket).get_blob(name).generation == first.generation
-
     changed = samples.make_instance(uids.study, uids.series, uids.sop, pixel_seed=99)
+
     with captured_logs() as logs:
+        def outcomes(count: int) -> list[str]:
+            """The outcomes of this object's uploads, once there are ``count``."""
+            def found() -> list[str]:
+                return [l["outcome"] for l in logs() if l["message"] == "instance uploaded" and l["object"].endswith(name)]
+            wait_for(lambda: len(found()) >= count, what=f"{count} uploads")
+            return found()
+
+        assert send(gateway.receiver.port, [read_dataset(data)]) == [0]
+        assert outcomes(1) == ["created"]
+        first = storage_client.bucket(bucket).get_blob(name)
+        assert send(gateway.receiver.port, [read_dataset(data)]) == [0]
+        assert outcomes(2) == ["created", "identical"]
+        assert storage_client.bucket(bucket).get_blob(name).generation == first.generation  # nothing written
+
         assert send(gateway.receiver.port, [read_dataset(changed)]) == [0]
-        line = wait_for(lambda: [l for l in logs() if l["message"] == "instance uploaded"], what="upload")[0]
-    assert line["outcome"] == "replaced"
+        assert outcomes(3) == ["created", "identical", "replaced"]
     blob = storage_client.bucket(bucket).get_blob(name)
     assert blob.generation != first.generation and _dataset_bytes(blob.download_as_bytes()) == _dataset_bytes(changed)
 

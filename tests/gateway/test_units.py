@@ -172,3 +172,39 @@ def test_header_values_of_each_encoding() -> None:
         assert (values["StudyInstanceUID"], values["SeriesInstanceUID"], values["SOPInstanceUID"]) == tuple(uids), syntax
     with pytest.raises(Exception):
         header_values(BytesIO(b"\x08\x00\x16\x00XX\x04\x00abcd"), "1.2.840.10008.1.2.1")
+
+
+class _FlakyInbox:
+    """Fails the first ``failures`` puts, then stores in memory."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.objects: dict[str, bytes] = {}
+
+    def put(self, name: str, data: bytes, md5: str) -> str:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("Cloud Storage is down")
+        self.objects[name] = data
+        return "created"
+
+
+def test_uploader_retries_until_it_succeeds_then_frees_the_spool(tmp_path: Path) -> None:
+    from gateway.uploader import Uploader
+
+    from .helpers import captured_logs, wait_for
+
+    spool = Spool(tmp_path, max_bytes=10_000_000, segment_bytes=100)
+    spool.recover()
+    inbox = _FlakyInbox(failures=3)
+    uploader = Uploader(spool, lambda: inbox, bucket="bkt", threads=1, processes=0, max_backoff=0.05)
+    with captured_logs() as logs:
+        uploader.start()
+        uploader.submit(spool.append("a/b.dcm", b"D" * 500))
+        wait_for(lambda: inbox.objects, timeout=10, what="the upload")
+        wait_for(lambda: spool.stats().pending == 0, timeout=10, what="the spool freed")
+        uploader.stop()
+    assert inbox.objects == {"a/b.dcm": b"D" * 500}
+    assert [line["attempt"] for line in logs() if line["message"] == "upload failed, will retry"] == [1, 2, 3]
+    assert [line["attempts"] for line in logs() if line["message"] == "instance uploaded"] == [4]
+    assert list(tmp_path.glob("*.seg")) == []
