@@ -10,6 +10,8 @@ handles). One request for a new instance, two for a re-send.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 from typing import Any, Protocol
 
@@ -22,8 +24,8 @@ CONTENT_TYPE = "application/dicom"
 
 
 class Inbox(Protocol):
-    def put(self, name: str, data: bytes, md5: str) -> str:
-        """Write ``data`` (whose base64 MD5 is ``md5``) as object ``name``; return CREATED, IDENTICAL or REPLACED."""
+    def put(self, name: str, data: bytes) -> str:
+        """Write ``data`` as object ``name``; return CREATED, IDENTICAL or REPLACED."""
 
 
 class GcsInbox:
@@ -47,9 +49,10 @@ class GcsInbox:
             client = storage.Client(project=project)
         self._bucket = client.bucket(bucket)
 
-    def put(self, name: str, data: bytes, md5: str) -> str:
+    def put(self, name: str, data: bytes) -> str:
         from google.api_core.exceptions import NotFound, PreconditionFailed
 
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()  # as Cloud Storage reports md5Hash
         generation = 0  # 0: only if no live object has this name
         while True:
             blob = self._bucket.blob(name)

@@ -37,13 +37,13 @@ _worker_inbox: Inbox | None = None
 
 
 def _put_in_worker(factory: Callable[[], Inbox], segment: Path, offset: int, length: int, name: str,
-                   md5: str) -> tuple[str | None, str | None]:
+                   crc32: int) -> tuple[str | None, str | None]:
     """In a helper process: (outcome, None), or (None, the error) to be retried by the caller."""
     global _worker_inbox
     try:
         _worker_inbox = _worker_inbox or factory()
-        data = Record(segment, offset, length, name, md5, 0.0).read()
-        return _worker_inbox.put(name, data, md5), None
+        data = Record(segment, offset, length, name, crc32, 0.0).read()
+        return _worker_inbox.put(name, data), None
     except Exception as exc:  # noqa: BLE001 - reported to the thread that retries it
         return None, f"{type(exc).__name__}: {exc}"
 
@@ -68,7 +68,7 @@ class _Processes:
         pool = self._pool
         try:
             outcome, error = pool.submit(_put_in_worker, self.factory, record.segment, record.offset, record.length,
-                                         record.name, record.md5).result()
+                                         record.name, record.crc32).result()
         except BrokenProcessPool:
             with self._lock:  # a helper died (killed, out of memory): start new ones, retry this record
                 if self._pool is pool:
@@ -126,7 +126,7 @@ class Uploader:
         if self._processes is not None:
             return self._processes.put(record), None
         inbox = inbox or self.inbox_factory()
-        return inbox.put(record.name, record.read(), record.md5), inbox
+        return inbox.put(record.name, record.read()), inbox
 
     def _work(self) -> None:
         inbox: Inbox | None = None

@@ -67,11 +67,11 @@ def test_names_need_the_three_uids() -> None:
 
 
 def test_spool_round_trip_and_segment_deletion(tmp_path: Path) -> None:
-    spool = Spool(tmp_path, max_bytes=10_000_000, segment_bytes=300)
+    spool = Spool(tmp_path, max_bytes=10_000_000, segment_bytes=200)
     spool.recover()
     records = [spool.append(f"o/{n}.dcm", bytes([n]) * 200) for n in range(5)]
     assert [record.read() for record in records] == [bytes([n]) * 200 for n in range(5)]
-    assert len(list(tmp_path.glob("*.seg"))) == 5  # each record passes 300 bytes: one segment each
+    assert len(list(tmp_path.glob("*.seg"))) == 5  # each record passes 200 bytes: one segment each
     for record in records:
         spool.done(record)
     assert list(tmp_path.glob("*.seg")) == [] and spool.stats().pending == 0
@@ -89,7 +89,7 @@ def test_spool_recovery_drops_a_torn_tail_and_keeps_the_rest(tmp_path: Path) -> 
     again = Spool(tmp_path, max_bytes=10_000_000)
     recovered = again.recover()
     assert [(r.name, r.read(), r.meta) for r in recovered] == [("a.dcm", b"A" * 1000, {"callingAETitle": "CT1"})]
-    assert recovered[0].md5 == first.md5
+    assert recovered[0].crc32 == first.crc32
     again.done(recovered[0])
     assert list(tmp_path.glob("*.seg")) == []
 
@@ -181,7 +181,7 @@ class _FlakyInbox:
         self.failures = failures
         self.objects: dict[str, bytes] = {}
 
-    def put(self, name: str, data: bytes, md5: str) -> str:
+    def put(self, name: str, data: bytes) -> str:
         if self.failures:
             self.failures -= 1
             raise ConnectionError("Cloud Storage is down")
