@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_matching.py
 	$(PY) bench/bench_coldstart.py
 	$(PY) bench/bench_cost.py
+	$(PY) bench/bench_partial.py
 
 # The DICOM gateway: a 500-instance study from storescu, acknowledged and landed, beside DCMTK's storescp (about 15 s).
 .PHONY: bench-gateway

@@ -38,6 +38,10 @@ readonly FOLLOWUP_MAX_DELIVERY_ATTEMPTS=100   # Pub/Sub's maximum
 readonly DEAD_LETTER_RETENTION=7d
 readonly STAGING_RETENTION_DAYS=7
 readonly STATE_RETENTION_DAYS=30
+# Custom roles holding exactly what the config's failure policies do to the
+# inbox (a role per permission, bound only when a rule uses the policy).
+readonly TAG_ROLE_ID=dicomImportTagFailed         # on_failure: tag
+readonly MOVE_ROLE_ID=dicomImportMoveFailed       # on_failure: {quarantine: ..., move: true}
 readonly APIS=(
   healthcare.googleapis.com cloudfunctions.googleapis.com run.googleapis.com
   eventarc.googleapis.com pubsub.googleapis.com storage.googleapis.com
@@ -455,6 +459,28 @@ validate_config() {
     fi
   done < <(sed -e 's/^#.*$//' -e 's/[[:space:]]#.*$//' "${SOURCE_DIR}/${CONFIG_REL}" \
              | grep -o '\${[A-Za-z_][A-Za-z0-9_]*}' | sed -e 's/^\${//' -e 's/}$//' | sort -u)
+  read_failure_policies
+}
+
+# read_failure_policies: which on_failure policies the config's rules use (the
+# function validates the config fully; this reads those keys only, to grant
+# what they need): POLICY_TAG, POLICY_MOVE (1 or empty), QUARANTINE_BUCKETS.
+read_failure_policies() {
+  local text bucket quote="[\"']?" bucket_re='(\$\{[^}]*\}|[^/"'"'"'[:space:],{}$])+'
+  text=$(sed -e 's/^#.*$//' -e 's/[[:space:]]#.*$//' "${SOURCE_DIR}/${CONFIG_REL}")
+  POLICY_TAG="" POLICY_MOVE="" QUARANTINE_BUCKETS=()
+  grep -Eq "(^|[[:space:]{,])on_failure:[[:space:]]*${quote}tag${quote}[[:space:]]*(\$|[,}])" <<<"${text}" && POLICY_TAG=1
+  grep -Eq "(^|[[:space:]{,])move:[[:space:]]*(true|True|TRUE|yes|on)[[:space:]]*(\$|[,}])" <<<"${text}" && POLICY_MOVE=1
+  while read -r bucket; do
+    [[ -n ${bucket} ]] || continue
+    bucket=${bucket//'${INBOX_BUCKET}'/${INBOX}}
+    bucket=${bucket//'${STATE_BUCKET}'/${STATE}}
+    bucket=${bucket//'${EXPORT_BUCKET}'/${EXPORT}}
+    bucket=$(sed -E 's/\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}/\1/g' <<<"${bucket}")  # ${NAME:-default}: the default
+    [[ ${bucket} =~ ^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$ ]] \
+      || die_usage "${CONFIG_REL}: quarantine bucket '${bucket}' is not a bucket name deploy.sh can grant on: write a bucket name, \${INBOX_BUCKET}, \${STATE_BUCKET}, \${EXPORT_BUCKET} or \${NAME:-bucket}"
+    [[ " ${QUARANTINE_BUCKETS[*]} " == *" ${bucket} "* ]] || QUARANTINE_BUCKETS+=("${bucket}")
+  done < <(grep -Eo "quarantine:[[:space:]]*${quote}gs://${bucket_re}" <<<"${text}" | sed -e 's#^.*gs://##')
 }
 
 # ---------------------------------------------------------------- steps
@@ -599,6 +625,41 @@ grant_runtime_sa() {
   # The same account is the triggers' identity (see grant_invoker).
   bind gcloud projects add-iam-policy-binding "${PROJECT}" \
     --member="${member}" --role=roles/eventarc.eventReceiver --condition=None
+  # Each failed file is named in its result from the import's Cloud Logging entries (entries.list).
+  bind gcloud projects add-iam-policy-binding "${PROJECT}" \
+    --member="${member}" --role=roles/logging.viewer --condition=None
+}
+
+# grant_failure_policies: what the config's on_failure policies do, and no more.
+grant_failure_policies() {
+  [[ -n ${POLICY_TAG}${POLICY_MOVE} || ${#QUARANTINE_BUCKETS[@]} -gt 0 ]] || return 0
+  say "IAM: failure policies of ${CONFIG_REL}"
+  local member=serviceAccount:${RUNTIME_SA} bucket
+  if [[ -n ${POLICY_TAG} ]]; then
+    # tag: a metadata patch of the failed generation in the inbox
+    ensure_custom_role "${TAG_ROLE_ID}" "DICOM import: tag failed files" storage.objects.update
+    bind gcloud storage buckets add-iam-policy-binding "gs://${INBOX}" --project="${PROJECT}" \
+      --member="${member}" --role="projects/${PROJECT}/roles/${TAG_ROLE_ID}" --condition=None
+  fi
+  if [[ -n ${POLICY_MOVE} ]]; then
+    # quarantine with move: delete the failed generation from the inbox once copied
+    ensure_custom_role "${MOVE_ROLE_ID}" "DICOM import: move failed files out of the inbox" storage.objects.delete
+    bind gcloud storage buckets add-iam-policy-binding "gs://${INBOX}" --project="${PROJECT}" \
+      --member="${member}" --role="projects/${PROJECT}/roles/${MOVE_ROLE_ID}" --condition=None
+  fi
+  for bucket in "${QUARANTINE_BUCKETS[@]}"; do
+    # quarantine: write the copies (and overwrite one on a redelivery)
+    bind gcloud storage buckets add-iam-policy-binding "gs://${bucket}" --project="${PROJECT}" \
+      --member="${member}" --role=roles/storage.objectUser --condition=None
+  done
+}
+
+# ensure_custom_role ID TITLE PERMISSION: a project role with exactly that permission.
+ensure_custom_role() {
+  converge "role ${1}" \
+    gcloud iam roles describe "$1" --project="${PROJECT}" -- \
+    gcloud iam roles update "$1" --project="${PROJECT}" --title="$2" --permissions="$3" --stage=GA -- \
+    gcloud iam roles create "$1" --project="${PROJECT}" --title="$2" --permissions="$3" --stage=GA
 }
 
 grant_service_agents() {
@@ -985,6 +1046,7 @@ main() {
   create_state_bucket
   create_service_account
   grant_runtime_sa
+  grant_failure_policies
   grant_service_agents
   deploy_functions
   grant_invoker

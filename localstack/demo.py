@@ -5,8 +5,9 @@ uploads several studies in nested folders (a synthetic CT study and files that
 ship with pydicom), a corrupt ``.dcm``, a file no rule matches and one the
 config ignores, and sends a synthetic MR study by DICOM C-STORE (a pynetdicom
 SCU) to the stack's gateway, as a modality would; waits for the result messages
-on Pub/Sub; prints them (how many objects of each batch came by C-STORE);
-checks the store through QIDO; stops the stack. Exit status 1 if anything is
+on Pub/Sub; prints them (how many objects of each batch came by C-STORE), and
+the failed file by its name and the API's reason; checks the store through
+QIDO; stops the stack. Exit status 1 if anything is
 missing or wrong.
 
     .venv/bin/python -m localstack.demo [--keep]
@@ -124,6 +125,17 @@ def table(env: dict[str, str], results: list[Result], uploaded_at: float) -> str
     return "\n".join(lines)
 
 
+def failed_files(results: list[Result]) -> str:
+    """Each failed file named in the results: its URI, kind and the API's reason."""
+    lines = ["failed files (named in the results, with the API's reason):"]
+    for result in sorted(results, key=lambda r: r.data["batch"]):
+        for item in result.data.get("failures") or []:
+            reason = str(item["error"]["message"])
+            lines.append(f"  {item['uri']}  {item['kind']}  {reason[:120]}{'...' if len(reason) > 120 else ''}"
+                         f"  (found by {item['source']})")
+    return "\n".join(lines) if len(lines) > 1 else "failed files: none"
+
+
 def verify(env: dict[str, str], drop: Drop, results: list[Result], max_objects: int) -> list[str]:
     """Everything that is wrong, one line each (empty when the demo succeeded)."""
     problems = []
@@ -133,6 +145,11 @@ def verify(env: dict[str, str], drop: Drop, results: list[Result], max_objects: 
     failures = sum(r.data["counter"]["failure"] for r in imports)
     if failures != len(drop.corrupt):
         problems.append(f"results count {failures} failures, expected {len(drop.corrupt)} (the corrupt file)")
+    named = {item["uri"]: item["kind"] for r in imports for item in r.data.get("failures") or []}
+    for name in drop.corrupt:
+        uri = f"gs://{env['INBOX_BUCKET']}/{name}"
+        if named.get(uri) != "not-dicom":
+            problems.append(f"{uri} is not named as a failed file of kind not-dicom in the results")
     missing = drop.valid_sops - store_sop_uids(env)
     if missing:
         problems.append(f"{len(missing)} valid instances are not in the store")
@@ -175,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         results = reader.until(lambda got: covered_objects(got) >= drop.matched, WAIT_SECONDS, quiet=2.0)
         print()
         print(table(env, results, uploaded_at))
+        print()
+        print(failed_files(results))
         print()
         calls = api_calls(env).get("dicomStores.import", 0)
         print(f"{drop.matched} objects matched the rules, imported with {calls} import call(s); "

@@ -104,7 +104,7 @@ case "$1 ${2:-}" in
       elif [[ $existing == 1 ]]; then echo "${4#gs://}"
       else not_found "$4"; fi
     fi ;;
-  "pubsub topics"|"pubsub subscriptions"|"iam service-accounts")
+  "pubsub topics"|"pubsub subscriptions"|"iam service-accounts"|"iam roles")
     if [[ $3 == describe && $existing != 1 ]]; then not_found "$4"; fi ;;
   "storage service-agent") echo "service-123456789012@gs-project-accounts.iam.gserviceaccount.com" ;;
   "logging metrics"|"monitoring dashboards")
@@ -370,6 +370,7 @@ def test_fresh_project_grants_least_privilege(env):
         ("pubsub topics", "dicom-import-results", sa, "roles/pubsub.publisher"),
         ("pubsub topics", "dicom-import-followups", sa, "roles/pubsub.publisher"),
         ("projects", PROJECT, sa, "roles/eventarc.eventReceiver"),
+        ("projects", PROJECT, sa, "roles/logging.viewer"),  # failed files named from Cloud Logging
         # the Healthcare API reads the inbox and the staging copies
         ("storage buckets", f"gs://{INBOX}", HEALTHCARE_AGENT, "roles/storage.objectViewer"),
         ("storage buckets", f"gs://{STATE}", HEALTHCARE_AGENT, "roles/storage.objectViewer"),
@@ -793,6 +794,63 @@ def test_security_md_names_every_role_deploy_sh_grants_under_its_identity(env):
     assert len(granted) >= 15
 
 
+# ---------------------------------------------------------------- failure policies (config on_failure)
+
+QUARANTINE = "rad-quarantine"
+
+
+def policies_config(env: dict) -> str:
+    """config/policies.yaml: the repository's config with a tag rule and a quarantine-and-move rule."""
+    (env["src"] / "config").mkdir(exist_ok=True)
+    text = (REPO / "config.yaml").read_text().replace("rules:\n", f"""rules:
+  - name: tagged
+    match: gs://${{INBOX_BUCKET}}/tagged/**.dcm
+    store: main
+    on_failure: tag   # on_failure: {{quarantine: gs://commented-out-bucket/}}
+  - name: moved
+    match: gs://${{INBOX_BUCKET}}/moved/**.dcm
+    store: main
+    on_failure: {{quarantine: "gs://{QUARANTINE}/failed/", move: true}}
+    on_conflict: replace
+""", 1)
+    (env["src"] / "config" / "policies.yaml").write_text(text)
+    return "config/policies.yaml"
+
+
+def test_failure_policies_get_exactly_their_permissions(env):
+    sa = f"serviceAccount:{RUNTIME_SA}"
+    default = ok(deploy(env, *REQUIRED))
+    default_bindings, default_roles = default.bindings(), default.matching("iam", "roles")
+    env["log"].unlink()
+    run = ok(deploy(env, *REQUIRED, "--config", policies_config(env)))
+    added = run.bindings() - default_bindings
+    assert added == {
+        ("storage buckets", f"gs://{INBOX}", sa, f"projects/{PROJECT}/roles/dicomImportTagFailed"),
+        ("storage buckets", f"gs://{INBOX}", sa, f"projects/{PROJECT}/roles/dicomImportMoveFailed"),
+        ("storage buckets", f"gs://{QUARANTINE}", sa, "roles/storage.objectUser"),
+    }
+    roles = {c[3]: flag(c, "--permissions") for c in run.matching("iam", "roles", "create")}
+    assert roles == {"dicomImportTagFailed": "storage.objects.update", "dicomImportMoveFailed": "storage.objects.delete"}
+    assert not default_roles, "the default config (on_failure: report) needs no role"
+    assert ("projects", PROJECT, sa, "roles/logging.viewer") in default_bindings
+
+
+def test_a_quarantine_bucket_is_read_through_defaults_and_a_bad_one_exits_2(env):
+    (env["src"] / "config").mkdir()
+    base = (REPO / "config.yaml").read_text()
+    (env["src"] / "config" / "defaulted.yaml").write_text(base.replace(
+        "    store: main\n", "    store: main\n    on_failure: {quarantine: 'gs://${QUARANTINE_BUCKET:-rad-held}/x/'}\n", 1))
+    run = ok(deploy(env, *REQUIRED, "--config", "config/defaulted.yaml"))
+    assert ("storage buckets", "gs://rad-held", f"serviceAccount:{RUNTIME_SA}", "roles/storage.objectUser") \
+        in run.bindings()
+    (env["src"] / "config" / "odd.yaml").write_text(base.replace(
+        "    store: main\n", "    store: main\n    on_failure: {quarantine: 'gs://Rad_Held/x/'}\n", 1))
+    env["log"].unlink()
+    run = deploy(env, *REQUIRED, "--config", "config/odd.yaml")
+    assert run.returncode == 2 and run.calls == []
+    assert "quarantine bucket 'Rad_Held' is not a bucket name deploy.sh can grant on" in run.stderr
+
+
 # ---------------------------------------------------------------- failures
 
 
@@ -991,6 +1049,8 @@ def test_real_gcloud_accepts_every_command_and_flag(env, tmp_path):
         ok(deploy(env, *REQUIRED, scenario="existing")),
         ok(deploy(env, script=printed)),  # what --dry-run with the alert, key and table options prints
         ok(deploy(env, *REQUIRED, *OPTIONS, scenario="existing")),
+        ok(deploy(env, *REQUIRED, "--config", policies_config(env))),
+        ok(deploy(env, *REQUIRED, "--config", policies_config(env), scenario="existing")),
     ]
     lifecycle = tmp_path / "lifecycle.json"
     lifecycle.write_text('{"rule": []}')
@@ -999,7 +1059,8 @@ def test_real_gcloud_accepts_every_command_and_flag(env, tmp_path):
     commands = sorted(c for c in everything if c[0] != "bq")
     assert len(commands) >= 40
     for group in (("kms", "keys"), ("logging", "metrics"), ("monitoring", "dashboards"), ("alpha", "monitoring"),
-                  ("beta", "monitoring"), ("pubsub", "topics", "update")):
+                  ("beta", "monitoring"), ("pubsub", "topics", "update"), ("iam", "roles", "create"),
+                  ("iam", "roles", "update")):
         assert any(c[:len(group)] == group for c in commands), group
     bq_outputs = parse_with_bq(sorted(c for c in everything if c[0] == "bq") + [("bq", "mk", "--tabel", "p:d.t")], tmp_path)
     assert "Unknown command line flag 'tabel'" in bq_outputs[("bq", "mk", "--tabel", "p:d.t")]
