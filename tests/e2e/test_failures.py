@@ -150,22 +150,32 @@ def test_with_logging_sampled_the_rest_are_verified_and_both_operation_id_forms_
 
 
 def test_hashed_names_never_appear_plain_in_messages_manifests_or_logs(stack, env, reader):
-    folder = unique_prefix("report/patient-doe-john")
+    """Every path that names a file: a manifest over 100 failures, tag, quarantine copy and move, replacement."""
+    patient = "patient-doe-john"
+    folder = unique_prefix(f"report/{patient}")
     names = [f"{folder}empty-{i:03d}.dcm" for i in range(101)] + [f"{folder}ok.dcm"]
-    upload(env, [(name, b"") for name in names[:-1]] + [(names[-1], make_instance(new_uid(), new_uid(), new_uid()))],
-           threads=10)
-    results = wait_for(reader, env, names, timeout=120)
-    [result] = results
-    assert result.data["failuresListed"] == 101 and len(result.data["failures"]) == 100
-    bucket, _, path = result.data["failuresManifest"][len("gs://"):].partition("/")
+    study, series, sop = new_uid(), new_uid(), new_uid()
+    upload(env, [(f"replaced/{patient}/first.dcm", make_instance(study, series, sop))])
+    wait_for(reader, env, [f"replaced/{patient}/first.dcm"])
+    policy_files = [(f"{prefix}/{patient}/{unique_prefix('f')}bad.dcm", b"")
+                    for prefix in ("tagged", "quarantined", "moved")]
+    policy_files.append((f"replaced/{patient}/again.dcm", make_instance(study, series, sop, patient_name="X^Y")))
+    upload(env, [(name, b"") for name in names[:-1]] + [(names[-1], make_instance(new_uid(), new_uid(), new_uid()))]
+           + policy_files, threads=10)
+    results = wait_for(reader, env, names + [name for name, _ in policy_files], timeout=120)
+    [big] = [r for r in results if r.data["rule"] == "report"]
+    assert big.data["failuresListed"] == 101 and len(big.data["failures"]) == 100
+    origin = next(r for r in results if r.data["rule"] == "replaced")
+    reader.until(lambda got: any(r.data.get("replaces") == origin.data["batch"] for r in got), timeout=60)
+    bucket, _, path = big.data["failuresManifest"][len("gs://"):].partition("/")
     manifest = storage(env).bucket(bucket).blob(path).download_as_bytes().decode()
     rows = [json.loads(line) for line in manifest.splitlines()]
     assert {row["uri"] for row in rows} == {hashed(env, n) for n in names[:-1]}
     logs = "".join((stack.workdir / "logs" / f"{role}.log").read_text() for role in ("function", "followup"))
-    assert "file not imported" in logs
+    for line in ("file not imported", "failure policy applied", "stored instance replaced"):
+        assert line in logs, line
     for text in [json.dumps(r.data) + json.dumps(r.attributes) for r in reader.received] + [manifest, logs]:
-        assert "patient-doe-john" not in text
-
+        assert patient not in text
 
 def metadata_update_event(env, name: str, generation: str) -> requests.Response:
     """A Cloud Storage notification of a metadata update, as a bucket notifying every event type would send."""
