@@ -89,6 +89,7 @@ class Receiver:
         self._server: Any = None
         self._associations: dict[int, _AssociationCount] = {}
         self._lock = threading.Lock()
+        self._storage_classes: frozenset[str] = frozenset()  # every storage SOP class pynetdicom knows, at start
 
     @property
     def listening(self) -> bool:
