@@ -208,3 +208,50 @@ def test_uploader_retries_until_it_succeeds_then_frees_the_spool(tmp_path: Path)
     assert [line["attempt"] for line in logs() if line["message"] == "upload failed, will retry"] == [1, 2, 3]
     assert [line["attempts"] for line in logs() if line["message"] == "instance uploaded"] == [4]
     assert list(tmp_path.glob("*.seg")) == []
+
+
+def test_a_failed_write_is_not_acknowledged_and_leaves_earlier_records_whole(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from gateway.spool import SpoolError
+
+    spool = Spool(tmp_path, max_bytes=10_000_000)
+    spool.recover()
+    kept = spool.append("kept.dcm", b"K" * 1000)
+    real_writev = os.writev
+
+    def disk_full(fd: int, buffers: list) -> int:
+        real_writev(fd, [bytes(buffers[0])[:10]])  # part of the record reaches the file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "writev", disk_full)
+    with pytest.raises(SpoolError, match="No space left"):
+        spool.append("lost.dcm", b"L" * 1000)
+    monkeypatch.setattr(os, "writev", real_writev)
+    after = spool.append("after.dcm", b"A" * 1000)  # a new segment: never append after a failure
+    assert after.segment != kept.segment
+    assert spool.stats().pending == 2
+    spool.close()
+    recovered = Spool(tmp_path, max_bytes=10_000_000).recover()
+    assert sorted(r.name for r in recovered) == ["after.dcm", "kept.dcm"]  # the torn bytes were cut off
+
+
+def test_a_failed_fdatasync_is_not_acknowledged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from gateway.spool import SpoolError
+
+    spool = Spool(tmp_path, max_bytes=10_000_000)
+    spool.recover()
+
+    def io_error(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", io_error)
+    with pytest.raises(SpoolError, match="Input/output error"):
+        spool.append("a.dcm", b"x" * 100)
+    assert spool.stats().pending == 0  # not acknowledged, so not waiting for an upload either
+    monkeypatch.undo()
+    record = spool.append("b.dcm", b"y" * 100)
+    assert record.read() == b"y" * 100 and spool.stats().pending == 1
