@@ -138,10 +138,21 @@ class Receiver:
         log.info("DICOM receiver listening", aeTitle=self.config.ae_title, address=self.config.address,
                  port=self.port, tls=self.config.tls is not None, callingAETitles=list(self.config.calling_ae_titles))
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close the port, abort the associations still open and wait for their handlers to return.
+
+        An instance still in transfer is not acknowledged; once this returns, nothing appends to the spool.
+        """
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        associations = server.active_associations
+        server.shutdown()
+        for assoc in associations:
+            assoc.abort()
+        deadline = time.monotonic() + timeout
+        for assoc in associations:
+            assoc.join(max(0.0, deadline - time.monotonic()))
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         tls = self.config.tls

@@ -136,6 +136,7 @@ class Spool:
         self._current: _Segment | None = None
         self._pending: OrderedDict[tuple[Path, int], tuple[float, int]] = OrderedDict()
         self._sequence = 0
+        self._closed = False
 
     # -- restart ---------------------------------------------------------------
     def recover(self) -> list[Record]:
@@ -209,6 +210,8 @@ class Spool:
         prefix = _PREFIX.pack(MAGIC, len(header), payload_length, zlib.crc32(header))
         length = len(prefix) + len(header) + payload_length
         with self._lock:
+            if self._closed:
+                raise SpoolError("the spool is closed (the gateway is stopping)")
             if self.disk_bytes() + length > self.max_bytes:
                 raise SpoolFull(f"spool holds {self.disk_bytes()} bytes; this instance would pass the limit of {self.max_bytes}")
             segment = self._current if self._current is not None else self._open_segment()
@@ -321,13 +324,18 @@ class Spool:
         self._segments.pop(segment.path, None)
 
     def close(self) -> None:
-        """Close open segment files (a later :meth:`recover` resumes from them)."""
+        """Refuse further appends, close segment files once their flushes end (a later :meth:`recover` resumes)."""
         with self._lock:
-            for segment in self._segments.values():
+            self._closed = True
+            self._current = None
+            segments = list(self._segments.values())
+        for segment in segments:
+            with segment.cond:
+                while segment.syncing:
+                    segment.cond.wait()
                 if segment.fd is not None:
                     os.close(segment.fd)
                     segment.fd = None
-            self._current = None
 
     # -- observability -----------------------------------------------------------
     def disk_bytes(self) -> int:

@@ -14,6 +14,8 @@ import pytest
 import requests
 from pydicom.uid import generate_uid
 
+from gateway.service import Gateway
+from gateway.spool import Spool
 from localstack import samples
 from localstack.names import REPO_ROOT
 
@@ -353,3 +355,23 @@ def test_tls_with_client_certificates(tmp_path: Path, bucket: str, fake_gcs: Any
         assoc = ae.associate("127.0.0.1", gw.receiver.port, ae_title=AE_TITLE,
                              tls_args=(client_context(False), "localhost"))
         assert not assoc.is_established  # no client certificate: the TLS handshake fails, nothing is negotiated
+
+
+def test_stopping_aborts_open_associations_and_keeps_what_was_acknowledged(tmp_path: Path, bucket: str,
+                                                                           fake_gcs: Any) -> None:
+    from pynetdicom import AE
+
+    config = make_config(tmp_path / "spool", bucket)
+    (_, first), (_, second) = samples.make_series(2)
+    gateway = Gateway(config, inbox_factory=gcs_inbox_factory("no-such-bucket-gw", fake_gcs.url))
+    gateway.start()
+    try:
+        ae = AE(ae_title=CALLING)
+        assoc = ae.associate("127.0.0.1", gateway.receiver.port, ae_title=AE_TITLE,
+                             contexts=storage_contexts([read_dataset(first)]))
+        assert int(assoc.send_c_store(read_dataset(first)).Status) == 0
+    finally:
+        gateway.stop()  # while the association is open
+    wait_for(lambda: assoc.is_aborted, timeout=10, what="the association aborted")
+    recovered = Spool(tmp_path / "spool", max_bytes=2**30).recover()
+    assert len(recovered) == 1  # the acknowledged instance waits for the next start
