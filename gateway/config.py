@@ -19,7 +19,8 @@ import yaml
 
 # The loader and the problem collector of config.yaml: one implementation of
 # "FILE:LINE: problem and fix", ${NAME} interpolation and "did you mean" hints.
-from handlers.config import ConfigError, _LineLoader, _List, _Map, _Reader
+from handlers.config import ConfigError, _LineLoader, _List, _Map, _Reader, _names
+from handlers.privacy import NamePolicy
 
 __all__ = ["ConfigError", "GatewayConfig", "NAME_FIELDS", "DEFAULT_OBJECT_NAME", "load", "parse"]
 
@@ -37,7 +38,7 @@ NAME_FIELDS = (
     "StudyDate",
     "ReceivedDate",
 )
-_TOP_LEVEL = ("dicom", "tls", "destination", "object_name", "spool", "uploads", "health")
+_TOP_LEVEL = ("dicom", "tls", "destination", "object_name", "spool", "uploads", "health", "logs")
 # AE titles: 1-16 characters of the default repertoire, no backslash, no control characters.
 _AE_TITLE_RE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
@@ -77,6 +78,7 @@ class GatewayConfig:
     health_port: int
     stuck_after_seconds: float
     stats_every_seconds: float
+    names: NamePolicy = NamePolicy()  # how object names (and the UIDs in them) appear in log lines
 
     def client_allowed(self, ip: str) -> bool:
         """True when no client list is configured, or ``ip`` is in one of its networks."""
@@ -145,6 +147,7 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> GatewayConfig:
     health_port = int(reader.number(health, "port", 8080, 0, 65535, True))
     stuck = float(reader.number(health, "stuck_after_seconds", 600, 1, 7 * 86400, False))
     stats_every = float(reader.number(health, "stats_every_seconds", 60, 0.1, 86400, False))
+    names = _names(reader, reader.section(document, "logs", ("object_names", "hash_key")))
 
     if reader.problems:
         raise ConfigError(reader.problems)
@@ -155,7 +158,7 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> GatewayConfig:
         segment_bytes=max(1, int(segment_mb * _MIB)), upload_threads=threads, upload_processes=processes,
         max_backoff_seconds=max_backoff,
         health_address=health_address, health_port=health_port, stuck_after_seconds=stuck,
-        stats_every_seconds=stats_every,
+        stats_every_seconds=stats_every, names=names,
     )
 
 

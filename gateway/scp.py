@@ -223,8 +223,9 @@ class Receiver:
     def _on_store(self, event: Any) -> int:
         started = time.monotonic()
         request, assoc = event.request, event.assoc
-        fields = {"sopClassUID": str(request.AffectedSOPClassUID), "sopInstanceUID": str(request.AffectedSOPInstanceUID),
-                  **self._peer(assoc)}
+        names = self.config.names
+        fields = {"sopClassUID": str(request.AffectedSOPClassUID),
+                  "sopInstanceUID": None if names.hashed else str(request.AffectedSOPInstanceUID), **self._peer(assoc)}
         status, reason, record = self._store(event)
         with self._lock:
             count = self._associations.get(id(assoc))
@@ -235,7 +236,7 @@ class Receiver:
                     count.refused += 1
         if record is not None:
             self.on_spooled(record)
-            log.info("instance received", object=f"gs://{self.config.bucket}/{record.name}", bytes=record.length,
+            log.info("instance received", object=names.uri(self.config.bucket, record.name), bytes=record.length,
                      transferSyntax=str(event.context.transfer_syntax),
                      seconds=round(time.monotonic() - started, 4), **fields)
         else:

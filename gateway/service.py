@@ -31,7 +31,7 @@ class Gateway:
         self.spool = Spool(config.spool_directory, max_bytes=config.spool_max_bytes, segment_bytes=config.segment_bytes)
         self.uploader = Uploader(self.spool, inbox_factory or partial(GcsInbox, config.bucket), bucket=config.bucket,
                                  threads=config.upload_threads, processes=config.upload_processes,
-                                 max_backoff=config.max_backoff_seconds)
+                                 max_backoff=config.max_backoff_seconds, names=config.names)
         self.receiver = Receiver(config, self.spool, self.uploader.submit)
         self.health = Health(self.spool, address=config.health_address, port=config.health_port,
                              stuck_after=config.stuck_after_seconds, stats_every=config.stats_every_seconds,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from handlers import log
+from handlers.privacy import NamePolicy
 from handlers.retry import Backoff
 
 from .inbox import Inbox
@@ -89,12 +90,13 @@ class Uploader:
     """
 
     def __init__(self, spool: Spool, inbox_factory: Callable[[], Inbox], *, bucket: str, threads: int = 4,
-                 processes: int = 0, max_backoff: float = 60.0) -> None:
+                 processes: int = 0, max_backoff: float = 60.0, names: NamePolicy = NamePolicy()) -> None:
         self.spool = spool
         self.inbox_factory = inbox_factory
         self.bucket = bucket
         self.threads = threads
         self.max_backoff = max_backoff
+        self.names = names
         self._processes = _Processes(inbox_factory, processes) if processes > 0 else None
         self._queue: queue.Queue[Record | None] = queue.Queue()
         self._workers: list[threading.Thread] = []
@@ -143,14 +145,14 @@ class Uploader:
                     outcome, inbox = self._put(inbox, record)
                 except Exception as exc:  # noqa: BLE001 - any failure is retried: the instance was acknowledged
                     delay = backoff.next_delay()
-                    log.warning("upload failed, will retry", object=f"gs://{self.bucket}/{record.name}",
+                    log.warning("upload failed, will retry", object=self.names.uri(self.bucket, record.name),
                                 attempt=attempt, retryInSeconds=round(delay, 2),
                                 error=f"{type(exc).__name__}: {exc}"[:500])
                     self._stopping.wait(delay)
                     continue
                 self.spool.done(record)
                 self.last_success = time.time()
-                log.info("instance uploaded", object=f"gs://{self.bucket}/{record.name}", outcome=outcome,
+                log.info("instance uploaded", object=self.names.uri(self.bucket, record.name), outcome=outcome,
                          bytes=record.length, attempts=attempt, seconds=round(time.monotonic() - started, 3),
                          waitedSeconds=round(time.time() - record.received, 3))
                 break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 import time
@@ -375,3 +376,16 @@ def test_stopping_aborts_open_associations_and_keeps_what_was_acknowledged(tmp_p
     wait_for(lambda: assoc.is_aborted, timeout=10, what="the association aborted")
     recovered = Spool(tmp_path / "spool", max_bytes=2**30).recover()
     assert len(recovered) == 1  # the acknowledged instance waits for the next start
+
+
+def test_hashed_object_names_keep_uids_out_of_the_logs(tmp_path: Path, bucket: str, fake_gcs: Any,
+                                                         storage_client: Any) -> None:
+    config = make_config(tmp_path / "spool", bucket, logs="logs:\n  object_names: hashed\n  hash_key: k3y\n")
+    (uids, data), = samples.make_series(1)
+    with running_gateway(config, gcs_inbox_factory(bucket, fake_gcs.url)) as gw, captured_logs() as logs:
+        assert send(gw.receiver.port, [read_dataset(data)]) == [0]
+        uploaded = wait_for(lambda: [l for l in logs() if l["message"] == "instance uploaded"], what="upload")
+    text = "\n".join(json.dumps(line) for line in logs())
+    assert uids.sop not in text and uids.study not in text and uids.series not in text
+    assert uploaded[0]["object"].startswith("sha256:")
+    assert storage_client.bucket(bucket).get_blob(f"in/{CALLING}/{uids.study}/{uids.series}/{uids.sop}.dcm")
