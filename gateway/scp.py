@@ -71,11 +71,22 @@ class _AssociationCount:
 
 
 class _JsonLogBridge(logging.Handler):
-    """pynetdicom's own warnings and errors as JSON lines (its routine INFO chatter is switched off)."""
+    """pynetdicom's and pydicom's warnings and errors as JSON lines (pynetdicom's routine INFO chatter is off)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         writer = log.error if record.levelno >= logging.ERROR else log.warning
-        writer(f"pynetdicom: {record.getMessage()}"[:1000], logger=record.name)
+        writer(f"{record.name.split('.')[0]}: {record.getMessage()}"[:1000], logger=record.name)
+
+
+def _bridge_library_logs() -> None:
+    """Every line the process writes stays JSON: the libraries' logs and Python warnings go through ``log``."""
+    logging.captureWarnings(True)
+    for name in ("pynetdicom", "pydicom", "py.warnings"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+        if not any(isinstance(handler, _JsonLogBridge) for handler in logger.handlers):
+            logger.addHandler(_JsonLogBridge())
 
 
 class Receiver:
@@ -106,11 +117,7 @@ class Receiver:
         from pynetdicom.sop_class import Verification
 
         _config.LOG_HANDLER_LEVEL = "none"
-        pynetdicom_logger = logging.getLogger("pynetdicom")
-        pynetdicom_logger.setLevel(logging.WARNING)
-        pynetdicom_logger.propagate = False
-        if not any(isinstance(h, _JsonLogBridge) for h in pynetdicom_logger.handlers):
-            pynetdicom_logger.addHandler(_JsonLogBridge())
+        _bridge_library_logs()
 
         ae = AE(ae_title=self.config.ae_title)
         ae.maximum_associations = self.config.max_associations
