@@ -53,7 +53,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_cost.py
 	$(PY) bench/bench_partial.py
 
-# The DICOM gateway: a 500-instance study from storescu, acknowledged and landed, beside DCMTK's storescp (about 15 s).
+# The DICOM gateway: a 500-instance study from storescu, acknowledged and landed, beside DCMTK's storescp (about 25 s).
 .PHONY: bench-gateway
 bench-gateway: $(STAMP) dcmtk
 	$(PY) bench/bench_gateway.py

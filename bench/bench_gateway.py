@@ -13,7 +13,9 @@ Rows (every DCMTK tool runs with ``TCP_NODELAY=1``; without it DCMTK waits about
   acknowledged, the spool's group commit shared between associations;
 * (e) a bare pynetdicom Storage SCP whose handler answers Success without
   storing anything: the library's own ceiling on this machine, so (a) - (e) is
-  what the gateway adds (header parse, file meta, MD5, write, fdatasync, log).
+  what the gateway adds (header parse, file meta, CRC, write, fdatasync, log);
+* (f) the gateway again, its destination bucket missing, so no upload runs
+  beside the receiving (uploads fail and back off): its receive path alone.
 
 Instances/s and MB/s (MB = 10^6 bytes of the Part 10 files sent), and (a)/(c).
 The machine's load average is printed before and after: figures taken while
@@ -126,13 +128,15 @@ def healthz(port: int) -> dict:
         return json.load(response)
 
 
-def start_gateway(workdir: Path, storage_url: str, processes: int) -> tuple[subprocess.Popen, int, int]:
+def start_gateway(workdir: Path, storage_url: str, processes: int,
+                  bucket: str = BUCKET) -> tuple[subprocess.Popen, int, int]:
     dicom_port, health_port = free_ports(2)
+    workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "gateway.yaml"
     config.write_text(
         f"dicom:\n  ae_title: {CALLED}\n  address: 127.0.0.1\n  port: {dicom_port}\n"
         f"  calling_ae_titles: [{CALLING}]\n  max_associations: 32\n"
-        f"destination: gs://{BUCKET}/bench/\n"
+        f"destination: gs://{bucket}/bench/\n"
         f"spool:\n  directory: {workdir / 'spool'}\n  max_megabytes: 100000\n"
         f"uploads:\n  threads: 4\n  processes: {processes}\n  max_backoff_seconds: 1\n"
         f"health:\n  address: 127.0.0.1\n  port: {health_port}\n  stats_every_seconds: 3600\n"
@@ -167,6 +171,10 @@ def gateway_runs(study: Path, parts: list[Path], workdir: Path, expected: int, p
         results = {"a": acknowledged, "b": landed}
         if len(parts) > 1:
             results["d"] = storescu(dicom_port, parts)  # identical re-sends: spooled again, not uploaded again
+        process.terminate()
+        process.wait(timeout=30)
+        process, dicom_port, _ = start_gateway(workdir / "no-uploads", gcs.url, processes, bucket="no-such-bucket")
+        results["f"] = storescu(dicom_port, [study])
         return results
     finally:
         if process is not None:
@@ -215,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     if "d" in gateway:
         rows.append((f"(d) gateway, {args.parallel} associations at once, acknowledged", gateway["d"]))
     rows.append(("(e) bare pynetdicom SCP, acknowledges without storing", bare))
+    rows.append(("(f) gateway, acknowledged, no upload running beside it", gateway["f"]))
     size = f"{args.rows}x{args.cols}"
     print(f"{len(files)} instances ({size} 16-bit CT, {total / len(files) / 1e3:.0f} kB each, {total / 1e6:.1f} MB), "
           f"storescu with TCP_NODELAY=1, uploads.processes {args.upload_processes}, {os.cpu_count()} CPUs, load average before {load_before[0]:.2f}, "
@@ -223,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     for label, seconds in rows:
         print(f"{label:<58} {seconds:>8.2f} {len(files) / seconds:>8.1f} {total / 1e6 / seconds:>8.1f}")
     print(f"(a)/(c) = {ceiling / gateway['a']:.2f} (aim: at least 0.5); (e)/(c) = {ceiling / bare:.2f} "
-          f"(the most any pynetdicom receiver can reach here); (a)/(e) = {bare / gateway['a']:.2f}")
+          f"(the most any pynetdicom receiver can reach here); (a)/(e) = {bare / gateway['a']:.2f}; "
+          f"(f)/(e) = {bare / gateway['f']:.2f}")
     return 0
 
 
