@@ -222,14 +222,17 @@ def _search(level: str) -> Callable[[Call], Response]:
     def handler(call: Call) -> Response:
         store = call.emulator.registry.store(call.dataset, call.params["store"])
         args = [(k, v) for k, v in call.request.args.items(multi=True) if k not in SYSTEM_PARAMETERS]
-        results = dicomweb.search(
+        found = dicomweb.search(
             store,
             level,
             args,
             study=call.params.get("study"),
             series=call.params.get("series"),
         )
-        return Response(json.dumps(results), mimetype="application/dicom+json")
+        response = Response(json.dumps(found.results), mimetype="application/dicom+json")
+        if found.more:
+            response.headers["Warning"] = f'299 {call.request.host}: "{dicomweb.MORE_RESULTS}"'
+        return response
 
     return handler
 

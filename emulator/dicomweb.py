@@ -2,15 +2,19 @@
 
 QIDO answers the DICOM JSON model (``application/dicom+json``); no match gives
 ``200 []``. Match keys: any attribute keyword or 8-hex-digit tag. UIDs match a
-list (``a,b``); other values match exactly, with ``*`` and ``?`` wildcards; an
-empty value matches everything. A study or series matches when one of its
-instances does (so ``Modality=MR`` on studies means "has an MR series").
+list (``a,b``); dates, times and date-times (VR DA, TM, DT) also match a range
+(``A-B``, ``-B``, ``A-``, PS3.4 C.2.2.2.5); other values match exactly, with
+``*`` and ``?`` wildcards; an empty value matches everything. A study or series
+matches when one of its instances does (so ``Modality=MR`` on studies means
+"has an MR series"). Results are paged with ``limit`` and ``offset``; a page
+that leaves results behind carries PS3.18's ``Warning: 299`` header.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -23,6 +27,8 @@ STUDY, SERIES, INSTANCE = "study", "series", "instance"
 MAX_LIMIT = {STUDY: 5000, SERIES: 5000, INSTANCE: 50000}
 MAX_OFFSET = 1_000_000
 RESERVED = frozenset({"limit", "offset", "includefield", "fuzzymatching"})
+#: PS3.18's warning for a page that leaves matches behind (sent as ``Warning: 299 SERVICE: "..."``).
+MORE_RESULTS = "There are additional results that can be requested"
 
 STUDY_FIELDS = (
     "SpecificCharacterSet", "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName",
@@ -79,17 +85,72 @@ def _vr(tag: str) -> str:
         return "UN"
 
 
+# Range matching (PS3.4 C.2.2.2.5): each VR's value form, and how a partial value fills up to full precision
+# as the low end of a range (zeros, January, the 1st) or its high end (the last instant it covers).
+_RANGE_FORMS = {
+    "DA": (re.compile(r"\d{8}"), "", ""),
+    "TM": (re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?"), "000000.000000", "235959.999999"),
+    "DT": (re.compile(r"\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?"),
+           "00000101000000.000000", "99991231235959.999999"),
+}
+_RANGE_EXAMPLES = {"DA": "20260101-20261231", "TM": "080000-173000", "DT": "20260101080000-20260101173000"}
+
+
+def _fill(value: str, vr: str, high: bool) -> str:
+    """``value`` at full precision for comparison (a TM or DT's fraction padded to 6 digits)."""
+    if vr == "DA":
+        return value
+    whole, _, fraction = value.partition(".")
+    digits = 6 if vr == "TM" else 14
+    template = _RANGE_FORMS[vr][2 if high else 1]
+    if fraction:
+        return whole + "." + fraction.ljust(6, "9" if high else "0")
+    return whole + template[len(whole):] if len(whole) < digits else whole + template[digits:]
+
+
+class _Range:
+    """``A-B``, ``-B`` or ``A-`` on a DA, TM or DT attribute: inclusive, partial values widened to what they cover."""
+
+    def __init__(self, keyword: str, vr: str, raw: str) -> None:
+        low, _, high = raw.partition("-")
+        form = _RANGE_FORMS[vr][0]
+        for bound in (low, high):
+            if bound and not form.fullmatch(bound):
+                raise invalid(f"{keyword}={raw!r} is not a {vr} range: write A-B, -B or A- with values such as "
+                              f"{_RANGE_EXAMPLES[vr]}")
+        if not low and not high:
+            raise invalid(f"{keyword}={raw!r} has no bound: write A-B, -B or A-")
+        self.vr = vr
+        self.low = _fill(low, vr, high=False) if low else None
+        self.high = _fill(high, vr, high=True) if high else None
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise invalid(f"{keyword}={raw!r}: the range ends before it starts (write the earlier value first)")
+
+    def accepts(self, value: str) -> bool:
+        value = value.strip()
+        if self.vr == "DT":
+            value = re.split(r"[+-]", value, maxsplit=1)[0]  # a stored UTC offset is ignored
+        if not _RANGE_FORMS[self.vr][0].fullmatch(value):
+            return False
+        filled = _fill(value, self.vr, high=False)
+        return (self.low is None or filled >= self.low) and (self.high is None or filled <= self.high)
+
+
 class _Match:
     """One QIDO match key."""
 
-    def __init__(self, tag: str, raw: str) -> None:
+    def __init__(self, keyword: str, tag: str, raw: str) -> None:
         self.tag = MODALITY if tag == MODALITIES_IN_STUDY else tag
         self.universal = raw == ""
-        if _vr(self.tag) == "UI":
+        vr = _vr(self.tag)
+        self.uids: set[str] | None = None
+        self.range: _Range | None = None
+        self.pattern: re.Pattern[str] | None = None
+        if vr == "UI":
             self.uids = {u.strip() for u in re.split(r"[,\\]", raw) if u.strip()}
-            self.pattern = None
+        elif vr in _RANGE_FORMS and "-" in raw:
+            self.range = _Range(keyword, vr, raw)
         else:
-            self.uids = None
             self.pattern = re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in raw), re.DOTALL)
 
     def accepts(self, instance: Instance) -> bool:
@@ -98,11 +159,13 @@ class _Match:
         values = _values(instance, self.tag)
         if self.uids is not None:
             return any(v in self.uids for v in values)
+        if self.range is not None:
+            return any(self.range.accepts(v) for v in values)
         assert self.pattern is not None
         return any(self.pattern.fullmatch(v) for v in values)
 
 
-def _int_param(args: Mapping[str, str], name: str, upper: int) -> int | None:
+def _int_param(args: Mapping[str, str], name: str) -> int | None:
     raw = args.get(name)
     if raw in (None, ""):
         return None
@@ -112,7 +175,15 @@ def _int_param(args: Mapping[str, str], name: str, upper: int) -> int | None:
         raise invalid(f"{name} must be a non-negative integer, got {raw!r}") from None
     if value < 0:
         raise invalid(f"{name} must be a non-negative integer, got {raw!r}")
-    return min(value, upper)
+    return value
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of QIDO results, and whether matches remain after it (the ``Warning`` header)."""
+
+    results: list[dict[str, Any]]
+    more: bool
 
 
 def search(
@@ -122,8 +193,12 @@ def search(
     *,
     study: str | None = None,
     series: str | None = None,
-) -> list[dict[str, Any]]:
-    """QIDO-RS at ``level`` (study, series or instance), within ``study``/``series`` when given."""
+) -> Page:
+    """QIDO-RS at ``level`` (study, series or instance), within ``study``/``series`` when given.
+
+    ``limit`` is clamped to the level's maximum, which is also the page size when it is absent;
+    ``offset`` above :data:`MAX_OFFSET` is a 400.
+    """
     matches: list[_Match] = []
     include: list[str] = []
     include_all = False
@@ -141,9 +216,12 @@ def search(
             tag = tag_of(key)
             if tag in COMPUTED:
                 raise invalid(f"{key} is computed by the store and cannot be a match key")
-            matches.append(_Match(tag, value))
-    limit = _int_param(params, "limit", MAX_LIMIT[level])
-    offset = _int_param(params, "offset", MAX_OFFSET) or 0
+            matches.append(_Match(key, tag, value))
+    requested = _int_param(params, "limit")
+    limit = MAX_LIMIT[level] if requested is None else min(requested, MAX_LIMIT[level])
+    offset = _int_param(params, "offset") or 0
+    if offset > MAX_OFFSET:
+        raise invalid(f"offset must be at most {MAX_OFFSET:,}, got {offset}: narrow the search instead")
 
     everything = store.instances()
     scope = [i for i in everything if (study is None or i.study == study) and (series is None or i.series == series)]
@@ -163,11 +241,11 @@ def search(
     groups: dict[Any, Instance] = {}
     for instance in hits:
         groups.setdefault(key_of(instance), instance)
-    chosen = list(groups.items())[offset:]
-    if limit is not None:
-        chosen = chosen[:limit]
+    matched = list(groups.items())
+    chosen = matched[offset:offset + limit]
     wanted = list(dict.fromkeys(fields + include))
-    return [_result(level, key, first, everything, wanted, include_all) for key, first in chosen]
+    results = [_result(level, key, first, everything, wanted, include_all) for key, first in chosen]
+    return Page(results, more=offset + len(chosen) < len(matched))
 
 
 def _result(

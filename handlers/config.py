@@ -35,6 +35,8 @@ MIN_QUIET_SECONDS = 0.5
 _TOP_LEVEL = ("stores", "rules", "ignore", "batching", "state", "results", "followup", "exports")
 #: The environment variable deploy.sh --export-bucket sets: the default (and only) export destination.
 EXPORT_BUCKET_ENV = "EXPORT_BUCKET"
+#: The QIDO-RS offset the Cloud Healthcare API accepts at most: a search cannot page further.
+MAX_QUERY_RESULTS = 1_000_000
 
 
 class ConfigError(ValueError):
@@ -97,6 +99,8 @@ class Exports:
 
     destinations: tuple[str, ...] = ()
     default: bool = False
+    #: An export by query refuses a search matching more than this many studies, series or instances.
+    max_query_results: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -258,7 +262,7 @@ class _Reader:
             self.problem(line, f"{key} must be {'an integer' if integer else 'a number'}, got {value!r}")
             return default
         if not low <= value <= high:
-            self.problem(line, f"{key} must be between {low:g} and {high:g}, got {value!r}")
+            self.problem(line, f"{key} must be between {_plain(low)} and {_plain(high)}, got {value!r}")
             return default
         return value
 
@@ -288,6 +292,11 @@ class _Reader:
             self.problem(line, f"{where} needs '{key}'")
             return False
         return True
+
+
+def _plain(number: float) -> str:
+    """``1000000`` rather than ``1e+06``; ``0.01`` as is."""
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
 
 
 def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
@@ -527,15 +536,16 @@ def _topic(reader: _Reader, document: _Map, section: _Map, name: str) -> str:
 
 def _exports(reader: _Reader, document: _Map, rules: list[Rule], state_bucket: str) -> Exports:
     """``exports.destinations``, or by default ``gs://$EXPORT_BUCKET/`` (nothing when that is unset)."""
-    section = reader.section(document, "exports", ("destinations",))
+    section = reader.section(document, "exports", ("destinations", "max_query_results"))
+    cap = int(reader.number(section, "max_query_results", Exports.max_query_results, 1, MAX_QUERY_RESULTS, True))
     if "destinations" not in section:
         bucket = reader.env.get(EXPORT_BUCKET_ENV, "")
         if not bucket:
-            return Exports((), default=True)
+            return Exports((), default=True, max_query_results=cap)
         line = document.lines.get("exports", 1)
         folder = _destination(reader, f"gs://{bucket}/", line, rules, state_bucket,
                               f"the default export destination (${{{EXPORT_BUCKET_ENV}}})")
-        return Exports((folder,) if folder else (), default=True)
+        return Exports((folder,) if folder else (), default=True, max_query_results=cap)
     value, line = section["destinations"], section.lines["destinations"]
     if value is None:
         value = _List()
@@ -543,7 +553,7 @@ def _exports(reader: _Reader, document: _Map, rules: list[Rule], state_bucket: s
     if not isinstance(value, _List):
         reader.problem(line, "exports.destinations must be a list of gs://BUCKET/PREFIX/ folders, e.g. "
                              "- gs://${EXPORT_BUCKET}/ (an empty list refuses every export)")
-        return Exports()
+        return Exports(max_query_results=cap)
     folders: list[str] = []
     for item, item_line in zip(value, value.lines):
         if not isinstance(item, str):
@@ -555,7 +565,7 @@ def _exports(reader: _Reader, document: _Map, rules: list[Rule], state_bucket: s
             reader.problem(item_line, f"export destination {folder} is listed twice: remove one")
         elif folder:
             folders.append(folder)
-    return Exports(tuple(folders))
+    return Exports(tuple(folders), max_query_results=cap)
 
 
 def _destination(reader: _Reader, uri: str, line: int, rules: list[Rule], state_bucket: str, what: str) -> str | None:

@@ -59,7 +59,8 @@ class Runtime:
     def exports(self) -> ExportJob:
         reporter = Reporter(self.state, self.publisher, self.config.results_topic)
         return ExportJob(self.state, self.api, reporter, deadline_hours=self.config.followup_deadline_hours,
-                         destinations=self.config.exports.destinations, config_path=self.config.path)
+                         destinations=self.config.exports.destinations, config_path=self.config.path,
+                         max_query_results=self.config.exports.max_query_results)
 
     def kick_batch(self, rule: str, batch: str) -> None:
         """Publish the follow-up message that drives a batch to its end."""

@@ -108,12 +108,15 @@ class Table:
 class Progress:
     """A progress bar with count, rate and time left on a terminal; a plain line every 10% otherwise.
 
+    ``total=None``: the end is not known (pages of search results): a moving bar on a terminal,
+    a plain line at each step otherwise.
+
     Use as a context manager (the bar stops, and the cursor comes back, however the block ends);
     workers may call :meth:`advance` from several threads. While the bar is drawn, the JSON log
     lines the shared code writes (``handlers.log``) are printed above it instead of through it.
     """
 
-    def __init__(self, stream: TextIO, label: str, total: int) -> None:
+    def __init__(self, stream: TextIO, label: str, total: int | None) -> None:
         self.stream = stream
         self.label = label
         self.total = total
@@ -140,18 +143,16 @@ class Progress:
             if self._bar is not None:
                 self._bar.update(self._task, completed=self.done)
             elif not self.tty:
+                if self.total is None:
+                    if step:
+                        self.stream.write(f"{self.label}: {self.done}\n")
+                        self.stream.flush()
+                    return
                 tenth = self.done * 10 // max(self.total, 1)
                 if tenth > self._reported_tenth and self.done < self.total:
                     self._reported_tenth = tenth
                     self.stream.write(f"{self.label}: {self.done}/{self.total}\n")
                     self.stream.flush()
-
-    def add_total(self, more: int) -> None:
-        """The total grows (pages of search results whose count is not known in advance)."""
-        with self._lock:
-            self.total += more
-            if self._bar is not None:
-                self._bar.update(self._task, total=self.total)
 
     def finish(self, note: str = "") -> None:
         """The last state, on its own line (``note`` after it)."""
@@ -161,10 +162,13 @@ class Progress:
             self._finished = True
             suffix = f" {note}" if note else ""
             if self._bar is not None:
-                self._bar.update(self._task, completed=self.done, total=self.total, note=suffix.strip())
+                # An open-ended bar ends full: what was found is the total.
+                self._bar.update(self._task, completed=self.done, total=self.total if self.total is not None
+                                 else self.done, note=suffix.strip())
         self._stop_bar()
         if not self.tty:
-            self.stream.write(f"{self.label}: {self.done}/{self.total}{suffix}\n")
+            total = "" if self.total is None else f"/{self.total}"
+            self.stream.write(f"{self.label}: {self.done}{total}{suffix}\n")
             self.stream.flush()
 
     def _start_bar(self) -> None:

@@ -20,7 +20,15 @@ from handlers.batch.reporting import ABANDONED_AFTER_SECONDS, Reporter, new_work
 from handlers.batch.results import REJECTED, UNKNOWN, outcome_of, rfc3339
 from handlers.clients.healthcare import ApiError, HealthcareApi, Operation
 from handlers.clients.storage import Conflict, Document, StateStore
-from handlers.exports.request import ExportRequest, check_destination, check_paths_exist
+from handlers.exports.query import CAP_RULE, OnPage, search_paths
+from handlers.exports.request import (
+    ExportRequest,
+    ExportRequestError,
+    check_destination,
+    check_paths_exist,
+    count_levels,
+    filter_text,
+)
 from handlers.retry import Deadline, RetryLater
 
 EXPORT_SCHEMA = "dicom-export-result/v1"
@@ -36,7 +44,7 @@ def export_message(request: ExportRequest, record: Mapping[str, Any], *, outcome
         "store": request.store,
         "destination": request.destination,
         "mimeType": request.mime_type,
-        "filter": {"uri": record.get("filterUri"), **request.summary()} if request.paths else None,
+        "filter": _filter(request, record),
         "operation": operation.name if operation else record.get("operation"),
         "counter": {"success": success, "failure": failure},
         "error": dict(error or (operation.error if operation and operation.error else {})) or None,
@@ -52,6 +60,14 @@ def export_message(request: ExportRequest, record: Mapping[str, Any], *, outcome
     attributes = {"schema": EXPORT_SCHEMA, "outcome": outcome, "failureCount": str(failure),
                   "successCount": str(success), "store": request.store, "requestId": request.request_id}
     return data, attributes
+
+
+def _filter(request: ExportRequest, record: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The result's ``filter``: the file, what its paths name, and the query that found them."""
+    if "filter" in record:
+        return record["filter"]
+    # A record started before the filter summary was recorded.
+    return {"uri": record.get("filterUri"), **count_levels(request.paths), "query": None} if request.paths else None
 
 
 def export_hint(code: int | None, request: ExportRequest, state_bucket: str) -> str | None:
@@ -76,23 +92,27 @@ class ExportJob:
     #: ``exports.destinations``: the only folders an export may be written to (none: every export is refused).
     destinations: tuple[str, ...] = ()
     config_path: str = "config.yaml"
+    #: ``exports.max_query_results``: a query matching more is refused.
+    max_query_results: int = 10_000
 
     def record_path(self, request: ExportRequest) -> str:
         return f"exports/{request.request_id}.json"
 
-    def run(self, request: ExportRequest, deadline: Deadline) -> dict[str, Any]:
+    def run(self, request: ExportRequest, deadline: Deadline, *, page_size: int | None = None,
+            on_page: OnPage | None = None) -> dict[str, Any]:
         """The published result message; RetryLater when the budget ends first.
 
         Until its export call is made, a request is checked against ``destinations``
-        (ExportRequestError naming the rule); a new one then with :func:`check_paths_exist`
-        (ExportRequestError when it names something the store does not hold).
+        (ExportRequestError naming the rule). A new one then has its query searched
+        (``page_size`` results a page, ``on_page`` after each) or its paths checked with
+        :func:`check_paths_exist` (ExportRequestError when they name nothing in the store).
         """
         path = self.record_path(request)
         worker = new_worker()
         record = self.store.read(path)
         if record is None or record.data["state"] == STARTING:
             check_destination(request.destination, self.destinations, self.config_path)
-        record = record or self._start(request, path, deadline)
+        record = record or self._start(request, path, deadline, page_size, on_page)
         while True:
             state = record.data["state"]
             if state == DONE:
@@ -111,16 +131,29 @@ class ExportJob:
             except Conflict:
                 record = self.store.read(path) or record
 
-    def _start(self, request: ExportRequest, path: str, deadline: Deadline) -> Document:
-        check_paths_exist(self.api, request, deadline)
-        filter_uri = None
-        if request.paths:
+    def _start(self, request: ExportRequest, path: str, deadline: Deadline, page_size: int | None,
+               on_page: OnPage | None) -> Document:
+        paths, query = request.paths, None
+        if request.query is not None:
+            found = search_paths(self.api, request.store, request.query, cap=self.max_query_results,
+                                 deadline=deadline, page_size=page_size, on_page=on_page)
+            if not found.paths:
+                raise ExportRequestError(f"the query {request.query.where!r} matches no {request.query.level} in "
+                                         f"{request.store}: check its values (dates as YYYYMMDD), nothing was exported")
+            paths = found.paths
+            query = {"where": request.query.where, "level": request.query.level, "matches": len(paths),
+                     "pages": found.pages}
+        else:
+            check_paths_exist(self.api, request, deadline)
+        filter_uri = summary = None
+        if paths:
             filter_path = f"exports/{request.request_id}.filter.txt"
-            self.store.write_text(filter_path, request.filter_text)
+            self.store.write_text(filter_path, filter_text(paths))
             filter_uri = f"gs://{self.store.bucket}/{filter_path}"
+            summary = {"uri": filter_uri, **count_levels(paths), "query": query}
         data = {"state": STARTING, "requestId": request.request_id, "store": request.store,
                 "destination": request.destination, "mimeType": request.mime_type, "filterUri": filter_uri,
-                "requestedAt": self.clock(), "operation": None, "callStartedAt": None}
+                "filter": summary, "requestedAt": self.clock(), "operation": None, "callStartedAt": None}
         try:
             return Document(data, self.store.create(path, data))
         except Conflict:
@@ -146,7 +179,9 @@ class ExportJob:
                                   {"code": exc.code, "status": exc.status, "message": exc.message},
                                   export_hint(exc.code, request, self.store.bucket))
         running = {**claimed, "state": RUNNING, "operation": operation.name}
-        log.info("export started", operation=operation.name, requestId=request.request_id, paths=len(request.paths))
+        counts = claimed.get("filter") or {}
+        log.info("export started", operation=operation.name, requestId=request.request_id,
+                 paths=sum(counts.get(level, 0) for level in ("studies", "series", "instances")))
         return Document(running, self.store.replace(path, running, generation))
 
     def _follow(self, request: ExportRequest, record: Document, path: str, deadline: Deadline,
@@ -206,6 +241,9 @@ def rejection_message(request_id: str, store: str | None, destination: str | Non
     if rule is None:
         error: dict[str, Any] = {"code": 400, "status": "INVALID_ARGUMENT", "message": reason}
         hint = "fix the request and send it again"
+    elif rule == CAP_RULE:
+        error = {"code": 400, "status": "INVALID_ARGUMENT", "message": reason, "rule": rule}
+        hint = f"narrow the query, or have the operators raise {rule} in config.yaml"
     else:
         error = {"code": 403, "status": "PERMISSION_DENIED", "message": reason, "rule": rule}
         hint = f"refused by {rule} in config.yaml: request an allowed value, or have the operators change {rule}"

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from handlers.clients.healthcare import ApiError, HealthcareApi
+from handlers.exports.paths import ExportRequestError, resource_path
+from handlers.exports.query import Query
 from handlers.retry import Deadline, RetryLater
 from handlers.wildcard import WILDCARD_CHARS, WildcardError, split_gcs_uri
 
 DEFAULT_MIME_TYPE = "application/dicom; transfer-syntax=*"
-_UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 _PATH_RE = re.compile(r"/studies/([^/]+)(?:/series/([^/]+)(?:/instances/([^/]+))?)?")
 _MIME_RE = re.compile(
     r"(application/dicom|application/octet-stream)(; ?transfer-syntax=(\*|[0-9]+(\.[0-9]+)*))?"
@@ -40,30 +41,6 @@ MAX_CHECKED_PATHS = 100
 #: The config rules a request can be refused by (named in the REJECTED result's ``error.rule``).
 DESTINATIONS_RULE = "exports.destinations"
 STORES_RULE = "stores"
-
-
-class ExportRequestError(ValueError):
-    """A request refused before any call: the message names the field and the fix; ``rule`` the config rule, if any."""
-
-    def __init__(self, message: str, rule: str | None = None) -> None:
-        super().__init__(message)
-        self.rule = rule
-
-
-def check_uid(uid: str, what: str) -> str:
-    """A DICOM UID: digits and dots, at most 64 characters (leading zeros tolerated, as found in real data)."""
-    if not isinstance(uid, str) or len(uid) > 64 or not _UID_RE.fullmatch(uid):
-        raise ExportRequestError(f"{what} {uid!r} is not a DICOM UID: digits separated by dots, at most 64 characters")
-    return uid
-
-
-def resource_path(study: str, series: str | None = None, instance: str | None = None) -> str:
-    path = f"/studies/{check_uid(study, 'study UID')}"
-    if series is not None:
-        path += f"/series/{check_uid(series, 'series UID')}"
-    if instance is not None:
-        path += f"/instances/{check_uid(instance, 'instance UID')}"
-    return path
 
 
 def parse_filter_lines(text: str, source: str) -> list[str]:
@@ -91,16 +68,21 @@ class ExportRequest:
     paths: tuple[str, ...] = ()
     mime_type: str = DEFAULT_MIME_TYPE
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: Export what this QIDO-RS search finds (the job searches, then writes the filter file).
+    query: Query | None = None
 
     @classmethod
     def build(cls, *, store: str, destination: str, studies: Iterable[str] = (), series: Iterable[str] = (),
               instances: Iterable[str] = (), filter_lines: Iterable[str] = (), mime_type: str | None = None,
-              request_id: str | None = None) -> "ExportRequest":
+              request_id: str | None = None, query: Query | None = None) -> "ExportRequest":
         """Validate every part; ``series`` are ``STUDY/SERIES``, ``instances`` ``STUDY/SERIES/INSTANCE``."""
         paths = [resource_path(uid) for uid in studies]
         paths += [resource_path(*_split(item, 2, "--series", "STUDY_UID/SERIES_UID")) for item in series]
         paths += [resource_path(*_split(item, 3, "--instance", "STUDY_UID/SERIES_UID/INSTANCE_UID")) for item in instances]
         paths += list(filter_lines)
+        if query is not None and paths:
+            raise ExportRequestError("a query selects the UIDs itself: give either a query or studies, series, "
+                                     "instances and filter lines, not both")
         _check_destination(destination)
         mime = mime_type or DEFAULT_MIME_TYPE
         if not _MIME_RE.fullmatch(mime):
@@ -111,18 +93,26 @@ class ExportRequest:
         rid = request_id or uuid.uuid4().hex
         if not REQUEST_ID_RE.fullmatch(rid):
             raise ExportRequestError(f"requestId {rid!r} must be 1-128 letters, digits, '.', '_' or '-'")
-        return cls(store, destination, tuple(dict.fromkeys(paths)), mime, rid)
+        return cls(store, destination, tuple(dict.fromkeys(paths)), mime, rid, query)
 
     @property
-    def filter_text(self) -> str:
-        return "".join(f"{path}\n" for path in self.paths)
+    def filtered(self) -> bool:
+        """Whether a filter file selects what is exported (paths, or a query's matches)."""
+        return bool(self.paths) or self.query is not None
 
-    def summary(self) -> dict[str, int]:
-        counts = {"studies": 0, "series": 0, "instances": 0}
-        for path in self.paths:
-            depth = path.count("/") // 2
-            counts[("studies", "series", "instances")[depth - 1]] += 1
-        return counts
+
+def filter_text(paths: Iterable[str]) -> str:
+    """A filter file: one resource path a line."""
+    return "".join(f"{path}\n" for path in paths)
+
+
+def count_levels(paths: Iterable[str]) -> dict[str, int]:
+    """How many of ``paths`` name studies, series and instances."""
+    counts = {"studies": 0, "series": 0, "instances": 0}
+    for path in paths:
+        depth = path.count("/") // 2
+        counts[("studies", "series", "instances")[depth - 1]] += 1
+    return counts
 
 
 def check_paths_exist(api: HealthcareApi, request: ExportRequest, deadline: Deadline) -> None:
@@ -173,7 +163,8 @@ def request_from_message(body: Any, stores: Mapping[str, str], default_id: str) 
     """An export request from a Pub/Sub message body (same options as the CLI)."""
     if not isinstance(body, dict):
         raise ExportRequestError("the export request must be a JSON object with 'store' and 'destination'")
-    known = {"store", "destination", "studies", "series", "instances", "filterLines", "mimeType", "requestId"}
+    known = {"store", "destination", "studies", "series", "instances", "filterLines", "query", "queryLevel",
+             "mimeType", "requestId"}
     unknown = sorted(set(body) - known)
     if unknown:
         raise ExportRequestError(f"unknown field(s) {', '.join(unknown)}: known fields are {', '.join(sorted(known))}")
@@ -187,10 +178,13 @@ def request_from_message(body: Any, stores: Mapping[str, str], default_id: str) 
             raise ExportRequestError(f"'{key}' must be a list of strings")
         lists[key] = value
     filter_lines = parse_filter_lines("\n".join(lists["filterLines"]), "filterLines")
+    query = None
+    if "query" in body or "queryLevel" in body:
+        query = Query.parse(body.get("query"), body.get("queryLevel", "study"))
     return ExportRequest.build(
         store=resolve_store(body["store"], stores), destination=body["destination"], studies=lists["studies"],
         series=lists["series"], instances=lists["instances"], filter_lines=filter_lines,
-        mime_type=body.get("mimeType"), request_id=body.get("requestId") or default_id)
+        mime_type=body.get("mimeType"), request_id=body.get("requestId") or default_id, query=query)
 
 
 def resolve_store(store: str, stores: Mapping[str, str]) -> str:

@@ -70,8 +70,8 @@ def closed_port() -> int:
 
 
 def write_config(path: Path, rules: str, *, ignore: str = "[]", names: str = "plain",
-                 stores: str = "main: ${DICOM_STORE}") -> Path:
-    """A config file with the given rules (YAML list text) and the usual other sections."""
+                 stores: str = "main: ${DICOM_STORE}", extra: str = "") -> Path:
+    """A config file with the given rules (YAML list text), the usual other sections, and ``extra`` sections."""
     path.write_text(f"""\
 stores:
   {stores}
@@ -88,7 +88,7 @@ results:
   object_names: {names}
 followup:
   topic: ${{FOLLOWUP_TOPIC}}
-""")
+{extra}""")
     return path
 
 

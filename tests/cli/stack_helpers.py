@@ -51,13 +51,14 @@ class Scenario:
 
     # -- config and command line ----------------------------------------------------------
     def config(self, *, match: str = "**.dcm", ignore: Iterable[str] = (), names: str = "plain",
-               stores: dict[str, str] | None = None) -> str:
-        """A config whose one rule imports the scenario's bucket into store ``main``; ``stores`` adds aliases."""
+               stores: dict[str, str] | None = None, extra: str = "") -> str:
+        """A config whose one rule imports the scenario's bucket into store ``main``; ``stores`` adds aliases,
+        ``extra`` sections (YAML text)."""
         ignores = "[" + ", ".join(f"gs://{self.bucket}/{pattern}" for pattern in ignore) + "]"
         rules = f"  - {{name: {self.rule}, match: 'gs://{self.bucket}/{match}', store: main}}\n"
         aliases = "\n  ".join(f"{alias}: {name}" for alias, name in {"main": self.store, **(stores or {})}.items())
         path = write_config(self.workdir / f"{unique('config')}.yaml", rules, ignore=ignores, names=names,
-                            stores=aliases)
+                            stores=aliases, extra=extra)
         return str(path)
 
     def args(self, config: str, *argv: str) -> list[str]:

@@ -51,7 +51,7 @@ def test_a_study_export_publishes_its_result_and_writes_the_filter_file(cli, fil
     printed = json.loads(result.out)
     assert printed["outcome"] == "SUCCEEDED" and printed["counter"] == {"success": 4, "failure": 0}
     assert printed["filter"] == {"uri": f"gs://{filled.state_bucket}/exports/{folder}-1.filter.txt",
-                                 "studies": 1, "series": 0, "instances": 0}
+                                 "studies": 1, "series": 0, "instances": 0, "query": None}
     assert filled.read_text(filled.state_bucket, f"exports/{folder}-1.filter.txt") == f"/studies/{study}\n"
     assert exported(filled, folder) == expected(folder, filled.study_a)
     [(message, attributes)] = filled.results(1, requestId=f"{folder}-1")
@@ -121,3 +121,75 @@ def test_a_bad_uid_unknown_store_or_destination_outside_the_allow_list_is_refuse
     assert absent.code == 1 and "Traceback" not in absent.err
     assert absent.err.splitlines()[-1].startswith(
         f"error: cannot search DICOM store {gone} for the filter paths: 404 NOT_FOUND")
+
+
+@pytest.fixture
+def cohort(scenario):
+    """Five studies in the scenario's store; the query ModalitiesInStudy=CT&StudyDate=2026... matches two."""
+    studies = {
+        "ct-jan": make_study(2, 2, modality="CT", study_date="20260110"),
+        "ct-dec": make_series(1, modality="CT", study_date="20261231"),
+        "ct-2025": make_series(2, modality="CT", study_date="20251231"),
+        "mr-jun": make_series(1, modality="MR", study_date="20260615"),
+        "ct-2027": make_series(1, modality="CT", study_date="20270101"),
+    }
+    scenario.upload(files([item for items in studies.values() for item in items], "cohort/"))
+    scenario.import_now(f"gs://{scenario.bucket}/cohort/**.dcm")
+    scenario.cohort = studies
+    return scenario
+
+
+WHERE = "ModalitiesInStudy=CT&StudyDate=20260101-20261231"
+
+
+def test_export_where_exports_exactly_the_matching_studies_and_keeps_the_filter_file(cli, cohort):
+    folder = cohort.rule
+    result = cli(*cohort.args(cohort.config(), "export", "--store", "main", "--to", f"gs://{cohort.export_bucket}/{folder}",
+                              "--where", WHERE, "--request-id", f"{folder}-q", "--page-size", "1", "--json"))
+    assert result.code == 0, result.err
+    printed = json.loads(result.out)
+    matching = cohort.cohort["ct-jan"] + cohort.cohort["ct-dec"]
+    studies = list(dict.fromkeys(uids.study for uids, _ in matching))
+    assert printed["outcome"] == "SUCCEEDED" and printed["counter"] == {"success": 5, "failure": 0}
+    assert printed["filter"] == {"uri": f"gs://{cohort.state_bucket}/exports/{folder}-q.filter.txt", "studies": 2,
+                                 "series": 0, "instances": 0,
+                                 "query": {"where": WHERE, "level": "study", "matches": 2, "pages": 3}}
+    kept = cohort.read_text(cohort.state_bucket, f"exports/{folder}-q.filter.txt").splitlines()
+    assert sorted(kept) == sorted(f"/studies/{uid}" for uid in studies)
+    assert exported(cohort, folder) == expected(folder, matching)
+    assert "studies found: 2 (3 pages searched)" in result.err.splitlines()
+    [(message, attributes)] = cohort.results(1, requestId=f"{folder}-q")
+    validate(message, attributes)
+    assert message == printed
+
+
+def test_export_where_at_series_level_lists_series_and_says_what_it_found(cli, cohort):
+    folder = cohort.rule
+    result = cli(*cohort.args(cohort.config(), "export", "--store", "main", "--to", f"gs://{cohort.export_bucket}/{folder}",
+                              "--where", "Modality=CT&StudyDate=-20260110", "--level", "series"))
+    assert result.code == 0, result.err
+    matching = cohort.cohort["ct-jan"] + cohort.cohort["ct-2025"]
+    assert exported(cohort, folder) == expected(folder, matching)
+    lines = result.out.splitlines()
+    assert lines[0] == "export SUCCEEDED: 6 instances exported, 0 failed"
+    assert any(line.startswith("  filter ") and line.endswith("(3 series)") for line in lines), lines
+    assert "  query        Modality=CT&StudyDate=-20260110 (series level, 3 matches, 2 pages searched)" in lines
+
+
+def test_export_where_refuses_before_writing_a_query_too_broad_empty_or_malformed(cli, cohort):
+    before = cohort.stats()
+    bad = cli(*cohort.args(cohort.config(), "export", "--store", "main", "--to", f"gs://{cohort.export_bucket}/x",
+                           "--where", "StudyDate=2026-01-01"))
+    assert bad.code == 1 and "StudyDate='2026-01-01' is not a YYYYMMDD value or range" in bad.err
+    assert cohort.calls_since(before) == {}
+    capped = cohort.config(extra="exports:\n  max_query_results: 3\n")
+    broad = cli(*cohort.args(capped, "export", "--store", "main", "--to", f"gs://{cohort.export_bucket}/x",
+                             "--where", "ModalitiesInStudy=CT", "--page-size", "2", "--request-id", f"{cohort.rule}-cap"))
+    assert broad.code == 1 and broad.err.splitlines()[-1] == (
+        f"error: the query 'ModalitiesInStudy=CT' matches more than 3 studies in {cohort.store}: narrow it (a shorter "
+        "date range, another attribute) or raise exports.max_query_results in config.yaml")
+    none = cli(*cohort.args(cohort.config(), "export", "--store", "main", "--to", f"gs://{cohort.export_bucket}/x",
+                            "--where", "StudyDate=19990101", "--request-id", f"{cohort.rule}-none"))
+    assert none.code == 1 and "matches no study in" in none.err
+    assert cohort.names(cohort.state_bucket, f"exports/{cohort.rule}-") == []
+    assert set(cohort.calls_since(before)) == {"dicomStores.searchForStudies"}

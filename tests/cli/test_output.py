@@ -81,13 +81,19 @@ def test_progress_prints_plain_lines_every_tenth_otherwise():
     assert lines == [f"admitted: {n}/100" for n in range(10, 100, 10)] + ["admitted: 100/100"]
 
 
-def test_a_growing_total_is_shown():
+def test_an_open_ended_progress_prints_each_step_and_ends_full_on_a_terminal():
     stream = io.StringIO()
-    with Progress(stream, "found", 0) as progress:
-        progress.add_total(3)
-        progress.advance(3)
+    with Progress(stream, "studies found", None) as progress:
+        progress.advance(5000)
+        progress.advance(12)
+        progress.finish("(3 pages)")
+    assert stream.getvalue() == "studies found: 5000\nstudies found: 5012\nstudies found: 5012 (3 pages)\n"
+    terminal = Terminal()
+    with Progress(terminal, "studies found", None) as progress:
+        progress.advance(7)
         progress.finish("(2 pages)")
-    assert stream.getvalue() == "found: 3/3 (2 pages)\n"
+    last = plain(terminal.getvalue()).replace("\r", "\n").splitlines()[-1]
+    assert re.fullmatch(r"studies found \S+ 7/7 ([0-9.]+|-)/s 0:00:0\d left 0:00:00 \(2 pages\)", last.rstrip()), last
 
 
 def test_failures_are_red_on_a_terminal_unless_no_color(monkeypatch):

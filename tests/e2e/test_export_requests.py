@@ -11,6 +11,8 @@ import pytest
 
 from localstack.observe import ResultsReader, api_calls
 from localstack.pubsub import PubSubRest
+from localstack.samples import make_series
+from tests.e2e.helpers import storage, unique_prefix, upload, wait_for_names
 from tests.message_schemas import validate
 
 pytestmark = pytest.mark.e2e
@@ -65,3 +67,33 @@ def test_a_store_not_in_the_config_is_rejected_naming_the_rule(env, reader):
     result = result_of(reader, request_id)
     assert result["outcome"] == "REJECTED" and result["error"]["rule"] == "stores"
     assert f"store '{elsewhere}' is not one of the stores in config.yaml" in result["error"]["message"]
+
+
+def test_a_query_on_pubsub_exports_exactly_the_matching_studies(env, reader):
+    """Studies of one patient (unique to this run) imported through the function, then exported by query."""
+    patient = f"E2E-{uuid.uuid4().hex[:8]}"
+    studies = {
+        "ct-match": make_series(2, modality="CT", study_date="20260301", patient_id=patient),
+        "ct-match-2": make_series(1, modality="CT", study_date="20261130", patient_id=patient),
+        "mr-in-range": make_series(1, modality="MR", study_date="20260301", patient_id=patient),
+        "ct-out-of-range": make_series(1, modality="CT", study_date="20250301", patient_id=patient),
+    }
+    prefix = unique_prefix("query")
+    files = [(f"{prefix}{uids.sop}.dcm", data) for items in studies.values() for uids, data in items]
+    upload(env, files)
+    wait_for_names(reader, env["INBOX_BUCKET"], prefix, [name[len(prefix):] for name, _ in files], timeout=120)
+
+    folder = prefix.rstrip("/")
+    where = f"PatientID={patient}&ModalitiesInStudy=CT&StudyDate=20260101-20261231"
+    request_id = request_export(env, {"store": "main", "destination": f"gs://{env['EXPORT_BUCKET']}/{folder}",
+                                      "query": where})
+    result = result_of(reader, request_id)
+    assert result["outcome"] == "SUCCEEDED", result
+    assert result["filter"]["query"] == {"where": where, "level": "study", "matches": 2, "pages": 2}
+    matching = studies["ct-match"] + studies["ct-match-2"]
+    exported = sorted(blob.name for blob in storage(env).list_blobs(env["EXPORT_BUCKET"], prefix=f"{folder}/"))
+    assert exported == sorted(f"{folder}/{u.study}/{u.series}/{u.sop}.dcm" for u, _ in matching)
+    filter_uri = result["filter"]["uri"]
+    bucket, _, name = filter_uri[len("gs://"):].partition("/")
+    kept = storage(env).bucket(bucket).blob(name).download_as_text().splitlines()
+    assert sorted(kept) == sorted({f"/studies/{u.study}" for u, _ in matching})

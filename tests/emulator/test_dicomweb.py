@@ -129,3 +129,95 @@ def test_retrieve_missing_instance_or_store_is_404(api, loaded):
     missing = f"{store.web}/studies/{study_a}/series/{uids.series}/instances/1.2.3"
     assert_google_error(api.call("GET", missing), 404, "NOT_FOUND", "instances/1.2.3")
     assert_google_error(api.call("GET", f"{store.dataset}/dicomStores/none/dicomWeb/studies"), 404, "NOT_FOUND")
+
+
+@pytest.fixture
+def dated(api: Api, store: StoreRef, upload):
+    """Four one-instance studies: (StudyDate, StudyTime, Modality) as below, in this order."""
+    when = [("20251231", "235959", "CT"), ("20260101", "080000", "CT"), ("20260615", "1230", "MR"),
+            ("20261231", "173000.25", "CT")]
+    studies = []
+    for date, time, modality in when:
+        [(uids, data)] = make_series(1, study_date=date, modality=modality)
+        data = _with(data, StudyTime=time)
+        upload(f"d/{uids.sop}.dcm", data)
+        studies.append(uids.study)
+    done = api.import_and_wait(store, upload("d/x.txt", b"").rsplit("/", 1)[0] + "/*.dcm")
+    assert counter(done) == {"success": "4"}
+    return store, studies
+
+
+def _with(data: bytes, **attributes) -> bytes:
+    ds = pydicom.dcmread(BytesIO(data))
+    for keyword, value_ in attributes.items():
+        setattr(ds, keyword, value_)
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("query, expected", [
+    ({"StudyDate": "20260101-20261231"}, [1, 2, 3]),
+    ({"StudyDate": "-20260101"}, [0, 1]),
+    ({"StudyDate": "20260615-"}, [2, 3]),
+    ({"StudyDate": "20260101-20260101"}, [1]),
+    ({"StudyDate": "20260101"}, [1]),
+    ({"ModalitiesInStudy": "CT", "StudyDate": "20260101-20261231"}, [1, 3]),
+    ({"00080020": "20250101-20251231"}, [0]),
+    ({"StudyTime": "08-12"}, [1, 2]),  # 08:00:00 up to 12:59:59.999999: 12:30 is inside
+    ({"StudyTime": "0800-1229"}, [1]),
+    ({"StudyTime": "123000-"}, [0, 2, 3]),
+    ({"StudyTime": "-173000"}, [1, 2, 3]),  # a bound covers all its precision names: 17:30:00.25 is inside
+    ({"StudyTime": "-172959"}, [1, 2]),
+    ({"StudyTime": "-173000.1"}, [1, 2]),  # up to 17:30:00.199999: 17:30:00.25 is after it
+
+])
+def test_date_and_time_ranges_match_as_ps3_4_says(api, dated, query, expected):
+    store, studies = dated
+    found = [value(s, "0020000D") for s in api.qido(store, "studies", **query)]
+    assert sorted(found) == sorted(studies[i] for i in expected)
+
+
+def test_a_range_works_at_series_and_instance_level_too(api, dated):
+    store, studies = dated
+    series = api.qido(store, "series", StudyDate="20260101-20261231", Modality="CT")
+    assert sorted(value(s, "0020000D") for s in series) == sorted([studies[1], studies[3]])
+    instances = api.qido(store, "instances", StudyDate="-20251231")
+    assert [value(i, "0020000D") for i in instances] == [studies[0]]
+
+
+@pytest.mark.parametrize("query, fragment", [
+    ({"StudyDate": "2026-01-01"}, "is not a DA range"),
+    ({"StudyDate": "20261231-20260101"}, "ends before it starts"),
+    ({"StudyDate": "-"}, "has no bound"),
+    ({"StudyTime": "25:00-"}, "is not a TM range"),
+])
+def test_malformed_ranges_are_400(api, dated, query, fragment):
+    store, _ = dated
+    assert_google_error(api.call("GET", f"{store.web}/studies", params=query), 400, "INVALID_ARGUMENT", fragment)
+
+
+def test_paging_walks_every_match_once_and_warns_while_more_remain(api, dated):
+    store, studies = dated
+    seen, offset, warnings = [], 0, []
+    while True:
+        response = api.call("GET", f"{store.web}/studies", params={"limit": "3", "offset": str(offset)})
+        assert response.status_code == 200
+        page = response.json()
+        warnings.append(response.headers.get("Warning"))
+        if not page:
+            break
+        seen += [value(s, "0020000D") for s in page]
+        offset += len(page)
+    assert sorted(seen) == sorted(studies) and len(seen) == len(set(seen))
+    assert warnings[0].startswith("299 ") and warnings[0].endswith('"There are additional results that can be requested"')
+    assert warnings[1:] == [None, None], "the last page and the empty page past the end carry no warning"
+
+
+def test_limit_defaults_to_and_is_clamped_at_the_maximum_and_offset_is_bounded(api, dated):
+    store, studies = dated
+    assert len(api.qido(store, "studies")) == 4
+    assert len(api.qido(store, "studies", limit=999999)) == 4
+    assert api.qido(store, "studies", offset=4) == [] and api.qido(store, "studies", offset=1_000_000) == []
+    assert_google_error(api.call("GET", f"{store.web}/studies", params={"offset": "1000001"}), 400,
+                        "INVALID_ARGUMENT", "offset")

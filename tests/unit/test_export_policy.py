@@ -102,6 +102,14 @@ def test_a_list_is_required_and_duplicates_are_reported():
         "c.yaml:14: unknown key 'destination' in exports: did you mean 'destinations'?")
 
 
+def test_the_query_cap_is_read_and_bounded():
+    assert load().exports.max_query_results == 10_000
+    assert load("exports:\n  max_query_results: 250\n").exports.max_query_results == 250
+    assert problems("exports:\n  max_query_results: 2000000\n") == [
+        "c.yaml:14: max_query_results must be between 1 and 1000000, got 2000000"]
+    assert problems("exports:\n  max_query_results: many\n") == ["c.yaml:14: max_query_results must be a number, got 'many'"]
+
+
 def test_a_default_export_bucket_that_is_watched_is_a_config_problem():
     assert problems("", EXPORT_BUCKET="inbox-bkt")[0].startswith(
         "c.yaml:1: the default export destination (${EXPORT_BUCKET}) 'gs://inbox-bkt/' is in bucket 'inbox-bkt'")

@@ -2,7 +2,14 @@
 
 import pytest
 
-from handlers.exports.request import ExportRequest, ExportRequestError, parse_filter_lines, request_from_message
+from handlers.exports.request import (
+    ExportRequest,
+    ExportRequestError,
+    count_levels,
+    filter_text,
+    parse_filter_lines,
+    request_from_message,
+)
 from handlers.exports.job import EXPORT_SCHEMA, ExportJob
 from handlers.clients.healthcare import ApiError
 from handlers.batch.reporting import Reporter
@@ -37,8 +44,8 @@ def test_request_builds_paths_without_duplicates_and_counts_levels():
     request = ExportRequest.build(store=STORE, destination="gs://out-bkt/exports", studies=["1.2", "1.2"],
                                   series=["1.3/4.5"], instances=["1.3/4.5/6.7"], filter_lines=["/studies/1.2"])
     assert request.paths == ("/studies/1.2", "/studies/1.3/series/4.5", "/studies/1.3/series/4.5/instances/6.7")
-    assert request.summary() == {"studies": 1, "series": 1, "instances": 1}
-    assert request.filter_text.endswith("/instances/6.7\n")
+    assert count_levels(request.paths) == {"studies": 1, "series": 1, "instances": 1}
+    assert filter_text(request.paths).endswith("/instances/6.7\n")
 
 
 @pytest.mark.parametrize(
@@ -106,7 +113,8 @@ def test_filtered_export_writes_the_filter_file_and_reports_once():
     result = s.new_job().run(request, Deadline(60))
     assert result["schema"] == EXPORT_SCHEMA and result["outcome"] == "SUCCEEDED"
     assert result["counter"] == {"success": 4, "failure": 0}
-    assert result["filter"] == {"uri": "gs://state-bkt/exports/r1.filter.txt", "studies": 1, "series": 0, "instances": 0}
+    assert result["filter"] == {"uri": "gs://state-bkt/exports/r1.filter.txt", "studies": 1, "series": 0, "instances": 0,
+                                "query": None}
     assert s.new_job().run(request, Deadline(60)) == result
     assert len(s.api.exports) == 1 and len(s.publisher.messages) == 1
 

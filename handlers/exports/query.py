@@ -1,0 +1,158 @@
+"""Export by query: QIDO-RS match parameters, searched page by page, become the paths of a filter file.
+
+``ModalitiesInStudy=CT&StudyDate=20260101-20261231`` at study, series or instance level:
+:meth:`Query.parse` checks it before any call (keys, date and time forms, no paging
+parameters of its own); :func:`search_paths` then asks the store for every match with
+``limit``/``offset`` until a page comes back empty, and refuses a search that matches
+more than the config's ``exports.max_query_results``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import parse_qsl
+
+from handlers.clients.healthcare import ApiError, HealthcareApi
+from handlers.exports.paths import ExportRequestError, resource_path
+from handlers.retry import Deadline, RetryLater
+
+CAP_RULE = "exports.max_query_results"
+STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
+#: level -> (QIDO resource, the UIDs of a result, the plural for messages)
+LEVELS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "study": ("studies", (STUDY_UID,), "studies"),
+    "series": ("series", (STUDY_UID, SERIES_UID), "series"),
+    "instance": ("instances", (STUDY_UID, SERIES_UID, SOP_UID), "instances"),
+}
+#: ``on_page(found, pages, last)``: after each page of a search (``last``: the search is over).
+OnPage = Callable[[int, int, bool], None]
+#: The largest ``limit`` the Cloud Healthcare API accepts at each level: the default page size.
+MAX_PAGE_SIZE = {"study": 5000, "series": 5000, "instance": 50000}
+_SET_BY_US = ("limit", "offset", "includefield")
+_KEY_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*|[0-9A-Fa-f]{8}")
+# The value forms of dates, times and date-times (PS3.5 DA, TM, DT), alone or as a range A-B, -B, A-.
+_FORMS = {
+    "Date": (r"\d{8}", "YYYYMMDD", "20260101-20261231"),
+    "Time": (r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?", "HHMMSS", "080000-173000"),
+    "DateTime": (r"\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?", "YYYYMMDDHHMMSS",
+                 "20260101000000-20261231235959"),
+}
+
+
+@dataclass(frozen=True)
+class Query:
+    """QIDO-RS match parameters (as written) and the level whose UIDs they select."""
+
+    where: str
+    level: str = "study"
+    params: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, where: Any, level: Any = "study") -> "Query":
+        """Validate ``KEY=VALUE&KEY=VALUE``; ExportRequestError naming the part and the fix."""
+        if level not in LEVELS:
+            raise ExportRequestError(f"query level {level!r} must be one of {', '.join(LEVELS)}")
+        if not isinstance(where, str) or not where.strip().lstrip("?"):
+            raise ExportRequestError("the query is empty: give QIDO-RS parameters such as "
+                                     "ModalitiesInStudy=CT&StudyDate=20260101-20261231 (no query exports the whole store)")
+        text = where.strip().lstrip("?")
+        try:
+            params = parse_qsl(text, keep_blank_values=True, strict_parsing=True)
+        except ValueError:
+            raise ExportRequestError(f"query {text!r} is not KEY=VALUE&KEY=VALUE "
+                                     "(e.g. ModalitiesInStudy=CT&StudyDate=20260101-20261231)") from None
+        seen: set[str] = set()
+        for key, value in params:
+            _check(key, value, seen)
+        if all(key == "fuzzymatching" for key, _ in params):
+            raise ExportRequestError(f"query {text!r} has no match key: name an attribute such as StudyDate")
+        return cls(text, level, tuple(params))
+
+    @property
+    def plural(self) -> str:
+        return LEVELS[self.level][2]
+
+
+def _check(key: str, value: str, seen: set[str]) -> None:
+    if key in _SET_BY_US:
+        raise ExportRequestError(f"query parameter {key!r} is set by the exporter (it pages through every match "
+                                 "and asks for the UIDs it needs): remove it")
+    if not _KEY_RE.fullmatch(key):
+        raise ExportRequestError(f"query key {key!r} is not a DICOM keyword or tag (e.g. StudyDate or 00080020)")
+    if key in seen:
+        raise ExportRequestError(f"query key {key!r} is given twice: QIDO-RS matches one value per attribute "
+                                 "(list UIDs with commas, dates as a range A-B)")
+    seen.add(key)
+    if key == "fuzzymatching" and value not in ("true", "false"):
+        raise ExportRequestError(f"fuzzymatching must be true or false, got {value!r}")
+    for suffix in ("DateTime", "Date", "Time"):
+        if key.endswith(suffix):
+            form, shape, example = _FORMS[suffix]
+            if value and not re.fullmatch(rf"({form})|({form})?-({form})?", value) or value == "-":
+                raise ExportRequestError(f"{key}={value!r} is not a {shape} value or range: write it as {example}, "
+                                         f"-{example.split('-')[1]} or {example.split('-')[0]}-")
+            low, dash, high = value.partition("-")
+            if dash and low and high and len(low) == len(high) and low > high:
+                raise ExportRequestError(f"{key}={value!r}: the range ends before it starts (write the earlier "
+                                         "value first)")
+            return
+
+
+def _path(item: dict[str, Any], level: str) -> str | None:
+    """``/studies/S[/series/R[/instances/I]]`` of one QIDO result (None when a UID is missing)."""
+    uids = []
+    for tag in LEVELS[level][1]:
+        values = (item.get(tag) or {}).get("Value") or []
+        if not values or not isinstance(values[0], str):
+            return None
+        uids.append(values[0])
+    return resource_path(*uids)
+
+
+@dataclass(frozen=True)
+class Found:
+    """What a search found: the filter paths in store order, and how many pages it took."""
+
+    paths: tuple[str, ...]
+    pages: int
+
+
+def search_paths(api: HealthcareApi, store: str, query: Query, *, cap: int, deadline: Deadline,
+                 page_size: int | None = None, on_page: OnPage | None = None) -> Found:
+    """Every match of ``query`` in ``store``, page by page (``on_page(found, pages, last)`` after each).
+
+    Stops at the first empty page (servers may return fewer than ``limit`` before the end), or
+    at a page that adds nothing new (a server ignoring ``offset``). ExportRequestError when the
+    API refuses the query or it matches more than ``cap``; RetryLater when the API cannot answer yet.
+    """
+    resource, uid_tags, plural = LEVELS[query.level]
+    size = min(page_size or MAX_PAGE_SIZE[query.level], MAX_PAGE_SIZE[query.level])
+    found: dict[str, None] = {}
+    pages = 0
+    while True:
+        if deadline.expired:
+            raise RetryLater(f"searching {store} for {query.where!r}: {len(found)} {plural} after {pages} pages; "
+                             "the search starts again on the next delivery")
+        params = {**dict(query.params), "includefield": ",".join(uid_tags), "limit": str(size),
+                  "offset": str(len(found))}
+        try:
+            page = api.search_dicom(store, resource, params, deadline)
+        except ApiError as exc:
+            if exc.retryable:
+                raise RetryLater(f"cannot search {store} yet: {exc}") from None
+            raise ExportRequestError(f"the Cloud Healthcare API refused the query {query.where!r} on {store}: "
+                                     f"{exc.message}: fix the query") from None
+        pages += 1
+        before = len(found)
+        found.update((path, None) for path in (_path(item, query.level) for item in page) if path)
+        if len(found) > cap:
+            raise ExportRequestError(
+                f"the query {query.where!r} matches more than {cap:,} {plural} in {store}: narrow it (a shorter date "
+                f"range, another attribute) or raise {CAP_RULE} in config.yaml", CAP_RULE)
+        last = not page or len(found) == before
+        if on_page is not None:
+            on_page(len(found), pages, last)
+        if last:
+            return Found(tuple(found), pages)

@@ -1,0 +1,218 @@
+"""Export by query: the QIDO-RS parameters checked before any call, the search paged to its end, the cap,
+the filter file written from what was found, and the result message that says so (schema-validated)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from cloudevents.http import CloudEvent
+
+from handlers import entrypoints, runtime
+from handlers.batch.reporting import Reporter
+from handlers.clients.healthcare import ApiError
+from handlers.exports.job import ExportJob
+from handlers.exports.query import CAP_RULE, Query, search_paths
+from handlers.exports.request import ExportRequest, ExportRequestError, request_from_message
+from handlers.retry import Deadline, RetryLater
+from tests.fakes import FakeApi, FakeClock, FakePublisher, MemoryStateStore
+from tests.message_schemas import validate
+
+STORE = "projects/p/locations/l/datasets/d/dicomStores/s"
+WHERE = "ModalitiesInStudy=CT&StudyDate=20260101-20261231"
+
+
+# -- parsing --------------------------------------------------------------------------------------------------
+
+def test_a_query_keeps_its_text_level_and_parameters():
+    query = Query.parse("?" + WHERE + "&00100020=P-1&fuzzymatching=false", "series")
+    assert query.where == WHERE + "&00100020=P-1&fuzzymatching=false" and query.level == "series"
+    assert query.params == (("ModalitiesInStudy", "CT"), ("StudyDate", "20260101-20261231"), ("00100020", "P-1"),
+                            ("fuzzymatching", "false"))
+    for value in ("20260101", "-20261231", "20260101-", ""):
+        assert Query.parse(f"StudyDate={value}").params == (("StudyDate", value),)
+    assert Query.parse("StudyTime=0800-1730&AcquisitionDateTime=2026-").level == "study"
+
+
+@pytest.mark.parametrize("where, level, message", [
+    ("", "study", "the query is empty"),
+    ("  ?", "study", "the query is empty"),
+    (None, "study", "the query is empty"),
+    ("StudyDate", "study", "is not KEY=VALUE&KEY=VALUE"),
+    ("StudyDate=2026-01-01", "study", "StudyDate='2026-01-01' is not a YYYYMMDD value or range: write it as "
+                                      "20260101-20261231, -20261231 or 20260101-"),
+    ("StudyDate=20261231-20260101", "study", "the range ends before it starts"),
+    ("StudyDate=-", "study", "is not a YYYYMMDD value or range"),
+    ("StudyTime=8:00", "study", "is not a HHMMSS value or range"),
+    ("limit=10&Modality=CT", "study", "query parameter 'limit' is set by the exporter"),
+    ("offset=10", "study", "query parameter 'offset' is set by the exporter"),
+    ("includefield=all", "study", "query parameter 'includefield' is set by the exporter"),
+    ("Study Date=1", "study", "query key 'Study Date' is not a DICOM keyword or tag"),
+    ("Modality=CT&Modality=MR", "series", "query key 'Modality' is given twice"),
+    ("fuzzymatching=yes&PatientName=X", "study", "fuzzymatching must be true or false"),
+    ("fuzzymatching=true", "study", "has no match key"),
+    (WHERE, "patient", "query level 'patient' must be one of study, series, instance"),
+])
+def test_bad_queries_are_refused_before_any_call(where, level, message):
+    with pytest.raises(ExportRequestError, match=message.replace("(", r"\(").replace("?", r"\?")):
+        Query.parse(where, level)
+
+
+def test_a_query_excludes_listed_paths_and_pubsub_requests_carry_one():
+    with pytest.raises(ExportRequestError, match="either a query or studies"):
+        ExportRequest.build(store=STORE, destination="gs://out/x", studies=["1.2"], query=Query.parse(WHERE))
+    request = request_from_message({"store": "main", "destination": "gs://out/x", "query": WHERE,
+                                    "queryLevel": "instance"}, {"main": STORE}, "m-1")
+    assert request.query == Query.parse(WHERE, "instance") and request.paths == ()
+    with pytest.raises(ExportRequestError, match="the query is empty"):
+        request_from_message({"store": "main", "destination": "gs://out/x", "queryLevel": "series"}, {"main": STORE}, "m")
+
+
+# -- searching --------------------------------------------------------------------------------------------------
+
+def study(uid: str, series: str | None = None, sop: str | None = None) -> dict[str, Any]:
+    item = {"0020000D": {"vr": "UI", "Value": [uid]}}
+    if series:
+        item["0020000E"] = {"vr": "UI", "Value": [series]}
+    if sop:
+        item["00080018"] = {"vr": "UI", "Value": [sop]}
+    return item
+
+
+@dataclass
+class QidoStore:
+    """A store answering QIDO with limit/offset over ``matches``, recording each request."""
+
+    matches: list[dict[str, Any]]
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    errors: list[ApiError] = field(default_factory=list)
+    ignore_offset: bool = False
+
+    def search_dicom(self, store: str, resource: str, params: dict[str, str], deadline: Deadline) -> list[dict]:
+        self.requests.append((resource, dict(params)))
+        if self.errors:
+            raise self.errors.pop(0)
+        offset = 0 if self.ignore_offset else int(params["offset"])
+        return self.matches[offset:offset + int(params["limit"])]
+
+
+def test_the_search_pages_until_an_empty_page_and_keeps_store_order():
+    api = QidoStore([study(f"1.{n}") for n in range(7)])
+    seen = []
+    found = search_paths(api, STORE, Query.parse(WHERE), cap=100, deadline=Deadline(60), page_size=3,
+                         on_page=lambda n, pages, last: seen.append((n, pages, last)))
+    assert found.paths == tuple(f"/studies/1.{n}" for n in range(7)) and found.pages == 4
+    assert [params["offset"] for _, params in api.requests] == ["0", "3", "6", "7"]
+    assert api.requests[0] == ("studies", {"ModalitiesInStudy": "CT", "StudyDate": "20260101-20261231",
+                                           "includefield": "0020000D", "limit": "3", "offset": "0"})
+    assert seen == [(3, 1, False), (6, 2, False), (7, 3, False), (7, 4, True)]
+
+
+def test_series_and_instance_levels_list_their_own_paths_and_pages_are_capped_at_the_api_maximum():
+    api = QidoStore([study("1.1", "2.1"), study("1.1", "2.2")])
+    found = search_paths(api, STORE, Query.parse("Modality=CT", "series"), cap=10, deadline=Deadline(60),
+                         page_size=10**6)
+    assert found.paths == ("/studies/1.1/series/2.1", "/studies/1.1/series/2.2")
+    assert api.requests[0][0] == "series" and api.requests[0][1]["limit"] == "5000"
+    assert api.requests[0][1]["includefield"] == "0020000D,0020000E"
+    api = QidoStore([study("1.1", "2.1", "3.1")])
+    found = search_paths(api, STORE, Query.parse("SOPClassUID=1.2", "instance"), cap=10, deadline=Deadline(60))
+    assert found.paths == ("/studies/1.1/series/2.1/instances/3.1",) and api.requests[0][1]["limit"] == "50000"
+
+
+def test_a_server_ignoring_offset_does_not_loop_forever():
+    api = QidoStore([study("1.1"), study("1.2")], ignore_offset=True)
+    found = search_paths(api, STORE, Query.parse(WHERE), cap=100, deadline=Deadline(60), page_size=2)
+    assert found.paths == ("/studies/1.1", "/studies/1.2") and len(api.requests) == 2
+
+
+def test_more_matches_than_the_cap_are_refused_naming_the_rule():
+    api = QidoStore([study(f"1.{n}") for n in range(6)])
+    with pytest.raises(ExportRequestError) as info:
+        search_paths(api, STORE, Query.parse(WHERE), cap=5, deadline=Deadline(60), page_size=4)
+    assert info.value.rule == CAP_RULE
+    assert str(info.value) == (f"the query {WHERE!r} matches more than 5 studies in {STORE}: narrow it (a shorter date "
+                               "range, another attribute) or raise exports.max_query_results in config.yaml")
+    assert search_paths(QidoStore(api.matches[:5]), STORE, Query.parse(WHERE), cap=5, deadline=Deadline(60),
+                        page_size=4).paths[-1] == "/studies/1.4"
+
+
+def test_refused_queries_are_final_and_unavailable_apis_retry():
+    api = QidoStore([], errors=[ApiError(400, "INVALID_ARGUMENT", "bad StudyDate")])
+    with pytest.raises(ExportRequestError, match="refused the query .* bad StudyDate: fix the query"):
+        search_paths(api, STORE, Query.parse(WHERE), cap=5, deadline=Deadline(60))
+    api = QidoStore([], errors=[ApiError(503, "UNAVAILABLE", "busy")])
+    with pytest.raises(RetryLater):
+        search_paths(api, STORE, Query.parse(WHERE), cap=5, deadline=Deadline(60))
+
+
+# -- the job ---------------------------------------------------------------------------------------------------------
+
+class QueryApi(FakeApi):
+    """The usual fake API (exports, operations) whose QIDO search is a QidoStore."""
+
+    def __init__(self, matches):
+        super().__init__()
+        self.qido = QidoStore(matches)
+
+    def search_dicom(self, store, resource, params, deadline):
+        return self.qido.search_dicom(store, resource, params, deadline)
+
+
+def job_for(api, cap=100):
+    clock = FakeClock()
+    store = MemoryStateStore()
+    publisher = FakePublisher()
+    reporter = Reporter(store, publisher, "projects/p/topics/results", clock=clock)
+    return ExportJob(store, api, reporter, clock=clock, destinations=("gs://out/",), max_query_results=cap), store, publisher
+
+
+def test_a_query_export_writes_what_it_found_as_the_filter_file_and_reports_the_query():
+    api = QueryApi([study("1.1"), study("1.2"), study("1.3")])
+    job, store, publisher = job_for(api)
+    request = ExportRequest.build(store=STORE, destination="gs://out/cohort", request_id="q1", query=Query.parse(WHERE))
+    with pytest.raises(RetryLater, match="still running"):
+        job.run(request, Deadline(60), page_size=2)
+    assert store.blobs["exports/q1.filter.txt"][0] == b"/studies/1.1\n/studies/1.2\n/studies/1.3\n"
+    [(_, body)] = api.exports
+    assert body["filterConfig"] == {"resourcePathsGcsUri": "gs://state-bkt/exports/q1.filter.txt"}
+    api.finish(next(iter(api.operations)), success=9)
+    result = job.run(request, Deadline(60))
+    assert result["filter"] == {"uri": "gs://state-bkt/exports/q1.filter.txt", "studies": 3, "series": 0,
+                                "instances": 0, "query": {"where": WHERE, "level": "study", "matches": 3, "pages": 3}}
+    assert len(api.qido.requests) == 3, "a resumed export does not search again"
+    [(_, message, attributes)] = publisher.messages
+    validate(message, attributes)
+
+
+def test_a_query_matching_nothing_is_refused_before_anything_is_written():
+    api = QueryApi([])
+    job, store, _ = job_for(api)
+    request = ExportRequest.build(store=STORE, destination="gs://out/x", request_id="q2", query=Query.parse(WHERE))
+    with pytest.raises(ExportRequestError, match="matches no study in .*: check its values"):
+        job.run(request, Deadline(60))
+    assert store.blobs == {} and store.docs == {} and api.exports == []
+
+
+def export_event(body: dict) -> CloudEvent:
+    data = {"message": {"data": base64.b64encode(json.dumps(body).encode()).decode(), "messageId": "m-9"}}
+    return CloudEvent({"type": "google.cloud.pubsub.topic.v1.messagePublished", "source": "//pubsub", "id": "e-9"},
+                      data)
+
+
+def test_a_pubsub_query_over_the_cap_gets_a_rejected_result_naming_the_cap(monkeypatch):
+    api = QueryApi([study(f"1.{n}") for n in range(3)])
+    job, store, publisher = job_for(api, cap=2)
+    instance = SimpleNamespace(config=SimpleNamespace(stores={"main": STORE}), exports=job, api=api)
+    monkeypatch.setattr(runtime, "get", lambda: instance)
+    entrypoints.export_request(export_event({"store": "main", "destination": "gs://out/x", "query": WHERE,
+                                             "requestId": "q3"}))
+    [(_, message, attributes)] = publisher.messages
+    validate(message, attributes)
+    assert message["outcome"] == "REJECTED" and message["error"]["rule"] == CAP_RULE
+    assert message["error"]["code"] == 400 and "matches more than 2 studies" in message["error"]["message"]
+    assert api.exports == [] and "exports/q3.filter.txt" not in store.blobs
