@@ -169,6 +169,10 @@ def get_store(call: Call) -> Response:
     return json_response(call.emulator.registry.store(call.dataset, call.params["store"]).to_json())
 
 
+def get_store_metrics(call: Call) -> Response:
+    return json_response(call.emulator.registry.store(call.dataset, call.params["store"]).metrics())
+
+
 def delete_store(call: Call) -> Response:
     call.emulator.registry.delete_store(call.dataset, call.params["store"])
     call.emulator.log.info("DICOM store deleted", store=f"{call.dataset}/dicomStores/{call.params['store']}")
@@ -334,7 +338,6 @@ _NOT_IMPLEMENTED: tuple[Route, ...] = tuple(
         ("POST", rf"{_DS}:testIamPermissions", "datasets.testIamPermissions"),
         ("PATCH", _ST, "dicomStores.patch"),
         ("POST", rf"{_ST}:deidentify", "dicomStores.deidentify"),
-        ("GET", rf"{_ST}:getDICOMStoreMetrics", "dicomStores.getDICOMStoreMetrics"),
         ("GET", rf"{_ST}:getIamPolicy", "dicomStores.getIamPolicy"),
         ("POST", rf"{_ST}:setIamPolicy", "dicomStores.setIamPolicy"),
         ("POST", rf"{_ST}:testIamPermissions", "dicomStores.testIamPermissions"),
@@ -366,6 +369,7 @@ ROUTES: tuple[Route, ...] = _NOT_IMPLEMENTED + (
     _route("POST", rf"{_DS}/dicomStores", "dicomStores.create", create_store),
     _route("GET", rf"{_DS}/dicomStores", "dicomStores.list", list_stores),
     _route("GET", _ST, "dicomStores.get", get_store),
+    _route("GET", rf"{_ST}:getDICOMStoreMetrics", "dicomStores.getDICOMStoreMetrics", get_store_metrics),
     _route("DELETE", _ST, "dicomStores.delete", delete_store),
     _route("POST", rf"{_ST}:import", "dicomStores.import", import_dicom),
     _route("POST", rf"{_ST}:export", "dicomStores.export", export_dicom),

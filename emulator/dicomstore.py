@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -74,6 +75,22 @@ class DicomStore:
         """All instances, in the order they were stored."""
         with self._lock:
             return list(self._instances.values())
+
+    def metrics(self) -> dict[str, Any]:
+        """``DicomStoreMetrics``: counts and sizes, int64 as strings, zeros left out as proto3 JSON does.
+
+        Blob bytes are the instances' bytes as stored; structured bytes are those of their
+        searchable attributes as DICOM JSON (the real API's measure is not documented).
+        """
+        everything = self.instances()
+        figures = {
+            "studyCount": len({i.study for i in everything}),
+            "seriesCount": len({(i.study, i.series) for i in everything}),
+            "instanceCount": len(everything),
+            "blobStorageSizeBytes": sum(len(i.data) for i in everything),
+            "structuredStorageSizeBytes": sum(len(json.dumps(i.attributes)) for i in everything),
+        }
+        return {"name": self.name, **{key: str(value) for key, value in figures.items() if value}}
 
     def select(self, paths: Iterable[tuple[str, str | None, str | None]]) -> tuple[list[Instance], list[int]]:
         """Instances named by filter paths (study[, series[, sop]]), in store order, each once.

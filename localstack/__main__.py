@@ -1,11 +1,13 @@
 """``python -m localstack up|down|status|env``: the local stack from the command line (``make up``...).
 
 * ``up``: stop whatever a previous ``up`` left, start every service in the
-  background on free ports, write ``.local/stack.env``, print a summary;
+  background on free ports, write ``.local/stack.env`` and the gcloud
+  configuration ``.local/gcloud`` (``CLOUDSDK_CONFIG``), print a summary;
 * ``down``: stop every process ``up`` started, by PID, and check none is left;
 * ``status``: each service's PID, port and health, and the bridge's counters
   (exit 0 if all are healthy, 1 if some are not, 3 if the stack is not up);
-* ``env``: ``export KEY=VALUE`` lines for a shell: ``eval "$(python -m localstack env)"``.
+* ``env``: ``export KEY=VALUE`` lines for a shell, ``CLOUDSDK_CONFIG`` included, so that
+  after ``eval "$(python -m localstack env)"`` the Google clients and ``gcloud`` use the stack.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from . import gcloud
 from .names import REPO_ROOT
 from .process import ProcessRecord, is_ours, read_record, session_members
 
@@ -44,6 +47,8 @@ def _up(args: argparse.Namespace) -> int:
           f"from AE {env['GATEWAY_CALLING_AE_TITLE']} (the gateway writes to gs://{env['INBOX_BUCKET']}/modalities/)")
     print(f"  upload to gs://{env['INBOX_BUCKET']}/ (STORAGE_EMULATOR_HOST={env['STORAGE_EMULATOR_HOST']}); "
           f"results on {env['RESULTS_SUBSCRIPTION']}")
+    print(f"  gcloud on the stack: export CLOUDSDK_CONFIG={env['CLOUDSDK_CONFIG']} "
+          "(or eval \"$(python -m localstack env)\")")
     print("  stop with: make down")
     return 0
 
@@ -62,6 +67,7 @@ def _down(args: argparse.Namespace) -> int:
     left = [(record.name, pid) for record in records for pid in session_members(record.pid)]
     for name in ("stack.env", "stack.json"):
         (args.workdir / name).unlink(missing_ok=True)
+    gcloud.remove_config(args.workdir)
     if left:
         print(f"still running after down: {left}", file=sys.stderr)
         return 1

@@ -34,6 +34,7 @@ CONTRACT_KEYS: tuple[str, ...] = (
     "GATEWAY_PORT",
     "GATEWAY_AE_TITLE",
     "GATEWAY_CALLING_AE_TITLE",
+    "CLOUDSDK_CONFIG",
 )
 
 

@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 import requests
 
+from . import gcloud
 from .bridge import PUBSUB_PUSH, STORAGE_CLOUDEVENT, Backoff, BridgeConfig, Route
 from .names import CONTRACT_KEYS, REPO_ROOT, Names
 from .ports import free_ports
@@ -247,6 +248,8 @@ class Stack:
         bridge = start_bridge(workdir, config_path=config_path, port=bridge_port, owner=owner)
         self.services["bridge"] = bridge
         env.update(bridge.env)
+        overrides = gcloud.endpoint_overrides(healthcare.url, pubsub.host, gcs.url, env.get("LOGGING_EMULATOR_HOST"))
+        env["CLOUDSDK_CONFIG"] = str(gcloud.write_config(workdir, names.project, overrides))
         self.env = {key: env[key] for key in (*CONTRACT_KEYS, "BRIDGE_URL") if key in env}
         self.timings["start_s"] = round(time.monotonic() - started, 2)
         self._write_state()
@@ -347,6 +350,7 @@ class Stack:
         stop_workdir(self.workdir)
         self.env_path.unlink(missing_ok=True)
         self.state_path.unlink(missing_ok=True)
+        gcloud.remove_config(self.workdir)
         self.timings["stop_s"] = round(time.monotonic() - stopping, 2)
 
     def __enter__(self) -> "Stack":

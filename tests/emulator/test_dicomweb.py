@@ -221,3 +221,14 @@ def test_limit_defaults_to_and_is_clamped_at_the_maximum_and_offset_is_bounded(a
     assert api.qido(store, "studies", offset=4) == [] and api.qido(store, "studies", offset=1_000_000) == []
     assert_google_error(api.call("GET", f"{store.web}/studies", params={"offset": "1000001"}), 400,
                         "INVALID_ARGUMENT", "offset")
+
+
+def test_store_metrics_count_studies_series_instances_and_bytes(api, loaded, store):
+    _, study_a, study_b, items = loaded
+    response = api.call("GET", f"{store.name}:getDICOMStoreMetrics")
+    assert response.status_code == 200, response.text
+    metrics = response.json()
+    assert {key: metrics[key] for key in ("name", "studyCount", "seriesCount", "instanceCount")} == {
+        "name": store.name, "studyCount": "2", "seriesCount": "3", "instanceCount": "6"}
+    assert int(metrics["blobStorageSizeBytes"]) == sum(len(data) for _, data in items)
+    assert int(metrics["structuredStorageSizeBytes"]) > 0
