@@ -7,6 +7,7 @@ multipart responses itself: what it accepts is what the emulator must send.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from io import BytesIO
 from xml.etree.ElementTree import fromstring
@@ -273,3 +274,31 @@ def test_delete_instance(loaded):
     error = whole_series.value.response.json()["error"]
     assert (error["code"], error["status"]) == (501, "UNIMPLEMENTED") and "dicomStores.studies.series.delete" in error["message"]
     assert values(client.search_for_instances(study_a, kept.series), SOP_UID) == [kept.sop]
+
+
+def test_date_ranges_and_paging_with_the_standards_warning(web, store, caplog):
+    """Issue 11's QIDO: DA ranges (A-B, -B, A-) and pages that say more results are left (Warning: 299)."""
+    client = web(store)
+    client.set_http_retry_params(retry=False)
+    dated = {date: make_series(1, study_date=date)[0] for date in ("20240101", "20240615", "20250101")}
+    client.store_instances([dataset_of(data) for _, data in dated.values()])
+    study = {date: uids.study for date, (uids, _) in dated.items()}
+
+    def studies(**filters: str) -> list[str]:
+        return sorted(values(client.search_for_studies(search_filters=filters), STUDY_UID))
+
+    assert studies(StudyDate="20240101-20241231") == sorted([study["20240101"], study["20240615"]])
+    assert studies(StudyDate="-20240101") == [study["20240101"]]
+    assert studies(StudyDate="20240616-") == [study["20250101"]]
+    with pytest.raises(requests.HTTPError) as reversed_range:
+        client.search_for_studies(search_filters={"StudyDate": "20250101-20240101"})
+    assert reversed_range.value.response.status_code == 400
+
+    with caplog.at_level(logging.WARNING, logger="dicomweb_client"):
+        first_page = client.search_for_studies(limit=2)
+    assert len(first_page) == 2
+    assert any("299" in record.getMessage() for record in caplog.records)  # the client logs the server's Warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dicomweb_client"):
+        every = client.search_for_studies(limit=2, get_remaining=True)
+    assert sorted(values(every, STUDY_UID)) == sorted(study.values())
