@@ -95,6 +95,9 @@ def test_import_then_operations_get_until_done(datasets, store, upload):
 
     found = datasets.dicomStores().searchForInstances(parent=store, dicomWebPath="instances").execute()
     assert {i["00080018"]["Value"][0] for i in found} == {uids.sop for uids, _ in items}
+    metrics = datasets.dicomStores().getDICOMStoreMetrics(name=store).execute()
+    assert (metrics["name"], metrics["studyCount"], metrics["seriesCount"], metrics["instanceCount"]) == (store, "1", "1", "3")
+    assert int(metrics["blobStorageSizeBytes"]) == sum(len(data) for _, data in items)
 
 
 @pytest.fixture
