@@ -71,8 +71,9 @@ Options:
   --followup-topic ID       follow-up topic (default dicom-import-followups)  [FOLLOWUP_TOPIC]
   --export-requests-topic ID  export requests topic (default dicom-export-requests)
                                                                        [EXPORT_REQUESTS_TOPIC]
-  --export-bucket NAME      export destination; the Healthcare service agent
-                            gets objectAdmin on it (default: none)           [EXPORT_BUCKET]
+  --export-bucket NAME      export destination, created if missing beside the inbox;
+                            the Healthcare service agent gets objectAdmin on it
+                            (default: none)                                  [EXPORT_BUCKET]
   --concurrency N           requests per instance, 1..1000 (default 80)  [FUNCTION_CONCURRENCY]
   --max-instances N         instances per function (default 10)        [FUNCTION_MAX_INSTANCES]
   --memory SIZE             memory per instance (default 512Mi)              [FUNCTION_MEMORY]
@@ -595,6 +596,19 @@ create_state_bucket() {
   fi
 }
 
+# The export bucket holds what exports copy out of the store (patient data): created private,
+# beside the inbox and encrypted with --kms-key, when missing; an existing one is the operator's
+# and is left as it is (its location, key and retention are theirs to set).
+create_export_bucket() {
+  [[ -n ${EXPORT} ]] || return 0
+  say "export bucket gs://${EXPORT}"
+  local -a create=(gcloud storage buckets create "gs://${EXPORT}" --project="${PROJECT}"
+    --location="${INBOX_LOCATION}" --uniform-bucket-level-access --public-access-prevention)
+  [[ -z ${KMS_KEY} ]] || create+=(--default-encryption-key="${KMS_KEY}")
+  ensure "bucket gs://${EXPORT}" \
+    gcloud storage buckets describe "gs://${EXPORT}" --project="${PROJECT}" --format='value(name)' -- "${create[@]}"
+}
+
 create_service_account() {
   say "runtime service account ${RUNTIME_SA}"
   ensure "service account ${RUNTIME_SA}" \
@@ -1044,6 +1058,7 @@ main() {
   grant_kms_key
   create_topics
   create_state_bucket
+  create_export_bucket
   create_service_account
   grant_runtime_sa
   grant_failure_policies

@@ -489,6 +489,11 @@ def test_second_run_creates_nothing_but_still_deploys_and_converges(env):
 
 def test_export_bucket_gives_the_healthcare_agent_object_admin(env):
     with_export = ok(deploy(env, *REQUIRED, "--export-bucket", "gs://rad-exports"))
+    (created,) = [c for c in with_export.matching("storage", "buckets", "create") if c[3] == "gs://rad-exports"]
+    assert flag(created, "--location") == "eu"  # beside the inbox, as the state bucket
+    assert "--uniform-bucket-level-access" in created and "--public-access-prevention" in created
+    assert flag(created, "--default-encryption-key") is None
+    assert with_export.index("storage", "buckets", "create") < with_export.index("functions", "deploy")
     assert ("storage buckets", "gs://rad-exports", HEALTHCARE_AGENT, "roles/storage.objectAdmin") in with_export.bindings()
     assert all(env_vars(c)["EXPORT_BUCKET"] == "rad-exports" for c in deploys(with_export).values())
 
@@ -496,6 +501,18 @@ def test_export_bucket_gives_the_healthcare_agent_object_admin(env):
     without = ok(deploy(env, *REQUIRED))
     assert not [b for b in without.bindings() if b[3] == "roles/storage.objectAdmin" and b[2] == HEALTHCARE_AGENT]
     assert all("EXPORT_BUCKET" not in env_vars(c) for c in deploys(without).values())
+
+
+def test_export_bucket_is_created_with_the_kms_key_and_an_existing_one_is_left_as_it_is(env):
+    run = ok(deploy(env, *REQUIRED, "--export-bucket", "rad-exports", "--kms-key", KMS_KEY))
+    (created,) = [c for c in run.matching("storage", "buckets", "create") if c[3] == "gs://rad-exports"]
+    assert flag(created, "--default-encryption-key") == KMS_KEY
+
+    env["log"].unlink()
+    again = ok(deploy(env, *REQUIRED, "--export-bucket", "rad-exports", "--kms-key", KMS_KEY, scenario="existing"))
+    assert not again.matching("storage", "buckets", "create")
+    assert all(c[3] != "gs://rad-exports" for c in again.matching("storage", "buckets", "update"))
+    assert "exists: bucket gs://rad-exports" in again.stderr
 
 
 def test_store_in_another_project_uses_that_projects_healthcare_agent(env):
@@ -1043,7 +1060,7 @@ def test_real_gcloud_accepts_every_command_and_flag(env, tmp_path):
     """Every recorded command parses with the installed gcloud: it stops at the credential check,
     which comes after argument parsing (an unknown flag or bad choice fails before it)."""
     printed = tmp_path / "printed.sh"
-    printed.write_text(ok(deploy(env, *REQUIRED, *OPTIONS, "--dry-run")).stdout)
+    printed.write_text(ok(deploy(env, *REQUIRED, *OPTIONS, "--export-bucket", "rad-exports", "--dry-run")).stdout)
     runs = [
         ok(deploy(env, *REQUIRED, *TUNING, "--export-bucket", "rad-exports")),
         ok(deploy(env, *REQUIRED, scenario="existing")),
