@@ -169,8 +169,13 @@ def gateway_runs(study: Path, parts: list[Path], workdir: Path, expected: int, p
         if len(listed) != expected:
             raise SystemExit(f"{len(listed)} objects in the inbox, expected {expected}")
         results = {"a": acknowledged, "b": landed}
+        before = healthz(health_port)
+        results["a_per_flush"] = before["appended"] / max(1, before["flushes"])
         if len(parts) > 1:
             results["d"] = storescu(dicom_port, parts)  # identical re-sends: spooled again, not uploaded again
+            after = healthz(health_port)
+            results["d_per_flush"] = ((after["appended"] - before["appended"])
+                                      / max(1, after["flushes"] - before["flushes"]))
         process.terminate()
         process.wait(timeout=30)
         process, dicom_port, _ = start_gateway(workdir / "no-uploads", gcs.url, processes, bucket="no-such-bucket")
@@ -231,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'':<58} {'seconds':>8} {'inst/s':>8} {'MB/s':>8}")
     for label, seconds in rows:
         print(f"{label:<58} {seconds:>8.2f} {len(files) / seconds:>8.1f} {total / 1e6 / seconds:>8.1f}")
+    flushes = f"records per fdatasync: (a) {gateway['a_per_flush']:.2f}"
+    if "d_per_flush" in gateway:
+        flushes += f", (d) {gateway['d_per_flush']:.2f} (group commit shared between associations)"
+    print(flushes)
     print(f"(a)/(c) = {ceiling / gateway['a']:.2f} (aim: at least 0.5); (e)/(c) = {ceiling / bare:.2f} "
           f"(the most any pynetdicom receiver can reach here); (a)/(e) = {bare / gateway['a']:.2f}; "
           f"(f)/(e) = {bare / gateway['f']:.2f}")

@@ -91,6 +91,8 @@ class SpoolStats:
     oldest_age: float  # seconds since the oldest pending record was received (0 if none)
     disk_bytes: int  # bytes of segment files on disk
     segments: int
+    appended: int  # records made durable since start
+    flushes: int  # fdatasync calls since start: appended / flushes is the group commit's sharing
 
 
 class _Segment:
@@ -137,6 +139,8 @@ class Spool:
         self._pending: OrderedDict[tuple[Path, int], tuple[float, int]] = OrderedDict()
         self._sequence = 0
         self._closed = False
+        self._appended = 0
+        self._flushes = 0
 
     # -- restart ---------------------------------------------------------------
     def recover(self) -> list[Record]:
@@ -236,6 +240,8 @@ class Spool:
                 segment.records -= 1
             self._close_if_done_writing(segment)
             raise
+        with self._lock:
+            self._appended += 1
         return Record(segment.path, payload_offset, payload_length, name, crc32, received, meta or {})
 
     def _open_segment(self) -> _Segment:
@@ -273,6 +279,8 @@ class Spool:
                     segment.cond.wait()
                     continue
                 segment.syncing = True
+                with self._lock:
+                    self._flushes += 1
                 target = segment.size  # everything written so far: one flush for every waiting writer
                 segment.cond.release()
                 try:
@@ -353,6 +361,8 @@ class Spool:
                 oldest_age=max(0.0, time.time() - oldest[0]) if oldest else 0.0,
                 disk_bytes=self.disk_bytes(),
                 segments=len(self._segments),
+                appended=self._appended,
+                flushes=self._flushes,
             )
 
 

@@ -123,6 +123,7 @@ def test_group_commit_shares_fdatasync_between_concurrent_writers(tmp_path: Path
         thread.join()
     assert spool.stats().pending == 8
     assert len(calls) < 8  # fewer flushes than records, and every append returned only after one covering it
+    assert (spool.stats().appended, spool.stats().flushes) == (8, len(calls))
     recovered = Spool(tmp_path, max_bytes=10_000_000).recover()
     assert sorted(r.name for r in recovered) == sorted(f"{n}.dcm" for n in range(8))
 
