@@ -8,8 +8,6 @@ study is being sent, and SIGKILL the gateway mid-study.
 from __future__ import annotations
 
 import io
-import os
-import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
@@ -68,7 +66,8 @@ def _reported(reader: ResultsReader, env: dict[str, str], uris: set[str], timeou
     return counts
 
 
-def _send(env: dict[str, str], items: list[tuple[samples.InstanceUids, bytes]], assoc: Any = None) -> list[int]:
+def _send(assoc: Any, items: list[tuple[samples.InstanceUids, bytes]]) -> list[int]:
+    """C-STORE each item on an open association; the statuses."""
     datasets = [pydicom.dcmread(io.BytesIO(data)) for _, data in items]
     return [int(assoc.send_c_store(ds).get("Status", -1)) for ds in datasets]
 
@@ -126,10 +125,10 @@ def test_cloud_storage_down_while_a_study_is_sent(stack: Stack) -> None:
     study = samples.make_study(2, 5, modality="CT")
     assoc = _associate(env, study)
     try:
-        assert _send(env, study[:3], assoc) == [0] * 3
+        assert _send(assoc, study[:3]) == [0] * 3
         wait_for(lambda: _healthz(stack)["pending"] == 0, what="the first instances uploaded")
         stack.stop_service("gcs")
-        assert _send(env, study[3:], assoc) == [0] * 7  # spooled, fsynced, acknowledged: the outage is invisible
+        assert _send(assoc, study[3:]) == [0] * 7  # spooled, fsynced, acknowledged: the outage is invisible
     finally:
         assoc.release()
     health = _healthz(stack)
@@ -154,7 +153,7 @@ def test_gateway_killed_mid_study_loses_no_acknowledged_instance(stack: Stack) -
         if number == 12:
             stack.gateway.kill()  # a crash: no cleanup, uploads in flight cut off
         try:
-            statuses = _send(env, [(uids, data)], assoc)
+            statuses = _send(assoc, [(uids, data)])
         except Exception:  # noqa: BLE001 - the association is gone with the process
             break
         if statuses == [0]:
