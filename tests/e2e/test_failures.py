@@ -244,7 +244,8 @@ def test_replace_deletes_the_stored_instance_and_imports_the_re_sent_file(env, r
     upload(env, [(f"{folder}first.dcm", original)])
     wait_for(reader, env, [f"{folder}first.dcm"])
     upload(env, [(f"{folder}again.dcm", re_sent)])
-    [origin] = wait_for(reader, env, [f"{folder}again.dcm"])
+    # The repair batch lists again.dcm too, and under load it may already be in: the origin is the one that repairs nothing.
+    [origin] = [r for r in wait_for(reader, env, [f"{folder}again.dcm"]) if not r.data.get("replaces")]
     [failure] = origin.data["failures"]
     child = f"{origin.data['batch']}-replace"
     assert failure["kind"] == "conflict" and failure["action"] == {"policy": "replace", "done": True, "batch": child}
@@ -301,7 +302,8 @@ def test_retry_imports_a_fixed_conflict_once(env, reader, cli):
     upload(env, [(f"{folder}first.dcm", make_instance(study, series, sop))])
     wait_for(reader, env, [f"{folder}first.dcm"])
     upload(env, [(f"{folder}again.dcm", re_sent)])
-    [origin] = wait_for(reader, env, [f"{folder}again.dcm"])
+    # The repair batch lists again.dcm too, and under load it may already be in: the origin is the one that repairs nothing.
+    [origin] = [r for r in wait_for(reader, env, [f"{folder}again.dcm"]) if not r.data.get("replaces")]
     assert origin.data["failures"][0]["kind"] == "conflict"
     url = (f"{env['HEALTHCARE_EMULATOR_HOST'].rstrip('/')}/v1/{env['DICOM_STORE']}/dicomWeb/studies/{study}/series/"
            f"{series}/instances/{sop}")
