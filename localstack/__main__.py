@@ -8,6 +8,8 @@
   (exit 0 if all are healthy, 1 if some are not, 3 if the stack is not up);
 * ``env``: ``export KEY=VALUE`` lines for a shell, ``CLOUDSDK_CONFIG`` included, so that
   after ``eval "$(python -m localstack env)"`` the Google clients and ``gcloud`` use the stack.
+* ``faults gcs show|set|outage|clear|write-interval``: Cloud Storage faults, through the proxy's admin API;
+* ``events drop|deliver|show``: the bridge loses Cloud Storage notifications for good, or delivers them.
 """
 
 from __future__ import annotations
@@ -109,7 +111,11 @@ def _status(args: argparse.Namespace) -> int:
                 status = json.load(response)
             for name, route in status["routes"].items():
                 print(f"  route {name:<9} delivered {route['delivered']}, failed attempts {route['failed_attempts']}, "
-                      f"in flight {route['in_flight']}, waiting retry {route['waiting_retry']}, skipped {route['skipped']}")
+                      f"in flight {route['in_flight']}, waiting retry {route['waiting_retry']}, skipped {route['skipped']}"
+                      + (f", dropped {route['dropped']}" if route.get("dropped") else ""))
+            if status.get("events", {}).get("drop"):
+                print(f"  events: losing {status['events']['drop']:.0%} of Cloud Storage notifications "
+                      "(python -m localstack events deliver)")
         except OSError as exc:
             print(f"  bridge status unavailable: {exc}")
     return 0 if all_ok else 1
@@ -127,6 +133,98 @@ def _env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stack_url(args: argparse.Namespace, key: str) -> str | None:
+    from .stack import read_env_file
+
+    env_path = args.workdir / "stack.env"
+    if not env_path.exists():
+        print("local stack is not up (start it with: make up)", file=sys.stderr)
+        return None
+    return read_env_file(env_path)[key].rstrip("/")
+
+
+def _call(method: str, url: str, body: object | None = None) -> int:
+    """One admin call; prints the JSON answer; 0 when it succeeded."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            print(json.dumps(json.load(response), indent=2))
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(f"refused ({exc.code}): {exc.read().decode(errors='replace').strip()}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _faults(args: argparse.Namespace) -> int:
+    base = _stack_url(args, "STORAGE_EMULATOR_HOST")
+    if base is None:
+        return 3
+    proxy = f"{base}/proxy"
+    if args.action == "show":
+        return _call("GET", f"{proxy}/faults") or _call("GET", f"{proxy}/outage") or _call("GET", f"{proxy}/config")
+    if args.action == "clear":
+        return _call("DELETE", f"{proxy}/faults") or _call("DELETE", f"{proxy}/outage")
+    if args.action == "outage":
+        return _call("PUT", f"{proxy}/outage", {"seconds": args.seconds})
+    if args.action == "write-interval":
+        return _call("PUT", f"{proxy}/config", {"writeIntervalSeconds": args.seconds})
+    if args.json:
+        try:
+            spec = json.loads(args.json)
+        except ValueError as exc:
+            print(f"--json is not JSON ({exc}): pass the proxy's fault configuration, see docs/local-stack.md",
+                  file=sys.stderr)
+            return 2
+    else:
+        entry = {key: value for key, value in (("rate429", args.rate429), ("rate503", args.rate503),
+                                               ("latencySeconds", args.latency)) if value is not None}
+        spec = {"seed": args.seed, "methods": {method: entry for method in (args.method or ["*"])}}
+    return _call("PUT", f"{proxy}/faults", spec)
+
+
+def _events(args: argparse.Namespace) -> int:
+    bridge = _stack_url(args, "BRIDGE_URL")
+    if bridge is None:
+        return 3
+    if args.action == "show":
+        return _call("GET", f"{bridge}/events")
+    fraction = args.fraction if args.action == "drop" else 0.0
+    return _call("PUT", f"{bridge}/events", {"drop": fraction, "seed": args.seed})
+
+
+def _fault_parsers(commands: argparse._SubParsersAction) -> None:
+    faults = commands.add_parser("faults", help="inject Cloud Storage faults (through the proxy)")
+    services = faults.add_subparsers(dest="service", required=True)
+    gcs = services.add_parser("gcs", help="the Cloud Storage proxy in front of fake-gcs-server")
+    actions = gcs.add_subparsers(dest="action", required=True)
+    actions.add_parser("show", help="current faults, outage and write limit")
+    actions.add_parser("clear", help="remove every fault and end any outage")
+    outage = actions.add_parser("outage", help="answer every request 503 for SECONDS")
+    outage.add_argument("seconds", type=float)
+    interval = actions.add_parser("write-interval", help="seconds between two writes of one object name (0: off)")
+    interval.add_argument("seconds", type=float)
+    put = actions.add_parser("set", help="error rates and latency per method id (objects.get, objects.insert...)")
+    put.add_argument("--rate429", type=float, help="fraction of calls answered 429")
+    put.add_argument("--rate503", type=float, help="fraction of calls answered 503")
+    put.add_argument("--latency", type=float, metavar="SECONDS", help="added to every call")
+    put.add_argument("--method", action="append", metavar="ID", help="method id (repeatable; default: every method, *)")
+    put.add_argument("--seed", type=int, help="random seed of the draws")
+    put.add_argument("--json", metavar="SPEC", help="the whole configuration as JSON (the proxy's PUT /proxy/faults)")
+
+    events = commands.add_parser("events", help="lose Cloud Storage notifications for good, or deliver them")
+    modes = events.add_subparsers(dest="action", required=True)
+    drop = modes.add_parser("drop", help="acknowledge notifications without delivering them (lost for good)")
+    drop.add_argument("--fraction", type=float, default=1.0, help="fraction to lose (default 1: all)")
+    drop.add_argument("--seed", type=int, help="random seed when the fraction is below 1")
+    deliver = modes.add_parser("deliver", help="deliver every notification again")
+    deliver.set_defaults(seed=None)
+    modes.add_parser("show", help="the current mode")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one command."""
     parser = argparse.ArgumentParser(prog="python -m localstack", description="The local Google Cloud stand-ins.")
@@ -140,9 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("down", help="stop everything up started")
     commands.add_parser("status", help="health of each service, bridge counters")
     commands.add_parser("env", help="print export lines for stack.env")
+    _fault_parsers(commands)
     args = parser.parse_args(argv)
     args.workdir = args.workdir.resolve()
-    return {"up": _up, "down": _down, "status": _status, "env": _env}[args.command](args)
+    commands_run = {"up": _up, "down": _down, "status": _status, "env": _env, "faults": _faults, "events": _events}
+    return commands_run[args.command](args)
 
 
 if __name__ == "__main__":

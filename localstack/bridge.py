@@ -18,6 +18,11 @@ deadline, so a request may last as long as the route's timeout (600 s by
 default) without the emulator redelivering it; if the bridge dies, the emulator
 redelivers held messages once their deadline (60 s) passes.
 
+Events can be lost on purpose, as after a trigger's retention expired:
+``PUT /events {"drop": F, "seed": N}`` makes the storage routes acknowledge a
+fraction F (1: all) of Cloud Storage notifications without delivering them;
+``{"drop": 0}`` delivers again (``python -m localstack events drop|deliver``).
+
 Run as ``python -m localstack.bridge --config FILE --port N``; ``GET /status``
 returns the counters as JSON, ``GET /health`` answers 200 once the bridge runs.
 """
@@ -201,6 +206,7 @@ class _Counters:
     redelivered_by_pubsub: int = 0
     ack_errors: int = 0
     pull_errors: int = 0
+    dropped: int = 0
     last_error: str | None = None
 
 
@@ -295,6 +301,14 @@ class _RouteWorker:
                 messageId=held.message_id, eventType=attributes.get("eventType"), objectId=attributes.get("objectId"))
             with self.lock:
                 self.counters.skipped += 1
+            self._ack(held)
+            return
+        if self.route.format == STORAGE_CLOUDEVENT and self.bridge.drop_event():
+            attributes = held.received["message"].get("attributes") or {}
+            log("WARNING", "event dropped on purpose: acknowledged, never delivered", route=self.route.name,
+                messageId=held.message_id, objectId=attributes.get("objectId"))
+            with self.lock:
+                self.counters.dropped += 1
             self._ack(held)
             return
         headers, body = request
@@ -394,6 +408,26 @@ class Bridge:
         self._retries: list[tuple[float, int, _RouteWorker, _Held]] = []
         self._retry_seq = itertools.count()
         self._retry_ready = threading.Condition()
+        self._drop_lock = threading.Lock()
+        self._drop_fraction = 0.0
+        self._drop_seed: int | None = None
+        self._drop_random = random.Random()
+
+    def set_drop(self, fraction: float, seed: int | None = None) -> None:
+        """Lose this fraction of Cloud Storage notifications from now on (0: deliver every one)."""
+        with self._drop_lock:
+            self._drop_fraction, self._drop_seed = fraction, seed
+            self._drop_random = random.Random(seed)
+        log("WARNING" if fraction else "INFO", "events mode changed", drop=fraction, seed=seed)
+
+    def events_mode(self) -> dict[str, Any]:
+        with self._drop_lock:
+            return {"drop": self._drop_fraction, "seed": self._drop_seed}
+
+    def drop_event(self) -> bool:
+        """Whether to lose the notification at hand (drawn with the configured fraction)."""
+        with self._drop_lock:
+            return self._drop_fraction > 0 and self._drop_random.random() < self._drop_fraction
 
     def start(self) -> None:
         """Start pulling every route (threads are daemons)."""
@@ -440,6 +474,7 @@ class Bridge:
         routes = {name: worker.status() for name, worker in self.workers.items()}
         return {
             "started": self.started_at,
+            "events": self.events_mode(),
             "routes": routes,
             "delivered": sum(route["delivered"] for route in routes.values()),
             "failed_attempts": sum(route["failed_attempts"] for route in routes.values()),
@@ -450,11 +485,35 @@ def _status_server(bridge: Bridge, host: str, port: int) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             if self.path == "/health":
-                body, code = b'{"status": "ok"}\n', 200
+                self._send(200, {"status": "ok"})
             elif self.path == "/status":
-                body, code = json.dumps(bridge.status(), indent=2).encode(), 200
+                self._send(200, bridge.status())
+            elif self.path == "/events":
+                self._send(200, bridge.events_mode())
             else:
-                body, code = b'{"error": "GET /status or /health"}\n', 404
+                self._send(404, {"error": "GET /status, /health or /events; PUT /events"})
+
+        def do_PUT(self) -> None:  # noqa: N802
+            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                body = json.loads(self.rfile.read(length) or b"null")
+            except ValueError:
+                body = None
+            if self.path != "/events":
+                self._send(404, {"error": "PUT /events only"})
+                return
+            fraction = body.get("drop") if isinstance(body, dict) else None
+            seed = body.get("seed") if isinstance(body, dict) else None
+            if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1 \
+                    or not (seed is None or (isinstance(seed, int) and not isinstance(seed, bool))):
+                self._send(400, {"error": 'events needs {"drop": F} with 0 <= F <= 1 (1: lose every notification, '
+                                          '0: deliver every one), and an optional integer "seed"'})
+                return
+            bridge.set_drop(float(fraction), seed)
+            self._send(200, bridge.events_mode())
+
+        def _send(self, code: int, data: Any) -> None:
+            body = (json.dumps(data, indent=2) + "\n").encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))

@@ -46,13 +46,15 @@ __all__ = [
     "start_fake_gcs",
     "start_function",
     "start_gateway",
+    "start_gcs_proxy",
     "start_healthcare_emulator",
     "start_pubsub_emulator",
 ]
 
 #: Variables never inherited from the caller's environment: a stale stack.env
 #: sourced in the shell must not point a new process at dead ports.
-_STRIPPED_KEYS = frozenset(CONTRACT_KEYS) | {"BRIDGE_URL", "FUNCTION_TARGET", "FUNCTION_SOURCE", "PORT"}
+_STRIPPED_KEYS = frozenset(CONTRACT_KEYS) | {"BRIDGE_URL", "FAKE_GCS_URL", "FUNCTION_TARGET", "FUNCTION_SOURCE",
+                                             "PORT"}
 
 
 def base_env() -> dict[str, str]:
@@ -291,10 +293,15 @@ def start_fake_gcs(
     topic: str | None = None,
     event_bucket: str | None = None,
     backend: str = "memory",
+    external_url: str | None = None,
     wait: bool = True,
     owner: tuple[int, int] | None = None,
 ) -> Service:
     """fake-gcs-server, empty.
+
+    ``external_url`` is the URL it writes into the links it returns (resumable
+    upload sessions, ``selfLink``, ``mediaLink``): the proxy's, when clients
+    reach it through :func:`start_gcs_proxy`, so that they stay on the proxy.
 
     ``backend="memory"`` (the default) stores any object name, including
     1,024-byte names and ``dir/`` placeholders, but keeps each bucket's objects
@@ -311,14 +318,15 @@ def start_fake_gcs(
     """
     port = port or free_port()
     url = f"http://{HOST}:{port}"
+    public = external_url or url
     argv = [
         _fake_gcs_binary(),
         "-scheme", "http",
         "-host", HOST,
         "-port", str(port),
         *_backend_args(backend, Path(workdir)),
-        "-public-host", f"{HOST}:{port}",
-        "-external-url", url,
+        "-public-host", public.removeprefix("http://"),
+        "-external-url", public,
         "-log-level", "warn",
     ]  # fmt: skip
     process_env = base_env()
@@ -351,6 +359,48 @@ def _backend_args(backend: str, workdir: Path) -> list[str]:
         shutil.rmtree(root, ignore_errors=True)
         return ["-backend", "filesystem", "-filesystem-root", str(root)]
     raise ValueError(f"fake-gcs-server backend must be 'memory' or 'filesystem', got {backend!r}")
+
+
+def start_gcs_proxy(
+    workdir: Path,
+    *,
+    upstream: str,
+    port: int | None = None,
+    faults: str | None = None,
+    write_interval: float = 1.0,
+    wait: bool = True,
+    owner: tuple[int, int] | None = None,
+) -> Service:
+    """The fault-injecting Cloud Storage proxy (``python -m localstack.gcsproxy``) in front of ``upstream``.
+
+    Clients reach Cloud Storage through it (its ``env`` is ``STORAGE_EMULATOR_HOST``);
+    ``faults`` is an initial fault configuration (JSON, the Healthcare emulator's
+    format), ``write_interval`` the seconds between two accepted writes of one
+    object name (Cloud Storage's limit: 1; 0 turns it off). See docs/local-stack.md.
+    """
+    port = port or free_port()
+    process_env = base_env()
+    process_env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        PYTHONUNBUFFERED="1",
+    )
+    argv = [sys.executable, "-m", "localstack.gcsproxy", "--upstream", upstream, "--host", HOST, "--port", str(port),
+            "--write-interval", str(write_interval)]
+    if faults:
+        argv += ["--faults", faults]
+    service = Service(
+        name="gcs-proxy",
+        argv=argv,
+        port=port,
+        url=f"http://{HOST}:{port}",
+        workdir=Path(workdir),
+        process_env=process_env,
+        env={"STORAGE_EMULATOR_HOST": f"http://{HOST}:{port}"},
+        health_path="/proxy/health",
+        owner=owner,
+        stop_timeout=5.0,
+    )
+    return service.start(wait=wait)
 
 
 def start_healthcare_emulator(

@@ -36,6 +36,7 @@ from .services import (
     start_fake_gcs,
     start_function,
     start_gateway,
+    start_gcs_proxy,
     start_healthcare_emulator,
     start_pubsub_emulator,
 )
@@ -102,7 +103,14 @@ class Stack:
     (per function process), ``names`` (resource names), ``owner`` (see
     :func:`localstack.services.owner_of_this_process`), ``gcs_backend``
     (fake-gcs-server's ``memory`` or ``filesystem``: see
-    :func:`localstack.services.start_fake_gcs`).
+    :func:`localstack.services.start_fake_gcs`), ``gcs_write_interval`` (the Cloud
+    Storage proxy's seconds between two writes of one object name: 1, Cloud
+    Storage's limit; 0 turns it off).
+
+    Clients (functions, tools, ``stack.env``) reach Cloud Storage through the
+    fault-injecting proxy (``gcs-proxy``, ``STORAGE_EMULATOR_HOST``); the Healthcare
+    emulator, which stands for a Google service, reads fake-gcs-server directly
+    (``FAKE_GCS_URL``), as do observers that must see through injected faults.
     """
 
     def __init__(
@@ -121,9 +129,11 @@ class Stack:
         names: Names = Names(),
         owner: tuple[int, int] | None = None,
         gcs_backend: str = "memory",
+        gcs_write_interval: float = 1.0,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.gcs_backend = gcs_backend
+        self.gcs_write_interval = gcs_write_interval
         self.config = Path(config).resolve() if config else REPO_ROOT / "config.yaml"
         self.source = source
         self.function_specs = functions
@@ -149,6 +159,11 @@ class Stack:
     def gcs(self) -> Service:
         """fake-gcs-server."""
         return self.services["gcs"]
+
+    @property
+    def gcs_proxy(self) -> Service:
+        """The fault-injecting proxy in front of fake-gcs-server (``/proxy/...`` admin endpoints)."""
+        return self.services["gcs-proxy"]
 
     @property
     def healthcare(self) -> Service:
@@ -199,8 +214,8 @@ class Stack:
 
     def _start(self, started: float) -> None:
         names, workdir, owner = self.names, self.workdir, self.owner
-        pubsub_port, gcs_port, healthcare_port, bridge_port, *function_ports, dicom_port, gateway_port = free_ports(
-            6 + len(self.function_specs))
+        pubsub_port, gcs_port, proxy_port, healthcare_port, bridge_port, *function_ports, dicom_port, gateway_port = (
+            free_ports(7 + len(self.function_specs)))
         pubsub = start_pubsub_emulator(workdir, port=pubsub_port, wait=False, owner=owner)
         self.services["pubsub"] = pubsub
         gcs = start_fake_gcs(
@@ -211,17 +226,22 @@ class Stack:
             topic=names.notifications_topic,
             event_bucket=names.inbox_bucket,
             backend=self.gcs_backend,
+            external_url=f"http://127.0.0.1:{proxy_port}",
             wait=False,
             owner=owner,
         )
         self.services["gcs"] = gcs
+        self.services["gcs-proxy"] = start_gcs_proxy(
+            workdir, upstream=gcs.url, port=proxy_port, write_interval=self.gcs_write_interval, wait=False,
+            owner=owner)
         healthcare = start_healthcare_emulator(
             workdir, storage_host=gcs.url, faults=self.faults, port=healthcare_port, wait=False, owner=owner
         )
         self.services["healthcare"] = healthcare
         env = names.resource_env()
         env.update(pubsub.env)
-        env.update(gcs.env)
+        env.update(self.gcs_proxy.env)
+        env["FAKE_GCS_URL"] = gcs.url
         env.update(healthcare.env)
         env["DICOM_IMPORT_CONFIG"] = str(self.config)
         for spec, port in zip(self.function_specs, function_ports):
@@ -248,9 +268,10 @@ class Stack:
         bridge = start_bridge(workdir, config_path=config_path, port=bridge_port, owner=owner)
         self.services["bridge"] = bridge
         env.update(bridge.env)
-        overrides = gcloud.endpoint_overrides(healthcare.url, pubsub.host, gcs.url, env.get("LOGGING_EMULATOR_HOST"))
+        overrides = gcloud.endpoint_overrides(healthcare.url, pubsub.host, self.gcs_proxy.url,
+                                              env.get("LOGGING_EMULATOR_HOST"))
         env["CLOUDSDK_CONFIG"] = str(gcloud.write_config(workdir, names.project, overrides))
-        self.env = {key: env[key] for key in (*CONTRACT_KEYS, "BRIDGE_URL") if key in env}
+        self.env = {key: env[key] for key in (*CONTRACT_KEYS, "BRIDGE_URL", "FAKE_GCS_URL") if key in env}
         self.timings["start_s"] = round(time.monotonic() - started, 2)
         self._write_state()
 
@@ -331,7 +352,7 @@ class Stack:
         lost its unacknowledged messages, a restarted fake-gcs-server its objects.
         """
         service = self.services[name].start(port_wait=15.0)
-        if name in ("pubsub", "gcs", "healthcare"):
+        if name in ("pubsub", "gcs", "healthcare"):  # the proxy keeps no state
             self.ensure_resources(only=name)
         return service
 

@@ -11,8 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol
+
+# Cloud Storage accepts about one write per second to one object name and answers 429 beyond it
+# (cloud.google.com/storage/quotas). A process does not send a write it knows would be refused:
+# it waits until this long after its own last write of the same name.
+SAME_NAME_WRITE_INTERVAL = 1.0
 
 
 class Conflict(Exception):
@@ -84,6 +91,36 @@ def storage_client(project: str | None = None) -> Any:
     return storage.Client(project=project)
 
 
+class WritePacer:
+    """Spaces this process's writes of one object name by :data:`SAME_NAME_WRITE_INTERVAL`.
+
+    Writes of the same name from other processes are not known here: those get a
+    429, which the client retries with backoff.
+    """
+
+    def __init__(self, interval: float = SAME_NAME_WRITE_INTERVAL, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.interval, self._clock, self._sleep = interval, clock, sleep
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def before(self, path: str) -> None:
+        with self._lock:
+            last = self._last.get(path)
+        if last is not None:
+            wait = last + self.interval - self._clock()
+            if wait > 0:
+                self._sleep(wait)
+
+    def after(self, path: str) -> None:
+        now = self._clock()
+        with self._lock:
+            self._last[path] = now
+            if len(self._last) > 10_000:
+                for key in [key for key, at in self._last.items() if now - at >= self.interval]:
+                    del self._last[key]
+
+
 class GcsStateStore:
     """:class:`StateStore` over google-cloud-storage (imported on first use)."""
 
@@ -91,6 +128,7 @@ class GcsStateStore:
         self.bucket = bucket
         self._client = client
         self._bucket_handle: Any = None
+        self._pacer = WritePacer()
 
     def _handle(self) -> Any:
         if self._bucket_handle is None:
@@ -113,11 +151,13 @@ class GcsStateStore:
         from google.api_core import exceptions
 
         blob = self._handle().blob(path)
+        self._pacer.before(path)
         try:
             blob.upload_from_string(json.dumps(data, separators=(",", ":")), content_type="application/json",
                                     if_generation_match=generation)
         except exceptions.PreconditionFailed:
             raise Conflict(path) from None
+        self._pacer.after(path)
         return int(blob.generation)
 
     def create(self, path: str, data: Mapping[str, Any]) -> int:
@@ -128,29 +168,37 @@ class GcsStateStore:
 
     def copy_in(self, source_bucket: str, source_name: str, source_generation: str, path: str,
                 metadata: Mapping[str, str]) -> None:
+        """Copy one generation (retried on 429/5xx like any call: copying the same generation again is harmless)."""
         from google.api_core import exceptions
+        from google.cloud.storage.retry import DEFAULT_RETRY
 
         client = self._handle().client
         source = client.bucket(source_bucket).blob(source_name, generation=int(source_generation))
         target = self._handle().blob(path)
         target.metadata = dict(metadata)
         token = None
+        self._pacer.before(path)
         try:
             while True:
-                token, _, _ = target.rewrite(source, token=token)
+                token, _, _ = target.rewrite(source, token=token, retry=DEFAULT_RETRY)
                 if token is None:
-                    return
+                    break
         except exceptions.NotFound:
             raise SourceGone(f"gs://{source_bucket}/{source_name}#{source_generation}") from None
+        self._pacer.after(path)
 
     def write_text(self, path: str, text: str) -> None:
+        self._pacer.before(path)
         self._handle().blob(path).upload_from_string(text, content_type="text/plain")
+        self._pacer.after(path)
 
     def write_marker(self, path: str, metadata: Mapping[str, str]) -> None:
         """An empty object whose custom metadata is the point (listings return it)."""
         blob = self._handle().blob(path)
         blob.metadata = dict(metadata)
+        self._pacer.before(path)
         blob.upload_from_string(b"", content_type="application/octet-stream")
+        self._pacer.after(path)
 
     def list(self, prefix: str) -> Iterator[Listed]:
         for blob in self._handle().client.list_blobs(self.bucket, prefix=prefix):
@@ -220,7 +268,10 @@ class GcsStateStore:
     def delete(self, path: str) -> None:
         from google.api_core import exceptions
 
+        self._pacer.before(path)
         try:
             self._handle().blob(path).delete()
         except exceptions.NotFound:
             pass
+        self._pacer.after(path)
+

@@ -59,7 +59,8 @@ def test_up_twice_after_a_crash_then_down_leaves_no_process(workdir: Path) -> No
     env = read_env_file(workdir / "stack.env")
     assert set(CONTRACT_KEYS) <= set(env)
     first = records(workdir)
-    assert set(first) == {"pubsub", "gcs", "healthcare", "function", "followup", "export", "bridge", "gateway"}
+    assert set(first) == {"pubsub", "gcs", "gcs-proxy", "healthcare", "function", "followup", "export", "bridge",
+                          "gateway"}
     seen += first.values()
     assert cli(workdir, "status").returncode == 0
 

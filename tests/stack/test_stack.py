@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -16,7 +18,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from localstack.bridge import Backoff
-from localstack.names import CONTRACT_KEYS, Names
+from localstack.names import CONTRACT_KEYS, REPO_ROOT, Names
 from localstack.pubsub import PubSubRest
 from localstack.stack import Stack, read_env_file
 
@@ -90,12 +92,13 @@ def test_env_holds_every_contract_key_and_matches_stack_env(recorded: Recorded) 
     assert (env["INBOX_BUCKET"], env["STATE_BUCKET"], env["EXPORT_BUCKET"]) == names.buckets
     assert env["PUBSUB_EMULATOR_HOST"].startswith("127.0.0.1:")
     assert env["LOGGING_EMULATOR_HOST"] == env["HEALTHCARE_EMULATOR_HOST"], "one emulator serves both APIs"
-    for key in ("STORAGE_EMULATOR_HOST", "HEALTHCARE_EMULATOR_HOST", "BRIDGE_URL"):
+    for key in ("STORAGE_EMULATOR_HOST", "HEALTHCARE_EMULATOR_HOST", "BRIDGE_URL", "FAKE_GCS_URL"):
         assert env[key].startswith("http://127.0.0.1:") and not env[key].endswith("/")
     for key in ("FUNCTION_URL", "FOLLOWUP_URL", "EXPORT_URL"):
         assert env[key].startswith("http://127.0.0.1:") and env[key].endswith("/")
     ports = {value.rstrip("/").rsplit(":", 1)[1] for key, value in env.items() if "127.0.0.1:" in value}
-    assert len(ports) == 7  # pubsub, gcs, healthcare, three functions, bridge: a port each
+    assert len(ports) == 8  # pubsub, gcs, its proxy, healthcare, three functions, bridge: a port each
+    assert env["STORAGE_EMULATOR_HOST"] == recorded.stack.gcs_proxy.url != env["FAKE_GCS_URL"]
     assert Path(env["DICOM_IMPORT_CONFIG"]).is_file()
 
 
@@ -218,3 +221,65 @@ def test_delivery_goes_on_while_pubsub_is_paused_and_acks_land_after(recorded: R
         time.sleep(0.1)
     assert recorded.route("followup")["ack_errors"] == 0
     assert len([entry for entry in recorded.received() if is_it(entry)]) == 1
+
+
+def localstack_cli(recorded: Recorded, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "localstack", "--workdir", str(recorded.stack.workdir), *args],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_events_drop_loses_notifications_for_good_and_deliver_brings_delivery_back(recorded: Recorded) -> None:
+    dropped_before = recorded.route("function")["dropped"]
+    assert localstack_cli(recorded, "events", "drop").returncode == 0
+    try:
+        lost = f"{unique('lost')}.dcm"
+        recorded.upload(lost)
+        deadline = time.monotonic() + 20
+        while recorded.route("function")["dropped"] == dropped_before:
+            assert time.monotonic() < deadline, recorded.route("function")
+            time.sleep(0.1)
+        assert recorded.stack.bridge_status()["events"] == {"drop": 1.0, "seed": None}
+    finally:
+        shown = localstack_cli(recorded, "events", "deliver")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["drop"] == 0.0
+    kept = f"{unique('kept')}.dcm"
+    recorded.upload(kept)
+    recorded.wait_for(lambda entry: entry["data"].get("name") == kept)
+    time.sleep(1.0)
+    assert not [entry for entry in recorded.received() if entry["data"].get("name") == lost], "lost for good"
+    assert recorded.route("function")["held"] == 0, "acknowledged: Pub/Sub will not deliver it again"
+
+
+def test_a_fraction_of_events_can_be_lost(recorded: Recorded) -> None:
+    bridge = recorded.env["BRIDGE_URL"]
+    before = recorded.route("function")
+    requests.put(f"{bridge}/events", json={"drop": 0.5, "seed": 3}, timeout=5).raise_for_status()
+    try:
+        prefix = unique("half")
+        for number in range(20):
+            recorded.upload(f"{prefix}/{number}.dcm")
+        deadline = time.monotonic() + 30
+        while recorded.route("function")["dropped"] + recorded.route("function")["delivered"] \
+                < before["dropped"] + before["delivered"] + 20:
+            assert time.monotonic() < deadline, recorded.route("function")
+            time.sleep(0.1)
+    finally:
+        requests.put(f"{bridge}/events", json={"drop": 0}, timeout=5).raise_for_status()
+    dropped = recorded.route("function")["dropped"] - before["dropped"]
+    assert 3 <= dropped <= 17, f"{dropped} of 20 lost with drop 0.5"
+    assert requests.put(f"{bridge}/events", json={"drop": 2}, timeout=5).status_code == 400
+
+
+def test_the_functions_reach_cloud_storage_through_the_fault_proxy(recorded: Recorded) -> None:
+    assert localstack_cli(recorded, "faults", "gcs", "outage", "2").returncode == 0
+    name = f"{unique('through-proxy')}.dcm"
+    with pytest.raises(Exception, match="503"):
+        recorded.storage.bucket(recorded.env["INBOX_BUCKET"]).blob(name).upload_from_string(b"x", retry=None)
+    shown = localstack_cli(recorded, "faults", "gcs", "show")
+    assert shown.returncode == 0 and '"remainingSeconds"' in shown.stdout
+    assert localstack_cli(recorded, "faults", "gcs", "clear").returncode == 0
+    recorded.upload(name)  # the outage is over
+    stats = requests.get(f"{recorded.env['STORAGE_EMULATOR_HOST']}/proxy/stats", timeout=5).json()
+    assert stats["outageRefused"] >= 1 and stats["requests"]["objects.insert"] >= 1
+    refused = localstack_cli(recorded, "faults", "gcs", "set", "--rate503", "1.5")
+    assert refused.returncode == 2 and "rate503" in refused.stderr

@@ -1,0 +1,164 @@
+"""The fault-injecting Cloud Storage proxy in front of the real fake-gcs-server, driven by google-cloud-storage."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+from google.api_core import exceptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from google.cloud.storage.retry import DEFAULT_RETRY
+
+from localstack.services import Service, start_gcs_proxy
+
+pytestmark = pytest.mark.stack
+
+BUCKET = "proxy-test"
+
+
+@pytest.fixture(scope="module")
+def proxy(fake_gcs: Service, tmp_path_factory: pytest.TempPathFactory, stack_owner: tuple[int, int]) -> Iterator[Service]:
+    service = start_gcs_proxy(tmp_path_factory.mktemp("gcs-proxy"), upstream=fake_gcs.url, owner=stack_owner)
+    requests.post(f"{fake_gcs.url}/storage/v1/b", json={"name": BUCKET}, timeout=10)
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+def admin(proxy: Service) -> Iterator[str]:
+    url = f"{proxy.url}/proxy"
+    yield url
+    requests.delete(f"{url}/faults", timeout=5).raise_for_status()
+    requests.delete(f"{url}/outage", timeout=5).raise_for_status()
+    requests.put(f"{url}/config", json={"writeIntervalSeconds": 1.0}, timeout=5).raise_for_status()
+
+
+@pytest.fixture
+def bucket(proxy: Service) -> storage.Bucket:
+    client = storage.Client(project="local-project", credentials=AnonymousCredentials(),
+                            client_options={"api_endpoint": proxy.url})
+    return client.bucket(BUCKET)
+
+
+NO_RETRY = None
+
+
+def stats(admin: str) -> dict:
+    return requests.get(f"{admin}/stats", timeout=5).json()
+
+
+def name(label: str) -> str:
+    return f"{label}/{uuid.uuid4().hex[:8]}.json"
+
+
+def test_requests_pass_through_to_fake_gcs(bucket, admin, fake_gcs):
+    path = name("through")
+    blob = bucket.blob(path)
+    blob.upload_from_string(b'{"a": 1}', if_generation_match=0)
+    assert bucket.blob(path).download_as_bytes() == b'{"a": 1}'
+    assert [b.name for b in bucket.client.list_blobs(BUCKET, prefix=path)] == [path]
+    direct = requests.get(f"{fake_gcs.url}/storage/v1/b/{BUCKET}/o/{requests.utils.quote(path, safe='')}", timeout=5)
+    assert direct.json()["generation"] == str(blob.generation), "the object is in fake-gcs-server itself"
+    counted = stats(admin)["requests"]
+    assert counted["objects.insert"] >= 1 and counted["objects.get"] >= 1 and counted["objects.list"] >= 1
+
+
+def test_a_second_write_of_one_name_within_a_second_is_refused_with_429(bucket, admin):
+    path = name("limit")
+    first = bucket.blob(path)
+    first.upload_from_string(b"1", if_generation_match=0, retry=NO_RETRY)
+    with pytest.raises(exceptions.TooManyRequests, match="rate limit for object mutation"):
+        bucket.blob(path).upload_from_string(b"2", if_generation_match=first.generation, retry=NO_RETRY)
+    other = bucket.blob(name("limit"))
+    other.upload_from_string(b"x", retry=NO_RETRY)  # another name: not limited
+    with pytest.raises(exceptions.TooManyRequests):
+        other.delete(retry=NO_RETRY)  # a delete is a mutation too
+    time.sleep(1.05)
+    second = bucket.blob(path)
+    second.upload_from_string(b"2", if_generation_match=first.generation, retry=NO_RETRY)
+    assert stats(admin)["rateLimited"].get(f"{BUCKET}/limit/", 0) >= 2
+
+
+def test_a_refused_write_does_not_count_against_the_limit(bucket, admin):
+    path = name("refused")
+    first = bucket.blob(path)
+    first.upload_from_string(b"1", if_generation_match=0, retry=NO_RETRY)
+    time.sleep(1.05)
+    with pytest.raises(exceptions.PreconditionFailed):  # forwarded, refused by fake-gcs-server: no write happened
+        bucket.blob(path).upload_from_string(b"2", if_generation_match=0, retry=NO_RETRY)
+    bucket.blob(path).upload_from_string(b"3", if_generation_match=first.generation, retry=NO_RETRY)
+
+
+def test_the_clients_own_retries_ride_out_the_write_limit(bucket, admin):
+    path = name("retried")
+    first = bucket.blob(path)
+    first.upload_from_string(b"1", if_generation_match=0)
+    started = time.monotonic()
+    bucket.blob(path).upload_from_string(b"2", if_generation_match=first.generation)  # default retry policy
+    assert bucket.blob(path).download_as_bytes() == b"2"
+    assert time.monotonic() - started < 10
+
+
+def test_the_limit_can_be_turned_off(bucket, admin):
+    requests.put(f"{admin}/config", json={"writeIntervalSeconds": 0}, timeout=5).raise_for_status()
+    path = name("unlimited")
+    for data in (b"1", b"2", b"3"):
+        bucket.blob(path).upload_from_string(data, retry=NO_RETRY)
+
+
+def test_injected_errors_by_method_are_answered_by_the_proxy_and_never_forwarded(bucket, admin):
+    path = name("faults")
+    bucket.blob(path).upload_from_string(b"kept", retry=NO_RETRY)
+    spec = {"seed": 7, "methods": {"objects.get": {"rate503": 1.0}, "objects.insert": {"rate429": 1.0}}}
+    assert requests.put(f"{admin}/faults", json=spec, timeout=5).status_code == 200
+    with pytest.raises(exceptions.ServiceUnavailable):
+        bucket.blob(path).download_as_bytes(retry=NO_RETRY)
+    with pytest.raises(exceptions.TooManyRequests):
+        bucket.blob(path).upload_from_string(b"lost", retry=NO_RETRY)
+    assert [b.name for b in bucket.client.list_blobs(BUCKET, prefix=path)] == [path], "other methods unaffected"
+    requests.delete(f"{admin}/faults", timeout=5).raise_for_status()
+    assert bucket.blob(path).download_as_bytes() == b"kept", "the refused upload never reached fake-gcs-server"
+    injected = stats(admin)["injectedErrors"]
+    assert injected["objects.get"]["503"] >= 1 and injected["objects.insert"]["429"] >= 1
+
+
+def test_latency_is_added_per_method(bucket, admin):
+    path = name("slow")
+    bucket.blob(path).upload_from_string(b"x", retry=NO_RETRY)
+    requests.put(f"{admin}/faults", json={"methods": {"objects.get": {"latencySeconds": 0.4}}}, timeout=5)
+    started = time.monotonic()
+    bucket.blob(path).download_as_bytes()
+    assert time.monotonic() - started >= 0.4
+
+
+def test_an_outage_answers_everything_503_until_it_ends(bucket, admin):
+    path = name("outage")
+    assert requests.put(f"{admin}/outage", json={"seconds": 1.5}, timeout=5).json()["remainingSeconds"] == 1.5
+    with pytest.raises(exceptions.ServiceUnavailable):
+        list(bucket.client.list_blobs(BUCKET, prefix=path, retry=NO_RETRY))
+    started = time.monotonic()
+    bucket.blob(path).upload_from_string(b"after", retry=DEFAULT_RETRY.with_delay(initial=0.2, maximum=0.5))
+    assert time.monotonic() - started >= 1.0, "the client's retries waited for the end of the outage"
+    assert stats(admin)["outageRefused"] >= 2
+
+
+@pytest.mark.parametrize("spec, words", [
+    ({"methods": {"dicomStores.import": {"failOperation": True}}}, "failOperation"),
+    ({"methods": {"*": {"rate429": 0.7, "rate503": 0.7}}}, "must not exceed 1"),
+    ({"methods": {"objects.get": {"rate5o3": 0.1}}}, "unknown field"),
+])
+def test_a_bad_fault_configuration_is_refused_naming_the_field(admin, spec, words):
+    response = requests.put(f"{admin}/faults", json=spec, timeout=5)
+    assert response.status_code == 400 and words in response.json()["error"]
+
+
+def test_admin_calls_are_never_faulted(admin):
+    requests.put(f"{admin}/outage", json={"seconds": 5}, timeout=5).raise_for_status()
+    assert requests.get(f"{admin}/health", timeout=5).status_code == 200
