@@ -45,7 +45,7 @@ __all__ = ["ProxyState", "main", "serve"]
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
                         "transfer-encoding", "upgrade", "content-length", "host"})
-OPERATION_ONLY = ("minOperationSeconds", "failOperation")
+OPERATION_ONLY = ("minOperationSeconds", "failOperation", "logDelaySeconds", "logSampleAbove")
 DEFAULT_WRITE_INTERVAL = 1.0
 UPSTREAM_TIMEOUT = 120.0
 
