@@ -17,6 +17,8 @@ readonly SOURCE_DIR
 readonly FN_INTAKE=dicom-import-intake
 readonly FN_FOLLOWUP=dicom-import-followup
 readonly FN_EXPORT=dicom-export-request
+readonly FN_RECONCILE=dicom-import-reconcile
+readonly SCHEDULER_JOB=dicom-import-reconcile   # Cloud Scheduler job that fires ${FN_RECONCILE}
 readonly RUNTIME=python312
 readonly FUNCTION_TIMEOUT=540s     # the maximum for event-driven functions
 readonly SA_NAME=dicom-import-fn
@@ -46,7 +48,7 @@ readonly APIS=(
   healthcare.googleapis.com cloudfunctions.googleapis.com run.googleapis.com
   eventarc.googleapis.com pubsub.googleapis.com storage.googleapis.com
   cloudbuild.googleapis.com artifactregistry.googleapis.com logging.googleapis.com
-  monitoring.googleapis.com
+  monitoring.googleapis.com cloudscheduler.googleapis.com
 )
 # Paths the deployed source keeps (see .gcloudignore); --config must be one.
 readonly CONFIG_PATTERN='^(config\.yaml|config\.[A-Za-z0-9_-]+\.yaml|config/[A-Za-z0-9_./-]+\.yaml)$'
@@ -55,8 +57,9 @@ usage() {
   cat <<EOF
 Usage: ./deploy.sh --project P --region R --inbox-bucket B --state-bucket B --dicom-store NAME [options]
 
-Deploys ${FN_INTAKE}, ${FN_FOLLOWUP} and ${FN_EXPORT} with their service account,
-topics, state bucket and IAM bindings. Safe to re-run. Details: docs/deploy.md.
+Deploys ${FN_INTAKE}, ${FN_FOLLOWUP}, ${FN_EXPORT} and ${FN_RECONCILE} (fired by the
+Cloud Scheduler job ${SCHEDULER_JOB}) with their service account, topics, state bucket and
+IAM bindings. Safe to re-run. Details: docs/deploy.md.
 
 Required (flag, or the environment variable in brackets):
   --project ID              project to deploy into            [GOOGLE_CLOUD_PROJECT]
@@ -71,6 +74,10 @@ Options:
   --followup-topic ID       follow-up topic (default dicom-import-followups)  [FOLLOWUP_TOPIC]
   --export-requests-topic ID  export requests topic (default dicom-export-requests)
                                                                        [EXPORT_REQUESTS_TOPIC]
+  --reconcile-topic ID      topic of the reconcile schedule (default dicom-import-reconcile)
+                                                                             [RECONCILE_TOPIC]
+  --reconcile-schedule CRON when the reconcile sweep runs, 5-field cron in UTC
+                            (default "0 * * * *": hourly)                [RECONCILE_SCHEDULE]
   --export-bucket NAME      export destination, created if missing beside the inbox;
                             the Healthcare service agent gets objectAdmin on it
                             (default: none)                                  [EXPORT_BUCKET]
@@ -260,6 +267,8 @@ parse_args() {
   RESULTS_TOPIC_IN=${RESULTS_TOPIC:-dicom-import-results}
   FOLLOWUP_TOPIC_IN=${FOLLOWUP_TOPIC:-dicom-import-followups}
   EXPORT_REQUESTS_TOPIC_IN=${EXPORT_REQUESTS_TOPIC:-dicom-export-requests}
+  RECONCILE_TOPIC_IN=${RECONCILE_TOPIC:-dicom-import-reconcile}
+  RECONCILE_SCHEDULE=${RECONCILE_SCHEDULE:-0 * * * *}
   EXPORT_BUCKET_IN=${EXPORT_BUCKET:-}
   CONCURRENCY=${FUNCTION_CONCURRENCY:-80}
   MAX_INSTANCES=${FUNCTION_MAX_INSTANCES:-10}
@@ -295,6 +304,8 @@ parse_args() {
       --results-topic) RESULTS_TOPIC_IN=${value} ;;
       --followup-topic) FOLLOWUP_TOPIC_IN=${value} ;;
       --export-requests-topic) EXPORT_REQUESTS_TOPIC_IN=${value} ;;
+      --reconcile-topic) RECONCILE_TOPIC_IN=${value} ;;
+      --reconcile-schedule) RECONCILE_SCHEDULE=${value} ;;
       --export-bucket) EXPORT_BUCKET_IN=${value} ;;
       --concurrency) CONCURRENCY=${value} ;;
       --max-instances) MAX_INSTANCES=${value} ;;
@@ -406,6 +417,13 @@ validate() {
         || ${FOLLOWUP_TOPIC_ID} == "${EXPORT_REQUESTS_TOPIC_ID}" ]]; then
     die_usage "--results-topic, --followup-topic and --export-requests-topic must name three different topics"
   fi
+  RECONCILE_TOPIC_ID=$(topic_id --reconcile-topic "${RECONCILE_TOPIC_IN}")
+  case ${RECONCILE_TOPIC_ID} in
+    "${RESULTS_TOPIC_ID}"|"${FOLLOWUP_TOPIC_ID}"|"${EXPORT_REQUESTS_TOPIC_ID}")
+      die_usage "--reconcile-topic '${RECONCILE_TOPIC_IN}' is already the results, follow-up or export-requests topic: give it its own" ;;
+  esac
+  [[ ${RECONCILE_SCHEDULE} =~ ^[0-9A-Za-z*/,-]+( [0-9A-Za-z*/,-]+){4}$ ]] \
+    || die_usage "--reconcile-schedule '${RECONCILE_SCHEDULE}' is not a 5-field cron schedule (minute hour day month weekday, UTC), e.g. --reconcile-schedule '0 * * * *' (hourly)"
   RESULTS_DLQ_ID=${RESULTS_TOPIC_ID}-dead-letter
   FOLLOWUP_DLQ_ID=${FOLLOWUP_TOPIC_ID}-dead-letter
 
@@ -512,11 +530,13 @@ find_identities() {
   # Service agents are created on first use; these calls get-or-create them.
   run gcloud beta services identity create --service=healthcare.googleapis.com --project="${STORE_PROJECT}"
   run gcloud beta services identity create --service=pubsub.googleapis.com --project="${PROJECT}"
+  run gcloud beta services identity create --service=cloudscheduler.googleapis.com --project="${PROJECT}"
   lookup GCS_AGENT gcloud storage service-agent --project="${PROJECT}"
 
   RUNTIME_SA=${SA_NAME}@${PROJECT}.iam.gserviceaccount.com
   HEALTHCARE_AGENT=service-${STORE_PROJECT_NUMBER}@gcp-sa-healthcare.iam.gserviceaccount.com
   PUBSUB_AGENT=service-${PROJECT_NUMBER}@gcp-sa-pubsub.iam.gserviceaccount.com
+  SCHEDULER_AGENT=service-${PROJECT_NUMBER}@gcp-sa-cloudscheduler.iam.gserviceaccount.com
 }
 
 ensure_topic() {
@@ -544,7 +564,8 @@ ensure_hold_subscription() {
 create_topics() {
   say "topics"
   local t
-  for t in "${RESULTS_TOPIC_ID}" "${RESULTS_DLQ_ID}" "${FOLLOWUP_TOPIC_ID}" "${FOLLOWUP_DLQ_ID}" "${EXPORT_REQUESTS_TOPIC_ID}"; do
+  for t in "${RESULTS_TOPIC_ID}" "${RESULTS_DLQ_ID}" "${FOLLOWUP_TOPIC_ID}" "${FOLLOWUP_DLQ_ID}" "${EXPORT_REQUESTS_TOPIC_ID}" \
+           "${RECONCILE_TOPIC_ID}"; do
     ensure_topic "${t}"
   done
   ensure_hold_subscription "${RESULTS_DLQ_ID}"
@@ -615,7 +636,7 @@ create_service_account() {
     gcloud iam service-accounts describe "${RUNTIME_SA}" --project="${PROJECT}" -- \
     gcloud iam service-accounts create "${SA_NAME}" --project="${PROJECT}" \
     --display-name="DICOM import functions" \
-    --description="Runtime and trigger identity of ${FN_INTAKE}, ${FN_FOLLOWUP}, ${FN_EXPORT}"
+    --description="Runtime and trigger identity of ${FN_INTAKE}, ${FN_FOLLOWUP}, ${FN_EXPORT}, ${FN_RECONCILE}"
 }
 
 grant_runtime_sa() {
@@ -699,6 +720,9 @@ grant_service_agents() {
   done
   bind gcloud iam service-accounts add-iam-policy-binding "${RUNTIME_SA}" --project="${PROJECT}" \
     --member="${pubsub}" --role=roles/iam.serviceAccountTokenCreator --condition=None
+  # Cloud Scheduler publishes the reconcile ticks with its own service agent: that topic only.
+  bind gcloud pubsub topics add-iam-policy-binding "${RECONCILE_TOPIC_ID}" --project="${PROJECT}" \
+    --member="serviceAccount:${SCHEDULER_AGENT}" --role=roles/pubsub.publisher
 }
 
 env_vars() {
@@ -740,12 +764,38 @@ deploy_functions() {
     --trigger-location="${INBOX_LOCATION}"
   deploy_function "${FN_FOLLOWUP}" on_followup --trigger-topic="${FOLLOWUP_TOPIC_ID}"
   deploy_function "${FN_EXPORT}" on_export_request --trigger-topic="${EXPORT_REQUESTS_TOPIC_ID}"
+  deploy_function "${FN_RECONCILE}" on_reconcile --trigger-topic="${RECONCILE_TOPIC_ID}"
+}
+
+# The reconcile sweep's clock (docs/reconcile.md): a Cloud Scheduler job publishing to the
+# reconcile topic. An existing job is converged (schedule, topic), not recreated.
+ensure_scheduler_job() {
+  say "Cloud Scheduler job ${SCHEDULER_JOB}: '${RECONCILE_SCHEDULE}' (UTC) -> ${RECONCILE_TOPIC_ID}"
+  local -a describe=(gcloud scheduler jobs describe "${SCHEDULER_JOB}" --project="${PROJECT}" --location="${REGION}"
+    --format='value(name)')
+  local -a job=("${SCHEDULER_JOB}" --project="${PROJECT}" --location="${REGION}" --schedule="${RECONCILE_SCHEDULE}"
+    --time-zone=Etc/UTC --topic="projects/${PROJECT}/topics/${RECONCILE_TOPIC_ID}" --message-body='{"kind":"reconcile"}')
+  local -a create=(gcloud scheduler jobs create pubsub "${job[@]}"
+    --description="Fires ${FN_RECONCILE}: admit the objects whose events were lost")
+  local -a update=(gcloud scheduler jobs update pubsub "${job[@]}")
+  if dry; then
+    printf 'if %s >/dev/null 2>&1; then %s; else %s; fi\n' \
+      "$(command_line "${describe[@]}")" "$(command_line "${update[@]}")" "$(command_line "${create[@]}")"
+    return
+  fi
+  if "${describe[@]}" >/dev/null 2>&1; then
+    say "exists: scheduler job ${SCHEDULER_JOB} (updating schedule and topic)"
+    "${update[@]}"
+  else
+    say "creating: scheduler job ${SCHEDULER_JOB}"
+    "${create[@]}"
+  fi
 }
 
 grant_invoker() {
   say "IAM: the triggers' identity may invoke the functions"
   local fn
-  for fn in "${FN_INTAKE}" "${FN_FOLLOWUP}" "${FN_EXPORT}"; do
+  for fn in "${FN_INTAKE}" "${FN_FOLLOWUP}" "${FN_EXPORT}" "${FN_RECONCILE}"; do
     bind gcloud functions add-invoker-policy-binding "${fn}" --project="${PROJECT}" --region="${REGION}" \
       --member="serviceAccount:${RUNTIME_SA}"
   done
@@ -783,6 +833,7 @@ configure_trigger_subscriptions() {
   configure_trigger_subscription "${FN_INTAKE}" INTAKE
   configure_trigger_subscription "${FN_FOLLOWUP}" FOLLOWUP "${FOLLOWUP_DLQ_ID}"
   configure_trigger_subscription "${FN_EXPORT}" EXPORT
+  configure_trigger_subscription "${FN_RECONCILE}" RECONCILE
 }
 
 # ---------------------------------------------------------------- customer-managed key (--kms-key)
@@ -1032,7 +1083,7 @@ deploy_monitoring() {
 
 summary() {
   dry && return
-  say "done: ${FN_INTAKE} (gs://${INBOX} finalize), ${FN_FOLLOWUP} (${FOLLOWUP_TOPIC_ID}), ${FN_EXPORT} (${EXPORT_REQUESTS_TOPIC_ID})"
+  say "done: ${FN_INTAKE} (gs://${INBOX} finalize), ${FN_FOLLOWUP} (${FOLLOWUP_TOPIC_ID}), ${FN_EXPORT} (${EXPORT_REQUESTS_TOPIC_ID}), ${FN_RECONCILE} (${SCHEDULER_JOB}: ${RECONCILE_SCHEDULE})"
   say "results on projects/${PROJECT}/topics/${RESULTS_TOPIC_ID}; verify with the commands in docs/deploy.md"
 }
 
@@ -1066,6 +1117,7 @@ main() {
   deploy_functions
   grant_invoker
   configure_trigger_subscriptions
+  ensure_scheduler_job
   ensure_results_table
   deploy_monitoring
   summary

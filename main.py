@@ -4,6 +4,7 @@
   or a Cloud Storage Pub/Sub notification (``OBJECT_FINALIZE``).
 * ``on_followup``: follow-up messages that drive import batches to their published result.
 * ``on_export_request``: a JSON export request on Pub/Sub; the result is published like imports'.
+* ``on_reconcile``: a Cloud Scheduler tick on Pub/Sub: admit the objects no event announced (docs/reconcile.md).
 """
 
 import functions_framework
@@ -27,3 +28,8 @@ def on_followup(cloud_event):
 @functions_framework.cloud_event
 def on_export_request(cloud_event):
     entrypoints.export_request(cloud_event)
+
+
+@functions_framework.cloud_event
+def on_reconcile(cloud_event):
+    entrypoints.reconcile(cloud_event)

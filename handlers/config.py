@@ -32,7 +32,10 @@ RULE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 BLOB_STORAGE_CLASSES = ("STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 MIN_QUIET_SECONDS = 0.5
-_TOP_LEVEL = ("stores", "rules", "ignore", "batching", "state", "results", "followup", "exports")
+# A sweep must not look back as far as the claims' lifetime (30 days, deploy.sh's STATE_RETENTION_DAYS):
+# an object whose claim was deleted would be imported again.
+MAX_RECONCILE_WINDOW_HOURS = 29 * 24
+_TOP_LEVEL = ("stores", "rules", "ignore", "batching", "state", "results", "followup", "exports", "reconcile")
 #: The environment variable deploy.sh --export-bucket sets: the default (and only) export destination.
 EXPORT_BUCKET_ENV = "EXPORT_BUCKET"
 #: The QIDO-RS offset the Cloud Healthcare API accepts at most: a search cannot page further.
@@ -104,6 +107,18 @@ class Exports:
 
 
 @dataclass(frozen=True)
+class Reconcile:
+    """The sweep that finds objects no event announced (docs/reconcile.md)."""
+
+    overlap_minutes: float = 10.0
+    """Each sweep starts this long before the end of the previous one."""
+    settle_seconds: float = 120.0
+    """Objects younger than this are left to their events (and to the next sweep)."""
+    first_window_hours: float = 24.0
+    """How far back the very first sweep looks."""
+
+
+@dataclass(frozen=True)
 class Route:
     """Where an object goes: the rule that matched, or why none applies."""
 
@@ -125,6 +140,7 @@ class Config:
     followup_topic: str
     followup_deadline_hours: float
     exports: Exports = Exports()
+    reconcile: Reconcile = Reconcile()
     _matcher: PatternSet = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
     _ignore_matcher: PatternSet = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
 
@@ -339,6 +355,17 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> Config:
     # with deploy.sh's backoff: the deadline must come first, or the UNKNOWN result is never sent.
     deadline = reader.number(followup, "deadline_hours", 12.0, 0.01, 15, False)
     exports = _exports(reader, document, rules, state_bucket)
+    reconcile_section = reader.section(document, "reconcile", ("overlap_minutes", "settle_seconds",
+                                                               "first_window_hours"))
+    reconcile = Reconcile(
+        overlap_minutes=float(reader.number(reconcile_section, "overlap_minutes", Reconcile.overlap_minutes, 0,
+                                            24 * 60, False)),
+        settle_seconds=float(reader.number(reconcile_section, "settle_seconds", Reconcile.settle_seconds, 0, 3600,
+                                           False)),
+        # Claims are deleted after 30 days (deploy.sh): an older object's claim may be gone.
+        first_window_hours=float(reader.number(reconcile_section, "first_window_hours", Reconcile.first_window_hours,
+                                               0.01, MAX_RECONCILE_WINDOW_HOURS, False)),
+    )
 
     if reader.problems:
         raise ConfigError(reader.problems)
@@ -354,6 +381,7 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> Config:
         followup_topic=followup_topic,
         followup_deadline_hours=float(deadline),
         exports=exports,
+        reconcile=reconcile,
     )
 
 

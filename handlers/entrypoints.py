@@ -137,6 +137,23 @@ def _followup_budget() -> float:
     return float(os.environ.get("FOLLOWUP_BUDGET_SECONDS", DEFAULT_FOLLOWUP_BUDGET_SECONDS))
 
 
+@guarded("on_reconcile")
+def reconcile(event: Any) -> None:
+    """A Cloud Scheduler tick (Pub/Sub): sweep for objects no event announced, or resume the unfinished sweep."""
+    from handlers import runtime
+    from handlers.reconcile.progress import SweepBusy
+
+    events.pubsub_message(event)  # any body: the schedule carries no parameters
+    instance = runtime.get()
+    try:
+        result = instance.reconciler.run(Deadline(_followup_budget()))
+    except SweepBusy as exc:
+        log.info("reconcile skipped: another sweep is running", reason=str(exc))
+        return
+    log.info("reconcile finished", sweep=result["sweep"], outcome=result["outcome"],
+             admitted=result["totals"]["admitted"])
+
+
 @guarded("on_export_request")
 def export_request(event: Any) -> None:
     from handlers import runtime

@@ -19,10 +19,11 @@ from handlers.batch.reporting import Reporter
 from handlers.clients.cloudlogging import CloudLogging
 from handlers.clients.healthcare import HealthcareApi
 from handlers.clients.pubsub import Publisher
-from handlers.clients.storage import GcsStateStore
+from handlers.clients.storage import GcsSource, GcsStateStore
 from handlers.config import Config
 from handlers.exports.job import ExportJob
 from handlers.failures.collect import DEFAULT_VERIFY_SECONDS, DEFAULT_WAIT_SECONDS
+from handlers.reconcile.sweep import Sweeper
 
 
 @dataclass
@@ -61,6 +62,11 @@ class Runtime:
         return ExportJob(self.state, self.api, reporter, deadline_hours=self.config.followup_deadline_hours,
                          destinations=self.config.exports.destinations, config_path=self.config.path,
                          max_query_results=self.config.exports.max_query_results)
+
+    @cached_property
+    def reconciler(self) -> Sweeper:
+        reporter = Reporter(self.state, self.publisher, self.config.results_topic)
+        return Sweeper(self.state, GcsSource(), self.config, self.intake, reporter)
 
     def kick_batch(self, rule: str, batch: str) -> None:
         """Publish the follow-up message that drives a batch to its end."""

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from handlers.clients.healthcare import ApiError, Operation
 from handlers.retry import Deadline
-from handlers.clients.storage import Conflict, Document, Listed, SourceGone
+from handlers.clients.storage import Conflict, Document, Listed, SourceGone, SourceObject
 from tests.message_schemas import validate
 
 
@@ -36,8 +36,11 @@ class FakeClock:
 class MemoryStateStore:
     """A bucket of JSON documents and staged copies with Cloud Storage's preconditions."""
 
-    def __init__(self, bucket: str = "state-bkt") -> None:
+    def __init__(self, bucket: str = "state-bkt", clock: Callable[[], float] | None = None) -> None:
         self.bucket = bucket
+        self.clock = clock or (lambda: 1_800_000_000.0)
+        """Cloud Storage's clock: ``timeCreated`` of what is written, ``server_time``."""
+        self.created: dict[str, float] = {}
         self.sources: dict[tuple[str, str, str], bytes] = {}
         self.docs: dict[str, tuple[str, int]] = {}
         self.blobs: dict[str, tuple[bytes, dict[str, str]]] = {}
@@ -66,6 +69,7 @@ class MemoryStateStore:
                 raise Conflict(path)
             new = next(self._generations)
             self.docs[path] = (json.dumps(data), new)
+            self.created[path] = self.clock()
             self.ops.append(("write", path))
             return new
 
@@ -88,6 +92,7 @@ class MemoryStateStore:
         with self._lock:
             self.ops.append(("write", path))
             self.blobs[path] = (b"", dict(metadata))
+            self.created[path] = self.clock()
         if self.after_marker:
             self.after_marker(path)
 
@@ -99,8 +104,12 @@ class MemoryStateStore:
     def list(self, prefix: str) -> Iterator[Listed]:
         with self._lock:
             self.ops.append(("list", prefix))
-            found = [Listed(name, dict(meta), len(data), md5(data))
-                     for name, (data, meta) in sorted(self.blobs.items()) if name.startswith(prefix)]
+            found = []
+            for name in sorted({*self.blobs, *self.docs}):
+                if not name.startswith(prefix):
+                    continue
+                data, meta = self.blobs[name] if name in self.blobs else (self.docs[name][0].encode(), {})
+                found.append(Listed(name, dict(meta), len(data), md5(data), self.created.get(name)))
         return iter(found)
 
     def read_range(self, path: str, start: int, length: int) -> bytes:
@@ -149,6 +158,12 @@ class MemoryStateStore:
                 return generation, data, self.source_metadata.get((b, n, generation), {})
         return None
 
+    def server_time(self, path: str) -> float:
+        with self._lock:
+            self.ops.append(("write", path))
+            self.blobs[path] = (b"", {})
+            return self.clock()
+
     def delete(self, path: str) -> None:
         with self._lock:
             self.ops.append(("delete", path))
@@ -162,6 +177,26 @@ class MemoryStateStore:
 def md5(data: bytes) -> str:
     """Base64 MD5, as Cloud Storage reports ``md5Hash``."""
     return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+class MemorySource:
+    """Watched buckets for the reconcile sweep: the store's sources, each with its creation time."""
+
+    def __init__(self, store: MemoryStateStore) -> None:
+        self.store = store
+        self.times: dict[tuple[str, str, str], float] = {}
+        self.calls: list[tuple[str, str, str | None]] = []
+
+    def add(self, bucket: str, name: str, generation: str, created: float) -> None:
+        self.store.add_source(bucket, name, generation)
+        self.times[(bucket, name, generation)] = created
+
+    def list(self, bucket: str, prefix: str, start_offset: str | None = None) -> Iterator[SourceObject]:
+        self.calls.append((bucket, prefix, start_offset))
+        found = sorted((name, generation, created) for (b, name, generation), created in self.times.items()
+                       if b == bucket and name.startswith(prefix) and (start_offset is None or name >= start_offset))
+        return iter([SourceObject(name, generation, created) for name, generation, created in found])
+
 
 @dataclass
 class FakeApi:

@@ -8,7 +8,8 @@ from typing import Any, Mapping
 import jsonschema
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
-FILES = {"dicom-import-result/v1": "dicom-import-result.v1.json", "dicom-export-result/v1": "dicom-export-result.v1.json"}
+FILES = {"dicom-import-result/v1": "dicom-import-result.v1.json", "dicom-export-result/v1": "dicom-export-result.v1.json",
+         "dicom-reconcile-result/v1": "dicom-reconcile-result.v1.json"}
 
 
 @lru_cache(maxsize=None)
@@ -24,5 +25,9 @@ def validate(message: Mapping[str, Any], attributes: Mapping[str, str] | None = 
     if attributes is not None:
         assert attributes["schema"] == message["schema"]
         assert attributes["outcome"] == message["outcome"]
+        if message["schema"] == "dicom-reconcile-result/v1":
+            assert attributes["sweep"] == message["sweep"]
+            assert attributes["admittedCount"] == str(message["totals"]["admitted"])
+            return
         assert attributes["failureCount"] == str(message["counter"]["failure"])
         assert attributes["successCount"] == str(message["counter"]["success"])

@@ -22,6 +22,8 @@ from typing import Any, Mapping
 from handlers.events import StorageObject
 
 OPEN, SEALED = "open", "sealed"
+# Batch ids of one-call backfills (handlers/cli/backfill_run.py): records listing their members, no claims.
+EXACT_BATCH_PREFIX = "backfill-"
 # Batch record states, in order (collecting and acting only for an import with failures).
 SEALING, LISTED, IMPORTING, PUBLISHING, DONE = "sealing", "listed", "importing", "publishing", "done"
 COLLECTING, ACTING = "collecting", "acting"

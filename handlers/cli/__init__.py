@@ -16,7 +16,7 @@ from typing import NoReturn, Sequence
 
 from handlers import config as config_module
 from handlers import log
-from handlers.cli import backfill, check_config, explain, export, failures, retry, tail
+from handlers.cli import backfill, check_config, explain, export, failures, reconcile, retry, tail
 from handlers.cli.context import Context
 from handlers.cli.environment import LOCAL_ENV_FILE, load_env_file
 from handlers.cli.errors import (
@@ -28,7 +28,7 @@ from handlers.cli.errors import (
 )
 from handlers.config import ConfigError
 
-COMMANDS = (check_config, explain, backfill, export, tail, failures, retry)
+COMMANDS = (check_config, explain, backfill, reconcile, export, tail, failures, retry)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,7 +41,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m handlers",
                      description="Operator tools for the DICOM import function: check and explain the config, "
-                                 "backfill a bucket, export a store, tail the results.")
+                                 "backfill a bucket, reconcile lost events, export a store, tail the results.")
     _global_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from handlers.batch.layout import EXACT_BATCH_PREFIX
 from handlers.config import Config, Rule
 from handlers.wildcard import GcsPattern, narrow_to_prefix
-
-EXACT_BATCH_PREFIX = "backfill-"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""``tail``: print import and export results from a Pub/Sub subscription, one line each, and ack them.
+"""``tail``: print import, export and reconcile results from a Pub/Sub subscription, one line each, and ack them.
 
 Under an import's line, its failed files, one line each (kind, object, reason;
 red on a terminal). Names are printed as the messages carry them, so
@@ -21,6 +21,7 @@ from handlers.cli.environment import PUBSUB, require
 from handlers.cli.errors import CliError
 from handlers.cli.terminal import Column, Table
 from handlers.exports.job import EXPORT_SCHEMA
+from handlers.reconcile.report import SCHEMA as RECONCILE_SCHEMA
 
 PULL_SECONDS = 5.0
 MAX_PULL = 100
@@ -137,6 +138,13 @@ def render_table(messages: list[Any]) -> Table:
     table = Table(COLUMNS)
     for message in messages:
         data = _result(message)
+        sweep = _sweep(message)
+        if sweep is not None:
+            totals = sweep["totals"]
+            table.add([_time(message), "reconcile", sweep["outcome"], "", "", "", "", sweep["sweep"], "",
+                       f"{totals['admitted']} admitted of {totals['matched']} matched"],
+                      plain=render_line(message), failed=sweep["outcome"] != SUCCEEDED)
+            continue
         if data is None:
             table.add([_time(message), "-", "-", "", "", "", "", "", "", render_line(message)],
                       plain=render_line(message))
@@ -170,6 +178,12 @@ def _result(message: Any) -> Mapping[str, Any] | None:
     return data if data is not None and "outcome" in data and "counter" in data else None
 
 
+def _sweep(message: Any) -> Mapping[str, Any] | None:
+    """The message's data if it is a reconcile sweep's result."""
+    data = _data(message)
+    return data if data is not None and data.get("schema") == RECONCILE_SCHEMA else None
+
+
 def _error(data: Mapping[str, Any]) -> str:
     if data["outcome"] == SUCCEEDED or not data.get("error"):
         return ""
@@ -179,6 +193,11 @@ def _error(data: Mapping[str, Any]) -> str:
 def render_line(message: Any) -> str:
     """``TIME  KIND  OUTCOME  COUNTS  rule/store  batch or request  operation  error``: the plain output."""
     data = _result(message)
+    sweep = _sweep(message)
+    if sweep is not None:
+        totals = sweep["totals"]
+        return (f"{_time(message)}  reconcile  {sweep['outcome']:<9}  {totals['admitted']} admitted of "
+                f"{totals['matched']} matched ({totals['covered']} covered)  sweep {sweep['sweep']}")
     if data is None:
         return f"{_time(message)}  message {message.message_id}: not a DICOM result ({dict(message.attributes)})"
     counter = data["counter"]

@@ -43,6 +43,17 @@ class Listed:
     size: int = 0
     md5: str = ""
     """Base64 MD5 of the content, as Cloud Storage gives it ('' when unknown)."""
+    created: float | None = None
+    """``timeCreated`` of this generation (Cloud Storage's clock), epoch seconds."""
+
+
+@dataclass(frozen=True)
+class SourceObject:
+    """One object generation listed in a watched bucket, with its ``timeCreated`` (epoch seconds)."""
+
+    name: str
+    generation: str
+    created: float
 
 
 class StateStore(Protocol):
@@ -77,6 +88,18 @@ class StateStore(Protocol):
                     metadata: Mapping[str, str]) -> bool: ...
 
     def delete_source(self, bucket: str, name: str, generation: str) -> bool: ...
+
+    def server_time(self, path: str) -> float:
+        """Cloud Storage's clock: write an empty object at ``path`` and return its ``updated`` time."""
+        ...
+
+
+class Source(Protocol):
+    """Listing the watched buckets (the reconcile sweep)."""
+
+    def list(self, bucket: str, prefix: str, start_offset: str | None = None) -> Iterator[SourceObject]:
+        """Every object under ``prefix`` in name order, from ``start_offset`` (inclusive) on."""
+        ...
 
 
 def storage_client(project: str | None = None) -> Any:
@@ -202,7 +225,8 @@ class GcsStateStore:
 
     def list(self, prefix: str) -> Iterator[Listed]:
         for blob in self._handle().client.list_blobs(self.bucket, prefix=prefix):
-            yield Listed(blob.name, blob.metadata or {}, int(blob.size or 0), blob.md5_hash or "")
+            yield Listed(blob.name, blob.metadata or {}, int(blob.size or 0), blob.md5_hash or "",
+                         blob.time_created.timestamp() if blob.time_created else None)
 
     def read_range(self, path: str, start: int, length: int) -> bytes:
         """Up to ``length`` bytes from ``start`` (fewer at the end of the object)."""
@@ -265,6 +289,13 @@ class GcsStateStore:
             return False
         return True
 
+    def server_time(self, path: str) -> float:
+        blob = self._handle().blob(path)
+        self._pacer.before(path)
+        blob.upload_from_string(b"", content_type="application/octet-stream")
+        self._pacer.after(path)
+        return float(blob.updated.timestamp())
+
     def delete(self, path: str) -> None:
         from google.api_core import exceptions
 
@@ -275,3 +306,21 @@ class GcsStateStore:
             pass
         self._pacer.after(path)
 
+
+LISTING_FIELDS = "items(name,generation,timeCreated),nextPageToken"
+LISTING_PAGE = 1000
+
+
+class GcsSource:
+    """:class:`Source` over google-cloud-storage: names, generations and creation times only, 1,000 a page."""
+
+    def __init__(self, client: Any = None) -> None:
+        self._client = client
+
+    def list(self, bucket: str, prefix: str, start_offset: str | None = None) -> Iterator[SourceObject]:
+        if self._client is None:
+            self._client = storage_client()
+        blobs = self._client.list_blobs(bucket, prefix=prefix or None, start_offset=start_offset or None,
+                                        fields=LISTING_FIELDS, page_size=LISTING_PAGE)
+        for blob in blobs:
+            yield SourceObject(blob.name, str(blob.generation), blob.time_created.timestamp())

@@ -204,3 +204,36 @@ def test_other_messages_are_shown_as_such_and_json_keeps_everything():
     assert json.loads(render_json(message(IMPORT, outcome="SUCCEEDED"))) == {
         "messageId": "m-1", "publishTime": "2026-11-25T10:00:01Z", "attributes": {"outcome": "SUCCEEDED"},
         "data": IMPORT}
+
+
+RECONCILE = {"schema": "dicom-reconcile-result/v1", "outcome": "RECOVERED", "sweep": "20261125T100000Z-0a1b2c3d",
+             "window": {"from": "2026-11-25T08:50:00.000Z", "to": "2026-11-25T09:58:00.000Z"},
+             "rules": [{"rule": "ct", "source": "gs://inbox/ct/", "listed": 9, "inWindow": 7, "matched": 6,
+                        "covered": 4, "coveredByBackfill": 0, "admitted": 2, "batches": ["b-7"]}],
+             "totals": {"listed": 9, "inWindow": 7, "matched": 6, "covered": 4, "coveredByBackfill": 0,
+                        "admitted": 2}}
+
+
+def test_a_reconcile_result_in_tail_says_what_the_sweep_admitted():
+    line = render_line(message(RECONCILE))
+    assert line == ("2026-11-25T10:00:01Z  reconcile  RECOVERED  2 admitted of 6 matched (4 covered)  "
+                    "sweep 20261125T100000Z-0a1b2c3d")
+    stream = Terminal()
+    render_table([message(RECONCILE)]).render(stream)
+    red = [plain(row) for row in stream.getvalue().splitlines() if RED.search(row)]
+    assert len(red) == 1 and "RECOVERED" in red[0], "lost events need attention"
+
+
+def test_the_reconcile_command_prints_a_line_per_rule_and_what_recovered_means():
+    from handlers.cli.reconcile import render
+
+    table, summary = render(RECONCILE)
+    stream = io.StringIO()
+    table.render(stream)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "sweep 20261125T100000Z-0a1b2c3d: objects created 2026-11-25T08:50:00.000Z .. 2026-11-25T09:58:00.000Z"
+    assert lines[1] == ("  ct  gs://inbox/ct/: listed 9, in window 7, matched 6, covered 4, by backfill 0, "
+                        "admitted 2")
+    assert summary.startswith("RECOVERED: 2 objects no event had announced, admitted into 1 batch: b-7\n")
+    quiet = {**RECONCILE, "outcome": "SUCCEEDED", "totals": {**RECONCILE["totals"], "admitted": 0}}
+    assert render(quiet)[1] == "SUCCEEDED: every matched object in the window was already covered\n"

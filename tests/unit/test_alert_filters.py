@@ -102,3 +102,20 @@ def test_interpreter_handles_the_rest_of_the_subset():
     assert evaluate("attributes:rule AND NOT attributes:batch", attributes)
     with pytest.raises(AssertionError):
         evaluate('attributes.outcome = "A" AND attributes.outcome = "B" OR attributes:rule', attributes)
+
+
+def reconcile_attributes(admitted: int) -> dict:
+    from handlers.reconcile.report import reconcile_message
+
+    rules = {"all-dicom": {"bucket": "inbox", "prefix": "", "listed": 5, "inWindow": 5, "matched": 5,
+                           "covered": 5 - admitted, "coveredByBackfill": 0, "admitted": admitted, "batches": []}}
+    sweep = {"sweep": "s1", "window": {"from": 1.0, "to": 2.0}, "since": None, "rules": rules, "admitted": [],
+             "resumed": 0, "startedAt": 1.0}
+    return reconcile_message(sweep, NamePolicy(), finished_at=3.0)[1]
+
+
+@pytest.mark.parametrize("admitted, alerts", [(0, False), (2, True)])
+def test_alert_filter_fires_when_a_reconcile_sweep_found_lost_events(admitted, alerts):
+    alert, narrow = readme_filters()
+    assert evaluate(alert, reconcile_attributes(admitted)) is alerts
+    assert evaluate(narrow, reconcile_attributes(admitted)) is False, "the narrow filter is about imports"

@@ -33,7 +33,8 @@ INBOX = "rad-inbox"
 STATE = "rad-import-state"
 STORE = f"projects/{PROJECT}/locations/europe-west4/datasets/radiology/dicomStores/main"
 GCS_AGENT = f"service-{PROJECT_NUMBER}@gs-project-accounts.iam.gserviceaccount.com"
-FUNCTIONS = ("dicom-import-intake", "dicom-import-followup", "dicom-export-request")
+FUNCTIONS = ("dicom-import-intake", "dicom-import-followup", "dicom-export-request", "dicom-import-reconcile")
+SCHEDULER_AGENT = f"serviceAccount:service-{PROJECT_NUMBER}@gcp-sa-cloudscheduler.iam.gserviceaccount.com"
 
 
 def trigger(function: str) -> str:  # what the fake's `functions describe` reports
@@ -104,7 +105,7 @@ case "$1 ${2:-}" in
       elif [[ $existing == 1 ]]; then echo "${4#gs://}"
       else not_found "$4"; fi
     fi ;;
-  "pubsub topics"|"pubsub subscriptions"|"iam service-accounts"|"iam roles")
+  "pubsub topics"|"pubsub subscriptions"|"iam service-accounts"|"iam roles"|"scheduler jobs")
     if [[ $3 == describe && $existing != 1 ]]; then not_found "$4"; fi ;;
   "storage service-agent") echo "service-123456789012@gs-project-accounts.iam.gserviceaccount.com" ;;
   "logging metrics"|"monitoring dashboards")
@@ -331,6 +332,7 @@ def test_fresh_project_creates_topics_bucket_and_service_account(env):
     assert topics == {
         "dicom-import-results", "dicom-import-results-dead-letter",
         "dicom-import-followups", "dicom-import-followups-dead-letter", "dicom-export-requests",
+        "dicom-import-reconcile",
     }
     holds = {c[3]: flag(c, "--topic") for c in run.matching("pubsub", "subscriptions", "create")}
     assert holds == {t: t for t in ("dicom-import-results-dead-letter", "dicom-import-followups-dead-letter")}
@@ -351,8 +353,8 @@ def test_fresh_project_creates_topics_bucket_and_service_account(env):
         "cloudbuild.googleapis.com", "artifactregistry.googleapis.com", "logging.googleapis.com",
     ]
     # Everything the functions use exists, with its bindings, before the first deploy
-    # (monitoring, which reads their logs, comes after).
-    prepared = [i for i, c in enumerate(run.calls) if not is_monitoring(c)
+    # (monitoring, which reads their logs, and the schedule that fires one, come after).
+    prepared = [i for i, c in enumerate(run.calls) if not is_monitoring(c) and c[:2] != ["scheduler", "jobs"]
                 and (is_create(c) or ("add-iam-policy-binding" in c and c[:2] != ["pubsub", "subscriptions"]))]
     assert max(prepared) < run.index("functions", "deploy")
 
@@ -381,13 +383,15 @@ def test_fresh_project_grants_least_privilege(env):
         ("pubsub topics", "dicom-import-followups-dead-letter", PUBSUB_AGENT, "roles/pubsub.publisher"),
         ("iam service-accounts", RUNTIME_SA, PUBSUB_AGENT, "roles/iam.serviceAccountTokenCreator"),
         ("pubsub subscriptions", subscription("dicom-import-followup"), PUBSUB_AGENT, "roles/pubsub.subscriber"),
+        # Cloud Scheduler publishes the reconcile ticks
+        ("pubsub topics", "dicom-import-reconcile", SCHEDULER_AGENT, "roles/pubsub.publisher"),
     }
     (store_binding,) = run.matching("healthcare", "dicom-stores", "add-iam-policy-binding")
     assert (flag(store_binding, "--dataset"), flag(store_binding, "--location"), flag(store_binding, "--project")) == (
         "radiology", "europe-west4", PROJECT)
     invokers = {(c[2], flag(c, "--region"), flag(c, "--member"))
                 for c in run.matching("functions", "add-invoker-policy-binding")}
-    assert invokers == {(fn, REGION, sa) for fn in ("dicom-import-intake", "dicom-import-followup", "dicom-export-request")}
+    assert invokers == {(fn, REGION, sa) for fn in FUNCTIONS}
     assert min(run.calls.index(c) for c in run.matching("functions", "add-invoker-policy-binding")) > max(
         run.calls.index(c) for c in run.matching("functions", "deploy"))
     # Bindings that may hit a policy with conditions say so, or gcloud refuses without a prompt.
@@ -399,7 +403,7 @@ def test_fresh_project_grants_least_privilege(env):
 def test_functions_are_deployed_with_entry_points_triggers_and_flags(env):
     run = ok(deploy(env, *REQUIRED, *TUNING))
     functions = deploys(run)
-    assert set(functions) == {"dicom-import-intake", "dicom-import-followup", "dicom-export-request"}
+    assert set(functions) == set(FUNCTIONS)
 
     for name, argv in functions.items():
         assert "--gen2" in argv and "--retry" in argv, name
@@ -437,6 +441,28 @@ def test_functions_are_deployed_with_entry_points_triggers_and_flags(env):
     assert flag(export, "--entry-point") == "on_export_request"
     assert flag(export, "--trigger-topic") == "dicom-export-requests"
 
+    reconcile = functions["dicom-import-reconcile"]
+    assert flag(reconcile, "--entry-point") == "on_reconcile"
+    assert flag(reconcile, "--trigger-topic") == "dicom-import-reconcile"
+
+
+def test_an_hourly_scheduler_job_fires_the_reconcile_function(env):
+    run = ok(deploy(env, *REQUIRED))
+    (job,) = run.matching("scheduler", "jobs", "create", "pubsub")
+    assert job[4] == "dicom-import-reconcile"
+    assert flag(job, "--schedule") == "0 * * * *" and flag(job, "--time-zone") == "Etc/UTC"
+    assert flag(job, "--topic") == f"projects/{PROJECT}/topics/dicom-import-reconcile"
+    assert flag(job, "--location") == REGION and flag(job, "--project") == PROJECT
+    assert json.loads(flag(job, "--message-body")) == {"kind": "reconcile"}
+    assert "cloudscheduler.googleapis.com" in run.matching("services", "enable")[0]
+    assert run.calls.index(job) > run.calls.index(deploys(run)["dicom-import-reconcile"]), "no tick before the function"
+
+    env["log"].unlink()
+    again = ok(deploy(env, *REQUIRED, "--reconcile-schedule", "*/15 * * * *", scenario="existing"))
+    assert not again.matching("scheduler", "jobs", "create")
+    (update,) = again.matching("scheduler", "jobs", "update", "pubsub")
+    assert update[4] == "dicom-import-reconcile" and flag(update, "--schedule") == "*/15 * * * *"
+
 
 def test_followup_subscription_gets_backoff_ack_deadline_and_dead_letters(env):
     run = ok(deploy(env, *REQUIRED))
@@ -473,13 +499,13 @@ def test_second_run_creates_nothing_but_still_deploys_and_converges(env):
     # The only "create" left is get-or-create of Google's service agents.
     creates = [c for c in run.calls if is_create(c)]
     assert all(c[:4] == ["beta", "services", "identity", "create"] for c in creates), creates
-    assert len(creates) == 2
+    assert len(creates) == 3  # healthcare, pubsub, cloudscheduler
     for kind in (("pubsub", "topics"), ("pubsub", "subscriptions"), ("iam", "service-accounts")):
         assert run.matching(*kind, "describe"), kind
     (update,) = run.matching("storage", "buckets", "update")
     assert update[3] == f"gs://{STATE}" and "--uniform-bucket-level-access" in update
     assert run.lifecycle(run.index("storage", "buckets", "update"))["rule"]
-    assert set(deploys(run)) == {"dicom-import-intake", "dicom-import-followup", "dicom-export-request"}
+    assert set(deploys(run)) == set(FUNCTIONS)
     assert run.matching("pubsub", "subscriptions", "update")
     assert ("storage buckets", f"gs://{INBOX}", HEALTHCARE_AGENT, "roles/storage.objectViewer") in run.bindings()
 
@@ -650,7 +676,7 @@ def test_alert_emails_can_come_from_the_environment(env):
 # ---------------------------------------------------------------- customer-managed key (--kms-key)
 
 TOPICS = {"dicom-import-results", "dicom-import-results-dead-letter", "dicom-import-followups",
-          "dicom-import-followups-dead-letter", "dicom-export-requests"}
+          "dicom-import-followups-dead-letter", "dicom-export-requests", "dicom-import-reconcile"}
 
 
 def test_kms_key_encrypts_the_state_bucket_and_topics_and_the_agents_may_use_it(env):
@@ -800,7 +826,8 @@ def test_security_md_names_every_role_deploy_sh_grants_under_its_identity(env):
     identities = {f"serviceAccount:{RUNTIME_SA}": "Runtime service account",
                   HEALTHCARE_AGENT: "Cloud Healthcare service agent",
                   PUBSUB_AGENT: "Pub/Sub service agent",
-                  f"serviceAccount:{GCS_AGENT}": "Cloud Storage service agent"}
+                  f"serviceAccount:{GCS_AGENT}": "Cloud Storage service agent",
+                  SCHEDULER_AGENT: "Cloud Scheduler service agent"}
     sections = security_sections()
     missing = []
     for member, role in sorted(granted):
@@ -875,7 +902,7 @@ def test_iam_binding_is_retried_while_a_new_service_account_propagates(env):
     run = ok(deploy(env, *REQUIRED, FAKE_GCLOUD_FAIL="healthcare dicom-stores add-iam-policy-binding",
                     FAKE_GCLOUD_FAIL_TIMES="2"))
     assert len(run.matching("healthcare", "dicom-stores", "add-iam-policy-binding")) == 3
-    assert len(deploys(run)) == 3
+    assert len(deploys(run)) == len(FUNCTIONS)
 
 
 def test_missing_inbox_stops_before_creating_anything(env):
@@ -935,6 +962,10 @@ BAD_INPUT = [
     pytest.param(REQUIRED + ["--results-table", "dicom_import.results"], "--results-table", id="results-table-no-project"),
     pytest.param(REQUIRED + ["--results-table", f"{PROJECT}:dicom-import.results"], "--results-table",
                  id="results-table-dataset-with-dash"),
+    pytest.param(REQUIRED + ["--reconcile-schedule", "hourly"], "--reconcile-schedule", id="schedule-not-cron"),
+    pytest.param(REQUIRED + ["--reconcile-schedule", "0 * * *"], "--reconcile-schedule", id="schedule-four-fields"),
+    pytest.param(REQUIRED + ["--reconcile-topic", "dicom-import-results"], "--reconcile-topic",
+                 id="reconcile-topic-collides"),
     pytest.param(REQUIRED + ["--regoin", "x"], "--regoin", id="unknown-flag"),
     pytest.param(REQUIRED + ["--project"], "--project", id="flag-without-value"),
 ]
@@ -967,7 +998,8 @@ def test_config_using_a_variable_deploy_does_not_set_exits_2(env):
 def test_help_exits_0_and_lists_every_flag(env):
     run = ok(deploy(env, "--help"))
     for name in ("--project", "--region", "--inbox-bucket", "--state-bucket", "--dicom-store", "--results-topic",
-                 "--followup-topic", "--export-requests-topic", "--export-bucket", "--concurrency",
+                 "--followup-topic", "--export-requests-topic", "--reconcile-topic", "--reconcile-schedule",
+                 "--export-bucket", "--concurrency",
                  "--max-instances", "--memory", "--cpu", "--config", "--alert-email", "--alert-channel", "--kms-key",
                  "--results-table", "--dry-run"):
         assert name in run.stdout, name

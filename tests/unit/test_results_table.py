@@ -78,7 +78,8 @@ def all_result_fields() -> list[tuple[str, str, dict]]:
 
 
 def test_the_result_schemas_are_the_ones_published():
-    assert [p.name for p in RESULT_SCHEMAS] == ["dicom-export-result.v1.json", "dicom-import-result.v1.json"]
+    assert [p.name for p in RESULT_SCHEMAS] == ["dicom-export-result.v1.json", "dicom-import-result.v1.json",
+                                                "dicom-reconcile-result.v1.json"]
     assert len(all_result_fields()) > 40
 
 

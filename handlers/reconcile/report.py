@@ -1,0 +1,52 @@
+"""The ``dicom-reconcile-result/v1`` message: one per sweep (schemas/dicom-reconcile-result.v1.json).
+
+``outcome`` is ``SUCCEEDED`` when every matched object in the window was
+already covered, ``RECOVERED`` when the sweep admitted objects no event had
+announced (their events were lost: worth an alert; the objects are reported by
+their batches' own results). Object names follow ``results.object_names``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from handlers.batch.results import rfc3339
+from handlers.privacy import NamePolicy
+from handlers.reconcile.progress import COUNTERS
+
+SCHEMA = "dicom-reconcile-result/v1"
+SUCCEEDED, RECOVERED = "SUCCEEDED", "RECOVERED"
+MAX_LISTED_OBJECTS = 100
+
+
+def reconcile_message(sweep: Mapping[str, Any], names: NamePolicy,
+                      finished_at: float) -> tuple[dict[str, Any], dict[str, str]]:
+    """The message and its attributes for a finished sweep document."""
+    rules = []
+    for rule, state in sweep["rules"].items():
+        rules.append({"rule": rule, "source": f"gs://{state['bucket']}/{state['prefix']}",
+                      **{name: state[name] for name in COUNTERS}, "batches": list(state["batches"])})
+    totals = {name: sum(rule[name] for rule in rules) for name in COUNTERS}
+    admitted = sweep["admitted"]
+    listed = None
+    if totals["admitted"] <= MAX_LISTED_OBJECTS:
+        listed = [{"uri": names.uri(entry["bucket"], entry["name"]), "generation": entry["generation"],
+                   "rule": entry["rule"], "batch": entry["batch"]} for entry in admitted]
+    outcome = RECOVERED if totals["admitted"] else SUCCEEDED
+    message = {
+        "schema": SCHEMA,
+        "outcome": outcome,
+        "sweep": sweep["sweep"],
+        "window": {"from": rfc3339(sweep["window"]["from"]), "to": rfc3339(sweep["window"]["to"])},
+        "since": sweep.get("since"),
+        "rules": rules,
+        "totals": totals,
+        "admitted": listed,
+        "objectNames": names.mode,
+        "resumed": sweep["resumed"],
+        "timings": {"startedAt": rfc3339(sweep["startedAt"]), "concludedAt": rfc3339(finished_at),
+                    "totalSeconds": round(max(0.0, finished_at - sweep["startedAt"]), 3)},
+    }
+    attributes = {"schema": SCHEMA, "outcome": outcome, "sweep": sweep["sweep"],
+                  "admittedCount": str(totals["admitted"])}
+    return message, attributes

@@ -1,0 +1,210 @@
+"""One reconcile sweep: list each rule's watched prefix, and admit what no claim covers.
+
+For every rule, in config order, the bucket is listed under the rule's literal
+prefix, in name order, a page (1,000 objects) at a time, names, generations and
+creation times only. An object counts when it was created inside the sweep's
+window and routes to this rule (an object another rule takes is counted there).
+It is **covered** when its claim exists (the intake writes the claim before its
+marker, so this holds for objects whose batch is still open, and keeps holding
+after their import, whatever its outcome), or when a one-call backfill record
+lists it (those write no claims). Anything else is admitted through the
+function's own intake, as its event would have been: it joins the rule's open
+batch and is reported by that batch's result.
+
+Cost: the listing, one claim read per object created in the window, the
+admissions; nothing is read per object older than the window. After each page
+the sweep document records how far the listing got, so an interrupted sweep
+resumes there (``startOffset``), and a page seen twice changes nothing (claims).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
+
+from handlers import log
+from handlers.batch import layout
+from handlers.batch.intake import DUPLICATE, Intake
+from handlers.batch.layout import EXACT_BATCH_PREFIX, PUBLISHING
+from handlers.batch.reporting import Reporter
+from handlers.clients.storage import Document, Source, SourceObject, StateStore
+from handlers.config import Config, Rule
+from handlers.events import StorageObject
+from handlers.reconcile import report
+from handlers.reconcile.progress import RUNNING, SWEEP_PATH, Progress, Window, window_of
+from handlers.retry import Deadline, RetryLater
+
+PAGE = 1000
+READ_THREADS = 16
+ADMIT_THREADS = 8
+ADMIT_BUDGET_SECONDS = 60.0
+# Stop taking new pages when less than this is left of the budget: a page's admissions must fit.
+PAGE_RESERVE_SECONDS = ADMIT_BUDGET_SECONDS + 15.0
+# The sweep document is a single object name: written at most this often while listing (it is also
+# under Cloud Storage's one write per second per name).
+SAVE_EVERY_SECONDS = 10.0
+
+
+@dataclass
+class Sweeper:
+    store: StateStore
+    source: Source
+    config: Config
+    intake: Intake
+    reporter: Reporter
+    clock: Callable[[], float] = time.time
+
+    def run(self, deadline: Deadline, since: float | None = None) -> dict[str, Any]:
+        """Sweep (or resume the unfinished sweep) and publish its result; the message, or RetryLater.
+
+        Each run is its own worker. Raises :class:`~handlers.reconcile.progress.SweepBusy`
+        when another run is at work, RetryLater when the budget ends first or the
+        result cannot be published yet: the sweep is then released, and the next
+        run resumes it at once.
+        """
+        progress = Progress(self.store, self.config, self.clock)
+        sweep = progress.begin(since)
+        if sweep.data["resumed"]:
+            log.info("reconcile sweep resumed", sweep=sweep.data["sweep"], resumed=sweep.data["resumed"])
+        try:
+            if sweep.data["state"] == RUNNING:
+                window = window_of(sweep.data)
+                for rule in self.config.rules:
+                    if rule.name in sweep.data["rules"]:
+                        sweep = self._sweep_rule(progress, sweep, rule, window, deadline)
+                sweep = self._conclude(progress, sweep)
+            if sweep.data["state"] == PUBLISHING:
+                sweep = self.reporter.publish(sweep, SWEEP_PATH, progress.worker)
+        except RetryLater:
+            progress.release()
+            raise
+        return sweep.data["result"]
+
+    # -- one rule -----------------------------------------------------------------
+    def _sweep_rule(self, progress: Progress, sweep: Document, rule: Rule, window: Window,
+                    deadline: Deadline) -> Document:
+        """List the rule's prefix page by page from where the sweep got; the sweep document, saved.
+
+        Progress is saved after a page that admitted objects (so the message names
+        them), every SAVE_EVERY_SECONDS otherwise, and before stopping; a run that
+        dies re-lists at most that much (a page seen twice changes nothing).
+        """
+        data = sweep.data
+        if data["rules"][rule.name]["done"]:
+            return sweep
+        backfilled = self._backfilled(rule, window)
+        saved_at = time.monotonic()
+        start = data["rules"][rule.name]
+        for page in _pages(self.source.list(start["bucket"], start["prefix"], start["after"]), start["after"]):
+            if deadline.remaining() < PAGE_RESERVE_SECONDS:
+                progress.save(sweep, data)
+                raise RetryLater(f"reconcile sweep {data['sweep']}: budget spent in rule {rule.name!r}; "
+                                 "the next run resumes where the listing stopped")
+            counts, admitted = self._page(rule, page, window, backfilled)
+            state = {**data["rules"][rule.name], "after": page[-1].name}
+            for name, value in counts.items():
+                state[name] += value
+            state["batches"] = sorted({*state["batches"], *(entry["batch"] for entry in admitted)})
+            kept = [*data["admitted"], *admitted][:report.MAX_LISTED_OBJECTS + 1]
+            data = {**data, "rules": {**data["rules"], rule.name: state}, "admitted": kept}
+            if admitted or time.monotonic() - saved_at >= SAVE_EVERY_SECONDS:
+                sweep, saved_at = progress.save(sweep, data), time.monotonic()
+                data = sweep.data
+        done = {**data["rules"][rule.name], "done": True}
+        return progress.save(sweep, {**data, "rules": {**data["rules"], rule.name: done}})
+
+    def _page(self, rule: Rule, page: list[SourceObject], window: Window,
+              backfilled: set[tuple[str, str]]) -> tuple[dict[str, int], list[dict[str, str]]]:
+        """Counters for one page, and the objects admitted (bucket, name, generation, rule, batch)."""
+        bucket = rule.pattern.bucket
+        counts = {"listed": len(page), "inWindow": 0, "matched": 0, "covered": 0, "coveredByBackfill": 0,
+                  "admitted": 0}
+        candidates = []
+        for item in page:
+            if not window.holds(item.created):
+                continue
+            counts["inWindow"] += 1
+            route = self.config.route(bucket, item.name)
+            if route.rule is None or route.rule.name != rule.name:
+                continue
+            counts["matched"] += 1
+            candidates.append(StorageObject(bucket, item.name, item.generation, None, "reconcile"))
+        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+            claimed = list(pool.map(lambda obj: self._claim_batch(rule, obj), candidates))
+        uncovered = []
+        for obj, batch in zip(candidates, claimed):
+            if batch is not None:
+                counts["covered"] += 1
+            elif (obj.name, obj.generation) in backfilled:
+                counts["coveredByBackfill"] += 1
+            else:
+                uncovered.append(obj)
+        with ThreadPoolExecutor(max_workers=ADMIT_THREADS) as pool:
+            outcomes = list(pool.map(lambda obj: self._admit(rule, obj), uncovered))
+        admitted = []
+        for obj, (verdict, batch) in zip(uncovered, outcomes):
+            if verdict == DUPLICATE:  # its event won the race since the claim was read
+                counts["covered"] += 1
+                continue
+            counts["admitted"] += 1
+            admitted.append({"bucket": obj.bucket, "name": obj.name, "generation": obj.generation,
+                             "rule": rule.name, "batch": batch})
+            log.info("object admitted by reconcile", rule=rule.name, batch=batch, generation=obj.generation,
+                     object=self.config.names.uri(obj.bucket, obj.name))
+        return counts, admitted
+
+    def _claim_batch(self, rule: Rule, obj: StorageObject) -> str | None:
+        """The batch an object's claim names; None when it has no claim."""
+        claim = self.store.read(layout.claim_path(rule.name, layout.object_id(obj)))
+        return claim.data["batch"] if claim is not None else None
+
+    def _admit(self, rule: Rule, obj: StorageObject) -> tuple[str, str]:
+        verdict = self.intake.admit(obj, rule, Deadline(ADMIT_BUDGET_SECONDS))
+        batch = self._claim_batch(rule, obj)
+        if batch is None:
+            raise RetryLater(f"claim of an object admitted by reconcile not found (rule {rule.name!r})")
+        return verdict, batch
+
+    def _backfilled(self, rule: Rule, window: Window) -> set[tuple[str, str]]:
+        """(name, generation) of the objects one-call backfill batches of this rule list.
+
+        Only records written since the window began can list an object created
+        in it (a backfill lists what exists when it runs).
+        """
+        covered: set[tuple[str, str]] = set()
+        for listed in self.store.list(f"batches/{rule.name}/{EXACT_BATCH_PREFIX}"):
+            if listed.created is not None and listed.created < window.start:
+                continue
+            record = self.store.read(listed.name)
+            for member in (record.data.get("members") or []) if record is not None else []:
+                if member.get("bucket") == rule.pattern.bucket:
+                    covered.add((member["name"], member["generation"]))
+        return covered
+
+    # -- the end --------------------------------------------------------------------
+    def _conclude(self, progress: Progress, sweep: Document) -> Document:
+        """Move the checkpoint, then freeze the result into the sweep document (published next)."""
+        progress.checkpoint(sweep.data)
+        message, attributes = report.reconcile_message(sweep.data, self.config.names, finished_at=self.clock())
+        totals = message["totals"]
+        log.info("reconcile sweep done", sweep=sweep.data["sweep"], outcome=message["outcome"],
+                 listed=totals["listed"], matched=totals["matched"], covered=totals["covered"],
+                 coveredByBackfill=totals["coveredByBackfill"], admitted=totals["admitted"])
+        return self.reporter.conclude(sweep, SWEEP_PATH, message, attributes, progress.worker)
+
+
+def _pages(objects: Iterable[SourceObject], after: str | None) -> Iterator[list[SourceObject]]:
+    """Pages of at most PAGE objects, skipping ``after`` itself (``startOffset`` is inclusive)."""
+    page: list[SourceObject] = []
+    for item in objects:
+        if after is not None and item.name <= after:
+            continue
+        page.append(item)
+        if len(page) == PAGE:
+            yield page
+            page = []
+    if page:
+        yield page
+

@@ -1,0 +1,281 @@
+"""The reconcile sweep (handlers/reconcile) against in-memory collaborators: what it admits, what it
+recognises as covered, what it reads, how it resumes, and its one message per sweep."""
+
+from __future__ import annotations
+
+import pytest
+
+from handlers.batch import layout
+from handlers.batch.driver import Driver
+from handlers.batch.intake import Intake
+from handlers.batch.layout import DONE, LISTED
+from handlers.batch.reporting import Reporter
+from handlers.config import parse
+from handlers.events import StorageObject
+from handlers.reconcile import progress as progress_module
+from handlers.reconcile import sweep as sweep_module
+from handlers.reconcile.progress import CHECKPOINT_PATH, SWEEP_PATH, Progress, SweepBusy
+from handlers.reconcile.sweep import Sweeper
+from handlers.retry import Deadline, RetryLater
+from tests.fakes import FakeApi, FakeClock, FakePublisher, MemorySource, MemoryStateStore
+from tests.message_schemas import validate
+
+STORE = "projects/p/locations/l/datasets/d/dicomStores/s"
+CONFIG = f"""
+stores: {{main: {STORE}}}
+rules:
+  - {{name: ct, match: "gs://inbox-bkt/ct/**.dcm", store: main}}
+  - {{name: all, match: "gs://inbox-bkt/**.dcm", store: main, ignore: ["gs://inbox-bkt/*/draft-*.dcm"]}}
+batching: {{max_objects: 500, max_wait_seconds: 10, seal_after_quiet_seconds: 2}}
+state: {{bucket: state-bkt}}
+results: {{topic: projects/p/topics/results, object_names: NAMES}}
+followup: {{topic: projects/p/topics/followups}}
+reconcile: {{overlap_minutes: 10, settle_seconds: 120, first_window_hours: 24}}
+"""
+HOUR = 3600.0
+
+
+class World:
+    """A watched bucket, the state bucket, the intake and driver, and a sweeper, on one fake clock."""
+
+    def __init__(self, names: str = "plain") -> None:
+        self.config = parse(CONFIG.replace("NAMES", names), "config.yaml", {})
+        self.clock = FakeClock()
+        self.store = MemoryStateStore(clock=self.clock)
+        self.source = MemorySource(self.store)
+        self.api = FakeApi()
+        self.publisher = FakePublisher()
+        self.kicks: list[tuple[str, str]] = []
+        self.intake = Intake(self.store, self.config, kick=lambda r, b: self.kicks.append((r, b)), clock=self.clock,
+                             sleep=self.clock.sleep)
+        self.driver = Driver(self.store, self.config, self.api, self.publisher, clock=self.clock,
+                             sleep=self.clock.sleep, monotonic=self.clock)
+
+    def sweeper(self) -> Sweeper:
+        """A sweeper as a fresh instance would build it (its own worker identity)."""
+        reporter = Reporter(self.store, self.publisher, self.config.results_topic, self.clock)
+        return Sweeper(self.store, self.source, self.config, self.intake, reporter, clock=self.clock)
+
+    def put(self, name: str, age: float, generation: str = "1") -> StorageObject:
+        """An object created ``age`` seconds ago."""
+        self.source.add("inbox-bkt", name, generation, self.clock.now - age)
+        return StorageObject("inbox-bkt", name, generation, None, f"event-{name}")
+
+    def event(self, obj: StorageObject, rule: str) -> str:
+        """The object's event, delivered."""
+        return self.intake.admit(obj, self.config.rule_named(rule), Deadline(60))
+
+    def sweep(self, **kwargs) -> dict:
+        return self.sweeper().run(Deadline(3600), **kwargs)
+
+    def reconcile_messages(self) -> list[dict]:
+        return [data for _, data, _ in self.publisher.messages if data["schema"] == "dicom-reconcile-result/v1"]
+
+    def claim_reads(self) -> list[str]:
+        return [path for op, path in self.store.ops if op == "read" and path.startswith("claims/")]
+
+    def drive_all(self) -> None:
+        for rule, batch in dict.fromkeys(self.kicks):
+            with pytest.raises(RetryLater):
+                self.driver.drive(rule, batch, Deadline(600))
+        for name in list(self.api.operations):
+            self.api.finish(name, success=1)
+        for rule, batch in dict.fromkeys(self.kicks):
+            assert self.driver.drive(rule, batch, Deadline(600)) == DONE
+
+
+def by_rule(message: dict) -> dict[str, dict]:
+    return {rule["rule"]: rule for rule in message["rules"]}
+
+
+def test_objects_no_event_announced_are_admitted_and_imported_with_their_batch():
+    world = World()
+    delivered = world.put("ct/s1/1.dcm", age=HOUR)
+    world.event(delivered, "ct")
+    lost = [world.put(f"ct/s1/{i}.dcm", age=HOUR) for i in (2, 3)] + [world.put("mr/a.dcm", age=2 * HOUR)]
+    world.put("ct/s1/notes.txt", age=HOUR)  # no rule matches
+    world.put("mr/draft-1.dcm", age=HOUR)  # ignored by its rule
+
+    message = world.sweep()
+
+    validate(message, world.publisher.messages[-1][2])
+    assert message["outcome"] == "RECOVERED" and world.publisher.messages[-1][2]["admittedCount"] == "3"
+    ct, rest = by_rule(message)["ct"], by_rule(message)["all"]
+    assert (ct["listed"], ct["inWindow"], ct["matched"], ct["covered"], ct["admitted"]) == (4, 4, 3, 1, 2)
+    assert rest["listed"] == 6 and rest["matched"] == 1 and rest["admitted"] == 1, "ct/ objects are counted by ct"
+    assert sorted(item["uri"] for item in message["admitted"]) == sorted(f"gs://inbox-bkt/{o.name}" for o in lost)
+    assert {item["batch"] for item in message["admitted"]} == {batch for _, batch in world.kicks[1:]} | {world.kicks[0][1]}
+    world.drive_all()
+    imported = [data for _, data, _ in world.publisher.messages if data["schema"] == "dicom-import-result/v1"]
+    reported = sorted(item["uri"] for data in imported for item in data["objects"])
+    assert reported == sorted(f"gs://inbox-bkt/{o.name}" for o in [delivered, *lost]), "each imported and reported once"
+
+
+def test_objects_whose_batch_is_still_open_are_covered_not_admitted_again():
+    world = World()
+    objs = [world.put(f"ct/{i}.dcm", age=600) for i in range(3)]
+    for obj in objs:
+        world.event(obj, "ct")  # joined a batch that is still open
+    message = world.sweep()
+    assert message["outcome"] == "SUCCEEDED" and message["totals"]["covered"] == 3 and message["admitted"] == []
+    assert len(world.kicks) == 1
+    world.drive_all()
+    assert len(world.api.imports) == 1
+
+
+def test_objects_of_a_one_call_backfill_are_recognised_without_claims():
+    world = World()
+    objs = [world.put(f"ct/old/{i}.dcm", age=HOUR) for i in range(3)]
+    members = [{"id": layout.object_id(o), "bucket": o.bucket, "name": o.name, "generation": o.generation}
+               for o in objs[:2]]
+    world.store.create(layout.record_path("ct", layout.EXACT_BATCH_PREFIX + "0123"),
+                       {"batch": layout.EXACT_BATCH_PREFIX + "0123", "rule": "ct", "state": LISTED, "members": members})
+    message = world.sweep()
+    ct = by_rule(message)["ct"]
+    assert (ct["coveredByBackfill"], ct["admitted"]) == (2, 1)
+    assert [item["uri"] for item in message["admitted"]] == ["gs://inbox-bkt/ct/old/2.dcm"]
+
+
+def test_nothing_is_read_per_object_older_than_the_window():
+    world = World()
+    for i in range(50):
+        world.put(f"ct/archive/{i:03d}.dcm", age=40 * 24 * HOUR)  # far older than the first window (24 h)
+    new = [world.put(f"ct/new/{i}.dcm", age=HOUR) for i in range(4)]
+    world.sweep()
+    new_claims = {layout.claim_path("ct", layout.object_id(obj)) for obj in new}
+    assert set(world.claim_reads()) == new_claims, "claims are read for the objects of the window only"
+    assert not [op for op in world.store.ops if "archive" in op[1]]
+
+
+def test_a_second_sweep_starts_at_the_checkpoint_minus_the_overlap_and_finds_nothing_new():
+    world = World()
+    world.put("ct/a.dcm", age=HOUR)
+    first = world.sweep()
+    assert first["totals"]["admitted"] == 1
+    checkpoint = world.store.doc(CHECKPOINT_PATH)["to"]
+    assert checkpoint == world.clock.now - 120, "the window ends settle_seconds before the sweep (Cloud Storage's clock)"
+
+    world.clock.now += HOUR
+    world.put("ct/young.dcm", age=60)  # younger than settle_seconds: left to its event, and to the next sweep
+    reads = len(world.claim_reads())
+    second = world.sweep()
+    assert second["outcome"] == "SUCCEEDED" and second["totals"]["inWindow"] == 0
+    assert second["window"]["from"] == progress_module_rfc(checkpoint - 600)
+    assert len(world.claim_reads()) == reads
+
+    world.clock.now += HOUR
+    third = world.sweep()
+    assert [item["uri"] for item in third["admitted"]] == ["gs://inbox-bkt/ct/young.dcm"]
+
+
+def progress_module_rfc(epoch: float) -> str:
+    from handlers.batch.results import rfc3339
+
+    return rfc3339(epoch)
+
+
+class Budget:
+    """A deadline whose remaining time is scripted: enough for ``pages`` pages, then spent."""
+
+    def __init__(self, pages: int) -> None:
+        self.left = pages
+
+    def remaining(self) -> float:
+        self.left -= 1
+        return 3600.0 if self.left >= 0 else 0.0
+
+    @property
+    def expired(self) -> bool:
+        return False
+
+
+def test_an_interrupted_sweep_resumes_where_its_listing_stopped(monkeypatch):
+    monkeypatch.setattr(sweep_module, "PAGE", 3)
+    world = World()
+    names = [f"ct/{i:02d}.dcm" for i in range(8)]
+    for name in names:
+        world.put(name, age=HOUR)
+    with pytest.raises(RetryLater, match="resumes where the listing stopped"):
+        world.sweeper().run(Budget(pages=2))
+    saved = world.store.doc(SWEEP_PATH)
+    assert saved["rules"]["ct"]["after"] == names[5] and saved["rules"]["ct"]["admitted"] == 6
+    assert world.reconcile_messages() == []
+
+    message = world.sweep()  # the interrupted run released the sweep: resumed at once
+    assert message["resumed"] == 1
+    assert ("inbox-bkt", "ct/", names[5]) in world.source.calls, "listing resumed with startOffset"
+    assert by_rule(message)["ct"]["admitted"] == 8 and by_rule(message)["ct"]["listed"] == 8, "each object once"
+    assert len(world.reconcile_messages()) == 1
+    assert len(world.kicks) == 1, "all joined one batch"
+
+
+def test_a_running_sweep_is_not_run_twice_but_an_abandoned_one_is_taken_over():
+    world = World()
+    world.put("ct/a.dcm", age=HOUR)
+    first = Progress(world.store, world.config, world.clock, worker="first")
+    mine = first.begin()
+    with pytest.raises(SweepBusy, match="is running"):
+        Progress(world.store, world.config, world.clock, worker="second").begin()
+    world.clock.now += progress_module.ABANDONED_AFTER_SECONDS + 1
+    taken = Progress(world.store, world.config, world.clock, worker="second").begin()
+    assert taken.data["worker"] == "second" and taken.data["resumed"] == 1
+    with pytest.raises(SweepBusy, match="took the sweep over"):
+        first.save(mine, mine.data)  # the first worker wakes up: it may not write over the new one
+
+
+def test_since_sets_the_window_and_never_moves_the_checkpoint_back():
+    world = World()
+    world.put("ct/recent.dcm", age=HOUR)
+    world.put("ct/older.dcm", age=3 * 24 * HOUR)
+    world.sweep()
+    checkpoint = world.store.doc(CHECKPOINT_PATH)["to"]
+    world.clock.now += 10
+    message = world.sweep(since=4 * 24 * HOUR)
+    assert message["since"] == 4 * 24 * HOUR and message["totals"]["admitted"] == 1
+    assert [item["uri"] for item in message["admitted"]] == ["gs://inbox-bkt/ct/older.dcm"]
+    assert world.store.doc(CHECKPOINT_PATH)["to"] >= checkpoint
+
+
+def test_hashed_names_never_reach_the_message():
+    world = World(names="hashed")
+    world.put("ct/PATIENT_DOE/a.dcm", age=HOUR)
+    message = world.sweep()
+    assert "DOE" not in repr(message) and message["admitted"][0]["uri"].startswith("sha256:")
+    validate(message)
+
+
+def test_a_result_that_could_not_be_published_is_published_once_by_the_next_run():
+    world = World()
+    world.put("ct/a.dcm", age=HOUR)
+    world.publisher.failures = 1
+    with pytest.raises(RetryLater, match="results topic unavailable"):
+        world.sweep()
+    assert world.store.doc(SWEEP_PATH)["state"] == "publishing"
+    message = world.sweep()
+    assert message["totals"]["admitted"] == 1 and len(world.reconcile_messages()) == 1
+    assert len(world.kicks) == 1, "the admitted object was not admitted again"
+
+
+def test_an_object_admitted_by_its_event_meanwhile_is_counted_covered():
+    world = World()
+    obj = world.put("ct/race.dcm", age=HOUR)
+    real_read = world.store.read
+
+    def read_then_event(path):
+        found = real_read(path)
+        if path == layout.claim_path("ct", layout.object_id(obj)) and found is None and not world.kicks:
+            world.event(obj, "ct")  # the event lands between the sweep's claim read and its admission
+        return found
+
+    def read_then_event_once(path):
+        world.store.read = real_read
+        try:
+            return read_then_event(path)
+        finally:
+            if not world.kicks:
+                world.store.read = read_then_event_once
+
+    world.store.read = read_then_event_once
+    message = world.sweep()
+    assert message["totals"]["covered"] == 1 and message["totals"]["admitted"] == 0
+    assert message["outcome"] == "SUCCEEDED"
