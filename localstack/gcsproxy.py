@@ -12,7 +12,8 @@ proxy answers it itself:
   which fake-gcs-server does not enforce): a mutation of an object name
   (insert, rewrite or copy to it, compose, patch, update, delete) less than
   ``writeIntervalSeconds`` (default 1) after the last accepted one is answered
-  429 ``rateLimitExceeded``.
+  429 ``rateLimitExceeded``, unless its ``ifGenerationMatch`` precondition fails
+  (then fake-gcs-server answers 412: no write happens, so no limit applies).
 
 Admin endpoints under ``/proxy/`` (never forwarded, never faulted): ``GET /proxy/health``,
 ``GET|PUT|DELETE /proxy/faults``, ``GET|PUT|DELETE /proxy/outage`` (``{"seconds": N}``),
@@ -35,7 +36,7 @@ from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Mapping
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from emulator.faults import FaultConfig, Faults, FaultSpecError
 
@@ -263,6 +264,9 @@ def _handler(state: ProxyState) -> type[BaseHTTPRequestHandler]:
                 self._forward(body, what, target if starts_session else None)
                 return
             accepted, previous = state.limiter.reserve(target)
+            if not accepted and self._precondition_fails(target, query):
+                self._forward(body, what, None)  # refused upstream (412): no write happens, so no rate limit
+                return
             if not accepted:
                 state.count_rate_limited(target)
                 log("INFO", "rate limited: one write per second per object", method=what.method,
@@ -275,12 +279,25 @@ def _handler(state: ProxyState) -> type[BaseHTTPRequestHandler]:
             if not 200 <= status < 300:
                 state.limiter.release(target, previous)
 
+        def _precondition_fails(self, target: tuple[str, str], query: dict[str, list[str]]) -> bool:
+            """True when the request's ``ifGenerationMatch`` does not match the object's current generation."""
+            wanted = (query.get("ifGenerationMatch") or [None])[0]
+            if wanted is None:
+                return False
+            path = f"/storage/v1/b/{quote(target[0], safe='')}/o/{quote(target[1], safe='')}?fields=generation"
+            try:
+                status, _, _, data = self._exchange("GET", path, {"Host": self.headers.get("Host") or ""}, b"")
+            except OSError:
+                return False
+            current = json.loads(data).get("generation", "0") if status == 200 else "0"
+            return status in (200, 404) and str(current) != wanted
+
         def _forward(self, body: bytes, what: Classified, session_target: tuple[str, str] | None) -> int:
             headers = {key: value for key, value in self.headers.items() if key.lower() not in HOP_BY_HOP}
             headers["Host"] = self.headers.get("Host") or f"{state.upstream_host}:{state.upstream_port}"
             headers["Content-Length"] = str(len(body))
             try:
-                response = self._exchange(headers, body)
+                response = self._exchange(self.command, self.path, headers, body)
             except OSError as exc:
                 log("WARNING", "upstream did not answer", method=what.method, error=f"{exc.__class__.__name__}: {exc}")
                 self._reply(502, error_body(502, "backendError", f"fake-gcs-server did not answer: {exc}"))
@@ -302,7 +319,8 @@ def _handler(state: ProxyState) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(data)
             return status
 
-        def _exchange(self, headers: dict[str, str], body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
+        def _exchange(self, verb: str, path: str, headers: dict[str, str],
+                      body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
             for attempt in (1, 2):  # a kept-alive connection the upstream closed: one fresh try
                 connection = upstream.connection
                 if connection is None:
@@ -310,7 +328,7 @@ def _handler(state: ProxyState) -> type[BaseHTTPRequestHandler]:
                                                             timeout=UPSTREAM_TIMEOUT)
                     upstream.connection = connection
                 try:
-                    connection.request(self.command, self.path, body=body, headers=headers)
+                    connection.request(verb, path, body=body, headers=headers)
                     response = connection.getresponse()
                     data = response.read()
                     if response.will_close:

@@ -162,3 +162,13 @@ def test_a_bad_fault_configuration_is_refused_naming_the_field(admin, spec, word
 def test_admin_calls_are_never_faulted(admin):
     requests.put(f"{admin}/outage", json={"seconds": 5}, timeout=5).raise_for_status()
     assert requests.get(f"{admin}/health", timeout=5).status_code == 200
+
+
+def test_a_conditional_write_whose_precondition_fails_gets_412_not_429(bucket, admin):
+    path = name("precondition")
+    first = bucket.blob(path)
+    first.upload_from_string(b"1", if_generation_match=0, retry=NO_RETRY)
+    with pytest.raises(exceptions.PreconditionFailed):  # a concurrent creator lost the race: told so at once
+        bucket.blob(path).upload_from_string(b"2", if_generation_match=0, retry=NO_RETRY)
+    with pytest.raises(exceptions.TooManyRequests):  # the same write with the right generation: rate limited
+        bucket.blob(path).upload_from_string(b"2", if_generation_match=first.generation, retry=NO_RETRY)
