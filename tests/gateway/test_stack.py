@@ -124,9 +124,13 @@ def test_cloud_storage_down_while_a_study_is_sent(stack: Stack) -> None:
     reader.drain()
     study = samples.make_study(2, 5, modality="CT")
     assoc = _associate(env, study)
+    delivered = stack.bridge_status()["routes"]["function"]["delivered"]
     try:
         assert _send(assoc, study[:3]) == [0] * 3
         wait_for(lambda: _healthz(stack)["pending"] == 0, what="the first instances uploaded")
+        # ... and their notifications published (fake-gcs-server does it just after storing an object)
+        wait_for(lambda: stack.bridge_status()["routes"]["function"]["delivered"] >= delivered + 3,
+                 what="the first instances' events delivered")
         stack.stop_service("gcs")
         assert _send(assoc, study[3:]) == [0] * 7  # spooled, fsynced, acknowledged: the outage is invisible
     finally:
