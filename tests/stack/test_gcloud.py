@@ -54,7 +54,7 @@ def test_the_configuration_points_every_override_at_the_stack_without_credential
     assert dict(properties["api_endpoint_overrides"]) == {
         "healthcare": f"{local_stack.healthcare.url}/",
         "pubsub": f"http://{local_stack.pubsub.host}/",
-        "storage": f"{local_stack.gcs.url}/storage/v1/",
+        "storage": f"{local_stack.gcs_proxy.url}/storage/v1/",  # through the Cloud Storage proxy, as every tool
         "logging": f"{local_stack.env['LOGGING_EMULATOR_HOST']}/",
     }
     assert properties["auth"]["disable_credentials"] == "true"
