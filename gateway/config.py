@@ -64,6 +64,7 @@ class GatewayConfig:
     clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     max_associations: int
     max_pdu_bytes: int
+    reactor_wakeups: bool  # gateway.wakeups: pynetdicom's reactors woken by work, not only by their 1 ms polls
     tls: Tls | None
     bucket: str
     prefix: str  # "" or ending with "/"
@@ -116,7 +117,7 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> GatewayConfig:
     reader.unknown_keys(document, _TOP_LEVEL, "the top level")
 
     dicom = reader.section(document, "dicom", ("ae_title", "address", "port", "calling_ae_titles", "clients",
-                                               "max_associations", "max_pdu_bytes"))
+                                               "max_associations", "max_pdu_bytes", "reactor_wakeups"))
     dicom_line = document.lines.get("dicom", 1)
     ae_title = _ae_title(reader, dicom, "ae_title", dicom_line)
     address = _string(reader, dicom, "address", "0.0.0.0")
@@ -125,6 +126,11 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> GatewayConfig:
     clients = _clients(reader, dicom)
     max_associations = int(reader.number(dicom, "max_associations", 10, 1, 1000, True))
     max_pdu = int(reader.number(dicom, "max_pdu_bytes", 65536, 0, 2**32 - 1, True))
+    wakeups = dicom.get("reactor_wakeups", True)
+    if not isinstance(wakeups, bool):
+        reader.problem(dicom.lines["reactor_wakeups"], f"reactor_wakeups must be true (pynetdicom's reactors are woken "
+                                                       f"when there is work) or false (they only poll), got {wakeups!r}")
+        wakeups = True
     tls = _tls(reader, document)
     bucket, prefix = _destination(reader, document)
     object_name = _object_name(reader, document)
@@ -153,8 +159,9 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> GatewayConfig:
         raise ConfigError(reader.problems)
     return GatewayConfig(
         path=path, ae_title=ae_title, address=address, port=port, calling_ae_titles=calling, clients=clients,
-        max_associations=max_associations, max_pdu_bytes=max_pdu, tls=tls, bucket=bucket, prefix=prefix,
-        object_name=object_name, spool_directory=spool_directory, spool_max_bytes=int(max_mb * _MIB),
+        max_associations=max_associations, max_pdu_bytes=max_pdu, reactor_wakeups=wakeups, tls=tls,
+        bucket=bucket, prefix=prefix, object_name=object_name, spool_directory=spool_directory,
+        spool_max_bytes=int(max_mb * _MIB),
         segment_bytes=max(1, int(segment_mb * _MIB)), upload_threads=threads, upload_processes=processes,
         max_backoff_seconds=max_backoff,
         health_address=health_address, health_port=health_port, stuck_after_seconds=stuck,

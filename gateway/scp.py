@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 from handlers import log
 
+from . import wakeups
 from .config import GatewayConfig
 from .naming import MissingUid, ObjectNamer
 from .part10 import file_meta, header_values
@@ -118,6 +119,10 @@ class Receiver:
 
         _config.LOG_HANDLER_LEVEL = "none"
         _bridge_library_logs()
+        if self.config.reactor_wakeups:
+            wakeups.install()  # refused (one WARNING line) on another pynetdicom: its own polling stays
+        else:
+            wakeups.uninstall()
 
         ae = AE(ae_title=self.config.ae_title)
         ae.maximum_associations = self.config.max_associations
