@@ -15,13 +15,20 @@ Rows (every DCMTK tool runs with ``TCP_NODELAY=1``; without it DCMTK waits about
   storing anything: the library's own ceiling on this machine, so (a) - (e) is
   what the gateway adds (header parse, file meta, CRC, write, fdatasync, log);
 * (f) the gateway again, its destination bucket missing, so no upload runs
-  beside the receiving (uploads fail and back off): its receive path alone.
+  beside the receiving (uploads fail and back off): its receive path alone;
+* (g) (a) with ``dicom.reactor_wakeups: false``: pynetdicom's reactors only poll
+  (1 ms sleeps), as before gateway/wakeups.py;
+* (h) (e) with the wake-ups of gateway/wakeups.py installed.
 
-Instances/s and MB/s (MB = 10^6 bytes of the Part 10 files sent), and (a)/(c).
+(a)-(f) run with the wake-ups (the gateway's default), so (a)/(g) and (h)/(e)
+are what they gain, measured in the same run.
+
+Instances/s and MB/s (MB = 10^6 bytes of the Part 10 files sent), and ratios.
 The machine's load average is printed before and after: figures taken while
-other work runs on the machine say little.
+other work runs on the machine say little. ``--repeat N`` runs every row N
+times and prints the median, with the lowest and highest, of each.
 
-    .venv/bin/python bench/bench_gateway.py [--instances 500] [--rows 512 --cols 512] [--parallel 4]
+    .venv/bin/python bench/bench_gateway.py [--instances 500] [--rows 512 --cols 512] [--parallel 4] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import shutil
 import subprocess
 import sys
@@ -83,7 +91,7 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
 
 def dcmtk_ceiling(study: Path, workdir: Path) -> float:
     out = workdir / "storescp-out"
-    out.mkdir()
+    out.mkdir(parents=True)
     (port,) = free_ports(1)
     process = subprocess.Popen(["storescp", "-od", str(out), "+xa", str(port)], env=NODELAY,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -103,6 +111,9 @@ def dcmtk_ceiling(study: Path, workdir: Path) -> float:
 BARE_SCP = """
 import sys
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+if sys.argv[3] == "wakeups":
+    from gateway import wakeups
+    assert wakeups.install()
 ae = AE(ae_title=sys.argv[2])
 ae.maximum_pdu_size = 65536
 for context in AllStoragePresentationContexts:
@@ -111,10 +122,10 @@ ae.start_server(("127.0.0.1", int(sys.argv[1])), evt_handlers=[(evt.EVT_C_STORE,
 """
 
 
-def pynetdicom_ceiling(study: Path) -> float:
+def pynetdicom_ceiling(study: Path, wakeups: bool) -> float:
     (port,) = free_ports(1)
-    process = subprocess.Popen([sys.executable, "-c", BARE_SCP, str(port), CALLED], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-c", BARE_SCP, str(port), CALLED, "wakeups" if wakeups else "plain"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         wait_port(port)
         return storescu(port, [study])
@@ -128,14 +139,14 @@ def healthz(port: int) -> dict:
         return json.load(response)
 
 
-def start_gateway(workdir: Path, storage_url: str, processes: int,
-                  bucket: str = BUCKET) -> tuple[subprocess.Popen, int, int]:
+def start_gateway(workdir: Path, storage_url: str, processes: int, bucket: str = BUCKET,
+                  wakeups: bool = True) -> tuple[subprocess.Popen, int, int]:
     dicom_port, health_port = free_ports(2)
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "gateway.yaml"
     config.write_text(
         f"dicom:\n  ae_title: {CALLED}\n  address: 127.0.0.1\n  port: {dicom_port}\n"
-        f"  calling_ae_titles: [{CALLING}]\n  max_associations: 32\n"
+        f"  calling_ae_titles: [{CALLING}]\n  max_associations: 32\n  reactor_wakeups: {str(wakeups).lower()}\n"
         f"destination: gs://{bucket}/bench/\n"
         f"spool:\n  directory: {workdir / 'spool'}\n  max_megabytes: 100000\n"
         f"uploads:\n  threads: 4\n  processes: {processes}\n  max_backoff_seconds: 1\n"
@@ -150,14 +161,18 @@ def start_gateway(workdir: Path, storage_url: str, processes: int,
     return process, dicom_port, health_port
 
 
+def create_bucket(storage_url: str, name: str) -> None:
+    request = urllib.request.Request(f"{storage_url}/storage/v1/b?project=bench", method="POST",
+                                     data=json.dumps({"name": name}).encode(), headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=10).close()
+
+
 def gateway_runs(study: Path, parts: list[Path], workdir: Path, expected: int, processes: int) -> dict[str, float]:
     gcs = start_fake_gcs(workdir / "gcs")
     process = None
     try:
-        request = urllib.request.Request(f"{gcs.url}/storage/v1/b?project=bench", method="POST",
-                                         data=json.dumps({"name": BUCKET}).encode(),
-                                         headers={"Content-Type": "application/json"})
-        urllib.request.urlopen(request, timeout=10).close()
+        create_bucket(gcs.url, BUCKET)
+        create_bucket(gcs.url, BUCKET + "-polling")
         process, dicom_port, health_port = start_gateway(workdir, gcs.url, processes)
         started = time.perf_counter()
         acknowledged = storescu(dicom_port, [study])
@@ -178,6 +193,11 @@ def gateway_runs(study: Path, parts: list[Path], workdir: Path, expected: int, p
                                       / max(1, after["flushes"] - before["flushes"]))
         process.terminate()
         process.wait(timeout=30)
+        process, dicom_port, _ = start_gateway(workdir / "polling", gcs.url, processes, bucket=BUCKET + "-polling",
+                                               wakeups=False)
+        results["g"] = storescu(dicom_port, [study])
+        process.terminate()
+        process.wait(timeout=30)
         process, dicom_port, _ = start_gateway(workdir / "no-uploads", gcs.url, processes, bucket="no-such-bucket")
         results["f"] = storescu(dicom_port, [study])
         return results
@@ -195,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cols", type=int, default=512)
     parser.add_argument("--parallel", type=int, default=4, help="associations at once for row (d); 1: no row (d)")
     parser.add_argument("--upload-processes", type=int, default=2, help="the gateway's uploads.processes")
+    parser.add_argument("--repeat", type=int, default=1, help="run every row this many times: median, lowest, highest")
     args = parser.parse_args(argv)
     for tool in ("storescu", "storescp"):
         if shutil.which(tool) is None:
@@ -202,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
 
     load_before = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    runs: list[dict[str, float]] = []
     try:
         study = workdir / "study"
         total = write_study(study, args.instances, args.rows, args.cols)
@@ -213,37 +235,59 @@ def main(argv: list[str] | None = None) -> int:
             for path in files[index::args.parallel]:
                 os.link(path, part / path.name)
             parts.append(part)
-        ceiling = dcmtk_ceiling(study, workdir)
-        gateway = gateway_runs(study, parts, workdir, len(files), args.upload_processes)
-        bare = pynetdicom_ceiling(study)
+        for run in range(args.repeat):
+            results = {"c": dcmtk_ceiling(study, workdir / f"run-{run}")}
+            results.update(gateway_runs(study, parts, workdir / f"run-{run}", len(files), args.upload_processes))
+            results["e"] = pynetdicom_ceiling(study, wakeups=False)
+            results["h"] = pynetdicom_ceiling(study, wakeups=True)
+            runs.append(results)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     load_after = os.getloadavg()
-
-    rows = [
-        ("(a) gateway, acknowledged (fsynced in the spool)", gateway["a"]),
-        ("(b) gateway, last instance in the inbox bucket", gateway["b"]),
-        ("(c) DCMTK storescp -od, local disk (no fsync)", ceiling),
-    ]
-    if "d" in gateway:
-        rows.append((f"(d) gateway, {args.parallel} associations at once, acknowledged", gateway["d"]))
-    rows.append(("(e) bare pynetdicom SCP, acknowledges without storing", bare))
-    rows.append(("(f) gateway, acknowledged, no upload running beside it", gateway["f"]))
-    size = f"{args.rows}x{args.cols}"
-    print(f"{len(files)} instances ({size} 16-bit CT, {total / len(files) / 1e3:.0f} kB each, {total / 1e6:.1f} MB), "
-          f"storescu with TCP_NODELAY=1, uploads.processes {args.upload_processes}, {os.cpu_count()} CPUs, load average before {load_before[0]:.2f}, "
-          f"after {load_after[0]:.2f}")
-    print(f"{'':<58} {'seconds':>8} {'inst/s':>8} {'MB/s':>8}")
-    for label, seconds in rows:
-        print(f"{label:<58} {seconds:>8.2f} {len(files) / seconds:>8.1f} {total / 1e6 / seconds:>8.1f}")
-    flushes = f"records per fdatasync: (a) {gateway['a_per_flush']:.2f}"
-    if "d_per_flush" in gateway:
-        flushes += f", (d) {gateway['d_per_flush']:.2f} (group commit shared between associations)"
-    print(flushes)
-    print(f"(a)/(c) = {ceiling / gateway['a']:.2f} (aim: at least 0.5); (e)/(c) = {ceiling / bare:.2f} "
-          f"(the most any pynetdicom receiver can reach here); (a)/(e) = {bare / gateway['a']:.2f}; "
-          f"(f)/(e) = {bare / gateway['f']:.2f}")
+    print_table(runs, args, len(files), total, load_before, load_after)
     return 0
+
+
+def print_table(runs: list[dict[str, float]], args: argparse.Namespace, count: int, total: int,
+                load_before: tuple[float, ...], load_after: tuple[float, ...]) -> None:
+    """One line per row: the median of the runs (seconds, inst/s, MB/s) and, with several runs, the range of inst/s."""
+    labels = [
+        ("a", "(a) gateway, acknowledged (fsynced in the spool)"),
+        ("b", "(b) gateway, last instance in the inbox bucket"),
+        ("c", "(c) DCMTK storescp -od, local disk (no fsync)"),
+        ("d", f"(d) gateway, {args.parallel} associations at once, acknowledged"),
+        ("e", "(e) bare pynetdicom SCP, acknowledges without storing"),
+        ("f", "(f) gateway, acknowledged, no upload running beside it"),
+        ("g", "(g) = (a) without wake-ups (pynetdicom polls, 1 ms sleeps)"),
+        ("h", "(h) = (e) with wake-ups (gateway/wakeups.py)"),
+    ]
+    seconds = {key: statistics.median(run[key] for run in runs) for key, _ in labels if key in runs[0]}
+    repeat = f", median of {len(runs)} runs" if len(runs) > 1 else ""
+    print(f"{count} instances ({args.rows}x{args.cols} 16-bit CT, {total / count / 1e3:.0f} kB each, {total / 1e6:.1f} MB), "
+          f"storescu with TCP_NODELAY=1, uploads.processes {args.upload_processes}, {os.cpu_count()} CPUs{repeat}, "
+          f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
+    spread = f" {'inst/s low-high':>16}" if len(runs) > 1 else ""
+    print(f"{'':<62} {'seconds':>8} {'inst/s':>8} {'MB/s':>8}{spread}")
+    for key, label in labels:
+        if key not in seconds:
+            continue
+        line = f"{label:<62} {seconds[key]:>8.2f} {count / seconds[key]:>8.1f} {total / 1e6 / seconds[key]:>8.1f}"
+        if len(runs) > 1:
+            rates = sorted(count / run[key] for run in runs)
+            line += f" {f'{rates[0]:.0f}-{rates[-1]:.0f}':>16}"
+        print(line)
+    flushes = f"records per fdatasync: (a) {statistics.median(run['a_per_flush'] for run in runs):.2f}"
+    if "d_per_flush" in runs[0]:
+        flushes += (f", (d) {statistics.median(run['d_per_flush'] for run in runs):.2f} "
+                    "(group commit shared between associations)")
+    print(flushes)
+    ratio = {key: statistics.median(run["c"] / run[key] for run in runs) for key in ("a", "e", "g", "h")}
+    gain = {key: statistics.median(run[slow] / run[key] for run in runs) for key, slow in (("a", "g"), ("h", "e"))}
+    print(f"(a)/(c) = {ratio['a']:.2f} (aim: at least 0.5), (g)/(c) = {ratio['g']:.2f} without wake-ups; "
+          f"(h)/(c) = {ratio['h']:.2f}, (e)/(c) = {ratio['e']:.2f} (the most a pynetdicom receiver reaches here, "
+          f"with and without); wake-ups: (a)/(g) = {gain['a']:.2f}x, (h)/(e) = {gain['h']:.2f}x; "
+          f"(a)/(h) = {statistics.median(run['h'] / run['a'] for run in runs):.2f}, "
+          f"(f)/(h) = {statistics.median(run['h'] / run['f'] for run in runs):.2f}")
 
 
 if __name__ == "__main__":
