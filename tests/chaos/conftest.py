@@ -51,12 +51,16 @@ def stack(chaos_stack: Stack) -> Iterator[Stack]:
 
 
 def heal(stack: Stack) -> None:
-    """Undo whatever a scenario may have left: faults, a paused emulator, killed functions."""
+    """Undo whatever a scenario may have left: faults, outages, lost events, a paused emulator, killed functions."""
     stack.pubsub.resume()
     for service in stack.functions.values():
         service.start()
     response = requests.delete(f"{stack.env['HEALTHCARE_EMULATOR_HOST'].rstrip('/')}/emulator/faults", timeout=10)
     response.raise_for_status()
+    proxy = f"{stack.env['STORAGE_EMULATOR_HOST']}/proxy"
+    requests.delete(f"{proxy}/faults", timeout=10).raise_for_status()
+    requests.delete(f"{proxy}/outage", timeout=10).raise_for_status()
+    requests.put(f"{stack.env['BRIDGE_URL']}/events", json={"drop": 0}, timeout=10).raise_for_status()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import os
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -28,7 +28,7 @@ import requests
 from localstack import samples
 from localstack.observe import ResultsReader, store_sop_uids
 from localstack.stack import Stack
-from tests.e2e.helpers import covered_names, storage, unique_prefix, upload, wait_for_names
+from tests.e2e.helpers import covered_names, direct, storage, unique_prefix, upload, wait_for_names
 from tests.message_schemas import validate
 
 LOGGED_FUNCTIONS = ("function", "followup")
@@ -47,15 +47,17 @@ class Scale:
     kill_rounds: int  # scenario 3: kills of the function processes
     outages: int  # scenario 4: Pub/Sub outages
     outage_seconds: float  # scenario 4: length of each outage
+    gcs_outages: int  # scenario 7: Cloud Storage outages
+    gcs_outage_seconds: float  # scenario 7: length of each
     timeout: float  # seconds to wait for every result of a scenario
     quiet: float  # seconds to keep listening once everything is reported (late duplicates)
 
 
 SCALES = {
     "short": Scale("short", objects=40, invalid_every=8, waves=2, kill_rounds=1, outages=1, outage_seconds=10.0,
-                   timeout=150.0, quiet=5.0),
+                   gcs_outages=1, gcs_outage_seconds=10.0, timeout=150.0, quiet=5.0),
     "long": Scale("long", objects=400, invalid_every=10, waves=4, kill_rounds=6, outages=3, outage_seconds=30.0,
-                  timeout=900.0, quiet=15.0),
+                  gcs_outages=2, gcs_outage_seconds=30.0, timeout=900.0, quiet=15.0),
 }
 
 
@@ -192,27 +194,35 @@ class Counters:
     import_requests: int  # dicomStores.import requests the emulator received
     import_refused: int  # ... of which it answered with an injected 429/503
     injected: int  # injected 429/503 answers, every method
+    gcs_injected: int = 0  # Cloud Storage calls the proxy answered with an injected 429/503
+    gcs_outage_refused: int = 0  # ... answered 503 during an outage
+    gcs_rate_limited: int = 0  # ... refused by the one-write-per-second limit
+    dropped_events: int = 0  # notifications the bridge lost on purpose
 
     @classmethod
     def read(cls, stack: Stack) -> "Counters":
         full = requests.get(f"{stack.env['HEALTHCARE_EMULATOR_HOST'].rstrip('/')}/emulator/stats",
                             params={"view": "full"}, timeout=10).json()
         injected = full.get("injectedErrors", {})
-        return cls(bridge_failed=int(stack.bridge_status()["failed_attempts"]),
+        gcs = requests.get(f"{stack.env['STORAGE_EMULATOR_HOST']}/proxy/stats", timeout=10).json()
+        bridge = stack.bridge_status()
+        return cls(bridge_failed=int(bridge["failed_attempts"]),
                    import_requests=int(full["requests"].get("dicomStores.import", 0)),
                    import_refused=sum(injected.get("dicomStores.import", {}).values()),
-                   injected=sum(sum(by_status.values()) for by_status in injected.values()))
+                   injected=sum(sum(by_status.values()) for by_status in injected.values()),
+                   gcs_injected=sum(sum(by_status.values()) for by_status in gcs["injectedErrors"].values()),
+                   gcs_outage_refused=int(gcs["outageRefused"]), gcs_rate_limited=sum(gcs["rateLimited"].values()),
+                   dropped_events=sum(int(route.get("dropped", 0)) for route in bridge["routes"].values()))
 
     def __sub__(self, other: "Counters") -> "Counters":
-        return Counters(self.bridge_failed - other.bridge_failed, self.import_requests - other.import_requests,
-                        self.import_refused - other.import_refused, self.injected - other.injected)
+        return Counters(*(mine - theirs for mine, theirs in zip(astuple(self), astuple(other))))
 
 
 class StateWatch:
     """The batch records of the state bucket, to time damage against the batching protocol."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
-        self.bucket = storage(env).bucket(env["STATE_BUCKET"])
+        self.bucket = storage(direct(env)).bucket(env["STATE_BUCKET"])  # sees through Cloud Storage faults
         self.known = {blob.name for blob in self.bucket.list_blobs(prefix=f"batches/{RULE}/")}
 
     def new_records(self) -> dict[str, str]:

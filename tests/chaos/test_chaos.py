@@ -1,4 +1,4 @@
-"""The fault-injection suite of issue 5: five scenarios, one after another, on one local stack.
+"""The fault-injection suite of issues 5 and 10: eight scenarios, one after another, on one local stack.
 
 Each scenario drops a fresh set of objects (valid DICOM and a few invalid
 ``.dcm`` files) under its own prefix, does its damage while the batches go
@@ -13,9 +13,12 @@ from __future__ import annotations
 import base64
 import json
 import random
+import subprocess
+import sys
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -26,7 +29,8 @@ from localstack.pubsub import PubSubRest
 from tests.chaos.conftest import MAX_WAIT
 from tests.chaos.harness import (Counters, Drop, Run, StateWatch, invalid_dicom, make_drop, sealed_record,
                                  upload_in_waves)
-from tests.e2e.helpers import import_results_under, notification_event, storage_event, unique_prefix, upload
+from tests.e2e.helpers import direct, import_results_under, notification_event, storage_event, unique_prefix, upload
+from tests.message_schemas import validate
 
 pytestmark = [pytest.mark.chaos, pytest.mark.stack, pytest.mark.slow]
 
@@ -421,3 +425,113 @@ def wait_for_bridge(stack, message_ids: set[str], timeout: float) -> dict[str, s
         if set(outcome) == message_ids and not failures or time.monotonic() > deadline:
             return outcome
         time.sleep(0.5)
+
+
+# 6 -------------------------------------------------------------------------------------------------
+GCS_FAULT_RATE = 0.1  # half 429, half 503
+
+
+def proxy_url(stack) -> str:
+    return f"{stack.env['STORAGE_EMULATOR_HOST']}/proxy"
+
+
+def test_cloud_storage_answers_10_percent_of_calls_with_429_or_503(stack, scale, report):
+    run = Run("gcs-429/503", stack, scale, report)
+    rng = random.Random()
+    drop = make_drop("gcs-faults", scale.objects, scale.invalid_every, rng)
+    seed = seed_with_early_fault(rng, GCS_FAULT_RATE / 2)
+    spec = {"seed": seed, "methods": {"*": {"rate429": GCS_FAULT_RATE / 2, "rate503": GCS_FAULT_RATE / 2}}}
+    requests.put(f"{proxy_url(stack)}/faults", json=spec, timeout=10).raise_for_status()
+    try:
+        # The modality uploads around the faults (it is not ours to test); every call of ours meets them.
+        upload_in_waves(direct(stack.env), drop.files, scale.waves, StateWatch(stack.env))
+        run.results_for(drop)
+    finally:
+        requests.delete(f"{proxy_url(stack)}/faults", timeout=10).raise_for_status()
+    injected = (Counters.read(stack) - run.before).gcs_injected
+    run.note(f"seed {seed}, {injected} Cloud Storage calls refused")
+    run.finish(drop)
+    assert injected > 0, "no Cloud Storage fault fired: the scenario proved nothing"
+
+
+# 7 -------------------------------------------------------------------------------------------------
+def test_cloud_storage_outage_in_the_middle_of_a_drop(stack, scale, report):
+    run = Run("gcs-outage", stack, scale, report)
+    env = stack.env
+    rng = random.Random()
+    drop = make_drop("gcs-outage", scale.objects, scale.invalid_every, rng)
+    waves = [drop.files[i::scale.gcs_outages + 1] for i in range(scale.gcs_outages + 1)]
+    watch = StateWatch(env)
+    upload(direct(env), waves[0])
+    for outage, wave in enumerate(waves[1:]):
+        # Mid-drop: a batch of the previous wave is open with members (its driver listing) or just sealed.
+        moment = watch.wait_for(lambda w: w.open_batch_with_members() or sealed_record(w), timeout=60)
+        assert moment, f"outage {outage + 1}: no batch open or sealed in 60 s; {watch.describe()}"
+        requests.put(f"{proxy_url(stack)}/outage", json={"seconds": scale.gcs_outage_seconds},
+                     timeout=10).raise_for_status()
+        upload(direct(env), wave)  # events arrive while Cloud Storage is down for the function
+        time.sleep(scale.gcs_outage_seconds + 1)
+    refused = (Counters.read(stack) - run.before).gcs_outage_refused
+    run.note(f"{scale.gcs_outages} x {scale.gcs_outage_seconds:g} s outage, {refused} calls refused in it")
+    run.finish(drop)
+    assert refused > 0, "no call met the outage: the scenario proved nothing"
+
+
+# 8 -------------------------------------------------------------------------------------------------
+LOST_FRACTION = 0.2
+CHAOS_CONFIG = Path(__file__).with_name("config.yaml")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_a_fifth_of_the_events_lost_for_good_then_one_reconcile_run(stack, scale, report, tmp_path):
+    run = Run("lost-events", stack, scale, report)
+    env = stack.env
+    rng = random.Random()
+    drop = make_drop("lost", scale.objects, scale.invalid_every, rng)
+    seed = seed_with_early_fault(rng, LOST_FRACTION)
+    before = Counters.read(stack)
+    processed = lambda: sum(route["delivered"] + route["dropped"] + route["skipped"]  # noqa: E731
+                            for name, route in stack.bridge_status()["routes"].items() if name == "function")
+    start = processed()
+    requests.put(f"{env['BRIDGE_URL']}/events", json={"drop": LOST_FRACTION, "seed": seed}, timeout=10).raise_for_status()
+    try:
+        upload_in_waves(env, drop.files, scale.waves, StateWatch(env))
+        deadline = time.monotonic() + scale.timeout
+        while processed() - start < len(drop.files):  # every event delivered or lost
+            assert time.monotonic() < deadline, stack.bridge_status()["routes"]["function"]
+            time.sleep(0.2)
+    finally:
+        requests.put(f"{env['BRIDGE_URL']}/events", json={"drop": 0}, timeout=10).raise_for_status()
+    lost = (Counters.read(stack) - before).dropped_events
+    assert lost > 0, "no event was lost: the scenario proved nothing"
+
+    env_file = tmp_path / "stack.env"
+    env_file.write_text("".join(f"{key}={value}\n" for key, value in env.items()))
+    swept = subprocess.run([sys.executable, "-m", "handlers", "reconcile", "--json", "--env-file", str(env_file),
+                            "--config", str(CHAOS_CONFIG)], cwd=REPO, capture_output=True, text=True,
+                           timeout=scale.timeout)
+    assert swept.returncode == 0, swept.stderr[-2000:]
+    sweep = json.loads(swept.stdout)
+    run.note(f"seed {seed}, {lost} events lost, reconcile admitted {sweep['totals']['admitted']} "
+             f"({sweep['totals']['covered']} covered)")
+    run.finish(drop, checks=lambda: sweep_problems(run, drop, sweep, lost))
+
+
+def sweep_problems(run, drop, sweep: dict, lost: int) -> list[str]:
+    """The sweep admitted exactly the objects whose events were lost, and said so once."""
+    problems = []
+    inbox = run.env["INBOX_BUCKET"]
+    admitted = {item["uri"] for item in sweep["admitted"] or []}
+    ours = {uri for uri in admitted if uri.startswith(f"gs://{inbox}/{drop.prefix}")}
+    if sweep["outcome"] != "RECOVERED" or len(ours) != lost or admitted != ours:
+        problems.append(f"the sweep admitted {len(ours)} of this drop's objects (and {len(admitted - ours)} "
+                        f"others), {lost} events were lost: {sweep['outcome']}")
+    messages = [r for r in run.reader.received if r.data.get("schema") == "dicom-reconcile-result/v1"]
+    if [m.data["sweep"] for m in messages] != [sweep["sweep"]]:
+        problems.append(f"reconcile results published: {[m.data['sweep'] for m in messages]}, expected one")
+    for message in messages:
+        try:
+            validate(message.data, message.attributes)
+        except Exception as exc:  # noqa: BLE001 - reported with the rest
+            problems.append(f"reconcile result does not match its schema: {exc}")
+    return problems

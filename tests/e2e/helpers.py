@@ -22,6 +22,15 @@ def storage(env: Mapping[str, str]):
                       client_options={"api_endpoint": env["STORAGE_EMULATOR_HOST"]})
 
 
+def direct(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with Cloud Storage reached directly (fake-gcs-server), not through the fault proxy.
+
+    For what stands outside the system under test: modalities uploading, and
+    observers reading the state bucket while Cloud Storage faults are injected.
+    """
+    return {**env, "STORAGE_EMULATOR_HOST": env.get("FAKE_GCS_URL") or env["STORAGE_EMULATOR_HOST"]}
+
+
 def unique_prefix(label: str) -> str:
     return f"{label}-{uuid.uuid4().hex[:8]}/"
 
@@ -79,7 +88,7 @@ def reported_objects(result: Result, env: Mapping[str, str] | None = None) -> li
         return []
     if manifest not in _manifests:
         bucket, _, path = manifest[len("gs://"):].partition("/")
-        record = json.loads(storage(env).bucket(bucket).blob(path).download_as_bytes())
+        record = json.loads(storage(direct(env)).bucket(bucket).blob(path).download_as_bytes())
         _manifests[manifest] = [{"uri": f"gs://{m['bucket']}/{m['name']}", "generation": m["generation"]}
                                 for m in record.get("members") or []]
     return _manifests[manifest]
@@ -120,7 +129,7 @@ def join_times(env: Mapping[str, str], rule: str, generations: Mapping[str, str]
     from handlers.batch import layout
     from handlers.events import StorageObject
 
-    state = storage(env).bucket(env["STATE_BUCKET"])
+    state = storage(direct(env)).bucket(env["STATE_BUCKET"])
     times = []
     for name, generation in generations.items():
         oid = layout.object_id(StorageObject(env["INBOX_BUCKET"], name, generation, None, ""))
