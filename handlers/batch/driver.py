@@ -131,20 +131,51 @@ class Driver:
 
     # open -> sealing
     def _seal(self, rule: str, batch: str, deadline: Deadline, worker: str) -> Document | None:
-        """Wait for the batch window to close, then write the record (sealing) and seal the lease."""
-        lease = self.store.read(layout.lease_path(rule))
-        if lease is None or lease.data["batch"] != batch:
-            return self.store.read(layout.record_path(rule, batch))
-        because = None  # sealed by an earlier delivery that died before writing the record
-        if lease.data["state"] == OPEN:
+        """Wait for the window to close, seal (create the seal object), list the markers, write the record once.
+
+        The lease is not written: sealing is the creation of ``seals/RULE/BATCH.json``,
+        a new object, so a rule's batches rewrite one fixed name (the lease) once
+        each, when they open (Cloud Storage takes one write per second per name).
+        A delivery that finds the seal but no record (its sealer died) lists and
+        records. None: the batch was never opened.
+        """
+        path = layout.seal_path(rule, batch)
+        seal = self.store.read(path)
+        if seal is None:
+            lease = self.store.read(layout.lease_path(rule))
+            if lease is None or lease.data["batch"] != batch:
+                return self.store.read(layout.record_path(rule, batch))
             because = self._wait_for_window(rule, batch, lease.data["openedAt"], deadline)
-        record = {key: lease.data.get(key) for key in ("batch", "rule", "store", "blobStorageClass", "openedAt")}
-        record.update(state=SEALING, sealedAt=self.clock(), sealedBy=worker, sealedBecause=because)
+            data = {key: lease.data.get(key) for key in ("batch", "rule", "store", "blobStorageClass", "openedAt")}
+            data.update(sealedAt=self.clock(), sealedBy=worker, sealedBecause=because)
+            try:
+                seal = Document(data, self.store.create(path, data))
+            except Conflict:
+                seal = self.store.read(path)
+                if seal is None:
+                    raise RetryLater(f"the seal of batch {batch} is not readable yet") from None
+        return self._record_members(seal.data)
+
+    def _record_members(self, seal: dict[str, Any]) -> Document:
+        """The record, created once, in state ``listed``: the markers listed after the seal are the members."""
+        rule, batch = seal["rule"], seal["batch"]
+        members = self._listed_members(rule, batch)
+        data = {**seal, "state": LISTED, "members": members,
+                "importUri": layout.import_uri(self.store.bucket, rule, batch)}
+        path = layout.record_path(rule, batch)
         try:
-            generation = self.store.create(layout.record_path(rule, batch), record)
+            generation = self.store.create(path, data)
         except Conflict:
-            return self.store.read(layout.record_path(rule, batch))
-        return Document(record, generation)
+            return self.store.read(path)  # another delivery recorded it first: its listing stands
+        log.info("batch sealed", rule=rule, batch=batch, objects=len(members), reason=seal.get("sealedBecause"))
+        return Document(data, generation)
+
+    def _listed_members(self, rule: str, batch: str) -> list[dict[str, str]]:
+        return [{"id": listed.name.rsplit("/", 1)[-1],
+                 "bucket": listed.metadata.get("source-bucket", ""),
+                 "name": listed.metadata.get("source-name", ""),
+                 "generation": listed.metadata.get("source-generation", "")}
+                for listed in self.store.list(layout.member_prefix(rule, batch))]
 
     def _wait_for_window(self, rule: str, batch: str, opened_at: float, deadline: Deadline) -> str:
         """Wait until the batch should be sealed; why: FULL, QUIET or WINDOW (docs/design.md, "Window").
@@ -175,21 +206,15 @@ class Driver:
             self.sleep(min(poll, max(0.0, closes_at - self.clock())))
         return WINDOW
 
-    # sealing -> listed
+    # sealing -> listed: records an older version created before listing (it sealed the lease)
     def _list_members(self, record: Document, path: str) -> Document:
         rule, batch = record.data["rule"], record.data["batch"]
-        lease = self.store.read(layout.lease_path(rule))
-        if lease is not None and lease.data["batch"] == batch and lease.data["state"] == OPEN:
-            self.store.replace(layout.lease_path(rule), {**lease.data, "state": SEALED, "sealedAt": self.clock()},
-                               lease.generation)
-        members = []
-        for listed in self.store.list(layout.member_prefix(rule, batch)):
-            members.append({
-                "id": listed.name.rsplit("/", 1)[-1],
-                "bucket": listed.metadata.get("source-bucket", ""),
-                "name": listed.metadata.get("source-name", ""),
-                "generation": listed.metadata.get("source-generation", ""),
-            })
+        try:  # seal the way intakes now look for, before listing
+            self.store.create(layout.seal_path(rule, batch), {key: record.data.get(key) for key in (
+                "batch", "rule", "store", "blobStorageClass", "openedAt", "sealedAt", "sealedBy")})
+        except Conflict:
+            pass
+        members = self._listed_members(rule, batch)
         data = {**record.data, "state": LISTED, "members": members,
                 "importUri": layout.import_uri(self.store.bucket, rule, batch)}
         generation = self.store.replace(path, data, record.generation)

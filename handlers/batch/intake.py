@@ -16,7 +16,7 @@ from typing import Callable
 
 from handlers import log
 from handlers.batch import layout
-from handlers.batch.layout import OPEN
+from handlers.batch.layout import SEALED
 from handlers.clients.storage import Conflict, Document, StateStore
 from handlers.config import Config, Rule
 from handlers.events import StorageObject
@@ -43,17 +43,18 @@ class Intake:
     def admit(self, obj: StorageObject, rule: Rule, deadline: Deadline) -> str:
         """Cover ``obj`` by a batch of ``rule``; return OPENED, JOINED or DUPLICATE, or raise RetryLater.
 
-        The common case costs four Cloud Storage calls: read the lease, create
-        the claim, write the membership marker, read the lease again. The claim is read
-        only when creating it conflicts, or before opening a batch (so that a
-        late duplicate never opens one).
+        The common case costs five Cloud Storage calls: read the lease, see that
+        its batch has no seal, create the claim, write the membership marker,
+        see again that there is no seal. The claim is read only when creating it
+        conflicts, or before opening a batch (so that a late duplicate never
+        opens one). The lease is written only to open a batch: once per batch.
         """
         oid = layout.object_id(obj)
         path = layout.claim_path(rule.name, oid)
         claim: Document | None = None  # this object's claim, when read and not yet settled
         while not deadline.expired:
             lease = self.store.read(layout.lease_path(rule.name))
-            if lease is not None and lease.data["state"] == OPEN:
+            if self._is_open(rule.name, lease):
                 claimed = claim is not None or (lease.data.get("openedBy") == oid and self.store.read(path) is not None)
                 self._ensure_driven(rule, lease, oid, claimed=claimed)
             else:
@@ -105,7 +106,7 @@ class Intake:
                 return _WAIT
             return DUPLICATE if oid in layout.member_ids(record.data) else _RESTAGE
         lease = self.store.read(layout.lease_path(rule.name))
-        if lease is not None and lease.data["batch"] == batch and lease.data["state"] == OPEN:
+        if lease is not None and lease.data["batch"] == batch and self._is_open(rule.name, lease):
             self._ensure_driven(rule, lease, oid, claimed=True)
             if self._join_and_confirm(obj, rule, oid, batch, deadline):
                 return DUPLICATE
@@ -120,7 +121,6 @@ class Intake:
             "rule": rule.name,
             "store": rule.store,
             "blobStorageClass": rule.blob_storage_class,
-            "state": OPEN,
             "openedAt": now,
             "openedBy": oid,
         }
@@ -134,6 +134,15 @@ class Intake:
         log.info("batch opened", rule=rule.name, batch=data["batch"])
         self._kick(rule.name, data["batch"])
         return Document(data, generation)
+
+    def _is_open(self, rule: str, lease: Document | None) -> bool:
+        """Whether the lease's batch still takes members: no seal yet (a lease sealed by an older version also counts)."""
+        if lease is None or lease.data.get("state") == SEALED:
+            return False
+        return not self._sealed(rule, lease.data["batch"])
+
+    def _sealed(self, rule: str, batch: str) -> bool:
+        return self.store.read(layout.seal_path(rule, batch)) is not None
 
     def _ensure_driven(self, rule: Rule, lease: Document, oid: str, claimed: bool) -> None:
         """Re-publish the driver of an open batch that may lack one.
@@ -159,9 +168,8 @@ class Intake:
     def _join_and_confirm(self, obj: StorageObject, rule: Rule, oid: str, batch: str, deadline: Deadline) -> bool:
         """Mark the object as a member of the batch; True once the batch is sure to include it."""
         self.store.write_marker(layout.member_path(rule.name, batch, oid), layout.source_metadata(obj))
-        lease = self.store.read(layout.lease_path(rule.name))
-        if lease is not None and lease.data["batch"] == batch and lease.data["state"] == OPEN:
-            return True
+        if not self._sealed(rule.name, batch):
+            return True  # the driver seals before it lists: its listing will include the marker
         # Sealed while we wrote the marker: the batch record's listing decides.
         while not deadline.expired:
             record = self.store.read(layout.record_path(rule.name, batch))

@@ -1,6 +1,7 @@
 """Names and documents of the batching protocol in the state bucket (see docs/design.md).
 
-``leases/{rule}.json``                the rule's current batch: ``open`` or ``sealed``
+``leases/{rule}.json``                the rule's current batch; written once per batch, when it opens
+``seals/{rule}/{batch}.json``         the batch is sealed (created once by its driver, before it lists)
 ``claims/{rule}/{object_id}.json``    idempotency record: which batch holds an object generation
 ``members/{rule}/{batch}/{id}``       membership marker written by the intake (source in its metadata)
 ``staging/{rule}/{batch}/{id}.dcm``   copies the driver makes of the listed members; the import URI is
@@ -42,6 +43,10 @@ def new_batch_id(now: float | None = None) -> str:
 
 def lease_path(rule: str) -> str:
     return f"leases/{rule}.json"
+
+
+def seal_path(rule: str, batch: str) -> str:
+    return f"seals/{rule}/{batch}.json"
 
 
 def claim_path(rule: str, oid: str) -> str:

@@ -244,7 +244,8 @@ class StateWatch:
             lease = json.loads(blob.download_as_bytes())
         except Exception:  # noqa: BLE001 - no lease yet
             return None
-        if lease.get("state") != "open":
+        sealed = self.bucket.blob(f"seals/{RULE}/{lease['batch']}.json").exists()
+        if sealed or lease.get("state") == "sealed":
             return None
         joined = self.bucket.list_blobs(prefix=f"members/{RULE}/{lease['batch']}/", max_results=1)
         return lease["batch"] if any(True for _ in joined) else None

@@ -357,14 +357,45 @@ def test_driver_resumes_after_dying_between_seal_and_listing():
     world.admit(world.upload("a.dcm"))
     batch = world.kicks[0][1]
     world.clock.now += 11
-    sealing = {"batch": batch, "rule": "all", "store": STORE, "blobStorageClass": None,
-               "openedAt": world.clock.now - 11, "state": "sealing", "sealedAt": world.clock.now, "sealedBy": "dead"}
-    world.store.create(layout.record_path("all", batch), sealing)
+    seal = {"batch": batch, "rule": "all", "store": STORE, "blobStorageClass": None,
+            "openedAt": world.clock.now - 11, "sealedAt": world.clock.now, "sealedBy": "dead", "sealedBecause": "window"}
+    world.store.create(layout.seal_path("all", batch), seal)  # the sealer died before listing
+    lease_generation = world.store.docs[layout.lease_path("all")][1]
+    late = world.upload("late.dcm")
+    assert world.admit(late, world.new_intake()) == OPENED, "a sealed batch takes no new member"
     with pytest.raises(RetryLater):
         world.drive(batch)
     record = world.store.doc(layout.record_path("all", batch))
-    assert record["state"] == IMPORTING and len(record["members"]) == 1
-    assert world.store.doc(layout.lease_path("all"))["state"] == "sealed"
+    assert record["state"] == IMPORTING and [m["name"] for m in record["members"]] == ["a.dcm"]
+    assert record["store"] == STORE and record["sealedBy"] == "dead"
+    assert world.store.docs[layout.lease_path("all")][1] != lease_generation, "only the next batch's opening wrote it"
+
+
+def test_the_lease_is_written_once_per_batch_and_never_by_the_driver():
+    """Cloud Storage takes about one write per second per object name: the lease is the name every batch rewrites."""
+    world = World(quiet=2.0)
+    batches = run_timeline(world, [0.0, 0.1, 0.2, 1.0, 1.1, 5.0, 9.0, 9.5])
+    lease_writes = [op for op in world.store.ops if op == ("write", layout.lease_path("all"))]
+    assert len(batches) == 4 and len(lease_writes) == len(batches)
+    for batch in batches:
+        record_writes = [op for op in world.store.ops if op == ("write", layout.record_path("all", batch))]
+        assert record_writes[0] == ("write", layout.record_path("all", batch))
+        assert world.store.doc(layout.seal_path("all", batch))["batch"] == batch
+
+
+def test_a_record_left_sealing_by_an_older_version_is_sealed_then_listed():
+    world = World()
+    world.admit(world.upload("a.dcm"))
+    batch = world.kicks[0][1]
+    world.clock.now += 11
+    sealing = {"batch": batch, "rule": "all", "store": STORE, "blobStorageClass": None,
+               "openedAt": world.clock.now - 11, "state": "sealing", "sealedAt": world.clock.now, "sealedBy": "old"}
+    world.store.create(layout.record_path("all", batch), sealing)
+    with pytest.raises(RetryLater):
+        world.drive(batch)
+    assert world.store.doc(layout.record_path("all", batch))["state"] == IMPORTING
+    assert world.store.doc(layout.seal_path("all", batch))["sealedBy"] == "old", "intakes now see it sealed"
+    assert world.admit(world.upload("b.dcm"), world.new_intake()) == OPENED
 
 
 def test_import_claimed_by_a_dead_worker_is_started_again_after_a_while():
