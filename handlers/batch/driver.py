@@ -3,7 +3,8 @@
 A durable follow-up message per batch runs this; every delivery resumes from
 the batch record's state, so an instance dying anywhere only delays the batch:
 
-    open lease --window--> sealing --seal, list markers--> listed --copy, import--> importing
+    open lease --window, quiet or full--> seal created --markers listed--> record created listed
+    --copy, import--> importing
     --operation done--> [collecting --failures named--> [acting --policies applied-->]] publishing
     --result published--> done (staging removed)
 
@@ -34,9 +35,7 @@ from handlers.batch.layout import (
     DONE,
     IMPORTING,
     LISTED,
-    OPEN,
     PUBLISHING,
-    SEALED,
     SEALING,
 )
 from handlers.batch.reporting import ABANDONED_AFTER_SECONDS, Reporter, new_worker

@@ -22,7 +22,8 @@ from typing import Any, Mapping
 
 from handlers.events import StorageObject
 
-OPEN, SEALED = "open", "sealed"
+# A lease's state as the previous version wrote it (a lease is no longer sealed: its batch's seal object is).
+SEALED = "sealed"
 # Batch ids of one-call backfills (handlers/cli/backfill_run.py): records listing their members, no claims.
 EXACT_BATCH_PREFIX = "backfill-"
 # Batch record states, in order (collecting and acting only for an import with failures).
