@@ -62,6 +62,22 @@ def base_env() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key not in _STRIPPED_KEYS}
 
 
+def _python_env(*overrides: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a Python process run from this repository.
+
+    :func:`base_env` updated with each of ``overrides`` in turn, then the repository
+    root put first on PYTHONPATH and output unbuffered (``PYTHONUNBUFFERED=1``).
+    """
+    process_env = base_env()
+    for override in overrides:
+        process_env.update(override)
+    process_env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        PYTHONUNBUFFERED="1",
+    )
+    return process_env
+
+
 def owner_of_this_process() -> tuple[int, int]:
     """(PID, start ticks) of this process, to record as the owner of daemons it starts."""
     info = proc_info(os.getpid())
@@ -379,11 +395,7 @@ def start_gcs_proxy(
     object name (Cloud Storage's limit: 1; 0 turns it off). See docs/local-stack.md.
     """
     port = port or free_port()
-    process_env = base_env()
-    process_env.update(
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-        PYTHONUNBUFFERED="1",
-    )
+    process_env = _python_env()
     argv = [sys.executable, "-m", "localstack.gcsproxy", "--upstream", upstream, "--host", HOST, "--port", str(port),
             "--write-interval", str(write_interval)]
     if faults:
@@ -425,12 +437,7 @@ def start_healthcare_emulator(
         raise StartError(f"Healthcare emulator package not found: {REPO_ROOT / 'emulator'} does not exist")
     port = port or free_port()
     url = f"http://{HOST}:{port}"
-    process_env = base_env()
-    process_env.update(
-        STORAGE_EMULATOR_HOST=storage_host,
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-        PYTHONUNBUFFERED="1",
-    )
+    process_env = _python_env({"STORAGE_EMULATOR_HOST": storage_host})
     process_env.update(faults or {})
     service = Service(
         name="healthcare",
@@ -471,13 +478,7 @@ def start_function(
     if not source_path.is_file():
         raise StartError(f"function source not found: {source_path} (pass source= to start another file)")
     port = port or free_port()
-    process_env = base_env()
-    process_env.update(env)
-    process_env.update(
-        THREADS=str(threads),
-        PYTHONUNBUFFERED="1",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-    )
+    process_env = _python_env(env, {"THREADS": str(threads)})
     argv = [
         _venv_script("functions-framework"),
         "--source", str(source_path),
@@ -514,11 +515,7 @@ def start_bridge(
     config with :meth:`localstack.bridge.BridgeConfig.write`.
     """
     port = port or free_port()
-    process_env = base_env()
-    process_env.update(
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-        PYTHONUNBUFFERED="1",
-    )
+    process_env = _python_env()
     service = Service(
         name=name,
         argv=[sys.executable, "-m", "localstack.bridge", "--config", str(config_path), "--host", HOST, "--port", str(port)],
@@ -551,12 +548,7 @@ def start_gateway(
     ``health_port`` (the Service's port: ``/healthz``), so a restart keeps both.
     ``dicom_env`` is what a DICOM client needs (``GATEWAY_HOST``...), kept in the Service's ``env``.
     """
-    process_env = base_env()
-    process_env.update(env)
-    process_env.update(
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-        PYTHONUNBUFFERED="1",
-    )
+    process_env = _python_env(env)
     service = Service(
         name="gateway",
         argv=[sys.executable, "-m", "gateway", "--config", str(config_path)],
