@@ -8,6 +8,9 @@
   (``.env == {"HEALTHCARE_EMULATOR_HOST": url}``);
 * ``local_stack``: the whole stack (:class:`localstack.stack.Stack`), as ``make up`` starts it.
 
+Per test, on ``storage_client``: ``bucket`` (a new, empty bucket) and ``upload`` (bytes into it,
+returning the gs:// URI), for the emulator's tests and the real clients' tests.
+
 These fixtures do not change ``os.environ``: pass ``service.env`` where a
 client needs it. Each daemon runs in a temporary directory (logs in
 ``<tmp>/logs/NAME.log``) and is stopped at the end of the session, failed
@@ -17,7 +20,7 @@ next one starts.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -30,6 +33,7 @@ from localstack.services import (
     start_pubsub_emulator,
 )
 from localstack.stack import Stack
+from tests.emulator.client import unique
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +71,23 @@ def storage_client(fake_gcs: Service):  # -> google.cloud.storage.Client
         credentials=AnonymousCredentials(),
         client_options={"api_endpoint": fake_gcs.url},
     )
+
+
+@pytest.fixture
+def bucket(storage_client: Any) -> Any:
+    """A new, empty bucket in fake-gcs-server."""
+    return storage_client.create_bucket(unique("bkt"))
+
+
+@pytest.fixture
+def upload(bucket: Any) -> Callable[[str, bytes], str]:
+    """Upload bytes to ``bucket`` under a name; returns the gs:// URI."""
+
+    def put(name: str, data: bytes) -> str:
+        bucket.blob(name).upload_from_string(data)
+        return f"gs://{bucket.name}/{name}"
+
+    return put
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,9 @@
 """Real clients against the running emulator: Google's discovery-based client and dicomweb-client.
 
 Session fixtures from tests/conftest.py (``healthcare_emulator``, ``storage_client``)
-start one emulator and one fake-gcs-server for the whole run. Every test writes
-under its own location, dataset, store and bucket (``unique`` names), so tests
-never see each other's data. Helpers here call the emulator only through the
+start one emulator and one fake-gcs-server for the whole run; ``bucket`` and ``upload``
+come from there too. Every test writes under its own location, dataset, store and
+bucket (``unique`` names), so tests never see each other's data. Helpers here call the emulator only through the
 real clients, except :func:`wait` which polls with the discovery client too.
 """
 
@@ -14,39 +14,37 @@ from typing import Any, Callable
 
 import pytest
 
+from localstack.samples import bundled_bytes, make_series, new_uid, with_new_uids
 from tests.emulator.client import PROJECT, unique
+
+
+def _discovery_client(url: str, **options: Any) -> Any:
+    """Google's discovery-based Healthcare v1 client at ``url`` (the discovery document bundled in the wheel)."""
+    from google.auth.credentials import AnonymousCredentials
+    from googleapiclient import discovery
+
+    return discovery.build(
+        "healthcare",
+        "v1",
+        client_options={"api_endpoint": url},
+        credentials=AnonymousCredentials(),
+        static_discovery=True,
+        **options,
+    )
 
 
 @pytest.fixture(scope="session")
 def healthcare(healthcare_emulator: Any) -> Any:
     """Google's discovery-based client, built from the discovery document bundled in the wheel."""
-    from google.auth.credentials import AnonymousCredentials
-    from googleapiclient import discovery
-
-    return discovery.build(
-        "healthcare",
-        "v1",
-        client_options={"api_endpoint": healthcare_emulator.url},
-        credentials=AnonymousCredentials(),
-        static_discovery=True,
-    )
+    return _discovery_client(healthcare_emulator.url)
 
 
 @pytest.fixture(scope="session")
 def healthcare_raw(healthcare_emulator: Any) -> Any:
     """The same client with ``RawModel``: response bodies as bytes, for DICOMweb retrieval."""
-    from google.auth.credentials import AnonymousCredentials
-    from googleapiclient import discovery
     from googleapiclient.model import RawModel
 
-    return discovery.build(
-        "healthcare",
-        "v1",
-        client_options={"api_endpoint": healthcare_emulator.url},
-        credentials=AnonymousCredentials(),
-        static_discovery=True,
-        model=RawModel(),
-    )
+    return _discovery_client(healthcare_emulator.url, model=RawModel())
 
 
 @pytest.fixture
@@ -73,20 +71,24 @@ def store(datasets: Any, location: str) -> str:
 
 
 @pytest.fixture
-def bucket(storage_client: Any) -> Any:
-    """A new, empty bucket in fake-gcs-server."""
-    return storage_client.create_bucket(unique("bkt"))
+def loaded_store(datasets: Any, store: str, upload: Callable[[str, bytes], str]) -> tuple[str, str, list, tuple]:
+    """A new store holding study A (patient P-A: CT series of 2, MR series of 1) and study B (patient P-B:
+    one implicit VR MR instance), imported from Cloud Storage with the discovery client.
 
-
-@pytest.fixture
-def upload(bucket: Any) -> Callable[[str, bytes], str]:
-    """Upload bytes to ``bucket`` under a name; returns the gs:// URI."""
-
-    def put(name: str, data: bytes) -> str:
-        bucket.blob(name).upload_from_string(data)
-        return f"gs://{bucket.name}/{name}"
-
-    return put
+    Returns ``(store, study A's UID, study A's items, study B's item)``; an item is
+    ``(uids, data)`` as :mod:`localstack.samples` makes it.
+    """
+    study_a = new_uid()
+    items = make_series(2, study_uid=study_a, modality="CT", patient_id="P-A") + make_series(
+        1, study_uid=study_a, modality="MR", series_number=2, patient_id="P-A"
+    )
+    implicit = with_new_uids(bundled_bytes("MR_small_implicit.dcm"))
+    for uids, data in items + [implicit]:
+        upload(f"load/{uids.sop}.dcm", data)
+    uri = upload("load/x", b"").rsplit("/", 1)[0] + "/*.dcm"
+    done = wait(datasets, datasets.dicomStores().import_(name=store, body={"gcsSource": {"uri": uri}}).execute())
+    assert done["metadata"]["counter"] == {"success": "4"}
+    return store, study_a, items, implicit
 
 
 def dataset_of(store: str) -> str:

@@ -17,8 +17,7 @@ import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 
-from localstack.samples import bundled_bytes, make_series, new_uid, with_new_uids
-from tests.clients.conftest import wait
+from localstack.samples import make_series, new_uid
 
 STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
 EXPLICIT_LE, IMPLICIT_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
@@ -35,18 +34,9 @@ def web(healthcare_emulator):
 
 
 @pytest.fixture
-def loaded(datasets, store, upload, web):
-    """Study A (patient P-A: CT series of 2, MR series of 1) and study B (patient P-B: one implicit VR MR)."""
-    study_a = new_uid()
-    items = make_series(2, study_uid=study_a, modality="CT", patient_id="P-A") + make_series(
-        1, study_uid=study_a, modality="MR", series_number=2, patient_id="P-A"
-    )
-    implicit = with_new_uids(bundled_bytes("MR_small_implicit.dcm"))
-    for uids, data in items + [implicit]:
-        upload(f"load/{uids.sop}.dcm", data)
-    uri = upload("load/x", b"").rsplit("/", 1)[0] + "/*.dcm"
-    done = wait(datasets, datasets.dicomStores().import_(name=store, body={"gcsSource": {"uri": uri}}).execute())
-    assert done["metadata"]["counter"] == {"success": "4"}
+def loaded(loaded_store, web):
+    """``loaded_store`` (tests/clients/conftest.py) with a dicomweb-client for its store in place of the store's name."""
+    store, study_a, items, implicit = loaded_store
     return web(store), study_a, items, implicit
 
 

@@ -18,7 +18,7 @@ import pytest
 import requests
 from googleapiclient.errors import HttpError
 
-from localstack.samples import bundled_bytes, make_series, new_uid, with_new_uids
+from localstack.samples import make_series, new_uid
 from tests.clients.conftest import dataset_of, wait
 from tests.emulator.client import unique
 
@@ -163,22 +163,6 @@ def test_export_whole_store_and_with_filter_config(datasets, store, upload, buck
     ]
 
 
-@pytest.fixture
-def loaded(datasets, store, upload):
-    """A store holding study A (CT series of 2, MR series of 1) and study B (one implicit VR MR instance)."""
-    study_a = new_uid()
-    items = make_series(2, study_uid=study_a, modality="CT", patient_id="P-A") + make_series(
-        1, study_uid=study_a, modality="MR", series_number=2, patient_id="P-A"
-    )
-    implicit = with_new_uids(bundled_bytes("MR_small_implicit.dcm"))
-    for uids, data in items + [implicit]:
-        upload(f"load/{uids.sop}.dcm", data)
-    uri = upload("load/x", b"").rsplit("/", 1)[0] + "/*.dcm"
-    assert wait(datasets, datasets.dicomStores().import_(name=store, body={"gcsSource": {"uri": uri}}).execute())[
-        "metadata"]["counter"] == {"success": "4"}
-    return store, study_a, items, implicit
-
-
 def multipart_parts(body: bytes) -> list:
     """The parts of a multipart body, read by Python's MIME parser (the boundary is the body's first line)."""
     boundary = body[2 : body.index(b"\r\n")]
@@ -190,8 +174,8 @@ def uids_of(results, tag):
     return sorted(r[tag]["Value"][0] for r in results)
 
 
-def test_dicomweb_searches(datasets, loaded):
-    store, study_a, items, implicit = loaded
+def test_dicomweb_searches(datasets, loaded_store):
+    store, study_a, items, implicit = loaded_store
     stores = datasets.dicomStores()
     studies = stores.searchForStudies(parent=store, dicomWebPath="studies").execute()
     assert uids_of(studies, "0020000D") == sorted([study_a, implicit[0].study])
@@ -211,8 +195,8 @@ def test_dicomweb_searches(datasets, loaded):
     assert len(in_study_instances) == 3
 
 
-def test_retrieve_instance(healthcare, healthcare_raw, loaded):
-    store, _, _, (uids, data) = loaded
+def test_retrieve_instance(healthcare, healthcare_raw, loaded_store):
+    store, _, _, (uids, data) = loaded_store
     instances = healthcare_raw.projects().locations().datasets().dicomStores().studies().series().instances()
     path = f"studies/{uids.study}/series/{uids.series}/instances/{uids.sop}"
 

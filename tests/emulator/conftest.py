@@ -1,4 +1,4 @@
-"""Per-test helpers on top of the session fixtures (``healthcare_emulator``, ``storage_client``)."""
+"""Per-test helpers on top of the session fixtures (``healthcare_emulator``; ``bucket`` and ``upload``: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -6,29 +6,12 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.emulator.client import Api, StoreRef, unique
+from tests.emulator.client import Api, StoreRef
 
 
 @pytest.fixture(scope="session")
 def api(healthcare_emulator: Any) -> Api:
     return Api(healthcare_emulator.url)
-
-
-@pytest.fixture
-def bucket(storage_client: Any) -> Any:
-    """A new, empty bucket in fake-gcs-server."""
-    return storage_client.create_bucket(unique("bkt"))
-
-
-@pytest.fixture
-def upload(bucket: Any) -> Callable[[str, bytes], str]:
-    """Upload bytes to ``bucket`` under a name; returns the gs:// URI."""
-
-    def put(name: str, data: bytes) -> str:
-        bucket.blob(name).upload_from_string(data)
-        return f"gs://{bucket.name}/{name}"
-
-    return put
 
 
 @pytest.fixture
