@@ -59,14 +59,19 @@ def storage_event(env: Mapping[str, str], name: str, generation: str, event_id: 
     return requests.post(env["FUNCTION_URL"], headers=headers, data=json.dumps(body), timeout=120)
 
 
-def notification_event(env: Mapping[str, str], name: str, generation: str) -> requests.Response:
-    """Deliver a Cloud Storage Pub/Sub notification (push envelope) to the same function."""
+def notification_event(env: Mapping[str, str], name: str, generation: str, event_type: str = "OBJECT_FINALIZE",
+                       **fields: str) -> requests.Response:
+    """Deliver a Cloud Storage Pub/Sub notification (push envelope) to the same function.
+
+    ``event_type`` is its ``eventType`` attribute (``OBJECT_METADATA_UPDATE``...); ``fields``
+    are more fields of the object resource it carries (``metageneration="2"``...).
+    """
     bucket = env["INBOX_BUCKET"]
-    resource = {"bucket": bucket, "name": name, "generation": generation, "size": "1"}
+    resource = {"bucket": bucket, "name": name, "generation": generation, "size": "1", **fields}
     envelope = {"subscription": "projects/local-project/subscriptions/manual", "message": {
         "data": base64.b64encode(json.dumps(resource).encode()).decode(), "messageId": uuid.uuid4().hex,
         "publishTime": "2026-11-25T10:00:00Z",
-        "attributes": {"eventType": "OBJECT_FINALIZE", "bucketId": bucket, "objectId": name,
+        "attributes": {"eventType": event_type, "bucketId": bucket, "objectId": name,
                        "objectGeneration": generation, "payloadFormat": "JSON_API_V1"}}}
     return requests.post(env["FUNCTION_URL"], json=envelope, timeout=120)
 

@@ -20,18 +20,6 @@ pytestmark = pytest.mark.e2e
 RESULT_TIMEOUT = 60.0
 
 
-@pytest.fixture
-def env(e2e_stack):
-    return e2e_stack.env
-
-
-@pytest.fixture
-def reader(env):
-    reader = ResultsReader(env)
-    reader.drain(quiet=0.5)
-    return reader
-
-
 def request_export(env, body: dict) -> str:
     """Publish an export request; returns its requestId."""
     body = {"requestId": f"e2e-{uuid.uuid4().hex[:12]}", **body}

@@ -20,7 +20,7 @@ from localstack.bridge import Backoff
 from localstack.observe import Result, ResultsReader, api_calls
 from localstack.samples import make_instance, make_study, new_uid
 from localstack.stack import Stack
-from tests.e2e.helpers import storage, storage_event, unique_prefix, upload
+from tests.e2e.helpers import notification_event, storage, storage_event, unique_prefix, upload
 from tests.message_schemas import validate
 
 pytestmark = pytest.mark.e2e
@@ -45,13 +45,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, stack_owner: tuple[int, int]
 @pytest.fixture(scope="module")
 def env(stack: Stack) -> dict[str, str]:
     return stack.env
-
-
-@pytest.fixture
-def reader(env):
-    reader = ResultsReader(env)
-    reader.drain(quiet=0.5)
-    return reader
 
 
 @pytest.fixture
@@ -177,21 +170,6 @@ def test_hashed_names_never_appear_plain_in_messages_manifests_or_logs(stack, en
     for text in [json.dumps(r.data) + json.dumps(r.attributes) for r in reader.received] + [manifest, logs]:
         assert patient not in text
 
-def metadata_update_event(env, name: str, generation: str) -> requests.Response:
-    """A Cloud Storage notification of a metadata update, as a bucket notifying every event type would send."""
-    import base64
-    import uuid
-
-    bucket = env["INBOX_BUCKET"]
-    resource = {"bucket": bucket, "name": name, "generation": generation, "metageneration": "2"}
-    envelope = {"subscription": "projects/local-project/subscriptions/manual", "message": {
-        "data": base64.b64encode(json.dumps(resource).encode()).decode(), "messageId": uuid.uuid4().hex,
-        "publishTime": "2026-11-25T10:00:00Z",
-        "attributes": {"eventType": "OBJECT_METADATA_UPDATE", "bucketId": bucket, "objectId": name,
-                       "objectGeneration": generation, "payloadFormat": "JSON_API_V1"}}}
-    return requests.post(env["FUNCTION_URL"], json=envelope, timeout=60)
-
-
 def test_tag_marks_the_failed_object_and_never_triggers_an_import(env, reader):
     folder = unique_prefix("tagged/t")
     bad, good = f"{folder}broken.dcm", f"{folder}good.dcm"
@@ -204,7 +182,8 @@ def test_tag_marks_the_failed_object_and_never_triggers_an_import(env, reader):
     assert blob.metadata["dicom-import-error"].startswith("not-dicom: not a DICOM file")
     assert blob.metadata["dicom-import-batch"] == result.data["batch"]
     imports = api_calls(env).get("dicomStores.import", 0)
-    assert metadata_update_event(env, bad, generations[bad]).status_code == 200, "acknowledged, nothing to do"
+    metadata_update = notification_event(env, bad, generations[bad], "OBJECT_METADATA_UPDATE", metageneration="2")
+    assert metadata_update.status_code == 200, "acknowledged, nothing to do"
     assert storage_event(env, bad, generations[bad]).status_code == 200, "a finalize event would be a duplicate"
     reader.until(lambda got: False, timeout=8)  # past the 3 s window: any import would have started
     assert api_calls(env).get("dicomStores.import", 0) == imports, "tagging started no import"

@@ -10,7 +10,7 @@ from datetime import datetime
 import pytest
 
 from localstack import samples
-from localstack.observe import ResultsReader, api_calls, store_sop_uids
+from localstack.observe import api_calls, store_sop_uids
 from tests.e2e.conftest import MAX_OBJECTS, MAX_WAIT, QUIET
 from tests.e2e.helpers import (
     call_bound,
@@ -25,18 +25,6 @@ from tests.e2e.helpers import (
 from tests.message_schemas import validate
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def env(e2e_stack):
-    return e2e_stack.env
-
-
-@pytest.fixture
-def reader(env):
-    reader = ResultsReader(env)
-    reader.drain(quiet=0.5)
-    return reader
 
 
 def imports_made(env) -> int:
