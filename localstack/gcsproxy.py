@@ -29,6 +29,7 @@ import argparse
 import http.client
 import json
 import signal
+import socket
 import sys
 import threading
 import time
@@ -186,6 +187,12 @@ class _Upstream(threading.local):
     connection: http.client.HTTPConnection | None = None
 
 
+def _no_delay(sock: socket.socket) -> None:
+    """Send each write at once: a response's headers and body are two writes, and with Nagle's
+    algorithm the body waits for the peer's delayed acknowledgement of the headers (40 ms a write)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def _handler(state: ProxyState) -> type[BaseHTTPRequestHandler]:
     upstream = _Upstream()
 
@@ -194,6 +201,10 @@ def _handler(state: ProxyState) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
             pass
+
+        def setup(self) -> None:
+            super().setup()
+            _no_delay(self.connection)
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             self._handle()
@@ -326,6 +337,8 @@ def _handler(state: ProxyState) -> type[BaseHTTPRequestHandler]:
                 if connection is None:
                     connection = http.client.HTTPConnection(state.upstream_host, state.upstream_port,
                                                             timeout=UPSTREAM_TIMEOUT)
+                    connection.connect()
+                    _no_delay(connection.sock)
                     upstream.connection = connection
                 try:
                     connection.request(verb, path, body=body, headers=headers)
@@ -401,9 +414,15 @@ def _handler(state: ProxyState) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default backlog is 5: a burst of new connections (a client whose pool is full
+    # opens one per request) overflowed it, and each refused SYN cost its caller a 1 s retransmit.
+    request_queue_size = 128
+
+
 def serve(state: ProxyState, host: str, port: int) -> ThreadingHTTPServer:
     """A server (not yet serving) for ``state`` on ``host:port``."""
-    server = ThreadingHTTPServer((host, port), _handler(state))
+    server = _Server((host, port), _handler(state))
     server.daemon_threads = True
     return server
 

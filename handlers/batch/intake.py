@@ -17,6 +17,7 @@ from typing import Callable
 from handlers import log
 from handlers.batch import layout
 from handlers.batch.layout import SEALED
+from handlers.batch.sharedreads import SharedReads
 from handlers.clients.storage import Conflict, Document, StateStore
 from handlers.config import Config, Rule
 from handlers.events import StorageObject
@@ -39,22 +40,25 @@ class Intake:
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     _kicked: set[tuple[str, str]] = field(default_factory=set)
+    _shared: SharedReads = field(default_factory=SharedReads)
 
     def admit(self, obj: StorageObject, rule: Rule, deadline: Deadline) -> str:
         """Cover ``obj`` by a batch of ``rule``; return OPENED, JOINED or DUPLICATE, or raise RetryLater.
 
-        The common case costs five Cloud Storage calls: read the lease, see that
-        its batch has no seal, create the claim, write the membership marker,
-        see again that there is no seal. The claim is read only when creating it
-        conflicts, or before opening a batch (so that a late duplicate never
+        The common case costs two Cloud Storage calls of its own (create the
+        claim, write the membership marker) and three reads it shares with the
+        admissions in flight in this instance (:mod:`handlers.batch.sharedreads`):
+        the lease, its batch's seal (none: open), and the seal again after the
+        marker. Alone, that is five calls. The claim is read only when creating
+        it conflicts, or before opening a batch (so that a late duplicate never
         opens one). The lease is written only to open a batch: once per batch.
         """
         oid = layout.object_id(obj)
         path = layout.claim_path(rule.name, oid)
         claim: Document | None = None  # this object's claim, when read and not yet settled
         while not deadline.expired:
-            lease = self.store.read(layout.lease_path(rule.name))
-            if self._is_open(rule.name, lease):
+            lease, is_open = self._current_batch(rule.name)
+            if is_open:
                 claimed = claim is not None or (lease.data.get("openedBy") == oid and self.store.read(path) is not None)
                 self._ensure_driven(rule, lease, oid, claimed=claimed)
             else:
@@ -135,6 +139,14 @@ class Intake:
         self._kick(rule.name, data["batch"])
         return Document(data, generation)
 
+    def _current_batch(self, rule: str) -> tuple[Document | None, bool]:
+        """The rule's lease and whether its batch takes members, read after this call began (shared)."""
+        def read() -> tuple[Document | None, bool]:
+            lease = self.store.read(layout.lease_path(rule))
+            return lease, self._is_open(rule, lease)
+
+        return self._shared.get(("lease", rule), read, not_before=self._shared.clock())
+
     def _is_open(self, rule: str, lease: Document | None) -> bool:
         """Whether the lease's batch still takes members: no seal yet (a lease sealed by an older version also counts)."""
         if lease is None or lease.data.get("state") == SEALED:
@@ -168,7 +180,9 @@ class Intake:
     def _join_and_confirm(self, obj: StorageObject, rule: Rule, oid: str, batch: str, deadline: Deadline) -> bool:
         """Mark the object as a member of the batch; True once the batch is sure to include it."""
         self.store.write_marker(layout.member_path(rule.name, batch, oid), layout.source_metadata(obj))
-        if not self._sealed(rule.name, batch):
+        written = self._shared.clock()
+        sealed = self._shared.get(("seal", rule.name, batch), lambda: self._sealed(rule.name, batch), not_before=written)
+        if not sealed:
             return True  # the driver seals before it lists: its listing will include the marker
         # Sealed while we wrote the marker: the batch record's listing decides.
         while not deadline.expired:

@@ -132,8 +132,13 @@ class HealthcareApi:
         return Operation.parse(self.request("GET", name, deadline))
 
     def wait(self, name: str, deadline: Deadline, poll: Backoff | None = None) -> Operation:
-        """Poll until the operation is done or the budget runs out (then the last state)."""
-        poll = poll or Backoff(initial=0.5, maximum=5.0, rand=lambda: 1.0)
+        """Poll until the operation is done or the budget runs out (then the last state).
+
+        Polls after 0.25 s, then 1.5 times later each time up to 5 s: an import of a
+        few hundred files ends within two seconds, and is seen ending within half a
+        second of it (a doubling schedule saw a 1.7 s operation end at 3.5 s).
+        """
+        poll = poll or Backoff(initial=0.25, maximum=5.0, multiplier=1.5, rand=lambda: 1.0)
         while True:
             operation = self.get_operation(name, deadline)
             if operation.done:

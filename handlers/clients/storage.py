@@ -20,6 +20,9 @@ from typing import Any, Callable, Iterator, Mapping, Protocol
 # (cloud.google.com/storage/quotas). A process does not send a write it knows would be refused:
 # it waits until this long after its own last write of the same name.
 SAME_NAME_WRITE_INTERVAL = 1.0
+# Connections an instance keeps open to Cloud Storage: one per request it serves at once. requests'
+# default keeps 10; past that every call opened (and closed) a connection of its own.
+POOL_CONNECTIONS = 100
 
 
 class Conflict(Exception):
@@ -103,15 +106,21 @@ class Source(Protocol):
 
 
 def storage_client(project: str | None = None) -> Any:
-    """A google-cloud-storage client; anonymous when ``STORAGE_EMULATOR_HOST`` is set."""
+    """A google-cloud-storage client keeping :data:`POOL_CONNECTIONS` open; anonymous when ``STORAGE_EMULATOR_HOST`` is set."""
     from google.cloud import storage
+    from requests.adapters import HTTPAdapter
 
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials
 
-        return storage.Client(project=project or os.environ.get("GOOGLE_CLOUD_PROJECT") or "local-project",
-                              credentials=AnonymousCredentials())
-    return storage.Client(project=project)
+        client = storage.Client(project=project or os.environ.get("GOOGLE_CLOUD_PROJECT") or "local-project",
+                                credentials=AnonymousCredentials())
+    else:
+        client = storage.Client(project=project)
+    adapter = HTTPAdapter(pool_maxsize=POOL_CONNECTIONS)
+    for scheme in ("https://", "http://"):
+        client._http.mount(scheme, adapter)
+    return client
 
 
 class WritePacer:
