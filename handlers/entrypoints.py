@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 import traceback
 from typing import Any, Callable
 
@@ -118,9 +119,10 @@ def object_finalized(event: Any) -> None:
         log.info("object not imported", reason=route.reason, object=names.uri(obj.bucket, obj.name),
                  generation=obj.generation)
         return
+    started = time.monotonic()
     verdict = instance.intake.admit(obj, route.rule, Deadline(ADMIT_BUDGET_SECONDS))
     log.info("object admitted", verdict=verdict, rule=route.rule.name, object=names.uri(obj.bucket, obj.name),
-             generation=obj.generation, eventId=obj.event_id)
+             generation=obj.generation, eventId=obj.event_id, seconds=round(time.monotonic() - started, 3))
 
 
 @guarded("on_followup")

@@ -39,6 +39,7 @@ from handlers.batch.layout import (
     SEALING,
 )
 from handlers.batch.reporting import ABANDONED_AFTER_SECONDS, Reporter, new_worker
+from handlers.batch.staging import COPY_THREADS, StagingCopies
 from handlers.batch.results import (
     CANCELLED,
     MAX_LISTED_FAILURES,
@@ -52,7 +53,7 @@ from handlers.batch.results import (
 from handlers.clients.cloudlogging import CloudLogging
 from handlers.clients.healthcare import ApiError, HealthcareApi, Operation
 from handlers.clients.pubsub import Publisher
-from handlers.clients.storage import Conflict, Document, SourceGone, StateStore
+from handlers.clients.storage import Conflict, Document, Listed, StateStore
 from handlers.config import REPLACE, REPORT, Config, Rule
 from handlers.failures import policies, readmit, replace
 from handlers.failures.collect import DEFAULT_VERIFY_SECONDS, DEFAULT_WAIT_SECONDS, FailureCollector, failures_from_record
@@ -61,7 +62,6 @@ from handlers.failures.model import Failure
 from handlers.retry import Deadline, RetryLater
 
 POLL_SECONDS = 1.0
-COPY_THREADS = 16
 # The acting step saves its progress every this many failures, and before its delivery's budget ends.
 ACT_PERSIST_EVERY = 100
 ACT_MARGIN_SECONDS = 15.0
@@ -94,11 +94,18 @@ class Driver:
 
     def drive(self, rule: str, batch: str, deadline: Deadline) -> str:
         """Advance the batch as far as the budget allows; its final state, or RetryLater."""
+        staging = StagingCopies(self.store, rule, batch)
+        try:
+            return self._drive(rule, batch, deadline, staging)
+        finally:
+            staging.close()
+
+    def _drive(self, rule: str, batch: str, deadline: Deadline, staging: StagingCopies) -> str:
         path = layout.record_path(rule, batch)
         worker = new_worker()
         record = self.store.read(path)
         if record is None:
-            record = self._seal(rule, batch, deadline, worker)
+            record = self._seal(rule, batch, deadline, worker, staging)
             if record is None:
                 log.warning("follow-up names a batch that was never opened: dropped", rule=rule, batch=batch)
                 return "missing"
@@ -113,7 +120,7 @@ class Driver:
                 if state == SEALING:
                     record = self._list_members(record, path)
                 elif state == LISTED:
-                    record = self._start_import(record, path, deadline, worker)
+                    record = self._start_import(record, path, deadline, worker, staging)
                 elif state == IMPORTING:
                     record = self._follow(record, path, deadline, worker)
                 elif state == COLLECTING:
@@ -129,7 +136,8 @@ class Driver:
                 record = self.store.read(path) or record
 
     # open -> sealing
-    def _seal(self, rule: str, batch: str, deadline: Deadline, worker: str) -> Document | None:
+    def _seal(self, rule: str, batch: str, deadline: Deadline, worker: str,
+              staging: StagingCopies) -> Document | None:
         """Wait for the window to close, seal (create the seal object), list the markers, write the record once.
 
         The lease is not written: sealing is the creation of ``seals/RULE/BATCH.json``,
@@ -144,7 +152,7 @@ class Driver:
             lease = self.store.read(layout.lease_path(rule))
             if lease is None or lease.data["batch"] != batch:
                 return self.store.read(layout.record_path(rule, batch))
-            because = self._wait_for_window(rule, batch, lease.data["openedAt"], deadline)
+            because = self._wait_for_window(rule, batch, lease.data["openedAt"], deadline, staging)
             data = {key: lease.data.get(key) for key in ("batch", "rule", "store", "blobStorageClass", "openedAt")}
             data.update(sealedAt=self.clock(), sealedBy=worker, sealedBecause=because)
             try:
@@ -170,13 +178,10 @@ class Driver:
         return Document(data, generation)
 
     def _listed_members(self, rule: str, batch: str) -> list[dict[str, str]]:
-        return [{"id": listed.name.rsplit("/", 1)[-1],
-                 "bucket": listed.metadata.get("source-bucket", ""),
-                 "name": listed.metadata.get("source-name", ""),
-                 "generation": listed.metadata.get("source-generation", "")}
-                for listed in self.store.list(layout.member_prefix(rule, batch))]
+        return [_member(listed) for listed in self.store.list(layout.member_prefix(rule, batch))]
 
-    def _wait_for_window(self, rule: str, batch: str, opened_at: float, deadline: Deadline) -> str:
+    def _wait_for_window(self, rule: str, batch: str, opened_at: float, deadline: Deadline,
+                         staging: StagingCopies) -> str:
         """Wait until the batch should be sealed; why: FULL, QUIET or WINDOW (docs/design.md, "Window").
 
         Quiet means the count of markers stopped growing: two listings with the
@@ -184,6 +189,8 @@ class Driver:
         after the earlier one ended. Both times are this process's monotonic
         clock, so no clock of another instance (nor Cloud Storage's) is compared;
         a resumed delivery starts measuring afresh, which can only seal later.
+        Each listing's members are certain (a marker listed before the seal is in
+        the listing after it), so their staging copies start at once.
         """
         batching = self.config.batching
         closes_at = opened_at + batching.max_wait_seconds
@@ -193,7 +200,9 @@ class Driver:
         count, unchanged_since = -1, 0.0  # the count, and when the listing that first saw it ended
         while self.clock() < closes_at:
             listing_started = self.monotonic()
-            listed = sum(1 for _ in self.store.list(prefix))
+            members = [_member(item) for item in self.store.list(prefix)]
+            staging.start(members)
+            listed = len(members)
             if listed >= batching.max_objects:
                 return FULL
             if listed != count:
@@ -221,10 +230,11 @@ class Driver:
         return Document(data, generation)
 
     # listed -> importing
-    def _start_import(self, record: Document, path: str, deadline: Deadline, worker: str) -> Document:
+    def _start_import(self, record: Document, path: str, deadline: Deadline, worker: str,
+                      staging: StagingCopies) -> Document:
         data = record.data
         if data["importUri"] == layout.import_uri(self.store.bucket, data["rule"], data["batch"]):
-            record = self._stage_members(record, path)
+            record = self._stage_members(record, path, staging)
             data = record.data
         if not data["members"]:
             log.info("batch has nothing to import", rule=data["rule"], batch=data["batch"],
@@ -250,26 +260,17 @@ class Driver:
                  objects=len(data["members"]))
         return Document(started, self.store.replace(path, started, generation))
 
-    def _stage_members(self, record: Document, path: str) -> Document:
+    def _stage_members(self, record: Document, path: str, staging: StagingCopies) -> Document:
         """Copy each listed member's generation into the staging folder, which only drivers write.
 
+        Most copies were started while the batch was open (``handlers.batch.staging``).
         Idempotent (same bytes, same name), so a resumed delivery copies again.
         A generation deleted or overwritten since its event is skipped, and the
         result says so.
         """
         data = record.data
         rule, batch = data["rule"], data["batch"]
-
-        def copy(member: dict[str, Any]) -> dict[str, Any] | None:
-            try:
-                self.store.copy_in(member["bucket"], member["name"], member["generation"],
-                                   layout.staging_path(rule, batch, member["id"]), {})
-            except SourceGone:
-                return member
-            return None
-
-        with ThreadPoolExecutor(max_workers=min(COPY_THREADS, len(data["members"]) or 1)) as pool:
-            gone = [member for member in pool.map(copy, data["members"]) if member is not None]
+        gone = staging.finish(data["members"])
         if not gone:
             return record
         gone_ids = {member["id"] for member in gone}
@@ -431,6 +432,14 @@ class Driver:
         if names:
             with ThreadPoolExecutor(max_workers=min(COPY_THREADS, len(names))) as pool:
                 list(pool.map(self.store.delete, names))
+
+
+def _member(listed: Listed) -> dict[str, str]:
+    """A batch member as its membership marker records it."""
+    return {"id": listed.name.rsplit("/", 1)[-1],
+            "bucket": listed.metadata.get("source-bucket", ""),
+            "name": listed.metadata.get("source-name", ""),
+            "generation": listed.metadata.get("source-generation", "")}
 
 
 def _needs_action(rule: Rule, failures: list[Failure]) -> bool:

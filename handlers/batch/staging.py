@@ -1,0 +1,69 @@
+"""Copying a batch's members into its staging folder, starting while the batch is still open.
+
+The import URI is the staging folder's ``*``, so each member is copied there
+before the import. A marker that a listing shows *before* the seal is certainly
+a member (markers stay until the batch is done, and the listing made after the
+seal includes every marker written before it), so the driver starts copying
+what each of its window's listings shows: by the time the batch is sealed, most
+copies are done and the import follows at once. Copies are idempotent (same
+generation, same name), so a resumed delivery simply copies everything again.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Iterable
+
+from handlers.batch import layout
+from handlers.clients.storage import SourceGone, StateStore
+
+COPY_THREADS = 16
+
+
+class StagingCopies:
+    """The staging copies of one batch, made by one delivery of its driver."""
+
+    def __init__(self, store: StateStore, rule: str, batch: str, threads: int = COPY_THREADS) -> None:
+        self.store, self.rule, self.batch, self.threads = store, rule, batch, threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._copies: dict[str, Future[bool]] = {}
+
+    def start(self, members: Iterable[dict[str, Any]]) -> None:
+        """Start copying the members not started yet (returns at once)."""
+        for member in members:
+            if member["id"] not in self._copies:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="staging")
+                self._copies[member["id"]] = self._pool.submit(self._copy, member)
+
+    def finish(self, members: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Copy every member (reusing the copies already made); the members whose generation is gone.
+
+        A generation gone once stays gone (generations never come back), so a
+        copy that found it gone early stands. A copy that failed otherwise is tried
+        again once; a second failure propagates, like any failed call of the driver.
+        """
+        self.start(members)
+        gone = []
+        for member in members:
+            try:
+                copied = self._copies[member["id"]].result()
+            except Exception:  # noqa: BLE001 (any failure of the early copy: the retry below decides)
+                copied = self._copy(member)
+            if not copied:
+                gone.append(member)
+        return gone
+
+    def close(self) -> None:
+        """Stop the copying threads (copies under way finish; a later delivery copies again)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _copy(self, member: dict[str, Any]) -> bool:
+        """True once the member's generation is in the staging folder; False when it is gone."""
+        try:
+            self.store.copy_in(member["bucket"], member["name"], member["generation"],
+                               layout.staging_path(self.rule, self.batch, member["id"]), {})
+        except SourceGone:
+            return False
+        return True
