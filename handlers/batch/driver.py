@@ -53,7 +53,7 @@ from handlers.batch.results import (
 from handlers.clients.cloudlogging import CloudLogging
 from handlers.clients.healthcare import ApiError, HealthcareApi, Operation
 from handlers.clients.pubsub import Publisher
-from handlers.clients.storage import Conflict, Document, Listed, StateStore
+from handlers.clients.storage import SAME_NAME_WRITE_INTERVAL, Conflict, Document, Listed, StateStore
 from handlers.config import REPLACE, REPORT, Config, Rule
 from handlers.failures import policies, readmit, replace
 from handlers.failures.collect import DEFAULT_VERIFY_SECONDS, DEFAULT_WAIT_SECONDS, FailureCollector, failures_from_record
@@ -258,7 +258,25 @@ class Driver:
         started = {**claimed, "operation": operation.name}
         log.info("import started", rule=data["rule"], batch=data["batch"], operation=operation.name,
                  objects=len(data["members"]))
+        ended = self._ended_within_a_write_interval(operation.name, deadline)
+        if ended is not None:  # one write (the outcome) instead of two (the operation's name, then the outcome)
+            return self._after_operation(Document(started, generation), path, worker, ended)
         return Document(started, self.store.replace(path, started, generation))
+
+    def _ended_within_a_write_interval(self, name: str, deadline: Deadline) -> Operation | None:
+        """The operation if it ends within the second the record's next write would wait anyway; else None.
+
+        Cloud Storage takes one write per second per object name, and the record was
+        just written (the import claim), so its next write waits about a second:
+        an operation that ends by then goes straight to its outcome. Until that
+        write, a delivery that dies has left the claim without an operation, which
+        the next delivery handles as today (``ABANDONED_AFTER_SECONDS``).
+        """
+        try:
+            operation = self.api.wait(name, Deadline(min(SAME_NAME_WRITE_INTERVAL, deadline.remaining())))
+        except ApiError:
+            return None
+        return operation if operation.done else None
 
     def _stage_members(self, record: Document, path: str, staging: StagingCopies) -> Document:
         """Copy each listed member's generation into the staging folder, which only drivers write.
@@ -303,6 +321,11 @@ class Driver:
                                   error={"code": exc.code, "status": exc.status, "message": exc.message})
         if not operation.done:
             raise RetryLater(f"operation {operation.name} still running ({operation.pending} pending)")
+        return self._after_operation(record, path, worker, operation)
+
+    def _after_operation(self, record: Document, path: str, worker: str, operation: Operation) -> Document:
+        """An ended operation: on to naming its failures (``collecting``), or straight to the result."""
+        data = record.data
         if operation.failure > 0 or (operation.error and operation.error.get("code") != CANCELLED):
             collecting = {**data, "state": COLLECTING, "operationResult": operation.to_record(),
                           "collectingSince": self.clock()}
