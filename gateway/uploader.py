@@ -9,13 +9,17 @@ so an outage logs at the backoff's pace, not in a storm.
 With ``processes`` > 0 the uploads themselves (reading the record, HTTP, JSON,
 authentication: Python work) run in that many helper processes: in the
 receiver's process they would take turns with the DICOM associations for the
-GIL, and the associations' acknowledgements would wait. The threads here keep
-the queue, the retries and the spool's bookkeeping.
+GIL, and the associations' acknowledgements would wait. The helpers run at a
+lower CPU priority (niceness +10): a modality waits for each C-STORE's answer,
+nobody waits for an upload, so when the CPU is short the receiving goes first
+(the spool absorbs the difference). The threads here keep the queue, the
+retries and the spool's bookkeeping.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 import threading
 import time
@@ -35,6 +39,16 @@ __all__ = ["Uploader"]
 
 
 _worker_inbox: Inbox | None = None
+#: How much lower the upload helpers' CPU priority is than the receiver's (``nice``).
+HELPER_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    """In a new helper process: yield the CPU to the receiver's associations when both want it."""
+    try:
+        os.nice(HELPER_NICENESS)
+    except OSError:  # no nice here: uploads at the receiver's priority
+        pass
 
 
 def _put_in_worker(factory: Callable[[], Inbox], segment: Path, offset: int, length: int, name: str,
@@ -63,7 +77,8 @@ class _Processes:
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_lower_priority)
 
     def put(self, record: Record) -> str:
         pool = self._pool

@@ -211,6 +211,25 @@ def test_uploader_retries_until_it_succeeds_then_frees_the_spool(tmp_path: Path)
     assert list(tmp_path.glob("*.seg")) == []
 
 
+class _NicenessInbox:
+    """Answers each upload with the niceness of the process it ran in (picklable: made in the helper)."""
+
+    def put(self, name: str, data: bytes) -> str:
+        return str(os.nice(0))
+
+
+def test_upload_helpers_yield_the_cpu_to_the_receiver(tmp_path: Path) -> None:
+    from gateway.uploader import HELPER_NICENESS, _Processes
+
+    spool = Spool(tmp_path, max_bytes=10_000_000, segment_bytes=1000)
+    spool.recover()
+    helpers = _Processes(_NicenessInbox, 1)
+    try:
+        assert helpers.put(spool.append("a/b.dcm", b"D" * 100)) == str(os.nice(0) + HELPER_NICENESS)
+    finally:
+        helpers.close()
+
+
 def test_a_failed_write_is_not_acknowledged_and_leaves_earlier_records_whole(tmp_path: Path,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
