@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -57,6 +58,7 @@ class Run:
     p99: float
     lost: int
     peak_rss_mb: float
+    cpu_seconds: dict[str, float]
 
 
 def build_drop(objects: int, folders: int) -> list[tuple[str, str, bytes]]:
@@ -80,6 +82,41 @@ def peak_rss_mb(pids: list[int]) -> float:
         except OSError:
             continue
     return total
+
+
+def process_tree_cpu_seconds(workdir: Path) -> dict[str, float]:
+    """CPU seconds (user + system) each service of the stack has used so far, its child processes included.
+
+    Read from ``/proc`` for the process each ``run/NAME.pid`` records and every live
+    descendant: where the two CPU cores went, stand-ins (fake-gcs-server, the proxy,
+    the emulators) included.
+    """
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    ticks = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for pid_file in sorted((workdir / "run").glob("*.pid")):
+        try:
+            todo = [int(json.loads(pid_file.read_text())["pid"])]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        total = 0
+        while todo:
+            pid = todo.pop()
+            todo.extend(children.get(pid, ()))
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        used[pid_file.stem] = round(total / ticks, 1)
+    return used
 
 
 def repository_batching():
@@ -169,6 +206,7 @@ def run(mode: str, drop: list[tuple[str, str, bytes]], workdir: Path, timeout: f
             p99=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else float("nan"),
             lost=lost,
             peak_rss_mb=peak_rss_mb(pids),
+            cpu_seconds=process_tree_cpu_seconds(stack.workdir),
         )
     finally:
         stack.stop()
@@ -256,6 +294,10 @@ def main() -> None:
             print(f"\ncall bound (docs/design.md): ceil({len(drop)}/{batching.max_objects}) + 1, plus one per "
                   f"{batching.max_wait_seconds:g} s the uploads lasted ({r.upload_seconds:.0f} s): {bound}; "
                   f"import calls {r.import_calls}: {'within' if r.import_calls <= bound else 'ABOVE'}")
+    print("\nCPU seconds by process tree, stack start included (where the cores went):")
+    for r in runs:
+        print(f"  {r.mode:<11} total {sum(r.cpu_seconds.values()):6.1f}: "
+              + ", ".join(f"{name} {seconds:g}" for name, seconds in sorted(r.cpu_seconds.items(), key=lambda i: -i[1])))
     print(f"\nconcurrency {CONCURRENCY} deliveries in flight and {CONCURRENCY} threads per function process for both; "
           f"{Path('/proc/cpuinfo').read_text().count('processor')} CPU cores shared by every process of the stack")
 
