@@ -6,7 +6,6 @@ import pytest
 
 from handlers.batch import layout
 from handlers.batch.staging import StagingCopies
-from handlers.clients.storage import SourceGone
 from handlers.retry import Deadline, RetryLater
 from tests.fakes import MemoryStateStore
 from tests.unit.test_batching import World
