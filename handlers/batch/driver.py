@@ -3,8 +3,8 @@
 A durable follow-up message per batch runs this; every delivery resumes from
 the batch record's state, so an instance dying anywhere only delays the batch:
 
-    open lease --window, quiet or full--> seal created --markers listed--> record created listed
-    --copy, import--> importing
+    open lease --window, quiet or full--> seal created --markers listed, copied--> record created
+    importing (claimed) --import called--> operation noted beside the record
     --operation done--> [collecting --failures named--> [acting --policies applied-->]] publishing
     --result published--> done (staging removed)
 
@@ -53,7 +53,7 @@ from handlers.batch.results import (
 from handlers.clients.cloudlogging import CloudLogging
 from handlers.clients.healthcare import ApiError, HealthcareApi, Operation
 from handlers.clients.pubsub import Publisher
-from handlers.clients.storage import SAME_NAME_WRITE_INTERVAL, Conflict, Document, Listed, StateStore
+from handlers.clients.storage import Conflict, Document, Listed, StateStore
 from handlers.config import REPLACE, REPORT, Config, Rule
 from handlers.failures import policies, readmit, replace
 from handlers.failures.collect import DEFAULT_VERIFY_SECONDS, DEFAULT_WAIT_SECONDS, FailureCollector, failures_from_record
@@ -120,7 +120,9 @@ class Driver:
                 if state == SEALING:
                     record = self._list_members(record, path)
                 elif state == LISTED:
-                    record = self._start_import(record, path, deadline, worker, staging)
+                    record = self._claim_import(record, path, worker, staging)
+                elif state == IMPORTING and record.data.get("operation") is None and record.data.get("importBy") == worker:
+                    record = self._call_import(record, path, deadline, worker)
                 elif state == IMPORTING:
                     record = self._follow(record, path, deadline, worker)
                 elif state == COLLECTING:
@@ -161,14 +163,27 @@ class Driver:
                 seal = self.store.read(path)
                 if seal is None:
                     raise RetryLater(f"the seal of batch {batch} is not readable yet") from None
-        return self._record_members(seal.data)
+        return self._record_members(seal.data, worker, staging)
 
-    def _record_members(self, seal: dict[str, Any]) -> Document:
-        """The record, created once, in state ``listed``: the markers listed after the seal are the members."""
+    def _record_members(self, seal: dict[str, Any], worker: str, staging: StagingCopies) -> Document:
+        """The record, created once: the markers listed after the seal are the members.
+
+        When at most one round of copies is left (the usual case: the window's
+        listings started them), the copies are finished first and the record is
+        created already ``importing`` under ``worker``'s claim (or ``done`` when no
+        member is left), so the import call follows at once: Cloud Storage's one
+        write per second per name would make a separate claim write wait a second.
+        With more left (a batch sealed full while members kept arriving), the
+        record is created ``listed`` first: intakes whose marker met the seal are
+        waiting for that listing, and the claim follows the copies.
+        """
         rule, batch = seal["rule"], seal["batch"]
         members = self._listed_members(rule, batch)
-        data = {**seal, "state": LISTED, "members": members,
-                "importUri": layout.import_uri(self.store.bucket, rule, batch)}
+        listed = {**seal, "state": LISTED, "members": members,
+                  "importUri": layout.import_uri(self.store.bucket, rule, batch)}
+        staging.start(members)
+        data = (listed if staging.unfinished(members) > COPY_THREADS
+                else self._claimed(_without_gone(listed, staging.finish(members)), worker))
         path = layout.record_path(rule, batch)
         try:
             generation = self.store.create(path, data)
@@ -229,79 +244,68 @@ class Driver:
         log.info("batch sealed", rule=rule, batch=batch, objects=len(members), reason=record.data.get("sealedBecause"))
         return Document(data, generation)
 
-    # listed -> importing
-    def _start_import(self, record: Document, path: str, deadline: Deadline, worker: str,
-                      staging: StagingCopies) -> Document:
+    # listed -> importing (records created listed: older versions', child batches', backfills')
+    def _claim_import(self, record: Document, path: str, worker: str, staging: StagingCopies) -> Document:
+        """Copy the members still to copy into staging, then claim the import for ``worker`` (one write)."""
         data = record.data
         if data["importUri"] == layout.import_uri(self.store.bucket, data["rule"], data["batch"]):
-            record = self._stage_members(record, path, staging)
-            data = record.data
+            data = _without_gone(data, staging.finish(data["members"]))
+        claimed = self._claimed(data, worker)
+        return Document(claimed, self.store.replace(path, claimed, record.generation))
+
+    def _claimed(self, data: dict[str, Any], worker: str) -> dict[str, Any]:
+        """``data`` claimed for import by ``worker``; ``done`` instead when it has no member to import."""
         if not data["members"]:
             log.info("batch has nothing to import", rule=data["rule"], batch=data["batch"],
                      skipped=len(data.get("skipped") or []))
-            done = {**data, "state": DONE}
-            return Document(done, self.store.replace(path, done, record.generation))
-        claimed = {**data, "state": IMPORTING, "operation": None, "importStartedAt": self.clock(),
-                   "importBy": worker}
-        generation = self.store.replace(path, claimed, record.generation)
+            return {**data, "state": DONE}
+        return {**data, "state": IMPORTING, "operation": None, "importStartedAt": self.clock(), "importBy": worker}
+
+    # importing, claimed by this worker -> importing with an operation
+    def _call_import(self, record: Document, path: str, deadline: Deadline, worker: str) -> Document:
+        """Call import under this worker's claim and note the operation in a new object beside the record.
+
+        The record itself is not written (its next write would wait out Cloud
+        Storage's second since the claim): it gets the operation's name with its
+        outcome. A refused call that may succeed later returns the record to
+        ``listed``; any other refusal is the result ``REJECTED``.
+        """
+        data = record.data
         try:
             # A child batch replacing conflicts deletes the stored instances only now, under the import claim.
             replace.replace_stored(self.store, self.api, data, self.config.names, deadline)
             operation = self.api.import_dicom(data["store"], data["importUri"], deadline, data.get("blobStorageClass"))
         except ApiError as exc:
             if exc.retryable:
-                self.store.replace(path, {**data, "lastError": str(exc)}, generation)
+                released = {key: value for key, value in data.items()
+                            if key not in ("operation", "importStartedAt", "importBy")}
+                self.store.replace(path, {**released, "state": LISTED, "lastError": str(exc)}, record.generation)
                 raise RetryLater(f"import call for batch {data['batch']} not accepted yet: {exc}") from None
-            return self._conclude(Document(claimed, generation), path, worker, outcome=REJECTED,
+            return self._conclude(record, path, worker, outcome=REJECTED,
                                   error={"code": exc.code, "status": exc.status, "message": exc.message},
                                   hint=rejection_hint(exc.code, data["store"], self.store.bucket))
-        started = {**claimed, "operation": operation.name}
+        try:
+            self.store.create(layout.operation_path(data["rule"], data["batch"], worker),
+                              {"operation": operation.name, "startedAt": self.clock()})
+        except Conflict:
+            pass  # a retried create of this worker's own note (the name is this worker's)
         log.info("import started", rule=data["rule"], batch=data["batch"], operation=operation.name,
                  objects=len(data["members"]))
-        ended = self._ended_within_a_write_interval(operation.name, deadline)
-        if ended is not None:  # one write (the outcome) instead of two (the operation's name, then the outcome)
-            return self._after_operation(Document(started, generation), path, worker, ended)
-        return Document(started, self.store.replace(path, started, generation))
+        return Document({**data, "operation": operation.name}, record.generation)
 
-    def _ended_within_a_write_interval(self, name: str, deadline: Deadline) -> Operation | None:
-        """The operation if it ends within the second the record's next write would wait anyway; else None.
-
-        Cloud Storage takes one write per second per object name, and the record was
-        just written (the import claim), so its next write waits about a second:
-        an operation that ends by then goes straight to its outcome. Until that
-        write, a delivery that dies has left the claim without an operation, which
-        the next delivery handles as today (``ABANDONED_AFTER_SECONDS``).
-        """
-        try:
-            operation = self.api.wait(name, Deadline(min(SAME_NAME_WRITE_INTERVAL, deadline.remaining())))
-        except ApiError:
+    def _started_operation(self, data: dict[str, Any]) -> str | None:
+        """The operation the claiming worker noted beside the record, if it got that far."""
+        if not data.get("importBy"):
             return None
-        return operation if operation.done else None
-
-    def _stage_members(self, record: Document, path: str, staging: StagingCopies) -> Document:
-        """Copy each listed member's generation into the staging folder, which only drivers write.
-
-        Most copies were started while the batch was open (``handlers.batch.staging``).
-        Idempotent (same bytes, same name), so a resumed delivery copies again.
-        A generation deleted or overwritten since its event is skipped, and the
-        result says so.
-        """
-        data = record.data
-        rule, batch = data["rule"], data["batch"]
-        gone = staging.finish(data["members"])
-        if not gone:
-            return record
-        gone_ids = {member["id"] for member in gone}
-        log.warning("objects deleted or overwritten before import: skipped", rule=rule, batch=batch,
-                    skipped=len(gone))
-        updated = {**data, "members": [m for m in data["members"] if m["id"] not in gone_ids],
-                   "skipped": [*(data.get("skipped") or []),
-                               *({**m, "reason": "generation deleted or overwritten before import"} for m in gone)]}
-        return Document(updated, self.store.replace(path, updated, record.generation))
+        note = self.store.read(layout.operation_path(data["rule"], data["batch"], data["importBy"]))
+        return note.data["operation"] if note is not None else None
 
     # importing -> publishing
     def _follow(self, record: Document, path: str, deadline: Deadline, worker: str) -> Document:
         data = record.data
+        if data.get("operation") is None and (noted := self._started_operation(data)) is not None:
+            data = {**data, "operation": noted}
+            record = Document(data, record.generation)
         if data.get("operation") is None:
             if self.clock() - data["importStartedAt"] < ABANDONED_AFTER_SECONDS:
                 raise RetryLater(f"another worker is starting the import of batch {data['batch']}")
@@ -449,12 +453,25 @@ class Driver:
         })
 
     def _clean_staging(self, rule: str, batch: str) -> None:
-        """Delete the batch's staging copies and membership markers (its record stays, as the manifest)."""
-        names = [item.name for prefix in (layout.staging_prefix(rule, batch), layout.member_prefix(rule, batch))
-                 for item in self.store.list(prefix)]
+        """Delete the batch's staging copies, membership markers and operation notes (its record stays, as the manifest)."""
+        prefixes = (layout.staging_prefix(rule, batch), layout.member_prefix(rule, batch),
+                    layout.operation_prefix(rule, batch))
+        names = [item.name for prefix in prefixes for item in self.store.list(prefix)]
         if names:
             with ThreadPoolExecutor(max_workers=min(COPY_THREADS, len(names))) as pool:
                 list(pool.map(self.store.delete, names))
+
+
+def _without_gone(data: dict[str, Any], gone: list[dict[str, Any]]) -> dict[str, Any]:
+    """``data`` with the members whose generation is gone (deleted or overwritten before the copy) moved to ``skipped``."""
+    if not gone:
+        return data
+    log.warning("objects deleted or overwritten before import: skipped", rule=data["rule"], batch=data["batch"],
+                skipped=len(gone))
+    gone_ids = {member["id"] for member in gone}
+    return {**data, "members": [m for m in data["members"] if m["id"] not in gone_ids],
+            "skipped": [*(data.get("skipped") or []),
+                        *({**m, "reason": "generation deleted or overwritten before import"} for m in gone)]}
 
 
 def _member(listed: Listed) -> dict[str, str]:

@@ -7,6 +7,8 @@
 ``staging/{rule}/{batch}/{id}.dcm``   copies the driver makes of the listed members; the import URI is
                                       this folder's ``*``, which only the driver writes
 ``batches/{rule}/{batch}.json``       the batch record: members, import, operation, failures, result
+``operations/{rule}/{batch}/{worker}.json``  the import operation a worker started under its claim (created
+                                      once, so the record's next write need not wait for it)
 ``failures/{rule}/{batch}.ndjson``    every failure of a batch with more than the message lists (names as the
                                       name policy shows them)
 ``failed/{rule}/{batch}``             index of the batches whose result names failures (empty; counts in its
@@ -77,6 +79,14 @@ def staging_path(rule: str, batch: str, oid: str) -> str:
 
 def record_path(rule: str, batch: str) -> str:
     return f"batches/{rule}/{batch}.json"
+
+
+def operation_prefix(rule: str, batch: str) -> str:
+    return f"operations/{rule}/{batch}/"
+
+
+def operation_path(rule: str, batch: str, worker: str) -> str:
+    return f"{operation_prefix(rule, batch)}{worker}.json"
 
 
 def failures_manifest_path(rule: str, batch: str) -> str:

@@ -54,6 +54,10 @@ class StagingCopies:
                 gone.append(member)
         return gone
 
+    def unfinished(self, members: Iterable[dict[str, Any]]) -> int:
+        """How many of ``members`` have no finished copy yet (not started, or under way)."""
+        return sum(1 for member in members if not (copy := self._copies.get(member["id"])) or not copy.done())
+
     def close(self) -> None:
         """Stop the copying threads (copies under way finish; a later delivery copies again)."""
         if self._pool is not None:

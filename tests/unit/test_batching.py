@@ -6,6 +6,7 @@ event, and exactly one result message is published per import.
 """
 
 import math
+import threading
 
 import pytest
 
@@ -549,24 +550,88 @@ def test_two_deliveries_of_a_batch_in_one_process_publish_its_result_once():
     assert overlapping and len(world.publisher.messages) == 1
 
 
-def test_an_operation_that_ends_within_a_second_goes_straight_to_its_result_one_record_write_fewer():
-    """The record's next write waits out Cloud Storage's second anyway: no separate write of the operation's name."""
+def test_the_record_is_created_with_its_import_claim_and_next_written_with_the_outcome():
+    """Cloud Storage takes one write per second per name: between the claim and the outcome the record is not written."""
     world = World(quiet=0)
-    obj = world.upload("study/a.dcm")
-    world.admit(obj)
+    world.admit(world.upload("study/a.dcm"))
     (_, batch), = world.kicks
-    start_import = world.api.import_dicom
+    path = layout.record_path("all", batch)
+    with pytest.raises(RetryLater, match="still running"):
+        world.driver.drive("all", batch, Deadline(15))
+    record = world.store.doc(path)
+    assert record["state"] == IMPORTING and record["operation"] is None and record["importBy"]
+    [(_, uri)] = world.api.imports
+    assert uri == record["importUri"], "the import was called under the claim the record was created with"
+    note = world.store.doc(layout.operation_path("all", batch, record["importBy"]))
+    [operation] = world.api.operations
+    assert note["operation"] == operation, "the operation is noted beside the record"
 
-    def import_that_ends_at_once(*args, **kwargs):
-        operation = start_import(*args, **kwargs)
-        world.api.finish(operation.name, success=1)
-        return operation
-
-    world.api.import_dicom = import_that_ends_at_once
+    finish_all(world)
     assert world.drive(batch) == DONE
-    record_writes = [op for op in world.store.ops if op == ("write", layout.record_path("all", batch))]
-    assert len(record_writes) == 4, "listed, importing (claim), publishing, done"
+    record_writes = [op for op in world.store.ops if op == ("write", path)]
+    assert len(record_writes) == 3, "created importing (claimed), publishing, done"
     [message] = world.results()
     assert message["outcome"] == "SUCCEEDED"
-    record = world.store.read(layout.record_path("all", batch)).data
-    assert record["operation"] == message["operation"], "the outcome's record still names its operation"
+    assert world.store.read(path).data["operation"] == message["operation"] == operation
+    assert not list(world.store.list(layout.operation_prefix("all", batch))), "notes go with the staging copies"
+
+
+def test_a_batch_sealed_with_many_copies_left_records_its_listing_before_copying(monkeypatch):
+    """Intakes whose marker met the seal wait for the listing: it must not wait for a long tail of copies."""
+    monkeypatch.setattr("handlers.batch.driver.COPY_THREADS", 0)  # any copy left counts as many
+    world = World()
+    world.admit(world.upload("a.dcm"))
+    batch = world.kicks[0][1]
+    world.clock.now += 11
+    copies_may_end = threading.Event()
+    real_copy_in = world.store.copy_in
+
+    def slow_copy_in(*args, **kwargs):
+        assert copies_may_end.wait(5)
+        return real_copy_in(*args, **kwargs)
+
+    world.store.copy_in = slow_copy_in
+    path = layout.record_path("all", batch)
+    errors: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            world.driver.drive("all", batch, Deadline(15))
+        except RetryLater as exc:
+            errors.append(exc)
+
+    delivery = threading.Thread(target=drive)
+    delivery.start()
+    try:
+        for _ in range(500):
+            if world.store.read(path) is not None:
+                break
+            threading.Event().wait(0.01)
+        record = world.store.doc(path)
+        assert record["state"] == LISTED and [m["name"] for m in record["members"]] == ["a.dcm"]
+        assert not world.api.imports, "no import before its copies are made"
+    finally:
+        copies_may_end.set()
+        delivery.join(10)
+    assert world.store.doc(path)["state"] == IMPORTING and len(world.api.imports) == 1
+    assert errors and "still running" in str(errors[0])
+
+
+def test_a_worker_dying_after_the_import_call_leaves_its_operation_for_the_next_delivery_without_a_wait():
+    world = World()
+    world.admit(world.upload("a.dcm"))
+    batch = world.kicks[0][1]
+    world.clock.now += 11
+    real_wait = world.api.wait
+
+    def instance_dies(*args, **kwargs):
+        raise SystemExit("instance killed while following the operation")
+
+    world.api.wait = instance_dies
+    with pytest.raises(SystemExit):
+        world.drive(batch)
+    world.api.wait = real_wait
+    assert world.store.doc(layout.record_path("all", batch))["operation"] is None, "the dead worker wrote no name"
+    finish_all(world)
+    assert world.drive(batch) == DONE, "the next delivery follows the noted operation at once, not after 120 s"
+    assert len(world.api.imports) == 1 and len(world.results()) == 1
