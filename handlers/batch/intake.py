@@ -26,6 +26,8 @@ from handlers.retry import Deadline, RetryLater
 # A lease still open this long after its window closed has lost its driver.
 STALE_AFTER_SECONDS = 60.0
 POLL_SECONDS = 0.25
+# How often an intake whose marker met the seal looks for the batch's listing (a read shared in the instance).
+LISTING_POLL_SECONDS = 0.1
 
 OPENED, JOINED, DUPLICATE = "opened", "joined", "duplicate"
 _WAIT, _RESTAGE = "wait", "restage"
@@ -76,9 +78,9 @@ class Intake:
             body = {"batch": batch, "rule": rule.name, "claimedAt": self.clock()}
             try:
                 if claim is None:
-                    self.store.create(path, body)
+                    generation = self.store.create(path, body)
                 else:
-                    self.store.replace(path, body, claim.generation)
+                    generation = self.store.replace(path, body, claim.generation)
             except Conflict:
                 verdict, claim = self._existing_claim(obj, rule, oid, path, deadline)
                 if verdict == DUPLICATE:
@@ -89,7 +91,8 @@ class Intake:
                 continue
             if self._join_and_confirm(obj, rule, oid, batch, deadline):
                 return OPENED if lease.data.get("openedBy") == oid else JOINED
-            claim = None  # listed without it (its marker came after the seal): join the next batch
+            # Listed without it (its marker came after the seal): move this claim to the next batch.
+            claim = Document(body, generation)
         raise RetryLater(f"could not place the object in a batch of rule {rule.name!r} in time")
 
     def _existing_claim(self, obj: StorageObject, rule: Rule, oid: str, path: str,
@@ -184,10 +187,13 @@ class Intake:
         sealed = self._shared.get(("seal", rule.name, batch), lambda: self._sealed(rule.name, batch), not_before=written)
         if not sealed:
             return True  # the driver seals before it lists: its listing will include the marker
-        # Sealed while we wrote the marker: the batch record's listing decides.
+        # Sealed while we wrote the marker: the batch record's listing decides (once listed, it never changes,
+        # so every intake of the instance waiting on it shares each read).
+        path = layout.record_path(rule.name, batch)
         while not deadline.expired:
-            record = self.store.read(layout.record_path(rule.name, batch))
+            record = self._shared.get(("record", rule.name, batch), lambda: self.store.read(path),
+                                      not_before=self._shared.clock())
             if record is not None and layout.has_members_listed(record.data):
                 return oid in layout.member_ids(record.data)
-            self.sleep(POLL_SECONDS)
+            self.sleep(LISTING_POLL_SECONDS)
         raise RetryLater(f"batch {batch} of rule {rule.name!r} is being sealed; its listing is not written yet")

@@ -303,10 +303,52 @@ def test_marker_landing_after_the_listing_joins_the_next_batch_and_is_never_impo
     assert verdict == OPENED, "joined a new batch it opened"
     new_batch = world.kicks[-1][1]
     assert new_batch != batch
-    assert world.store.doc(layout.claim_path("all", layout.object_id(late)))["batch"] == new_batch
+    claim = layout.claim_path("all", layout.object_id(late))
+    assert world.store.doc(claim)["batch"] == new_batch
+    assert ("read", claim) not in world.store.ops, "its own claim is moved to the next batch without reading it back"
     finish_all(world)
     assert world.drive(batch) == DONE
     assert not [name for name in world.store.blobs if name.startswith(layout.member_prefix("all", batch))]
+
+
+def test_intakes_waiting_for_a_sealed_batchs_listing_share_their_reads_of_its_record():
+    """Dozens of admissions in flight meet a full batch's seal at once: one instance must not poll its record dozens of times."""
+    world = World()
+    world.admit(world.upload("a.dcm"))
+    batch = world.kicks[0][1]
+    world.clock.now += 11
+    world.store.create(layout.seal_path("all", batch), {"batch": batch, "rule": "all"})  # sealed, not listed yet
+    path = layout.record_path("all", batch)
+    first_read_may_end = threading.Event()
+    record_reads = []
+    real_read = world.store.read
+
+    def read(name):
+        if name == path:
+            record_reads.append(name)
+            if len(record_reads) == 1:
+                assert first_read_may_end.wait(5)
+        return real_read(name)
+
+    world.store.read = read
+    objects = [world.upload(f"{letter}.dcm") for letter in "bcde"]
+    answers: dict[str, bool] = {}
+
+    def confirm(obj):
+        answers[obj.name] = world.intake._join_and_confirm(obj, world.rule, layout.object_id(obj), batch, Deadline(10))
+
+    waiting = [threading.Thread(target=confirm, args=(obj,)) for obj in objects]
+    for thread in waiting:
+        thread.start()
+    threading.Event().wait(0.3)  # every intake has written its marker and is waiting for the listing
+    members = [{"id": layout.object_id(obj), "bucket": "inbox-bkt", "name": obj.name, "generation": "1"}
+               for obj in objects[:1]]
+    world.store.create(path, {"batch": batch, "rule": "all", "state": IMPORTING, "members": members})
+    first_read_may_end.set()
+    for thread in waiting:
+        thread.join(10)
+    assert answers == {"b.dcm": True, "c.dcm": False, "d.dcm": False, "e.dcm": False}
+    assert len(record_reads) <= 3, f"{len(record_reads)} reads of the record for 4 waiting intakes"
 
 
 def test_opener_that_died_before_publishing_the_driver_publishes_it_on_redelivery():
