@@ -120,6 +120,12 @@ def storage_client(project: str | None = None) -> Any:
     adapter = HTTPAdapter(pool_maxsize=POOL_CONNECTIONS)
     for scheme in ("https://", "http://"):
         client._http.mount(scheme, adapter)
+    # google-cloud-storage 3.17 caches each bucket's project and location for OpenTelemetry span
+    # attributes and, on every 404, starts a thread that GETs the bucket to check it still exists.
+    # The batching protocol reads absent objects all the time (an open batch's seal, a new object's
+    # claim): one bucket GET after another, beside the calls that matter. We record no spans.
+    if getattr(client, "_bucket_metadata_cache", None) is not None:
+        client._bucket_metadata_cache = None
     return client
 
 
