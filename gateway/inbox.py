@@ -47,6 +47,10 @@ class GcsInbox:
                                     credentials=AnonymousCredentials(), client_options={"api_endpoint": endpoint})
         else:
             client = storage.Client(project=project)
+        # google-cloud-storage 3.17 GETs each bucket in the background to label tracing spans (and again
+        # after a 404): a call the gateway's account, allowed to create objects only, is refused, for
+        # spans it does not record. handlers/clients/storage.py does the same for the function.
+        client._bucket_metadata_cache = None
         self._bucket = client.bucket(bucket)
 
     def put(self, name: str, data: bytes) -> str:
