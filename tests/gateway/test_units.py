@@ -225,7 +225,7 @@ def test_upload_helpers_yield_the_cpu_to_the_receiver(tmp_path: Path) -> None:
     spool.recover()
     helpers = _Processes(_NicenessInbox, 1)
     try:
-        assert helpers.put(spool.append("a/b.dcm", b"D" * 100)) == str(os.nice(0) + HELPER_NICENESS)
+        assert helpers.put(spool.append("a/b.dcm", b"D" * 100)) == str(min(os.nice(0) + HELPER_NICENESS, 19))  # 19: the lowest priority
     finally:
         helpers.close()
 
