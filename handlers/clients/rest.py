@@ -39,12 +39,35 @@ def open_session(emulator_variable: str, api_root: str) -> tuple[Any, str]:
     if emulator:
         import requests
 
-        return requests.Session(), emulator.rstrip("/")
+        return environment_read_once(requests.Session()), emulator.rstrip("/")
     import google.auth
     from google.auth.transport.requests import AuthorizedSession
 
     credentials, _ = google.auth.default(scopes=[SCOPE])
-    return AuthorizedSession(credentials), api_root
+    return environment_read_once(AuthorizedSession(credentials)), api_root
+
+
+def environment_read_once(session: Any) -> Any:
+    """``session``, made to read the environment once instead of before every call, where that changes no call.
+
+    A requests session that trusts the environment reads the proxy variables, the CA bundle
+    variables and ``~/.netrc`` again for every call: 0.16 ms of client CPU on a Cloud Storage
+    call that costs 0.60 ms without them (bench/bench_client_calls.py). With no proxy
+    variable set, the CA bundle variable is read here, once (``REQUESTS_CA_BUNDLE``, else
+    ``CURL_CA_BUNDLE``, as requests would), and the per-call reads stop. With a proxy variable
+    set, the session keeps reading the environment (``NO_PROXY`` depends on each URL).
+    ``~/.netrc`` is then not read at all: an entry for a Google host there would have replaced
+    the OAuth header with its basic auth.
+    """
+    import urllib.request
+
+    if urllib.request.getproxies():
+        return session
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle and session.verify is True:
+        session.verify = bundle
+    session.trust_env = False
+    return session
 
 
 def send(session: Any, method: str, url: str, deadline: Deadline, body: Mapping[str, Any] | None = None,

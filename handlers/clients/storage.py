@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
+from handlers.clients.rest import environment_read_once
+
 # Cloud Storage accepts about one write per second to one object name and answers 429 beyond it
 # (cloud.google.com/storage/quotas). A process does not send a write it knows would be refused:
 # it waits until this long after its own last write of the same name.
@@ -126,6 +128,7 @@ def storage_client(project: str | None = None) -> Any:
     # claim): one bucket GET after another, beside the calls that matter. We record no spans.
     if getattr(client, "_bucket_metadata_cache", None) is not None:
         client._bucket_metadata_cache = None
+    environment_read_once(client._http)
     return client
 
 
