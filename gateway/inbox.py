@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 from typing import Any, Protocol
+
+from handlers.clients.storage import storage_client
 
 __all__ = ["CREATED", "IDENTICAL", "REPLACED", "GcsInbox", "Inbox"]
 
@@ -34,24 +35,12 @@ class GcsInbox:
     ``endpoint`` (default ``$STORAGE_EMULATOR_HOST``) points it at an emulator,
     with anonymous credentials; without one it uses Application Default
     Credentials. One instance per uploader thread: HTTP sessions are not shared.
+    The client is the function's (``storage_client``): no background bucket
+    lookups, the environment read once.
     """
 
     def __init__(self, bucket: str, *, endpoint: str | None = None, project: str | None = None) -> None:
-        from google.cloud import storage
-
-        endpoint = endpoint or os.environ.get("STORAGE_EMULATOR_HOST")
-        if endpoint:
-            from google.auth.credentials import AnonymousCredentials
-
-            client = storage.Client(project=project or os.environ.get("GOOGLE_CLOUD_PROJECT") or "local-project",
-                                    credentials=AnonymousCredentials(), client_options={"api_endpoint": endpoint})
-        else:
-            client = storage.Client(project=project)
-        # google-cloud-storage 3.17 GETs each bucket in the background to label tracing spans (and again
-        # after a 404): a call the gateway's account, allowed to create objects only, is refused, for
-        # spans it does not record. handlers/clients/storage.py does the same for the function.
-        client._bucket_metadata_cache = None
-        self._bucket = client.bucket(bucket)
+        self._bucket = storage_client(project, endpoint).bucket(bucket)
 
     def put(self, name: str, data: bytes) -> str:
         from google.api_core.exceptions import NotFound, PreconditionFailed

@@ -107,16 +107,21 @@ class Source(Protocol):
         ...
 
 
-def storage_client(project: str | None = None) -> Any:
-    """A google-cloud-storage client keeping :data:`POOL_CONNECTIONS` open; anonymous when ``STORAGE_EMULATOR_HOST`` is set."""
+def storage_client(project: str | None = None, endpoint: str | None = None) -> Any:
+    """A google-cloud-storage client keeping :data:`POOL_CONNECTIONS` open.
+
+    Anonymous on an emulator: ``endpoint`` (the DICOM gateway's setting), else
+    ``STORAGE_EMULATOR_HOST``; Application Default Credentials otherwise.
+    """
     from google.cloud import storage
     from requests.adapters import HTTPAdapter
 
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
+    if endpoint or os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials
 
         client = storage.Client(project=project or os.environ.get("GOOGLE_CLOUD_PROJECT") or "local-project",
-                                credentials=AnonymousCredentials())
+                                credentials=AnonymousCredentials(),
+                                client_options={"api_endpoint": endpoint} if endpoint else None)
     else:
         client = storage.Client(project=project)
     adapter = HTTPAdapter(pool_maxsize=POOL_CONNECTIONS)
