@@ -2,7 +2,7 @@
 
 Shared by the demo, the end-to-end tests, the chaos suite and the benchmarks,
 which all ask the same questions: which results arrived, what is in the DICOM
-store, how many import calls were made.
+store, how many import calls were made, and how many the design allows.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import base64
 import json
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Callable, Mapping
 
 import requests
@@ -116,3 +117,35 @@ def result_object_uris(env: Mapping[str, str], result: Result) -> list[str]:
                             f"{requests.utils.quote(path, safe='')}", params={"alt": "media"}, timeout=30)
     response.raise_for_status()
     return [f"gs://{m['bucket']}/{m['name']}" for m in response.json()["members"]]
+
+
+def call_bound(objects: int, max_objects: int, max_wait: float, quiet: float, joins: list[float]) -> int:
+    """docs/design.md, "Bounds": ceil(N / max_objects) + 1 for a burst within one window with no gap of the
+    quiet time; each gap that long, and each full window the burst spans, may seal one batch more.
+
+    ``joins``: when each object joined its batch, sorted (its claim's time, written just before its
+    marker). A gap counts from ``quiet - 1 s`` so that the marker's own latency cannot hide one.
+    """
+    gaps = sum(1 for earlier, later in zip(joins, joins[1:]) if later - earlier >= quiet - 1.0)
+    spanned = int((joins[-1] - joins[0]) // max_wait) if joins else 0
+    return -(-objects // max_objects) + 1 + gaps + spanned
+
+
+def claim_times_by_rule(env: Mapping[str, str]) -> dict[str, list[float]]:
+    """When each object joined a batch, by rule, sorted: its claim's ``timeCreated``, from listings alone.
+
+    Every claim in the state bucket counts (the benchmarks' fresh stacks hold only their own drop).
+    """
+    url = f"{env['STORAGE_EMULATOR_HOST'].rstrip('/')}/storage/v1/b/{env['STATE_BUCKET']}/o"
+    times: dict[str, list[float]] = {}
+    params = {"prefix": "claims/", "fields": "items(name,timeCreated),nextPageToken"}
+    while True:
+        response = requests.get(url, params=params, timeout=60)
+        response.raise_for_status()
+        page = response.json()
+        for item in page.get("items", []):
+            created = datetime.fromisoformat(item["timeCreated"].replace("Z", "+00:00")).timestamp()
+            times.setdefault(item["name"].split("/")[1], []).append(created)
+        if not page.get("nextPageToken"):
+            return {rule: sorted(found) for rule, found in times.items()}
+        params["pageToken"] = page["nextPageToken"]

@@ -140,15 +140,3 @@ def join_times(env: Mapping[str, str], rule: str, generations: Mapping[str, str]
         oid = layout.object_id(StorageObject(env["INBOX_BUCKET"], name, generation, None, ""))
         times.append(json.loads(state.blob(layout.claim_path(rule, oid)).download_as_bytes())["claimedAt"])
     return sorted(times)
-
-
-def call_bound(objects: int, max_objects: int, max_wait: float, quiet: float, joins: list[float]) -> int:
-    """docs/design.md, "Bounds": ceil(N / max_objects) + 1 for a burst within one window with no gap of the
-    quiet time; each gap that long, and each full window the burst spans, may seal one batch more.
-
-    Gaps are measured on the claims' times, written just before each marker: a gap counts from
-    ``quiet - 1 s`` so that the marker's own latency cannot hide one.
-    """
-    gaps = sum(1 for earlier, later in zip(joins, joins[1:]) if later - earlier >= quiet - 1.0)
-    spanned = int((joins[-1] - joins[0]) // max_wait) if joins else 0
-    return -(-objects // max_objects) + 1 + gaps + spanned

@@ -10,10 +10,9 @@ from datetime import datetime
 import pytest
 
 from localstack import samples
-from localstack.observe import api_calls, store_sop_uids
+from localstack.observe import api_calls, call_bound, store_sop_uids
 from tests.e2e.conftest import MAX_OBJECTS, MAX_WAIT, QUIET
 from tests.e2e.helpers import (
-    call_bound,
     covered_names,
     join_times,
     notification_event,
