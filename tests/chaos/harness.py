@@ -350,7 +350,7 @@ class Run:
         """Wait until every matched object of ``drop`` is reported, then listen ``quiet`` seconds more."""
         return wait_for_names(self.reader, self.env["INBOX_BUCKET"], drop.prefix, drop.matched,
                               timeout=self.scale.timeout if timeout is None else timeout, quiet=self.scale.quiet,
-                              env=self.env)
+                              env=self.env, must_cover=False)
 
     def finish(self, drop: Drop, checks: Callable[[], Iterable[str]] | None = None) -> Figures:
         """Wait for the results, record the scenario's line, then fail with every problem found.

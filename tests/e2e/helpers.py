@@ -122,11 +122,19 @@ def covered_names(results: Iterable[Result], bucket: str, prefix: str,
 
 
 def wait_for_names(reader: ResultsReader, bucket: str, prefix: str, names: Iterable[str], timeout: float,
-                   quiet: float = 0.0, env: Mapping[str, str] | None = None) -> list[Result]:
-    """Results under ``prefix`` once every name is covered (then ``quiet`` more seconds)."""
+                   quiet: float = 0.0, env: Mapping[str, str] | None = None, must_cover: bool = True) -> list[Result]:
+    """Results under ``prefix`` once every name (full object names) is covered, then ``quiet`` more seconds.
+
+    Fails naming what is still unreported after ``timeout``, unless ``must_cover`` is False
+    (the chaos suite, which counts what is missing among its own invariants).
+    """
     wanted = set(names)
     reader.until(lambda got: wanted <= set(covered_names(got, bucket, prefix, env)), timeout, quiet=quiet)
-    return import_results_under(reader.received, bucket, prefix, env)
+    results = import_results_under(reader.received, bucket, prefix, env)
+    if must_cover:
+        missing = sorted(wanted - set(covered_names(results, bucket, prefix, env)))
+        assert not missing, f"{len(missing)} of {len(wanted)} objects not reported within {timeout:g} s: {missing[:3]}"
+    return results
 
 
 def join_times(env: Mapping[str, str], rule: str, generations: Mapping[str, str]) -> list[float]:

@@ -69,7 +69,7 @@ def test_a_query_on_pubsub_exports_exactly_the_matching_studies(env, reader):
     prefix = unique_prefix("query")
     files = [(f"{prefix}{uids.sop}.dcm", data) for items in studies.values() for uids, data in items]
     upload(env, files)
-    wait_for_names(reader, env["INBOX_BUCKET"], prefix, [name[len(prefix):] for name, _ in files], timeout=120)
+    wait_for_names(reader, env["INBOX_BUCKET"], prefix, [name for name, _ in files], timeout=120)
 
     folder = prefix.rstrip("/")
     where = f"PatientID={patient}&ModalitiesInStudy=CT&StudyDate=20260101-20261231"
