@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -11,35 +9,16 @@ import pytest
 from handlers.clients.rest import open_session
 from handlers.clients.storage import GcsStateStore, storage_client
 
+from tests.unit.not_found_server import NotFoundEverywhere, not_found_server
+
 _PROXY_AND_BUNDLE_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "REQUESTS_CA_BUNDLE",
                                "CURL_CA_BUNDLE")
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    """Answers 404 to every GET; records its request line target and Authorization header."""
-
-    seen: list[tuple[str, str | None]] = []
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        type(self).seen.append((self.path, self.headers.get("Authorization")))
-        body = b'{"error": {"code": 404, "message": "No such object"}}'
-        self.send_response(404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture
 def recorder():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    _Recorder.seen = []
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with not_found_server() as address:
+        yield address
 
 
 @pytest.fixture
@@ -61,7 +40,7 @@ def test_with_nothing_for_requests_in_the_environment_no_call_reads_it(clean_env
     session, _ = open_session("HEALTHCARE_EMULATOR_HOST", "https://healthcare.googleapis.com/v1")
     assert client._http.trust_env is False and session.trust_env is False
     assert GcsStateStore("state-bkt", client).read("seals/rule/b.json") is None
-    assert _Recorder.seen and _Recorder.seen[0][1] is None  # with requests' default: "Basic c29tZW9uZTpzZWNyZXQ="
+    assert NotFoundEverywhere.seen and NotFoundEverywhere.seen[0][1] is None  # with requests' default: "Basic c29tZW9uZTpzZWNyZXQ="
 
 
 @pytest.mark.parametrize("variable", ["HTTP_PROXY", "https_proxy", "NO_PROXY"])
@@ -93,4 +72,4 @@ def test_a_proxy_variable_is_still_obeyed(clean_environment, recorder, monkeypat
     monkeypatch.setenv("HTTP_PROXY", f"http://{recorder}")
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://storage.invalid:8080")
     assert GcsStateStore("state-bkt", storage_client("p")).read("seals/rule/b.json") is None
-    assert _Recorder.seen[0][0].startswith("http://storage.invalid:8080/")  # a proxy's request line: the full URL
+    assert NotFoundEverywhere.seen[0][0].startswith("http://storage.invalid:8080/")  # a proxy's request line: the full URL

@@ -1,10 +1,10 @@
 """The function's Cloud Storage client (handlers/clients/storage.py)."""
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from handlers.clients.storage import POOL_CONNECTIONS, GcsStateStore, storage_client
+
+from tests.unit.not_found_server import NotFoundEverywhere, not_found_server
 
 
 def test_the_client_keeps_a_connection_open_for_each_request_an_instance_serves(monkeypatch):
@@ -16,38 +16,16 @@ def test_the_client_keeps_a_connection_open_for_each_request_an_instance_serves(
     assert POOL_CONNECTIONS >= 64
 
 
-class _NotFoundEverywhere(BaseHTTPRequestHandler):
-    """A Cloud Storage stand-in that has no object and records every request path."""
-
-    paths: list[str] = []
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        type(self).paths.append(self.path.split("?")[0])
-        body = b'{"error": {"code": 404, "message": "No such object"}}'
-        self.send_response(404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 def test_reading_absent_objects_costs_one_call_each_and_no_bucket_lookups(monkeypatch):
     """The protocol reads absent objects routinely (an open batch's seal): the client must not add a bucket GET per 404."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _NotFoundEverywhere)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{server.server_address[1]}")
-        _NotFoundEverywhere.paths = []
+    with not_found_server() as address:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://{address}")
         store = GcsStateStore("state-bkt", storage_client("p"))
         for number in range(20):
             assert store.read(f"seals/rule/batch-{number}.json") is None
             time.sleep(0.01)  # room for any background lookup a 404 would start
         time.sleep(0.2)
-    finally:
-        server.shutdown()
-    bucket_lookups = [path for path in _NotFoundEverywhere.paths if path.rstrip("/").endswith("/b/state-bkt")]
+    paths = [target.split("?")[0] for target, _ in NotFoundEverywhere.seen]
+    bucket_lookups = [path for path in paths if path.rstrip("/").endswith("/b/state-bkt")]
     assert not bucket_lookups, f"{len(bucket_lookups)} bucket GETs beside 20 object reads"
-    assert len(_NotFoundEverywhere.paths) == 20
+    assert len(paths) == 20
