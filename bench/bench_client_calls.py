@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +61,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=2000)
     args = parser.parse_args()
+    if urllib.request.getproxies():
+        raise SystemExit("a proxy variable is set: the session reads the environment per call either way; unset it")
     (port,) = free_ports(1)
     server = subprocess.Popen([sys.executable, "-c", STAND_IN, str(port)])
     try:
@@ -68,10 +71,6 @@ def main() -> None:
         os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
         from handlers.clients.storage import GcsStateStore, storage_client
 
-        import urllib.request
-
-        if urllib.request.getproxies():
-            raise SystemExit("a proxy variable is set: the session reads the environment per call either way; unset it")
         stores = {}
         for mode, trust_env in (("as built (environment read once)", None), ("per call (requests' default)", True)):
             client = storage_client("bench")
