@@ -5,7 +5,11 @@ it refuses paths that name nothing in the store (before anything is written),
 writes the filter file to the state bucket, calls ``dicomStores.export`` with ``filterConfig.resourcePathsGcsUri``,
 follows the operation and publishes one ``dicom-export-result/v1`` message.
 Its record (``exports/REQUEST_ID.json``) makes a redelivered request resume
-instead of exporting twice.
+instead of exporting twice. Like an import batch's record (docs/design.md, "Claim
+and note, not rewrite"), it is created with the call already claimed and the
+operation is noted in a new object beside it (``exports/REQUEST_ID.operation.WORKER.json``),
+so the record's next write is the result: Cloud Storage's one write per second
+per name costs the result one second, not three.
 """
 
 from __future__ import annotations
@@ -33,6 +37,13 @@ from handlers.retry import Deadline, RetryLater
 
 EXPORT_SCHEMA = "dicom-export-result/v1"
 STARTING, RUNNING = "starting", "running"
+
+
+def operation_note_path(request_id: str, worker: str) -> str:
+    """Where ``worker`` notes the export operation it started (a new name: no wait on the record's last write)."""
+    return f"exports/{request_id}.operation.{worker}.json"
+
+
 def export_message(request: ExportRequest, record: Mapping[str, Any], *, outcome: str, operation: Operation | None,
                    error: Mapping[str, Any] | None, hint: str | None, concluded_at: float) -> tuple[dict, dict]:
     success = operation.success if operation else 0
@@ -109,15 +120,17 @@ class ExportJob:
         """
         path = self.record_path(request)
         worker = new_worker()
-        record = self.store.read(path)
+        record = self._with_noted_operation(self.store.read(path))
         if record is None or record.data["state"] == STARTING:
             check_destination(request.destination, self.destinations, self.config_path)
-        record = record or self._start(request, path, deadline, page_size, on_page)
+        record = record or self._start(request, path, deadline, page_size, on_page, worker)
         while True:
             state = record.data["state"]
             if state == DONE:
                 return record.data["result"]
             if deadline.expired:
+                if state == STARTING and record.data.get("callBy") == worker:
+                    self._release(record, path, "the delivery's budget ended before the export call")
                 raise RetryLater(f"export {request.request_id} is {state}; continuing on the next delivery")
             try:
                 if state == STARTING:
@@ -129,10 +142,20 @@ class ExportJob:
                 else:
                     raise ValueError(f"export record {path} has unknown state {state!r}")
             except Conflict:
-                record = self.store.read(path) or record
+                record = self._with_noted_operation(self.store.read(path)) or record
+
+    def _with_noted_operation(self, record: Document | None) -> Document | None:
+        """``record`` as ``running`` when the worker that claimed its call noted the operation it started."""
+        if record is None or record.data["state"] != STARTING or not record.data.get("callBy"):
+            return record
+        note = self.store.read(operation_note_path(record.data["requestId"], record.data["callBy"]))
+        if note is None:
+            return record
+        return Document({**record.data, "state": RUNNING, "operation": note.data["operation"]}, record.generation)
 
     def _start(self, request: ExportRequest, path: str, deadline: Deadline, page_size: int | None,
-               on_page: OnPage | None) -> Document:
+               on_page: OnPage | None, worker: str) -> Document:
+        """Search or check the paths, write the filter file, and create the record with the call claimed by ``worker``."""
         paths, query = request.paths, None
         if request.query is not None:
             found = search_paths(self.api, request.store, request.query, cap=self.max_query_results,
@@ -153,7 +176,8 @@ class ExportJob:
             summary = {"uri": filter_uri, **count_levels(paths), "query": query}
         data = {"state": STARTING, "requestId": request.request_id, "store": request.store,
                 "destination": request.destination, "mimeType": request.mime_type, "filterUri": filter_uri,
-                "filter": summary, "requestedAt": self.clock(), "operation": None, "callStartedAt": None}
+                "filter": summary, "requestedAt": self.clock(), "operation": None, "callStartedAt": self.clock(),
+                "callBy": worker}
         try:
             return Document(data, self.store.create(path, data))
         except Conflict:
@@ -161,28 +185,47 @@ class ExportJob:
 
     def _call(self, request: ExportRequest, record: Document, path: str, deadline: Deadline,
               worker: str) -> Document:
-        started = record.data.get("callStartedAt")
-        if started and self.clock() - started < ABANDONED_AFTER_SECONDS:
-            raise RetryLater(f"another worker is starting export {request.request_id}")
-        claimed = {**record.data, "callStartedAt": self.clock()}
-        generation = self.store.replace(path, claimed, record.generation)
+        """Call export under ``worker``'s claim (taken with one write unless the record was created with it).
+
+        The operation is noted beside the record, which is not written: its next
+        write is the result. A refusal that may succeed later releases the claim.
+        """
+        data = record.data
+        if data.get("callBy") != worker:
+            started = data.get("callStartedAt")
+            if started and self.clock() - started < ABANDONED_AFTER_SECONDS:
+                raise RetryLater(f"another worker is starting export {request.request_id}")
+            data = {**data, "callStartedAt": self.clock(), "callBy": worker}
+            record = Document(data, self.store.replace(path, data, record.generation))
         body: dict[str, Any] = {"gcsDestination": {"uriPrefix": request.destination, "mimeType": request.mime_type}}
-        if claimed["filterUri"]:
-            body["filterConfig"] = {"resourcePathsGcsUri": claimed["filterUri"]}
+        if data["filterUri"]:
+            body["filterConfig"] = {"resourcePathsGcsUri": data["filterUri"]}
         try:
             operation = self.api.export_dicom(request.store, body, deadline)
         except ApiError as exc:
             if exc.retryable:
-                self.store.replace(path, {**claimed, "callStartedAt": None, "lastError": str(exc)}, generation)
+                self._release(record, path, str(exc))
                 raise RetryLater(f"export call not accepted yet: {exc}") from None
-            return self._conclude(worker, request, Document(claimed, generation), path, REJECTED, None,
+            return self._conclude(worker, request, record, path, REJECTED, None,
                                   {"code": exc.code, "status": exc.status, "message": exc.message},
                                   export_hint(exc.code, request, self.store.bucket))
-        running = {**claimed, "state": RUNNING, "operation": operation.name}
-        counts = claimed.get("filter") or {}
+        try:
+            self.store.create(operation_note_path(request.request_id, worker),
+                              {"operation": operation.name, "startedAt": self.clock()})
+        except Conflict:
+            pass  # a retried create of this worker's own note (the name is this worker's)
+        counts = data.get("filter") or {}
         log.info("export started", operation=operation.name, requestId=request.request_id,
                  paths=sum(counts.get(level, 0) for level in ("studies", "series", "instances")))
-        return Document(running, self.store.replace(path, running, generation))
+        return Document({**data, "state": RUNNING, "operation": operation.name}, record.generation)
+
+    def _release(self, record: Document, path: str, reason: str) -> None:
+        """Give up the call's claim, so the next delivery calls at once instead of waiting for it to expire."""
+        try:
+            self.store.replace(path, {**record.data, "callStartedAt": None, "callBy": None, "lastError": reason},
+                               record.generation)
+        except Conflict:
+            pass  # the record moved on under another worker: there is no claim of ours left to give up
 
     def _follow(self, request: ExportRequest, record: Document, path: str, deadline: Deadline,
                 worker: str) -> Document:

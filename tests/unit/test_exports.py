@@ -10,7 +10,7 @@ from handlers.exports.request import (
     parse_filter_lines,
     request_from_message,
 )
-from handlers.exports.job import EXPORT_SCHEMA, ExportJob
+from handlers.exports.job import EXPORT_SCHEMA, STARTING, ExportJob, operation_note_path
 from handlers.clients.healthcare import ApiError
 from handlers.batch.reporting import Reporter
 from handlers.retry import Deadline, RetryLater
@@ -119,6 +119,26 @@ def test_filtered_export_writes_the_filter_file_and_reports_once():
     assert len(s.api.exports) == 1 and len(s.publisher.messages) == 1
 
 
+def record_writes(store: MemoryStateStore, request_id: str) -> int:
+    return store.ops.count(("write", f"exports/{request_id}.json"))
+
+
+def test_the_record_is_written_three_times_created_claimed_then_result_then_done():
+    """Cloud Storage paces writes of one name a second apart: no claim or operation write before the result."""
+    s = Setup()
+    request = ExportRequest.build(store=STORE, destination="gs://out-bkt/dir", studies=["1.2"], request_id="r1")
+    with pytest.raises(RetryLater, match="still running"):
+        s.job.run(request, Deadline(60))
+    assert record_writes(s.store, "r1") == 1 and len(s.api.exports) == 1
+    [operation] = s.api.operations
+    claimed_by = s.store.read("exports/r1.json").data["callBy"]
+    assert s.store.read(operation_note_path("r1", claimed_by)).data["operation"] == operation
+    s.api.finish(operation, success=2)
+    s.new_job().run(request, Deadline(60))
+    assert record_writes(s.store, "r1") == 3
+    assert s.store.read("exports/r1.json").data["state"] == "done" and len(s.api.exports) == 1
+
+
 def test_whole_store_export_has_no_filter():
     s = Setup()
     request = ExportRequest.build(store=STORE, destination="gs://out-bkt/all", request_id="r2")
@@ -142,3 +162,53 @@ def test_invalid_request_is_reported_once_even_when_redelivered():
     assert first == second and first["outcome"] == "REJECTED"
     assert first["error"]["message"] == "study UID 'x' is not a DICOM UID"
     assert len(s.publisher.messages) == 1
+
+
+def claimed_record(s: Setup, request_id: str, claimed_at: float) -> None:
+    """A record whose call a worker claimed at ``claimed_at`` and which noted no operation (it died in the call)."""
+    s.store.create(f"exports/{request_id}.json", {
+        "state": STARTING, "requestId": request_id, "store": STORE, "destination": "gs://out-bkt/dir",
+        "mimeType": "application/dicom; transfer-syntax=*", "filterUri": None, "filter": None,
+        "requestedAt": claimed_at, "operation": None, "callStartedAt": claimed_at, "callBy": "dead-worker"})
+
+
+def test_a_claimed_call_without_a_note_is_waited_for_then_taken_over():
+    s = Setup()
+    request = ExportRequest.build(store=STORE, destination="gs://out-bkt/dir", request_id="r5")
+    claimed_record(s, "r5", s.clock())
+    with pytest.raises(RetryLater, match="another worker is starting export r5"):
+        s.new_job().run(request, Deadline(60))
+    assert s.api.exports == []
+    s.clock.sleep(121)
+    with pytest.raises(RetryLater, match="still running"):
+        s.new_job().run(request, Deadline(60))
+    assert len(s.api.exports) == 1 and s.store.read("exports/r5.json").data["callBy"] != "dead-worker"
+
+
+def test_a_redelivery_follows_the_noted_operation_without_calling_again():
+    s = Setup()
+    request = ExportRequest.build(store=STORE, destination="gs://out-bkt/dir", request_id="r6")
+    claimed_record(s, "r6", s.clock())
+    s.store.create(operation_note_path("r6", "dead-worker"), {"operation": "projects/p/operations/noted"})
+    s.api.operations["projects/p/operations/noted"] = {"name": "projects/p/operations/noted"}
+    s.api.finish("projects/p/operations/noted", success=3)
+    result = s.new_job().run(request, Deadline(60))
+    assert s.api.exports == [] and result["operation"] == "projects/p/operations/noted"
+    assert result["counter"] == {"success": 3, "failure": 0}
+
+
+@pytest.mark.parametrize("make_call_wait", ["retryable refusal", "budget spent before the call"])
+def test_a_call_put_off_releases_its_claim_so_the_next_delivery_calls_at_once(make_call_wait):
+    s = Setup()
+    request = ExportRequest.build(store=STORE, destination="gs://out-bkt/dir", request_id="r7")
+    if make_call_wait == "retryable refusal":
+        s.api.import_errors = [ApiError(503, "UNAVAILABLE", "try later")]
+        budget = Deadline(60)
+    else:
+        budget = Deadline(0)
+    with pytest.raises(RetryLater):
+        s.job.run(request, budget)
+    assert s.api.exports == [] and s.store.read("exports/r7.json").data["callBy"] is None
+    with pytest.raises(RetryLater, match="still running"):
+        s.new_job().run(request, Deadline(60))
+    assert len(s.api.exports) == 1
