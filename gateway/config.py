@@ -42,6 +42,8 @@ _TOP_LEVEL = ("dicom", "tls", "destination", "object_name", "spool", "uploads", 
 # AE titles: 1-16 characters of the default repertoire, no backslash, no control characters.
 _AE_TITLE_RE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+# A DICOM UID (PS3.5 9.1): numeric components without leading zeros, dot-separated, at most 64 characters.
+_SOP_CLASS_UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 _MIB = 1024 * 1024
 
 
@@ -64,6 +66,8 @@ class GatewayConfig:
     clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     max_associations: int
     max_pdu_bytes: int
+    #: Storage SOP classes accepted beside the standard ones pynetdicom knows (vendors' private ones).
+    additional_sop_classes: tuple[str, ...]
     reactor_wakeups: bool  # gateway.wakeups: pynetdicom's reactors woken by work, not only by their 1 ms polls
     tls: Tls | None
     bucket: str
@@ -117,7 +121,8 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> GatewayConfig:
     reader.unknown_keys(document, _TOP_LEVEL, "the top level")
 
     dicom = reader.section(document, "dicom", ("ae_title", "address", "port", "calling_ae_titles", "clients",
-                                               "max_associations", "max_pdu_bytes", "reactor_wakeups"))
+                                               "max_associations", "max_pdu_bytes", "additional_sop_classes",
+                                               "reactor_wakeups"))
     dicom_line = document.lines.get("dicom", 1)
     ae_title = _ae_title(reader, dicom, "ae_title", dicom_line)
     address = _string(reader, dicom, "address", "0.0.0.0")
@@ -126,6 +131,7 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> GatewayConfig:
     clients = _clients(reader, dicom)
     max_associations = int(reader.number(dicom, "max_associations", 10, 1, 1000, True))
     max_pdu = int(reader.number(dicom, "max_pdu_bytes", 65536, 0, 2**32 - 1, True))
+    additional = _sop_classes(reader, dicom, "additional_sop_classes")
     wakeups = dicom.get("reactor_wakeups", True)
     if not isinstance(wakeups, bool):
         reader.problem(dicom.lines["reactor_wakeups"], f"reactor_wakeups must be true (pynetdicom's reactors are woken "
@@ -159,7 +165,7 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> GatewayConfig:
         raise ConfigError(reader.problems)
     return GatewayConfig(
         path=path, ae_title=ae_title, address=address, port=port, calling_ae_titles=calling, clients=clients,
-        max_associations=max_associations, max_pdu_bytes=max_pdu, reactor_wakeups=wakeups, tls=tls,
+        max_associations=max_associations, max_pdu_bytes=max_pdu, additional_sop_classes=additional, reactor_wakeups=wakeups, tls=tls,
         bucket=bucket, prefix=prefix, object_name=object_name, spool_directory=spool_directory,
         spool_max_bytes=int(max_mb * _MIB),
         segment_bytes=max(1, int(segment_mb * _MIB)), upload_threads=threads, upload_processes=processes,
@@ -219,6 +225,33 @@ def _clients(reader: _Reader, section: _Map) -> tuple[Any, ...]:
         except ValueError:
             reader.problem(line, f"client {item!r} is not an IP address or network: write e.g. 10.1.2.3 or 10.1.2.0/24")
     return tuple(networks)
+
+
+def _sop_classes(reader: _Reader, section: _Map, key: str) -> tuple[str, ...]:
+    """A list of SOP Class UIDs, each checked (a UID, not a non-storage class pynetdicom knows); duplicates kept once."""
+    value = section.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, _List):
+        reader.problem(section.lines[key], f"{key} must be a list of SOP Class UIDs, e.g. [1.3.12.2.1107.5.9.1]")
+        return ()
+    from pynetdicom.service_class import ServiceClass, StorageServiceClass
+    from pynetdicom.sop_class import uid_to_service_class
+
+    uids: list[str] = []
+    for item, line in zip(value, value.lines):
+        uid = reader.interpolate(item, line, "SOP Class UID") if isinstance(item, str) else str(item)
+        if uid is None:
+            continue  # an unset ${NAME}: already reported
+        if not isinstance(item, str) or len(uid) > 64 or not _SOP_CLASS_UID_RE.fullmatch(uid):
+            reader.problem(line, f"{item!r} in {key} is not a SOP Class UID: digits and dots, no leading zeros, "
+                                 "at most 64 characters (quote it in YAML, e.g. '1.3.12.2.1107.5.9.1')")
+        elif (service := uid_to_service_class(uid)) not in (ServiceClass, StorageServiceClass):
+            reader.problem(line, f"{uid} in {key} is a SOP class of the {service.__name__}, not a storage one: "
+                                 "remove it (only storage SOP classes can be received)")
+        elif uid not in uids:
+            uids.append(uid)
+    return tuple(uids)
 
 
 def _tls(reader: _Reader, document: _Map) -> Tls | None:

@@ -79,6 +79,17 @@ class _JsonLogBridge(logging.Handler):
         writer(f"{record.name.split('.')[0]}: {record.getMessage()}"[:1000], logger=record.name)
 
 
+def _register_storage_classes(uids: tuple[str, ...]) -> None:
+    """Make pynetdicom serve C-STOREs of ``uids`` (private SOP classes it does not know) as storage."""
+    from pynetdicom import register_uid
+    from pynetdicom.service_class import StorageServiceClass
+    from pynetdicom.sop_class import uid_to_service_class
+
+    for uid in uids:
+        if uid_to_service_class(uid) is not StorageServiceClass:
+            register_uid(uid, "AdditionalStorage_" + uid.replace(".", "_"), StorageServiceClass)
+
+
 def _bridge_library_logs() -> None:
     """Every line the process writes stays JSON: the libraries' logs and Python warnings go through ``log``."""
     logging.captureWarnings(True)
@@ -101,7 +112,8 @@ class Receiver:
         self._server: Any = None
         self._associations: dict[int, _AssociationCount] = {}
         self._lock = threading.Lock()
-        self._storage_classes: frozenset[str] = frozenset()  # every storage SOP class pynetdicom knows, at start
+        # every storage SOP class pynetdicom knows and dicom.additional_sop_classes, at start
+        self._storage_classes: frozenset[str] = frozenset()
 
     @property
     def listening(self) -> bool:
@@ -131,10 +143,12 @@ class Receiver:
         ae.require_called_aet = True
         ae.network_timeout = 60
         ae.acse_timeout = 30
-        for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        _register_storage_classes(self.config.additional_sop_classes)
+        standard = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
+        self._storage_classes = frozenset([*standard, *self.config.additional_sop_classes])
+        for sop_class in sorted(self._storage_classes):
+            ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
-        self._storage_classes = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
         handlers = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_REJECTED, self._on_rejected),
@@ -148,7 +162,9 @@ class Receiver:
         self._server = ae.start_server((self.config.address, self.config.port), block=False,
                                        ssl_context=self._ssl_context(), evt_handlers=handlers)
         log.info("DICOM receiver listening", aeTitle=self.config.ae_title, address=self.config.address,
-                 port=self.port, tls=self.config.tls is not None, callingAETitles=list(self.config.calling_ae_titles))
+                 port=self.port, tls=self.config.tls is not None, callingAETitles=list(self.config.calling_ae_titles),
+                 storageSOPClasses=len(self._storage_classes),
+                 additionalSOPClasses=list(self.config.additional_sop_classes) or None)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Close the port, abort the associations still open and wait for their handlers to return.

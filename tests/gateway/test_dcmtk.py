@@ -80,3 +80,39 @@ def test_storescu_from_a_disallowed_ae_is_rejected(gateway: Any, tmp_path: Path)
     assert result.returncode != 0
     assert "Association Rejected" in result.stderr and "Calling AE Title Not Recognized" in result.stderr
     assert gateway.spool.stats().pending == 0
+
+
+# storescu proposes a SOP class it does not know only from a profile of its association config file (-xf).
+_PRIVATE_PROFILE = """[[TransferSyntaxes]]
+[Uncompressed]
+TransferSyntax1 = LittleEndianExplicit
+TransferSyntax2 = LittleEndianImplicit
+
+[[PresentationContexts]]
+[Private]
+PresentationContext1 = {uid}\\Uncompressed
+
+[[Profiles]]
+[Private]
+PresentationContexts = Private
+"""
+
+
+def test_storescu_sends_a_private_sop_class_listed_in_additional_sop_classes(tmp_path: Path, bucket: str,
+                                                                              fake_gcs: Any, storage_client: Any) -> None:
+    private = "1.3.12.2.1107.5.9.1"  # Siemens CSA Non-Image Storage
+    [(uids, data)] = samples.make_series(1)
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = private
+    dataset.save_as(tmp_path / "private.dcm")
+    (tmp_path / "private.cfg").write_text(_PRIVATE_PROFILE.format(uid=private))
+    dicom = (f"dicom:\n  ae_title: {AE_TITLE}\n  address: 127.0.0.1\n  port: 0\n  calling_ae_titles: [{CALLING}]\n"
+             f"  additional_sop_classes: ['{private}']\n")
+    with running_gateway(make_config(tmp_path / "spool", bucket, dicom=dicom),
+                         gcs_inbox_factory(bucket, fake_gcs.url)) as gateway:
+        result = dcmtk("storescu", "-xf", str(tmp_path / "private.cfg"), "Private", "-aet", CALLING, "-aec", AE_TITLE,
+                       "127.0.0.1", str(gateway.receiver.port), str(tmp_path / "private.dcm"))
+        assert result.returncode == 0 and "Store Failed" not in result.stderr, result.stderr
+        name = f"in/{CALLING}/{uids.study}/{uids.series}/{uids.sop}.dcm"
+        blob = wait_for(lambda: {b.name: b for b in storage_client.list_blobs(bucket)}.get(name), what=name)
+    assert pydicom.dcmread(io.BytesIO(blob.download_as_bytes())).SOPClassUID == private

@@ -150,6 +150,25 @@ def test_unknown_sop_class_context_is_refused_and_logged(gateway: Any) -> None:
     assert line["rejectedContexts"] == [{"abstractSyntax": private, "result": 3}]
 
 
+def test_additional_sop_classes_are_accepted_and_stored(tmp_path: Path, bucket: str, fake_gcs: Any,
+                                                        storage_client: Any) -> None:
+    """A vendor's private SOP class (here Siemens' CSA Non-Image Storage), listed in dicom.additional_sop_classes."""
+    private = "1.3.12.2.1107.5.9.1"
+    dicom = (f"dicom:\n  ae_title: {AE_TITLE}\n  address: 127.0.0.1\n  port: 0\n  calling_ae_titles: [{CALLING}]\n"
+             f"  additional_sop_classes: ['{private}']\n")
+    [(uids, data)] = samples.make_series(1)
+    dataset = read_dataset(data)
+    dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = private
+    config = make_config(tmp_path / "spool", bucket, dicom=dicom)
+    with captured_logs() as logs, running_gateway(config, gcs_inbox_factory(bucket, fake_gcs.url)) as gw:
+        assert send(gw.receiver.port, [dataset]) == [0x0000]
+        name = f"in/{CALLING}/{uids.study}/{uids.series}/{uids.sop}.dcm"
+        stored = wait_for(lambda: _objects(storage_client, bucket).get(name), what=name).download_as_bytes()
+        [listening] = [line for line in logs() if line["message"] == "DICOM receiver listening"]
+    assert pydicom.dcmread(io.BytesIO(stored)).SOPClassUID == private
+    assert listening["additionalSOPClasses"] == [private] and listening["storageSOPClasses"] > 100
+
+
 def _raw_store(port: int, context_sop_class: str, request_sop_class: str, dataset: bytes,
                sop_instance: str | None = None) -> int:
     """A C-STORE whose request and dataset are exactly as given (pynetdicom's primitives, not hand-written DIMSE)."""

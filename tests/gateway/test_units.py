@@ -39,6 +39,25 @@ def test_config_problems_name_the_line_and_the_fix(tmp_path: Path) -> None:
     assert any(p.startswith("gw.yaml:6: object_name uses {PatientName}, which is not a field") for p in problems)
 
 
+def test_additional_sop_classes_must_be_uids(tmp_path: Path) -> None:
+    dicom = ("dicom:\n  ae_title: GW\n  calling_ae_titles: [CT1]\n  additional_sop_classes:\n"
+             "    - '1.3.12.2.1107.5.9.1'\n    - 1.2\n    - '1.02.3'\n    - '1.3.12.2.1107.5.9.1'\n    - ${PRIVATE_SOP}\n"
+             "    - '1.2.840.10008.1.1'\n")
+    problems = _problems(config_text(tmp_path, "bkt", dicom=dicom))
+    assert problems[0].startswith("gw.yaml:6: 1.2 in additional_sop_classes is not a SOP Class UID")
+    assert "quote it in YAML" in problems[0]
+    assert problems[1].startswith("gw.yaml:7: '1.02.3' in additional_sop_classes is not a SOP Class UID")
+    assert problems[2].startswith("gw.yaml:9: SOP Class UID uses ${PRIVATE_SOP} but the environment does not set it")
+    assert problems[3] == ("gw.yaml:10: 1.2.840.10008.1.1 in additional_sop_classes is a SOP class of the "
+                           "VerificationServiceClass, not a storage one: remove it (only storage SOP classes can be received)")
+    assert len(problems) == 4
+    valid = ("dicom:\n  ae_title: GW\n  calling_ae_titles: [CT1]\n  additional_sop_classes:\n"
+             "    - '1.3.12.2.1107.5.9.1'\n    - ${PRIVATE_SOP}\n    - '1.3.12.2.1107.5.9.1'\n")
+    config = parse(config_text(tmp_path, "bkt", dicom=valid), "gw.yaml", {"PRIVATE_SOP": "1.2.840.113619.4.30"})
+    assert config.additional_sop_classes == ("1.3.12.2.1107.5.9.1", "1.2.840.113619.4.30")
+    assert parse(config_text(tmp_path, "bkt"), "gw.yaml", {}).additional_sop_classes == ()
+
+
 def test_config_requires_sop_instance_uid_in_the_name_and_a_spool(tmp_path: Path) -> None:
     text = config_text(tmp_path, "bkt", spool="", destination="destination: gs://bkt\nobject_name: '{StudyInstanceUID}.dcm'\n")
     problems = _problems(text)
