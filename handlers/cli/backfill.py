@@ -116,6 +116,8 @@ def list_objects(bucket: str, prefix: str) -> list[SourceObject]:
 
 
 def _admit(ctx: Context, plan: Plan, tally: Tally) -> None:
+    if any(group.source is not None for group in plan.groups):
+        backfill_run.wait_for_sweep(ctx.runtime, ctx.note)
     for group in plan.groups:
         if group.source is not None:
             status = backfill_run.submit_exact(ctx.runtime, plan, group, tally)

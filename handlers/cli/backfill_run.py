@@ -7,6 +7,11 @@
   so a rerun finds the record and resumes it instead of importing again.
 * A staged group goes object by object through ``Intake.admit`` (claims make a
   rerun idempotent), a few objects at a time.
+
+One-call groups wait for a running reconcile sweep to end first: a sweep
+admits claimless objects one by one, and the one call would import them again
+(the sweep reads backfill records before it admits, which covers a backfill
+that starts after this wait).
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ from handlers.cli.terminal import Progress
 from handlers.clients.storage import Conflict
 from handlers.entrypoints import ADMIT_BUDGET_SECONDS
 from handlers.events import StorageObject
+from handlers.reconcile.progress import live_sweep
 from handlers.retry import Deadline, RetryLater
 from handlers.runtime import Runtime
 
 ADMIT_WORKERS = 8
 POLL_SECONDS = 1.0
+SWEEP_POLL_SECONDS = 2.0
 # A batch of this run: new, resumed from an interrupted run, or covering objects admitted before this run.
 NEW, RESUMED, EARLIER = "new", "resumed", "earlier"
 NOT_ADMITTED = "not admitted in time (run the command again)"
@@ -53,6 +60,18 @@ class Tally:
 
 def source_object(bucket: str, item: SourceObject) -> StorageObject:
     return StorageObject(bucket, item.name, item.generation, None, "backfill")
+
+
+def wait_for_sweep(runtime: Runtime, note: Callable[[str], None], sleep: Callable[[float], None] = time.sleep,
+                   clock: Callable[[], float] = time.time) -> None:
+    """Return once no reconcile sweep is listing (none, published, or its worker gone quiet); ``note`` says why it waits."""
+    waiting_for = None
+    while (sweep := live_sweep(runtime.state, clock())) is not None:
+        if waiting_for != sweep:
+            waiting_for = sweep
+            note(f"waiting for reconcile sweep {sweep} to end: it admits objects one by one, "
+                 "which a one-call import would import again (Ctrl-C stops; nothing is written yet)")
+        sleep(SWEEP_POLL_SECONDS)
 
 
 def submit_exact(runtime: Runtime, plan: Plan, group: Group, tally: Tally, clock: Callable[[], float] = time.time) -> str:

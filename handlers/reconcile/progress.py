@@ -139,6 +139,14 @@ class Progress:
             raise SweepBusy("the checkpoint moved under this sweep") from None
 
 
+def live_sweep(store: StateStore, now: float) -> str | None:
+    """The id of the sweep still listing (``running``, its worker's heartbeat fresh at ``now``), if any."""
+    current = store.read(SWEEP_PATH)
+    if current is None or current.data["state"] != RUNNING or now - current.data["heartbeat"] >= ABANDONED_AFTER_SECONDS:
+        return None
+    return current.data["sweep"]
+
+
 def fresh_rule(rule: Rule) -> dict[str, Any]:
     """A rule's part of a new sweep: where its listing is, and its counters."""
     return {"bucket": rule.pattern.bucket, "prefix": rule.pattern.literal_prefix, "after": None, "done": False,

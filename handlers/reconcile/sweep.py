@@ -27,12 +27,13 @@ from typing import Any, Callable, Iterable, Iterator
 from handlers import log
 from handlers.batch import layout
 from handlers.batch.intake import DUPLICATE, Intake
-from handlers.batch.layout import EXACT_BATCH_PREFIX, PUBLISHING
+from handlers.batch.layout import PUBLISHING
 from handlers.batch.reporting import Reporter
 from handlers.clients.storage import Document, Source, SourceObject, StateStore
 from handlers.config import Config, Rule
 from handlers.events import StorageObject
 from handlers.reconcile import report
+from handlers.reconcile.backfills import BackfillCoverage
 from handlers.reconcile.progress import RUNNING, SWEEP_PATH, Progress, Window, window_of
 from handlers.retry import Deadline, RetryLater
 
@@ -94,7 +95,8 @@ class Sweeper:
         data = sweep.data
         if data["rules"][rule.name]["done"]:
             return sweep
-        backfilled = self._backfilled(rule, window)
+        backfilled = BackfillCoverage(self.store, rule, window)
+        backfilled.refresh()
         saved_at = time.monotonic()
         start = data["rules"][rule.name]
         for page in _pages(self.source.list(start["bucket"], start["prefix"], start["after"]), start["after"]):
@@ -116,8 +118,12 @@ class Sweeper:
         return progress.save(sweep, {**data, "rules": {**data["rules"], rule.name: done}})
 
     def _page(self, rule: Rule, page: list[SourceObject], window: Window,
-              backfilled: set[tuple[str, str]]) -> tuple[dict[str, int], list[dict[str, str]]]:
-        """Counters for one page, and the objects admitted (bucket, name, generation, rule, batch)."""
+              backfilled: BackfillCoverage) -> tuple[dict[str, int], list[dict[str, str]]]:
+        """Counters for one page, and the objects admitted (bucket, name, generation, rule, batch).
+
+        Before admitting, the rule's backfill records are read again: a backfill
+        that started since the rule's listing began covers its objects too.
+        """
         bucket = rule.pattern.bucket
         counts = {"listed": len(page), "inWindow": 0, "matched": 0, "covered": 0, "coveredByBackfill": 0,
                   "admitted": 0}
@@ -133,6 +139,9 @@ class Sweeper:
             candidates.append(StorageObject(bucket, item.name, item.generation, None, "reconcile"))
         with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
             claimed = list(pool.map(lambda obj: self._claim_batch(rule, obj), candidates))
+        if any(batch is None and (obj.name, obj.generation) not in backfilled
+               for obj, batch in zip(candidates, claimed)):
+            backfilled.refresh()
         uncovered = []
         for obj, batch in zip(candidates, claimed):
             if batch is not None:
@@ -166,22 +175,6 @@ class Sweeper:
         if batch is None:
             raise RetryLater(f"claim of an object admitted by reconcile not found (rule {rule.name!r})")
         return verdict, batch
-
-    def _backfilled(self, rule: Rule, window: Window) -> set[tuple[str, str]]:
-        """(name, generation) of the objects one-call backfill batches of this rule list.
-
-        Only records written since the window began can list an object created
-        in it (a backfill lists what exists when it runs).
-        """
-        covered: set[tuple[str, str]] = set()
-        for listed in self.store.list(f"batches/{rule.name}/{EXACT_BATCH_PREFIX}"):
-            if listed.created is not None and listed.created < window.start:
-                continue
-            record = self.store.read(listed.name)
-            for member in (record.data.get("members") or []) if record is not None else []:
-                if member.get("bucket") == rule.pattern.bucket:
-                    covered.add((member["name"], member["generation"]))
-        return covered
 
     # -- the end --------------------------------------------------------------------
     def _conclude(self, progress: Progress, sweep: Document) -> Document:

@@ -14,11 +14,13 @@ from handlers.cli.backfill_run import (
     admit_staged,
     submit_exact,
     wait_for_batches,
+    wait_for_sweep,
 )
 from handlers.cli.terminal import Progress
 from handlers.config import parse
 from handlers.batch.intake import Intake
 from handlers.batch.reporting import ABANDONED_AFTER_SECONDS
+from handlers.reconcile.progress import SWEEP_PATH
 from tests.cli.conftest import CONFIG_ENV
 from tests.fakes import FakeClock, MemoryStateStore
 
@@ -161,3 +163,27 @@ def test_a_run_cut_short_says_what_was_done_and_how_to_finish(cli, config_env, m
     failure = KeyboardInterrupt()
     result = cli(*argv)
     assert result.code == 130 and result.err.splitlines()[-1].startswith("interrupted: 0 of 1 object admitted")
+
+
+def test_one_call_groups_wait_for_a_sweep_that_is_listing():
+    rt = runtime()
+    sweep = {"sweep": "sweep-1", "state": "running", "heartbeat": rt.clock()}
+    generation = rt.state.create(SWEEP_PATH, sweep)
+    notes, naps = [], []
+
+    def nap(seconds: float) -> None:  # the sweep publishes after two polls
+        naps.append(seconds)
+        rt.clock.sleep(seconds)
+        if len(naps) == 2:
+            rt.state.replace(SWEEP_PATH, {**sweep, "state": "publishing"}, generation)
+
+    wait_for_sweep(rt, notes.append, sleep=nap, clock=rt.clock)
+    assert len(naps) == 2 and len(notes) == 1 and "sweep-1" in notes[0]
+
+
+def test_a_sweep_whose_worker_went_quiet_is_not_waited_for():
+    rt = runtime()
+    rt.state.create(SWEEP_PATH, {"sweep": "sweep-2", "state": "running", "heartbeat": rt.clock() - 301})
+    notes = []
+    wait_for_sweep(rt, notes.append, sleep=lambda s: (_ for _ in ()).throw(AssertionError("waited")), clock=rt.clock)
+    assert notes == []

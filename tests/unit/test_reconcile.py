@@ -136,6 +136,46 @@ def test_objects_of_a_one_call_backfill_are_recognised_without_claims():
     assert [item["uri"] for item in message["admitted"]] == ["gs://inbox-bkt/ct/old/2.dcm"]
 
 
+def test_a_backfill_started_while_the_rule_is_listed_is_recognised_before_admitting():
+    world = World()
+    objs = [world.put(f"ct/new/{i}.dcm", age=HOUR) for i in range(3)]
+    backfill_prefix = f"batches/ct/{layout.EXACT_BATCH_PREFIX}"
+    listings = []
+    real_list = world.store.list
+
+    def list_then_backfill(prefix: str):
+        found = list(real_list(prefix))
+        if prefix == backfill_prefix:
+            listings.append(prefix)
+            if len(listings) == 1:  # the backfill's record lands right after the rule's first read
+                members = [{"id": layout.object_id(o), "bucket": o.bucket, "name": o.name,
+                            "generation": o.generation} for o in objs]
+                world.store.create(layout.record_path("ct", layout.EXACT_BATCH_PREFIX + "late"),
+                                   {"batch": layout.EXACT_BATCH_PREFIX + "late", "rule": "ct", "state": LISTED,
+                                    "members": members})
+        return iter(found)
+
+    world.store.list = list_then_backfill
+    message = world.sweep()
+    assert by_rule(message)["ct"]["coveredByBackfill"] == 3 and message["admitted"] == [] and world.kicks == []
+    assert len(listings) == 2, "read again once, before admitting"
+
+
+def test_backfill_records_are_not_read_again_per_page(monkeypatch):
+    world = World()
+    monkeypatch.setattr(sweep_module, "PAGE", 2)
+    objs = [world.put(f"ct/b/{i}.dcm", age=HOUR) for i in range(6)]
+    members = [{"id": layout.object_id(o), "bucket": o.bucket, "name": o.name, "generation": o.generation}
+               for o in objs]
+    path = layout.record_path("ct", layout.EXACT_BATCH_PREFIX + "b")
+    world.store.create(path, {"batch": layout.EXACT_BATCH_PREFIX + "b", "rule": "ct", "state": LISTED,
+                              "members": members})
+    message = world.sweep()
+    assert by_rule(message)["ct"]["coveredByBackfill"] == 6
+    assert world.store.ops.count(("read", path)) == 1 and world.store.ops.count(
+        ("list", f"batches/ct/{layout.EXACT_BATCH_PREFIX}")) == 1
+
+
 def test_nothing_is_read_per_object_older_than_the_window():
     world = World()
     for i in range(50):
