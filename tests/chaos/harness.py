@@ -31,7 +31,7 @@ from localstack.stack import Stack
 from tests.e2e.helpers import covered_names, direct, storage, unique_prefix, upload, wait_for_names
 from tests.message_schemas import validate
 
-LOGGED_FUNCTIONS = ("function", "followup")
+LOGGED_FUNCTIONS = ("function", "followup", "export")
 RULE = "chaos"  # the only rule of tests/chaos/config.yaml
 
 

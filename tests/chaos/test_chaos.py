@@ -1,4 +1,4 @@
-"""The fault-injection suite of issues 5 and 10: eight scenarios, one after another, on one local stack.
+"""The fault-injection suite of issues 5 and 10: nine scenarios, one after another, on one local stack.
 
 Each scenario drops a fresh set of objects (valid DICOM and a few invalid
 ``.dcm`` files) under its own prefix, does its damage while the batches go
@@ -11,16 +11,19 @@ more kills and longer outages. See docs/chaos.md.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import random
 import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
+import pydicom
 import pytest
 import requests
 
@@ -29,7 +32,8 @@ from localstack.pubsub import PubSubRest
 from tests.chaos.conftest import MAX_WAIT
 from tests.chaos.harness import (Counters, Drop, Run, StateWatch, invalid_dicom, make_drop, sealed_record,
                                  upload_in_waves)
-from tests.e2e.helpers import direct, import_results_under, notification_event, storage_event, unique_prefix, upload
+from tests.e2e.helpers import (direct, import_results_under, notification_event, storage, storage_event, unique_prefix,
+                               upload)
 from tests.message_schemas import validate
 
 pytestmark = [pytest.mark.chaos, pytest.mark.stack, pytest.mark.slow]
@@ -534,4 +538,74 @@ def sweep_problems(run, drop, sweep: dict, lost: int) -> list[str]:
             validate(message.data, message.attributes)
         except Exception as exc:  # noqa: BLE001 - reported with the rest
             problems.append(f"reconcile result does not match its schema: {exc}")
+    return problems
+
+
+# 9 -------------------------------------------------------------------------------------------------
+EXPORT_FAULT_METHODS = ("dicomStores.export", "operations.get")
+
+
+def test_export_requests_under_cloud_storage_and_api_faults(stack, scale, report):
+    """Export requests, each published twice, while the API and Cloud Storage refuse calls: one result each."""
+    run = Run("export-faults", stack, scale, report)
+    env = stack.env
+    rng = random.Random()
+    drop = make_drop("export", scale.objects, scale.invalid_every, rng)
+    upload(direct(env), drop.files)
+    run.results_for(drop)  # the instances to export, imported before any fault
+    first = pydicom.dcmread(io.BytesIO(dict(drop.files)[next(iter(drop.valid))]), stop_before_pixels=True)
+    paths = [f"{first.StudyInstanceUID}/{first.SeriesInstanceUID}/{sop}" for sop in sorted(drop.valid.values())]
+    count = max(2, scale.objects // 10)
+    groups = {f"chaos-export-{uuid.uuid4().hex[:10]}": paths[i::count] for i in range(count)}
+    folder = drop.prefix.rstrip("/")
+
+    seed = seed_with_early_fault(rng, FAULT_RATE / 2)
+    api_rates = {"rate429": FAULT_RATE / 2, "rate503": FAULT_RATE / 2}
+    requests.put(faults_url(stack), json={"seed": seed, "methods": {m: api_rates for m in EXPORT_FAULT_METHODS}},
+                 timeout=10).raise_for_status()
+    gcs_spec = {"seed": seed, "methods": {"*": {"rate429": GCS_FAULT_RATE / 2, "rate503": GCS_FAULT_RATE / 2}}}
+    requests.put(f"{proxy_url(stack)}/faults", json=gcs_spec, timeout=10).raise_for_status()
+    pubsub = PubSubRest(env["PUBSUB_EMULATOR_HOST"])
+    try:
+        for _ in range(2):  # at-least-once: every request arrives twice
+            for request_id, group in groups.items():
+                body = {"requestId": request_id, "store": "main", "instances": group,
+                        "destination": f"gs://{env['EXPORT_BUCKET']}/{folder}/{request_id}"}
+                pubsub.publish(env["EXPORT_REQUESTS_TOPIC"], json.dumps(body).encode())
+        run.reader.until(lambda got: set(groups) <= {r.data.get("requestId") for r in got}, scale.timeout,
+                         quiet=scale.quiet)
+    finally:
+        requests.delete(faults_url(stack), timeout=10).raise_for_status()
+        requests.delete(f"{proxy_url(stack)}/faults", timeout=10).raise_for_status()
+    delta = Counters.read(stack) - run.before
+    run.note(f"seed {seed}, {len(groups)} exports (each requested twice), {delta.injected} API and "
+             f"{delta.gcs_injected} Cloud Storage calls refused")
+    run.finish(drop, checks=lambda: export_problems(run, groups, folder))
+    assert delta.injected + delta.gcs_injected > 0, "no fault fired: the scenario proved nothing"
+
+
+def export_problems(run, groups: dict[str, list[str]], folder: str) -> list[str]:
+    """One SUCCEEDED result per request, valid, counting its instances; exactly those files in its folder."""
+    problems = []
+    results = [r for r in run.reader.received if r.data.get("schema") == "dicom-export-result/v1"]
+    by_request = Counter(r.data["requestId"] for r in results)
+    bucket = storage(direct(run.env)).bucket(run.env["EXPORT_BUCKET"])
+    for request_id, group in groups.items():
+        mine = [r for r in results if r.data["requestId"] == request_id]
+        if by_request[request_id] != 1:
+            problems.append(f"export {request_id}: {by_request[request_id]} results, expected one")
+        if not mine:
+            continue
+        data = mine[0].data
+        try:
+            validate(data, mine[0].attributes)
+        except Exception as exc:  # noqa: BLE001 - reported with the rest
+            problems.append(f"export {request_id}: result does not match the schema: {exc}")
+        if data["outcome"] != "SUCCEEDED" or data["counter"]["success"] != len(group):
+            problems.append(f"export {request_id}: {data['outcome']} {data['counter']} {data.get('error')}, "
+                            f"expected SUCCEEDED with {len(group)} instances")
+        exported = {blob.name.rsplit("/", 1)[-1].removesuffix(".dcm")
+                    for blob in bucket.list_blobs(prefix=f"{folder}/{request_id}/")}
+        if exported != {path.rsplit("/", 1)[-1] for path in group}:
+            problems.append(f"export {request_id}: {len(exported)} files in its folder, expected {len(group)}")
     return problems
