@@ -38,7 +38,7 @@ NAME_FIELDS = (
     "StudyDate",
     "ReceivedDate",
 )
-_TOP_LEVEL = ("dicom", "tls", "destination", "object_name", "spool", "uploads", "health", "logs")
+_TOP_LEVEL = ("dicom", "tls", "commitment", "destination", "object_name", "spool", "uploads", "health", "logs")
 # AE titles: 1-16 characters of the default repertoire, no backslash, no control characters.
 _AE_TITLE_RE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
@@ -57,6 +57,14 @@ class Tls:
 
 
 @dataclass(frozen=True)
+class Commitment:
+    """Storage Commitment: where each calling AE title takes its N-EVENT-REPORT, and how long an instance may wait."""
+
+    peers: Mapping[str, tuple[str, int]]  # calling AE title -> (host, port)
+    wait_seconds: float
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     path: str
     ae_title: str
@@ -70,6 +78,7 @@ class GatewayConfig:
     additional_sop_classes: tuple[str, ...]
     reactor_wakeups: bool  # gateway.wakeups: pynetdicom's reactors woken by work, not only by their 1 ms polls
     tls: Tls | None
+    commitment: Commitment | None  # None: no Storage Commitment SCP
     bucket: str
     prefix: str  # "" or ending with "/"
     object_name: str
@@ -138,6 +147,7 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> GatewayConfig:
                                                        f"when there is work) or false (they only poll), got {wakeups!r}")
         wakeups = True
     tls = _tls(reader, document)
+    commitment = _commitment(reader, document, calling)
     bucket, prefix = _destination(reader, document)
     object_name = _object_name(reader, document)
 
@@ -166,6 +176,7 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> GatewayConfig:
     return GatewayConfig(
         path=path, ae_title=ae_title, address=address, port=port, calling_ae_titles=calling, clients=clients,
         max_associations=max_associations, max_pdu_bytes=max_pdu, additional_sop_classes=additional, reactor_wakeups=wakeups, tls=tls,
+        commitment=commitment,
         bucket=bucket, prefix=prefix, object_name=object_name, spool_directory=spool_directory,
         spool_max_bytes=int(max_mb * _MIB),
         segment_bytes=max(1, int(segment_mb * _MIB)), upload_threads=threads, upload_processes=processes,
@@ -252,6 +263,37 @@ def _sop_classes(reader: _Reader, section: _Map, key: str) -> tuple[str, ...]:
         elif uid not in uids:
             uids.append(uid)
     return tuple(uids)
+
+
+def _commitment(reader: _Reader, document: _Map, calling: tuple[str, ...]) -> Commitment | None:
+    """``commitment``: ``peers`` (AE title: host:port, each an allowed calling AE title) and ``wait_seconds``."""
+    if "commitment" not in document:
+        return None
+    section = reader.section(document, "commitment", ("peers", "wait_seconds"))
+    line = document.lines["commitment"]
+    wait = float(reader.number(section, "wait_seconds", 600, 1, 86400, False))
+    value = section.get("peers")
+    if not isinstance(value, _Map) or not value:
+        reader.problem(section.lines.get("peers", line), "'commitment' needs 'peers': where each modality takes its "
+                                                         "commitment reports, e.g. {CT_SCANNER_1: '10.20.0.15:104'}")
+        return None
+    peers: dict[str, tuple[str, int]] = {}
+    for title, address in value.items():
+        item_line = value.lines[title]
+        ae = _check_ae(reader, title, item_line, "commitment peer")
+        if ae and ae not in calling:
+            reader.problem(item_line, f"commitment peer {ae} is not in dicom.calling_ae_titles: it could never "
+                                      "associate to ask; add it there or remove it here")
+        text = reader.interpolate(address, item_line, f"commitment peer {title}") if isinstance(address, str) else None
+        host, _, port = (text or "").rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            if text is not None or not isinstance(address, str):
+                reader.problem(item_line, f"commitment peer {title}: {address!r} is not HOST:PORT (where the modality "
+                                          "listens for storage commitment reports, e.g. '10.20.0.15:104')")
+            continue
+        if ae:
+            peers[ae] = (host.strip("[]"), int(port))
+    return Commitment(peers, wait)
 
 
 def _tls(reader: _Reader, document: _Map) -> Tls | None:

@@ -104,10 +104,12 @@ def _bridge_library_logs() -> None:
 class Receiver:
     """Binds pynetdicom's events to the spool; ``start`` listens, ``stop`` closes the port."""
 
-    def __init__(self, config: GatewayConfig, spool: Spool, on_spooled: Callable[[Record], None]) -> None:
+    def __init__(self, config: GatewayConfig, spool: Spool, on_spooled: Callable[[Record], None],
+                 on_commitment: Callable[[Any], tuple[int, None]] | None = None) -> None:
         self.config = config
         self.spool = spool
         self.on_spooled = on_spooled
+        self.on_commitment = on_commitment  # the Storage Commitment SCP's N-ACTION handler, when configured
         self.namer = ObjectNamer(config.object_name, config.prefix)
         self._server: Any = None
         self._associations: dict[int, _AssociationCount] = {}
@@ -127,7 +129,7 @@ class Receiver:
 
     def start(self) -> None:
         from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, _config, evt
-        from pynetdicom.sop_class import Verification
+        from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 
         _config.LOG_HANDLER_LEVEL = "none"
         _bridge_library_logs()
@@ -149,6 +151,8 @@ class Receiver:
         for sop_class in sorted(self._storage_classes):
             ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
+        if self.on_commitment is not None:
+            ae.add_supported_context(StorageCommitmentPushModel)
         handlers = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_REJECTED, self._on_rejected),
@@ -159,10 +163,12 @@ class Receiver:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
+        if self.on_commitment is not None:
+            handlers.append((evt.EVT_N_ACTION, self.on_commitment))
         self._server = ae.start_server((self.config.address, self.config.port), block=False,
                                        ssl_context=self._ssl_context(), evt_handlers=handlers)
         log.info("DICOM receiver listening", aeTitle=self.config.ae_title, address=self.config.address,
-                 port=self.port, tls=self.config.tls is not None, callingAETitles=list(self.config.calling_ae_titles),
+                 port=self.port, tls=self.config.tls is not None, storageCommitment=self.on_commitment is not None, callingAETitles=list(self.config.calling_ae_titles),
                  storageSOPClasses=len(self._storage_classes),
                  additionalSOPClasses=list(self.config.additional_sop_classes) or None)
 
@@ -298,7 +304,8 @@ class Receiver:
         meta = file_meta(sop_class, sop_instance, transfer_syntax, calling)
         try:
             with request.DataSet.getbuffer() as dataset:  # the bytes as received, not copied
-                record = self.spool.append(name, (meta, dataset), {"callingAETitle": calling})
+                record = self.spool.append(name, (meta, dataset), {"callingAETitle": calling,
+                                                                   "sopInstanceUID": sop_instance})
         except SpoolFull as exc:
             return STATUS["out_of_resources"], f"spool full: {exc}", None
         except SpoolError as exc:

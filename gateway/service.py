@@ -8,11 +8,12 @@ from typing import Callable
 
 from handlers import log
 
+from .commitment import Committer, Ledger
 from .config import GatewayConfig
 from .health import Health
 from .inbox import GcsInbox, Inbox
 from .scp import Receiver
-from .spool import Spool
+from .spool import Record, Spool
 from .uploader import Uploader
 
 __all__ = ["Gateway"]
@@ -29,10 +30,15 @@ class Gateway:
     def __init__(self, config: GatewayConfig, inbox_factory: Callable[[], Inbox] | None = None) -> None:
         self.config = config
         self.spool = Spool(config.spool_directory, max_bytes=config.spool_max_bytes, segment_bytes=config.segment_bytes)
+        # Storage commitment, when configured: the ledger follows each instance from spool to bucket.
+        self.ledger = Ledger() if config.commitment else None
         self.uploader = Uploader(self.spool, inbox_factory or partial(GcsInbox, config.bucket), bucket=config.bucket,
                                  threads=config.upload_threads, processes=config.upload_processes,
-                                 max_backoff=config.max_backoff_seconds, names=config.names)
-        self.receiver = Receiver(config, self.spool, self.uploader.submit)
+                                 max_backoff=config.max_backoff_seconds, names=config.names,
+                                 on_uploaded=self.ledger.uploaded if self.ledger else lambda record: None)
+        self.committer = Committer(config, self.ledger) if self.ledger else None
+        self.receiver = Receiver(config, self.spool, self._spooled,
+                                 self.committer.on_action if self.committer else None)
         self.health = Health(self.spool, address=config.health_address, port=config.health_port,
                              stuck_after=config.stuck_after_seconds, stats_every=config.stats_every_seconds,
                              listening=lambda: self.receiver.listening)
@@ -44,12 +50,18 @@ class Gateway:
         log.info("spool resumed", directory=self.config.spool_directory, pending=stats.pending,
                  pendingBytes=stats.pending_bytes, segments=stats.segments)
         for record in recovered:
-            self.uploader.submit(record)
+            self._spooled(record)
         self.uploader.start()
         self.receiver.start()
         self.health.start()
         log.info("gateway started", destination=f"gs://{self.config.bucket}/{self.config.prefix}",
                  healthPort=self.health.port, dicomPort=self.receiver.port)
+
+    def _spooled(self, record: Record) -> None:
+        """A durable record: noted for storage commitment, queued for upload."""
+        if self.ledger is not None:
+            self.ledger.spooled(record)
+        self.uploader.submit(record)
 
     def stop(self) -> None:
         """Refuse new associations, stop uploading (the spool keeps what is left), close the spool."""
@@ -57,6 +69,8 @@ class Gateway:
             return
         self._stopped.set()
         self.receiver.stop()
+        if self.committer is not None:
+            self.committer.stop()
         self.health.stop()
         self.uploader.stop()
         self.spool.close()

@@ -105,8 +105,10 @@ class Uploader:
     """
 
     def __init__(self, spool: Spool, inbox_factory: Callable[[], Inbox], *, bucket: str, threads: int = 4,
-                 processes: int = 0, max_backoff: float = 60.0, names: NamePolicy = NamePolicy()) -> None:
+                 processes: int = 0, max_backoff: float = 60.0, names: NamePolicy = NamePolicy(),
+                 on_uploaded: Callable[[Record], None] = lambda record: None) -> None:
         self.spool = spool
+        self.on_uploaded = on_uploaded  # after a record is in the bucket and freed from the spool
         self.inbox_factory = inbox_factory
         self.bucket = bucket
         self.threads = threads
@@ -166,6 +168,7 @@ class Uploader:
                     self._stopping.wait(delay)
                     continue
                 self.spool.done(record)
+                self.on_uploaded(record)
                 self.last_success = time.time()
                 log.info("instance uploaded", object=self.names.uri(self.bucket, record.name), outcome=outcome,
                          bytes=record.length, attempts=attempt, seconds=round(time.monotonic() - started, 3),

@@ -1,0 +1,160 @@
+"""Storage Commitment Push Model: a pynetdicom modality asks (N-ACTION) and takes the report (N-EVENT-REPORT)."""
+
+from __future__ import annotations
+
+import queue
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from gateway.commitment import COMMITMENT_INSTANCE, NO_SUCH_INSTANCE, PROCESSING_FAILURE
+from gateway.config import ConfigError, parse
+from localstack import samples
+
+from .helpers import (
+    AE_TITLE,
+    CALLING,
+    captured_logs,
+    config_text,
+    gcs_inbox_factory,
+    make_config,
+    read_dataset,
+    running_gateway,
+    send,
+    wait_for,
+)
+
+pytestmark = pytest.mark.stack
+OTHER = "MODALITY2"  # allowed to associate, with no commitment.peers entry
+
+
+@contextmanager
+def modality_listening() -> Iterator[tuple[int, queue.Queue]]:
+    """The modality's own SCP, which takes N-EVENT-REPORTs: (its port, the reports received)."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import StorageCommitmentPushModel
+
+    reports: queue.Queue = queue.Queue()
+
+    def on_report(event: Any) -> tuple[int, None]:
+        reports.put((event.request.EventTypeID, event.assoc.requestor.ae_title, event.event_information))
+        return 0x0000, None
+
+    ae = AE(ae_title=CALLING)
+    ae.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    try:
+        yield server.server_address[1], reports
+    finally:
+        server.shutdown()
+
+
+def commitment_config(spool: Path, bucket: str, port: int, wait_seconds: float = 30) -> Any:
+    dicom = (f"dicom:\n  ae_title: {AE_TITLE}\n  address: 127.0.0.1\n  port: 0\n"
+             f"  calling_ae_titles: [{CALLING}, {OTHER}]\n")
+    commitment = f"commitment:\n  peers:\n    {CALLING}: '127.0.0.1:{port}'\n  wait_seconds: {wait_seconds}\n"
+    return make_config(spool, bucket, dicom=dicom + commitment)
+
+
+def ask(port: int, references: list[tuple[str, str]], *, calling: str = CALLING,
+        transaction: str | None = None) -> tuple[int, str]:
+    """The modality's N-ACTION (request storage commitment): the status answered, and the Transaction UID."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import StorageCommitmentPushModel
+
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(StorageCommitmentPushModel)
+    assoc = ae.associate("127.0.0.1", port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    request = Dataset()
+    request.TransactionUID = transaction or generate_uid()
+    items = []
+    for sop_class, sop_instance in references:
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
+        items.append(item)
+    request.ReferencedSOPSequence = items
+    try:
+        status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel, COMMITMENT_INSTANCE)
+    finally:
+        assoc.release()
+    return int(status.Status), request.TransactionUID
+
+
+def references_of(items: list[tuple[Any, bytes]]) -> list[tuple[str, str]]:
+    return [(str(read_dataset(data).SOPClassUID), uids.sop) for uids, data in items]
+
+
+def test_instances_are_committed_once_in_the_bucket_and_unknown_ones_are_named(
+        tmp_path: Path, bucket: str, fake_gcs: Any, storage_client: Any) -> None:
+    study = samples.make_series(3)
+    never_sent = ("1.2.840.10008.5.1.4.1.1.2", generate_uid())
+    with modality_listening() as (modality_port, reports), captured_logs() as logs, \
+            running_gateway(commitment_config(tmp_path / "spool", bucket, modality_port),
+                            gcs_inbox_factory(bucket, fake_gcs.url)) as gw:
+        assert send(gw.receiver.port, [read_dataset(data) for _, data in study]) == [0, 0, 0]
+        status, transaction = ask(gw.receiver.port, [*references_of(study), never_sent])
+        assert status == 0x0000
+        event_type, caller, report = reports.get(timeout=30)
+        uploaded = {blob.name.rsplit("/", 1)[-1] for blob in storage_client.list_blobs(bucket)}
+        reported = wait_for(lambda: [l for l in logs() if l["message"] == "storage commitment reported"], what="log")
+    assert (event_type, caller, report.TransactionUID) == (2, AE_TITLE, transaction)
+    committed = {item.ReferencedSOPInstanceUID for item in report.ReferencedSOPSequence}
+    assert committed == {uids.sop for uids, _ in study} and {f"{uid}.dcm" for uid in committed} <= uploaded
+    [failed] = report.FailedSOPSequence
+    assert (failed.ReferencedSOPInstanceUID, failed.FailureReason) == (never_sent[1], NO_SUCH_INSTANCE)
+    assert (reported[0]["committed"], reported[0]["failed"], reported[0]["notReceived"]) == (3, 1, 1)
+
+
+def test_an_instance_still_in_the_spool_when_the_wait_ends_is_reported_failed(tmp_path: Path, fake_gcs: Any) -> None:
+    """Cloud Storage unreachable (the bucket missing): spooled, acknowledged, never committed."""
+    [(uids, data)] = samples.make_series(1)
+    with modality_listening() as (modality_port, reports), \
+            running_gateway(commitment_config(tmp_path / "spool", "no-such-bucket-gw", modality_port, wait_seconds=1),
+                            gcs_inbox_factory("no-such-bucket-gw", fake_gcs.url)) as gw:
+        assert send(gw.receiver.port, [read_dataset(data)]) == [0]
+        assert ask(gw.receiver.port, references_of([(uids, data)]))[0] == 0x0000
+        event_type, _, report = reports.get(timeout=30)
+        assert gw.spool.stats().pending == 1, "it stays in the spool, to be uploaded later"
+    assert event_type == 2 and "ReferencedSOPSequence" not in report
+    assert [(item.ReferencedSOPInstanceUID, item.FailureReason) for item in report.FailedSOPSequence] == \
+        [(uids.sop, PROCESSING_FAILURE)]
+
+
+def test_a_modality_without_a_peer_entry_is_refused_and_all_committed_gives_event_type_1(
+        tmp_path: Path, bucket: str, fake_gcs: Any) -> None:
+    study = samples.make_series(2)
+    with modality_listening() as (modality_port, reports), captured_logs() as logs, \
+            running_gateway(commitment_config(tmp_path / "spool", bucket, modality_port),
+                            gcs_inbox_factory(bucket, fake_gcs.url)) as gw:
+        assert send(gw.receiver.port, [read_dataset(data) for _, data in study]) == [0, 0]
+        assert ask(gw.receiver.port, references_of(study), calling=OTHER)[0] == 0x0110
+        refused = [l for l in logs() if l["message"] == "storage commitment refused"]
+        assert ask(gw.receiver.port, references_of(study))[0] == 0x0000
+        event_type, _, report = reports.get(timeout=30)
+    assert refused and "no commitment.peers entry" in refused[0]["reason"] and refused[0]["callingAETitle"] == OTHER
+    assert event_type == 1 and len(report.ReferencedSOPSequence) == 2 and "FailedSOPSequence" not in report
+
+
+def test_commitment_config_problems_name_the_line(tmp_path: Path) -> None:
+    dicom = "dicom:\n  ae_title: GW\n  calling_ae_titles: [CT1]\n"
+    bad = ("commitment:\n  peers:\n    CT1: 10.0.0.1\n    CT2: '10.0.0.2:104'\n    CT1X: 'host:99999'\n"
+           "  wait_seconds: 0\n")
+    with pytest.raises(ConfigError) as caught:
+        parse(config_text(tmp_path, "bkt", dicom=dicom + bad), "gw.yaml", {})
+    problems = caught.value.problems
+    assert "gw.yaml:9: wait_seconds must be between 1 and 86400, got 0" in problems
+    assert any(p.startswith("gw.yaml:6: commitment peer CT1: '10.0.0.1' is not HOST:PORT") for p in problems)
+    assert any(p.startswith("gw.yaml:7: commitment peer CT2 is not in dicom.calling_ae_titles") for p in problems)
+    assert any(p.startswith("gw.yaml:8: commitment peer CT1X is not in dicom.calling_ae_titles") for p in problems)
+    assert any(p.startswith("gw.yaml:8: commitment peer CT1X: 'host:99999' is not HOST:PORT") for p in problems)
+    with pytest.raises(ConfigError, match="'commitment' needs 'peers'"):
+        parse(config_text(tmp_path, "bkt", dicom=dicom + "commitment:\n  wait_seconds: 5\n"), "gw.yaml", {})
+    config = parse(config_text(tmp_path, "bkt", dicom=dicom + "commitment:\n  peers: {CT1: 'ct.example:104'}\n"),
+                   "gw.yaml", {})
+    assert config.commitment is not None and config.commitment.peers == {"CT1": ("ct.example", 104)}
+    assert config.commitment.wait_seconds == 600
