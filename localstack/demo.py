@@ -4,7 +4,9 @@ Starts its own stack in ``.local/demo`` (a ``make up`` stack keeps running),
 uploads several studies in nested folders (a synthetic CT study and files that
 ship with pydicom), a corrupt ``.dcm``, a file no rule matches and one the
 config ignores, and sends a synthetic MR study by DICOM C-STORE (a pynetdicom
-SCU) to the stack's gateway, as a modality would; waits for the result messages
+SCU) to the stack's gateway, as a modality would, and asks for its storage
+commitment (N-ACTION; the report comes back once every instance is in the
+inbox bucket); waits for the result messages
 on Pub/Sub; prints them (how many objects of each batch came by C-STORE), and
 the failed file by its name and the API's reason; checks the store through
 QIDO; stops the stack. Exit status 1 if anything is
@@ -21,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from math import ceil
 from pathlib import Path
+from typing import Any
 
 from . import samples
 from .names import REPO_ROOT, Names
@@ -111,6 +114,57 @@ def send_by_cstore(env: dict[str, str], drop: Drop) -> list[int]:
         assoc.release()
 
 
+def ask_for_commitment(env: dict[str, str], drop: Drop, timeout: float = 90.0) -> tuple[int, int, int]:
+    """Storage commitment of the C-STORE'd study, as a modality asks it: (event type, committed, failed).
+
+    Listens on ``GATEWAY_COMMITMENT_PORT`` for the gateway's N-EVENT-REPORT, sends the
+    N-ACTION on a new association; (0, 0, 0) when no report came within ``timeout``.
+    """
+    import queue
+
+    import pydicom
+    from io import BytesIO
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import StorageCommitmentPushModel
+
+    reports: queue.Queue = queue.Queue()
+
+    def on_report(event: Any) -> tuple[int, None]:
+        reports.put((event.request.EventTypeID, event.event_information))
+        return 0x0000, None
+
+    listener = AE(ae_title=env["GATEWAY_CALLING_AE_TITLE"])
+    listener.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
+    server = listener.start_server(("127.0.0.1", int(env["GATEWAY_COMMITMENT_PORT"])), block=False,
+                                   evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    try:
+        request = Dataset()
+        request.TransactionUID = generate_uid()
+        request.ReferencedSOPSequence = []
+        for _, data in drop.cstore:
+            dataset, item = pydicom.dcmread(BytesIO(data), stop_before_pixels=True), Dataset()
+            item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = dataset.SOPClassUID, dataset.SOPInstanceUID
+            request.ReferencedSOPSequence.append(item)
+        ae = AE(ae_title=env["GATEWAY_CALLING_AE_TITLE"])
+        ae.add_requested_context(StorageCommitmentPushModel)
+        assoc = ae.associate(env["GATEWAY_HOST"], int(env["GATEWAY_PORT"]), ae_title=env["GATEWAY_AE_TITLE"])
+        if not assoc.is_established:
+            return 0, 0, 0
+        try:
+            assoc.send_n_action(request, 1, StorageCommitmentPushModel, "1.2.840.10008.1.20.1.1")
+        finally:
+            assoc.release()
+        try:
+            event_type, report = reports.get(timeout=timeout)
+        except queue.Empty:
+            return 0, 0, 0
+        return event_type, len(report.get("ReferencedSOPSequence", [])), len(report.get("FailedSOPSequence", []))
+    finally:
+        server.shutdown()
+
+
 def table(env: dict[str, str], results: list[Result], uploaded_at: float) -> str:
     header = (f"{'batch':<28} {'outcome':<9} {'objects':>7} {'C-STORE':>7} {'success':>7} {'failure':>7} "
               f"{'wait s':>6} {'latency s':>9}")
@@ -188,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         acknowledged = statuses.count(0)
         print(f"  {acknowledged}/{len(statuses)} C-STOREs acknowledged (each fsynced in the gateway's spool, "
               f"then uploaded to gs://{env['INBOX_BUCKET']}/{Names().gateway_prefix})", flush=True)
+        event_type, committed, failed = ask_for_commitment(env, drop)
+        print(f"  storage commitment: {committed}/{len(drop.cstore)} committed (N-EVENT-REPORT event type "
+              f"{event_type or 'none'}: each instance is in the inbox bucket)", flush=True)
         print(f"waiting for results on {env['RESULTS_SUBSCRIPTION']} ...", flush=True)
         results = reader.until(lambda got: covered_objects(got) >= drop.matched, WAIT_SECONDS, quiet=2.0)
         print()
@@ -201,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         problems = verify(env, drop, results, max_objects)
         if acknowledged != len(drop.cstore):
             problems.append(f"the gateway acknowledged {acknowledged} of {len(drop.cstore)} C-STOREs: {statuses}")
+        if (event_type, committed, failed) != (1, len(drop.cstore), 0):
+            problems.append(f"storage commitment: event type {event_type}, {committed} committed, {failed} failed, "
+                            f"expected all {len(drop.cstore)} committed")
         in_store = len(drop.valid_sops & store_sop_uids(env))
         print(f"store check (QIDO): {in_store}/{len(drop.valid_sops)} valid instances present")
         for problem in problems:

@@ -214,8 +214,8 @@ class Stack:
 
     def _start(self, started: float) -> None:
         names, workdir, owner = self.names, self.workdir, self.owner
-        pubsub_port, gcs_port, proxy_port, healthcare_port, bridge_port, *function_ports, dicom_port, gateway_port = (
-            free_ports(7 + len(self.function_specs)))
+        (pubsub_port, gcs_port, proxy_port, healthcare_port, bridge_port, *function_ports, dicom_port, gateway_port,
+         commitment_port) = free_ports(8 + len(self.function_specs))
         pubsub = start_pubsub_emulator(workdir, port=pubsub_port, wait=False, owner=owner)
         self.services["pubsub"] = pubsub
         gcs = start_fake_gcs(
@@ -258,7 +258,7 @@ class Stack:
                 wait=False,
                 owner=owner,
             )
-        env.update(self._start_gateway(env, dicom_port, gateway_port))
+        env.update(self._start_gateway(env, dicom_port, gateway_port, commitment_port))
         for service in list(self.services.values()):
             self.timings[f"{service.name}_ready_s"] = round(service.wait_ready(), 2)
         resources_started = time.monotonic()
@@ -275,12 +275,15 @@ class Stack:
         self.timings["start_s"] = round(time.monotonic() - started, 2)
         self._write_state()
 
-    def _start_gateway(self, env: Mapping[str, str], dicom_port: int, health_port: int) -> dict[str, str]:
+    def _start_gateway(self, env: Mapping[str, str], dicom_port: int, health_port: int,
+                       commitment_port: int) -> dict[str, str]:
         """Start the DICOM gateway (not waiting) against the Cloud Storage the functions use; its stack.env keys.
 
         Its config is ``workdir/gateway.yaml``, its spool ``workdir/gateway-spool``
         (emptied here: a new stack's buckets are empty too), kept across a restart
-        of the service, as on a real host.
+        of the service, as on a real host. Storage commitment reports for the local
+        modality go to ``commitment_port`` (``GATEWAY_COMMITMENT_PORT``), where the
+        demo listens while it asks.
         """
         names = self.names
         spool = self.workdir / "gateway-spool"
@@ -290,6 +293,8 @@ class Stack:
             "# Written by localstack.stack for the local stack (docs/gateway.md explains each key).\n"
             f"dicom:\n  ae_title: {names.gateway_ae_title}\n  address: 127.0.0.1\n  port: {dicom_port}\n"
             f"  calling_ae_titles: [{names.gateway_calling_ae_title}]\n"
+            f"commitment:\n  peers:\n    {names.gateway_calling_ae_title}: '127.0.0.1:{commitment_port}'\n"
+            "  wait_seconds: 60\n"
             f"destination: gs://{names.inbox_bucket}/{names.gateway_prefix}\n"
             f"spool:\n  directory: {spool}\n  max_megabytes: 4096\n"
             "uploads:\n  threads: 4\n  max_backoff_seconds: 2\n"
@@ -301,6 +306,7 @@ class Stack:
             "GATEWAY_PORT": str(dicom_port),
             "GATEWAY_AE_TITLE": names.gateway_ae_title,
             "GATEWAY_CALLING_AE_TITLE": names.gateway_calling_ae_title,
+            "GATEWAY_COMMITMENT_PORT": str(commitment_port),
         }
         storage_env = {key: env[key] for key in ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")}
         self.services["gateway"] = start_gateway(self.workdir, config_path=config_path, health_port=health_port,

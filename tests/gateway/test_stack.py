@@ -20,6 +20,7 @@ from localstack import samples
 from localstack.bridge import Backoff
 from localstack.observe import ResultsReader, result_object_uris, store_sop_uids
 from localstack.stack import Stack
+from tests.e2e.helpers import storage
 from tests.message_schemas import validate
 
 from .helpers import storage_contexts, wait_for
@@ -170,3 +171,19 @@ def test_gateway_killed_mid_study_loses_no_acknowledged_instance(stack: Stack) -
     wait_for(lambda: _healthz(stack)["pending"] == 0, what="spool drained")
     log = (stack.gateway.log_path).read_text()
     assert '"message": "spool resumed"' in log.split("starting")[-1]
+
+
+def test_the_local_modality_gets_its_storage_commitment_once_the_study_is_in_the_bucket(stack: Stack) -> None:
+    """The stack's gateway config sends LOCAL-SCU's reports to GATEWAY_COMMITMENT_PORT, where make demo listens."""
+    from localstack.demo import Drop, ask_for_commitment
+
+    env = stack.env
+    items = samples.make_series(3, modality="CT")
+    assoc = _associate(env, items)
+    try:
+        assert _send(assoc, items) == [0, 0, 0]
+    finally:
+        assoc.release()
+    assert ask_for_commitment(env, Drop(cstore=items), timeout=60) == (1, 3, 0)
+    inbox = storage(env).bucket(env["INBOX_BUCKET"])
+    assert all(inbox.get_blob(_object_uri(env, uids).split("/", 3)[3]) is not None for uids, _ in items)
