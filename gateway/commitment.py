@@ -124,9 +124,9 @@ class Committer:
             return STATUS["processing_failure"], None
         try:
             request = _request(calling, event.action_information)
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            log.warning("storage commitment refused", reason=f"the request lacks {exc}: it needs a Transaction UID "
-                        "and a Referenced SOP Sequence", **peer_fields)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for undecodable or incomplete data
+            log.warning("storage commitment refused", reason=f"unreadable request ({type(exc).__name__}: {exc}"[:300]
+                        + "): it needs a Transaction UID and a Referenced SOP Sequence", **peer_fields)
             return STATUS["missing_attribute"], None
         log.info("storage commitment requested", transactionUID=request.transaction,
                  instances=len(request.references), **peer_fields)

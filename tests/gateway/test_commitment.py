@@ -125,7 +125,7 @@ def test_an_instance_still_in_the_spool_when_the_wait_ends_is_reported_failed(tm
         [(uids.sop, PROCESSING_FAILURE)]
 
 
-def test_a_modality_without_a_peer_entry_is_refused_and_all_committed_gives_event_type_1(
+def test_refusals_and_all_committed_gives_event_type_1(
         tmp_path: Path, bucket: str, fake_gcs: Any) -> None:
     study = samples.make_series(2)
     with modality_listening() as (modality_port, reports), captured_logs() as logs, \
@@ -133,10 +133,12 @@ def test_a_modality_without_a_peer_entry_is_refused_and_all_committed_gives_even
                             gcs_inbox_factory(bucket, fake_gcs.url)) as gw:
         assert send(gw.receiver.port, [read_dataset(data) for _, data in study]) == [0, 0]
         assert ask(gw.receiver.port, references_of(study), calling=OTHER)[0] == 0x0110
+        assert ask(gw.receiver.port, [])[0] == 0x0120, "a request naming no instance"
         refused = [l for l in logs() if l["message"] == "storage commitment refused"]
         assert ask(gw.receiver.port, references_of(study))[0] == 0x0000
         event_type, _, report = reports.get(timeout=30)
-    assert refused and "no commitment.peers entry" in refused[0]["reason"] and refused[0]["callingAETitle"] == OTHER
+    assert len(refused) == 2 and "no commitment.peers entry" in refused[0]["reason"]
+    assert refused[0]["callingAETitle"] == OTHER and "Referenced SOP Sequence" in refused[1]["reason"]
     assert event_type == 1 and len(report.ReferencedSOPSequence) == 2 and "FailedSOPSequence" not in report
 
 
