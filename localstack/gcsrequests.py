@@ -31,7 +31,7 @@ _ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
          "objects.rewrite"),
         ("POST", rf"/storage/v1/b/{_BUCKET}/o/(?P<source>.+)/copyTo/b/(?P<dbucket>[^/]+)/o/(?P<dobject>.+)",
          "objects.copy"),
-        ("POST", rf"/storage/v1/b/(?P<dbucket>[^/]+)/o/(?P<dobject>.+)/compose", "objects.compose"),
+        ("POST", r"/storage/v1/b/(?P<dbucket>[^/]+)/o/(?P<dobject>.+)/compose", "objects.compose"),
         ("GET", rf"/storage/v1/b/{_BUCKET}/o/{_OBJECT}", "objects.get"),
         ("GET", rf"/download/storage/v1/b/{_BUCKET}/o/{_OBJECT}", "objects.get"),
         ("PATCH", rf"/storage/v1/b/{_BUCKET}/o/{_OBJECT}", "objects.patch"),
