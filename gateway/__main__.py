@@ -28,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
               f"calling AE titles allowed: {', '.join(config.calling_ae_titles)}")
         print(f"  objects  gs://{config.bucket}/{config.prefix}{config.object_name}")
         print(f"  spool    {config.spool_directory} (at most {config.spool_max_bytes // 2**20} MiB)")
+        if config.additional_sop_classes:
+            print(f"  also receives SOP classes {', '.join(config.additional_sop_classes)}")
+        if config.commitment:
+            peers = ", ".join(f"{ae} at {host}:{port}" for ae, (host, port) in config.commitment.peers.items())
+            print(f"  storage commitment reports to {peers} (waiting at most {config.commitment.wait_seconds:g} s)")
         return 0
 
     from handlers import log

@@ -160,3 +160,15 @@ def test_commitment_config_problems_name_the_line(tmp_path: Path) -> None:
                    "gw.yaml", {})
     assert config.commitment is not None and config.commitment.peers == {"CT1": ("ct.example", 104)}
     assert config.commitment.wait_seconds == 600
+
+
+def test_check_summarises_commitment_peers_and_additional_classes(tmp_path: Path, capsys: Any) -> None:
+    from gateway.__main__ import main
+
+    dicom = "dicom:\n  ae_title: GW\n  calling_ae_titles: [CT1]\n  additional_sop_classes: ['1.3.12.2.1107.5.9.1']\n"
+    path = tmp_path / "gw.yaml"
+    path.write_text(config_text(tmp_path, "bkt", dicom=dicom + "commitment:\n  peers: {CT1: 'ct.example:104'}\n"))
+    assert main(["--config", str(path), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "also receives SOP classes 1.3.12.2.1107.5.9.1" in out
+    assert "storage commitment reports to CT1 at ct.example:104 (waiting at most 600 s)" in out
