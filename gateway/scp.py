@@ -168,8 +168,8 @@ class Receiver:
         self._server = ae.start_server((self.config.address, self.config.port), block=False,
                                        ssl_context=self._ssl_context(), evt_handlers=handlers)
         log.info("DICOM receiver listening", aeTitle=self.config.ae_title, address=self.config.address,
-                 port=self.port, tls=self.config.tls is not None, storageCommitment=self.on_commitment is not None, callingAETitles=list(self.config.calling_ae_titles),
-                 storageSOPClasses=len(self._storage_classes),
+                 port=self.port, tls=self.config.tls is not None, callingAETitles=list(self.config.calling_ae_titles),
+                 storageCommitment=self.on_commitment is not None, storageSOPClasses=len(self._storage_classes),
                  additionalSOPClasses=list(self.config.additional_sop_classes) or None)
 
     def stop(self, timeout: float = 10.0) -> None:
