@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass, field
 from math import ceil
 from pathlib import Path
-from typing import Any
 
 from . import samples
 from .names import REPO_ROOT, Names
@@ -117,52 +116,30 @@ def send_by_cstore(env: dict[str, str], drop: Drop) -> list[int]:
 def ask_for_commitment(env: dict[str, str], drop: Drop, timeout: float = 90.0) -> tuple[int, int, int]:
     """Storage commitment of the C-STORE'd study, as a modality asks it: (event type, committed, failed).
 
-    Listens on ``GATEWAY_COMMITMENT_PORT`` for the gateway's N-EVENT-REPORT, sends the
+    Listens on ``GATEWAY_COMMITMENT_PORT`` for the gateway's N-EVENT-REPORT and sends the
     N-ACTION on a new association; (0, 0, 0) when no report came within ``timeout``.
     """
     import queue
 
     import pydicom
     from io import BytesIO
-    from pydicom.dataset import Dataset
     from pydicom.uid import generate_uid
-    from pynetdicom import AE, evt
-    from pynetdicom.sop_class import StorageCommitmentPushModel
 
-    reports: queue.Queue = queue.Queue()
+    from .modality import commitment_reports, request_commitment
 
-    def on_report(event: Any) -> tuple[int, None]:
-        reports.put((event.request.EventTypeID, event.event_information))
-        return 0x0000, None
-
-    listener = AE(ae_title=env["GATEWAY_CALLING_AE_TITLE"])
-    listener.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
-    server = listener.start_server(("127.0.0.1", int(env["GATEWAY_COMMITMENT_PORT"])), block=False,
-                                   evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
-    try:
-        request = Dataset()
-        request.TransactionUID = generate_uid()
-        request.ReferencedSOPSequence = []
-        for _, data in drop.cstore:
-            dataset, item = pydicom.dcmread(BytesIO(data), stop_before_pixels=True), Dataset()
-            item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = dataset.SOPClassUID, dataset.SOPInstanceUID
-            request.ReferencedSOPSequence.append(item)
-        ae = AE(ae_title=env["GATEWAY_CALLING_AE_TITLE"])
-        ae.add_requested_context(StorageCommitmentPushModel)
-        assoc = ae.associate(env["GATEWAY_HOST"], int(env["GATEWAY_PORT"]), ae_title=env["GATEWAY_AE_TITLE"])
-        if not assoc.is_established:
+    datasets = [pydicom.dcmread(BytesIO(data), stop_before_pixels=True) for _, data in drop.cstore]
+    references = [(str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in datasets]
+    calling = env["GATEWAY_CALLING_AE_TITLE"]
+    with commitment_reports(calling, int(env["GATEWAY_COMMITMENT_PORT"])) as (_, reports):
+        status = request_commitment(env["GATEWAY_HOST"], int(env["GATEWAY_PORT"]), env["GATEWAY_AE_TITLE"], calling,
+                                    references, generate_uid())
+        if status != 0:
             return 0, 0, 0
         try:
-            assoc.send_n_action(request, 1, StorageCommitmentPushModel, "1.2.840.10008.1.20.1.1")
-        finally:
-            assoc.release()
-        try:
-            event_type, report = reports.get(timeout=timeout)
+            event_type, _, report = reports.get(timeout=timeout)
         except queue.Empty:
             return 0, 0, 0
-        return event_type, len(report.get("ReferencedSOPSequence", [])), len(report.get("FailedSOPSequence", []))
-    finally:
-        server.shutdown()
+    return event_type, len(report.get("ReferencedSOPSequence", [])), len(report.get("FailedSOPSequence", []))
 
 
 def table(env: dict[str, str], results: list[Result], uploaded_at: float) -> str:

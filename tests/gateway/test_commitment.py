@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import queue
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from gateway.commitment import COMMITMENT_INSTANCE, NO_SUCH_INSTANCE, PROCESSING_FAILURE
+from gateway.commitment import NO_SUCH_INSTANCE, PROCESSING_FAILURE
 from gateway.config import ConfigError, parse
 from localstack import samples
+from localstack.modality import commitment_reports, request_commitment
 
 from .helpers import (
     AE_TITLE,
@@ -32,27 +30,6 @@ pytestmark = pytest.mark.stack
 OTHER = "MODALITY2"  # allowed to associate, with no commitment.peers entry
 
 
-@contextmanager
-def modality_listening() -> Iterator[tuple[int, queue.Queue]]:
-    """The modality's own SCP, which takes N-EVENT-REPORTs: (its port, the reports received)."""
-    from pynetdicom import AE, evt
-    from pynetdicom.sop_class import StorageCommitmentPushModel
-
-    reports: queue.Queue = queue.Queue()
-
-    def on_report(event: Any) -> tuple[int, None]:
-        reports.put((event.request.EventTypeID, event.assoc.requestor.ae_title, event.event_information))
-        return 0x0000, None
-
-    ae = AE(ae_title=CALLING)
-    ae.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
-    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
-    try:
-        yield server.server_address[1], reports
-    finally:
-        server.shutdown()
-
-
 def commitment_config(spool: Path, bucket: str, port: int, wait_seconds: float = 30) -> Any:
     dicom = (f"dicom:\n  ae_title: {AE_TITLE}\n  address: 127.0.0.1\n  port: 0\n"
              f"  calling_ae_titles: [{CALLING}, {OTHER}]\n")
@@ -60,29 +37,10 @@ def commitment_config(spool: Path, bucket: str, port: int, wait_seconds: float =
     return make_config(spool, bucket, dicom=dicom + commitment)
 
 
-def ask(port: int, references: list[tuple[str, str]], *, calling: str = CALLING,
-        transaction: str | None = None) -> tuple[int, str]:
+def ask(port: int, references: list[tuple[str, str]], *, calling: str = CALLING) -> tuple[int, str]:
     """The modality's N-ACTION (request storage commitment): the status answered, and the Transaction UID."""
-    from pynetdicom import AE
-    from pynetdicom.sop_class import StorageCommitmentPushModel
-
-    ae = AE(ae_title=calling)
-    ae.add_requested_context(StorageCommitmentPushModel)
-    assoc = ae.associate("127.0.0.1", port, ae_title=AE_TITLE)
-    assert assoc.is_established
-    request = Dataset()
-    request.TransactionUID = transaction or generate_uid()
-    items = []
-    for sop_class, sop_instance in references:
-        item = Dataset()
-        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
-        items.append(item)
-    request.ReferencedSOPSequence = items
-    try:
-        status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel, COMMITMENT_INSTANCE)
-    finally:
-        assoc.release()
-    return int(status.Status), request.TransactionUID
+    transaction = generate_uid()
+    return request_commitment("127.0.0.1", port, AE_TITLE, calling, references, transaction), transaction
 
 
 def references_of(items: list[tuple[Any, bytes]]) -> list[tuple[str, str]]:
@@ -93,7 +51,7 @@ def test_instances_are_committed_once_in_the_bucket_and_unknown_ones_are_named(
         tmp_path: Path, bucket: str, fake_gcs: Any, storage_client: Any) -> None:
     study = samples.make_series(3)
     never_sent = ("1.2.840.10008.5.1.4.1.1.2", generate_uid())
-    with modality_listening() as (modality_port, reports), captured_logs() as logs, \
+    with commitment_reports(CALLING) as (modality_port, reports), captured_logs() as logs, \
             running_gateway(commitment_config(tmp_path / "spool", bucket, modality_port),
                             gcs_inbox_factory(bucket, fake_gcs.url)) as gw:
         assert send(gw.receiver.port, [read_dataset(data) for _, data in study]) == [0, 0, 0]
@@ -113,7 +71,7 @@ def test_instances_are_committed_once_in_the_bucket_and_unknown_ones_are_named(
 def test_an_instance_still_in_the_spool_when_the_wait_ends_is_reported_failed(tmp_path: Path, fake_gcs: Any) -> None:
     """Cloud Storage unreachable (the bucket missing): spooled, acknowledged, never committed."""
     [(uids, data)] = samples.make_series(1)
-    with modality_listening() as (modality_port, reports), \
+    with commitment_reports(CALLING) as (modality_port, reports), \
             running_gateway(commitment_config(tmp_path / "spool", "no-such-bucket-gw", modality_port, wait_seconds=1),
                             gcs_inbox_factory("no-such-bucket-gw", fake_gcs.url)) as gw:
         assert send(gw.receiver.port, [read_dataset(data)]) == [0]
@@ -128,7 +86,7 @@ def test_an_instance_still_in_the_spool_when_the_wait_ends_is_reported_failed(tm
 def test_refusals_and_all_committed_gives_event_type_1(
         tmp_path: Path, bucket: str, fake_gcs: Any) -> None:
     study = samples.make_series(2)
-    with modality_listening() as (modality_port, reports), captured_logs() as logs, \
+    with commitment_reports(CALLING) as (modality_port, reports), captured_logs() as logs, \
             running_gateway(commitment_config(tmp_path / "spool", bucket, modality_port),
                             gcs_inbox_factory(bucket, fake_gcs.url)) as gw:
         assert send(gw.receiver.port, [read_dataset(data) for _, data in study]) == [0, 0]
