@@ -40,7 +40,8 @@ COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
 LEDGER_SIZE = 200_000
 NO_SUCH_INSTANCE, PROCESSING_FAILURE = 0x0112, 0x0110
 REPORT_ATTEMPTS = 4
-STATUS = {"success": 0x0000, "processing_failure": 0x0110, "no_such_action": 0x0123, "missing_attribute": 0x0120}
+STATUS = {"success": 0x0000, "processing_failure": PROCESSING_FAILURE, "no_such_action": 0x0123,
+          "missing_attribute": 0x0120}
 
 
 class Ledger:
@@ -207,13 +208,14 @@ def _report(transaction: str, committed: list[tuple[str, str]], failed: list[tup
     report = Dataset()
     report.TransactionUID = transaction
     if committed:
-        report.ReferencedSOPSequence = [_item(cls, uid) for cls, uid in committed]
+        report.ReferencedSOPSequence = [sop_reference(cls, uid) for cls, uid in committed]
     if failed:
-        report.FailedSOPSequence = [_item(cls, uid, reason) for cls, uid, reason in failed]
+        report.FailedSOPSequence = [sop_reference(cls, uid, reason) for cls, uid, reason in failed]
     return report
 
 
-def _item(sop_class: str, sop_instance: str, reason: int | None = None) -> Any:
+def sop_reference(sop_class: str, sop_instance: str, reason: int | None = None) -> Any:
+    """An item of a Referenced (or, with ``reason``, Failed) SOP Sequence: request and report alike."""
     from pydicom.dataset import Dataset
 
     item = Dataset()

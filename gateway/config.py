@@ -175,8 +175,8 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> GatewayConfig:
         raise ConfigError(reader.problems)
     return GatewayConfig(
         path=path, ae_title=ae_title, address=address, port=port, calling_ae_titles=calling, clients=clients,
-        max_associations=max_associations, max_pdu_bytes=max_pdu, additional_sop_classes=additional, reactor_wakeups=wakeups, tls=tls,
-        commitment=commitment,
+        max_associations=max_associations, max_pdu_bytes=max_pdu, additional_sop_classes=additional,
+        reactor_wakeups=wakeups, tls=tls, commitment=commitment,
         bucket=bucket, prefix=prefix, object_name=object_name, spool_directory=spool_directory,
         spool_max_bytes=int(max_mb * _MIB),
         segment_bytes=max(1, int(segment_mb * _MIB)), upload_threads=threads, upload_processes=processes,

@@ -10,7 +10,7 @@ import queue
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from gateway.commitment import COMMITMENT_INSTANCE
+from gateway.commitment import COMMITMENT_INSTANCE, sop_reference
 
 
 @contextmanager
@@ -44,11 +44,7 @@ def request_commitment(host: str, port: int, called: str, calling: str, referenc
 
     request = Dataset()
     request.TransactionUID = transaction
-    request.ReferencedSOPSequence = []
-    for sop_class, sop_instance in references:
-        item = Dataset()
-        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
-        request.ReferencedSOPSequence.append(item)
+    request.ReferencedSOPSequence = [sop_reference(sop_class, sop_instance) for sop_class, sop_instance in references]
     ae = AE(ae_title=calling)
     ae.add_requested_context(StorageCommitmentPushModel)
     assoc = ae.associate(host, port, ae_title=called)
