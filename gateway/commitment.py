@@ -10,11 +10,17 @@ when all are committed, 2 with a Failed SOP Sequence otherwise, whose reasons
 (PS3.3 C.14.1.1) are
 
 =======  ======================  ==================================================
-0x0112   No such object instance  not received since this process started (the
-                                  ledger is in memory: the modality sends it again)
+0x0112   No such object instance  not received, or received before the newest
+                                  ``LEDGER_SIZE`` instances (the modality sends it again)
 0x0110   Processing failure       still in the spool after ``wait_seconds`` (Cloud
                                   Storage unreachable): it stays there and is uploaded
 =======  ======================  ==================================================
+
+What is in the bucket survives a restart: each upload appends the instance's
+UID to a journal in the spool directory (``commitment.journal``, flushed, not
+fsynced: a power loss may forget the last few, which are then reported
+0x0112 and sent again, never committed unsent), compacted to the newest
+``LEDGER_SIZE`` once it holds twice as many lines.
 
 A report the modality does not take is tried again a few times, then given up
 with a WARNING: the modality asks again (its own timeout), which is the
@@ -23,11 +29,14 @@ standard's recovery.
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from handlers import log
 
@@ -38,6 +47,8 @@ from .spool import Record
 COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
 # The newest instances the ledger remembers (about 150 bytes each).
 LEDGER_SIZE = 200_000
+JOURNAL_NAME = "commitment.journal"
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 NO_SUCH_INSTANCE, PROCESSING_FAILURE = 0x0112, 0x0110
 REPORT_ATTEMPTS = 4
 STATUS = {"success": 0x0000, "processing_failure": PROCESSING_FAILURE, "no_such_action": 0x0123,
@@ -45,12 +56,24 @@ STATUS = {"success": 0x0000, "processing_failure": PROCESSING_FAILURE, "no_such_
 
 
 class Ledger:
-    """SOP instances received since this process started: how many copies wait in the spool, whether one is uploaded."""
+    """SOP instances received: how many copies wait in the spool, whether one is uploaded.
 
-    def __init__(self, size: int = LEDGER_SIZE) -> None:
+    With ``journal``, the uploaded ones are remembered across restarts (read back
+    at construction); :meth:`close` closes the journal.
+    """
+
+    def __init__(self, journal: Path | None = None, size: int = LEDGER_SIZE) -> None:
         self.size = size
         self._entries: OrderedDict[str, list[int]] = OrderedDict()  # uid -> [copies spooled, copies uploaded]
         self._changed = threading.Condition()
+        self._journal = journal
+        self._journal_file: IO[str] | None = None
+        self._journal_lines = 0
+        if journal is not None:
+            journal.parent.mkdir(parents=True, exist_ok=True)
+            for uid in _journaled(journal):
+                self._remember(uid)[:] = [1, 1]
+            self._compact()
 
     def spooled(self, record: Record) -> None:
         """A C-STORE of this instance was acknowledged (or recovered from the spool at start)."""
@@ -58,20 +81,52 @@ class Ledger:
         if not uid:
             return
         with self._changed:
-            entry = self._entries.setdefault(uid, [0, 0])
-            entry[0] += 1
-            self._entries.move_to_end(uid)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
+            self._remember(uid)[0] += 1
 
     def uploaded(self, record: Record) -> None:
-        """A spooled copy of this instance is in the bucket."""
+        """A spooled copy of this instance is in the bucket: noted in the journal, waiters woken."""
         uid = record.meta.get("sopInstanceUID")
         with self._changed:
             entry = self._entries.get(uid or "")
-            if entry is not None:
-                entry[1] += 1
-                self._changed.notify_all()
+            if entry is None:
+                return
+            entry[1] += 1
+            if self._journal_file is not None:
+                self._journal_file.write(f"{uid}\n")
+                self._journal_file.flush()
+                self._journal_lines += 1
+                if self._journal_lines > 2 * self.size:
+                    self._compact()
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        with self._changed:
+            if self._journal_file is not None:
+                self._journal_file.close()
+                self._journal_file = None
+
+    def _remember(self, uid: str) -> list[int]:
+        """The entry of ``uid``, now the newest; the oldest forgotten past ``size``."""
+        entry = self._entries.setdefault(uid, [0, 0])
+        self._entries.move_to_end(uid)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return entry
+
+    def _compact(self) -> None:
+        """Rewrite the journal as the uploaded instances remembered now, oldest first, and append to it."""
+        assert self._journal is not None
+        if self._journal_file is not None:
+            self._journal_file.close()
+        uploaded = [uid for uid, (_, copies) in self._entries.items() if copies]
+        partial = self._journal.with_name(self._journal.name + ".tmp")
+        with open(partial, "w", encoding="ascii") as out:
+            out.write("".join(f"{uid}\n" for uid in uploaded))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, self._journal)
+        self._journal_file = open(self._journal, "a", encoding="ascii")  # noqa: SIM115 - closed by close()
+        self._journal_lines = len(uploaded)
 
     def committed(self, uid: str) -> bool | None:
         """True: every copy received is in the bucket; False: one still waits in the spool; None: never received."""
@@ -191,6 +246,15 @@ def _send_report(ae_title: str, calling: str, host: str, port: int, report: Any,
         assoc.release()
     code = int(status.Status) if status is not None and "Status" in status else None
     return None if code == 0 else f"N-EVENT-REPORT answered {code if code is None else f'0x{code:04X}'}"
+
+
+def _journaled(journal: Path) -> list[str]:
+    """The UIDs in a journal, oldest first; a last line a crash cut short (no newline) is skipped."""
+    try:
+        *lines, _unfinished = journal.read_text(encoding="ascii", errors="replace").split("\n")
+    except FileNotFoundError:
+        return []
+    return [line for line in lines if _UID.fullmatch(line) and len(line) <= 64]
 
 
 def _request(calling: str, dataset: Any) -> Request:

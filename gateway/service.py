@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 from functools import partial
+from pathlib import Path
 from typing import Callable
 
 from handlers import log
 
-from .commitment import Committer, Ledger
+from .commitment import JOURNAL_NAME, Committer, Ledger
 from .config import GatewayConfig
 from .health import Health
 from .inbox import GcsInbox, Inbox
@@ -31,7 +32,7 @@ class Gateway:
         self.config = config
         self.spool = Spool(config.spool_directory, max_bytes=config.spool_max_bytes, segment_bytes=config.segment_bytes)
         # Storage commitment, when configured: the ledger follows each instance from spool to bucket.
-        self.ledger = Ledger() if config.commitment else None
+        self.ledger = Ledger(Path(config.spool_directory) / JOURNAL_NAME) if config.commitment else None
         self.uploader = Uploader(self.spool, inbox_factory or partial(GcsInbox, config.bucket), bucket=config.bucket,
                                  threads=config.upload_threads, processes=config.upload_processes,
                                  max_backoff=config.max_backoff_seconds, names=config.names,
@@ -73,5 +74,7 @@ class Gateway:
             self.committer.stop()
         self.health.stop()
         self.uploader.stop()
+        if self.ledger is not None:
+            self.ledger.close()
         self.spool.close()
         log.info("gateway stopped")

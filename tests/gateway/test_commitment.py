@@ -30,11 +30,11 @@ pytestmark = pytest.mark.stack
 OTHER = "MODALITY2"  # allowed to associate, with no commitment.peers entry
 
 
-def commitment_config(spool: Path, bucket: str, port: int, wait_seconds: float = 30) -> Any:
+def commitment_config(spool_dir: Path, bucket: str, port: int, wait_seconds: float = 30, **sections: str) -> Any:
     dicom = (f"dicom:\n  ae_title: {AE_TITLE}\n  address: 127.0.0.1\n  port: 0\n"
              f"  calling_ae_titles: [{CALLING}, {OTHER}]\n")
     commitment = f"commitment:\n  peers:\n    {CALLING}: '127.0.0.1:{port}'\n  wait_seconds: {wait_seconds}\n"
-    return make_config(spool, bucket, dicom=dicom + commitment)
+    return make_config(spool_dir, bucket, dicom=dicom + commitment, **sections)
 
 
 def ask(port: int, references: list[tuple[str, str]], *, calling: str = CALLING) -> tuple[int, str]:
@@ -130,3 +130,22 @@ def test_check_summarises_commitment_peers_and_additional_classes(tmp_path: Path
     out = capsys.readouterr().out
     assert "also receives SOP classes 1.3.12.2.1107.5.9.1" in out
     assert "storage commitment reports to CT1 at ct.example:104 (waiting at most 600 s)" in out
+
+
+def test_instances_uploaded_before_a_restart_are_still_committed(
+        tmp_path: Path, bucket: str, fake_gcs: Any) -> None:
+    """Their spool segments are gone (a segment per instance here), so only the journal remembers them."""
+    *study, last = samples.make_series(3)
+    spool = tmp_path / "spool"
+    small_segments = f"spool:\n  directory: {spool}\n  max_megabytes: 64\n  segment_megabytes: 0.001\n"
+    with commitment_reports(CALLING) as (modality_port, reports):
+        config = commitment_config(spool, bucket, modality_port, spool=small_segments)
+        with running_gateway(config, gcs_inbox_factory(bucket, fake_gcs.url)) as gw:
+            assert send(gw.receiver.port, [read_dataset(data) for _, data in [*study, last]]) == [0, 0, 0]
+            wait_for(lambda: gw.spool.stats().pending == 0, what="uploads")
+        assert len(list(spool.glob("*.seg"))) <= 1, "only the last instance's segment may be left"
+        with running_gateway(config, gcs_inbox_factory(bucket, fake_gcs.url)) as restarted:
+            assert ask(restarted.receiver.port, references_of(study))[0] == 0x0000
+            event_type, _, report = reports.get(timeout=30)
+    assert event_type == 1 and "FailedSOPSequence" not in report
+    assert {item.ReferencedSOPInstanceUID for item in report.ReferencedSOPSequence} == {uids.sop for uids, _ in study}

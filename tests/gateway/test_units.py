@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.commitment import JOURNAL_NAME, Ledger
 from gateway.config import DEFAULT_OBJECT_NAME, ConfigError, load, parse
 from gateway.naming import MissingUid, ObjectNamer, safe_value
-from gateway.spool import Spool, SpoolFull
+from gateway.spool import Record, Spool, SpoolFull
 from localstack.names import REPO_ROOT
 
 from .helpers import config_text
@@ -294,3 +295,38 @@ def test_a_failed_fdatasync_is_not_acknowledged(tmp_path: Path, monkeypatch: pyt
     monkeypatch.undo()
     record = spool.append("b.dcm", b"y" * 100)
     assert record.read() == b"y" * 100 and spool.stats().pending == 1
+
+
+def _record(uid: str) -> Record:
+    return Record(Path("spool.seg"), 0, 1, f"{uid}.dcm", 0, 0.0, {"sopInstanceUID": uid})
+
+
+def test_commitment_ledger_remembers_uploads_across_a_restart_and_not_what_waited(tmp_path: Path) -> None:
+    journal = tmp_path / "spool" / JOURNAL_NAME
+    ledger = Ledger(journal)
+    for uid in ("1.2.1", "1.2.2", "1.2.3"):
+        ledger.spooled(_record(uid))
+    ledger.uploaded(_record("1.2.1"))
+    ledger.uploaded(_record("1.2.2"))
+    ledger.close()
+    with open(journal, "a", encoding="ascii") as torn:
+        torn.write("1.2.")  # a crash in the middle of an append
+    restarted = Ledger(journal)
+    assert [restarted.committed(uid) for uid in ("1.2.1", "1.2.2", "1.2.3", "1.2")] == [True, True, None, None]
+    restarted.spooled(_record("1.2.2"))  # a copy recovered from the spool at start: pending again until uploaded
+    assert restarted.committed("1.2.2") is False
+    restarted.close()
+    assert journal.read_text() == "1.2.1\n1.2.2\n", "rewritten at start without the torn line"
+
+
+def test_commitment_journal_is_compacted_to_the_newest_instances(tmp_path: Path) -> None:
+    journal = tmp_path / JOURNAL_NAME
+    ledger = Ledger(journal, size=3)
+    for number in range(1, 11):
+        ledger.spooled(_record(f"1.3.{number}"))
+        ledger.uploaded(_record(f"1.3.{number}"))
+        assert len(journal.read_text().splitlines()) <= 6
+    ledger.close()
+    restarted = Ledger(journal, size=3)
+    assert [restarted.committed(f"1.3.{number}") for number in (7, 8, 9, 10)] == [None, True, True, True]
+    restarted.close()
