@@ -53,7 +53,7 @@ from handlers.batch.results import (
 from handlers.clients.cloudlogging import CloudLogging
 from handlers.clients.healthcare import ApiError, HealthcareApi, Operation
 from handlers.clients.pubsub import Publisher
-from handlers.clients.storage import Conflict, Document, Listed, StateStore
+from handlers.clients.storage import Conflict, Document, Listed, StateStore, create_if_absent
 from handlers.config import REPLACE, REPORT, Config, Rule
 from handlers.failures import policies, readmit, replace
 from handlers.failures.collect import DEFAULT_VERIFY_SECONDS, DEFAULT_WAIT_SECONDS, FailureCollector, failures_from_record
@@ -232,11 +232,9 @@ class Driver:
     # sealing -> listed: records an older version created before listing (it sealed the lease)
     def _list_members(self, record: Document, path: str) -> Document:
         rule, batch = record.data["rule"], record.data["batch"]
-        try:  # seal the way intakes now look for, before listing
-            self.store.create(layout.seal_path(rule, batch), {key: record.data.get(key) for key in (
-                "batch", "rule", "store", "blobStorageClass", "openedAt", "sealedAt", "sealedBy")})
-        except Conflict:
-            pass
+        # seal the way intakes now look for, before listing
+        create_if_absent(self.store, layout.seal_path(rule, batch), {key: record.data.get(key) for key in (
+            "batch", "rule", "store", "blobStorageClass", "openedAt", "sealedAt", "sealedBy")})
         members = self._listed_members(rule, batch)
         data = {**record.data, "state": LISTED, "members": members,
                 "importUri": layout.import_uri(self.store.bucket, rule, batch)}
@@ -284,11 +282,9 @@ class Driver:
             return self._conclude(record, path, worker, outcome=REJECTED,
                                   error={"code": exc.code, "status": exc.status, "message": exc.message},
                                   hint=rejection_hint(exc.code, data["store"], self.store.bucket))
-        try:
-            self.store.create(layout.operation_path(data["rule"], data["batch"], worker),
-                              {"operation": operation.name, "startedAt": self.clock()})
-        except Conflict:
-            pass  # a retried create of this worker's own note (the name is this worker's)
+        # absent unless this worker's own retried call noted it (the name is this worker's)
+        create_if_absent(self.store, layout.operation_path(data["rule"], data["batch"], worker),
+                         {"operation": operation.name, "startedAt": self.clock()})
         log.info("import started", rule=data["rule"], batch=data["batch"], operation=operation.name,
                  objects=len(data["members"]))
         return Document({**data, "operation": operation.name}, record.generation)

@@ -99,6 +99,15 @@ class StateStore(Protocol):
         ...
 
 
+def create_if_absent(store: StateStore, path: str, data: Mapping[str, Any]) -> bool:
+    """Create ``path`` with ``data``; False, and nothing written, when it exists already."""
+    try:
+        store.create(path, data)
+    except Conflict:
+        return False
+    return True
+
+
 class Source(Protocol):
     """Listing the watched buckets (the reconcile sweep)."""
 

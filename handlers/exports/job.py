@@ -23,7 +23,7 @@ from handlers.batch.layout import DONE, PUBLISHING
 from handlers.batch.reporting import ABANDONED_AFTER_SECONDS, Reporter, new_worker
 from handlers.batch.results import REJECTED, UNKNOWN, outcome_of, rfc3339
 from handlers.clients.healthcare import ApiError, HealthcareApi, Operation
-from handlers.clients.storage import Conflict, Document, StateStore
+from handlers.clients.storage import Conflict, Document, StateStore, create_if_absent
 from handlers.exports.query import CAP_RULE, OnPage, search_paths
 from handlers.exports.request import (
     ExportRequest,
@@ -209,11 +209,9 @@ class ExportJob:
             return self._conclude(worker, request, record, path, REJECTED, None,
                                   {"code": exc.code, "status": exc.status, "message": exc.message},
                                   export_hint(exc.code, request, self.store.bucket))
-        try:
-            self.store.create(operation_note_path(request.request_id, worker),
-                              {"operation": operation.name, "startedAt": self.clock()})
-        except Conflict:
-            pass  # a retried create of this worker's own note (the name is this worker's)
+        # absent unless this worker's own retried call noted it (the name is this worker's)
+        create_if_absent(self.store, operation_note_path(request.request_id, worker),
+                         {"operation": operation.name, "startedAt": self.clock()})
         counts = data.get("filter") or {}
         log.info("export started", operation=operation.name, requestId=request.request_id,
                  paths=sum(counts.get(level, 0) for level in ("studies", "series", "instances")))
