@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, TextIO
 
 from handlers.batch.results import SUCCEEDED
+from handlers.cli.arguments import positive_int
 from handlers.cli.context import Context
 from handlers.cli.environment import HEALTHCARE, PUBSUB, STORAGE, require
 from handlers.cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliError
@@ -55,7 +56,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                              "export every match (instead of --study/--series/--instance/--filter-file)")
     parser.add_argument("--level", choices=tuple(LEVELS), default="study",
                         help="with --where: search studies (default), series or instances, and list their UIDs")
-    parser.add_argument("--page-size", type=_positive_int, metavar="N",
+    parser.add_argument("--page-size", type=positive_int, metavar="N",
                         help="with --where: results per QIDO-RS page (default and maximum: the API's, 5,000 studies "
                              "or series, 50,000 instances)")
     parser.add_argument("--mime-type", help="default: application/dicom; transfer-syntax=*")
@@ -63,13 +64,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="names the export; run again with the same id to resume it instead of exporting twice")
     parser.add_argument("--json", action="store_true", help="print the result message as JSON")
     parser.set_defaults(run=run)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
+from handlers.cli.arguments import duration
 from handlers.cli.context import Context
 from handlers.cli.environment import STORAGE, require
 from handlers.cli.errors import CliError
 from handlers.cli.terminal import Column, Table, count
-from handlers.failures.history import failed_batches, open_failures, parse_duration
+from handlers.failures.history import failed_batches, open_failures
 from handlers.failures.kinds import KINDS
 from handlers.failures.model import Failure
 from handlers.privacy import NamePolicy
@@ -39,18 +40,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def add_window_options(parser: argparse.ArgumentParser, since_flag: str, default: str | None = "24h") -> None:
-    parser.add_argument(since_flag, dest="since", default=default, metavar="DURATION",
+    parser.add_argument(since_flag, dest="since", default=default, metavar="DURATION", type=duration,
                         help="batches concluded within this long (24h, 90m, 7d" + (f"; default {default})" if default
                                                                                   else ")"))
     parser.add_argument("--rule", metavar="NAME", help="only this rule's batches")
     parser.add_argument("--kind", choices=KINDS, action="append", help="only failures of this kind (repeatable)")
 
 
-def window_start(text: str) -> datetime:
-    try:
-        return datetime.now(timezone.utc) - parse_duration(text)
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
+def window_start(seconds: float) -> datetime:
+    return datetime.now(timezone.utc) - timedelta(seconds=seconds)
 
 
 def rules_of(ctx: Context, name: str | None) -> list[str]:

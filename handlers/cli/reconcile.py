@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 
+from handlers.cli.arguments import duration as any_duration
 from handlers.cli.context import Context
 from handlers.cli.environment import PUBSUB, STORAGE, require
 from handlers.cli.errors import EXIT_FAILURE, CliError
@@ -20,8 +20,6 @@ from handlers.config import MAX_RECONCILE_WINDOW_HOURS
 from handlers.reconcile.progress import SweepBusy
 from handlers.retry import Deadline, RetryLater
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 UNLIMITED_SECONDS = 7 * 24 * 3600.0
 
 
@@ -43,10 +41,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def duration(text: str) -> float:
     """``90m``, ``6h``, ``2d``, ``3600`` (seconds) -> seconds; at most the claims' lifetime minus a day."""
-    found = _DURATION.fullmatch(text.strip().lower())
-    if found is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: write e.g. 90m, 6h or 2d")
-    seconds = float(found.group(1)) * _UNITS[found.group(2)]
+    seconds = any_duration(text)
     if not 0 < seconds <= MAX_RECONCILE_WINDOW_HOURS * 3600:
         raise argparse.ArgumentTypeError(
             f"{text!r}: give more than 0 and at most {MAX_RECONCILE_WINDOW_HOURS // 24}d (claims are deleted "

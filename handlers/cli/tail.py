@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from handlers.batch.results import SUCCEEDED
+from handlers.cli.arguments import positive_int
 from handlers.cli.context import Context
 from handlers.cli.environment import PUBSUB, require
 from handlers.cli.errors import CliError
@@ -35,17 +36,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "(failures in red on a terminal) and acknowledge them. Ctrl-C stops.")
     parser.add_argument("--subscription", metavar="NAME",
                         help="subscription name or projects/P/subscriptions/NAME (default: $RESULTS_SUBSCRIPTION)")
-    parser.add_argument("--max-messages", type=_positive_int, metavar="N", help="stop after N messages")
+    parser.add_argument("--max-messages", type=positive_int, metavar="N", help="stop after N messages")
     parser.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after SECONDS without a message")
     parser.add_argument("--json", action="store_true", help="one JSON object per message")
     parser.set_defaults(run=run)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:

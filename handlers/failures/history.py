@@ -9,27 +9,14 @@ again: once one does, that child's own result (and failures) take over.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, Iterator, Mapping, Sequence
 
 from handlers.batch import layout
 from handlers.clients.storage import StateStore
 from handlers.failures import readmit
 from handlers.failures.model import Failure
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> timedelta:
-    """``90s``, ``30m``, ``24h``, ``7d`` (ValueError naming the format otherwise)."""
-    found = _DURATION.fullmatch(text.strip())
-    if found is None:
-        raise ValueError(f"{text!r} is not a duration: write a number and s, m, h or d, e.g. 24h or 7d")
-    return timedelta(seconds=float(found.group(1)) * _UNITS[found.group(2)])
-
 
 @dataclass(frozen=True)
 class FailedBatch:

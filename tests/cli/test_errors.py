@@ -22,6 +22,12 @@ def one_line_error(result, code=1):
     (("--local", "--env-file", "x", "tail"), "error: argument --env-file: not allowed with argument --local"),
     (("--local", "tail", "--env-file", "x"), "error: argument --env-file: not allowed with argument --local"),
     (("export", "--to", "gs://b/d"), "python -m handlers export: error: the following arguments are required: --store"),
+    (("export", "--store", "s", "--where", "StudyDate=20260101", "--page-size", "0"),
+     "python -m handlers export: error: argument --page-size: must be at least 1"),
+    (("failures", "--since", "soon"), "python -m handlers failures: error: argument --since: 'soon' is not a duration: "
+                                      "write a number and s, m, h or d, e.g. 90m, 24h or 7d"),
+    (("retry", "--failed-since", "1 week"), "error: argument --failed-since: '1 week' is not a duration"),
+    (("reconcile", "--since", "30d"), "error: argument --since: '30d': give more than 0 and at most 29d"),
 ])
 def test_usage_errors_are_one_line_with_exit_2(cli, argv, message):
     assert message in one_line_error(cli(*argv), code=2)
