@@ -27,7 +27,7 @@ down: $(STAMP)
 status: $(STAMP)
 	$(PY) -m localstack status
 
-test: $(STAMP) dcmtk
+test: $(STAMP) dcmtk orthanc
 	$(PY) -m pytest -q
 
 # DCMTK (storescu, echoscu, storescp) from Debian, for the gateway's interoperability tests and benchmark.
@@ -35,6 +35,13 @@ test: $(STAMP) dcmtk
 dcmtk:
 	@command -v storescu >/dev/null && command -v echoscu >/dev/null && command -v storescp >/dev/null || \
 	  apt-get install -y -q dcmtk || (apt-get update -q && apt-get install -y -q dcmtk)
+
+# Orthanc from Debian, the modality (C-STORE, then storage commitment) of the gateway's interoperability tests.
+# Its package does not start a service where there is no init system; the tests run their own on free ports.
+.PHONY: orthanc
+orthanc:
+	@command -v Orthanc >/dev/null || \
+	  apt-get install -y -q orthanc || (apt-get update -q && apt-get install -y -q orthanc)
 
 # A realistic drop through the whole local stack, then the results table (starts and stops its own stack).
 demo: $(STAMP)
