@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import time
 from contextlib import contextmanager
 from functools import partial
@@ -103,3 +104,20 @@ def read_dataset(data: bytes) -> Any:
     import pydicom
 
     return pydicom.dcmread(io.BytesIO(data))
+
+
+def certificate(folder: Path, name: str, ca: tuple[Path, Path] | None = None) -> tuple[Path, Path]:
+    """A key and certificate for CN=localhost (self-signed, or signed by ``ca``), made with the openssl CLI."""
+    key, cert = folder / f"{name}.key", folder / f"{name}.pem"
+    subject = ["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
+    if ca is None:
+        command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", str(key),
+                   "-out", str(cert), *subject]
+        subprocess.run(command, check=True, capture_output=True)
+    else:
+        request = folder / f"{name}.csr"
+        subprocess.run(["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                        str(request), "-subj", f"/CN={name}"], check=True, capture_output=True)
+        subprocess.run(["openssl", "x509", "-req", "-in", str(request), "-CA", str(ca[1]), "-CAkey", str(ca[0]),
+                        "-CAcreateserial", "-days", "1", "-out", str(cert)], check=True, capture_output=True)
+    return key, cert

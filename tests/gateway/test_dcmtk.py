@@ -18,7 +18,7 @@ import pytest
 
 from localstack import samples
 
-from .helpers import AE_TITLE, CALLING, gcs_inbox_factory, make_config, running_gateway, wait_for
+from .helpers import AE_TITLE, CALLING, certificate, gcs_inbox_factory, make_config, running_gateway, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -116,3 +116,27 @@ def test_storescu_sends_a_private_sop_class_listed_in_additional_sop_classes(tmp
         name = f"in/{CALLING}/{uids.study}/{uids.series}/{uids.sop}.dcm"
         blob = wait_for(lambda: {b.name: b for b in storage_client.list_blobs(bucket)}.get(name), what=name)
     assert pydicom.dcmread(io.BytesIO(blob.download_as_bytes())).SOPClassUID == private
+
+
+def test_echoscu_and_storescu_over_tls_with_a_client_certificate(tmp_path: Path, bucket: str, fake_gcs: Any,
+                                                                 storage_client: Any) -> None:
+    """The commands docs/gateway.md gives for DICOM TLS; a client without a certificate gets no association."""
+    server_key, server_cert = certificate(tmp_path, "server")
+    ca = certificate(tmp_path, "ca")
+    client_key, client_cert = certificate(tmp_path, "client", ca=ca)
+    tls = f"tls:\n  certificate: {server_cert}\n  private_key: {server_key}\n  client_ca: {ca[1]}\n"
+    [(uids, data)] = samples.make_series(1)
+    (tmp_path / "one.dcm").write_bytes(data)
+    with running_gateway(make_config(tmp_path / "spool", bucket, tls=tls),
+                         gcs_inbox_factory(bucket, fake_gcs.url)) as gateway:
+        address = ["-aet", CALLING, "-aec", AE_TITLE, "127.0.0.1", str(gateway.receiver.port)]
+        with_certificate = ["+tls", str(client_key), str(client_cert), "+cf", str(server_cert)]
+        echo = dcmtk("echoscu", *with_certificate, *address)
+        assert echo.returncode == 0, echo.stderr
+        store = dcmtk("storescu", *with_certificate, *address, str(tmp_path / "one.dcm"))
+        assert store.returncode == 0 and "Store Failed" not in store.stderr, store.stderr
+        name = f"in/{CALLING}/{uids.study}/{uids.series}/{uids.sop}.dcm"
+        wait_for(lambda: storage_client.bucket(bucket).get_blob(name), what=name)
+        anonymous = dcmtk("echoscu", "+tla", "+cf", str(server_cert), *address)
+        plain = dcmtk("echoscu", *address)
+    assert anonymous.returncode != 0 and plain.returncode != 0

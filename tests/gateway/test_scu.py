@@ -24,6 +24,7 @@ from .helpers import (
     AE_TITLE,
     CALLING,
     captured_logs,
+    certificate,
     gcs_inbox_factory,
     make_config,
     read_dataset,
@@ -329,29 +330,12 @@ def test_restart_resumes_the_spool(tmp_path: Path, bucket: str, fake_gcs: Any, s
     assert not list((tmp_path / "spool").glob("*.seg"))
 
 
-def _certificate(folder: Path, name: str, ca: tuple[Path, Path] | None = None) -> tuple[Path, Path]:
-    """A key and certificate for CN=localhost (self-signed, or signed by ``ca``), made with the openssl CLI."""
-    key, cert = folder / f"{name}.key", folder / f"{name}.pem"
-    subject = ["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
-    if ca is None:
-        command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", str(key),
-                   "-out", str(cert), *subject]
-        subprocess.run(command, check=True, capture_output=True)
-    else:
-        request = folder / f"{name}.csr"
-        subprocess.run(["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                        str(request), "-subj", f"/CN={name}"], check=True, capture_output=True)
-        subprocess.run(["openssl", "x509", "-req", "-in", str(request), "-CA", str(ca[1]), "-CAkey", str(ca[0]),
-                        "-CAcreateserial", "-days", "1", "-out", str(cert)], check=True, capture_output=True)
-    return key, cert
-
-
 def test_tls_with_client_certificates(tmp_path: Path, bucket: str, fake_gcs: Any, storage_client: Any) -> None:
     import ssl
 
-    server_key, server_cert = _certificate(tmp_path, "server")
-    ca = _certificate(tmp_path, "ca")
-    client_key, client_cert = _certificate(tmp_path, "client", ca=ca)
+    server_key, server_cert = certificate(tmp_path, "server")
+    ca = certificate(tmp_path, "ca")
+    client_key, client_cert = certificate(tmp_path, "client", ca=ca)
     tls = f"tls:\n  certificate: {server_cert}\n  private_key: {server_key}\n  client_ca: {ca[1]}\n"
     config = make_config(tmp_path / "spool", bucket, tls=tls)
 
