@@ -99,6 +99,11 @@ class Ledger:
                     self._compact()
             self._changed.notify_all()
 
+    def remembered(self) -> int:
+        """How many instances the ledger knows (uploaded or waiting)."""
+        with self._changed:
+            return len(self._entries)
+
     def close(self) -> None:
         with self._changed:
             if self._journal_file is not None:

@@ -50,6 +50,9 @@ class Gateway:
         stats = self.spool.stats()
         log.info("spool resumed", directory=self.config.spool_directory, pending=stats.pending,
                  pendingBytes=stats.pending_bytes, segments=stats.segments)
+        if self.ledger is not None:
+            log.info("storage commitment journal read", uploaded=self.ledger.remembered(),
+                     journal=str(Path(self.config.spool_directory) / JOURNAL_NAME))
         for record in recovered:
             self._spooled(record)
         self.uploader.start()

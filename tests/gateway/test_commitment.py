@@ -144,8 +144,10 @@ def test_instances_uploaded_before_a_restart_are_still_committed(
             assert send(gw.receiver.port, [read_dataset(data) for _, data in [*study, last]]) == [0, 0, 0]
             wait_for(lambda: gw.spool.stats().pending == 0, what="uploads")
         assert len(list(spool.glob("*.seg"))) <= 1, "only the last instance's segment may be left"
-        with running_gateway(config, gcs_inbox_factory(bucket, fake_gcs.url)) as restarted:
+        with captured_logs() as logs, running_gateway(config, gcs_inbox_factory(bucket, fake_gcs.url)) as restarted:
             assert ask(restarted.receiver.port, references_of(study))[0] == 0x0000
             event_type, _, report = reports.get(timeout=30)
+            [journal] = [line for line in logs() if line["message"] == "storage commitment journal read"]
+    assert journal["uploaded"] == 3
     assert event_type == 1 and "FailedSOPSequence" not in report
     assert {item.ReferencedSOPInstanceUID for item in report.ReferencedSOPSequence} == {uids.sop for uids, _ in study}
