@@ -91,13 +91,17 @@ class Ledger:
             if entry is None:
                 return
             entry[1] += 1
-            if self._journal_file is not None:
-                self._journal_file.write(f"{uid}\n")
-                self._journal_file.flush()
-                self._journal_lines += 1
-                if self._journal_lines > 2 * self.size:
-                    self._compact()
             self._changed.notify_all()
+            if self._journal_file is not None:
+                try:
+                    self._journal_file.write(f"{uid}\n")
+                    self._journal_file.flush()
+                    self._journal_lines += 1
+                    if self._journal_lines > 2 * self.size:
+                        self._compact()
+                except OSError as exc:  # a full disk: committed now, forgotten by a restart (re-sent then)
+                    log.warning("storage commitment journal not written: a restart will report this instance "
+                                "not received", error=str(exc)[:300], journal=str(self._journal))
 
     def remembered(self) -> int:
         """How many instances the ledger knows (uploaded or waiting)."""

@@ -14,7 +14,7 @@ from gateway.naming import MissingUid, ObjectNamer, safe_value
 from gateway.spool import Record, Spool, SpoolFull
 from localstack.names import REPO_ROOT
 
-from .helpers import config_text
+from .helpers import captured_logs, config_text
 
 
 def _problems(text: str) -> list[str]:
@@ -330,3 +330,16 @@ def test_commitment_journal_is_compacted_to_the_newest_instances(tmp_path: Path)
     restarted = Ledger(journal, size=3)
     assert [restarted.committed(f"1.3.{number}") for number in (7, 8, 9, 10)] == [None, True, True, True]
     restarted.close()
+
+
+def test_a_journal_that_cannot_be_written_is_logged_and_the_instance_still_committed(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / JOURNAL_NAME)
+    ledger._journal_file.close()  # type: ignore[union-attr]
+    ledger._journal_file = open("/dev/full", "a", encoding="ascii")  # every flush fails: ENOSPC
+    ledger.spooled(_record("1.4.1"))
+    with captured_logs() as logs:
+        ledger.uploaded(_record("1.4.1"))
+    assert ledger.committed("1.4.1") is True
+    [warning] = [line for line in logs() if line["severity"] == "WARNING"]
+    assert warning["message"].startswith("storage commitment journal not written")
+    ledger.close()
