@@ -69,6 +69,7 @@ class Ledger:
         self._journal = journal
         self._journal_file: IO[str] | None = None
         self._journal_lines = 0
+        self._journal_failing = False  # warned once until a write succeeds again
         if journal is not None:
             journal.parent.mkdir(parents=True, exist_ok=True)
             for uid in _journaled(journal):
@@ -99,9 +100,12 @@ class Ledger:
                     self._journal_lines += 1
                     if self._journal_lines > 2 * self.size:
                         self._compact()
+                    self._journal_failing = False
                 except OSError as exc:  # a full disk: committed now, forgotten by a restart (re-sent then)
-                    log.warning("storage commitment journal not written: a restart will report this instance "
-                                "not received", error=str(exc)[:300], journal=str(self._journal))
+                    if not self._journal_failing:
+                        log.warning("storage commitment journal not written: a restart will report the instances "
+                                    "uploaded meanwhile not received", error=str(exc)[:300], journal=str(self._journal))
+                    self._journal_failing = True
 
     def remembered(self) -> int:
         """How many instances the ledger knows (uploaded or waiting)."""
@@ -111,7 +115,10 @@ class Ledger:
     def close(self) -> None:
         with self._changed:
             if self._journal_file is not None:
-                self._journal_file.close()
+                try:
+                    self._journal_file.close()
+                except OSError:
+                    pass  # what it could not flush was warned about when written
                 self._journal_file = None
 
     def _remember(self, uid: str) -> list[int]:

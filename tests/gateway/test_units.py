@@ -332,14 +332,15 @@ def test_commitment_journal_is_compacted_to_the_newest_instances(tmp_path: Path)
     restarted.close()
 
 
-def test_a_journal_that_cannot_be_written_is_logged_and_the_instance_still_committed(tmp_path: Path) -> None:
+def test_a_journal_that_cannot_be_written_is_logged_once_and_instances_still_committed(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / JOURNAL_NAME)
     ledger._journal_file.close()  # type: ignore[union-attr]
     ledger._journal_file = open("/dev/full", "a", encoding="ascii")  # every flush fails: ENOSPC
-    ledger.spooled(_record("1.4.1"))
     with captured_logs() as logs:
-        ledger.uploaded(_record("1.4.1"))
-    assert ledger.committed("1.4.1") is True
+        for uid in ("1.4.1", "1.4.2"):
+            ledger.spooled(_record(uid))
+            ledger.uploaded(_record(uid))
+    assert ledger.committed("1.4.1") is True and ledger.committed("1.4.2") is True
     [warning] = [line for line in logs() if line["severity"] == "WARNING"]
     assert warning["message"].startswith("storage commitment journal not written")
     ledger.close()
