@@ -36,12 +36,13 @@ dcmtk:
 	@command -v storescu >/dev/null && command -v echoscu >/dev/null && command -v storescp >/dev/null || \
 	  apt-get install -y -q dcmtk || (apt-get update -q && apt-get install -y -q dcmtk)
 
-# Orthanc from Debian, the modality (C-STORE, then storage commitment) of the gateway's interoperability tests.
-# Its package does not start a service where there is no init system; the tests run their own on free ports.
+# Orthanc from Debian, with its DICOMweb plugin: the modality (C-STORE, then storage commitment) of the gateway's
+# interoperability tests, and a DICOMweb client of the emulator's. Its package does not start a service where
+# there is no init system; the tests run their own on free ports.
 .PHONY: orthanc
 orthanc:
-	@command -v Orthanc >/dev/null || \
-	  apt-get install -y -q orthanc || (apt-get update -q && apt-get install -y -q orthanc)
+	@dpkg -s orthanc orthanc-dicomweb >/dev/null 2>&1 || \
+	  apt-get install -y -q orthanc orthanc-dicomweb || (apt-get update -q && apt-get install -y -q orthanc orthanc-dicomweb)
 
 # A realistic drop through the whole local stack, then the results table (starts and stops its own stack).
 demo: $(STAMP)
