@@ -41,7 +41,7 @@ dcmtk:
 # there is no init system; the tests run their own on free ports.
 .PHONY: orthanc
 orthanc:
-	@dpkg -s orthanc orthanc-dicomweb >/dev/null 2>&1 || \
+	@command -v Orthanc >/dev/null && test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so || \
 	  apt-get install -y -q orthanc orthanc-dicomweb || (apt-get update -q && apt-get install -y -q orthanc orthanc-dicomweb)
 
 # A realistic drop through the whole local stack, then the results table (starts and stops its own stack).
