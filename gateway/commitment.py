@@ -66,7 +66,7 @@ class Ledger:
         self.size = size
         self._entries: OrderedDict[str, list[int]] = OrderedDict()  # uid -> [copies spooled, copies uploaded]
         self._changed = threading.Condition()
-        self._journal = journal
+        self.journal = journal
         self._journal_file: IO[str] | None = None
         self._journal_lines = 0
         self._journal_failing = False  # warned once until a write succeeds again
@@ -104,7 +104,7 @@ class Ledger:
                 except OSError as exc:  # a full disk: committed now, forgotten by a restart (re-sent then)
                     if not self._journal_failing:
                         log.warning("storage commitment journal not written: a restart will report the instances "
-                                    "uploaded meanwhile not received", error=str(exc)[:300], journal=str(self._journal))
+                                    "uploaded meanwhile not received", error=str(exc)[:300], journal=str(self.journal))
                     self._journal_failing = True
 
     def remembered(self) -> int:
@@ -131,17 +131,17 @@ class Ledger:
 
     def _compact(self) -> None:
         """Rewrite the journal as the uploaded instances remembered now, oldest first, and append to it."""
-        assert self._journal is not None
+        assert self.journal is not None
         if self._journal_file is not None:
             self._journal_file.close()
         uploaded = [uid for uid, (_, copies) in self._entries.items() if copies]
-        partial = self._journal.with_name(self._journal.name + ".tmp")
+        partial = self.journal.with_name(self.journal.name + ".tmp")
         with open(partial, "w", encoding="ascii") as out:
             out.write("".join(f"{uid}\n" for uid in uploaded))
             out.flush()
             os.fsync(out.fileno())
-        os.replace(partial, self._journal)
-        self._journal_file = open(self._journal, "a", encoding="ascii")  # noqa: SIM115 - closed by close()
+        os.replace(partial, self.journal)
+        self._journal_file = open(self.journal, "a", encoding="ascii")  # noqa: SIM115 - closed by close()
         self._journal_lines = len(uploaded)
 
     def committed(self, uid: str) -> bool | None:

@@ -52,7 +52,7 @@ class Gateway:
                  pendingBytes=stats.pending_bytes, segments=stats.segments)
         if self.ledger is not None:
             log.info("storage commitment journal read", uploaded=self.ledger.remembered(),
-                     journal=str(Path(self.config.spool_directory) / JOURNAL_NAME))
+                     journal=str(self.ledger.journal))
         for record in recovered:
             self._spooled(record)
         self.uploader.start()
