@@ -39,9 +39,12 @@ class Orthanc:
         return response.json()
 
     def get(self, path: str) -> Any:
+        return json.loads(self.content(path))
+
+    def content(self, path: str) -> bytes:
         response = requests.get(f"{self.url}{path}", timeout=30)
         assert response.ok, f"Orthanc {path}: {response.status_code} {response.text}"
-        return response.json()
+        return response.content
 
 
 @contextmanager

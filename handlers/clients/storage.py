@@ -99,13 +99,12 @@ class StateStore(Protocol):
         ...
 
 
-def create_if_absent(store: StateStore, path: str, data: Mapping[str, Any]) -> bool:
-    """Create ``path`` with ``data``; False, and nothing written, when it exists already."""
+def create_if_absent(store: StateStore, path: str, data: Mapping[str, Any]) -> None:
+    """Create ``path`` with ``data``; nothing is written when it exists already."""
     try:
         store.create(path, data)
     except Conflict:
-        return False
-    return True
+        pass
 
 
 class Source(Protocol):

@@ -15,7 +15,6 @@ from typing import Any, Iterator
 
 import pydicom
 import pytest
-import requests
 
 from localstack.samples import make_series, new_uid
 from tests.orthanc import DICOMWEB_PLUGIN, Orthanc, running_orthanc
@@ -58,11 +57,6 @@ def test_orthanc_retrieves_a_study_with_wado(orthanc_for: Any, loaded_store: tup
     assert sorted(received) == sorted(uids.sop for uids, _ in items)
     for uids, data in items:
         sent = pydicom.dcmread(BytesIO(data))
-        kept = pydicom.dcmread(BytesIO(_file(orthanc, received[uids.sop])))
+        kept = pydicom.dcmread(BytesIO(orthanc.content(f"/instances/{received[uids.sop]}/file")))
         assert (kept.PixelData, kept.SeriesInstanceUID) == (sent.PixelData, sent.SeriesInstanceUID)
 
-
-def _file(orthanc: Orthanc, instance: str) -> bytes:
-    response = requests.get(f"{orthanc.url}/instances/{instance}/file", timeout=30)
-    assert response.ok, response.text
-    return response.content
