@@ -234,8 +234,8 @@ def _search(level: str) -> Callable[[Call], Response]:
             series=call.params.get("series"),
         )
         response = Response(json.dumps(found.results), mimetype="application/dicom+json")
-        if found.more:
-            response.headers["Warning"] = f'299 {call.request.host}: "{dicomweb.MORE_RESULTS}"'
+        for warning in found.warnings:
+            response.headers.add("Warning", f'299 {call.request.host}: "{warning}"')
         return response
 
     return handler

@@ -124,8 +124,11 @@ class CloudLogging:
         now = time.monotonic()
         with self._lock:
             visible = [k.entry for k in self._entries if k.project in projects and k.visible_at <= now]
-        chosen = sorted((e for e in visible if predicate(e)), key=lambda e: e["timestamp"],
-                        reverse=order == "timestamp desc")
+        try:
+            chosen = sorted((e for e in visible if predicate(e)), key=lambda e: e["timestamp"],
+                            reverse=order == "timestamp desc")
+        except FilterError as exc:
+            raise invalid(f"Unparseable filter: {exc}", field="filter") from None
         listing = f"entries:{sorted(projects)}:{text}:{order}"
         items, next_token = page(chosen, listing, str(size) if size else None, token, default=DEFAULT_PAGE_SIZE)
         out: dict[str, Any] = {}
@@ -137,6 +140,10 @@ class CloudLogging:
 
     @staticmethod
     def _projects(body: Mapping[str, Any]) -> set[str]:
+        for field, snake in (("resourceNames", "resource_names"), ("projectIds", "project_ids")):
+            if not isinstance(body.get(field) or [], list):
+                raise invalid(f"{field} must be a list of strings, e.g. [\"projects/PROJECT_ID\"] for resourceNames",
+                              field=snake)
         names = list(body.get("resourceNames") or []) + [f"projects/{p}" for p in body.get("projectIds") or []]
         if not names:
             raise invalid('resourceNames is required, e.g. {"resourceNames": ["projects/PROJECT_ID"]}',

@@ -29,6 +29,8 @@ MAX_OFFSET = 1_000_000
 RESERVED = frozenset({"limit", "offset", "includefield", "fuzzymatching"})
 #: PS3.18's warning for a page that leaves matches behind (sent as ``Warning: 299 SERVICE: "..."``).
 MORE_RESULTS = "There are additional results that can be requested"
+#: PS3.18 8.3.4.2's warning for ``fuzzymatching=true`` from a service that matches literally.
+FUZZY_NOT_SUPPORTED = "The fuzzymatching parameter is not supported. Only literal matching has been performed."
 
 STUDY_FIELDS = (
     "SpecificCharacterSet", "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName",
@@ -180,10 +182,10 @@ def _int_param(args: Mapping[str, str], name: str) -> int | None:
 
 @dataclass(frozen=True)
 class Page:
-    """One page of QIDO results, and whether matches remain after it (the ``Warning`` header)."""
+    """One page of QIDO results, and PS3.18's ``Warning`` texts for it (matches left behind, fuzzy matching)."""
 
     results: list[dict[str, Any]]
-    more: bool
+    warnings: tuple[str, ...]
 
 
 def search(
@@ -245,7 +247,9 @@ def search(
     chosen = matched[offset:offset + limit]
     wanted = list(dict.fromkeys(fields + include))
     results = [_result(level, key, first, everything, wanted, include_all) for key, first in chosen]
-    return Page(results, more=offset + len(chosen) < len(matched))
+    warnings = ((MORE_RESULTS,) if offset + len(chosen) < len(matched) else ()) + (
+        (FUZZY_NOT_SUPPORTED,) if params.get("fuzzymatching", "").lower() == "true" else ())
+    return Page(results, warnings)
 
 
 def _result(

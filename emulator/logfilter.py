@@ -12,9 +12,10 @@ never a filter that silently matches everything)::
     OP         := "=" | "!=" | "<" | "<=" | ">" | ">=" | ":"
     value      := "QUOTED" | BAREWORD
 
-``=`` is equality, ``:`` is "has" (substring, case-insensitive), the order
-operators compare timestamps as times, severities by rank, numbers as numbers,
-anything else as text. A missing field satisfies only ``!=``. Not supported
+``=`` is equality, ``:`` is "has" (substring), the order operators compare
+timestamps as times (a date or a time without an offset is UTC), severities by
+rank, numbers as numbers, anything else as text; string comparisons ignore case,
+as in the real language. A missing field satisfies only ``!=``. Not supported
 (400): global restrictions (a value without a field), functions
 (``SEARCH``, ``sample``...), regular expressions (``=~``), ``NOT`` after ``-``.
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
 Entry = Mapping[str, Any]
@@ -204,10 +205,12 @@ def _lookup(entry: Entry, path: list[str]) -> Any:
 
 
 def _time(text: str) -> datetime | None:
+    """An RFC 3339 time (a date alone, or a time without an offset, is read as UTC), or None."""
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
 def _ordered(path: list[str], left: Any, right: str) -> tuple[Any, Any] | None:
@@ -224,11 +227,11 @@ def _ordered(path: list[str], left: Any, right: str) -> tuple[Any, Any] | None:
     try:
         return float(left), float(right)
     except (TypeError, ValueError):
-        return str(left), right
+        return str(left).casefold(), right.casefold()
 
 
 def _compare(path: list[str], operator: str, value: str) -> Predicate:
-    if operator in ("<", "<=", ">", ">=") or path == ["severity"]:
+    if operator in ("<", "<=", ">", ">=") or path == ["severity"] or path[-1] in TIME_FIELDS:
         _ordered(path, "2000-01-01T00:00:00Z" if path[-1] in TIME_FIELDS else ("DEFAULT" if path == ["severity"] else 0),
                  value)  # validate the value now: a bad time or severity is a 400, not "no match"
 
@@ -247,7 +250,7 @@ def _compare(path: list[str], operator: str, value: str) -> Predicate:
             elif isinstance(actual, bool):
                 equal = str(actual).lower() == value.lower()
             else:
-                equal = str(actual) == value
+                equal = str(actual).casefold() == value.casefold()
             return equal if operator == "=" else not equal
         ordered = _ordered(path, actual, value)
         if ordered is None:

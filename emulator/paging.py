@@ -38,7 +38,7 @@ def _offset(listing: str, token: str) -> int:
         data = json.loads(base64.urlsafe_b64decode(padded.encode()))
         offset = int(data["o"])
         same = data["l"] == listing
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError):
         same, offset = False, -1
     if not same or offset < 0:
         raise invalid(

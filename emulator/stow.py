@@ -109,7 +109,9 @@ def parts_of(body: bytes, content_type: str) -> list[bytes]:
     boundary = params.get("boundary")
     if not boundary:
         raise invalid("the multipart/related Content-Type has no boundary parameter")
-    parts = _split_multipart(body, boundary.encode("latin-1"))
+    if not boundary.isascii():
+        raise invalid(f"the multipart boundary {boundary!r} is not ASCII (RFC 2046 5.1.1): use ASCII characters only")
+    parts = _split_multipart(body, boundary.encode("ascii"))
     if not parts:
         raise invalid("the multipart body has no part: send one DICOM instance per part")
     return parts

@@ -86,6 +86,8 @@ def test_each_failed_file_is_a_log_entry_shaped_like_the_apis(api, store, bad_dr
     assert "truncated" in by_source[uris["drop/truncated.dcm"]]["jsonPayload"]["error"]["message"]
     assert "not a DICOM file" in by_source[uris["drop/text.dcm"]]["jsonPayload"]["error"]["message"]
     assert list_all(api, "another-project", operation_query(done["name"]))[0] == [], "entries belong to their project"
+    since_a_date, _ = list_all(api, project, f'({operation_query(done["name"])}) AND timestamp>="2000-01-01"')
+    assert len(since_a_date) == 4, "a date alone is a UTC time (a 500 before: naive and aware times compared)"
 
 
 def test_paging_ordering_and_the_last_segment_form_of_operation_id(api, store, bad_drop, settings):
@@ -113,6 +115,8 @@ def test_paging_ordering_and_the_last_segment_form_of_operation_id(api, store, b
     ({"resourceNames": ["projects/p"], "pageSize": 1001}, "pageSize must be an integer between 0 and 1000"),
     ({"resourceNames": ["projects/p"], "pageToken": "made-up"}, "pageToken"),
     ({"resourceNames": ["projects/p"], "limit": 3}, 'Unknown name "limit"'),
+    ({"resourceNames": 5}, "resourceNames must be a list"),
+    ({"resourceNames": ["projects/p"], "projectIds": "p"}, "projectIds must be a list"),
 ])
 def test_requests_it_cannot_serve_exactly_are_refused_naming_the_part(api, body, fragment):
     assert_google_error(entries_list(api, body), 400, "INVALID_ARGUMENT", fragment)

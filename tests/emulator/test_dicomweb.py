@@ -214,6 +214,16 @@ def test_paging_walks_every_match_once_and_warns_while_more_remain(api, dated):
     assert warnings[1:] == [None, None], "the last page and the empty page past the end carry no warning"
 
 
+def test_fuzzymatching_is_answered_literally_with_ps3_18s_warning(api, dated):
+    store, studies = dated
+    fuzzy = api.call("GET", f"{store.web}/studies", params={"StudyInstanceUID": studies[0], "fuzzymatching": "true"})
+    literal = api.call("GET", f"{store.web}/studies", params={"StudyInstanceUID": studies[0], "fuzzymatching": "false"})
+    assert fuzzy.json() == literal.json() and len(literal.json()) == 1
+    assert fuzzy.headers["Warning"].startswith("299 ") and fuzzy.headers["Warning"].endswith(
+        '"The fuzzymatching parameter is not supported. Only literal matching has been performed."')
+    assert "Warning" not in literal.headers
+
+
 def test_limit_defaults_to_and_is_clamped_at_the_maximum_and_offset_is_bounded(api, dated):
     store, studies = dated
     assert len(api.qido(store, "studies")) == 4

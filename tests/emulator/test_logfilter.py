@@ -35,6 +35,11 @@ TYPE = "type.googleapis.com/google.cloud.healthcare.logging.ImportDicomLogEntry"
     ('jsonPayload.missing="a"', False),
     ('jsonPayload.missing!="a"', True),
     ('logName="projects/p/logs/healthcare.googleapis.com%2Fexport_dicom"', False),
+    ('resource.type="HEALTHCARE_DICOM_STORE"', True),
+    ('jsonPayload.source!="GS://B/X.DCM"', False),
+    ('timestamp>="2026-01-01"', True),
+    ('timestamp<"2026-01-01T10:00:00"', False),
+    ('timestamp<"2026-01-01T10:00:01"', True),
 ])
 def test_comparisons_and_boolean_operators(query, matches):
     assert parse(query)(ENTRY) is matches
@@ -48,6 +53,7 @@ def test_comparisons_and_boolean_operators(query, matches):
     ("severity=ERROR OR", "the filter ends"),
     ('severity=~"E"', "regular expressions"),
     ('timestamp>="yesterday"', "not an RFC 3339 time"),
+    ('timestamp="yesterday"', "not an RFC 3339 time"),
     ("severity>=LOUD", "not a severity"),
     ('SEARCH("x")', "not supported"),
     ("a.b$c=1", "is not a field name"),

@@ -1,5 +1,6 @@
 """Datasets and DICOM stores: create, get, list (paged), delete, and the error bodies."""
 
+import base64
 import re
 
 from tests.emulator.client import PROJECT, Api, assert_google_error, unique
@@ -53,6 +54,9 @@ def test_dataset_list_pages_and_delete(api: Api):
     second = api.ok("GET", f"{parent}/datasets", params={"pageSize": 2, "pageToken": first["nextPageToken"]})
     assert second == {"datasets": [{"name": f"{parent}/datasets/c"}]}
     assert_google_error(api.call("GET", f"{parent}/datasets", params={"pageToken": "bogus"}), 400, "INVALID_ARGUMENT", "pageToken")
+    huge_offset = base64.urlsafe_b64encode(b'{"l":"x","o":1e999}').decode()
+    assert_google_error(api.call("GET", f"{parent}/datasets", params={"pageToken": huge_offset}), 400,
+                        "INVALID_ARGUMENT", "pageToken")
     assert_google_error(api.call("GET", f"{parent}/datasets", params={"pageSize": 1001}), 400, "INVALID_ARGUMENT", "pageSize")
     assert api.ok("DELETE", f"{parent}/datasets/b") == {}
     assert [d["name"] for d in api.ok("GET", f"{parent}/datasets")["datasets"]] == [

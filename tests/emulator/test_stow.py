@@ -64,6 +64,8 @@ def test_refused_requests(api, store):
                         "INVALID_ARGUMENT", "boundary")
     assert_google_error(stow(api, store, multipart(data)[:-20]), 400, "INVALID_ARGUMENT", "truncated")
     assert_google_error(stow(api, store, f"--{BOUNDARY}--\r\n".encode()), 400, "INVALID_ARGUMENT", "no part")
+    assert_google_error(stow(api, store, multipart(data), "multipart/related; type=\"application/dicom\"; "
+                             "boundary*=UTF-8''%E2%82%AC"), 400, "INVALID_ARGUMENT", "not ASCII")
     assert_google_error(stow(api, store, b"x", 'multipart/related; type="application/dicom+xml"; boundary=x'), 501,
                         "UNIMPLEMENTED", "metadata and bulk data")
     assert api.sop_uids(store) == set()
