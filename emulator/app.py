@@ -58,7 +58,7 @@ def create_app(emulator: Emulator) -> Flask:
     def dispatch(version: str, path: str) -> Response:
         if version not in api.VERSIONS:
             raise not_found(f"unknown API version {version!r}: the emulator serves /v1/ and /v1beta1/")
-        route, params, others = api.match(request.method, path)
+        route, params, others = api.match("GET" if request.method == "HEAD" else request.method, path)
         if route is None:
             if others:
                 ids = ", ".join(f"{r.http_method} ({r.method_id})" for r in others)
@@ -113,6 +113,10 @@ def create_app(emulator: Emulator) -> Flask:
         g.started = time.monotonic()
 
     @app.after_request
+    def allow_browsers(response: Response) -> Response:
+        return _with_cors(response)
+
+    @app.after_request
     def log_request(response: Response) -> Response:
         emulator.log.info(
             "request",
@@ -125,3 +129,24 @@ def create_app(emulator: Emulator) -> Flask:
         return response
 
     return app
+
+
+def _with_cors(response: Response) -> Response:
+    """CORS as Google's APIs answer it, so browser viewers (OHIF...) can talk to the emulator.
+
+    Any origin is allowed (the real API authorizes by token, not by origin); a
+    preflight ``OPTIONS`` gets the methods and the headers it asked for.
+    """
+    origin = request.headers.get("Origin")
+    if not origin:
+        return response
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Access-Control-Expose-Headers"] = "Content-Type, Content-Length, Location, Warning"
+    response.vary.add("Origin")
+    if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
+        response.headers["Access-Control-Allow-Methods"] = "GET, HEAD, POST, PUT, PATCH, DELETE"
+        asked = request.headers.get("Access-Control-Request-Headers")
+        if asked:
+            response.headers["Access-Control-Allow-Headers"] = asked
+        response.headers["Access-Control-Max-Age"] = "3600"
+    return response

@@ -242,3 +242,21 @@ def test_store_metrics_count_studies_series_instances_and_bytes(api, loaded, sto
         "name": store.name, "studyCount": "2", "seriesCount": "3", "instanceCount": "6"}
     assert int(metrics["blobStorageSizeBytes"]) == sum(len(data) for _, data in items)
     assert int(metrics["structuredStorageSizeBytes"]) > 0
+
+
+def test_browsers_may_call_it_cors_preflight_and_head_as_google_apis_answer(api, dated):
+    store, studies = dated
+    origin = "http://localhost:3000"
+    preflight = api.call("OPTIONS", f"{store.web}/studies", headers={
+        "Origin": origin, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "authorization"})
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Origin"] == origin
+    assert "GET" in preflight.headers["Access-Control-Allow-Methods"]
+    assert preflight.headers["Access-Control-Allow-Headers"] == "authorization"
+    page = api.call("GET", f"{store.web}/studies", params={"limit": "1"}, headers={"Origin": origin})
+    assert page.headers["Access-Control-Allow-Origin"] == origin and "Warning" in page.headers[
+        "Access-Control-Expose-Headers"], "a viewer paging through results must be able to read the Warning header"
+    assert "Access-Control-Allow-Origin" not in api.call("GET", f"{store.web}/studies").headers, "no Origin, no CORS"
+    head = api.call("HEAD", f"{store.web}/studies", params={"StudyInstanceUID": studies[0]})
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["Content-Type"].startswith("application/dicom+json")
