@@ -3,7 +3,8 @@
 One sweep (docs/reconcile.md): each rule's watched prefix is listed, the objects
 created in the window that no claim or one-call backfill covers go through the
 function's intake; one ``dicom-reconcile-result/v1`` message is published. An
-interrupted sweep resumes where it stopped when run again.
+interrupted sweep resumes where it stopped when run again; ``--since`` never
+replaces it (the command says how to finish it first).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from handlers.cli.environment import PUBSUB, STORAGE, require
 from handlers.cli.errors import EXIT_FAILURE, CliError
 from handlers.cli.terminal import Column, Table, count
 from handlers.config import MAX_RECONCILE_WINDOW_HOURS
-from handlers.reconcile.progress import SweepBusy
+from handlers.reconcile.progress import SweepBusy, UnfinishedSweep
+from handlers.reconcile.report import CHECKPOINT_KEPT, UNSWEPT_ADVICE
 from handlers.retry import Deadline, RetryLater
 
 UNLIMITED_SECONDS = 7 * 24 * 3600.0
@@ -32,7 +34,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "sweep resumes when run again.")
     parser.add_argument("--since", metavar="DURATION", type=duration,
                         help="look at objects created this long ago or later (90m, 6h, 2d; at most 29d) instead "
-                             "of since the last sweep")
+                             "of since the last sweep; the checkpoint moves only if this reaches back to it")
     parser.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="stop after this long; the next run resumes the sweep")
     parser.add_argument("--json", action="store_true", help="print the result message as JSON")
@@ -56,6 +58,9 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         result = sweeper.run(Deadline(args.timeout if args.timeout else UNLIMITED_SECONDS), since=args.since)
     except SweepBusy as exc:
         raise CliError(f"{exc}: it is taken over once idle for 5 minutes; run again later") from None
+    except UnfinishedSweep as exc:
+        raise CliError(f"{exc}: --since never discards it; finish it first with `python -m handlers reconcile` "
+                       "(no --since; the next scheduled sweep does too), then run --since again") from None
     except RetryLater as exc:
         ctx.note(f"stopped: {exc}")
         return EXIT_FAILURE
@@ -92,4 +97,15 @@ def render(result: dict) -> tuple[Table, str]:
                      "lost events point at a broken trigger or an expired retention")
     else:
         lines.append("SUCCEEDED: every matched object in the window was already covered")
-    return table, "\n".join(lines) + "\n"
+    return table, "\n".join([*lines, *checkpoint_lines(result.get("checkpoint"))]) + "\n"
+
+
+def checkpoint_lines(checkpoint: dict | None) -> list[str]:
+    """What the result's ``checkpoint`` says, when the sweep did not move it as usual."""
+    if checkpoint is None:
+        return []
+    if not checkpoint["moved"]:
+        return [f"checkpoint not moved: {CHECKPOINT_KEPT}"]
+    unswept = checkpoint["unswept"]
+    return [f"NOT SWEPT: objects created {unswept['from']} .. {unswept['to']} (the checkpoint moved past them): "
+            f"{UNSWEPT_ADVICE}"]

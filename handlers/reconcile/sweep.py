@@ -29,8 +29,9 @@ from handlers.batch import layout
 from handlers.batch.intake import DUPLICATE, Intake
 from handlers.batch.layout import PUBLISHING
 from handlers.batch.reporting import Reporter
+from handlers.batch.results import rfc3339
 from handlers.clients.storage import Document, Source, SourceObject, StateStore
-from handlers.config import Config, Rule
+from handlers.config import MAX_RECONCILE_WINDOW_HOURS, Config, Rule
 from handlers.events import StorageObject
 from handlers.reconcile import report
 from handlers.reconcile.backfills import BackfillCoverage
@@ -61,14 +62,17 @@ class Sweeper:
         """Sweep (or resume the unfinished sweep) and publish its result; the message, or RetryLater.
 
         Each run is its own worker. Raises :class:`~handlers.reconcile.progress.SweepBusy`
-        when another run is at work, RetryLater when the budget ends first or the
-        result cannot be published yet: the sweep is then released, and the next
-        run resumes it at once.
+        when another run is at work, :class:`~handlers.reconcile.progress.UnfinishedSweep`
+        when ``since`` meets an interrupted sweep of another window, RetryLater when
+        the budget ends first or the result cannot be published yet: the sweep is
+        then released, and the next run resumes it at once.
         """
         progress = Progress(self.store, self.config, self.clock)
         sweep = progress.begin(since)
         if sweep.data["resumed"]:
             log.info("reconcile sweep resumed", sweep=sweep.data["sweep"], resumed=sweep.data["resumed"])
+        elif sweep.data["unswept"]:
+            _warn_unswept(sweep.data)
         try:
             if sweep.data["state"] == RUNNING:
                 window = window_of(sweep.data)
@@ -178,14 +182,24 @@ class Sweeper:
 
     # -- the end --------------------------------------------------------------------
     def _conclude(self, progress: Progress, sweep: Document) -> Document:
-        """Move the checkpoint, then freeze the result into the sweep document (published next)."""
-        progress.checkpoint(sweep.data)
-        message, attributes = report.reconcile_message(sweep.data, self.config.names, finished_at=self.clock())
+        """Move the checkpoint (if the window joins it), then freeze the result into the sweep document."""
+        moved = progress.checkpoint(sweep.data)
+        message, attributes = report.reconcile_message(sweep.data, self.config.names, finished_at=self.clock(),
+                                                       checkpoint_moved=moved)
         totals = message["totals"]
         log.info("reconcile sweep done", sweep=sweep.data["sweep"], outcome=message["outcome"],
                  listed=totals["listed"], matched=totals["matched"], covered=totals["covered"],
-                 coveredByBackfill=totals["coveredByBackfill"], admitted=totals["admitted"])
+                 coveredByBackfill=totals["coveredByBackfill"], admitted=totals["admitted"], checkpointMoved=moved,
+                 checkpointNote=None if moved else report.CHECKPOINT_KEPT)
         return self.reporter.conclude(sweep, SWEEP_PATH, message, attributes, progress.worker)
+
+
+def _warn_unswept(sweep: dict[str, Any]) -> None:
+    """The WARNING a new sweep capped at MAX_RECONCILE_WINDOW_HOURS logs: the span the checkpoint passes over."""
+    unswept = sweep["unswept"]
+    log.warning("reconcile window capped: objects created in the unswept span are never looked at",
+                sweep=sweep["sweep"], unsweptFrom=rfc3339(unswept["from"]), unsweptTo=rfc3339(unswept["to"]),
+                maxWindowHours=MAX_RECONCILE_WINDOW_HOURS, action=report.UNSWEPT_ADVICE)
 
 
 def _pages(objects: Iterable[SourceObject], after: str | None) -> Iterator[list[SourceObject]]:

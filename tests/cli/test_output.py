@@ -237,3 +237,17 @@ def test_the_reconcile_command_prints_a_line_per_rule_and_what_recovered_means()
     assert summary.startswith("RECOVERED: 2 objects no event had announced, admitted into 1 batch: b-7\n")
     quiet = {**RECONCILE, "outcome": "SUCCEEDED", "totals": {**RECONCILE["totals"], "admitted": 0}}
     assert render(quiet)[1] == "SUCCEEDED: every matched object in the window was already covered\n"
+
+
+def test_the_reconcile_command_says_when_the_checkpoint_did_not_move_as_usual():
+    from handlers.cli.reconcile import render
+
+    quiet = {**RECONCILE, "outcome": "SUCCEEDED", "totals": {**RECONCILE["totals"], "admitted": 0}}
+    kept = render({**quiet, "checkpoint": {"moved": False}})[1].splitlines()
+    assert kept[1].startswith("checkpoint not moved: the window starts after the checkpoint minus the overlap")
+    assert "run reconcile without --since" in kept[1]
+    unswept = {"from": "2026-10-01T00:00:00.000Z", "to": "2026-10-27T10:00:00.000Z"}
+    capped = render({**quiet, "checkpoint": {"moved": True, "unswept": unswept}})[1].splitlines()
+    assert capped[1].startswith("NOT SWEPT: objects created 2026-10-01T00:00:00.000Z .. 2026-10-27T10:00:00.000Z "
+                                "(the checkpoint moved past them): the window never looks back further than 29 days")
+    assert "python -m handlers backfill gs://BUCKET/PREFIX" in capped[1]

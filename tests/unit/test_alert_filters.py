@@ -111,7 +111,7 @@ def reconcile_attributes(admitted: int) -> dict:
                            "covered": 5 - admitted, "coveredByBackfill": 0, "admitted": admitted, "batches": []}}
     sweep = {"sweep": "s1", "window": {"from": 1.0, "to": 2.0}, "since": None, "rules": rules, "admitted": [],
              "resumed": 0, "startedAt": 1.0}
-    return reconcile_message(sweep, NamePolicy(), finished_at=3.0)[1]
+    return reconcile_message(sweep, NamePolicy(), finished_at=3.0, checkpoint_moved=True)[1]
 
 
 @pytest.mark.parametrize("admitted, alerts", [(0, False), (2, True)])

@@ -3,6 +3,8 @@ recognises as covered, what it reads, how it resumes, and its one message per sw
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from handlers.batch import layout
@@ -10,11 +12,11 @@ from handlers.batch.driver import Driver
 from handlers.batch.intake import Intake
 from handlers.batch.layout import DONE, LISTED
 from handlers.batch.reporting import Reporter
-from handlers.config import parse
+from handlers.config import MAX_RECONCILE_WINDOW_HOURS, parse
 from handlers.events import StorageObject
 from handlers.reconcile import progress as progress_module
 from handlers.reconcile import sweep as sweep_module
-from handlers.reconcile.progress import CHECKPOINT_PATH, SWEEP_PATH, Progress, SweepBusy
+from handlers.reconcile.progress import CHECKPOINT_PATH, SWEEP_PATH, Progress, SweepBusy, UnfinishedSweep
 from handlers.reconcile.sweep import Sweeper
 from handlers.retry import Deadline, RetryLater
 from tests.fakes import FakeApi, FakeClock, FakePublisher, MemorySource, MemoryStateStore
@@ -33,6 +35,7 @@ followup: {{topic: projects/p/topics/followups}}
 reconcile: {{overlap_minutes: 10, settle_seconds: 120, first_window_hours: 24}}
 """
 HOUR = 3600.0
+DAY = 24 * HOUR
 
 
 class World:
@@ -319,3 +322,128 @@ def test_an_object_admitted_by_its_event_meanwhile_is_counted_covered():
     message = world.sweep()
     assert message["totals"]["covered"] == 1 and message["totals"]["admitted"] == 0
     assert message["outcome"] == "SUCCEEDED"
+
+
+def log_lines(capsys) -> list[dict]:
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+def test_a_since_sweep_that_does_not_reach_back_to_the_checkpoint_leaves_it_for_the_next_sweep(capsys):
+    world = World()
+    world.sweep()
+    checkpoint = world.store.doc(CHECKPOINT_PATH)
+    world.clock.now += HOUR
+    world.put("ct/lost.dcm", age=0)  # its event is lost
+    world.clock.now += 5 * HOUR  # the hourly sweeps failed meanwhile (scheduler paused, function broken)
+    capsys.readouterr()
+
+    manual = world.sweep(since=HOUR)  # starts 5 hours after the checkpoint: the lost object is not in it
+
+    assert world.store.doc(CHECKPOINT_PATH) == checkpoint, "the span between was never swept: the checkpoint stays"
+    validate(manual, world.publisher.messages[-1][2])
+    assert manual["totals"]["admitted"] == 0 and manual["checkpoint"] == {"moved": False}
+    [done] = [line for line in log_lines(capsys) if line["message"] == "reconcile sweep done"]
+    assert done["checkpointMoved"] is False and "next scheduled sweep starts there" in done["checkpointNote"]
+
+    world.clock.now += HOUR
+    scheduled = world.sweep()
+    assert scheduled["window"]["from"] == progress_module_rfc(checkpoint["to"] - 600)
+    assert [item["uri"] for item in scheduled["admitted"]] == ["gs://inbox-bkt/ct/lost.dcm"]
+    assert "checkpoint" not in scheduled and world.store.doc(CHECKPOINT_PATH)["to"] == world.clock.now - 120
+    world.clock.now += HOUR
+    assert world.sweep()["totals"]["admitted"] == 0
+
+
+def test_a_since_sweep_that_reaches_back_to_the_checkpoint_moves_it():
+    world = World()
+    world.sweep()
+    world.clock.now += HOUR
+    world.put("ct/lost.dcm", age=0)
+    world.clock.now += 5 * HOUR
+    message = world.sweep(since=7 * HOUR)
+    assert [item["uri"] for item in message["admitted"]] == ["gs://inbox-bkt/ct/lost.dcm"]
+    assert "checkpoint" not in message and world.store.doc(CHECKPOINT_PATH)["to"] == world.clock.now - 120
+
+
+def test_a_since_run_never_discards_an_interrupted_sweep(monkeypatch, capsys):
+    monkeypatch.setattr(sweep_module, "PAGE", 3)
+    world = World()
+    world.sweep()
+    world.clock.now += HOUR
+    names = [f"ct/{i:02d}.dcm" for i in range(8)]
+    for name in names:
+        world.put(name, age=0)  # every event lost
+    world.clock.now += 5 * HOUR
+    with pytest.raises(RetryLater):
+        world.sweeper().run(Budget(pages=2))  # the scheduled sweep is interrupted
+    interrupted = world.store.doc(SWEEP_PATH)
+    checkpoint = world.store.doc(CHECKPOINT_PATH)
+
+    with pytest.raises(UnfinishedSweep, match=f"sweep {interrupted['sweep']} .* was interrupted"):
+        world.sweep(since=HOUR)
+    assert world.store.doc(SWEEP_PATH) == interrupted and world.store.doc(CHECKPOINT_PATH) == checkpoint
+
+    message = world.sweep()  # a run without --since (the next tick, or the operator) finishes it
+    assert message["sweep"] == interrupted["sweep"] and message["resumed"] == 1
+    assert by_rule(message)["ct"]["admitted"] == 8 and "checkpoint" not in message
+    world.clock.now += 10
+    assert world.sweep(since=HOUR)["totals"]["admitted"] == 0, "then --since runs"
+
+
+def test_a_since_run_resumes_its_own_interrupted_sweep(monkeypatch):
+    monkeypatch.setattr(sweep_module, "PAGE", 3)
+    world = World()
+    for i in range(8):
+        world.put(f"ct/{i:02d}.dcm", age=HOUR)
+    with pytest.raises(RetryLater):
+        world.sweeper().run(Budget(pages=2), since=2 * HOUR)
+    message = world.sweep(since=2 * HOUR)
+    assert message["resumed"] == 1 and by_rule(message)["ct"]["admitted"] == 8
+
+
+def checkpoint_older_than_the_claims(world: World):
+    """A checkpoint 40 days old, and an object imported 39 days ago whose claim the lifecycle deleted since."""
+    world.sweep()
+    checkpoint = world.store.doc(CHECKPOINT_PATH)
+    world.clock.now += DAY
+    world.event(world.put("ct/imported.dcm", age=0), "ct")
+    world.clock.now += 39 * DAY  # the scheduler was paused, or on_reconcile broken, all that time
+    for path in [p for p in list(world.store.docs) if p.startswith("claims/")]:
+        world.store.delete(path)
+    return checkpoint
+
+
+def test_a_window_from_an_old_checkpoint_is_capped_and_the_span_left_out_is_named(capsys):
+    world = World()
+    checkpoint = checkpoint_older_than_the_claims(world)
+    world.put("ct/lost.dcm", age=2 * DAY)  # inside the capped window, its event lost
+    capsys.readouterr()
+
+    message = world.sweep()
+
+    validate(message, world.publisher.messages[-1][2])
+    cap = world.clock.now - MAX_RECONCILE_WINDOW_HOURS * HOUR
+    assert message["window"]["from"] == progress_module_rfc(cap)
+    assert [item["uri"] for item in message["admitted"]] == ["gs://inbox-bkt/ct/lost.dcm"], "never imported twice"
+    unswept = {"from": progress_module_rfc(checkpoint["to"] - 600), "to": progress_module_rfc(cap)}
+    assert message["checkpoint"] == {"moved": True, "unswept": unswept}
+    assert world.store.doc(CHECKPOINT_PATH)["to"] == world.clock.now - 120, "the checkpoint moves on"
+    [warning] = [line for line in log_lines(capsys) if line["message"].startswith("reconcile window capped")]
+    assert warning["severity"] == "WARNING"
+    assert (warning["unsweptFrom"], warning["unsweptTo"]) == (unswept["from"], unswept["to"])
+    assert "python -m handlers backfill" in warning["action"]
+
+    world.clock.now += HOUR
+    assert "checkpoint" not in world.sweep(), "the next sweep starts at the new checkpoint"
+
+
+def test_a_since_sweep_over_an_old_checkpoint_moves_it_only_from_the_cap():
+    world = World()
+    checkpoint = checkpoint_older_than_the_claims(world)
+    short = world.sweep(since=HOUR)
+    assert world.store.doc(CHECKPOINT_PATH) == checkpoint and short["checkpoint"] == {"moved": False}
+    world.clock.now += 10
+    longest = world.sweep(since=MAX_RECONCILE_WINDOW_HOURS * HOUR)
+    assert longest["checkpoint"]["moved"] and longest["checkpoint"]["unswept"]["from"] == progress_module_rfc(
+        checkpoint["to"] - 600)
+    assert longest["totals"]["admitted"] == 0 and world.store.doc(CHECKPOINT_PATH)["to"] == world.clock.now - 120
