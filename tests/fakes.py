@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from handlers.clients.healthcare import ApiError, Operation
 from handlers.retry import Deadline
-from handlers.clients.storage import Conflict, Document, Listed, SourceGone, SourceObject
+from handlers.clients.storage import Conflict, Document, Listed, LiveObject, SourceGone, SourceObject
 from tests.message_schemas import validate
 
 
@@ -150,6 +150,24 @@ class MemoryStateStore:
         with self._lock:
             self.ops.append(("delete_source", f"{bucket}/{name}#{generation}"))
             return self.sources.pop((bucket, name, generation), None) is not None
+
+    def live_source(self, bucket: str, name: str) -> LiveObject | None:
+        """The newest generation of ``gs://bucket/name`` (tests add a newer one to overwrite)."""
+        with self._lock:
+            self.ops.append(("live_source", f"{bucket}/{name}"))
+            generations = [g for (b, n, g) in self.sources if (b, n) == (bucket, name)]
+            if not generations:
+                return None
+            generation = max(generations, key=int)
+            data = self.sources[(bucket, name, generation)]
+            return LiveObject(generation, len(data), md5(data))
+
+    def read_source_range(self, bucket: str, name: str, generation: str, start: int, length: int) -> bytes:
+        with self._lock:
+            self.ops.append(("read_source_range", f"{bucket}/{name}#{generation}"))
+            if (bucket, name, generation) not in self.sources:
+                raise SourceGone(f"gs://{bucket}/{name}#{generation}")
+            return self.sources[(bucket, name, generation)][start:start + length]
 
     def source_in(self, bucket: str, name: str) -> tuple[str, bytes, dict[str, str]] | None:
         """(generation, bytes, metadata) of the live object ``gs://bucket/name``, if any."""

@@ -53,6 +53,15 @@ class Listed:
 
 
 @dataclass(frozen=True)
+class LiveObject:
+    """The live generation of an object in another bucket, with its size and Base64 MD5 ('' when unknown)."""
+
+    generation: str
+    size: int
+    md5: str
+
+
+@dataclass(frozen=True)
 class SourceObject:
     """One object generation listed in a watched bucket, with its ``timeCreated`` (epoch seconds)."""
 
@@ -93,6 +102,10 @@ class StateStore(Protocol):
                     metadata: Mapping[str, str]) -> bool: ...
 
     def delete_source(self, bucket: str, name: str, generation: str) -> bool: ...
+
+    def live_source(self, bucket: str, name: str) -> LiveObject | None: ...
+
+    def read_source_range(self, bucket: str, name: str, generation: str, start: int, length: int) -> bytes: ...
 
     def server_time(self, path: str) -> float:
         """Cloud Storage's clock: write an empty object at ``path`` and return its ``updated`` time."""
@@ -275,7 +288,8 @@ class GcsStateStore:
             return None
         return int(blob.generation)
 
-    # Objects in other buckets (the inbox, a quarantine bucket): the failure policies.
+    # Objects in other buckets (the inbox, a quarantine bucket): the failure policies, and the sources a
+    # one-call backfill imported (naming its failures).
     def tag_source(self, bucket: str, name: str, generation: str, metadata: Mapping[str, str]) -> bool:
         """Merge ``metadata`` into that generation's custom metadata; False when the generation is gone.
 
@@ -319,6 +333,23 @@ class GcsStateStore:
         except (exceptions.NotFound, exceptions.PreconditionFailed):
             return False
         return True
+
+    def live_source(self, bucket: str, name: str) -> LiveObject | None:
+        """The live generation of ``gs://bucket/name`` (one metadata read); None when there is none."""
+        blob = self._handle().client.bucket(bucket).get_blob(name)
+        if blob is None:
+            return None
+        return LiveObject(str(blob.generation), int(blob.size or 0), blob.md5_hash or "")
+
+    def read_source_range(self, bucket: str, name: str, generation: str, start: int, length: int) -> bytes:
+        """Up to ``length`` bytes of exactly that generation from ``start``; SourceGone when it is gone."""
+        from google.api_core import exceptions
+
+        blob = self._handle().client.bucket(bucket).blob(name, generation=int(generation))
+        try:
+            return blob.download_as_bytes(start=start, end=start + length - 1)
+        except exceptions.NotFound:
+            raise SourceGone(f"gs://{bucket}/{name}#{generation}") from None
 
     def server_time(self, path: str) -> float:
         blob = self._handle().blob(path)

@@ -2,7 +2,9 @@
 
 import time
 
-from handlers.clients.storage import POOL_CONNECTIONS, GcsStateStore, storage_client
+import pytest
+
+from handlers.clients.storage import POOL_CONNECTIONS, GcsStateStore, SourceGone, storage_client
 
 from tests.unit.not_found_server import NotFoundEverywhere, not_found_server
 
@@ -29,3 +31,16 @@ def test_reading_absent_objects_costs_one_call_each_and_no_bucket_lookups(monkey
     bucket_lookups = [path for path in paths if path.rstrip("/").endswith("/b/state-bkt")]
     assert not bucket_lookups, f"{len(bucket_lookups)} bucket GETs beside 20 object reads"
     assert len(paths) == 20
+
+
+def test_a_source_object_that_is_gone_reads_as_none_or_source_gone(monkeypatch):
+    """Naming a one-call backfill's failures reads its source objects: a 404 is an answer, not an error."""
+    with not_found_server() as address:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://{address}")
+        store = GcsStateStore("state-bkt", storage_client("p"))
+        assert store.live_source("legacy-bkt", "archive/a.dcm") is None
+        with pytest.raises(SourceGone, match="gs://legacy-bkt/archive/a.dcm#5"):
+            store.read_source_range("legacy-bkt", "archive/a.dcm", "5", 0, 1024)
+    [metadata, media] = [target for target, _ in NotFoundEverywhere.seen]
+    assert metadata.startswith("/storage/v1/b/legacy-bkt/o/archive%2Fa.dcm")
+    assert "generation=5" in media and "alt=media" in media
