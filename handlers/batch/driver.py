@@ -246,7 +246,7 @@ class Driver:
     def _claim_import(self, record: Document, path: str, worker: str, staging: StagingCopies) -> Document:
         """Copy the members still to copy into staging, then claim the import for ``worker`` (one write)."""
         data = record.data
-        if data["importUri"] == layout.import_uri(self.store.bucket, data["rule"], data["batch"]):
+        if layout.imports_staging(data, self.store.bucket):
             data = _without_gone(data, staging.finish(data["members"]))
         claimed = self._claimed(data, worker)
         return Document(claimed, self.store.replace(path, claimed, record.generation))
@@ -365,7 +365,7 @@ class Driver:
         if rule is not None and rule.on_conflict == REPLACE:
             conflicts = [f for f in failures if f.kind == CONFLICT and f.action is None]
             if conflicts:
-                record = self._plan_replacement(record, path, conflicts)
+                record = self._plan_replacement(record, path, conflicts, deadline)
                 data, failures = record.data, failures_from_record(record.data.get("failures"))
         if rule is not None and rule.on_failure.action != REPORT:
             applied = 0
@@ -390,12 +390,12 @@ class Driver:
         record = Document({**data, "failures": [f.to_record() for f in failures]}, record.generation)
         return self._conclude_failures(record, path, worker)
 
-    def _plan_replacement(self, record: Document, path: str, conflicts: list[Failure]) -> Document:
+    def _plan_replacement(self, record: Document, path: str, conflicts: list[Failure], deadline: Deadline) -> Document:
         """Write the child batch that replaces this batch's conflicts, and save each conflict's action."""
         if self.kick is None:
             raise ValueError("the driver needs a kick callable to replace conflicts (Runtime passes one)")
         data = record.data
-        plan = replace.plan(self.store, data, conflicts)
+        plan = replace.plan(self.store, data, conflicts, deadline)
         if plan.members:
             created = readmit.create_child(self.store, self.kick, data, plan.batch, plan.members, readmit.REPLACE,
                                            {"replaceInstances": plan.instances}, self.clock)

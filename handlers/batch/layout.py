@@ -106,6 +106,11 @@ def import_uri(state_bucket: str, rule: str, batch: str) -> str:
     return f"gs://{state_bucket}/{staging_prefix(rule, batch)}*"
 
 
+def imports_staging(record: Mapping[str, Any], state_bucket: str) -> bool:
+    """Whether the batch imports its staging copies; False for a one-call backfill, which imports its source pattern."""
+    return record["importUri"] == import_uri(state_bucket, record["rule"], record["batch"])
+
+
 def member_ids(record: Mapping[str, Any]) -> set[str]:
     return {member["id"] for member in record.get("members") or ()}
 

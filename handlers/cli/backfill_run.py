@@ -4,7 +4,9 @@
   (``importUri`` = the source pattern, ``members`` = the listing) whose driver
   message is published with ``Runtime.kick_batch``: the function's Driver
   imports, follows and publishes it like any batch. Its id is deterministic,
-  so a rerun finds the record and resumes it instead of importing again.
+  so a rerun finds the record and resumes it instead of importing again. Its
+  failed files are named from their source objects, at the listed generation
+  (``handlers.failures.files``).
 * A staged group goes object by object through ``Intake.admit`` (claims make a
   rerun idempotent), a few objects at a time.
 

@@ -5,10 +5,12 @@ and a new import. Two halves, so that a delete can never hit what a
 replacement already imported:
 
 * the batch that saw the conflicts (:func:`plan`, in its ``acting`` step) reads
-  each file's UIDs from its staging copy, claims the object generation's one
-  replacement with a marker ``replacements/RULE/ID.json`` (create-if-absent:
-  at most one replacement per object generation, ever), and writes the child
-  batch ``ORIGIN-replace`` listing those members and their instances;
+  each file's UIDs from the file its import read (its staging copy, or a
+  one-call backfill's source object: :mod:`handlers.failures.files`), claims
+  the object generation's one replacement with a marker
+  ``replacements/RULE/ID.json`` (create-if-absent: at most one replacement per
+  object generation, ever), and writes the child batch ``ORIGIN-replace``
+  listing those members and their instances;
 * the child batch (:func:`replace_stored`, after its import is claimed and
   before the import call) saves each stored instance's bytes to
   ``replaced/RULE/CHILD/ID.dcm`` in the state bucket (the old version stays
@@ -27,8 +29,9 @@ from typing import Any, Mapping, Sequence
 from handlers import log
 from handlers.batch import layout
 from handlers.clients.healthcare import ApiError, HealthcareApi
-from handlers.clients.storage import Conflict, StateStore
+from handlers.clients.storage import Conflict, SourceGone, StateStore
 from handlers.failures import readmit
+from handlers.failures.files import BatchFiles, File, batch_files
 from handlers.failures.header import NotDicom, inspect
 from handlers.failures.model import Failure
 from handlers.privacy import NamePolicy
@@ -55,14 +58,16 @@ class Plan:
     """Failure id -> its ``action`` in the origin's result."""
 
 
-def plan(store: StateStore, record: Mapping[str, Any], conflicts: Sequence[Failure]) -> Plan:
+def plan(store: StateStore, record: Mapping[str, Any], conflicts: Sequence[Failure], deadline: Deadline) -> Plan:
     """Which conflicts the child batch replaces (each object generation at most once), and why not the others."""
     rule, origin = record["rule"], record["batch"]
     child = readmit.replacement_id(origin)
     result = Plan(child)
     members = {m["id"]: m for m in record.get("members") or []}
+    files = batch_files(store, record)
+    readable = files.stat([members[failure.id] for failure in conflicts], deadline)
     for failure in conflicts:
-        path = _instance_path(store, rule, origin, failure.id)
+        path = _instance_path(files, members[failure.id], readable.get(failure.id))
         if path is None:
             result.actions[failure.id] = {"policy": "replace", "done": False,
                                           "error": "the file's Study, Series and SOP Instance UIDs cannot be read"}
@@ -79,21 +84,15 @@ def plan(store: StateStore, record: Mapping[str, Any], conflicts: Sequence[Failu
     return result
 
 
-def _instance_path(store: StateStore, rule: str, batch: str, oid: str) -> str | None:
+def _instance_path(files: BatchFiles, member: Mapping[str, Any], file: File | None) -> str | None:
+    """The instance the member's file holds; None when its file or its UIDs cannot be read."""
+    if file is None:
+        return None
     try:
-        header = inspect(store.read_range(layout.staging_path(rule, batch, oid), 0, HEADER_BYTES),
-                         total_size=_size(store, rule, batch, oid))
-    except (NotDicom, KeyError):
+        header = inspect(files.head(member, HEADER_BYTES), total_size=file.size)
+    except (NotDicom, SourceGone):
         return None
     return header.path if header.uids else None
-
-
-def _size(store: StateStore, rule: str, batch: str, oid: str) -> int:
-    name = layout.staging_path(rule, batch, oid)
-    for item in store.list(name):
-        if item.name == name:
-            return item.size
-    raise KeyError(name)
 
 
 def _claim_replacement(store: StateStore, rule: str, oid: str, child: str, origin: str, instance: str) -> str:

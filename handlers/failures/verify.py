@@ -1,9 +1,13 @@
-"""Finding the failed members Cloud Logging did not list, by reading the objects and asking the store.
+"""Finding the failed members Cloud Logging did not list, by reading the files and asking the store.
 
-Cheapest first, stopping as soon as every missing failure is found:
+The files are those the import read (:mod:`handlers.failures.files`): the
+batch's staging copies, or a one-call backfill's source objects at the
+generation its listing recorded. Cheapest first, stopping as soon as every
+missing failure is found:
 
-1. one listing of the batch's staging folder: a 0-byte copy is ``empty``;
-2. a ranged read of each remaining copy's first bytes (``handlers.failures.header``):
+1. the files' sizes (one listing of the staging folder, or one metadata read
+   per source object): a 0-byte file is ``empty``;
+2. a ranged read of each remaining file's first bytes (``handlers.failures.header``):
    no DICOM file, or a truncated one, is ``not-dicom``; a complete header
    without the three UIDs is ``other``;
 3. one QIDO search per series: a member whose SOP Instance UID the store does
@@ -12,7 +16,8 @@ Cheapest first, stopping as soon as every missing failure is found:
    member's (MD5) mean the store kept an earlier version: ``conflict``.
 
 Every failure found so is ``source: verified``. The work is bounded by a time
-budget; what it could not check is said, never guessed.
+budget; what it could not check is said, never guessed: a backfill's source
+object overwritten or deleted since the listing is counted as ``changed``.
 """
 
 from __future__ import annotations
@@ -25,16 +30,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from handlers.batch import layout
 from handlers.clients.healthcare import ApiError, HealthcareApi
-from handlers.clients.storage import StateStore
 from handlers.failures import kinds
+from handlers.failures.files import THREADS, BatchFiles, File
 from handlers.failures.header import Header, NotDicom, inspect
 from handlers.failures.model import VERIFIED, Failure
 from handlers.retry import Deadline
 
 HEADER_BYTES = 64 * 1024
-THREADS = 16
 SOP_INSTANCE_UID = "00080018"
 QIDO_LIMIT = "50000"
 INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS = 3, 5, 6
@@ -47,37 +50,40 @@ class Verification:
     """Members whose fate was settled (failed, or found stored with their own bytes)."""
     unchecked: int = 0
     """Members left unsettled (budget spent, a header too long to read, a call that failed)."""
+    changed: int = 0
+    """Members whose file is gone at their generation (a backfill's source changed since its listing)."""
 
 
 @dataclass
 class Verifier:
-    store: StateStore
     api: HealthcareApi
     clock: Callable[[], float] = time.monotonic
 
-    def find(self, record: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]], missing: int,
+    def find(self, store: str, files: BatchFiles, candidates: Sequence[Mapping[str, Any]], missing: int,
              budget: Deadline) -> Verification:
-        """Up to ``missing`` failures among ``candidates`` (members Cloud Logging did not list)."""
+        """Up to ``missing`` failures among ``candidates`` (members Cloud Logging did not list) of DICOM ``store``."""
         result = Verification()
-        rule, batch, store = record["rule"], record["batch"], record["store"]
-        copies = {listed.name.rsplit("/", 1)[-1].removesuffix(".dcm"): listed
-                  for listed in self.store.list(layout.staging_prefix(rule, batch))}
+        found = files.stat(candidates, budget)
+        readable: dict[str, File] = {}
         pending: list[Mapping[str, Any]] = []
         for member in candidates:
-            copy = copies.get(member["id"])
-            if copy is None:
+            file = found.get(member["id"])
+            if member["id"] not in found:
                 result.unchecked += 1
-            elif copy.size == 0:
+            elif file is None:
+                result.changed += 1
+            elif file.size == 0:
                 result.failures.append(Failure.of_member(member, kinds.EMPTY, INVALID_ARGUMENT,
                                                          "the object is empty (0 bytes)", VERIFIED))
                 result.checked += 1
             else:
+                readable[member["id"]] = file
                 pending.append(member)
         if len(result.failures) >= missing or budget.expired:
             result.unchecked += len(pending)
             return result
 
-        headers = self._headers(rule, batch, pending, copies, budget)
+        headers = self._headers(files, pending, readable, budget)
         stored_candidates: list[tuple[Mapping[str, Any], Header]] = []
         for member in pending:
             header = headers.get(member["id"])
@@ -114,7 +120,7 @@ class Verifier:
             if len(result.failures) >= missing or budget.expired:
                 result.unchecked += 1
                 continue
-            same = self._same_bytes(store, header, copies[member["id"]].md5, budget)
+            same = self._same_bytes(store, header, readable[member["id"]].md5, budget)
             if same is None:
                 result.unchecked += 1
                 continue
@@ -126,16 +132,16 @@ class Verifier:
                     "the earlier version", VERIFIED))
         return result
 
-    def _headers(self, rule: str, batch: str, members: Sequence[Mapping[str, Any]], copies: Mapping[str, Any],
+    def _headers(self, files: BatchFiles, members: Sequence[Mapping[str, Any]], readable: Mapping[str, File],
                  budget: Deadline) -> dict[str, Header | str | None]:
         """Per member id: its Header, a string saying why it is not DICOM, or None when unread."""
 
         def read(member: Mapping[str, Any]) -> tuple[str, Header | str | None]:
             if budget.expired:
                 return member["id"], None
-            size = copies[member["id"]].size
+            size = readable[member["id"]].size
             try:
-                data = self.store.read_range(layout.staging_path(rule, batch, member["id"]), 0, HEADER_BYTES)
+                data = files.head(member, HEADER_BYTES)
             except Exception:  # noqa: BLE001 - an unread header leaves the member unchecked, never failed
                 return member["id"], None
             try:
