@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from handlers.clients.healthcare import ApiError, HealthcareApi
 from handlers.failures import kinds
@@ -57,7 +56,6 @@ class Verification:
 @dataclass
 class Verifier:
     api: HealthcareApi
-    clock: Callable[[], float] = time.monotonic
 
     def find(self, store: str, files: BatchFiles, candidates: Sequence[Mapping[str, Any]], missing: int,
              budget: Deadline) -> Verification:
