@@ -4,13 +4,23 @@ Object names often carry patient data (names, accession numbers). With
 ``results.object_names: hashed`` every name that leaves the function as a log
 field or message field becomes ``sha256:<hex>`` of ``gs://bucket/name``
 (optionally keyed with ``results.hash_key`` so short names cannot be guessed).
+
+Error texts never carry a name, whatever the mode: a Google API error's text
+starts with the request URL, which holds the object name URL-encoded, and a
+server message may quote the name too (``No such object: BUCKET/NAME``).
+:func:`error_text` keeps what explains the error and takes the names out.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from google.api_core.exceptions import GoogleAPICallError
 
 PLAIN = "plain"
 HASHED = "hashed"
@@ -36,3 +46,46 @@ class NamePolicy:
         else:
             digest = hashlib.sha256(uri.encode()).hexdigest()
         return f"sha256:{digest}"
+
+
+NAME_REMOVED = "[object name]"
+
+
+def error_text(exc: BaseException, names: Iterable[str]) -> str:
+    """What a failed call may say in results and logs: no request URL, none of ``names``.
+
+    A Google API error: its class, HTTP code and the server's message (its
+    ``str`` starts with the request URL); anything else: its class and text.
+    Each of ``names``, plain or URL-encoded, becomes :data:`NAME_REMOVED`.
+    """
+    from google.api_core.exceptions import GoogleAPICallError
+
+    if isinstance(exc, GoogleAPICallError):
+        text = f"{exc.__class__.__name__} {exc.code}: {_server_message(exc)}"
+    else:
+        text = f"{exc.__class__.__name__}: {exc}"
+    return without_names(text, names)
+
+
+def _server_message(exc: GoogleAPICallError) -> str:
+    for error in exc.errors:
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+    return exc.reason or "the server gave no reason"
+
+
+def without_names(text: str, names: Iterable[str]) -> str:
+    """``text`` with each of ``names`` (plain, percent-encoded in any case or mix, ``+`` for spaces) removed."""
+    for name in sorted({name for name in names if name}, key=len, reverse=True):
+        text = re.sub(_spellings(name), NAME_REMOVED, text, flags=re.IGNORECASE)
+    return text
+
+
+def _spellings(name: str) -> str:
+    """A pattern matching ``name`` however a URL spells it: each character itself or percent-encoded."""
+    parts = []
+    for char in name:
+        encoded = "".join(f"%{byte:02X}" for byte in char.encode())
+        plus = r"|\+" if char == " " else ""
+        parts.append(f"(?:{re.escape(char)}|{encoded}{plus})")
+    return "".join(parts)

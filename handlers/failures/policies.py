@@ -14,7 +14,8 @@ Every action is idempotent, so a redelivered driver may apply it again:
 
 A generation already gone is reported, not retried; a refusal (403, a missing
 bucket) is reported in the failure's ``action.error``; a transient error is
-raised so the delivery is retried.
+raised (RetryLater) so the delivery is retried. No error text names the object
+(:func:`handlers.privacy.error_text`): results show names per the name policy.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import Any
 from handlers.config import QUARANTINE, TAG, FailurePolicy
 from handlers.clients.storage import StateStore
 from handlers.failures.model import Failure
+from handlers.privacy import error_text
+from handlers.retry import RetryLater
 
 ERROR_KEY = "dicom-import-error"
 BATCH_KEY = "dicom-import-batch"
@@ -45,9 +48,10 @@ def apply(store: StateStore, policy: FailurePolicy, failure: Failure, batch: str
         if policy.action == QUARANTINE:
             return _quarantine(store, policy, failure, batch)
     except Exception as exc:  # noqa: BLE001 - transient errors go up, refusals are reported
+        text = error_text(exc, [failure.name, policy.prefix + failure.name])  # the object's, its copy's
         if _transient(exc):
-            raise
-        return {"policy": policy.action, "done": False, "error": f"{exc.__class__.__name__}: {exc}"[:300]}
+            raise RetryLater(f"on_failure {policy.action} not applied yet: {text}") from None
+        return {"policy": policy.action, "done": False, "error": text[:300]}
     raise ValueError(f"no action for on_failure {policy.action!r}")
 
 

@@ -4,8 +4,13 @@ In-memory state and a scripted API (tests/fakes.py); the same steps run end to e
 tests/e2e/test_failures.py.
 """
 
-import pytest
+import io
+import json
 
+import pytest
+from google.api_core import exceptions as google_errors
+
+from handlers import log
 from handlers.batch import driver as driver_module
 from handlers.batch import layout
 from handlers.batch.driver import Driver
@@ -102,6 +107,58 @@ def test_policy_progress_is_saved_when_a_delivery_runs_short_and_each_file_is_ta
     monkeypatch.setattr(driver_module, "ACT_MARGIN_SECONDS", 15.0)
     assert world.drive(drop.batch) == DONE
     assert len([op for op in world.store.ops if op[0] == "tag"]) == 2, "each failed file tagged once"
+
+
+PATIENT = "DOE_JOHN_1960"
+
+
+def refused(name: str, error: type = google_errors.Forbidden) -> google_errors.GoogleAPICallError:
+    """What google-cloud-storage raises: the request URL (the name URL-encoded), then the server's message."""
+    url = f"https://storage.googleapis.com/storage/v1/b/inbox-bkt/o/{name.replace('/', '%2F')}?ifGenerationMatch=7"
+    server = f"svc@p.iam.gserviceaccount.com does not have storage.objects.update access to inbox-bkt/{name}."
+    return error(f"PATCH {url}: {server}", errors=[{"message": server, "domain": "global", "reason": "x"}])
+
+
+def test_a_refused_policy_names_no_object_in_the_result_the_record_or_the_log_when_names_are_hashed(monkeypatch):
+    world = policy_world("on_failure: tag", "hashed")
+    name = f"site/{PATIENT}/img1.dcm"
+    drop = Drop(world, {name: b"", "site/ok.dcm": make_instance(new_uid(), new_uid(), new_uid())})
+    drop.log(name, "empty DICOM instance found")
+    drop.finish(success=1, failure=1)
+
+    def tag_source(bucket, source_name, generation, metadata):
+        raise refused(source_name)
+
+    monkeypatch.setattr(world.store, "tag_source", tag_source)
+    lines = io.StringIO()
+    log.redirect(lines)
+    try:
+        assert world.drive(drop.batch) == DONE
+    finally:
+        log.redirect(None)
+    result, _ = message(world)
+    [failure] = result["failures"]
+    assert failure["action"] == {"policy": "tag", "done": False, "error": (
+        "Forbidden 403: svc@p.iam.gserviceaccount.com does not have storage.objects.update access to "
+        "inbox-bkt/[object name].")}
+    record = world.store.doc(layout.record_path("all", drop.batch))
+    saved_actions = [f["action"] for f in record["failures"]]  # the record itself keeps plain names, by design
+    everything = json.dumps(result) + json.dumps(saved_actions) + lines.getvalue()
+    assert "failure policy applied" in lines.getvalue()
+    assert PATIENT not in everything
+
+
+def test_a_transient_policy_error_is_retried_without_naming_the_object(monkeypatch):
+    world = policy_world("on_failure: tag", "hashed")
+    name = f"site/{PATIENT}/img1.dcm"
+    drop = Drop(world, {name: b"", "site/ok.dcm": make_instance(new_uid(), new_uid(), new_uid())})
+    drop.log(name, "empty DICOM instance found")
+    drop.finish(success=1, failure=1)
+    monkeypatch.setattr(world.store, "tag_source", lambda *args: (_ for _ in ()).throw(
+        refused(name, google_errors.ServiceUnavailable)))
+    with pytest.raises(RetryLater, match=r"on_failure tag not applied yet: ServiceUnavailable 503") as raised:
+        world.drive(drop.batch)
+    assert PATIENT not in str(raised.value)
 
 
 def conflict_drop(world: World) -> tuple[Drop, bytes, bytes, str]:
