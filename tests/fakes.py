@@ -139,12 +139,17 @@ class MemoryStateStore:
             self.ops.append(("copy_source", f"{bucket}/{name}#{generation} -> {to_bucket}/{to_name}"))
             if (bucket, name, generation) not in self.sources:
                 return False
-            for key in [k for k in self.sources if k[:2] == (to_bucket, to_name)]:
-                del self.sources[key]
+            if self.source_in(to_bucket, to_name) is not None:
+                raise Conflict(f"gs://{to_bucket}/{to_name}")
             target = (to_bucket, to_name, str(next(self._generations)))
             self.sources[target] = self.sources[(bucket, name, generation)]
             self.source_metadata[target] = dict(metadata)
             return True
+
+    def object_metadata(self, bucket: str, name: str) -> Mapping[str, str] | None:
+        with self._lock:
+            live = self.source_in(bucket, name)
+            return None if live is None else dict(live[2])
 
     def delete_source(self, bucket: str, name: str, generation: str) -> bool:
         with self._lock:

@@ -35,6 +35,14 @@ class SourceGone(Exception):
     """The object generation to copy no longer exists (overwritten or deleted)."""
 
 
+class BucketMissing(Exception):
+    """The bucket a copy goes to does not exist."""
+
+    def __init__(self, bucket: str) -> None:
+        super().__init__(f"gs://{bucket} does not exist")
+        self.bucket = bucket
+
+
 @dataclass(frozen=True)
 class Document:
     data: dict[str, Any]
@@ -100,6 +108,8 @@ class StateStore(Protocol):
 
     def copy_source(self, bucket: str, name: str, generation: str, to_bucket: str, to_name: str,
                     metadata: Mapping[str, str]) -> bool: ...
+
+    def object_metadata(self, bucket: str, name: str) -> Mapping[str, str] | None: ...
 
     def delete_source(self, bucket: str, name: str, generation: str) -> bool: ...
 
@@ -308,7 +318,12 @@ class GcsStateStore:
 
     def copy_source(self, bucket: str, name: str, generation: str, to_bucket: str, to_name: str,
                     metadata: Mapping[str, str]) -> bool:
-        """Copy that generation to ``gs://to_bucket/to_name`` with ``metadata``; False when it is gone."""
+        """Copy that generation to a new object ``gs://to_bucket/to_name`` with ``metadata``; False when it is gone.
+
+        The copy never replaces an object (``ifGenerationMatch=0``): Conflict when
+        ``to_name`` exists. A 404 is the source generation gone, unless that
+        generation is still there: then ``to_bucket`` is missing (BucketMissing).
+        """
         from google.api_core import exceptions
 
         client = self._handle().client
@@ -318,11 +333,20 @@ class GcsStateStore:
         token = None
         try:
             while True:
-                token, _, _ = target.rewrite(source, token=token)
+                token, _, _ = target.rewrite(source, token=token, if_generation_match=0)
                 if token is None:
                     return True
+        except exceptions.PreconditionFailed:
+            raise Conflict(f"gs://{to_bucket}/{to_name}") from None
         except exceptions.NotFound:
-            return False
+            if client.bucket(bucket).get_blob(name, generation=int(generation)) is None:
+                return False
+            raise BucketMissing(to_bucket) from None
+
+    def object_metadata(self, bucket: str, name: str) -> Mapping[str, str] | None:
+        """The custom metadata of the live object ``gs://bucket/name`` ({} when it has none); None when absent."""
+        blob = self._handle().client.bucket(bucket).get_blob(name)
+        return None if blob is None else dict(blob.metadata or {})
 
     def delete_source(self, bucket: str, name: str, generation: str) -> bool:
         """Delete exactly that generation (a newer one is left alone); False when it was already gone."""

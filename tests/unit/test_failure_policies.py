@@ -15,11 +15,13 @@ from handlers.batch import driver as driver_module
 from handlers.batch import layout
 from handlers.batch.driver import Driver
 from handlers.batch.layout import ACTING, DONE
-from handlers.config import parse
-from handlers.failures import replace
+from handlers.config import FailurePolicy, parse
+from handlers.failures import policies, replace
+from handlers.failures.model import Failure
 from handlers.failures.header import inspect
 from handlers.retry import Deadline, RetryLater
 from localstack.samples import make_instance, new_uid
+from tests.fakes import MemoryStateStore
 from tests.unit.test_batching import CONFIG, World
 from tests.unit.test_failures import CONFLICT, Drop, message
 
@@ -159,6 +161,57 @@ def test_a_transient_policy_error_is_retried_without_naming_the_object(monkeypat
     with pytest.raises(RetryLater, match=r"on_failure tag not applied yet: ServiceUnavailable 503") as raised:
         world.drive(drop.batch)
     assert PATIENT not in str(raised.value)
+
+
+def failed_file(generation: str, name: str = "incoming/CT-1/img1.dcm") -> Failure:
+    return Failure(f"id-{generation}", "inbox-bkt", name, generation, "conflict", 6, "files differ", "logging")
+
+
+MOVE = FailurePolicy("quarantine", "quar-bkt", "failed/", move=True)
+
+
+def test_quarantine_move_of_a_name_that_failed_before_keeps_the_first_copy():
+    """The first failed generation's copy is its only copy once moved: the second one never overwrites it."""
+    store = MemoryStateStore()
+    store.add_source("inbox-bkt", "incoming/CT-1/img1.dcm", "100", b"first")
+    first = policies.apply(store, MOVE, failed_file("100"), "B1")
+    assert first == {"policy": "quarantine", "to": "gs://quar-bkt/failed/incoming/CT-1/img1.dcm", "moved": True,
+                     "done": True}
+    store.add_source("inbox-bkt", "incoming/CT-1/img1.dcm", "200", b"second")  # sent again under the same name
+    second = policies.apply(store, MOVE, failed_file("200"), "B2")
+    assert second == {"policy": "quarantine", "to": "gs://quar-bkt/failed/incoming/CT-1/img1.g200.dcm",
+                      "moved": True, "done": True}
+    assert store.source_in("quar-bkt", "failed/incoming/CT-1/img1.dcm")[1] == b"first"
+    _, data, metadata = store.source_in("quar-bkt", "failed/incoming/CT-1/img1.g200.dcm")
+    assert (data, metadata["dicom-import-source"]) == (b"second", "gs://inbox-bkt/incoming/CT-1/img1.dcm#200")
+    assert store.source_in("inbox-bkt", "incoming/CT-1/img1.dcm") is None
+
+
+def test_a_redelivered_quarantine_finds_its_own_copy_and_copies_nothing_more():
+    store = MemoryStateStore()
+    store.add_source("inbox-bkt", "incoming/CT-1/img1.dcm", "100", b"first")
+    copy = FailurePolicy("quarantine", "quar-bkt", "failed/")
+    action = policies.apply(store, copy, failed_file("100"), "B1")
+    assert policies.apply(store, copy, failed_file("100"), "B1") == action
+    assert [key[1] for key in store.sources if key[0] == "quar-bkt"] == ["failed/incoming/CT-1/img1.dcm"]
+
+
+def test_when_both_quarantine_names_hold_other_objects_nothing_is_overwritten_or_deleted():
+    store = MemoryStateStore()
+    store.add_source("inbox-bkt", "incoming/CT-1/img1.dcm", "200", b"second")
+    store.add_source("quar-bkt", "failed/incoming/CT-1/img1.dcm", "1", b"someone's")
+    store.add_source("quar-bkt", "failed/incoming/CT-1/img1.g200.dcm", "2", b"someone else's")
+    action = policies.apply(store, MOVE, failed_file("200"), "B2")
+    assert action["done"] is False and action["error"] == policies.TAKEN
+    assert store.source_in("quar-bkt", "failed/incoming/CT-1/img1.dcm")[1] == b"someone's"
+    assert store.source_in("quar-bkt", "failed/incoming/CT-1/img1.g200.dcm")[1] == b"someone else's"
+    assert store.source_in("inbox-bkt", "incoming/CT-1/img1.dcm") is not None, "not moved"
+
+
+def test_generation_names_keep_the_extension_last():
+    assert policies.generation_name("dir/x.dcm", "200") == "dir/x.g200.dcm"
+    assert policies.generation_name("dir.v2/x", "200") == "dir.v2/x.g200"
+    assert policies.generation_name("dir/.hidden", "200") == "dir/.hidden.g200"
 
 
 def conflict_drop(world: World) -> tuple[Drop, bytes, bytes, str]:
