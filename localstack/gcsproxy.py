@@ -13,7 +13,10 @@ proxy answers it itself:
   (insert, rewrite or copy to it, compose, patch, update, delete) less than
   ``writeIntervalSeconds`` (default 1) after the last accepted one is answered
   429 ``rateLimitExceeded``, unless its ``ifGenerationMatch`` precondition fails
-  (then fake-gcs-server answers 412: no write happens, so no limit applies).
+  (then fake-gcs-server answers 412: no write happens, so no limit applies);
+* **the destination's ``ifGenerationMatch`` of a rewrite or copy**, which
+  fake-gcs-server ignores (it overwrites): a failed precondition is answered
+  412 ``conditionNotMet``, as Cloud Storage does, and never forwarded.
 
 Admin endpoints under ``/proxy/`` (never forwarded, never faulted): ``GET /proxy/health``,
 ``GET|PUT|DELETE /proxy/faults``, ``GET|PUT|DELETE /proxy/outage`` (``{"seconds": N}``),
@@ -50,6 +53,9 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
 OPERATION_ONLY = ("minOperationSeconds", "failOperation", "logDelaySeconds", "logSampleAbove")
 DEFAULT_WRITE_INTERVAL = 1.0
 UPSTREAM_TIMEOUT = 120.0
+# Methods whose ifGenerationMatch fake-gcs-server ignores: the proxy checks it.
+UNCHECKED_UPSTREAM = frozenset({"objects.rewrite", "objects.copy"})
+PRECONDITION_FAILED = "At least one of the pre-conditions you specified did not hold."
 
 
 def log(severity: str, message: str, **fields: Any) -> None:
@@ -273,6 +279,9 @@ def _handler(state: ProxyState) -> type[BaseHTTPRequestHandler]:
                 target = state.uploads.get(what.upload_id, target)
             if target is None or starts_session:
                 self._forward(body, what, target if starts_session else None)
+                return
+            if what.method in UNCHECKED_UPSTREAM and self._precondition_fails(target, query):
+                self._reply(412, error_body(412, "conditionNotMet", PRECONDITION_FAILED))
                 return
             accepted, previous = state.limiter.reserve(target)
             if not accepted and self._precondition_fails(target, query):

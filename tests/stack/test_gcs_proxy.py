@@ -171,3 +171,17 @@ def test_a_conditional_write_whose_precondition_fails_gets_412_not_429(bucket, a
         bucket.blob(path).upload_from_string(b"2", if_generation_match=0, retry=NO_RETRY)
     with pytest.raises(exceptions.TooManyRequests):  # the same write with the right generation: rate limited
         bucket.blob(path).upload_from_string(b"2", if_generation_match=first.generation, retry=NO_RETRY)
+
+
+def test_a_rewrite_onto_an_existing_object_with_if_generation_match_0_gets_412_and_overwrites_nothing(bucket, admin):
+    """fake-gcs-server ignores the destination's precondition of a rewrite; Cloud Storage, and so the proxy, do not."""
+    source, target = bucket.blob(name("rewrite-source")), bucket.blob(name("rewrite-target"))
+    source.upload_from_string(b"new", retry=NO_RETRY)
+    target.upload_from_string(b"kept", retry=NO_RETRY)
+    time.sleep(1.05)
+    with pytest.raises(exceptions.PreconditionFailed, match="pre-conditions you specified did not hold"):
+        bucket.blob(target.name).rewrite(source, if_generation_match=0, retry=NO_RETRY)
+    assert bucket.blob(target.name).download_as_bytes() == b"kept"
+    fresh = bucket.blob(name("rewrite-fresh"))
+    fresh.rewrite(source, if_generation_match=0, retry=NO_RETRY)
+    assert bucket.blob(fresh.name).download_as_bytes() == b"new", "a rewrite to a new name goes through"
