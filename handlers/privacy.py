@@ -68,9 +68,13 @@ def error_text(exc: BaseException, names: Iterable[str]) -> str:
 
 
 def _server_message(exc: GoogleAPICallError) -> str:
+    """``error.errors[0].message``; else the text after ``METHOD URL: `` (a body without ``errors``)."""
     for error in exc.errors:
         if isinstance(error, dict) and error.get("message"):
             return str(error["message"])
+    request, separator, message = exc.message.partition(": ")
+    if separator and "://" in request:
+        return message
     return exc.reason or "the server gave no reason"
 
 

@@ -34,9 +34,11 @@ def test_a_google_api_error_keeps_class_code_and_server_message_but_not_the_requ
                                        f"storage.objects.delete access to inbox/{NAME_REMOVED}.")
 
 
-def test_without_the_servers_errors_list_the_message_is_left_out_not_the_url_kept():
-    exc = google_errors.NotFound("GET https://storage.googleapis.com/storage/v1/b/inbox/o/incoming%2FDOE: gone")
-    assert error_text(exc, []) == "NotFound 404: the server gave no reason"
+def test_without_the_servers_errors_list_the_message_after_the_request_url_is_kept():
+    exc = google_errors.NotFound("GET https://storage.googleapis.com/storage/v1/b/inbox/o/incoming%2FDOE%2Fx: No "
+                                 "such object: inbox/incoming/DOE/x")
+    assert error_text(exc, ["incoming/DOE/x"]) == f"NotFound 404: No such object: inbox/{NAME_REMOVED}"
+    assert error_text(google_errors.NotFound("no request in this text"), []) == "NotFound 404: the server gave no reason"
 
 
 def test_any_other_error_keeps_its_text_without_the_names():
