@@ -21,6 +21,7 @@ from typing import Any, Callable
 from handlers import events, log
 from handlers.batch import followups
 from handlers.events import UnusableEvent
+from handlers.privacy import error_text
 from handlers.retry import Deadline, RetryLater
 
 # handlers.runtime (config, clients, batching, exports) is imported by the first
@@ -58,17 +59,31 @@ def guarded(entry: str) -> Callable[[Callable[[Any], None]], Callable[[Any], Non
                     log.error("config is invalid: events are retried until it is fixed", entry=entry,
                               problems=exc.problems, eventId=event_id)
                     _respond_503("invalid config")
+                error = error_text(exc, _object_names(event))
                 if _transient(exc):
                     log.warning("a Google service did not answer: event will be retried", entry=entry,
-                                eventId=event_id, error=f"{exc.__class__.__name__}: {exc}"[:500])
+                                eventId=event_id, error=error[:500])
                     _respond_503("service unavailable")
                 log.error("unexpected error: event will be retried", entry=entry, eventId=event_id,
-                          error=f"{exc.__class__.__name__}: {exc}", stack_trace=traceback.format_exc())
+                          error=error, stack_trace=_stack_trace(exc, error))
                 _respond_503("unexpected error")
 
         return run
 
     return decorate
+
+
+def _stack_trace(exc: BaseException, error: str) -> str:
+    """Where ``exc`` was raised, ending with ``error`` (its text without names) instead of the raw message."""
+    return "Traceback (most recent call last):\n" + "".join(traceback.format_tb(exc.__traceback__)) + error
+
+
+def _object_names(event: Any) -> list[str]:
+    """The Cloud Storage object an event announces, if any: error texts must not carry its name."""
+    try:
+        return [events.storage_object(event).name]
+    except Exception:  # noqa: BLE001 - any other event names no object
+        return []
 
 
 def _transient(exc: BaseException) -> bool:

@@ -88,6 +88,29 @@ def test_unexpected_errors_are_logged_once_and_retried(client, capsys, monkeypat
     assert line["severity"] == "ERROR" and line["error"] == "KeyError: 'batch'" and "Traceback" in line["stack_trace"]
 
 
+@pytest.mark.parametrize("status", [403, 503])
+def test_a_google_error_is_logged_without_its_url_or_the_events_object_name(client, capsys, monkeypatch, status):
+    from google.api_core.exceptions import from_http_status
+
+    name = "DOE^JOHN 1960/img 1.dcm"
+    url = ("POST https://storage.googleapis.com/storage/v1/b/inbox-bkt/o/DOE%5EJOHN%201960%2Fimg%201.dcm"
+           "/rewriteTo/b/state/o/staging%2Fx.dcm")
+    message = f"{url}: Access denied to {name}"
+
+    class Refused:
+        def admit(self, *args):
+            raise from_http_status(status, message)
+
+    instance = runtime.get()
+    monkeypatch.setattr(type(instance), "intake", property(lambda self: Refused()), raising=False)
+    response = post_storage_event(client, {"bucket": "inbox-bkt", "name": name, "generation": "1"})
+    assert response.status_code == 503
+    [line] = log_lines(capsys)
+    text = json.dumps(line)
+    assert "DOE" not in text and "https://" not in text, text
+    assert f"{status}: Access denied to [object name]" in line["error"]
+
+
 def _unavailable_errors():
     import google.api_core.exceptions as google_errors
     import requests
