@@ -89,7 +89,8 @@ def _policies(rule: Rule) -> list[str]:
         lines.append("       on failure   tag the object (metadata dicom-import-error, dicom-import-batch)")
     elif policy.action == QUARANTINE:
         then = ", then delete the failed generation" if policy.move else ""
-        lines.append(f"       on failure   quarantine: copy to {policy.destination}NAME{then}")
+        lines.append(f"       on failure   quarantine: copy to {policy.destination}NAME (NAME.gGENERATION.EXT if "
+                     f"taken){then}")
     if rule.on_conflict == REPLACE:
         lines.append("       on conflict  replace: delete the stored instance, import the file again")
     return lines

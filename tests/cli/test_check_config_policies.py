@@ -17,7 +17,7 @@ def test_policies_are_shown(cli, config_env, tmp_path):
 """)
     result = cli("--config", str(path), "check-config")
     assert result.code == 0, result.err
-    assert ("       on failure   quarantine: copy to gs://quarantine-bkt/failed/NAME, then delete the failed "
+    assert ("       on failure   quarantine: copy to gs://quarantine-bkt/failed/NAME (NAME.gGENERATION.EXT if taken), then delete the failed "
             "generation\n       on conflict  replace: delete the stored instance, import the file again\n") in result.out
     assert "       on failure   tag the object (metadata dicom-import-error, dicom-import-batch)\n" in result.out
 
