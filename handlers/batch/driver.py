@@ -155,34 +155,44 @@ class Driver:
             if lease is None or lease.data["batch"] != batch:
                 return self.store.read(layout.record_path(rule, batch))
             because = self._wait_for_window(rule, batch, lease.data["openedAt"], deadline, staging)
-            data = {key: lease.data.get(key) for key in ("batch", "rule", "store", "blobStorageClass", "openedAt")}
-            data.update(sealedAt=self.clock(), sealedBy=worker, sealedBecause=because)
-            try:
-                seal = Document(data, self.store.create(path, data))
-            except Conflict:
-                seal = self.store.read(path)
-                if seal is None:
-                    raise RetryLater(f"the seal of batch {batch} is not readable yet") from None
+            seal = self._create_seal(path, lease.data, worker, because) if because else None
+            seal = seal or self.store.read(path)
+            if seal is None:
+                raise RetryLater(f"the seal of batch {batch} is not readable yet")
         return self._record_members(seal.data, worker, staging)
+
+    def _create_seal(self, path: str, lease: dict[str, Any], worker: str, because: str) -> Document | None:
+        """The seal this delivery created; None when another delivery created it first."""
+        data = {key: lease.get(key) for key in ("batch", "rule", "store", "blobStorageClass", "openedAt")}
+        data.update(sealedAt=self.clock(), sealedBy=worker, sealedBecause=because)
+        try:
+            return Document(data, self.store.create(path, data))
+        except Conflict:
+            return None
 
     def _record_members(self, seal: dict[str, Any], worker: str, staging: StagingCopies) -> Document:
         """The record, created once: the markers listed after the seal are the members.
 
-        When at most one round of copies is left (the usual case: the window's
-        listings started them), the copies are finished first and the record is
-        created already ``importing`` under ``worker``'s claim (or ``done`` when no
-        member is left), so the import call follows at once: Cloud Storage's one
-        write per second per name would make a separate claim write wait a second.
-        With more left (a batch sealed full while members kept arriving), the
-        record is created ``listed`` first: intakes whose marker met the seal are
-        waiting for that listing, and the claim follows the copies.
+        This listing is the membership only if this delivery creates the record:
+        another delivery's listing, made earlier, may win without a marker that
+        landed since. So nothing is copied here before the record exists but what
+        the window's listings started (markers listed before any seal: members
+        whichever listing wins). When every member's copy was started that way and
+        at most one round of them is left (the usual case), the copies are
+        finished first and the record is created already ``importing`` under
+        ``worker``'s claim (or ``done`` when no member is left), so the import call
+        follows at once: Cloud Storage's one write per second per name would make
+        a separate claim write wait a second. Otherwise (a member only this
+        listing shows, as when the seal was found rather than made, or a batch
+        sealed full while members kept arriving) the record is created ``listed``:
+        intakes whose marker met the seal are waiting for that listing, and
+        ``_claim_import`` copies the record's members, then claims.
         """
         rule, batch = seal["rule"], seal["batch"]
         members = self._listed_members(rule, batch)
         listed = {**seal, "state": LISTED, "members": members,
                   "importUri": layout.import_uri(self.store.bucket, rule, batch)}
-        staging.start(members)
-        data = (listed if staging.unfinished(members) > COPY_THREADS
+        data = (listed if staging.unstarted(members) or staging.unfinished(members) > COPY_THREADS
                 else self._claimed(_without_gone(listed, staging.finish(members)), worker))
         path = layout.record_path(rule, batch)
         try:
@@ -196,7 +206,7 @@ class Driver:
         return [_member(listed) for listed in self.store.list(layout.member_prefix(rule, batch))]
 
     def _wait_for_window(self, rule: str, batch: str, opened_at: float, deadline: Deadline,
-                         staging: StagingCopies) -> str:
+                         staging: StagingCopies) -> str | None:
         """Wait until the batch should be sealed; why: FULL, QUIET or WINDOW (docs/design.md, "Window").
 
         Quiet means the count of markers stopped growing: two listings with the
@@ -204,8 +214,10 @@ class Driver:
         after the earlier one ended. Both times are this process's monotonic
         clock, so no clock of another instance (nor Cloud Storage's) is compared;
         a resumed delivery starts measuring afresh, which can only seal later.
-        Each listing's members are certain (a marker listed before the seal is in
-        the listing after it), so their staging copies start at once.
+        A listing's members are certain when no seal exists after it (a marker
+        listed before the seal is in every listing after it), so after a listing
+        that shows a new marker the seal is read: none, and their staging copies
+        start at once; one, and another delivery sealed the batch: None.
         """
         batching = self.config.batching
         closes_at = opened_at + batching.max_wait_seconds
@@ -216,7 +228,10 @@ class Driver:
         while self.clock() < closes_at:
             listing_started = self.monotonic()
             members = [_member(item) for item in self.store.list(prefix)]
-            staging.start(members)
+            if staging.unstarted(members):
+                if self._sealed(rule, batch):
+                    return None
+                staging.start(members)
             listed = len(members)
             if listed >= batching.max_objects:
                 return FULL
@@ -228,6 +243,9 @@ class Driver:
                 raise RetryLater(f"batch {batch} window still open")
             self.sleep(min(poll, max(0.0, closes_at - self.clock())))
         return WINDOW
+
+    def _sealed(self, rule: str, batch: str) -> bool:
+        return self.store.read(layout.seal_path(rule, batch)) is not None
 
     # sealing -> listed: records an older version created before listing (it sealed the lease)
     def _list_members(self, record: Document, path: str) -> Document:
@@ -269,6 +287,7 @@ class Driver:
         ``listed``; any other refusal is the result ``REJECTED``.
         """
         data = record.data
+        self._remove_strays(data)
         try:
             # A child batch replacing conflicts deletes the stored instances only now, under the import claim.
             replace.replace_stored(self.store, self.api, data, self.config.names, deadline)
@@ -288,6 +307,26 @@ class Driver:
         log.info("import started", rule=data["rule"], batch=data["batch"], operation=operation.name,
                  objects=len(data["members"]))
         return Document({**data, "operation": operation.name}, record.generation)
+
+    def _remove_strays(self, data: dict[str, Any]) -> None:
+        """Delete the copies in the batch's staging folder that are not its members' (the import reads its ``*``).
+
+        There is usually none: drivers copy only members. A copy that an earlier
+        delivery made of a member the record then skipped (its generation gone,
+        or its copy refused, since) is one; so is a copy a driver of an earlier
+        version made of a marker its losing listing showed. A listing and
+        deletes, not an import of named files: the API takes one URI.
+        """
+        rule, batch = data["rule"], data["batch"]
+        if data["importUri"] != layout.import_uri(self.store.bucket, rule, batch):
+            return
+        members = {layout.staging_path(rule, batch, member["id"]) for member in data["members"]}
+        strays = [item.name for item in self.store.list(layout.staging_prefix(rule, batch)) if item.name not in members]
+        for name in strays:
+            self.store.delete(name)
+        if strays:
+            log.warning("staging copies of non-members deleted before the import", rule=rule, batch=batch,
+                        copies=len(strays))
 
     def _started_operation(self, data: dict[str, Any]) -> str | None:
         """The operation the claiming worker noted beside the record, if it got that far."""

@@ -1,12 +1,17 @@
 """Copying a batch's members into its staging folder, starting while the batch is still open.
 
 The import URI is the staging folder's ``*``, so each member is copied there
-before the import. A marker that a listing shows *before* the seal is certainly
-a member (markers stay until the batch is done, and the listing made after the
-seal includes every marker written before it), so the driver starts copying
-what each of its window's listings shows: by the time the batch is sealed, most
-copies are done and the import follows at once. Copies are idempotent (same
-generation, same name), so a resumed delivery simply copies everything again.
+before the import, and nothing else may be. A marker listed while no seal
+exists (the driver reads the seal after a listing that shows a new marker) is
+certainly a member: markers stay until the batch is done, and every listing made
+after the seal, whichever delivery's listing becomes the record, includes every
+marker written before it. So the driver starts copying those during the window:
+by the time the batch is sealed, most copies are done and the import follows at
+once. A listing made after the seal is the membership only once its delivery has
+created the record (another delivery's earlier listing may win without a marker
+that landed since), so the driver copies the rest only then. Only members are
+ever started here. Copies are idempotent (same generation, same name), so a
+resumed delivery simply copies everything again.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ class StagingCopies:
         self._copies: dict[str, Future[bool]] = {}
 
     def start(self, members: Iterable[dict[str, Any]]) -> None:
-        """Start copying the members not started yet (returns at once)."""
+        """Start copying the members not started yet (returns at once); each must certainly be a member."""
         for member in members:
             if member["id"] not in self._copies:
                 if self._pool is None:
@@ -53,6 +58,10 @@ class StagingCopies:
             if not copied:
                 gone.append(member)
         return gone
+
+    def unstarted(self, members: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The members whose copy this delivery has not started."""
+        return [member for member in members if member["id"] not in self._copies]
 
     def unfinished(self, members: Iterable[dict[str, Any]]) -> int:
         """How many of ``members`` have no finished copy yet (not started, or under way)."""

@@ -311,6 +311,140 @@ def test_marker_landing_after_the_listing_joins_the_next_batch_and_is_never_impo
     assert not [name for name in world.store.blobs if name.startswith(layout.member_prefix("all", batch))]
 
 
+def staged(world: World, batch: str) -> set[str]:
+    """The ids of the copies in the batch's staging folder (the import reads its ``*``)."""
+    prefix = layout.staging_prefix("all", batch)
+    return {name[len(prefix):].removesuffix(".dcm") for name in world.store.blobs if name.startswith(prefix)}
+
+
+def write_late_marker(world: World, batch: str, obj: StorageObject) -> None:
+    """An intake that read the batch open before its seal writes its marker now."""
+    world.store.write_marker(layout.member_path("all", batch, layout.object_id(obj)), layout.source_metadata(obj))
+
+
+def test_a_second_delivery_that_finds_the_seal_copies_nothing_before_its_listing_is_the_record():
+    """Two deliveries of one driver message: the one that loses the record's creation listed a marker that landed
+    after the winner's listing; had it copied it, the winner's import of the folder would import a non-member."""
+    world = World()
+    first = world.upload("a.dcm")
+    world.admit(first)
+    batch = world.kicks[0][1]
+    world.clock.now += 11
+    record_path = layout.record_path("all", batch)
+    late = world.upload("late.dcm")
+    real_read = world.store.read
+    raced = []
+
+    def read(path):
+        if path == record_path and not raced:
+            raced.append(True)  # this delivery read no record; meanwhile the other one seals, lists, imports
+            with pytest.raises(RetryLater):
+                world.drive(batch)
+            write_late_marker(world, batch, late)
+            return None
+        return real_read(path)
+
+    world.store.read = read
+    with pytest.raises(RetryLater):
+        world.drive(batch)
+    world.store.read = real_read
+
+    record = world.store.doc(record_path)
+    assert [m["name"] for m in record["members"]] == ["a.dcm"] and len(world.api.imports) == 1
+    assert staged(world, batch) == {layout.object_id(first)}, "only members are ever copied into the folder"
+
+
+def test_a_delivery_whose_window_listing_follows_another_deliverys_seal_copies_nothing_of_it():
+    world = World(quiet=0)  # sealed at the 10 s window
+    first = world.upload("a.dcm")
+    world.admit(first)
+    batch = world.kicks[0][1]
+    late = world.upload("late.dcm")
+    real_list = world.store.list
+    raced = []
+
+    def listing(prefix):
+        if prefix == layout.member_prefix("all", batch) and not raced:
+            raced.append(True)  # while this delivery lists in its window, the other one seals, lists and imports
+            with pytest.raises(RetryLater):
+                world.drive(batch)
+            write_late_marker(world, batch, late)
+        return real_list(prefix)
+
+    world.store.list = listing
+    with pytest.raises(RetryLater):
+        world.drive(batch)
+    world.store.list = real_list
+
+    record = world.store.doc(layout.record_path("all", batch))
+    assert [m["name"] for m in record["members"]] == ["a.dcm"] and len(world.api.imports) == 1
+    assert staged(world, batch) == {layout.object_id(first)}
+
+
+def test_the_sealer_copies_no_marker_that_only_its_losing_listing_shows():
+    """Even the delivery that created the seal: another delivery that found the seal may list first and win the
+    record; a marker landing between the two listings is in the sealer's listing and not a member."""
+    world = World()
+    first = world.upload("a.dcm")
+    world.admit(first)
+    batch = world.kicks[0][1]
+    world.clock.now += 11
+    late = world.upload("late.dcm")
+    real_list = world.store.list
+    raced = []
+
+    def listing(prefix):
+        sealed = layout.seal_path("all", batch) in world.store.docs
+        if prefix == layout.member_prefix("all", batch) and sealed and not raced:
+            raced.append(True)  # the other delivery found the seal, listed [a], won the record and imported
+            with pytest.raises(RetryLater):
+                world.drive(batch)
+            write_late_marker(world, batch, late)
+        return real_list(prefix)
+
+    world.store.list = listing
+    with pytest.raises(RetryLater):
+        world.drive(batch)
+    world.store.list = real_list
+
+    assert raced
+    record = world.store.doc(layout.record_path("all", batch))
+    assert [m["name"] for m in record["members"]] == ["a.dcm"] and len(world.api.imports) == 1
+    assert staged(world, batch) == {layout.object_id(first)}
+    assert world.admit(late) == OPENED, "its intake sees the record without it and takes it to the next batch"
+
+
+def test_copies_of_non_members_are_deleted_from_the_staging_folder_before_the_import():
+    """A copy an earlier delivery made of a member whose generation is gone since (skipped), or one a previous
+    version's losing delivery made of a non-member: the folder the import reads holds exactly the members."""
+    world = World()
+    kept, gone = world.upload("kept.dcm"), world.upload("gone.dcm")
+    world.admit(kept)
+    world.admit(gone)
+    batch = world.kicks[0][1]
+    world.clock.now += 11
+    stray = world.upload("stray.dcm")
+    for obj in (gone, stray):
+        world.store.copy_in(obj.bucket, obj.name, obj.generation, layout.staging_path("all", batch, layout.object_id(obj)), {})
+    del world.store.sources[("inbox-bkt", "gone.dcm", "1")]
+    real_import = world.api.import_dicom
+    at_import = []
+
+    def import_dicom(*args, **kwargs):
+        at_import.append(staged(world, batch))
+        return real_import(*args, **kwargs)
+
+    world.api.import_dicom = import_dicom
+    with pytest.raises(RetryLater):
+        world.drive(batch)
+    assert at_import == [{layout.object_id(kept)}]
+    finish_all(world)
+    world.drive(batch)
+    [message] = world.results()
+    assert [o["uri"] for o in message["objects"]] == ["gs://inbox-bkt/kept.dcm"]
+    assert [s["uri"] for s in message["skipped"]] == ["gs://inbox-bkt/gone.dcm"]
+
+
 def test_intakes_waiting_for_a_sealed_batchs_listing_share_their_reads_of_its_record():
     """Dozens of admissions in flight meet a full batch's seal at once: one instance must not poll its record dozens of times."""
     world = World()
