@@ -118,7 +118,7 @@ def _from_resource(resource: Mapping[str, Any], event_id: str) -> StorageObject:
     if len(name.encode("utf-8")) > MAX_NAME_BYTES:
         raise UnusableEvent(f"object name is longer than {MAX_NAME_BYTES} bytes, which Cloud Storage does not allow")
     generation_text = str(generation) if generation is not None else ""
-    if not generation_text.isdigit():
+    if not (generation_text.isascii() and generation_text.isdecimal()):
         raise UnusableEvent(f"event data has no valid 'generation' (got {generation!r})")
     size = resource.get("size")
     try:

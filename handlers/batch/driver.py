@@ -39,7 +39,7 @@ from handlers.batch.layout import (
     SEALING,
 )
 from handlers.batch.reporting import ABANDONED_AFTER_SECONDS, Reporter, new_worker
-from handlers.batch.staging import COPY_THREADS, StagingCopies
+from handlers.batch.staging import COPY_THREADS, GONE, StagingCopies
 from handlers.batch.results import (
     CANCELLED,
     MAX_LISTED_FAILURES,
@@ -193,7 +193,7 @@ class Driver:
         listed = {**seal, "state": LISTED, "members": members,
                   "importUri": layout.import_uri(self.store.bucket, rule, batch)}
         data = (listed if staging.unstarted(members) or staging.unfinished(members) > COPY_THREADS
-                else self._claimed(_without_gone(listed, staging.finish(members)), worker))
+                else self._claimed(_without_skipped(listed, staging.finish(members)), worker))
         path = layout.record_path(rule, batch)
         try:
             generation = self.store.create(path, data)
@@ -265,7 +265,7 @@ class Driver:
         """Copy the members still to copy into staging, then claim the import for ``worker`` (one write)."""
         data = record.data
         if layout.imports_staging(data, self.store.bucket):
-            data = _without_gone(data, staging.finish(data["members"]))
+            data = _without_skipped(data, staging.finish(data["members"]))
         claimed = self._claimed(data, worker)
         return Document(claimed, self.store.replace(path, claimed, record.generation))
 
@@ -497,16 +497,21 @@ class Driver:
                 list(pool.map(self.store.delete, names))
 
 
-def _without_gone(data: dict[str, Any], gone: list[dict[str, Any]]) -> dict[str, Any]:
-    """``data`` with the members whose generation is gone (deleted or overwritten before the copy) moved to ``skipped``."""
-    if not gone:
+def _without_skipped(data: dict[str, Any], skipped: list[dict[str, Any]]) -> dict[str, Any]:
+    """``data`` with the members that cannot be copied (each with its ``reason``) moved to ``skipped``."""
+    if not skipped:
         return data
-    log.warning("objects deleted or overwritten before import: skipped", rule=data["rule"], batch=data["batch"],
-                skipped=len(gone))
-    gone_ids = {member["id"] for member in gone}
-    return {**data, "members": [m for m in data["members"] if m["id"] not in gone_ids],
-            "skipped": [*(data.get("skipped") or []),
-                        *({**m, "reason": "generation deleted or overwritten before import"} for m in gone)]}
+    gone = [member for member in skipped if member["reason"] == GONE]
+    if gone:
+        log.warning("objects deleted or overwritten before import: skipped", rule=data["rule"], batch=data["batch"],
+                    skipped=len(gone))
+    if len(gone) < len(skipped):
+        log.warning("objects Cloud Storage refuses to copy: skipped", rule=data["rule"], batch=data["batch"],
+                    skipped=len(skipped) - len(gone),
+                    reasons=sorted({member["reason"] for member in skipped if member["reason"] != GONE}))
+    skipped_ids = {member["id"] for member in skipped}
+    return {**data, "members": [m for m in data["members"] if m["id"] not in skipped_ids],
+            "skipped": [*(data.get("skipped") or []), *skipped]}
 
 
 def _member(listed: Listed) -> dict[str, str]:

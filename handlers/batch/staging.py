@@ -11,7 +11,9 @@ once. A listing made after the seal is the membership only once its delivery has
 created the record (another delivery's earlier listing may win without a marker
 that landed since), so the driver copies the rest only then. Only members are
 ever started here. Copies are idempotent (same generation, same name), so a
-resumed delivery simply copies everything again.
+resumed delivery simply copies everything again. A member that can never be
+copied (its generation gone, or refused for good) is skipped, with its reason,
+so that it cannot hold up the rest of its batch.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterable
 
 from handlers.batch import layout
-from handlers.clients.storage import SourceGone, StateStore
+from handlers.clients.storage import SourceGone, SourceUnreadable, StateStore
 
 COPY_THREADS = 16
+GONE = "generation deleted or overwritten before import"
 
 
 class StagingCopies:
@@ -31,7 +34,7 @@ class StagingCopies:
     def __init__(self, store: StateStore, rule: str, batch: str, threads: int = COPY_THREADS) -> None:
         self.store, self.rule, self.batch, self.threads = store, rule, batch, threads
         self._pool: ThreadPoolExecutor | None = None
-        self._copies: dict[str, Future[bool]] = {}
+        self._copies: dict[str, Future[str | None]] = {}
 
     def start(self, members: Iterable[dict[str, Any]]) -> None:
         """Start copying the members not started yet (returns at once); each must certainly be a member."""
@@ -42,22 +45,24 @@ class StagingCopies:
                 self._copies[member["id"]] = self._pool.submit(self._copy, member)
 
     def finish(self, members: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Copy every member (reusing the copies already made); the members whose generation is gone.
+        """Copy every member (reusing the copies already made); the members to skip, each with its ``reason``.
 
-        A generation gone once stays gone (generations never come back), so a
-        copy that found it gone early stands. A copy that failed otherwise is tried
-        again once; a second failure propagates, like any failed call of the driver.
+        Skipped: a generation gone (generations never come back, so a copy that
+        found it gone early stands), or one Cloud Storage refuses to copy for good
+        (a 4xx other than 404, 408 and 429; a generation that is no number). A copy
+        that failed otherwise is tried again once; a second failure propagates,
+        like any failed call of the driver.
         """
         self.start(members)
-        gone = []
+        skipped = []
         for member in members:
             try:
-                copied = self._copies[member["id"]].result()
+                reason = self._copies[member["id"]].result()
             except Exception:  # noqa: BLE001 (any failure of the early copy: the retry below decides)
-                copied = self._copy(member)
-            if not copied:
-                gone.append(member)
-        return gone
+                reason = self._copy(member)
+            if reason is not None:
+                skipped.append({**member, "reason": reason})
+        return skipped
 
     def unstarted(self, members: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         """The members whose copy this delivery has not started."""
@@ -72,11 +77,13 @@ class StagingCopies:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _copy(self, member: dict[str, Any]) -> bool:
-        """True once the member's generation is in the staging folder; False when it is gone."""
+    def _copy(self, member: dict[str, Any]) -> str | None:
+        """None once the member's generation is in the staging folder; else why it never will be."""
         try:
             self.store.copy_in(member["bucket"], member["name"], member["generation"],
                                layout.staging_path(self.rule, self.batch, member["id"]), {})
         except SourceGone:
-            return False
-        return True
+            return GONE
+        except SourceUnreadable as exc:
+            return exc.reason
+        return None

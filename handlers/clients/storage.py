@@ -9,8 +9,10 @@ Cloud Storage's strong read-after-write and list-after-write consistency, and
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -25,6 +27,11 @@ SAME_NAME_WRITE_INTERVAL = 1.0
 # Connections an instance keeps open to Cloud Storage: one per request it serves at once. requests'
 # default keeps 10; past that every call opened (and closed) a connection of its own.
 POOL_CONNECTIONS = 100
+# 4xx answers to a copy that asking again may change (the caller's credentials, a timeout, quota, a cancelled
+# call); any other 4xx but 404 refuses that generation for good (SourceUnreadable).
+TRANSIENT_CLIENT_CODES = frozenset({401, 408, 429, 499})
+# Cloud Storage's error reasons are camelCase words ("forbidden", "resourceIsEncryptedWithCustomerEncryptionKey").
+_ERROR_REASON = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,79}")
 
 
 class Conflict(Exception):
@@ -41,6 +48,17 @@ class BucketMissing(Exception):
     def __init__(self, bucket: str) -> None:
         super().__init__(f"gs://{bucket} does not exist")
         self.bucket = bucket
+
+
+class SourceUnreadable(Exception):
+    """The object generation can never be copied as asked: Cloud Storage refuses it for good, or it is no number.
+
+    ``reason`` names no object (error messages and URLs do, so they are left out).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -245,10 +263,17 @@ class GcsStateStore:
 
     def copy_in(self, source_bucket: str, source_name: str, source_generation: str, path: str,
                 metadata: Mapping[str, str]) -> None:
-        """Copy one generation (retried on 429/5xx like any call: copying the same generation again is harmless)."""
+        """Copy one generation (retried on 429/5xx like any call: copying the same generation again is harmless).
+
+        Raises SourceGone on 404, SourceUnreadable on any other 4xx that asking
+        again cannot change (an object encrypted with a customer-supplied key, a
+        disabled KMS key, no read grant) or a generation that is not ASCII digits.
+        """
         from google.api_core import exceptions
         from google.cloud.storage.retry import DEFAULT_RETRY
 
+        if not (source_generation.isascii() and source_generation.isdecimal()):
+            raise SourceUnreadable("its generation is not a number")
         client = self._handle().client
         source = client.bucket(source_bucket).blob(source_name, generation=int(source_generation))
         target = self._handle().blob(path)
@@ -262,6 +287,10 @@ class GcsStateStore:
                     break
         except exceptions.NotFound:
             raise SourceGone(f"gs://{source_bucket}/{source_name}#{source_generation}") from None
+        except exceptions.GoogleAPICallError as exc:
+            if exc.code is None or not 400 <= exc.code < 500 or exc.code in TRANSIENT_CLIENT_CODES:
+                raise
+            raise SourceUnreadable(copy_refusal(exc.code, exc.errors)) from None
         self._pacer.after(path)
 
     def write_text(self, path: str, text: str) -> None:
@@ -391,6 +420,13 @@ class GcsStateStore:
         except exceptions.NotFound:
             pass
         self._pacer.after(path)
+
+
+def copy_refusal(code: int, errors: Any) -> str:
+    """Why Cloud Storage refused a copy: the code and its error reason (or the status phrase), never a name."""
+    reasons = [error.get("reason") for error in errors or () if isinstance(error, dict)]
+    reason = next((r for r in reasons if isinstance(r, str) and _ERROR_REASON.fullmatch(r)), None)
+    return f"Cloud Storage refused to copy it: {code} {reason or http.client.responses.get(code, 'refused')}"
 
 
 LISTING_FIELDS = "items(name,generation,timeCreated),nextPageToken"

@@ -16,6 +16,7 @@ from handlers.config import parse
 from handlers.batch.driver import ABANDONED_AFTER_SECONDS, Driver
 from handlers.events import StorageObject
 from handlers.clients.healthcare import ApiError
+from handlers.clients.storage import SourceUnreadable, copy_refusal
 from handlers.batch.intake import DUPLICATE, JOINED, OPENED, STALE_AFTER_SECONDS, Intake
 from handlers.retry import Deadline, RetryLater
 from tests.fakes import FakeApi, FakeClock, FakeLogging, FakePublisher, MemoryStateStore
@@ -520,6 +521,36 @@ def test_generation_deleted_before_the_import_is_skipped_and_reported():
     assert message["skipped"] == [{"uri": "gs://inbox-bkt/gone.dcm", "generation": "7",
                                    "reason": "generation deleted or overwritten before import"}]
     assert message["objectCount"] == 1
+
+
+def test_a_member_cloud_storage_refuses_to_copy_is_skipped_and_the_rest_of_its_batch_imported():
+    """An object encrypted with a customer-supplied key (400), a disabled KMS key or no read grant (403): before,
+    every delivery failed after the seal and before the record, until the follow-up was dead-lettered, and the
+    other members (their claims saying covered) were never imported."""
+    world = World(object_names="hashed")
+    world.admit(world.upload("DOE_JOHN/ok.dcm"))
+    world.admit(world.upload("DOE_JOHN/csek.dcm"))
+    batch = world.kicks[0][1]
+    real_copy_in = world.store.copy_in
+
+    def copy_in(bucket, name, generation, path, metadata):
+        if name == "DOE_JOHN/csek.dcm":
+            raise SourceUnreadable(copy_refusal(400, [{"reason": "resourceIsEncryptedWithCustomerEncryptionKey",
+                                                       "message": "gs://inbox-bkt/DOE_JOHN/csek.dcm is encrypted"}]))
+        return real_copy_in(bucket, name, generation, path, metadata)
+
+    world.store.copy_in = copy_in
+    with pytest.raises(RetryLater):
+        world.drive(batch)
+    finish_all(world)
+    assert world.drive(batch) == DONE
+    assert len(world.api.imports) == 1
+    [message] = world.results()
+    assert message["objectCount"] == 1 and len(message["objects"]) == 1
+    [skipped] = message["skipped"]
+    assert skipped["uri"].startswith("sha256:")
+    assert skipped["reason"] == "Cloud Storage refused to copy it: 400 resourceIsEncryptedWithCustomerEncryptionKey"
+    assert "DOE" not in repr(message)
 
 
 def test_batch_whose_every_generation_is_gone_imports_nothing():

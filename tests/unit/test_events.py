@@ -52,6 +52,9 @@ def test_gcs_pubsub_notification_without_payload_uses_attributes():
         (storage_event({**RESOURCE, "bucket": ""}), "no 'bucket'"),
         (storage_event({k: v for k, v in RESOURCE.items() if k != "name"}), "no object 'name'"),
         (storage_event({**RESOURCE, "generation": "abc"}), "no valid 'generation'"),
+        # digits to str.isdigit() and int(), but no generation: int("²") raises, int("١٢") is 12
+        (storage_event({**RESOURCE, "generation": "²"}), "no valid 'generation'"),
+        (storage_event({**RESOURCE, "generation": "١٢"}), "no valid 'generation'"),
         (storage_event({**RESOURCE, "name": "x" * 1025}), "longer than 1024 bytes"),
         (notification({"eventType": "OBJECT_DELETE"}), "is not OBJECT_FINALIZE"),
         (notification({"eventType": "OBJECT_FINALIZE"}, data=[1, 2]), "not a JSON object"),

@@ -5,7 +5,8 @@ import time
 import pytest
 
 from handlers.batch import layout
-from handlers.batch.staging import StagingCopies
+from handlers.batch.staging import GONE, StagingCopies
+from handlers.clients.storage import SourceUnreadable, copy_refusal
 from handlers.retry import Deadline, RetryLater
 from tests.fakes import MemoryStateStore
 from tests.unit.test_batching import World
@@ -38,7 +39,7 @@ def test_a_generation_gone_is_reported_and_not_copied():
         store.add_source(m["bucket"], m["name"], m["generation"])
     staging = StagingCopies(store, "all", "b1")
     staging.start(members)
-    assert staging.finish(members) == [members[2]]
+    assert staging.finish(members) == [{**members[2], "reason": GONE}]
     staging.close()
 
 
@@ -72,6 +73,33 @@ def test_a_copy_failing_twice_propagates():
     staging.start([member(0)])
     with pytest.raises(ConnectionError):
         staging.finish([member(0)])
+
+
+class RefusingCopies(MemoryStateStore):
+    """Cloud Storage refuses every copy of ``refused`` for good (as an object encrypted with a customer key)."""
+
+    def __init__(self, refused: str) -> None:
+        super().__init__()
+        self.refused, self.attempts = refused, 0
+
+    def copy_in(self, source_bucket, source_name, source_generation, path, metadata):
+        if source_name == self.refused:
+            self.attempts += 1
+            raise SourceUnreadable(copy_refusal(400, [{"reason": "resourceIsEncryptedWithCustomerEncryptionKey"}]))
+        return super().copy_in(source_bucket, source_name, source_generation, path, metadata)
+
+
+def test_a_copy_refused_for_good_is_skipped_with_its_reason_not_retried_and_the_others_are_copied():
+    store = RefusingCopies(refused="s/1.dcm")
+    members = [member(n) for n in range(3)]
+    for m in members:
+        store.add_source(m["bucket"], m["name"], m["generation"])
+    staging = StagingCopies(store, "all", "b1")
+    staging.start(members)
+    reason = "Cloud Storage refused to copy it: 400 resourceIsEncryptedWithCustomerEncryptionKey"
+    assert staging.finish(members) == [{**members[1], "reason": reason}]
+    assert store.attempts == 1
+    assert sorted(copies(store)) == sorted(layout.staging_path("all", "b1", m["id"]) for m in (members[0], members[2]))
 
 
 def test_the_driver_copies_members_while_the_window_is_open_and_once_each():

@@ -1,10 +1,14 @@
 """The function's Cloud Storage client (handlers/clients/storage.py)."""
 
+import json
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from google.api_core import exceptions
 
-from handlers.clients.storage import POOL_CONNECTIONS, GcsStateStore, SourceGone, storage_client
+from handlers.clients.storage import POOL_CONNECTIONS, GcsStateStore, SourceGone, SourceUnreadable, storage_client
 
 from tests.unit.not_found_server import NotFoundEverywhere, not_found_server
 
@@ -44,3 +48,55 @@ def test_a_source_object_that_is_gone_reads_as_none_or_source_gone(monkeypatch):
     [metadata, media] = [target for target, _ in NotFoundEverywhere.seen]
     assert metadata.startswith("/storage/v1/b/legacy-bkt/o/archive%2Fa.dcm")
     assert "generation=5" in media and "alt=media" in media
+
+
+class RefusesCopies(BaseHTTPRequestHandler):
+    """Answers every rewrite (POST) with ``status`` and a Cloud Storage error body naming the object."""
+
+    status, reason = 400, "resourceIsEncryptedWithCustomerEncryptionKey"
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        error = {"code": self.status, "message": f"{self.path} refused",
+                 "errors": [{"reason": self.reason, "message": f"{self.path} refused", "domain": "global"}]}
+        body = json.dumps({"error": error}).encode()
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def copy_refused_with(monkeypatch, status: int, reason: str) -> None:
+    RefusesCopies.status, RefusesCopies.reason = status, reason
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RefusesCopies)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        GcsStateStore("state-bkt", storage_client("p")).copy_in("inbox-bkt", "DOE^JOHN/1.dcm", "7", "staging/all/b/0.dcm", {})
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("status, reason", [(400, "resourceIsEncryptedWithCustomerEncryptionKey"), (403, "forbidden"),
+                                            (400, "not a reason: DOE^JOHN/1.dcm")])
+def test_a_copy_refused_for_good_says_why_without_the_objects_name(monkeypatch, status, reason):
+    with pytest.raises(SourceUnreadable) as refused:
+        copy_refused_with(monkeypatch, status, reason)
+    shown = reason if " " not in reason else {400: "Bad Request"}[status]
+    assert refused.value.reason == f"Cloud Storage refused to copy it: {status} {shown}"
+
+
+def test_a_missing_generation_is_gone_and_a_refusal_that_may_pass_propagates(monkeypatch):
+    with pytest.raises(SourceGone):
+        copy_refused_with(monkeypatch, 404, "notFound")
+    with pytest.raises(exceptions.Cancelled):  # a cancelled call: not the object's fault, the delivery fails
+        copy_refused_with(monkeypatch, 499, "cancelled")
+
+
+@pytest.mark.parametrize("generation", ["²", "١٢", "", "12a"])
+def test_a_generation_that_is_no_number_is_never_sent(generation):
+    with pytest.raises(SourceUnreadable, match="generation is not a number"):
+        GcsStateStore("state-bkt", object()).copy_in("inbox-bkt", "a.dcm", generation, "staging/all/b/0.dcm", {})
