@@ -151,10 +151,18 @@ class Intake:
         return self._shared.get(("lease", rule), read, not_before=self._shared.clock())
 
     def _is_open(self, rule: str, lease: Document | None) -> bool:
-        """Whether the lease's batch still takes members: no seal yet (a lease sealed by an older version also counts)."""
+        """Whether the lease's batch still takes members: no seal yet (a lease sealed by an older version also counts).
+
+        A stale lease's batch also needs no record: the state bucket's lifecycle
+        deletes seals, leases and records of an idle rule in no set order, and a
+        done batch whose seal went first must not take (and drop) a new member.
+        """
         if lease is None or lease.data.get("state") == SEALED:
             return False
-        return not self._sealed(rule, lease.data["batch"])
+        batch = lease.data["batch"]
+        if self._sealed(rule, batch):
+            return False
+        return not self._stale(lease) or self.store.read(layout.record_path(rule, batch)) is None
 
     def _sealed(self, rule: str, batch: str) -> bool:
         return self.store.read(layout.seal_path(rule, batch)) is not None
@@ -167,12 +175,16 @@ class Intake:
         window has lost its driver, whoever opened it.
         """
         opener_unsure = lease.data.get("openedBy") == oid and not claimed
-        stale = lease.data["openedAt"] + self.config.batching.max_wait_seconds + STALE_AFTER_SECONDS < self.clock()
+        stale = self._stale(lease)
         if opener_unsure or stale:
             if stale:
                 log.warning("open batch is past its window: publishing its driver again", rule=rule.name,
                             batch=lease.data["batch"])
             self._kick(rule.name, lease.data["batch"])
+
+    def _stale(self, lease: Document) -> bool:
+        """Whether the lease's batch is past its window by more than a driver could take to seal it."""
+        return lease.data["openedAt"] + self.config.batching.max_wait_seconds + STALE_AFTER_SECONDS < self.clock()
 
     def _kick(self, rule: str, batch: str) -> None:
         if (rule, batch) in self._kicked:

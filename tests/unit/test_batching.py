@@ -506,6 +506,53 @@ def test_a_stale_open_lease_gets_its_driver_published_again_by_any_object():
     assert len(world.kicks) == 2 and world.kicks[0] == world.kicks[1]
 
 
+def test_a_done_batch_whose_seal_the_lifecycle_deleted_first_takes_no_new_member():
+    """The state bucket's lifecycle deletes an idle rule's seal, lease and record after 30 days, in no set order:
+    with the seal gone first, the next object joined the done batch, whose driver then deleted its marker."""
+    world = World()
+    world.admit(world.upload("a.dcm"))
+    batch = world.kicks[0][1]
+    with pytest.raises(RetryLater):
+        world.drive(batch)
+    finish_all(world)
+    assert world.drive(batch) == DONE
+    world.clock.now += 30 * 86400
+    world.store.delete(layout.seal_path("all", batch))
+
+    late = world.upload("b.dcm")
+    assert world.admit(late, world.new_intake()) == OPENED
+    next_batch = world.kicks[-1][1]
+    assert next_batch != batch
+    assert world.store.doc(layout.claim_path("all", layout.object_id(late)))["batch"] == next_batch
+    with pytest.raises(RetryLater):
+        world.drive(next_batch)
+    finish_all(world)
+    assert world.drive(next_batch) == DONE
+    assert [message["objects"] for message in world.results()] == [
+        [{"uri": "gs://inbox-bkt/a.dcm", "generation": "1"}], [{"uri": "gs://inbox-bkt/b.dcm", "generation": "1"}]]
+
+
+def test_a_stale_lease_whose_seal_and_record_are_both_gone_takes_the_new_object_and_imports_it():
+    world = World()
+    world.admit(world.upload("a.dcm"))
+    batch = world.kicks[0][1]
+    with pytest.raises(RetryLater):
+        world.drive(batch)
+    finish_all(world)
+    world.drive(batch)
+    world.clock.now += 30 * 86400
+    world.store.delete(layout.seal_path("all", batch))
+    world.store.delete(layout.record_path("all", batch))
+
+    assert world.admit(world.upload("b.dcm"), world.new_intake()) == JOINED
+    assert world.kicks[-1] == ("all", batch), "its driver is published again"
+    with pytest.raises(RetryLater):
+        world.drive(batch)
+    finish_all(world)
+    assert world.drive(batch) == DONE
+    assert world.results()[-1]["objects"] == [{"uri": "gs://inbox-bkt/b.dcm", "generation": "1"}]
+
+
 def test_generation_deleted_before_the_import_is_skipped_and_reported():
     world = World()
     world.admit(world.upload("kept.dcm"))
