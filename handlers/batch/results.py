@@ -3,8 +3,9 @@
 The JSON Schema is ``schemas/dicom-import-result.v1.json``; attributes carry
 what subscribers filter on (``outcome``, ``failureCount``, ``conflictCount``,
 ``store``, ``rule``). Failed files are named in ``failures`` (the first 100;
-``failuresManifest`` has them all beyond that), every name through the
-config's name policy.
+``failuresManifest`` has them all beyond that), skipped ones in ``skipped`` (the
+first 100 of ``skippedCount``; the batch record, ``manifest``, has them all),
+every name through the config's name policy.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ SUCCEEDED, PARTIAL, FAILED, REJECTED, UNKNOWN = "SUCCEEDED", "PARTIAL", "FAILED"
 MAX_LISTED_OBJECTS = 100
 # Above this many failures the message lists the first ones and links the NDJSON failures manifest.
 MAX_LISTED_FAILURES = 100
+# Above this many skipped objects the message lists the first ones; the batch record (``manifest``) has them all.
+MAX_LISTED_SKIPPED = 100
 CANCELLED = 1
 PERMISSION_DENIED = 7
 
@@ -99,8 +102,9 @@ def import_message(
     objects = None
     if len(members) <= MAX_LISTED_OBJECTS:
         objects = [{"uri": names.uri(m["bucket"], m["name"]), "generation": m["generation"]} for m in members]
+    all_skipped = record.get("skipped") or []
     skipped = [{"uri": names.uri(m["bucket"], m["name"]), "generation": m["generation"], "reason": m["reason"]}
-               for m in record.get("skipped") or []]
+               for m in all_skipped[:MAX_LISTED_SKIPPED]]
     success = operation.success if operation else 0
     failure = operation.failure if operation else 0
     if operation is None and outcome == REJECTED:
@@ -121,6 +125,7 @@ def import_message(
         "objectCount": len(members),
         "objects": objects,
         "skipped": skipped,
+        "skippedCount": len(all_skipped),
         "manifest": manifest_uri,
         "objectNames": names.mode,
         "error": dict(error or (operation.error if operation and operation.error else {})) or None,

@@ -600,6 +600,23 @@ def test_a_member_cloud_storage_refuses_to_copy_is_skipped_and_the_rest_of_its_b
     assert "DOE" not in repr(message)
 
 
+def test_the_message_lists_the_first_skipped_objects_and_counts_them_all(monkeypatch):
+    monkeypatch.setattr("handlers.batch.results.MAX_LISTED_SKIPPED", 2)
+    world = World()
+    world.admit(world.upload("kept.dcm"))
+    for generation in ("7", "8", "9"):  # generations that no longer exist
+        world.admit(StorageObject("inbox-bkt", f"gone-{generation}.dcm", generation, 4, "e"))
+    batch = world.kicks[0][1]
+    with pytest.raises(RetryLater):
+        world.drive(batch)
+    finish_all(world)
+    world.drive(batch)
+    [message] = world.results()  # every published message is validated against the schema
+    assert len(message["skipped"]) == 2 and message["skippedCount"] == 3
+    record = world.store.doc(layout.record_path("all", batch))
+    assert message["manifest"] == f"gs://state-bkt/{layout.record_path('all', batch)}" and len(record["skipped"]) == 3
+
+
 def test_batch_whose_every_generation_is_gone_imports_nothing():
     world = World()
     world.admit(StorageObject("inbox-bkt", "gone.dcm", "7", 4, "e"))
