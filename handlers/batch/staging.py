@@ -49,9 +49,9 @@ class StagingCopies:
 
         Skipped: a generation gone (generations never come back, so a copy that
         found it gone early stands), or one Cloud Storage refuses to copy for good
-        (a 4xx other than 404, 408 and 429; a generation that is no number). A copy
-        that failed otherwise is tried again once; a second failure propagates,
-        like any failed call of the driver.
+        (a 4xx that asking again cannot change; a generation that is no number).
+        A copy that failed otherwise is tried again once; a second failure
+        propagates, like any failed call of the driver.
         """
         self.start(members)
         skipped = []
