@@ -318,7 +318,7 @@ class Driver:
         deletes, not an import of named files: the API takes one URI.
         """
         rule, batch = data["rule"], data["batch"]
-        if data["importUri"] != layout.import_uri(self.store.bucket, rule, batch):
+        if not layout.imports_staging(data, self.store.bucket):
             return
         members = {layout.staging_path(rule, batch, member["id"]) for member in data["members"]}
         strays = [item.name for item in self.store.list(layout.staging_prefix(rule, batch)) if item.name not in members]
