@@ -1114,11 +1114,12 @@ main() {
   grant_runtime_sa
   grant_failure_policies
   grant_service_agents
+  # The table gets the schema's new columns before functions that write them run.
+  ensure_results_table
   deploy_functions
   grant_invoker
   configure_trigger_subscriptions
   ensure_scheduler_job
-  ensure_results_table
   deploy_monitoring
   summary
 }

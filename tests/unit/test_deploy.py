@@ -770,6 +770,8 @@ def test_results_table_is_created_and_filled_by_a_bigquery_subscription(env):
     assert not again.matching("bq", "mk")
     (update,) = again.matching("bq", "update")
     assert update[-1] == TABLE and flag(update, "--schema") == str(env["src"] / "bigquery" / "results.schema.json")
+    assert again.index("bq", "update") < again.index("functions", "deploy"), \
+        "new columns exist before functions that write them run (else their rows are dead-lettered)"
     (subscription,) = [c for c in again.matching("pubsub", "subscriptions", "update") if c[3] == BIGQUERY_SUBSCRIPTION]
     assert flag(subscription, "--bigquery-table") == TABLE and "--use-table-schema" in subscription
 
