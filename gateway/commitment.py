@@ -107,6 +107,20 @@ class Ledger:
                                     "uploaded meanwhile not received", error=str(exc)[:300], journal=str(self.journal))
                     self._journal_failing = True
 
+    def superseded(self, record: Record) -> None:
+        """A spooled copy of this instance was dropped for a newer copy of the same object: it no longer waits.
+
+        The instance is then committed once its newer copy is in the bucket (the object a request for its
+        UID is answered by), not before.
+        """
+        uid = record.meta.get("sopInstanceUID")
+        with self._changed:
+            entry = self._entries.get(uid or "")
+            if entry is None:
+                return
+            entry[0] -= 1
+            self._changed.notify_all()
+
     def remembered(self) -> int:
         """How many instances the ledger knows (uploaded or waiting)."""
         with self._changed:

@@ -36,7 +36,8 @@ class Gateway:
         self.uploader = Uploader(self.spool, inbox_factory or partial(GcsInbox, config.bucket), bucket=config.bucket,
                                  threads=config.upload_threads, processes=config.upload_processes,
                                  max_backoff=config.max_backoff_seconds, names=config.names,
-                                 on_uploaded=self.ledger.uploaded if self.ledger else lambda record: None)
+                                 on_uploaded=self.ledger.uploaded if self.ledger else lambda record: None,
+                                 on_superseded=self.ledger.superseded if self.ledger else lambda record: None)
         self.committer = Committer(config, self.ledger) if self.ledger else None
         self.receiver = Receiver(config, self.spool, self._spooled,
                                  self.committer.on_action if self.committer else None)

@@ -14,6 +14,11 @@ lower CPU priority (niceness +10): a modality waits for each C-STORE's answer,
 nobody waits for an upload, so when the CPU is short the receiving goes first
 (the spool absorbs the difference). The threads here keep the queue, the
 retries and the spool's bookkeeping.
+
+Versions of one object are uploaded in the order received, never two at once,
+and an older version still waiting when a newer one is submitted is skipped
+(the only record dropped: the newer one replaces it): a changed re-send is never
+replaced by the version it corrected, after a restart or an outage that queued both.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -98,31 +104,57 @@ class _Processes:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+@dataclass
+class _Name:
+    """The uploads of one object name: the newest record submitted, the older ones it supersedes."""
+
+    newest: Record
+    superseded: list[Record] = field(default_factory=list)  # older versions, never to be uploaded
+    uploading: Record | None = None  # the record an attempt is uploading now
+
+
 class Uploader:
     """``threads`` workers taking records from a queue; each uploads in one of ``processes`` helper processes
     (0: in its own thread, with its own :class:`~gateway.inbox.Inbox`). ``inbox_factory`` must pickle
     when ``processes`` > 0 (e.g. ``functools.partial(GcsInbox, bucket)``).
+
+    One object name is uploaded by one worker at a time, and only its newest record (the last submitted:
+    the receiver submits in the order it acknowledges, a restart in spool order): an older version
+    still waiting is skipped (freed from the spool, ``on_superseded``), so it can never replace the
+    newer one in the bucket.
     """
 
     def __init__(self, spool: Spool, inbox_factory: Callable[[], Inbox], *, bucket: str, threads: int = 4,
                  processes: int = 0, max_backoff: float = 60.0, names: NamePolicy = NamePolicy(),
-                 on_uploaded: Callable[[Record], None] = lambda record: None) -> None:
+                 on_uploaded: Callable[[Record], None] = lambda record: None,
+                 on_superseded: Callable[[Record], None] = lambda record: None) -> None:
         self.spool = spool
         self.on_uploaded = on_uploaded  # after a record is in the bucket and freed from the spool
+        self.on_superseded = on_superseded  # after a record is skipped for a newer one and freed from the spool
         self.inbox_factory = inbox_factory
         self.bucket = bucket
         self.threads = threads
         self.max_backoff = max_backoff
         self.names = names
         self._processes = _Processes(inbox_factory, processes) if processes > 0 else None
-        self._queue: queue.Queue[Record | None] = queue.Queue()
+        self._queue: queue.Queue[str | None] = queue.Queue()  # object names with a record to upload
+        self._lock = threading.Lock()
+        self._names: dict[str, _Name] = {}  # every name queued or being uploaded
         self._workers: list[threading.Thread] = []
         self._stopping = threading.Event()
         self.last_success = time.time()
 
     def submit(self, record: Record) -> None:
-        """Queue a durable record for upload."""
-        self._queue.put(record)
+        """Queue a durable record for upload; it supersedes a record of the same name not yet uploaded."""
+        with self._lock:
+            entry = self._names.get(record.name)
+            if entry is None:
+                self._names[record.name] = _Name(record)
+                self._queue.put(record.name)
+                return
+            if entry.newest is not entry.uploading:
+                entry.superseded.append(entry.newest)
+            entry.newest = record  # uploaded by the worker that has the name, once its attempt ends
 
     def start(self) -> None:
         for number in range(self.threads):
@@ -150,27 +182,73 @@ class Uploader:
     def _work(self) -> None:
         inbox: Inbox | None = None
         while not self._stopping.is_set():
-            record = self._queue.get()
-            if record is None:
+            name = self._queue.get()
+            if name is None:
                 return
-            backoff = Backoff(initial=0.5, maximum=self.max_backoff)
-            attempt = 0
-            while not self._stopping.is_set():
-                attempt += 1
-                started = time.monotonic()
-                try:
-                    outcome, inbox = self._put(inbox, record)
-                except Exception as exc:  # noqa: BLE001 - any failure is retried: the instance was acknowledged
-                    delay = backoff.next_delay()
-                    log.warning("upload failed, will retry", object=self.names.uri(self.bucket, record.name),
-                                attempt=attempt, retryInSeconds=round(delay, 2),
-                                error=f"{type(exc).__name__}: {exc}"[:500])
-                    self._stopping.wait(delay)
-                    continue
-                self.spool.done(record)
-                self.on_uploaded(record)
-                self.last_success = time.time()
-                log.info("instance uploaded", object=self.names.uri(self.bucket, record.name), outcome=outcome,
-                         bytes=record.length, attempts=attempt, seconds=round(time.monotonic() - started, 3),
-                         waitedSeconds=round(time.time() - record.received, 3))
-                break
+            inbox = self._upload(inbox, name)
+
+    def _upload(self, inbox: Inbox | None, name: str) -> Inbox | None:
+        """Upload the newest record of ``name``, retried with backoff, until none newer waits (or stopping)."""
+        record, attempt, backoff = None, 0, Backoff(initial=0.5, maximum=self.max_backoff)
+        while not self._stopping.is_set():
+            newest, superseded = self._claim(name)
+            self._skip(superseded)
+            if newest is not record:
+                record, attempt, backoff = newest, 0, Backoff(initial=0.5, maximum=self.max_backoff)
+            attempt += 1
+            started = time.monotonic()
+            try:
+                outcome, inbox = self._put(inbox, record)
+            except Exception as exc:  # noqa: BLE001 - any failure is retried: the instance was acknowledged
+                delay = 0.0 if self._unclaim(name, record) else backoff.next_delay()
+                log.warning("upload failed, will retry", object=self.names.uri(self.bucket, name),
+                            attempt=attempt, retryInSeconds=round(delay, 2),
+                            error=f"{type(exc).__name__}: {exc}"[:500])
+                self._stopping.wait(delay)
+                continue
+            self.spool.done(record)
+            self.on_uploaded(record)
+            self.last_success = time.time()
+            log.info("instance uploaded", object=self.names.uri(self.bucket, name), outcome=outcome,
+                     bytes=record.length, attempts=attempt, seconds=round(time.monotonic() - started, 3),
+                     waitedSeconds=round(time.time() - record.received, 3))
+            if not self._release(name, record):
+                return inbox
+        return inbox
+
+    def _claim(self, name: str) -> tuple[Record, list[Record]]:
+        """The newest record of ``name``, now being uploaded, and the older ones it superseded."""
+        with self._lock:
+            entry = self._names[name]
+            superseded, entry.superseded = entry.superseded, []
+            entry.uploading = entry.newest
+            return entry.newest, superseded
+
+    def _unclaim(self, name: str, record: Record) -> bool:
+        """An attempt at ``record`` failed; True if a newer record of its name arrived meanwhile (and supersedes it)."""
+        with self._lock:
+            entry = self._names[name]
+            entry.uploading = None
+            if entry.newest is record:
+                return False
+            entry.superseded.append(record)
+            return True
+
+    def _release(self, name: str, record: Record) -> bool:
+        """``record`` is uploaded; True if a newer record of its name arrived meanwhile (to be uploaded next)."""
+        with self._lock:
+            entry = self._names[name]
+            entry.uploading = None
+            if entry.newest is not record:
+                return True
+            del self._names[name]
+            return False
+
+    def _skip(self, records: list[Record]) -> None:
+        """Older versions of a name whose newer one is to be uploaded: out of the spool, never uploaded."""
+        for record in records:
+            self.spool.done(record)
+            self.on_superseded(record)
+            log.info("instance superseded by a newer version, not uploaded",
+                     object=self.names.uri(self.bucket, record.name), bytes=record.length,
+                     waitedSeconds=round(time.time() - record.received, 3))

@@ -1,0 +1,179 @@
+"""The uploader's ordering and scheduling, against in-memory buckets (no network)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.commitment import JOURNAL_NAME, Ledger
+from gateway.inbox import CREATED, IDENTICAL, REPLACED
+from gateway.service import Gateway
+from gateway.spool import Spool
+from gateway.uploader import Uploader
+
+from .helpers import captured_logs, make_config, wait_for
+
+NAME = "in/CT1/1.2/1.2.3/1.2.3.4.dcm"
+V1, V2, V3 = b"version-1" * 100, b"version-2" * 100, b"version-3" * 100
+
+
+class FakeGcs:
+    """``GcsInbox.put``'s algorithm over an in-memory bucket; uploads of ``slow`` bytes take longer.
+
+    ``down`` makes every put fail (an outage); ``overlaps`` counts puts of one name running at once.
+    """
+
+    def __init__(self, slow: bytes = b"") -> None:
+        self.objects: dict[str, tuple[bytes, int]] = {}
+        self.generations: list[bytes] = []
+        self.lock = threading.Lock()
+        self.slow = slow
+        self.down = False
+        self.running: dict[str, int] = {}
+        self.overlaps = 0
+
+    def _upload(self, name: str, data: bytes, if_generation_match: int) -> bool:
+        with self.lock:
+            current = self.objects.get(name)
+            if (current[1] if current else 0) != if_generation_match:
+                return False
+            self.objects[name] = (data, len(self.generations) + 1)
+            self.generations.append(data)
+            return True
+
+    def put(self, name: str, data: bytes) -> str:
+        with self.lock:
+            self.running[name] = self.running.get(name, 0) + 1
+            self.overlaps += self.running[name] > 1
+        try:
+            return self._put(name, data)
+        finally:
+            with self.lock:
+                self.running[name] -= 1
+
+    def _put(self, name: str, data: bytes) -> str:
+        if self.down:
+            raise ConnectionError("Cloud Storage is down")
+        if data == self.slow:
+            time.sleep(0.3)  # latency: an upload started later finishes first
+        generation = 0
+        while True:
+            if self._upload(name, data, generation):
+                return CREATED if generation == 0 else REPLACED
+            with self.lock:
+                existing = self.objects.get(name)
+            if existing is None:
+                generation = 0
+            elif hashlib.md5(existing[0]).digest() == hashlib.md5(data).digest():
+                return IDENTICAL
+            else:
+                generation = existing[1]
+
+    def live(self, name: str) -> bytes:
+        return self.objects[name][0]
+
+
+def _uploader(spool: Spool, gcs: FakeGcs, **options: Any) -> Uploader:
+    return Uploader(spool, lambda: gcs, bucket="b", threads=4, processes=0, max_backoff=0.05, **options)
+
+
+def test_a_restart_never_puts_an_older_version_over_the_newer(tmp_path: Path) -> None:
+    """Both versions are still in the spool's segment at the restart: the newer one stays live, no new generation."""
+    spool = Spool(tmp_path / "spool", max_bytes=10_000_000)
+    spool.recover()
+    spool.append(NAME, V1, {"sopInstanceUID": "1.2.3.4"})
+    spool.append(NAME, V2, {"sopInstanceUID": "1.2.3.4"})  # the modality re-sent a corrected instance
+    gcs = FakeGcs(slow=V1)  # were both uploaded in parallel, the older would land last
+    gcs.objects[NAME], gcs.generations = (V2, 2), [V1, V2]  # both uploaded, in order, before the restart
+    spool.close()
+
+    uploads = "uploads:\n  threads: 4\n  processes: 0\n  max_backoff_seconds: 0.05\n"
+    dicom = "dicom:\n  ae_title: GW\n  address: 127.0.0.1\n  port: 0\n  calling_ae_titles: [CT1]\n"
+    config = make_config(tmp_path / "spool", "bkt", uploads=uploads,
+                         dicom=dicom + "commitment:\n  peers:\n    CT1: '127.0.0.1:1'\n")
+    gateway = Gateway(config, inbox_factory=lambda: gcs)
+    with captured_logs() as logs:
+        gateway.start()
+        try:
+            wait_for(lambda: gateway.spool.stats().pending == 0, timeout=10, what="uploads")
+            assert gateway.ledger is not None and gateway.ledger.committed("1.2.3.4") is True
+        finally:
+            gateway.stop()
+    assert gcs.live(NAME) == V2 and gcs.generations == [V1, V2]
+    assert [line["outcome"] for line in logs() if line["message"] == "instance uploaded"] == [IDENTICAL]
+    assert len([line for line in logs() if line["message"].startswith("instance superseded")]) == 1
+    assert list((tmp_path / "spool").glob("*.seg")) == []
+
+
+def test_versions_queued_during_an_outage_land_newest_last(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=10_000_000)
+    spool.recover()
+    gcs = FakeGcs(slow=V1)
+    gcs.down = True
+    uploader = _uploader(spool, gcs)
+    uploader.start()
+    try:
+        for version in (V1, V2, V3):
+            uploader.submit(spool.append(NAME, version))
+            time.sleep(0.1)  # each fails and waits for its retry
+        gcs.down = False
+        wait_for(lambda: spool.stats().pending == 0, timeout=10, what="uploads")
+    finally:
+        uploader.stop()
+    assert gcs.live(NAME) == V3 and gcs.generations[-1] == V3
+    assert gcs.overlaps == 0
+
+
+def test_uploads_of_one_name_never_overlap(tmp_path: Path) -> None:
+    """A newer version submitted while the older one uploads waits for it, then replaces it."""
+    spool = Spool(tmp_path, max_bytes=10_000_000)
+    spool.recover()
+    gcs = FakeGcs(slow=V1)
+    uploader = _uploader(spool, gcs)
+    uploader.start()
+    try:
+        uploader.submit(spool.append(NAME, V1))
+        wait_for(lambda: gcs.running.get(NAME), timeout=5, what="the first upload")
+        uploader.submit(spool.append(NAME, V2))
+        wait_for(lambda: spool.stats().pending == 0, timeout=10, what="uploads")
+    finally:
+        uploader.stop()
+    assert gcs.overlaps == 0 and gcs.generations == [V1, V2] and gcs.live(NAME) == V2
+
+
+def test_a_superseded_instance_is_committed_once_its_newer_version_is_in_the_bucket(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / JOURNAL_NAME)
+    spool = Spool(tmp_path / "spool", max_bytes=10_000_000)
+    spool.recover()
+    gcs = FakeGcs()
+    gcs.down = True
+    uploader = _uploader(spool, gcs, on_uploaded=ledger.uploaded, on_superseded=ledger.superseded)
+    uploader.start()
+    try:
+        for version in (V1, V2):
+            record = spool.append(NAME, version, {"sopInstanceUID": "1.2.3.4"})
+            ledger.spooled(record)
+            uploader.submit(record)
+        time.sleep(0.3)  # the older version is skipped at its next attempt, the newer one still fails
+        assert ledger.committed("1.2.3.4") is False
+        gcs.down = False
+        wait_for(lambda: ledger.committed("1.2.3.4"), timeout=10, what="the newer version uploaded")
+    finally:
+        uploader.stop()
+        ledger.close()
+    assert gcs.generations == [V2]
+
+
+def test_recovery_returns_records_in_the_order_they_were_spooled(tmp_path: Path) -> None:
+    """The uploader takes the last record submitted for a name as the newest: a restart submits in spool order."""
+    spool = Spool(tmp_path, max_bytes=10_000_000, segment_bytes=2500)
+    spool.recover()
+    names = [f"o/{number % 3}.dcm" for number in range(12)]
+    appended = [spool.append(name, bytes([number]) * 1000) for number, name in enumerate(names)]
+    spool.close()
+    recovered = Spool(tmp_path, max_bytes=10_000_000).recover()
+    assert len({record.segment for record in recovered}) > 1
+    assert [record.read() for record in recovered] == [record.read() for record in appended]
