@@ -224,14 +224,19 @@ class Spool:
                 _write_all(segment.fd, (prefix, header, *parts))  # type: ignore[arg-type]
             except OSError as exc:
                 self._seal_after_failure(segment, start, exc)
-                raise SpoolError(f"cannot write to {segment.path}: {exc.strerror or exc}") from exc
-            segment.size = start + length
-            segment.records += 1
-            payload_offset = start + len(prefix) + len(header)
-            self._pending[(segment.path, payload_offset)] = (received, payload_length)
-            if segment.size >= self.segment_bytes:
-                segment.sealed = True
-                self._current = None
+                failure: OSError | None = exc
+            else:
+                failure = None
+                segment.size = start + length
+                segment.records += 1
+                payload_offset = start + len(prefix) + len(header)
+                self._pending[(segment.path, payload_offset)] = (received, payload_length)
+                if segment.size >= self.segment_bytes:
+                    segment.sealed = True
+                    self._current = None
+        if failure is not None:
+            self._close_if_done_writing(segment)  # sealed: closed (and deleted if uploaded) once its flushes end
+            raise SpoolError(f"cannot write to {segment.path}: {failure.strerror or failure}") from failure
         try:
             self._make_durable(segment, start + length)
         except SpoolError:

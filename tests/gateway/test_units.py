@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -275,6 +276,56 @@ def test_a_failed_write_is_not_acknowledged_and_leaves_earlier_records_whole(tmp
     spool.close()
     recovered = Spool(tmp_path, max_bytes=10_000_000).recover()
     assert sorted(r.name for r in recovered) == ["after.dcm", "kept.dcm"]  # the torn bytes were cut off
+
+
+def _failing_writev(error: int) -> Any:
+    def writev(fd: int, buffers: list) -> int:
+        raise OSError(error, os.strerror(error))
+    return writev
+
+
+def test_a_segment_sealed_by_a_failed_write_is_closed_and_deleted_once_uploaded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from gateway.spool import SpoolError
+
+    spool = Spool(tmp_path, max_bytes=10_000_000, segment_bytes=1_000_000)
+    spool.recover()
+    kept = spool.append("kept.dcm", b"K" * 1000)
+    monkeypatch.setattr(os, "writev", _failing_writev(errno.ENOSPC))
+    with pytest.raises(SpoolError):
+        spool.append("lost.dcm", b"L" * 1000)
+    monkeypatch.undo()
+    spool.done(kept)  # the only record of the sealed segment is uploaded
+    assert not kept.segment.exists()
+    assert (spool.stats().pending, spool.stats().disk_bytes, spool.stats().segments) == (0, 0, 0)
+
+
+def test_writes_refused_while_the_disk_fails_leak_no_segment_nor_file_descriptor(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from gateway.spool import SpoolError, SpoolFull
+
+    spool = Spool(tmp_path, max_bytes=30_000, segment_bytes=10_000)
+    spool.recover()
+    descriptors = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):  # each time a segment with uploaded records is sealed by a failure
+        records = [spool.append("a.dcm", b"a" * 4500) for _ in range(2)]
+        monkeypatch.setattr(os, "writev", _failing_writev(errno.EIO))
+        for _ in range(20):  # a modality retrying while the disk fails: each try a new segment
+            with pytest.raises(SpoolError):
+                spool.append("b.dcm", b"b" * 100)
+        monkeypatch.undo()
+        for record in records:
+            spool.done(record)
+    assert list(tmp_path.glob("*.seg")) == [] and spool.stats().disk_bytes == 0
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+    try:
+        spool.append("c.dcm", b"c" * 5000)  # the disk works again: so does the spool
+    except SpoolFull:
+        pytest.fail("the spool counts segments it no longer holds")
 
 
 def test_a_failed_fdatasync_is_not_acknowledged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
