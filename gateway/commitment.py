@@ -20,7 +20,8 @@ What is in the bucket survives a restart: each upload appends the instance's
 UID to a journal in the spool directory (``commitment.journal``, flushed, not
 fsynced: a power loss may forget the last few, which are then reported
 0x0112 and sent again, never committed unsent), compacted to the newest
-``LEDGER_SIZE`` once it holds twice as many lines.
+``LEDGER_SIZE`` once it holds twice as many lines. A journal that cannot be
+written or compacted is a WARNING, never a reason to stop uploading or reporting.
 
 A report the modality does not take is tried again a few times, then given up
 with a WARNING: the modality asks again (its own timeout), which is the
@@ -34,6 +35,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -67,14 +69,18 @@ class Ledger:
         self._entries: OrderedDict[str, list[int]] = OrderedDict()  # uid -> [copies spooled, copies uploaded]
         self._changed = threading.Condition()
         self.journal = journal
-        self._journal_file: IO[str] | None = None
+        self._journal_file: IO[str] | None = None  # opened by the first line appended after a compaction
         self._journal_lines = 0
+        self._compact_after = 2 * size  # journal lines past which it is compacted
         self._journal_failing = False  # warned once until a write succeeds again
+        self._closed = False
         if journal is not None:
             journal.parent.mkdir(parents=True, exist_ok=True)
-            for uid in _journaled(journal):
+            journaled = _journaled(journal)
+            for uid in journaled:
                 self._remember(uid)[:] = [1, 1]
-            self._compact()
+            self._journal_lines = len(journaled)
+            self._try_compact()
 
     def spooled(self, record: Record) -> None:
         """A C-STORE of this instance was acknowledged (or recovered from the spool at start)."""
@@ -86,26 +92,17 @@ class Ledger:
 
     def uploaded(self, record: Record) -> None:
         """A spooled copy of this instance is in the bucket: noted in the journal, waiters woken."""
-        uid = record.meta.get("sopInstanceUID")
+        uid = record.meta.get("sopInstanceUID") or ""
         with self._changed:
-            entry = self._entries.get(uid or "")
+            entry = self._entries.get(uid)
             if entry is None:
                 return
             entry[1] += 1
             self._changed.notify_all()
-            if self._journal_file is not None:
-                try:
-                    self._journal_file.write(f"{uid}\n")
-                    self._journal_file.flush()
-                    self._journal_lines += 1
-                    if self._journal_lines > 2 * self.size:
-                        self._compact()
-                    self._journal_failing = False
-                except OSError as exc:  # a full disk: committed now, forgotten by a restart (re-sent then)
-                    if not self._journal_failing:
-                        log.warning("storage commitment journal not written: a restart will report the instances "
-                                    "uploaded meanwhile not received", error=str(exc)[:300], journal=str(self.journal))
-                    self._journal_failing = True
+            if self.journal is not None and not self._closed:
+                self._append(uid)
+                if self._journal_lines > self._compact_after:
+                    self._try_compact()
 
     def superseded(self, record: Record) -> None:
         """A spooled copy of this instance was dropped for a newer copy of the same object: it no longer waits.
@@ -128,6 +125,7 @@ class Ledger:
 
     def close(self) -> None:
         with self._changed:
+            self._closed = True
             if self._journal_file is not None:
                 try:
                     self._journal_file.close()
@@ -143,20 +141,55 @@ class Ledger:
             self._entries.popitem(last=False)
         return entry
 
-    def _compact(self) -> None:
-        """Rewrite the journal as the uploaded instances remembered now, oldest first, and append to it."""
+    def _append(self, uid: str) -> None:
+        """One line in the journal (opened first if need be); a failure is warned once until a line is written."""
         assert self.journal is not None
-        if self._journal_file is not None:
-            self._journal_file.close()
+        try:
+            if self._journal_file is None:
+                self._journal_file = _open_to_append(self.journal)
+            self._journal_file.write(f"{uid}\n")
+            self._journal_file.flush()
+            self._journal_lines += 1
+            self._journal_failing = False
+        except OSError as exc:  # a full disk: committed now, forgotten by a restart (re-sent then)
+            if not self._journal_failing:
+                log.warning("storage commitment journal not written: a restart will report the instances "
+                            "uploaded meanwhile not received", error=str(exc)[:300], journal=str(self.journal))
+            self._journal_failing = True
+
+    def _try_compact(self) -> None:
+        """:meth:`_compact`; when it fails, a WARNING, the journal appended to as it is, tried again later."""
+        try:
+            self._compact()
+        except OSError as exc:
+            self._compact_after = self._journal_lines + self.size
+            log.warning("storage commitment journal not compacted: it grows until a compaction succeeds",
+                        error=str(exc)[:300], journal=str(self.journal), retryAfterLines=self.size)
+
+    def _compact(self) -> None:
+        """Rewrite the journal as the uploaded instances remembered now, oldest first.
+
+        The journal file is closed first and left to :meth:`_append` to open again: whether this
+        succeeds or raises, no closed file stays in place.
+        """
+        assert self.journal is not None
+        journal_file, self._journal_file = self._journal_file, None
         uploaded = [uid for uid, (_, copies) in self._entries.items() if copies]
         partial = self.journal.with_name(self.journal.name + ".tmp")
-        with open(partial, "w", encoding="ascii") as out:
-            out.write("".join(f"{uid}\n" for uid in uploaded))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(partial, self.journal)
-        self._journal_file = open(self.journal, "a", encoding="ascii")  # noqa: SIM115 - closed by close()
+        try:
+            if journal_file is not None:
+                journal_file.close()
+            with open(partial, "w", encoding="ascii") as out:
+                out.write("".join(f"{uid}\n" for uid in uploaded))
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(partial, self.journal)
+        except OSError:
+            with suppress(OSError):
+                partial.unlink(missing_ok=True)  # what it holds would only take space
+            raise
         self._journal_lines = len(uploaded)
+        self._compact_after = 2 * self.size
 
     def committed(self, uid: str) -> bool | None:
         """True: every copy received is in the bucket; False: one still waits in the spool; None: never received."""
@@ -276,6 +309,20 @@ def _send_report(ae_title: str, calling: str, host: str, port: int, report: Any,
         assoc.release()
     code = int(status.Status) if status is not None and "Status" in status else None
     return None if code == 0 else f"N-EVENT-REPORT answered {code if code is None else f'0x{code:04X}'}"
+
+
+def _open_to_append(journal: Path) -> IO[str]:
+    """The journal opened for appending; a last line a crash cut short is ended first, so no UID joins it."""
+    handle = open(journal, "a", encoding="ascii")  # noqa: SIM115 - closed by Ledger.close or a compaction
+    if handle.tell() and not _ends_with_newline(journal):
+        handle.write("\n")
+    return handle
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
 
 
 def _journaled(journal: Path) -> list[str]:

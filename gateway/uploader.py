@@ -206,8 +206,7 @@ class Uploader:
                             error=f"{type(exc).__name__}: {exc}"[:500])
                 self._stopping.wait(delay)
                 continue
-            self.spool.done(record)
-            self.on_uploaded(record)
+            self._finish(record, self.on_uploaded)
             self.last_success = time.time()
             log.info("instance uploaded", object=self.names.uri(self.bucket, name), outcome=outcome,
                      bytes=record.length, attempts=attempt, seconds=round(time.monotonic() - started, 3),
@@ -244,11 +243,19 @@ class Uploader:
             del self._names[name]
             return False
 
+    def _finish(self, record: Record, callback: Callable[[Record], None]) -> None:
+        """Free ``record`` from the spool, then tell ``callback``; an error in either is logged, never ends the thread."""
+        for step in (self.spool.done, callback):
+            try:
+                step(record)
+            except Exception as exc:  # noqa: BLE001 - the uploads must go on whatever the bookkeeping does
+                log.error("upload bookkeeping failed: the uploader goes on", step=getattr(step, "__qualname__", None),
+                          object=self.names.uri(self.bucket, record.name), error=f"{type(exc).__name__}: {exc}"[:500])
+
     def _skip(self, records: list[Record]) -> None:
         """Older versions of a name whose newer one is to be uploaded: out of the spool, never uploaded."""
         for record in records:
-            self.spool.done(record)
-            self.on_superseded(record)
+            self._finish(record, self.on_superseded)
             log.info("instance superseded by a newer version, not uploaded",
                      object=self.names.uri(self.bucket, record.name), bytes=record.length,
                      waitedSeconds=round(time.time() - record.received, 3))

@@ -385,7 +385,6 @@ def test_commitment_journal_is_compacted_to_the_newest_instances(tmp_path: Path)
 
 def test_a_journal_that_cannot_be_written_is_logged_once_and_instances_still_committed(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / JOURNAL_NAME)
-    ledger._journal_file.close()  # type: ignore[union-attr]
     ledger._journal_file = open("/dev/full", "a", encoding="ascii")  # every flush fails: ENOSPC
     with captured_logs() as logs:
         for uid in ("1.4.1", "1.4.2"):
@@ -395,3 +394,74 @@ def test_a_journal_that_cannot_be_written_is_logged_once_and_instances_still_com
     [warning] = [line for line in logs() if line["severity"] == "WARNING"]
     assert warning["message"].startswith("storage commitment journal not written")
     ledger.close()
+
+
+def test_a_failed_journal_compaction_leaves_the_journal_appended_to(tmp_path: Path) -> None:
+    journal = tmp_path / JOURNAL_NAME
+    ledger = Ledger(journal, size=2)
+    (tmp_path / (JOURNAL_NAME + ".tmp")).mkdir()  # stands for any OSError while compacting (ENOSPC, EIO...)
+    with captured_logs() as logs:
+        for number in range(9):  # compactions due past the 4th line, then 2 lines later...: each fails
+            ledger.spooled(_record(f"1.5.{number}"))
+            ledger.uploaded(_record(f"1.5.{number}"))  # no ValueError from a journal left closed
+    assert [ledger.committed(f"1.5.{number}") for number in (6, 7, 8)] == [None, True, True]  # the newest 2
+    warnings = [line for line in logs() if line["severity"] == "WARNING"]
+    assert {line["message"] for line in warnings} == {"storage commitment journal not compacted: it grows until a "
+                                                       "compaction succeeds"}
+    assert len(warnings) == 2  # at the 5th and the 8th line
+    ledger.close()
+    assert journal.read_text().splitlines() == [f"1.5.{number}" for number in range(9)]
+    (tmp_path / (JOURNAL_NAME + ".tmp")).rmdir()
+    restarted = Ledger(journal, size=2)
+    assert [restarted.committed(f"1.5.{number}") for number in (6, 7, 8)] == [None, True, True]
+    restarted.close()
+
+
+def test_a_journal_compaction_failing_at_start_is_a_warning(tmp_path: Path) -> None:
+    journal = tmp_path / JOURNAL_NAME
+    journal.write_text("1.7.1\n1.7.")  # the last line cut short by a crash
+    (tmp_path / (JOURNAL_NAME + ".tmp")).mkdir()
+    with captured_logs() as logs:
+        ledger = Ledger(journal)
+    assert [line["message"] for line in logs()] == ["storage commitment journal not compacted: it grows until a "
+                                                    "compaction succeeds"]
+    assert ledger.committed("1.7.1") is True
+    ledger.spooled(_record("1.7.2"))
+    ledger.uploaded(_record("1.7.2"))
+    ledger.close()
+    assert journal.read_text() == "1.7.1\n1.7.\n1.7.2\n"  # the torn line ended: no UID 1.7.1.7.2 made up
+
+
+class _Inbox:
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    def put(self, name: str, data: bytes) -> str:
+        self.objects[name] = data
+        return "created"
+
+
+def test_an_error_after_an_upload_is_logged_and_the_uploader_goes_on(tmp_path: Path) -> None:
+    from gateway.uploader import Uploader
+
+    from .helpers import wait_for
+
+    def broken_ledger(record: Record) -> None:
+        raise ValueError("I/O operation on closed file.")
+
+    spool = Spool(tmp_path, max_bytes=10_000_000, segment_bytes=100)  # a segment per record: each deleted
+    spool.recover()
+    inbox = _Inbox()
+    uploader = Uploader(spool, lambda: inbox, bucket="bkt", threads=2, processes=0, max_backoff=0.05,
+                        on_uploaded=broken_ledger)
+    with captured_logs() as logs:
+        uploader.start()
+        for number in range(10):
+            uploader.submit(spool.append(f"o/{number}.dcm", b"x" * 100))
+        wait_for(lambda: len(inbox.objects) == 10 and spool.stats().pending == 0, timeout=10, what="uploads")
+        assert all(worker.is_alive() for worker in uploader._workers)
+        uploader.stop()
+    errors = [line for line in logs() if line["severity"] == "ERROR"]
+    assert len(errors) == 10 and errors[0]["message"] == "upload bookkeeping failed: the uploader goes on"
+    assert errors[0]["error"] == "ValueError: I/O operation on closed file." and errors[0]["object"].startswith("gs://bkt/o/")
+    assert list(tmp_path.glob("*.seg")) == []
