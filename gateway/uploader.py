@@ -26,13 +26,15 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import re
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+from urllib.parse import quote, quote_plus
 
 from handlers import log
 from handlers.privacy import NamePolicy
@@ -57,20 +59,53 @@ def _lower_priority() -> None:
         pass
 
 
+@dataclass(frozen=True)
+class _Failure:
+    """What an attempt raised: the exception's class, the HTTP status it carries (if any), its text."""
+
+    kind: str
+    status: int | None
+    text: str
+
+    @classmethod
+    def of(cls, exc: BaseException) -> _Failure:
+        if isinstance(exc, UploadError):
+            return exc.failure
+        return cls(type(exc).__name__, _http_status(exc), str(exc))
+
+
+def _http_status(exc: BaseException) -> int | None:
+    """google-api-core's ``code``, or the ``status_code`` of the exception's ``response``; None without one."""
+    code = getattr(exc, "code", None)
+    if not isinstance(code, int):
+        code = getattr(getattr(exc, "response", None), "status_code", None)
+    return int(code) if isinstance(code, int) else None
+
+
+def _hide_name(text: str, name: str, shown: str) -> str:
+    """``text`` with ``name`` replaced by ``shown``, as is and as URLs encode it (``%2F`` or ``%2f`` for ``/``...)."""
+    forms = sorted({name, quote(name, safe=""), quote(name), quote_plus(name)}, key=len, reverse=True)
+    return re.sub("|".join(re.escape(form) for form in forms), lambda match: shown, text, flags=re.IGNORECASE)
+
+
 def _put_in_worker(factory: Callable[[], Inbox], segment: Path, offset: int, length: int, name: str,
-                   crc32: int) -> tuple[str | None, str | None]:
-    """In a helper process: (outcome, None), or (None, the error) to be retried by the caller."""
+                   crc32: int) -> tuple[str | None, _Failure | None]:
+    """In a helper process: (outcome, None), or (None, what failed) to be retried by the caller."""
     global _worker_inbox
     try:
         _worker_inbox = _worker_inbox or factory()
         data = Record(segment, offset, length, name, crc32, 0.0).read()
         return _worker_inbox.put(name, data), None
     except Exception as exc:  # noqa: BLE001 - reported to the thread that retries it
-        return None, f"{type(exc).__name__}: {exc}"
+        return None, _Failure.of(exc)
 
 
 class UploadError(RuntimeError):
-    """An upload failed in a helper process (the message names the original exception)."""
+    """An upload failed in a helper process; ``failure`` describes the original exception."""
+
+    def __init__(self, failure: _Failure) -> None:
+        super().__init__(f"{failure.kind}: {failure.text}")
+        self.failure = failure
 
 
 class _Processes:
@@ -202,8 +237,7 @@ class Uploader:
             except Exception as exc:  # noqa: BLE001 - any failure is retried: the instance was acknowledged
                 delay = 0.0 if self._unclaim(name, record) else backoff.next_delay()
                 log.warning("upload failed, will retry", object=self.names.uri(self.bucket, name),
-                            attempt=attempt, retryInSeconds=round(delay, 2),
-                            error=f"{type(exc).__name__}: {exc}"[:500])
+                            attempt=attempt, retryInSeconds=round(delay, 2), **self._error(exc, name))
                 self._stopping.wait(delay)
                 continue
             self._finish(record, self.on_uploaded)
@@ -250,7 +284,13 @@ class Uploader:
                 step(record)
             except Exception as exc:  # noqa: BLE001 - the uploads must go on whatever the bookkeeping does
                 log.error("upload bookkeeping failed: the uploader goes on", step=getattr(step, "__qualname__", None),
-                          object=self.names.uri(self.bucket, record.name), error=f"{type(exc).__name__}: {exc}"[:500])
+                          object=self.names.uri(self.bucket, record.name), **self._error(exc, record.name))
+
+    def _error(self, exc: BaseException, name: str) -> dict[str, Any]:
+        """Log fields for ``exc``: class and text, HTTP status; with hashed names, ``name`` hashed in the text too."""
+        failure = _Failure.of(exc)
+        text = _hide_name(failure.text, name, self.names.uri(self.bucket, name)) if self.names.hashed else failure.text
+        return {"error": f"{failure.kind}: {text}"[:500], "httpStatus": failure.status}
 
     def _skip(self, records: list[Record]) -> None:
         """Older versions of a name whose newer one is to be uploaded: out of the spool, never uploaded."""

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
+from functools import partial
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import pytest
 from gateway.commitment import JOURNAL_NAME, Ledger
-from gateway.inbox import CREATED, IDENTICAL, REPLACED
+from gateway.inbox import CREATED, IDENTICAL, REPLACED, GcsInbox
 from gateway.service import Gateway
 from gateway.spool import Spool
 from gateway.uploader import Uploader
+from handlers.privacy import NamePolicy
 
 from .helpers import captured_logs, make_config, wait_for
 
@@ -177,3 +182,61 @@ def test_recovery_returns_records_in_the_order_they_were_spooled(tmp_path: Path)
     recovered = Spool(tmp_path, max_bytes=10_000_000).recover()
     assert len({record.segment for record in recovered}) > 1
     assert [record.read() for record in recovered] == [record.read() for record in appended]
+
+
+UIDS = ("1.2.840.99.1", "1.2.840.99.2", "1.2.840.99.3")
+HASHED_NAME = f"modalities/CT1/{UIDS[0]}/{UIDS[1]}/{UIDS[2]}.dcm"
+
+
+class _ResendWhileDown(BaseHTTPRequestHandler):
+    """The object exists (412 to the create); reading it back fails with a reason naming it, as servers do."""
+
+    def _answer(self, code: int, message: str) -> None:
+        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self._answer(412, "conditionNotMet")
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._answer(503, f"backend error reading bkt/{HASHED_NAME}")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def failing_gcs() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ResendWhileDown)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("processes", [0, 1])
+def test_hashed_names_stay_out_of_upload_errors(tmp_path: Path, failing_gcs: str, processes: int) -> None:
+    """The error of a failed attempt names the request's URL and the server's reason: neither may show the UIDs."""
+    spool = Spool(tmp_path, max_bytes=10_000_000)
+    spool.recover()
+    uploader = Uploader(spool, partial(GcsInbox, "bkt", endpoint=failing_gcs), bucket="bkt", threads=1,
+                        processes=processes, max_backoff=0.05, names=NamePolicy("hashed"))
+    with captured_logs() as logs:
+        uploader.start()
+        try:
+            uploader.submit(spool.append(HASHED_NAME, b"D" * 100))
+            wait_for(lambda: [line for line in logs() if line["message"] == "upload failed, will retry"], timeout=60,
+                     what="a failed attempt")
+        finally:
+            uploader.stop()
+    assert not any(uid in json.dumps(entry) for entry in logs() for uid in UIDS)
+    line = next(line for line in logs() if line["message"] == "upload failed, will retry")
+    hashed = NamePolicy("hashed").uri("bkt", HASHED_NAME)
+    assert line["object"] == hashed and line["httpStatus"] == 503
+    assert line["error"].startswith("ServiceUnavailable: 503 GET ") and line["error"].count(hashed) == 2
