@@ -4,7 +4,9 @@ An acknowledged instance is never dropped: every failure (network, 5xx, 429,
 also 403 or a missing bucket, which an operator can fix) is retried with
 exponential backoff and full jitter up to ``max_backoff`` seconds between
 attempts, for as long as it takes. One WARNING line per failed attempt at most,
-so an outage logs at the backoff's pace, not in a storm.
+so an outage logs at the backoff's pace, not in a storm. A record waits for its
+retry in a queue (a heap of due times), not in a thread: the threads upload the
+other records meanwhile, so records that keep failing hold up nothing.
 
 With ``processes`` > 0 the uploads themselves (reading the record, HTTP, JSON,
 authentication: Python work) run in that many helper processes: in the
@@ -23,12 +25,14 @@ replaced by the version it corrected, after a restart or an outage that queued b
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import multiprocessing
 import os
-import queue
 import re
 import threading
 import time
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -141,9 +145,11 @@ class _Processes:
 
 @dataclass
 class _Name:
-    """The uploads of one object name: the newest record submitted, the older ones it supersedes."""
+    """The uploads of one object name: the newest record submitted, the older ones it supersedes, its retries."""
 
     newest: Record
+    backoff: Backoff  # the newest record's
+    attempt: int = 0  # attempts at the newest record so far
     superseded: list[Record] = field(default_factory=list)  # older versions, never to be uploaded
     uploading: Record | None = None  # the record an attempt is uploading now
 
@@ -156,7 +162,8 @@ class Uploader:
     One object name is uploaded by one worker at a time, and only its newest record (the last submitted:
     the receiver submits in the order it acknowledges, a restart in spool order): an older version
     still waiting is skipped (freed from the spool, ``on_superseded``), so it can never replace the
-    newer one in the bucket.
+    newer one in the bucket. A failed attempt puts its name back in the queue once its backoff delay
+    has passed: no worker waits for a retry, so records that keep failing never hold up the others.
     """
 
     def __init__(self, spool: Spool, inbox_factory: Callable[[], Inbox], *, bucket: str, threads: int = 4,
@@ -172,9 +179,11 @@ class Uploader:
         self.max_backoff = max_backoff
         self.names = names
         self._processes = _Processes(inbox_factory, processes) if processes > 0 else None
-        self._queue: queue.Queue[str | None] = queue.Queue()  # object names with a record to upload
-        self._lock = threading.Lock()
-        self._names: dict[str, _Name] = {}  # every name queued or being uploaded
+        self._lock = threading.Condition()  # guards what follows; notified when a name is queued, and at stop
+        self._names: dict[str, _Name] = {}  # every name queued, waiting for a retry or being uploaded
+        self._ready: deque[str] = deque()  # names to upload now, first come first served
+        self._retries: list[tuple[float, int, str]] = []  # heap of (when, tie-break, name): names waiting to retry
+        self._tie_break = itertools.count()
         self._workers: list[threading.Thread] = []
         self._stopping = threading.Event()
         self.last_success = time.time()
@@ -184,12 +193,13 @@ class Uploader:
         with self._lock:
             entry = self._names.get(record.name)
             if entry is None:
-                self._names[record.name] = _Name(record)
-                self._queue.put(record.name)
+                self._names[record.name] = _Name(record, self._backoff())
+                self._queue(record.name)
                 return
             if entry.newest is not entry.uploading:
                 entry.superseded.append(entry.newest)
-            entry.newest = record  # uploaded by the worker that has the name, once its attempt ends
+            # uploaded where the name is: next in the queue, at its retry, or after the attempt in progress
+            entry.newest, entry.backoff, entry.attempt = record, self._backoff(), 0
 
     def start(self) -> None:
         for number in range(self.threads):
@@ -200,13 +210,21 @@ class Uploader:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop after the uploads in progress; whatever is left stays in the spool for the next start."""
         self._stopping.set()
-        for _ in self._workers:
-            self._queue.put(None)
+        with self._lock:
+            self._lock.notify_all()
         deadline = time.monotonic() + timeout
         for worker in self._workers:
             worker.join(max(0.0, deadline - time.monotonic()))
         if self._processes is not None:
             self._processes.close()
+
+    def _backoff(self) -> Backoff:
+        return Backoff(initial=0.5, maximum=self.max_backoff)
+
+    def _queue(self, name: str) -> None:
+        """(Holding the lock) ``name`` is to be uploaded now."""
+        self._ready.append(name)
+        self._lock.notify()
 
     def _put(self, inbox: Inbox | None, record: Record) -> tuple[str, Inbox | None]:
         if self._processes is not None:
@@ -216,66 +234,74 @@ class Uploader:
 
     def _work(self) -> None:
         inbox: Inbox | None = None
-        while not self._stopping.is_set():
-            name = self._queue.get()
-            if name is None:
-                return
-            inbox = self._upload(inbox, name)
+        while (name := self._take()) is not None:
+            inbox = self._attempt(inbox, name)
 
-    def _upload(self, inbox: Inbox | None, name: str) -> Inbox | None:
-        """Upload the newest record of ``name``, retried with backoff, until none newer waits (or stopping)."""
-        record, attempt, backoff = None, 0, Backoff(initial=0.5, maximum=self.max_backoff)
-        while not self._stopping.is_set():
-            newest, superseded = self._claim(name)
-            self._skip(superseded)
-            if newest is not record:
-                record, attempt, backoff = newest, 0, Backoff(initial=0.5, maximum=self.max_backoff)
-            attempt += 1
-            started = time.monotonic()
-            try:
-                outcome, inbox = self._put(inbox, record)
-            except Exception as exc:  # noqa: BLE001 - any failure is retried: the instance was acknowledged
-                delay = 0.0 if self._unclaim(name, record) else backoff.next_delay()
-                log.warning("upload failed, will retry", object=self.names.uri(self.bucket, name),
-                            attempt=attempt, retryInSeconds=round(delay, 2), **self._error(exc, name))
-                self._stopping.wait(delay)
-                continue
-            self._finish(record, self.on_uploaded)
-            self.last_success = time.time()
-            log.info("instance uploaded", object=self.names.uri(self.bucket, name), outcome=outcome,
-                     bytes=record.length, attempts=attempt, seconds=round(time.monotonic() - started, 3),
-                     waitedSeconds=round(time.time() - record.received, 3))
-            if not self._release(name, record):
-                return inbox
+    def _take(self) -> str | None:
+        """The next name to upload (the first queued, due retries queued behind), waiting for one; None at stop."""
+        with self._lock:
+            while not self._stopping.is_set():
+                now = time.monotonic()
+                while self._retries and self._retries[0][0] <= now:
+                    self._ready.append(heapq.heappop(self._retries)[2])
+                if self._ready:
+                    return self._ready.popleft()
+                self._lock.wait(self._retries[0][0] - now if self._retries else None)
+            return None
+
+    def _attempt(self, inbox: Inbox | None, name: str) -> Inbox | None:
+        """One attempt at the newest record of ``name``; on failure the name waits for its retry in the queue."""
+        record, attempt, superseded = self._claim(name)
+        self._skip(superseded)
+        started = time.monotonic()
+        try:
+            outcome, inbox = self._put(inbox, record)
+        except Exception as exc:  # noqa: BLE001 - any failure is retried: the instance was acknowledged
+            delay = self._retry_later(name, record)
+            log.warning("upload failed, will retry", object=self.names.uri(self.bucket, name),
+                        attempt=attempt, retryInSeconds=round(delay, 2), **self._error(exc, name))
+            return inbox
+        self._finish(record, self.on_uploaded)
+        self.last_success = time.time()
+        log.info("instance uploaded", object=self.names.uri(self.bucket, name), outcome=outcome,
+                 bytes=record.length, attempts=attempt, seconds=round(time.monotonic() - started, 3),
+                 waitedSeconds=round(time.time() - record.received, 3))
+        self._release(name, record)
         return inbox
 
-    def _claim(self, name: str) -> tuple[Record, list[Record]]:
-        """The newest record of ``name``, now being uploaded, and the older ones it superseded."""
+    def _claim(self, name: str) -> tuple[Record, int, list[Record]]:
+        """The newest record of ``name``, now being uploaded, its attempt number, and the older ones it superseded."""
         with self._lock:
             entry = self._names[name]
             superseded, entry.superseded = entry.superseded, []
             entry.uploading = entry.newest
-            return entry.newest, superseded
+            entry.attempt += 1
+            return entry.newest, entry.attempt, superseded
 
-    def _unclaim(self, name: str, record: Record) -> bool:
-        """An attempt at ``record`` failed; True if a newer record of its name arrived meanwhile (and supersedes it)."""
-        with self._lock:
-            entry = self._names[name]
-            entry.uploading = None
-            if entry.newest is record:
-                return False
-            entry.superseded.append(record)
-            return True
-
-    def _release(self, name: str, record: Record) -> bool:
-        """``record`` is uploaded; True if a newer record of its name arrived meanwhile (to be uploaded next)."""
+    def _retry_later(self, name: str, record: Record) -> float:
+        """An attempt at ``record`` failed: its name waits for its backoff delay (returned), or, if a newer
+        record of the name arrived meanwhile (superseding this one), is queued now."""
         with self._lock:
             entry = self._names[name]
             entry.uploading = None
             if entry.newest is not record:
-                return True
-            del self._names[name]
-            return False
+                entry.superseded.append(record)
+                self._queue(name)
+                return 0.0
+            delay = entry.backoff.next_delay()
+            heapq.heappush(self._retries, (time.monotonic() + delay, next(self._tie_break), name))
+            self._lock.notify()  # a waiting worker sets its wait by this retry too
+            return delay
+
+    def _release(self, name: str, record: Record) -> None:
+        """``record`` is uploaded: its name is done, or queued again if a newer record arrived meanwhile."""
+        with self._lock:
+            entry = self._names[name]
+            entry.uploading = None
+            if entry.newest is record:
+                del self._names[name]
+            else:
+                self._queue(name)
 
     def _finish(self, record: Record, callback: Callable[[Record], None]) -> None:
         """Free ``record`` from the spool, then tell ``callback``; an error in either is logged, never ends the thread."""

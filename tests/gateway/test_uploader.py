@@ -184,6 +184,60 @@ def test_recovery_returns_records_in_the_order_they_were_spooled(tmp_path: Path)
     assert [record.read() for record in recovered] == [record.read() for record in appended]
 
 
+class _Refusing(FakeGcs):
+    """Refuses for good (403: a changed re-send, and no storage.objects.delete) the bytes in ``refused``."""
+
+    def __init__(self, *refused: bytes) -> None:
+        super().__init__()
+        self.refused = refused
+
+    def _put(self, name: str, data: bytes) -> str:
+        if data in self.refused:
+            raise PermissionError("403 storage.objects.delete denied: a changed re-send cannot replace")
+        return super()._put(name, data)
+
+
+def test_records_that_keep_failing_do_not_hold_up_the_others(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=10_000_000)
+    spool.recover()
+    poison = [b"changed-%d" % number for number in range(4)]
+    gcs = _Refusing(*poison)
+    uploader = Uploader(spool, lambda: gcs, bucket="b", threads=2, processes=0, max_backoff=0.2)
+    with captured_logs() as logs:
+        uploader.start()
+        try:
+            for number, data in enumerate(poison):  # twice as many as threads, first in the queue
+                uploader.submit(spool.append(f"changed/{number}.dcm", data))
+            for number in range(20):
+                uploader.submit(spool.append(f"fine/{number}.dcm", b"fine-%d" % number))
+            wait_for(lambda: len(gcs.objects) == 20, timeout=10, what="the other instances uploaded")
+            wait_for(lambda: len([line for line in logs() if line["message"] == "upload failed, will retry"]) >= 12,
+                     timeout=10, what="the refused ones retried")
+        finally:
+            uploader.stop()
+    assert spool.stats().pending == 4  # the refused ones stay in the spool, retried
+    retries = [line for line in logs() if line["message"] == "upload failed, will retry"]
+    assert {line["object"] for line in retries} == {f"gs://b/changed/{number}.dcm" for number in range(4)}
+    assert max(line["attempt"] for line in retries) >= 3
+
+
+def test_a_newer_version_replaces_an_older_one_that_keeps_failing(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=10_000_000)
+    spool.recover()
+    gcs = _Refusing(V1)
+    uploader = _uploader(spool, gcs)
+    uploader.start()
+    try:
+        uploader.submit(spool.append(NAME, V1))
+        time.sleep(0.3)  # refused, retried, refused...
+        uploader.submit(spool.append(NAME, V2))
+        wait_for(lambda: spool.stats().pending == 0, timeout=10, what="the newer version uploaded")
+        time.sleep(0.3)  # room for a retry of the older version, were one still scheduled
+    finally:
+        uploader.stop()
+    assert gcs.generations == [V2] and gcs.overlaps == 0
+
+
 UIDS = ("1.2.840.99.1", "1.2.840.99.2", "1.2.840.99.3")
 HASHED_NAME = f"modalities/CT1/{UIDS[0]}/{UIDS[1]}/{UIDS[2]}.dcm"
 
