@@ -43,6 +43,7 @@ from typing import IO, Any
 from handlers import log
 
 from .config import GatewayConfig
+from .naming import hide_uids
 from .spool import Record
 
 # The well-known SOP Instance UID of the Storage Commitment Push Model (PS3.4 J.3.5).
@@ -244,7 +245,8 @@ class Committer:
         try:
             request = _request(calling, event.action_information)
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types for undecodable or incomplete data
-            log.warning("storage commitment refused", reason=f"unreadable request ({type(exc).__name__}: {exc}"[:300]
+            error = hide_uids(str(exc)) if self.config.names.hashed else str(exc)
+            log.warning("storage commitment refused", reason=f"unreadable request ({type(exc).__name__}: {error}"[:300]
                         + "): it needs a Transaction UID and a Referenced SOP Sequence", **peer_fields)
             return STATUS["missing_attribute"], None
         log.info("storage commitment requested", transactionUID=request.transaction,

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Mapping
 
-__all__ = ["MissingUid", "ObjectNamer", "safe_value"]
+__all__ = ["MissingUid", "ObjectNamer", "hide_uids", "safe_value"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_UID_SHAPED = re.compile(r"[0-9]+(?:\.[0-9]+){2,}")
 _MAX_VALUE = 64
 _MAX_NAME_BYTES = 1024  # Cloud Storage's limit
 REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
@@ -31,6 +32,11 @@ def safe_value(value: object) -> str:
     if not text.strip("."):
         text = text.replace(".", "_") or "_"
     return text
+
+
+def hide_uids(text: str) -> str:
+    """``text`` with each UID-shaped run (three or more numbers joined by dots) replaced by ``<UID>``."""
+    return _UID_SHAPED.sub("<UID>", text)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from handlers import log
 
 from . import wakeups
 from .config import GatewayConfig
-from .naming import MissingUid, ObjectNamer
+from .naming import MissingUid, ObjectNamer, hide_uids
 from .part10 import file_meta, header_values
 from .spool import Record, Spool, SpoolError, SpoolFull
 
@@ -72,11 +72,18 @@ class _AssociationCount:
 
 
 class _JsonLogBridge(logging.Handler):
-    """pynetdicom's and pydicom's warnings and errors as JSON lines (pynetdicom's routine INFO chatter is off)."""
+    """pynetdicom's and pydicom's warnings and errors as JSON lines (pynetdicom's routine INFO chatter is off).
+
+    With ``hide_uids`` (``logs.object_names: hashed``) UIDs in them become ``<UID>``: pydicom quotes
+    the values it finds invalid, a study's UIDs among them.
+    """
+
+    hide_uids = False
 
     def emit(self, record: logging.LogRecord) -> None:
         writer = log.error if record.levelno >= logging.ERROR else log.warning
-        writer(f"{record.name.split('.')[0]}: {record.getMessage()}"[:1000], logger=record.name)
+        message = hide_uids(record.getMessage()) if self.hide_uids else record.getMessage()
+        writer(f"{record.name.split('.')[0]}: {message}"[:1000], logger=record.name)
 
 
 def _register_storage_classes(uids: tuple[str, ...]) -> None:
@@ -90,15 +97,19 @@ def _register_storage_classes(uids: tuple[str, ...]) -> None:
             register_uid(uid, "AdditionalStorage_" + uid.replace(".", "_"), StorageServiceClass)
 
 
-def _bridge_library_logs() -> None:
+def _bridge_library_logs(uids_hidden: bool) -> None:
     """Every line the process writes stays JSON: the libraries' logs and Python warnings go through ``log``."""
     logging.captureWarnings(True)
     for name in ("pynetdicom", "pydicom", "py.warnings"):
         logger = logging.getLogger(name)
         logger.setLevel(logging.WARNING)
         logger.propagate = False
-        if not any(isinstance(handler, _JsonLogBridge) for handler in logger.handlers):
-            logger.addHandler(_JsonLogBridge())
+        bridges = [handler for handler in logger.handlers if isinstance(handler, _JsonLogBridge)]
+        if not bridges:
+            bridges = [_JsonLogBridge()]
+            logger.addHandler(bridges[0])
+        for bridge in bridges:
+            bridge.hide_uids = uids_hidden
 
 
 class Receiver:
@@ -132,7 +143,7 @@ class Receiver:
         from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 
         _config.LOG_HANDLER_LEVEL = "none"
-        _bridge_library_logs()
+        _bridge_library_logs(self.config.names.hashed)
         if self.config.reactor_wakeups:
             wakeups.install()  # refused (one WARNING line) on another pynetdicom: its own polling stays
         else:
@@ -274,7 +285,8 @@ class Receiver:
                      transferSyntax=str(event.context.transfer_syntax),
                      seconds=round(time.monotonic() - started, 4), **fields)
         else:
-            log.warning("C-STORE refused", status=f"0x{status:04X}", reason=reason, **fields)
+            log.warning("C-STORE refused", status=f"0x{status:04X}", reason=hide_uids(reason) if names.hashed else reason,
+                        **fields)
         return status
 
     def _store(self, event: Any) -> tuple[int, str, Record | None]:

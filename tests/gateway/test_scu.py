@@ -392,3 +392,18 @@ def test_hashed_object_names_keep_uids_out_of_the_logs(tmp_path: Path, bucket: s
     assert uids.sop not in text and uids.study not in text and uids.series not in text
     assert uploaded[0]["object"].startswith("sha256:")
     assert storage_client.bucket(bucket).get_blob(f"in/{CALLING}/{uids.study}/{uids.series}/{uids.sop}.dcm")
+
+
+def test_hashed_object_names_keep_uids_out_of_library_warnings(tmp_path: Path, bucket: str, fake_gcs: Any) -> None:
+    """pydicom quotes a value it finds invalid (here a UID component with a leading zero) in its warning."""
+    config = make_config(tmp_path / "spool", bucket, logs="logs:\n  object_names: hashed\n")
+    (uids, data), = samples.make_series(1)
+    ds = read_dataset(data)
+    ds.SeriesInstanceUID = series = uids.series.rsplit(".", 1)[0] + ".012"
+    with running_gateway(config, gcs_inbox_factory(bucket, fake_gcs.url)) as gw, captured_logs() as logs:
+        assert send(gw.receiver.port, [ds]) == [0]
+        wait_for(lambda: [line for line in logs() if line["message"] == "instance uploaded"], what="upload")
+    warnings = [line["message"] for line in logs() if line["message"].startswith(("pydicom", "py.warnings"))]
+    assert warnings and all("<UID>" in message for message in warnings)
+    text = "\n".join(json.dumps(line) for line in logs())
+    assert series not in text and uids.study not in text and uids.sop not in text
