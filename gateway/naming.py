@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Mapping
 
-__all__ = ["MissingUid", "ObjectNamer", "hide_uids", "safe_value"]
+__all__ = ["MissingUid", "ObjectNamer", "hide_uids", "is_uid", "safe_value"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+_MAX_UID = 64
 _UID_SHAPED = re.compile(r"[0-9]+(?:\.[0-9]+){2,}")
 _MAX_VALUE = 64
 _MAX_NAME_BYTES = 1024  # Cloud Storage's limit
@@ -32,6 +34,14 @@ def safe_value(value: object) -> str:
     if not text.strip("."):
         text = text.replace(".", "_") or "_"
     return text
+
+
+def is_uid(value: str) -> bool:
+    """Whether ``value`` is a UID as PS3.5 9.1 allows: numbers joined by dots, at most 64 characters.
+
+    (Leading zeros, which the standard forbids but some modalities write, are let through.)
+    """
+    return len(value) <= _MAX_UID and _UID.fullmatch(value) is not None
 
 
 def hide_uids(text: str) -> str:

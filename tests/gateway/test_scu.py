@@ -407,3 +407,17 @@ def test_hashed_object_names_keep_uids_out_of_library_warnings(tmp_path: Path, b
     assert warnings and all("<UID>" in message for message in warnings)
     text = "\n".join(json.dumps(line) for line in logs())
     assert series not in text and uids.study not in text and uids.sop not in text
+
+
+def test_a_sop_instance_uid_that_is_not_ascii_gets_a900(gateway: Any, bucket: str, storage_client: Any) -> None:
+    (uids, data), = samples.make_series(1)
+    ds = read_dataset(data)
+    ds.SOPInstanceUID = sop_instance = uids.sop[:40] + ".\u00e9"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    ct = str(ds.SOPClassUID)
+    with captured_logs() as logs:
+        assert _raw_store(gateway.receiver.port, ct, ct, _dataset_bytes(buffer.getvalue()), sop_instance) == 0xA900
+        refusals = _refusals(logs)
+    assert len(refusals) == 1 and "SOPInstanceUID" in refusals[0]["reason"] and "not a valid UID" in refusals[0]["reason"]
+    assert gateway.spool.stats().disk_bytes == 0 and _objects(storage_client, bucket) == {}
