@@ -3,7 +3,9 @@
 Every value is reduced to ``A-Z a-z 0-9 . _ -`` (anything else becomes ``_``),
 never ``.`` or ``..`` alone and never empty, and cut to 64 characters, so a
 sender cannot add folders, climb out of the prefix, or write wildcard or control
-characters into a name. The three UIDs that identify an instance are required.
+characters into a name. The three UIDs that identify an instance are required,
+and must be UIDs (numbers joined by dots, which pass unchanged): two instances
+whose UIDs differ only in characters made ``_`` would otherwise share a name.
 """
 
 from __future__ import annotations
@@ -59,11 +61,15 @@ class ObjectNamer:
     def name(self, values: Mapping[str, object], received: datetime | None = None) -> str:
         """The object name (without ``gs://bucket/``) for an instance's ``values``.
 
-        Raises :class:`MissingUid` if a UID of :data:`REQUIRED_UIDS` is missing or empty.
+        Raises :class:`MissingUid` if a UID of :data:`REQUIRED_UIDS` is missing or empty, ValueError if
+        one is not a UID.
         """
         missing = [key for key in REQUIRED_UIDS if not str(values.get(key) or "").strip()]
         if missing:
             raise MissingUid(f"missing {', '.join(missing)}")
+        invalid = [key for key in REQUIRED_UIDS if not is_uid(str(values[key]).strip())]
+        if invalid:
+            raise ValueError(f"{', '.join(invalid)} not a valid UID: digits and dots, at most 64 characters (PS3.5 9.1)")
         when = received or datetime.now(timezone.utc)
         fields = {key: safe_value(value) if str(value or "").strip() else "unknown" for key, value in values.items()}
         fields.setdefault("ReceivedDate", when.strftime("%Y-%m-%d"))

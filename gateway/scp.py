@@ -13,8 +13,9 @@ status   meaning                                         when
 0xA700   Refused: Out of resources                       the spool is full, or the disk failed
 0xA900   Error: Data Set does not match SOP Class        SOP Class, Study, Series or SOP Instance
                                                          UID missing, or the SOP Class or Instance
-                                                         UID differs from the request's, or the
-                                                         SOP Instance UID is not a valid UID
+                                                         UID differs from the request's, or a
+                                                         Study, Series or SOP Instance UID is not
+                                                         a valid UID
 0xC210   Error: Cannot understand                        the dataset does not decode (pydicom cannot
                                                          parse its elements before the pixel data)
 =======  ==============================================  =========================================
@@ -40,7 +41,7 @@ from handlers import log
 
 from . import wakeups
 from .config import GatewayConfig
-from .naming import MissingUid, ObjectNamer, hide_uids, is_uid
+from .naming import MissingUid, ObjectNamer, hide_uids
 from .part10 import file_meta, header_values
 from .spool import Record, Spool, SpoolError, SpoolFull
 
@@ -296,9 +297,6 @@ class Receiver:
         transfer_syntax = str(event.context.transfer_syntax)
         if sop_class not in self._storage_classes or sop_class != str(event.context.abstract_syntax):
             return STATUS["sop_class_not_supported"], "SOP class is not a storage class accepted on this presentation context", None
-        if not is_uid(sop_instance):  # it goes into the file meta information, which is ASCII
-            return STATUS["does_not_match_sop_class"], ("the request's SOPInstanceUID is not a valid UID: digits and "
-                                                        "dots, at most 64 characters (PS3.5 9.1)"), None
         try:
             values = header_values(request.DataSet, transfer_syntax)
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types for undecodable bytes

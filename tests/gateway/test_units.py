@@ -75,11 +75,22 @@ def test_client_allow_list(tmp_path: Path) -> None:
 
 
 def test_names_are_made_safe() -> None:
-    namer = ObjectNamer(DEFAULT_OBJECT_NAME, "in/")
-    values = {"CallingAETitle": "CT 1/../x", "StudyInstanceUID": "..", "SeriesInstanceUID": "1.2*?[3]",
-              "SOPInstanceUID": "1.2.3\n"}
-    assert namer.name(values) == "in/CT_1_.._x/__/1.2___3_/1.2.3.dcm"
+    namer = ObjectNamer("{CallingAETitle}/{Modality}/{StudyDate}/{SOPInstanceUID}.dcm", "in/")
+    values = {"CallingAETitle": "CT 1/../x", "Modality": "..", "StudyDate": "2024*?[3]",
+              "StudyInstanceUID": "1.2", "SeriesInstanceUID": "1.2.3", "SOPInstanceUID": "1.2.3.4\n"}
+    assert namer.name(values) == "in/CT_1_.._x/__/2024___3_/1.2.3.4.dcm"
     assert safe_value("") == "_" and safe_value("a" * 100) == "a" * 64
+
+
+@pytest.mark.parametrize("uid", ["1.2.3+4", "1.2.3_4", "1.2.3/4", "1.2.\u00e9", "..", "1.2.", "1" * 65])
+def test_names_refuse_uids_that_are_not_uids(uid: str) -> None:
+    """Made safe, 1.2.3+4 and 1.2.3_4 would both be 1.2.3_4: two instances, one object."""
+    namer = ObjectNamer(DEFAULT_OBJECT_NAME)
+    values = {"CallingAETitle": "CT1", "StudyInstanceUID": "1.2", "SeriesInstanceUID": "1.2.3", "SOPInstanceUID": "1.2.3.4"}
+    for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        with pytest.raises(ValueError, match=f"^{key} not a valid UID"):
+            namer.name({**values, key: uid})
+    assert namer.name({**values, "SOPInstanceUID": "1.2.03." + "9" * 57}).endswith("/1.2.03." + "9" * 57 + ".dcm")
 
 
 def test_names_need_the_three_uids() -> None:
