@@ -5,28 +5,55 @@ If it exists, its MD5 is compared with ours: equal means the instance is already
 there (nothing is written, no new generation, so no second import); different
 means the sender changed it, and it is replaced under a precondition on the
 generation just read (a new generation, which the function's ``on_conflict``
-handles). One request for a new instance, two for a re-send.
+handles), unless the object is a version received later than ours (its
+``dicom-gateway-received`` metadata, written with every upload): then ours is
+stale and nothing is written, so an older version left in the spool can never
+replace a newer one, whatever the order of uploads or restarts. One request
+for a new instance, two for a re-send.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 
 from handlers.clients.storage import storage_client
 
-__all__ = ["CREATED", "IDENTICAL", "REPLACED", "GcsInbox", "Inbox"]
+__all__ = ["CREATED", "IDENTICAL", "REPLACED", "STALE", "GcsInbox", "Inbox", "RECEIVED", "md5_of", "verdict"]
 
 CREATED = "created"
 IDENTICAL = "identical"
 REPLACED = "replaced"
+STALE = "stale"
 CONTENT_TYPE = "application/dicom"
+#: Custom metadata of each uploaded object: when the gateway received that version (epoch seconds).
+RECEIVED = "dicom-gateway-received"
 
 
 class Inbox(Protocol):
-    def put(self, name: str, data: bytes) -> str:
-        """Write ``data`` as object ``name``; return CREATED, IDENTICAL or REPLACED."""
+    def put(self, name: str, data: bytes, received: float) -> str:
+        """Write ``data`` (received at ``received``) as object ``name``; return CREATED, IDENTICAL, REPLACED or STALE."""
+
+
+def md5_of(data: bytes) -> str:
+    """Base64 MD5, as Cloud Storage reports ``md5Hash``."""
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def verdict(existing_md5: str | None, existing_metadata: Mapping[str, str] | None, md5: str,
+            received: float) -> str | None:
+    """What an upload does about the live object: IDENTICAL or STALE (write nothing), or None (replace it).
+
+    An object without a readable ``RECEIVED`` (not written by the gateway) is replaced when it differs.
+    """
+    if existing_md5 == md5:
+        return IDENTICAL
+    try:
+        theirs = float((existing_metadata or {})[RECEIVED])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return STALE if theirs > received else None
 
 
 class GcsInbox:
@@ -42,14 +69,15 @@ class GcsInbox:
     def __init__(self, bucket: str, *, endpoint: str | None = None, project: str | None = None) -> None:
         self._bucket = storage_client(project, endpoint).bucket(bucket)
 
-    def put(self, name: str, data: bytes) -> str:
+    def put(self, name: str, data: bytes, received: float) -> str:
         from google.api_core.exceptions import NotFound, PreconditionFailed
 
-        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()  # as Cloud Storage reports md5Hash
+        md5 = md5_of(data)
         generation = 0  # 0: only if no live object has this name
         while True:
             blob = self._bucket.blob(name)
             blob.md5_hash = md5  # Cloud Storage rejects the upload if the bytes arrive damaged
+            blob.metadata = {RECEIVED: repr(received)}
             try:
                 blob.upload_from_string(data, content_type=CONTENT_TYPE, if_generation_match=generation, retry=None)
                 return CREATED if generation == 0 else REPLACED
@@ -61,7 +89,8 @@ class GcsInbox:
                 existing = None
             if existing is None:
                 generation = 0  # deleted in between: create again
-            elif existing.md5_hash == md5:
-                return IDENTICAL
-            else:
-                generation = existing.generation
+                continue
+            outcome = verdict(existing.md5_hash, existing.metadata, md5, received)
+            if outcome is not None:
+                return outcome
+            generation = existing.generation

@@ -93,13 +93,13 @@ def _hide_name(text: str, name: str, shown: str) -> str:
 
 
 def _put_in_worker(factory: Callable[[], Inbox], segment: Path, offset: int, length: int, name: str,
-                   crc32: int) -> tuple[str | None, _Failure | None]:
+                   crc32: int, received: float) -> tuple[str | None, _Failure | None]:
     """In a helper process: (outcome, None), or (None, what failed) to be retried by the caller."""
     global _worker_inbox
     try:
         _worker_inbox = _worker_inbox or factory()
-        data = Record(segment, offset, length, name, crc32, 0.0).read()
-        return _worker_inbox.put(name, data), None
+        data = Record(segment, offset, length, name, crc32, received).read()
+        return _worker_inbox.put(name, data, received), None
     except Exception as exc:  # noqa: BLE001 - reported to the thread that retries it
         return None, _Failure.of(exc)
 
@@ -129,7 +129,7 @@ class _Processes:
         pool = self._pool
         try:
             outcome, error = pool.submit(_put_in_worker, self.factory, record.segment, record.offset, record.length,
-                                         record.name, record.crc32).result()
+                                         record.name, record.crc32, record.received).result()
         except BrokenProcessPool:
             with self._lock:  # a helper died (killed, out of memory): start new ones, retry this record
                 if self._pool is pool:
@@ -230,7 +230,7 @@ class Uploader:
         if self._processes is not None:
             return self._processes.put(record), None
         inbox = inbox or self.inbox_factory()
-        return inbox.put(record.name, record.read()), inbox
+        return inbox.put(record.name, record.read(), record.received), inbox
 
     def _work(self) -> None:
         inbox: Inbox | None = None

@@ -55,8 +55,8 @@ def test_an_upload_and_a_resend_make_no_bucket_lookup() -> None:
     _OneObjectBucket.requests, _OneObjectBucket.stored = [], {}
     try:
         inbox = GcsInbox("inbox", endpoint=f"http://127.0.0.1:{server.server_address[1]}", project="p")
-        assert inbox.put("x.dcm", b"DICM instance bytes") == CREATED
-        assert inbox.put("x.dcm", b"DICM instance bytes") == IDENTICAL
+        assert inbox.put("x.dcm", b"DICM instance bytes", 1.0) == CREATED
+        assert inbox.put("x.dcm", b"DICM instance bytes", 2.0) == IDENTICAL
         time.sleep(0.3)  # room for a background lookup
     finally:
         server.shutdown()

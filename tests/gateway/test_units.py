@@ -214,7 +214,7 @@ class _FlakyInbox:
         self.failures = failures
         self.objects: dict[str, bytes] = {}
 
-    def put(self, name: str, data: bytes) -> str:
+    def put(self, name: str, data: bytes, received: float) -> str:
         if self.failures:
             self.failures -= 1
             raise ConnectionError("Cloud Storage is down")
@@ -246,7 +246,7 @@ def test_uploader_retries_until_it_succeeds_then_frees_the_spool(tmp_path: Path)
 class _NicenessInbox:
     """Answers each upload with the niceness of the process it ran in (picklable: made in the helper)."""
 
-    def put(self, name: str, data: bytes) -> str:
+    def put(self, name: str, data: bytes, received: float) -> str:
         return str(os.nice(0))
 
 
@@ -457,7 +457,7 @@ class _Inbox:
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
 
-    def put(self, name: str, data: bytes) -> str:
+    def put(self, name: str, data: bytes, received: float) -> str:
         self.objects[name] = data
         return "created"
 

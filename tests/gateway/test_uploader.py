@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -13,7 +12,7 @@ from typing import Any, Iterator
 
 import pytest
 from gateway.commitment import JOURNAL_NAME, Ledger
-from gateway.inbox import CREATED, IDENTICAL, REPLACED, GcsInbox
+from gateway.inbox import CREATED, IDENTICAL, RECEIVED, REPLACED, STALE, GcsInbox, md5_of, verdict
 from gateway.service import Gateway
 from gateway.spool import Spool
 from gateway.uploader import Uploader
@@ -33,6 +32,7 @@ class FakeGcs:
 
     def __init__(self, slow: bytes = b"") -> None:
         self.objects: dict[str, tuple[bytes, int]] = {}
+        self.received: dict[str, float] = {}  # each object's RECEIVED metadata, as GcsInbox writes it
         self.generations: list[bytes] = []
         self.lock = threading.Lock()
         self.slow = slow
@@ -40,42 +40,46 @@ class FakeGcs:
         self.running: dict[str, int] = {}
         self.overlaps = 0
 
-    def _upload(self, name: str, data: bytes, if_generation_match: int) -> bool:
+    def _upload(self, name: str, data: bytes, received: float, if_generation_match: int) -> bool:
         with self.lock:
             current = self.objects.get(name)
             if (current[1] if current else 0) != if_generation_match:
                 return False
             self.objects[name] = (data, len(self.generations) + 1)
+            self.received[name] = received
             self.generations.append(data)
             return True
 
-    def put(self, name: str, data: bytes) -> str:
+    def put(self, name: str, data: bytes, received: float) -> str:
         with self.lock:
             self.running[name] = self.running.get(name, 0) + 1
             self.overlaps += self.running[name] > 1
         try:
-            return self._put(name, data)
+            return self._put(name, data, received)
         finally:
             with self.lock:
                 self.running[name] -= 1
 
-    def _put(self, name: str, data: bytes) -> str:
+    def _put(self, name: str, data: bytes, received: float) -> str:
         if self.down:
             raise ConnectionError("Cloud Storage is down")
         if data == self.slow:
             time.sleep(0.3)  # latency: an upload started later finishes first
         generation = 0
         while True:
-            if self._upload(name, data, generation):
+            if self._upload(name, data, received, generation):
                 return CREATED if generation == 0 else REPLACED
             with self.lock:
                 existing = self.objects.get(name)
+                theirs = self.received.get(name)
             if existing is None:
                 generation = 0
-            elif hashlib.md5(existing[0]).digest() == hashlib.md5(data).digest():
-                return IDENTICAL
-            else:
-                generation = existing[1]
+                continue
+            metadata = None if theirs is None else {RECEIVED: repr(theirs)}
+            outcome = verdict(md5_of(existing[0]), metadata, md5_of(data), received)
+            if outcome is not None:
+                return outcome
+            generation = existing[1]
 
     def live(self, name: str) -> bytes:
         return self.objects[name][0]
@@ -172,6 +176,52 @@ def test_a_superseded_instance_is_committed_once_its_newer_version_is_in_the_buc
     assert gcs.generations == [V2]
 
 
+def test_an_older_version_alone_in_the_spool_after_a_restart_is_stale_not_uploaded(tmp_path: Path) -> None:
+    """The older version's segment outlives the newer one's (kept by a record that keeps failing): after a restart
+    the spool holds only the older version, and the bucket's newer one (received later) must stay live."""
+    spool = Spool(tmp_path, max_bytes=10_000_000, segment_bytes=900)
+    spool.recover()
+    gcs = _Refusing(b"p" * 100)
+    uploader = _uploader(spool, gcs)
+    uploader.start()
+    uploader.submit(spool.append("poison.dcm", b"p" * 100))  # segment A, kept on disk by this record
+    uploader.submit(spool.append(NAME, V1))  # segment A (sealed: past 900 bytes)
+    wait_for(lambda: gcs.objects.get(NAME), timeout=5, what="v1")
+    uploader.submit(spool.append(NAME, V2))  # segment B, uploaded, then deleted
+    wait_for(lambda: gcs.objects.get(NAME, (b"",))[0] == V2, timeout=5, what="v2")
+    uploader.stop()
+    spool.close()
+
+    restarted = Spool(tmp_path, max_bytes=10_000_000, segment_bytes=900)
+    again = _uploader(restarted, gcs)
+    with captured_logs() as logs:
+        again.start()
+        for record in restarted.recover():
+            again.submit(record)
+        wait_for(lambda: any(line.get("outcome") == STALE for line in logs()), timeout=5, what="v1 found stale")
+        again.stop()
+    assert gcs.live(NAME) == V2 and gcs.generations == [V1, V2], "no third generation, the newer version live"
+
+
+def test_the_inbox_never_replaces_a_version_received_later(bucket: str, fake_gcs: Any, storage_client: Any) -> None:
+    """GcsInbox on fake-gcs-server: each upload carries its reception time; an older one finds the newer object."""
+    inbox = GcsInbox(bucket, endpoint=fake_gcs.url)
+    assert inbox.put(NAME, V2, 200.0) == CREATED
+    assert inbox.put(NAME, V1, 100.0) == STALE
+    assert storage_client.bucket(bucket).blob(NAME).download_as_bytes() == V2
+    assert inbox.put(NAME, V3, 300.0) == REPLACED
+    blob = storage_client.bucket(bucket).get_blob(NAME)
+    assert blob.download_as_bytes() == V3 and blob.metadata == {RECEIVED: "300.0"}
+    assert inbox.put(NAME, V3, 50.0) == IDENTICAL, "identical bytes are identical, whenever received"
+
+
+def test_an_object_the_gateway_did_not_write_is_replaced_when_it_differs() -> None:
+    assert verdict(md5_of(V1), None, md5_of(V2), 1.0) is None
+    assert verdict(md5_of(V1), {RECEIVED: "not a time"}, md5_of(V2), 1.0) is None
+    assert verdict(md5_of(V1), {RECEIVED: "2.0"}, md5_of(V2), 1.0) == STALE
+    assert verdict(md5_of(V1), {RECEIVED: "0.5"}, md5_of(V2), 1.0) is None
+
+
 def test_recovery_returns_records_in_the_order_they_were_spooled(tmp_path: Path) -> None:
     """The uploader takes the last record submitted for a name as the newest: a restart submits in spool order."""
     spool = Spool(tmp_path, max_bytes=10_000_000, segment_bytes=2500)
@@ -191,10 +241,10 @@ class _Refusing(FakeGcs):
         super().__init__()
         self.refused = refused
 
-    def _put(self, name: str, data: bytes) -> str:
+    def _put(self, name: str, data: bytes, received: float) -> str:
         if data in self.refused:
             raise PermissionError("403 storage.objects.delete denied: a changed re-send cannot replace")
-        return super()._put(name, data)
+        return super()._put(name, data, received)
 
 
 def test_records_that_keep_failing_do_not_hold_up_the_others(tmp_path: Path) -> None:
