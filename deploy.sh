@@ -660,8 +660,9 @@ grant_runtime_sa() {
   # The same account is the triggers' identity (see grant_invoker).
   bind gcloud projects add-iam-policy-binding "${PROJECT}" \
     --member="${member}" --role=roles/eventarc.eventReceiver --condition=None
-  # Each failed file is named in its result from the import's Cloud Logging entries (entries.list).
-  bind gcloud projects add-iam-policy-binding "${PROJECT}" \
+  # Each failed file is named in its result from the import's Cloud Logging entries (entries.list),
+  # which the Healthcare API writes in the store's project.
+  bind gcloud projects add-iam-policy-binding "${STORE_PROJECT}" \
     --member="${member}" --role=roles/logging.viewer --condition=None
 }
 

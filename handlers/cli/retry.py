@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from handlers.cli.context import Context
 from handlers.cli.environment import PUBSUB, STORAGE, require
-from handlers.cli.errors import CliError
+from handlers.cli.errors import EXIT_USAGE, CliError
 from handlers.cli.failures import add_window_options, rules_of, window_start
 from handlers.cli.terminal import Progress, count
 from handlers.failures import readmit
@@ -44,8 +44,11 @@ class Outcome:
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
-    if bool(args.batch) == bool(args.since):
-        raise CliError("give a BATCH, or --failed-since DURATION (e.g. 24h), not both")
+    if args.batch and args.since is not None:
+        raise CliError("give a BATCH or --failed-since DURATION, not both", code=EXIT_USAGE)
+    if not args.batch and args.since is None:
+        raise CliError("give a BATCH (python -m handlers failures lists them) or --failed-since DURATION (e.g. 24h)",
+                       code=EXIT_USAGE)
     rules = rules_of(ctx, args.rule)
     require(STORAGE, PUBSUB)
     store = ctx.runtime.state

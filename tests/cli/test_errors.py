@@ -27,6 +27,8 @@ def one_line_error(result, code=1):
     (("failures", "--since", "soon"), "python -m handlers failures: error: argument --since: 'soon' is not a duration: "
                                       "write a number and s, m, h or d, e.g. 90m, 24h or 7d"),
     (("retry", "--failed-since", "1 week"), "error: argument --failed-since: '1 week' is not a duration"),
+    (("retry",), "give a BATCH (python -m handlers failures lists them) or --failed-since DURATION (e.g. 24h)"),
+    (("retry", "20261202T101010Z-0a1b2c3d", "--failed-since", "24h"), "give a BATCH or --failed-since DURATION, not both"),
     (("reconcile", "--since", "30d"), "error: argument --since: '30d': give more than 0 and at most 29d"),
 ])
 def test_usage_errors_are_one_line_with_exit_2(cli, argv, message):

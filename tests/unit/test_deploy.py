@@ -881,6 +881,15 @@ def test_failure_policies_get_exactly_their_permissions(env):
     assert ("projects", PROJECT, sa, "roles/logging.viewer") in default_bindings
 
 
+def test_a_store_in_another_project_gets_the_log_reader_where_its_import_logs_are(env):
+    """The Healthcare API writes an import's per-file entries in the store's project: read there, not here."""
+    store = STORE.replace(f"projects/{PROJECT}/", "projects/store-proj/")
+    run = ok(deploy(env, *[store if arg == STORE else arg for arg in REQUIRED]))
+    sa = f"serviceAccount:{RUNTIME_SA}"
+    assert ("projects", "store-proj", sa, "roles/logging.viewer") in run.bindings()
+    assert ("projects", PROJECT, sa, "roles/logging.viewer") not in run.bindings()
+
+
 def test_a_quarantine_bucket_is_read_through_defaults_and_a_bad_one_exits_2(env):
     (env["src"] / "config").mkdir()
     base = (REPO / "config.yaml").read_text()

@@ -78,7 +78,7 @@ def _deploy_constant(name: str) -> str:
     return match.group(1)
 
 
-FUNCTIONS = {_deploy_constant(name) for name in ("FN_INTAKE", "FN_FOLLOWUP", "FN_EXPORT")}
+FUNCTIONS = {_deploy_constant(name) for name in ("FN_INTAKE", "FN_FOLLOWUP", "FN_EXPORT", "FN_RECONCILE")}
 
 
 def _expanded_fields(node: ast.expr) -> set[str]:
