@@ -13,10 +13,13 @@ proxy answers it itself:
   (insert, rewrite or copy to it, compose, patch, update, delete) less than
   ``writeIntervalSeconds`` (default 1) after the last accepted one is answered
   429 ``rateLimitExceeded``, unless its ``ifGenerationMatch`` precondition fails
-  (then fake-gcs-server answers 412: no write happens, so no limit applies);
-* **the destination's ``ifGenerationMatch`` of a rewrite or copy**, which
-  fake-gcs-server ignores (it overwrites): a failed precondition is answered
-  412 ``conditionNotMet``, as Cloud Storage does, and never forwarded.
+  (then it is a 412: no write happens, so no limit applies);
+* **``ifGenerationMatch`` of every mutation**, which fake-gcs-server checks only
+  on multipart uploads (it deletes, patches, overwrites by rewrite or copy,
+  and takes media and resumable uploads whatever the precondition): a failed
+  one is answered 412 ``conditionNotMet``, as Cloud Storage does, and never
+  forwarded. A resumable upload's precondition, given when its session starts,
+  is checked on each of its chunks.
 
 Admin endpoints under ``/proxy/`` (never forwarded, never faulted): ``GET /proxy/health``,
 ``GET|PUT|DELETE /proxy/faults``, ``GET|PUT|DELETE /proxy/outage`` (``{"seconds": N}``),
@@ -53,8 +56,6 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
 OPERATION_ONLY = ("minOperationSeconds", "failOperation", "logDelaySeconds", "logSampleAbove")
 DEFAULT_WRITE_INTERVAL = 1.0
 UPSTREAM_TIMEOUT = 120.0
-# Methods whose ifGenerationMatch fake-gcs-server ignores: the proxy checks it.
-UNCHECKED_UPSTREAM = frozenset({"objects.rewrite", "objects.copy"})
 PRECONDITION_FAILED = "At least one of the pre-conditions you specified did not hold."
 
 
@@ -131,7 +132,7 @@ class ProxyState:
         self.limiter = WriteLimiter(write_interval)
         self._lock = threading.Lock()
         self._outage_until = 0.0
-        self.uploads: dict[str, tuple[str, str]] = {}  # resumable upload id -> target
+        self.uploads: dict[str, tuple[tuple[str, str], str | None]] = {}  # resumable upload id -> target, precondition
         self.requests: Counter[str] = Counter()
         self.injected: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.rate_limited: Counter[str] = Counter()
@@ -197,6 +198,11 @@ def _no_delay(sock: socket.socket) -> None:
     """Send each write at once: a response's headers and body are two writes, and with Nagle's
     algorithm the body waits for the peer's delayed acknowledgement of the headers (40 ms a write)."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _wanted_generation(query: Mapping[str, list[str]]) -> str | None:
+    """A request's ``ifGenerationMatch`` (a query parameter of the JSON API), if any."""
+    return (query.get("ifGenerationMatch") or [None])[0]
 
 
 def _handler(state: ProxyState) -> type[BaseHTTPRequestHandler]:
@@ -274,19 +280,16 @@ def _handler(state: ProxyState) -> type[BaseHTTPRequestHandler]:
         def _limited_forward(self, what: Classified, body: bytes) -> None:
             query = parse_qs(urlsplit(self.path).query)
             starts_session = self.command == "POST" and query.get("uploadType") == ["resumable"]
-            target = what.target
+            target, wanted = what.target, _wanted_generation(query)
             if what.upload_id and not starts_session:
-                target = state.uploads.get(what.upload_id, target)
+                target, wanted = state.uploads.get(what.upload_id, (target, wanted))
             if target is None or starts_session:
-                self._forward(body, what, target if starts_session else None)
+                self._forward(body, what, (target, wanted) if starts_session and target else None)
                 return
-            if what.method in UNCHECKED_UPSTREAM and self._precondition_fails(target, query):
+            if self._precondition_fails(target, wanted):  # no write happens, so no rate limit either
                 self._reply(412, error_body(412, "conditionNotMet", PRECONDITION_FAILED))
                 return
             accepted, previous = state.limiter.reserve(target)
-            if not accepted and self._precondition_fails(target, query):
-                self._forward(body, what, None)  # refused upstream (412): no write happens, so no rate limit
-                return
             if not accepted:
                 state.count_rate_limited(target)
                 log("INFO", "rate limited: one write per second per object", method=what.method,
@@ -299,9 +302,8 @@ def _handler(state: ProxyState) -> type[BaseHTTPRequestHandler]:
             if not 200 <= status < 300:
                 state.limiter.release(target, previous)
 
-        def _precondition_fails(self, target: tuple[str, str], query: dict[str, list[str]]) -> bool:
-            """True when the request's ``ifGenerationMatch`` does not match the object's current generation."""
-            wanted = (query.get("ifGenerationMatch") or [None])[0]
+        def _precondition_fails(self, target: tuple[str, str], wanted: str | None) -> bool:
+            """True when ``wanted`` (an ``ifGenerationMatch``) is not the object's current generation (0: absent)."""
             if wanted is None:
                 return False
             path = f"/storage/v1/b/{quote(target[0], safe='')}/o/{quote(target[1], safe='')}?fields=generation"
@@ -312,7 +314,8 @@ def _handler(state: ProxyState) -> type[BaseHTTPRequestHandler]:
             current = json.loads(data).get("generation", "0") if status == 200 else "0"
             return status in (200, 404) and str(current) != wanted
 
-        def _forward(self, body: bytes, what: Classified, session_target: tuple[str, str] | None) -> int:
+        def _forward(self, body: bytes, what: Classified,
+                     session_target: tuple[tuple[str, str], str | None] | None) -> int:
             headers = {key: value for key, value in self.headers.items() if key.lower() not in HOP_BY_HOP}
             headers["Host"] = self.headers.get("Host") or f"{state.upstream_host}:{state.upstream_port}"
             headers["Content-Length"] = str(len(body))

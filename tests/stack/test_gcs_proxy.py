@@ -185,3 +185,29 @@ def test_a_rewrite_onto_an_existing_object_with_if_generation_match_0_gets_412_a
     fresh = bucket.blob(name("rewrite-fresh"))
     fresh.rewrite(source, if_generation_match=0, retry=NO_RETRY)
     assert bucket.blob(fresh.name).download_as_bytes() == b"new", "a rewrite to a new name goes through"
+
+
+def test_every_mutation_s_failed_precondition_is_a_412_and_changes_nothing(bucket, admin):
+    """fake-gcs-server checks ifGenerationMatch on multipart uploads only: a delete, a patch, a media upload and a
+    resumable upload (its session's precondition) with a stale one went through; Cloud Storage, and the proxy, refuse."""
+    blob = bucket.blob(name("preconditions"))
+    blob.upload_from_string(b"kept", retry=NO_RETRY)
+    stale = blob.generation + 1
+    with pytest.raises(exceptions.PreconditionFailed):
+        bucket.blob(blob.name).delete(if_generation_match=stale, retry=NO_RETRY)
+    patched = bucket.blob(blob.name)
+    patched.metadata = {"tag": "x"}
+    with pytest.raises(exceptions.PreconditionFailed):
+        patched.patch(if_generation_match=stale, retry=NO_RETRY)
+    media = requests.post(f"{admin.rsplit('/proxy', 1)[0]}/upload/storage/v1/b/{bucket.name}/o",
+                          params={"uploadType": "media", "name": blob.name, "ifGenerationMatch": "0"},
+                          data=b"replaced", timeout=10)
+    assert media.status_code == 412, media.text
+    resumable = bucket.blob(blob.name, chunk_size=256 * 1024)
+    with pytest.raises(exceptions.PreconditionFailed):
+        resumable.upload_from_string(b"r" * (300 * 1024), if_generation_match=0, retry=NO_RETRY)
+    now = bucket.get_blob(blob.name)
+    assert now.download_as_bytes() == b"kept" and now.generation == blob.generation and not now.metadata
+    time.sleep(1.05)
+    bucket.blob(blob.name).delete(if_generation_match=blob.generation, retry=NO_RETRY)
+    assert bucket.get_blob(blob.name) is None, "the right generation still deletes"
