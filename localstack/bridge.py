@@ -277,7 +277,11 @@ class _RouteWorker:
     def submit(self, held: _Held) -> None:
         with self.lock:
             self.counters.in_flight += 1
-        self.pool.submit(self._deliver, held)
+        try:
+            self.pool.submit(self._deliver, held)
+        except RuntimeError:  # the bridge is stopping: the message comes back from Pub/Sub after its deadline
+            with self.lock:
+                self.counters.in_flight -= 1
 
     def _session(self) -> requests.Session:
         session = getattr(self.http, "session", None)
@@ -439,10 +443,12 @@ class Bridge:
             routes=[asdict(route) for route in self.config.routes], backoff=asdict(self.config.backoff))
 
     def stop(self) -> None:
-        """Stop pulling and retrying (held messages come back from Pub/Sub after their deadline)."""
+        """Stop pulling, retrying and delivering (held messages come back from Pub/Sub after their deadline)."""
         self.stopping.set()
         with self._retry_ready:
             self._retry_ready.notify_all()
+        for worker in self.workers.values():
+            worker.pool.shutdown(wait=False, cancel_futures=True)  # queued deliveries would outlive "stopped"
 
     def schedule(self, due: float, worker: _RouteWorker, held: _Held) -> None:
         """Deliver ``held`` again at monotonic time ``due``."""

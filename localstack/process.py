@@ -218,6 +218,7 @@ def stop_record(record: ProcessRecord, timeout: float = 10.0, reap: Callable[[],
     Returns the PIDs that were signalled (empty if nothing of ours was running).
     ``reap`` is called while waiting, so a parent can collect its zombie child.
     """
+    signal_session(record, signal.SIGCONT)  # a paused (SIGSTOPped) session would hold SIGTERM until the SIGKILL
     signalled, gone = signal_until_gone(record, signal.SIGTERM, timeout, reap)
     if not gone:
         killed, _ = signal_until_gone(record, signal.SIGKILL, 5.0, reap)

@@ -172,7 +172,11 @@ class Service:
             extra={"url": self.url, "health_path": self.health_path or ""},
         )
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except StartError:
+                self.stop()  # started but never ready: nothing of it may keep the port
+                raise
         return self
 
     def wait_ready(self) -> float:

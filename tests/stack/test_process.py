@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from localstack.ports import PortBusyError, port_is_open
+from localstack.ports import PortBusyError, free_port, port_is_open
 from localstack.process import (
     StartError,
     alive,
@@ -25,7 +25,7 @@ from localstack.process import (
     stop_record,
     sweep_orphans,
 )
-from localstack.services import base_env, start_fake_gcs, start_function
+from localstack.services import Service, base_env, start_fake_gcs, start_function
 
 RECORDING_FUNCTION = Path(__file__).with_name("recording_function.py")
 PARENT_WITH_CHILD = "import subprocess, time; subprocess.Popen(['sleep', '300']); time.sleep(300)"
@@ -107,6 +107,31 @@ def test_sigterm_ignored_escalates_to_sigkill(tmp_path: Path) -> None:
     assert stop_record(record, timeout=0.5) == [record.pid]
     assert popen.wait(timeout=5) == -signal.SIGKILL
     assert time.monotonic() - started < 5
+
+
+def test_a_paused_session_stops_on_sigterm_without_waiting_for_the_sigkill(tmp_path: Path) -> None:
+    code = ("import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); "
+            "print('ready', flush=True); time.sleep(300)")
+    popen, record = spawn_python(tmp_path, "paused", code)
+    deadline = time.monotonic() + 10
+    while "ready" not in (tmp_path / "logs" / "paused.log").read_text().splitlines():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(record.pid, signal.SIGSTOP)
+    started = time.monotonic()
+    stop_record(record, timeout=5.0)
+    assert popen.wait(timeout=5) == 0, "it handled SIGTERM (exit 0), it was not killed"
+    assert time.monotonic() - started < 2
+
+
+def test_a_service_that_never_gets_ready_is_stopped_not_left_running(tmp_path: Path) -> None:
+    port = free_port()
+    service = Service(name="never-ready", argv=[sys.executable, "-c", "import time; time.sleep(300)"], port=port,
+                      url=f"http://127.0.0.1:{port}", workdir=tmp_path, process_env=base_env(), ready_timeout=0.5)
+    with pytest.raises(StartError):
+        service.start()
+    assert service.record is not None and not session_members(service.record.pid)
+    assert not service.pid_path.exists()
 
 
 def test_processes_forked_while_stopping_are_stopped_too(tmp_path: Path) -> None:
