@@ -164,6 +164,9 @@ class Uploader:
     still waiting is skipped (freed from the spool, ``on_superseded``), so it can never replace the
     newer one in the bucket. A failed attempt puts its name back in the queue once its backoff delay
     has passed: no worker waits for a retry, so records that keep failing never hold up the others.
+    Failures in a row (an outage) also pause every worker, on a backoff of their own that the next
+    success resets: a spool of thousands never turns into thousands of attempts a minute against a
+    Cloud Storage that answers none of them.
     """
 
     def __init__(self, spool: Spool, inbox_factory: Callable[[], Inbox], *, bucket: str, threads: int = 4,
@@ -184,6 +187,8 @@ class Uploader:
         self._ready: deque[str] = deque()  # names to upload now, first come first served
         self._retries: list[tuple[float, int, str]] = []  # heap of (when, tie-break, name): names waiting to retry
         self._tie_break = itertools.count()
+        self._calm = self._backoff()  # the pause after failures in a row; reset by a success
+        self._calm_until = 0.0  # monotonic time before which no worker starts an attempt
         self._workers: list[threading.Thread] = []
         self._stopping = threading.Event()
         self.last_success = time.time()
@@ -242,6 +247,9 @@ class Uploader:
         with self._lock:
             while not self._stopping.is_set():
                 now = time.monotonic()
+                if now < self._calm_until:  # failures in a row: nothing is tried until the pause ends
+                    self._lock.wait(self._calm_until - now)
+                    continue
                 while self._retries and self._retries[0][0] <= now:
                     self._ready.append(heapq.heappop(self._retries)[2])
                 if self._ready:
@@ -282,6 +290,7 @@ class Uploader:
         """An attempt at ``record`` failed: its name waits for its backoff delay (returned), or, if a newer
         record of the name arrived meanwhile (superseding this one), is queued now."""
         with self._lock:
+            self._calm_until = max(self._calm_until, time.monotonic() + self._calm.next_delay())
             entry = self._names[name]
             entry.uploading = None
             if entry.newest is not record:
@@ -296,6 +305,7 @@ class Uploader:
     def _release(self, name: str, record: Record) -> None:
         """``record`` is uploaded: its name is done, or queued again if a newer record arrived meanwhile."""
         with self._lock:
+            self._calm, self._calm_until = self._backoff(), 0.0
             entry = self._names[name]
             entry.uploading = None
             if entry.newest is record:

@@ -136,6 +136,39 @@ def test_versions_queued_during_an_outage_land_newest_last(tmp_path: Path) -> No
     assert gcs.overlaps == 0
 
 
+class _Counting(FakeGcs):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attempts = 0
+
+    def _put(self, name: str, data: bytes, received: float) -> str:
+        with self.lock:
+            self.attempts += 1
+        return super()._put(name, data, received)
+
+
+def test_an_outage_pauses_every_worker_instead_of_retrying_each_record_on_its_own(tmp_path: Path) -> None:
+    """200 records during an outage: each on its own backoff would be hundreds of attempts in 3 s; failures in a
+    row pause the whole uploader, and the first success after the outage lets everything through."""
+    spool = Spool(tmp_path, max_bytes=100_000_000)
+    spool.recover()
+    gcs = _Counting()
+    gcs.down = True
+    uploader = Uploader(spool, lambda: gcs, bucket="b", threads=4, processes=0, max_backoff=2.0)
+    uploader.start()
+    try:
+        for number in range(200):
+            uploader.submit(spool.append(f"in/{number}.dcm", b"D" * 100))
+        time.sleep(3.0)
+        during = gcs.attempts
+        gcs.down = False
+        wait_for(lambda: spool.stats().pending == 0, timeout=20, what="uploads after the outage")
+    finally:
+        uploader.stop()
+    assert during <= 40, f"{during} attempts in 3 s of outage"
+    assert len(gcs.objects) == 200
+
+
 def test_uploads_of_one_name_never_overlap(tmp_path: Path) -> None:
     """A newer version submitted while the older one uploads waits for it, then replaces it."""
     spool = Spool(tmp_path, max_bytes=10_000_000)
