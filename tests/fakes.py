@@ -146,11 +146,6 @@ class MemoryStateStore:
             self.source_metadata[target] = dict(metadata)
             return True
 
-    def object_metadata(self, bucket: str, name: str) -> Mapping[str, str] | None:
-        with self._lock:
-            live = self.source_in(bucket, name)
-            return None if live is None else dict(live[2])
-
     def delete_source(self, bucket: str, name: str, generation: str) -> bool:
         with self._lock:
             self.ops.append(("delete_source", f"{bucket}/{name}#{generation}"))
@@ -165,7 +160,7 @@ class MemoryStateStore:
                 return None
             generation = max(generations, key=int)
             data = self.sources[(bucket, name, generation)]
-            return LiveObject(generation, len(data), md5(data))
+            return LiveObject(generation, len(data), md5(data), dict(self.source_metadata.get((bucket, name, generation), {})))
 
     def read_source_range(self, bucket: str, name: str, generation: str, start: int, length: int) -> bytes:
         with self._lock:

@@ -15,7 +15,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
 from handlers.clients.rest import environment_read_once
@@ -80,11 +80,12 @@ class Listed:
 
 @dataclass(frozen=True)
 class LiveObject:
-    """The live generation of an object in another bucket, with its size and Base64 MD5 ('' when unknown)."""
+    """The live generation of an object in another bucket: its size, Base64 MD5 ('' when unknown), custom metadata."""
 
     generation: str
     size: int
     md5: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -126,8 +127,6 @@ class StateStore(Protocol):
 
     def copy_source(self, bucket: str, name: str, generation: str, to_bucket: str, to_name: str,
                     metadata: Mapping[str, str]) -> bool: ...
-
-    def object_metadata(self, bucket: str, name: str) -> Mapping[str, str] | None: ...
 
     def delete_source(self, bucket: str, name: str, generation: str) -> bool: ...
 
@@ -372,11 +371,6 @@ class GcsStateStore:
                 return False
             raise BucketMissing(to_bucket) from None
 
-    def object_metadata(self, bucket: str, name: str) -> Mapping[str, str] | None:
-        """The custom metadata of the live object ``gs://bucket/name`` ({} when it has none); None when absent."""
-        blob = self._handle().client.bucket(bucket).get_blob(name)
-        return None if blob is None else dict(blob.metadata or {})
-
     def delete_source(self, bucket: str, name: str, generation: str) -> bool:
         """Delete exactly that generation (a newer one is left alone); False when it was already gone."""
         from google.api_core import exceptions
@@ -392,7 +386,7 @@ class GcsStateStore:
         blob = self._handle().client.bucket(bucket).get_blob(name)
         if blob is None:
             return None
-        return LiveObject(str(blob.generation), int(blob.size or 0), blob.md5_hash or "")
+        return LiveObject(str(blob.generation), int(blob.size or 0), blob.md5_hash or "", dict(blob.metadata or {}))
 
     def read_source_range(self, bucket: str, name: str, generation: str, start: int, length: int) -> bytes:
         """Up to ``length`` bytes of exactly that generation from ``start``; SourceGone when it is gone."""

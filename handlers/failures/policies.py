@@ -113,7 +113,8 @@ def _then_move(store: StateStore, policy: FailurePolicy, failure: Failure, actio
 
 def _holds_copy(store: StateStore, policy: FailurePolicy, to_name: str, failure: Failure) -> bool:
     """Whether ``to_name`` in the quarantine bucket is the copy of exactly this failed generation."""
-    return (store.object_metadata(policy.bucket, to_name) or {}).get(SOURCE_KEY) == _source(failure)
+    copy = store.live_source(policy.bucket, to_name)
+    return copy is not None and copy.metadata.get(SOURCE_KEY) == _source(failure)
 
 
 def _source(failure: Failure) -> str:
