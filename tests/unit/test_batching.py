@@ -7,6 +7,7 @@ event, and exactly one result message is published per import.
 
 import math
 import threading
+from typing import Any, Callable
 
 import pytest
 
@@ -323,6 +324,40 @@ def write_late_marker(world: World, batch: str, obj: StorageObject) -> None:
     world.store.write_marker(layout.member_path("all", batch, layout.object_id(obj)), layout.source_metadata(obj))
 
 
+def race(world: World, batch: str, late: StorageObject, method: str, when: Callable[[str], bool], *,
+         answer_none: bool = False) -> list[bool]:
+    """Drive ``batch`` while another delivery of its driver runs to its import inside the first call of
+    ``world.store.<method>`` that ``when`` accepts, and ``late``'s marker lands right after that one; that
+    call then answers None (``answer_none``: what it read before the other delivery wrote) or as usual.
+    Returns ``[True]`` once the race happened."""
+    real = getattr(world.store, method)
+    raced: list[bool] = []
+
+    def racing(argument: str) -> Any:
+        if when(argument) and not raced:
+            raced.append(True)
+            with pytest.raises(RetryLater):
+                world.drive(batch)
+            write_late_marker(world, batch, late)
+            if answer_none:
+                return None
+        return real(argument)
+
+    setattr(world.store, method, racing)
+    try:
+        with pytest.raises(RetryLater):
+            world.drive(batch)
+    finally:
+        setattr(world.store, method, real)
+    return raced
+
+
+def assert_only_the_first_is_member_staged_and_imported(world: World, batch: str, first: StorageObject) -> None:
+    record = world.store.doc(layout.record_path("all", batch))
+    assert [m["name"] for m in record["members"]] == [first.name] and len(world.api.imports) == 1
+    assert staged(world, batch) == {layout.object_id(first)}, "only members are ever copied into the folder"
+
+
 def test_a_second_delivery_that_finds_the_seal_copies_nothing_before_its_listing_is_the_record():
     """Two deliveries of one driver message: the one that loses the record's creation listed a marker that landed
     after the winner's listing; had it copied it, the winner's import of the folder would import a non-member."""
@@ -331,28 +366,10 @@ def test_a_second_delivery_that_finds_the_seal_copies_nothing_before_its_listing
     world.admit(first)
     batch = world.kicks[0][1]
     world.clock.now += 11
-    record_path = layout.record_path("all", batch)
-    late = world.upload("late.dcm")
-    real_read = world.store.read
-    raced = []
-
-    def read(path):
-        if path == record_path and not raced:
-            raced.append(True)  # this delivery read no record; meanwhile the other one seals, lists, imports
-            with pytest.raises(RetryLater):
-                world.drive(batch)
-            write_late_marker(world, batch, late)
-            return None
-        return real_read(path)
-
-    world.store.read = read
-    with pytest.raises(RetryLater):
-        world.drive(batch)
-    world.store.read = real_read
-
-    record = world.store.doc(record_path)
-    assert [m["name"] for m in record["members"]] == ["a.dcm"] and len(world.api.imports) == 1
-    assert staged(world, batch) == {layout.object_id(first)}, "only members are ever copied into the folder"
+    # this delivery reads no record; meanwhile the other one seals, lists, imports
+    assert race(world, batch, world.upload("late.dcm"), "read", lambda path: path == layout.record_path("all", batch),
+                answer_none=True)
+    assert_only_the_first_is_member_staged_and_imported(world, batch, first)
 
 
 def test_a_delivery_whose_window_listing_follows_another_deliverys_seal_copies_nothing_of_it():
@@ -360,26 +377,10 @@ def test_a_delivery_whose_window_listing_follows_another_deliverys_seal_copies_n
     first = world.upload("a.dcm")
     world.admit(first)
     batch = world.kicks[0][1]
-    late = world.upload("late.dcm")
-    real_list = world.store.list
-    raced = []
-
-    def listing(prefix):
-        if prefix == layout.member_prefix("all", batch) and not raced:
-            raced.append(True)  # while this delivery lists in its window, the other one seals, lists and imports
-            with pytest.raises(RetryLater):
-                world.drive(batch)
-            write_late_marker(world, batch, late)
-        return real_list(prefix)
-
-    world.store.list = listing
-    with pytest.raises(RetryLater):
-        world.drive(batch)
-    world.store.list = real_list
-
-    record = world.store.doc(layout.record_path("all", batch))
-    assert [m["name"] for m in record["members"]] == ["a.dcm"] and len(world.api.imports) == 1
-    assert staged(world, batch) == {layout.object_id(first)}
+    # while this delivery lists in its window, the other one seals, lists and imports
+    assert race(world, batch, world.upload("late.dcm"), "list",
+                lambda prefix: prefix == layout.member_prefix("all", batch))
+    assert_only_the_first_is_member_staged_and_imported(world, batch, first)
 
 
 def test_the_sealer_copies_no_marker_that_only_its_losing_listing_shows():
@@ -391,27 +392,10 @@ def test_the_sealer_copies_no_marker_that_only_its_losing_listing_shows():
     batch = world.kicks[0][1]
     world.clock.now += 11
     late = world.upload("late.dcm")
-    real_list = world.store.list
-    raced = []
-
-    def listing(prefix):
-        sealed = layout.seal_path("all", batch) in world.store.docs
-        if prefix == layout.member_prefix("all", batch) and sealed and not raced:
-            raced.append(True)  # the other delivery found the seal, listed [a], won the record and imported
-            with pytest.raises(RetryLater):
-                world.drive(batch)
-            write_late_marker(world, batch, late)
-        return real_list(prefix)
-
-    world.store.list = listing
-    with pytest.raises(RetryLater):
-        world.drive(batch)
-    world.store.list = real_list
-
-    assert raced
-    record = world.store.doc(layout.record_path("all", batch))
-    assert [m["name"] for m in record["members"]] == ["a.dcm"] and len(world.api.imports) == 1
-    assert staged(world, batch) == {layout.object_id(first)}
+    # once sealed, the other delivery found the seal, listed [a], won the record and imported
+    assert race(world, batch, late, "list", lambda prefix: prefix == layout.member_prefix("all", batch)
+                and layout.seal_path("all", batch) in world.store.docs)
+    assert_only_the_first_is_member_staged_and_imported(world, batch, first)
     assert world.admit(late) == OPENED, "its intake sees the record without it and takes it to the next batch"
 
 
