@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 from gateway.config import GatewayConfig, parse
 from gateway.inbox import GcsInbox, Inbox
 from gateway.service import Gateway
-from handlers import log
+from tests.logcapture import log_stream
 
 AE_TITLE = "GW-TEST"
 CALLING = "MODALITY1"
@@ -55,12 +55,8 @@ def gcs_inbox_factory(bucket: str, endpoint: str) -> Callable[[], Inbox]:
 @contextmanager
 def captured_logs() -> Iterator[Callable[[], list[dict[str, Any]]]]:
     """JSON log lines written meanwhile, parsed (the gateway runs in this process)."""
-    stream = io.StringIO()
-    log.redirect(stream)
-    try:
+    with log_stream() as stream:
         yield lambda: [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
-    finally:
-        log.redirect(None)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:

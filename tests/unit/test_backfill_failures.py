@@ -8,13 +8,11 @@ objects at the generation the listing recorded. A source that changed since the
 listing is counted, never named with a guessed generation, and the result says so.
 """
 
-import io
 import json
 from types import SimpleNamespace
 
 import pytest
 
-from handlers import log
 from handlers.batch import layout
 from handlers.batch.layout import DONE
 from handlers.cli.backfill_plan import SourceObject, make_plan
@@ -23,6 +21,7 @@ from handlers.failures.header import inspect
 from handlers.failures.history import failed_batches, open_failures
 from handlers.retry import RetryLater
 from localstack.samples import make_instance, new_uid
+from tests.logcapture import log_stream
 from tests.unit.test_batching import STORE, World
 from tests.unit.test_failure_policies import policy_world
 from tests.unit.test_failures import CONFLICT, message
@@ -172,12 +171,8 @@ def test_a_source_that_cannot_be_read_is_not_named_and_the_result_says_so(monkey
         return live_source(bucket, name)
 
     monkeypatch.setattr(world.store, "live_source", refused)
-    lines = io.StringIO()
-    log.redirect(lines)
-    try:
+    with log_stream() as lines:
         assert world.drive(backfill.batch) == DONE
-    finally:
-        log.redirect(None)
     data, _ = message(world)
     assert [f["uri"] for f in data["failures"]] == ["gs://inbox-bkt/archive/empty.dcm"]
     assert data["failuresIncomplete"] == (
@@ -226,12 +221,8 @@ def test_hashed_names_stay_hashed_for_a_backfill_recorded_before_the_switch():
     backfill.log("archive/patient-smith.dcm", "empty DICOM instance found")
     backfill.log("archive/patient-jones.dcm", "not a DICOM file")
     backfill.finish(success=0, failure=2)
-    lines = io.StringIO()
-    log.redirect(lines)
-    try:
+    with log_stream() as lines:
         assert world.drive(backfill.batch) == DONE
-    finally:
-        log.redirect(None)
     data, _ = message(world)
     assert [f["uri"][:7] for f in data["failures"]] == ["sha256:"] and data["failuresListed"] == 1
     index = [item.metadata for item in world.store.list(layout.failed_index_prefix())]

@@ -4,13 +4,11 @@ In-memory state and a scripted API (tests/fakes.py); the same steps run end to e
 tests/e2e/test_failures.py.
 """
 
-import io
 import json
 
 import pytest
 from google.api_core import exceptions as google_errors
 
-from handlers import log
 from handlers.batch import driver as driver_module
 from handlers.batch import layout
 from handlers.batch.driver import Driver
@@ -22,6 +20,7 @@ from handlers.failures.header import inspect
 from handlers.retry import Deadline, RetryLater
 from localstack.samples import make_instance, new_uid
 from tests.fakes import MemoryStateStore
+from tests.logcapture import log_stream
 from tests.unit.test_batching import CONFIG, World
 from tests.unit.test_failures import CONFLICT, Drop, message
 
@@ -132,12 +131,8 @@ def test_a_refused_policy_names_no_object_in_the_result_the_record_or_the_log_wh
         raise refused(source_name)
 
     monkeypatch.setattr(world.store, "tag_source", tag_source)
-    lines = io.StringIO()
-    log.redirect(lines)
-    try:
+    with log_stream() as lines:
         assert world.drive(drop.batch) == DONE
-    finally:
-        log.redirect(None)
     result, _ = message(world)
     [failure] = result["failures"]
     assert failure["action"] == {"policy": "tag", "done": False, "error": (

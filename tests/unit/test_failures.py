@@ -5,12 +5,10 @@ Cloud Logging; real DICOM bytes so the header walker and the store comparison
 have something to read.
 """
 
-import io
 import json
 
 import pytest
 
-from handlers import log
 from handlers.batch import layout
 from handlers.batch.layout import COLLECTING, DONE
 from handlers.clients.healthcare import ApiError
@@ -18,6 +16,7 @@ from handlers.events import StorageObject
 from handlers.retry import Deadline, RetryLater
 from localstack.samples import make_instance, new_uid
 from tests.fakes import md5
+from tests.logcapture import log_stream
 from tests.unit.test_batching import World
 
 CONFLICT = ("An instance already exists in this DICOM Store with the same Study/Series/SOPInstance UID, "
@@ -213,12 +212,8 @@ def test_more_than_100_failures_go_to_an_ndjson_manifest_with_hashed_names():
     for name in files:
         drop.log(name, "empty DICOM instance found")
     drop.finish(success=0, failure=103)
-    lines = io.StringIO()
-    log.redirect(lines)
-    try:
+    with log_stream() as lines:
         assert world.drive(drop.batch) == DONE
-    finally:
-        log.redirect(None)
     data, _ = message(world)
     assert len(data["failures"]) == 100 and data["failuresListed"] == 103
     manifest = data["failuresManifest"]
