@@ -55,7 +55,7 @@ from handlers.clients.healthcare import ApiError, HealthcareApi, Operation
 from handlers.clients.pubsub import Publisher
 from handlers.clients.storage import Conflict, Document, Listed, StateStore, create_if_absent
 from handlers.config import REPLACE, REPORT, Config, Rule
-from handlers.failures import policies, readmit, replace
+from handlers.failures import history, policies, readmit, replace
 from handlers.failures.collect import DEFAULT_VERIFY_SECONDS, DEFAULT_WAIT_SECONDS, FailureCollector, failures_from_record
 from handlers.failures.kinds import CONFLICT
 from handlers.failures.model import Failure
@@ -468,24 +468,21 @@ class Driver:
         return self.reporter.conclude(record, path, message, attributes, worker)
 
     def _write_failure_files(self, data: dict[str, Any]) -> None:
-        """Before publishing a result that names failures: its NDJSON manifest (over 100) and its index entry.
+        """Before publishing a result with failures: its NDJSON manifest (over 100 named) and its index entry.
 
-        Both are written from the frozen record, so every delivery writes the same bytes.
+        The index also lists a batch that failed as a whole (refused, or nothing named), for
+        ``failures`` and ``retry``. Both are written from the frozen record, so every delivery
+        writes the same bytes.
         """
-        failures = failures_from_record(data.get("failures"))
-        if not failures:
-            return
         rule, batch = data["rule"], data["batch"]
+        failures = failures_from_record(data.get("failures"))
         if len(failures) > MAX_LISTED_FAILURES:
             names = self.config.names
             self.store.write_text(layout.failures_manifest_path(rule, batch),
                                   "".join(json.dumps(f.shown(names), separators=(",", ":")) + "\n" for f in failures))
-        result = data.get("result") or {}
-        self.store.write_marker(layout.failed_index_path(rule, batch), {
-            "failures": str(len(failures)),
-            "kinds": ",".join(sorted({f.kind for f in failures})),
-            "concludedAt": str(result.get("timings", {}).get("concludedAt") or ""),
-        })
+        entry = history.index_entry(data)
+        if entry is not None:
+            self.store.write_marker(layout.failed_index_path(rule, batch), entry)
 
     def _clean_staging(self, rule: str, batch: str) -> None:
         """Delete the batch's staging copies, membership markers and operation notes (its record stays, as the manifest)."""

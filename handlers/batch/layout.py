@@ -11,8 +11,8 @@
                                       once, so the record's next write need not wait for it)
 ``failures/{rule}/{batch}.ndjson``    every failure of a batch with more than the message lists (names as the
                                       name policy shows them)
-``failed/{rule}/{batch}``             index of the batches whose result names failures (empty; counts in its
-                                      metadata), read by the failures and retry tools
+``failed/{rule}/{batch}``             index of the batches whose result names failures or that failed as a whole
+                                      (empty; counts in its metadata), read by the failures and retry tools
 """
 
 from __future__ import annotations

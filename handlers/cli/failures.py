@@ -4,7 +4,9 @@ Read from the state bucket (the index ``failed/RULE/BATCH`` and each batch's
 record), so it sees every failure, beyond the 100 a message lists. Names go
 through ``results.object_names`` (hashed mode shows hashes). Each line says what
 happened since: the rule's policy (``action``), or the child batch that took
-the file over (a replacement or a retry).
+the file over (a replacement or a retry). A batch that failed as a whole (its
+import refused, or none of its failures named) is one line: its error, and how
+many of its files.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from handlers.cli.context import Context
 from handlers.cli.environment import STORAGE, require
 from handlers.cli.errors import CliError
 from handlers.cli.terminal import Column, Table, count
-from handlers.failures.history import failed_batches, open_failures
+from handlers.failures.history import FailedBatch, failed_batches, open_failures
 from handlers.failures.kinds import KINDS
-from handlers.failures.model import Failure
+from handlers.failures.model import WHOLE_BATCH, Failure
 from handlers.privacy import NamePolicy
 
 COLUMNS = (Column("concluded"), Column("rule"), Column("batch"), Column("kind"), Column("object"),
@@ -69,6 +71,9 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     shown = 0
     for failed in failed_batches(ctx.runtime.state, rules, since):
         still_open, taken = open_failures(ctx.runtime.state, failed)
+        if failed.error is not None:
+            shown += _show_whole_batch(ctx, failed, table, still_open, taken, args)
+            continue
         for failure in failed.failures:
             if args.kind and failure.kind not in args.kind:
                 continue
@@ -87,6 +92,30 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         ctx.note(f"{count(shown, 'failed file')} since {since.strftime('%Y-%m-%dT%H:%M:%SZ')}"
                  + (f" (rule {args.rule})" if args.rule else ""))
     return 0
+
+
+def _show_whole_batch(ctx: Context, failed: FailedBatch, table: Table, still_open: list[Failure],
+                      taken: dict[str, str], args: argparse.Namespace) -> int:
+    """One line for a batch that failed as a whole (its error, how many of its files): how many files it shows."""
+    failures = failed.failures
+    if not failures or (args.kind and failures[0].kind not in args.kind):
+        return 0
+    error, kind = failed.error or {}, failures[0].kind
+    children = sorted({taken[f.id] for f in failures if f.id in taken})
+    again = sum(1 for f in failures if f.id in taken)
+    after = ""
+    if children:
+        share = "" if again == len(failures) else f"{again} of {len(failures)} "
+        after = f"{share}imported again in {', '.join(children)}"
+    if args.json:
+        ctx.say(json.dumps({"concludedAt": failed.concluded_at, "rule": failed.rule, "batch": failed.batch,
+                            "wholeBatch": True, "objectCount": len(failures), "kind": kind, "error": error,
+                            "source": WHOLE_BATCH, "sinceThen": after or None}))
+    else:
+        cells = [failed.concluded_at, failed.rule, failed.batch, kind, f"all {count(len(failures), 'file')}", "",
+                 WHOLE_BATCH, error.get("message", "")[:REASON_CHARS], after]
+        table.add(cells, plain="  ".join(c for c in cells if c), failed=bool(still_open))
+    return len(failures)
 
 
 def _action(failure: Failure, names: NamePolicy) -> str:

@@ -9,6 +9,8 @@ from handlers.privacy import NamePolicy
 
 LOGGING, VERIFIED = "logging", "verified"
 SOURCES = (LOGGING, VERIFIED)
+# Not in results: a member of a batch that failed as a whole, as the failures and retry tools see it.
+WHOLE_BATCH = "batch"
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,8 @@ class Failure:
     code: int | None
     message: str
     source: str
-    """``logging`` (a Cloud Logging entry named it) or ``verified`` (found by reading the object and the store)."""
+    """``logging`` (a Cloud Logging entry named it) or ``verified`` (found by reading the object and the store);
+    ``batch`` for a member of a batch that failed as a whole (handlers.failures.history)."""
     action: Mapping[str, Any] | None = field(default=None)
     """What the rule's policy did with it (tag, quarantine, replace), once done."""
 
