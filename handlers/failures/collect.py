@@ -9,8 +9,12 @@ backfill listed (:mod:`handlers.failures.files`). Logging ingests with a delay
 and samples when errors are many, so the collector polls for at most
 ``wait_seconds`` from the first try (across deliveries: ``since`` is kept in
 the batch record), then verifies the members it did not list
-(:mod:`handlers.failures.verify`). It never claims more than it has: the
-result says how many failures are named, and why not all when so.
+(:mod:`handlers.failures.verify`) within ``verify_seconds``. A delivery that
+started within the wait and has less than that left (or than half a
+delivery's budget, when shorter) hands verification to the next delivery,
+which finds the wait over: one Logging query, then verification with its
+whole budget. It never claims more than it has: the result says how many
+failures are named, and why not all when so.
 
 The query (docs/emulator.md, "Cloud Logging"): the payload type, the resource
 type, and the operation by both forms of ``operation.id`` (the full operation
@@ -41,6 +45,8 @@ DEFAULT_WAIT_SECONDS = 60.0
 DEFAULT_VERIFY_SECONDS = 120.0
 POLL_SECONDS = 2.0
 MAX_POLL_SECONDS = 10.0
+# Kept back from verification's budget for freezing the result.
+VERIFY_MARGIN_SECONDS = 5.0
 
 
 def log_query(operation: str, started: str = "") -> str:
@@ -78,8 +84,10 @@ class FailureCollector:
     sleep: Callable[[float], None] = time.sleep
 
     def collect(self, record: Mapping[str, Any], operation: Operation, since: float, deadline: Deadline) -> Collected:
-        """The batch's failures; RetryLater while Logging may still catch up and this delivery's budget ends."""
+        """The batch's failures; RetryLater while Logging may still catch up and this delivery's budget ends,
+        or when waiting left this delivery too little to verify."""
         files = batch_files(self.store, record)
+        waiting = self.clock() < since + self.wait_seconds  # this delivery may spend its budget waiting
         expected = operation.failure
         project = record["store"].split("/")[1]
         query = log_query(operation.name, operation.create_time)
@@ -104,6 +112,10 @@ class FailureCollector:
                                  "so far; looking again on the next delivery")
             self.sleep(delay)
             delay = min(MAX_POLL_SECONDS, delay * 2)
+        needed = min(self.verify_seconds, deadline.seconds / 2)
+        if waiting and deadline.remaining() - VERIFY_MARGIN_SECONDS < needed:
+            raise RetryLater(f"verifying the failures of {operation.name} Cloud Logging did not list needs "
+                             f"{needed:g} s, {deadline.remaining():.0f} s left: verifying on the next delivery")
         return self._verify_rest(record, files, listed, pinned, expected, logging_problem, deadline)
 
     def _from_logging(self, project: str, query: str, record: Mapping[str, Any], files: BatchFiles,
@@ -132,7 +144,7 @@ class FailureCollector:
         missing = expected - len(listed) - unnamed
         settled = {failure.id for failure in listed} | pinned.unnamed_members
         candidates = [m for m in record.get("members") or [] if m["id"] not in settled]
-        budget = Deadline(max(1.0, min(self.verify_seconds, deadline.remaining() - 5.0)))
+        budget = Deadline(max(1.0, min(self.verify_seconds, deadline.remaining() - VERIFY_MARGIN_SECONDS)))
         found = Verifier(self.api).find(record["store"], files, candidates, missing, budget)
         failures = listed + found.failures[:missing]
         if len(failures) >= expected:

@@ -190,6 +190,22 @@ def test_waiting_for_logging_survives_the_end_of_a_delivery_and_publishes_once()
     assert [(f["kind"], f["source"]) for f in data["failures"]] == [("empty", "logging")]
 
 
+def test_a_delivery_that_waited_for_logging_leaves_verification_with_its_full_budget_to_the_next(monkeypatch):
+    world = World()
+    drop = Drop(world, {"a.dcm": b"", "b.dcm": make_instance(new_uid(), new_uid(), new_uid())})
+    drop.finish(success=1, failure=1)  # Logging lists nothing within its 60 s
+    monkeypatch.setattr("handlers.retry.time.monotonic", world.clock)  # deadlines on the world's clock
+    with pytest.raises(RetryLater, match="verifying on the next delivery"):
+        world.driver.drive("all", drop.batch, Deadline(75, start=world.clock.now))
+    assert world.store.doc(layout.record_path("all", drop.batch))["state"] == COLLECTING
+    polls = world.logging.calls
+    # the wait is over: one Logging query, no waiting, then verification, even with a short budget
+    assert world.driver.drive("all", drop.batch, Deadline(8, start=world.clock.now)) == DONE
+    assert world.logging.calls == polls + 1
+    data, _ = message(world)
+    assert [(f["kind"], f["source"]) for f in data["failures"]] == [("empty", "verified")]
+
+
 def test_more_than_100_failures_go_to_an_ndjson_manifest_with_hashed_names():
     world = World("hashed")
     # World seals at 3 objects: the large batch's record is written as the driver would list it.
