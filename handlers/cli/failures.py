@@ -127,7 +127,8 @@ def _action(failure: Failure, names: NamePolicy) -> str:
         return f"{policy} not applied: {action.get('error', '')}"
     if policy == "quarantine":
         bucket, _, name = str(action.get("to", ""))[len("gs://"):].partition("/")
-        return f"{'moved' if action.get('moved') else 'copied'} to {names.uri(bucket, name)}"
+        refused = f", not moved: {action['error']}" if action.get("error") else ""
+        return f"{'moved' if action.get('moved') else 'copied'} to {names.uri(bucket, name)}{refused}"
     if policy == "replace":
         return f"replacing the stored instance in {action.get('batch')}"
     return "tagged"

@@ -20,7 +20,9 @@ Every action is idempotent, so a redelivered driver may apply it again:
 
 A generation already gone is reported, not retried; a refusal (403, a missing
 bucket) is reported in the failure's ``action.error``; a transient error is
-raised (RetryLater) so the delivery is retried. No error text names the object
+raised (RetryLater) so the delivery is retried. A move whose delete is refused
+after the copy was made says so: ``to`` and ``done`` (the copy), ``moved:
+false`` and the error. No error text names the object
 (:func:`handlers.privacy.error_text`): results show names per the name policy.
 """
 
@@ -39,6 +41,7 @@ ERROR_KEY = "dicom-import-error"
 BATCH_KEY = "dicom-import-batch"
 SOURCE_KEY = "dicom-import-source"
 MAX_VALUE = 1024
+MAX_ERROR = 300
 GONE = "the failed generation is gone (deleted or overwritten) before the policy ran"
 TAKEN = ("both quarantine names hold copies of other objects (never overwritten): nothing copied, "
          "the failed file stays where it is")
@@ -57,11 +60,15 @@ def apply(store: StateStore, policy: FailurePolicy, failure: Failure, batch: str
         if policy.action == QUARANTINE:
             return _quarantine(store, policy, failure, batch)
     except Exception as exc:  # noqa: BLE001 - transient errors go up, refusals are reported
-        text = error_text(exc, [failure.name, *quarantine_names(policy, failure)])
+        text = _error_text(exc, policy, failure)
         if _transient(exc):
             raise RetryLater(f"on_failure {policy.action} not applied yet: {text}") from None
-        return {"policy": policy.action, "done": False, "error": text[:300]}
+        return {"policy": policy.action, "done": False, "error": text[:MAX_ERROR]}
     raise ValueError(f"no action for on_failure {policy.action!r}")
+
+
+def _error_text(exc: BaseException, policy: FailurePolicy, failure: Failure) -> str:
+    return error_text(exc, [failure.name, *quarantine_names(policy, failure)])
 
 
 def quarantine_names(policy: FailurePolicy, failure: Failure) -> list[str]:
@@ -104,9 +111,14 @@ def _gone(store: StateStore, policy: FailurePolicy, failure: Failure) -> dict[st
 
 
 def _then_move(store: StateStore, policy: FailurePolicy, failure: Failure, action: dict[str, Any]) -> dict[str, Any]:
-    """With ``move``, delete the failed generation: its copy is there."""
+    """With ``move``, delete the failed generation: its copy is there (a refused delete leaves both)."""
     if policy.move:
-        store.delete_source(failure.bucket, failure.name, failure.generation)  # False: deleted by an earlier delivery
+        try:
+            store.delete_source(failure.bucket, failure.name, failure.generation)  # False: an earlier delivery's
+        except Exception as exc:  # noqa: BLE001 - transient errors go up (apply retries), refusals are reported
+            if _transient(exc):
+                raise
+            return {**action, "done": True, "moved": False, "error": _error_text(exc, policy, failure)[:MAX_ERROR]}
         action = {**action, "moved": True}
     return {**action, "done": True}
 

@@ -12,11 +12,13 @@ from google.api_core import exceptions as google_errors
 from handlers.batch import driver as driver_module
 from handlers.batch import layout
 from handlers.batch.driver import Driver
+from handlers.cli import failures as failures_command
 from handlers.batch.layout import ACTING, DONE
 from handlers.config import FailurePolicy, parse
 from handlers.failures import policies, replace
 from handlers.failures.model import Failure
 from handlers.failures.header import inspect
+from handlers.privacy import NamePolicy
 from handlers.retry import Deadline, RetryLater
 from localstack.samples import make_instance, new_uid
 from tests.fakes import MemoryStateStore
@@ -180,6 +182,26 @@ def test_quarantine_move_of_a_name_that_failed_before_keeps_the_first_copy():
     _, data, metadata = store.source_in("quar-bkt", "failed/incoming/CT-1/img1.g200.dcm")
     assert (data, metadata["dicom-import-source"]) == (b"second", "gs://inbox-bkt/incoming/CT-1/img1.dcm#200")
     assert store.source_in("inbox-bkt", "incoming/CT-1/img1.dcm") is None
+
+
+def test_a_move_whose_delete_is_refused_keeps_the_copy_in_its_action_without_naming_the_object(monkeypatch):
+    store = MemoryStateStore()
+    name = f"incoming/{PATIENT}/img1.dcm"
+    store.add_source("inbox-bkt", name, "100", b"first")
+    monkeypatch.setattr(store, "delete_source", lambda *args: (_ for _ in ()).throw(refused(name)))
+    action = policies.apply(store, MOVE, failed_file("100", name), "B1")
+    assert action == {"policy": "quarantine", "to": f"gs://quar-bkt/failed/{name}", "done": True, "moved": False,
+                      "error": "Forbidden 403: svc@p.iam.gserviceaccount.com does not have storage.objects.update "
+                               "access to inbox-bkt/[object name]."}
+    assert store.source_in("quar-bkt", f"failed/{name}")[1] == b"first", "the copy is there"
+    assert store.source_in("inbox-bkt", name) is not None, "and so is the failed file"
+    assert failures_command._action(failed_file("100", name).with_action(action), NamePolicy()) == (
+        f"copied to gs://quar-bkt/failed/{name}, not moved: {action['error']}")
+    monkeypatch.setattr(store, "delete_source", lambda *args: (_ for _ in ()).throw(
+        refused(name, google_errors.ServiceUnavailable)))
+    with pytest.raises(RetryLater, match="ServiceUnavailable 503") as raised:
+        policies.apply(store, MOVE, failed_file("100", name), "B1")
+    assert PATIENT not in str(raised.value)
 
 
 def test_a_redelivered_quarantine_finds_its_own_copy_and_copies_nothing_more():
