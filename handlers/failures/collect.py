@@ -5,7 +5,9 @@ read: a staging copy (``gs://STATE/staging/RULE/BATCH/ID.dcm``), whose id maps
 it back to the member (bucket, name, generation) through the batch record, or,
 for a one-call backfill that imports its source pattern, the source object
 ``gs://BUCKET/NAME``, a member while its live generation is still the one the
-backfill listed (:mod:`handlers.failures.files`). Logging ingests with a delay
+backfill listed (:mod:`handlers.failures.files`); the entry's message is kept
+without that file's name or URI, which the API may quote (error texts never
+carry a name: :mod:`handlers.privacy`). Logging ingests with a delay
 and samples when errors are many, so the collector polls for at most
 ``wait_seconds`` from the first try (across deliveries: ``since`` is kept in
 the batch record), then verifies the members it did not list
@@ -37,6 +39,7 @@ from handlers.failures import kinds
 from handlers.failures.files import BatchFiles, Pinned, batch_files
 from handlers.failures.model import LOGGING, Failure
 from handlers.failures.verify import Verifier
+from handlers.privacy import without_names
 from handlers.retry import Deadline, RetryLater
 
 IMPORT_LOG_TYPE = "type.googleapis.com/google.cloud.healthcare.logging.ImportDicomLogEntry"
@@ -125,12 +128,15 @@ class FailureCollector:
         pinned = files.pin([str(payload.get("source") or "") for payload in entries])
         found: dict[str, Failure] = {}
         for payload in entries:
-            member = pinned.members.get(str(payload.get("source") or ""))
+            source = str(payload.get("source") or "")
+            member = pinned.members.get(source)
             if member is None:
                 continue
             error = payload.get("error") or {}
             code = error.get("code") if isinstance(error.get("code"), int) else None
-            message = str(error.get("message") or "no message in the log entry")
+            # the API's text may quote the file it read: never a name in an error text (handlers.privacy)
+            message = without_names(str(error.get("message") or "no message in the log entry"),
+                                    [member["name"], source])
             found.setdefault(member["id"], Failure.of_member(member, kinds.classify(code, message), code, message,
                                                             LOGGING))
         if pinned.strangers:

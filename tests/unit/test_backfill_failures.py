@@ -96,6 +96,24 @@ def test_failures_logging_names_by_source_uri_are_named_with_the_listed_generati
                                                         ("archive/2019/text.dcm", LISTED)}
 
 
+def test_a_logging_message_quoting_the_file_names_it_nowhere_when_names_are_hashed():
+    world = World("hashed")  # recorded while names were plain (hashed mode stages backfills), concluded after
+    name = "archive/DOE_JOHN_1960/img1.dcm"
+    backfill = Backfill(world, {name: b"", "archive/ok.dcm": make_instance(new_uid(), new_uid(), new_uid())},
+                        plan_world=World())
+    backfill.log(name, f"cannot read the object: object gs://{BUCKET}/{name} not found in Cloud Storage", code=5)
+    backfill.finish(success=1, failure=1)
+    with log_stream() as lines:
+        assert world.drive(backfill.batch) == DONE
+    data, _ = message(world)
+    [failure] = data["failures"]
+    assert failure["error"] == {"code": 5,
+                                "message": "cannot read the object: object [object name] not found in Cloud Storage"}
+    record = world.store.doc(layout.record_path(data["rule"], backfill.batch))
+    assert "file not imported" in lines.getvalue()
+    assert "DOE_JOHN" not in json.dumps(data) + json.dumps(record["failures"][0]["message"]) + lines.getvalue()
+
+
 def test_what_logging_does_not_list_is_verified_from_the_source_objects():
     world = World()
     study, series, sop = new_uid(), new_uid(), new_uid()
