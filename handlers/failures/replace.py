@@ -14,9 +14,15 @@ replacement already imported:
 * the child batch (:func:`replace_stored`, after its import is claimed and
   before the import call) saves each stored instance's bytes to
   ``replaced/RULE/CHILD/ID.dcm`` in the state bucket (the old version stays
-  recoverable; its generation is logged), deletes it with DICOMweb
-  DeleteInstance, then imports the files. A stored instance that already has
-  the new bytes (a redelivery after the import) is left alone.
+  recoverable), deletes it with DICOMweb DeleteInstance, then imports the
+  files. A stored instance that already has the new bytes (a redelivery after
+  the import) is left alone.
+
+The log line of each replacement gives the instance, the re-sent object and
+its generation (``newGeneration``), and the old version as it is kept: the
+saved copy and that copy's generation (``savedCopy``, ``savedCopyGeneration``).
+Which object generation the old version was imported from is not known: the
+store keeps no source, and a re-send may come under another name.
 """
 
 from __future__ import annotations
@@ -134,5 +140,5 @@ def replace_stored(store: StateStore, api: HealthcareApi, record: Mapping[str, A
         log.info("stored instance replaced: the old version is saved, the re-sent file is imported next",
                  rule=rule, batch=batch, replaces=record.get("replaces"), instance=path,
                  object=names.uri(member["bucket"], member["name"]), newGeneration=member["generation"],
-                 oldCopy=f"gs://{store.bucket}/{copy}",
-                 oldGeneration=str(saved) if saved is not None else "saved by an earlier delivery")
+                 savedCopy=f"gs://{store.bucket}/{copy}",
+                 savedCopyGeneration=str(saved) if saved is not None else "saved by an earlier delivery")

@@ -254,11 +254,18 @@ def test_replace_deletes_the_stored_instance_in_a_child_batch_that_imports_the_f
     assert record["replaces"] == drop.batch and [m["name"] for m in record["members"]] == ["re-sent.dcm"]
     assert world.api.instances[path] == old, "nothing is deleted before the child's import is claimed"
 
-    with pytest.raises(RetryLater):
+    with log_stream() as lines, pytest.raises(RetryLater):
         world.drive(child)  # deletes, then starts the import
     assert world.api.deleted == [path] and path not in world.api.instances
-    saved = world.store.blobs[replace.saved_copy_path("all", child, failure_id(record))][0]
+    copy = replace.saved_copy_path("all", child, failure_id(record))
+    saved = world.store.blobs[copy][0]
     assert saved == old, "the replaced version is kept in the state bucket"
+    [logged] = [line for line in map(json.loads, lines.getvalue().splitlines())
+                if line["message"].startswith("stored instance replaced")]
+    assert {key: logged.get(key) for key in ("instance", "object", "newGeneration", "savedCopy")} == {
+        "instance": path, "object": "gs://inbox-bkt/re-sent.dcm", "newGeneration": record["members"][0]["generation"],
+        "savedCopy": f"gs://state-bkt/{copy}"}
+    assert logged["savedCopyGeneration"].isdigit() and "oldGeneration" not in logged
     child_operation = list(world.api.operations)[-1]
     assert world.api.imports[-1][1] == f"gs://state-bkt/staging/all/{child}/*"
     world.api.instances[path] = new  # what the import stores
