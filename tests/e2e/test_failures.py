@@ -142,6 +142,23 @@ def test_with_logging_sampled_the_rest_are_verified_and_both_operation_id_forms_
     assert all(r.data["failuresIncomplete"] is None for r in results)
 
 
+def test_with_logging_ingesting_late_the_driver_queries_again_and_logging_names_every_failure(env, reader, emulator):
+    """Entries are listed 2.5 s after they are written: the query when the operation ends (within 0.5 s) finds
+    none, and the driver polls (2 s, then 4 s more; LOGS_WAIT_SECONDS 3) until one finds them all."""
+    requests.put(f"{emulator}/faults", json={"methods": {"dicomStores.import": {"logDelaySeconds": 2.5}}},
+                 timeout=10).raise_for_status()
+    folder = unique_prefix("report/delayed")
+    kinds, valid = bad_drop(env, reader, folder)
+    queries = api_calls(env).get("entries.list", 0)
+    results = wait_for(reader, env, list(kinds) + valid)
+    named = failures_of(results)
+    assert {uri: f["kind"] for uri, f in named.items()} == {hashed(env, n): k for n, k in kinds.items()}
+    assert {f["source"] for f in named.values()} == {"logging"}, "none left to verification"
+    assert all(r.data["failuresIncomplete"] is None for r in results)
+    failed = [r for r in results if r.data["counter"]["failure"]]
+    assert api_calls(env).get("entries.list", 0) - queries > len(failed), "queried again while Logging caught up"
+
+
 def test_hashed_names_never_appear_plain_in_messages_manifests_or_logs(stack, env, reader):
     """Every path that names a file: a manifest over 100 failures, tag, quarantine copy and move, replacement."""
     patient = "patient-doe-john"
