@@ -4,17 +4,19 @@ For every rule, in config order, the bucket is listed under the rule's literal
 prefix, in name order, a page (1,000 objects) at a time, names, generations and
 creation times only. An object counts when it was created inside the sweep's
 window and routes to this rule (an object another rule takes is counted there).
-It is **covered** when its claim exists (the intake writes the claim before its
-marker, so this holds for objects whose batch is still open, and keeps holding
-after their import, whatever its outcome), or when a one-call backfill record
-lists it (those write no claims). Anything else is admitted through the
-function's own intake, as its event would have been: it joins the rule's open
-batch and is reported by that batch's result.
+It is **covered** when its claim exists and its batch is not listed yet or its
+listing names the object (the intake writes the claim before its marker, so
+this holds for objects whose batch is still open, and keeps holding after their
+import, whatever its outcome: :mod:`handlers.reconcile.claims`), or when a
+one-call backfill record lists it (those write no claims). Anything else is
+admitted through the function's own intake, as its event would have been: it
+joins the rule's open batch and is reported by that batch's result.
 
-Cost: the listing, one claim read per object created in the window, the
-admissions; nothing is read per object older than the window. After each page
-the sweep document records how far the listing got, so an interrupted sweep
-resumes there (``startOffset``), and a page seen twice changes nothing (claims).
+Cost: the listing, one claim read per object created in the window, one record
+read per distinct batch those claims name, the admissions; nothing is read per
+object older than the window. After each page the sweep document records how
+far the listing got, so an interrupted sweep resumes there (``startOffset``),
+and a page seen twice changes nothing (claims).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 from handlers import log
-from handlers.batch import layout
 from handlers.batch.intake import DUPLICATE, Intake
 from handlers.batch.layout import PUBLISHING
 from handlers.batch.reporting import Reporter
@@ -35,11 +36,11 @@ from handlers.config import MAX_RECONCILE_WINDOW_HOURS, Config, Rule
 from handlers.events import StorageObject
 from handlers.reconcile import report
 from handlers.reconcile.backfills import BackfillCoverage
+from handlers.reconcile.claims import ClaimCoverage
 from handlers.reconcile.progress import RUNNING, SWEEP_PATH, Progress, Window, window_of
 from handlers.retry import Deadline, RetryLater
 
 PAGE = 1000
-READ_THREADS = 16
 ADMIT_THREADS = 8
 ADMIT_BUDGET_SECONDS = 60.0
 # Stop taking new pages when less than this is left of the budget: a page's admissions must fit.
@@ -101,6 +102,7 @@ class Sweeper:
             return sweep
         backfilled = BackfillCoverage(self.store, rule, window)
         backfilled.refresh()
+        claims = ClaimCoverage(self.store, rule)
         saved_at = time.monotonic()
         start = data["rules"][rule.name]
         for page in _pages(self.source.list(start["bucket"], start["prefix"], start["after"]), start["after"]):
@@ -108,7 +110,7 @@ class Sweeper:
                 progress.save(sweep, data)
                 raise RetryLater(f"reconcile sweep {data['sweep']}: budget spent in rule {rule.name!r}; "
                                  "the next run resumes where the listing stopped")
-            counts, admitted = self._page(rule, page, window, backfilled)
+            counts, admitted = self._page(rule, page, window, backfilled, claims)
             state = {**data["rules"][rule.name], "after": page[-1].name}
             for name, value in counts.items():
                 state[name] += value
@@ -121,8 +123,8 @@ class Sweeper:
         done = {**data["rules"][rule.name], "done": True}
         return progress.save(sweep, {**data, "rules": {**data["rules"], rule.name: done}})
 
-    def _page(self, rule: Rule, page: list[SourceObject], window: Window,
-              backfilled: BackfillCoverage) -> tuple[dict[str, int], list[dict[str, str]]]:
+    def _page(self, rule: Rule, page: list[SourceObject], window: Window, backfilled: BackfillCoverage,
+              claims: ClaimCoverage) -> tuple[dict[str, int], list[dict[str, str]]]:
         """Counters for one page, and the objects admitted (bucket, name, generation, rule, batch).
 
         Before admitting, the rule's backfill records are read again: a backfill
@@ -141,44 +143,37 @@ class Sweeper:
                 continue
             counts["matched"] += 1
             candidates.append(StorageObject(bucket, item.name, item.generation, None, "reconcile"))
-        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-            claimed = list(pool.map(lambda obj: self._claim_batch(rule, obj), candidates))
-        if any(batch is None and (obj.name, obj.generation) not in backfilled
-               for obj, batch in zip(candidates, claimed)):
+        covering = claims.covering(candidates)
+        if any(claim is None and (obj.name, obj.generation) not in backfilled
+               for obj, claim in zip(candidates, covering)):
             backfilled.refresh()
-        uncovered = []
-        for obj, batch in zip(candidates, claimed):
-            if batch is not None:
+        uncovered, admitted = [], []
+        for obj, claim in zip(candidates, covering):
+            if claim is not None:
                 counts["covered"] += 1
             elif (obj.name, obj.generation) in backfilled:
                 counts["coveredByBackfill"] += 1
             else:
                 uncovered.append(obj)
         with ThreadPoolExecutor(max_workers=ADMIT_THREADS) as pool:
-            outcomes = list(pool.map(lambda obj: self._admit(rule, obj), uncovered))
-        admitted = []
+            outcomes = list(pool.map(lambda obj: self._admit(rule, obj, claims), uncovered))
         for obj, (verdict, batch) in zip(uncovered, outcomes):
             if verdict == DUPLICATE:  # its event won the race since the claim was read
                 counts["covered"] += 1
                 continue
             counts["admitted"] += 1
-            admitted.append({"bucket": obj.bucket, "name": obj.name, "generation": obj.generation,
-                             "rule": rule.name, "batch": batch})
+            admitted.append(_admitted(rule, obj, batch))
             log.info("object admitted by reconcile", rule=rule.name, batch=batch, generation=obj.generation,
                      object=self.config.names.uri(obj.bucket, obj.name))
         return counts, admitted
 
-    def _claim_batch(self, rule: Rule, obj: StorageObject) -> str | None:
-        """The batch an object's claim names; None when it has no claim."""
-        claim = self.store.read(layout.claim_path(rule.name, layout.object_id(obj)))
-        return claim.data["batch"] if claim is not None else None
-
-    def _admit(self, rule: Rule, obj: StorageObject) -> tuple[str, str]:
+    def _admit(self, rule: Rule, obj: StorageObject, claims: ClaimCoverage) -> tuple[str, str]:
+        """The intake's verdict on ``obj``, and the batch its claim names now."""
         verdict = self.intake.admit(obj, rule, Deadline(ADMIT_BUDGET_SECONDS))
-        batch = self._claim_batch(rule, obj)
-        if batch is None:
+        claim = claims.claim(obj)
+        if claim is None:
             raise RetryLater(f"claim of an object admitted by reconcile not found (rule {rule.name!r})")
-        return verdict, batch
+        return verdict, claim["batch"]
 
     # -- the end --------------------------------------------------------------------
     def _conclude(self, progress: Progress, sweep: Document) -> Document:
@@ -192,6 +187,11 @@ class Sweeper:
                  coveredByBackfill=totals["coveredByBackfill"], admitted=totals["admitted"], checkpointMoved=moved,
                  checkpointNote=None if moved else report.CHECKPOINT_KEPT)
         return self.reporter.conclude(sweep, SWEEP_PATH, message, attributes, progress.worker)
+
+
+def _admitted(rule: Rule, obj: StorageObject, batch: str) -> dict[str, str]:
+    """An admitted object as the sweep document (and its message) lists it."""
+    return {"bucket": obj.bucket, "name": obj.name, "generation": obj.generation, "rule": rule.name, "batch": batch}
 
 
 def _warn_unswept(sweep: dict[str, Any]) -> None:

@@ -324,6 +324,58 @@ def test_an_object_admitted_by_its_event_meanwhile_is_counted_covered():
     assert message["outcome"] == "SUCCEEDED"
 
 
+def imported_uris(world: World) -> list[str]:
+    """The objects the import results reported, in order."""
+    return [item["uri"] for _, data, _ in world.publisher.messages if data["schema"] == "dicom-import-result/v1"
+            for item in data["objects"]]
+
+
+def test_a_claim_whose_done_batch_does_not_list_its_object_does_not_cover_it():
+    world = World()
+    lost, other = world.put("ct/crash.dcm", age=HOUR), world.put("ct/ok.dcm", age=HOUR)
+    real_marker = world.store.write_marker
+
+    def die(path, metadata):
+        raise ConnectionError("the instance died between the claim and the marker")
+
+    world.store.write_marker = die
+    with pytest.raises(ConnectionError):
+        world.event(lost, "ct")  # the claim is written, the marker is not; the redelivery is lost for good
+    world.store.write_marker = real_marker
+    world.event(other, "ct")
+    world.clock.now += 30
+    world.drive_all()  # the batch is done, listed without crash.dcm
+    done_batch = world.kicks[0][1]
+    assert world.store.doc(layout.claim_path("ct", layout.object_id(lost)))["batch"] == done_batch
+
+    driven = len(world.kicks)
+    message = world.sweep()
+
+    ct = by_rule(message)["ct"]
+    assert (ct["matched"], ct["covered"], ct["admitted"]) == (2, 1, 1)
+    assert [item["uri"] for item in message["admitted"]] == ["gs://inbox-bkt/ct/crash.dcm"]
+    assert message["admitted"][0]["batch"] != done_batch, "the claim moved to the open batch"
+    del world.kicks[:driven]
+    world.drive_all()
+    assert sorted(imported_uris(world)) == ["gs://inbox-bkt/ct/crash.dcm", "gs://inbox-bkt/ct/ok.dcm"]
+    world.clock.now += HOUR
+    assert world.sweep(since=2 * HOUR)["totals"]["admitted"] == 0, "covered by its new batch"
+
+
+def test_the_record_of_each_listed_batch_the_claims_name_is_read_once_per_sweep(monkeypatch):
+    monkeypatch.setattr(sweep_module, "PAGE", 2)
+    world = World()
+    for i in range(6):
+        world.event(world.put(f"ct/{i}.dcm", age=HOUR), "ct")
+    world.clock.now += 30
+    world.drive_all()
+    record = layout.record_path("ct", world.kicks[0][1])
+    world.store.ops.clear()
+    message = world.sweep()
+    assert by_rule(message)["ct"]["covered"] == 6
+    assert world.store.ops.count(("read", record)) == 1, "a listing never changes: read once, on the first page"
+
+
 def log_lines(capsys) -> list[dict]:
     return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
 
