@@ -44,8 +44,11 @@ class Intake:
     _kicked: set[tuple[str, str]] = field(default_factory=set)
     _shared: SharedReads = field(default_factory=SharedReads)
 
-    def admit(self, obj: StorageObject, rule: Rule, deadline: Deadline) -> str:
+    def admit(self, obj: StorageObject, rule: Rule, deadline: Deadline, sweep: str | None = None) -> str:
         """Cover ``obj`` by a batch of ``rule``; return OPENED, JOINED or DUPLICATE, or raise RetryLater.
+
+        ``sweep``: the reconcile sweep admitting the object, recorded in the
+        claim it writes (a resumed sweep counts the object as its own admission).
 
         The common case costs two Cloud Storage calls of its own (create the
         claim, write the membership marker) and three reads it shares with the
@@ -75,7 +78,7 @@ class Intake:
                 if lease is None:
                     continue
             batch = lease.data["batch"]
-            body = {"batch": batch, "rule": rule.name, "claimedAt": self.clock()}
+            body = {"batch": batch, "rule": rule.name, "claimedAt": self.clock(), **({"sweep": sweep} if sweep else {})}
             try:
                 if claim is None:
                     generation = self.store.create(path, body)

@@ -16,7 +16,8 @@ Cost: the listing, one claim read per object created in the window, one record
 read per distinct batch those claims name, the admissions; nothing is read per
 object older than the window. After each page the sweep document records how
 far the listing got, so an interrupted sweep resumes there (``startOffset``),
-and a page seen twice changes nothing (claims).
+and a page seen twice changes nothing (claims; a claim the sweep itself wrote
+names the sweep, so its object is still reported as admitted).
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ class Sweeper:
                 progress.save(sweep, data)
                 raise RetryLater(f"reconcile sweep {data['sweep']}: budget spent in rule {rule.name!r}; "
                                  "the next run resumes where the listing stopped")
-            counts, admitted = self._page(rule, page, window, backfilled, claims)
+            counts, admitted = self._page(data["sweep"], rule, page, window, backfilled, claims)
             state = {**data["rules"][rule.name], "after": page[-1].name}
             for name, value in counts.items():
                 state[name] += value
@@ -123,12 +124,14 @@ class Sweeper:
         done = {**data["rules"][rule.name], "done": True}
         return progress.save(sweep, {**data, "rules": {**data["rules"], rule.name: done}})
 
-    def _page(self, rule: Rule, page: list[SourceObject], window: Window, backfilled: BackfillCoverage,
+    def _page(self, sweep: str, rule: Rule, page: list[SourceObject], window: Window, backfilled: BackfillCoverage,
               claims: ClaimCoverage) -> tuple[dict[str, int], list[dict[str, str]]]:
         """Counters for one page, and the objects admitted (bucket, name, generation, rule, batch).
 
         Before admitting, the rule's backfill records are read again: a backfill
-        that started since the rule's listing began covers its objects too.
+        that started since the rule's listing began covers its objects too. An
+        object whose claim this ``sweep`` wrote was admitted by an earlier run of
+        it that stopped before saving the page: it counts as admitted again.
         """
         bucket = rule.pattern.bucket
         counts = {"listed": len(page), "inWindow": 0, "matched": 0, "covered": 0, "coveredByBackfill": 0,
@@ -149,14 +152,17 @@ class Sweeper:
             backfilled.refresh()
         uncovered, admitted = [], []
         for obj, claim in zip(candidates, covering):
-            if claim is not None:
+            if claim is not None and claim.get("sweep") == sweep:
+                counts["admitted"] += 1
+                admitted.append(_admitted(rule, obj, claim["batch"]))
+            elif claim is not None:
                 counts["covered"] += 1
             elif (obj.name, obj.generation) in backfilled:
                 counts["coveredByBackfill"] += 1
             else:
                 uncovered.append(obj)
         with ThreadPoolExecutor(max_workers=ADMIT_THREADS) as pool:
-            outcomes = list(pool.map(lambda obj: self._admit(rule, obj, claims), uncovered))
+            outcomes = list(pool.map(lambda obj: self._admit(sweep, rule, obj, claims), uncovered))
         for obj, (verdict, batch) in zip(uncovered, outcomes):
             if verdict == DUPLICATE:  # its event won the race since the claim was read
                 counts["covered"] += 1
@@ -167,9 +173,9 @@ class Sweeper:
                      object=self.config.names.uri(obj.bucket, obj.name))
         return counts, admitted
 
-    def _admit(self, rule: Rule, obj: StorageObject, claims: ClaimCoverage) -> tuple[str, str]:
+    def _admit(self, sweep: str, rule: Rule, obj: StorageObject, claims: ClaimCoverage) -> tuple[str, str]:
         """The intake's verdict on ``obj``, and the batch its claim names now."""
-        verdict = self.intake.admit(obj, rule, Deadline(ADMIT_BUDGET_SECONDS))
+        verdict = self.intake.admit(obj, rule, Deadline(ADMIT_BUDGET_SECONDS), sweep=sweep)
         claim = claims.claim(obj)
         if claim is None:
             raise RetryLater(f"claim of an object admitted by reconcile not found (rule {rule.name!r})")

@@ -376,6 +376,30 @@ def test_the_record_of_each_listed_batch_the_claims_name_is_read_once_per_sweep(
     assert world.store.ops.count(("read", record)) == 1, "a listing never changes: read once, on the first page"
 
 
+def test_objects_admitted_before_a_failed_admission_in_the_same_page_are_reported_on_resume():
+    world = World()
+    for i in range(2):
+        world.put(f"ct/{i}.dcm", age=HOUR)
+    real_admit, calls = world.intake.admit, []
+
+    def admit_failing_once(obj, rule, deadline, **kwargs):
+        calls.append(obj.name)
+        if obj.name == "ct/1.dcm" and calls.count(obj.name) == 1:
+            raise RetryLater("could not place the object in a batch in time")
+        return real_admit(obj, rule, deadline, **kwargs)
+
+    world.intake.admit = admit_failing_once
+    with pytest.raises(RetryLater):
+        world.sweep()  # ct/0.dcm admitted, the page not saved
+    message = world.sweep()
+    ct = by_rule(message)["ct"]
+    assert (ct["covered"], ct["admitted"]) == (0, 2) and message["outcome"] == "RECOVERED"
+    assert sorted(item["uri"] for item in message["admitted"]) == ["gs://inbox-bkt/ct/0.dcm", "gs://inbox-bkt/ct/1.dcm"]
+    assert calls.count("ct/0.dcm") == 1, "not admitted twice"
+    world.clock.now += HOUR
+    assert world.sweep(since=2 * HOUR)["totals"]["covered"] == 2, "another sweep's admissions are covered"
+
+
 def log_lines(capsys) -> list[dict]:
     return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
 
