@@ -66,8 +66,8 @@ class Sweeper:
         Each run is its own worker. Raises :class:`~handlers.reconcile.progress.SweepBusy`
         when another run is at work, :class:`~handlers.reconcile.progress.UnfinishedSweep`
         when ``since`` meets an interrupted sweep of another window, RetryLater when
-        the budget ends first or the result cannot be published yet: the sweep is
-        then released, and the next run resumes it at once.
+        the budget ends first or the result cannot be published yet. On any
+        error the sweep is released, so the next run resumes it at once.
         """
         progress = Progress(self.store, self.config, self.clock)
         sweep = progress.begin(since)
@@ -84,7 +84,7 @@ class Sweeper:
                 sweep = self._conclude(progress, sweep)
             if sweep.data["state"] == PUBLISHING:
                 sweep = self.reporter.publish(sweep, SWEEP_PATH, progress.worker)
-        except RetryLater:
+        except Exception:
             progress.release()
             raise
         return sweep.data["result"]

@@ -400,6 +400,23 @@ def test_objects_admitted_before_a_failed_admission_in_the_same_page_are_reporte
     assert world.sweep(since=2 * HOUR)["totals"]["covered"] == 2, "another sweep's admissions are covered"
 
 
+def test_a_run_that_fails_releases_the_sweep_for_the_next_run():
+    world = World()
+    world.put("ct/0.dcm", age=HOUR)
+    real_list = world.source.list
+
+    def unavailable(*args, **kwargs):
+        raise ConnectionError("503 after the client's retries")
+
+    world.source.list = unavailable
+    with pytest.raises(ConnectionError):
+        world.sweep()
+    world.source.list = real_list
+    world.clock.now += 60
+    message = world.sweep()  # the redelivered tick resumes it at once, no SweepBusy for 5 minutes
+    assert message["resumed"] == 1 and message["totals"]["admitted"] == 1
+
+
 def log_lines(capsys) -> list[dict]:
     return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
 
