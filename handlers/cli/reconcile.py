@@ -36,7 +36,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="look at objects created this long ago or later (90m, 6h, 2d; at most 29d) instead "
                              "of since the last sweep; the checkpoint moves only if this reaches back to it")
     parser.add_argument("--timeout", type=float, metavar="SECONDS",
-                        help="stop after this long; the next run resumes the sweep")
+                        help="stop after this long (at least one page of 1,000 objects is swept); the next run resumes")
     parser.add_argument("--json", action="store_true", help="print the result message as JSON")
     parser.set_defaults(run=run)
 

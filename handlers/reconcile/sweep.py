@@ -44,11 +44,23 @@ from handlers.retry import Deadline, RetryLater
 PAGE = 1000
 ADMIT_THREADS = 8
 ADMIT_BUDGET_SECONDS = 60.0
-# Stop taking new pages when less than this is left of the budget: a page's admissions must fit.
+# Take no further page when less than this is left of the budget: a page's admissions must fit.
 PAGE_RESERVE_SECONDS = ADMIT_BUDGET_SECONDS + 15.0
 # The sweep document is a single object name: written at most this often while listing (it is also
 # under Cloud Storage's one write per second per name).
 SAVE_EVERY_SECONDS = 10.0
+
+
+@dataclass
+class PageBudget:
+    """One run's budget, in pages: the first page always, so that a budget under the reserve still gets on."""
+
+    deadline: Deadline
+    pages: int = 0
+
+    def allows_another(self) -> bool:
+        """Whether the run takes another page: its first, or one more while PAGE_RESERVE_SECONDS are left."""
+        return self.pages == 0 or self.deadline.remaining() >= PAGE_RESERVE_SECONDS
 
 
 @dataclass
@@ -63,8 +75,9 @@ class Sweeper:
     def run(self, deadline: Deadline, since: float | None = None) -> dict[str, Any]:
         """Sweep (or resume the unfinished sweep) and publish its result; the message, or RetryLater.
 
-        Each run is its own worker. Raises :class:`~handlers.reconcile.progress.SweepBusy`
-        when another run is at work, :class:`~handlers.reconcile.progress.UnfinishedSweep`
+        Each run is its own worker, and takes at least one page whatever its
+        budget. Raises :class:`~handlers.reconcile.progress.SweepBusy` when
+        another run is at work, :class:`~handlers.reconcile.progress.UnfinishedSweep`
         when ``since`` meets an interrupted sweep of another window, RetryLater when
         the budget ends first or the result cannot be published yet. On any
         error the sweep is released, so the next run resumes it at once.
@@ -77,10 +90,10 @@ class Sweeper:
             _warn_unswept(sweep.data)
         try:
             if sweep.data["state"] == RUNNING:
-                window = window_of(sweep.data)
+                window, budget = window_of(sweep.data), PageBudget(deadline)
                 for rule in self.config.rules:
                     if rule.name in sweep.data["rules"]:
-                        sweep = self._sweep_rule(progress, sweep, rule, window, deadline)
+                        sweep = self._sweep_rule(progress, sweep, rule, window, budget)
                 sweep = self._conclude(progress, sweep)
             if sweep.data["state"] == PUBLISHING:
                 sweep = self.reporter.publish(sweep, SWEEP_PATH, progress.worker)
@@ -91,7 +104,7 @@ class Sweeper:
 
     # -- one rule -----------------------------------------------------------------
     def _sweep_rule(self, progress: Progress, sweep: Document, rule: Rule, window: Window,
-                    deadline: Deadline) -> Document:
+                    budget: PageBudget) -> Document:
         """List the rule's prefix page by page from where the sweep got; the sweep document, saved.
 
         Progress is saved after a page that admitted objects (so the message names
@@ -107,11 +120,12 @@ class Sweeper:
         saved_at = time.monotonic()
         start = data["rules"][rule.name]
         for page in _pages(self.source.list(start["bucket"], start["prefix"], start["after"]), start["after"]):
-            if deadline.remaining() < PAGE_RESERVE_SECONDS:
+            if not budget.allows_another():
                 progress.save(sweep, data)
                 raise RetryLater(f"reconcile sweep {data['sweep']}: budget spent in rule {rule.name!r}; "
                                  "the next run resumes where the listing stopped")
             counts, admitted = self._page(data["sweep"], rule, page, window, backfilled, claims)
+            budget.pages += 1
             state = {**data["rules"][rule.name], "after": page[-1].name}
             for name, value in counts.items():
                 state[name] += value

@@ -218,10 +218,13 @@ def progress_module_rfc(epoch: float) -> str:
 
 
 class Budget:
-    """A deadline whose remaining time is scripted: enough for ``pages`` pages, then spent."""
+    """A deadline whose remaining time is scripted: enough for ``pages`` pages, then spent.
+
+    A run takes its first page without asking; the deadline is asked before each further one.
+    """
 
     def __init__(self, pages: int) -> None:
-        self.left = pages
+        self.left = pages - 1
 
     def remaining(self) -> float:
         self.left -= 1
@@ -416,6 +419,23 @@ def test_a_run_that_fails_releases_the_sweep_for_the_next_run():
     message = world.sweep()  # the redelivered tick resumes it at once, no SweepBusy for 5 minutes
     assert message["resumed"] == 1 and message["totals"]["admitted"] == 1
 
+
+def test_a_budget_under_the_page_reserve_still_takes_a_page_per_run(monkeypatch):
+    monkeypatch.setattr(sweep_module, "PAGE", 3)
+    world = World()
+    for i in range(8):
+        world.put(f"ct/{i:02d}.dcm", age=HOUR)
+    small = sweep_module.PAGE_RESERVE_SECONDS / 2  # e.g. reconcile --timeout 30
+    runs = 0
+    while True:
+        runs += 1
+        try:
+            message = world.sweeper().run(Deadline(small))
+            break
+        except RetryLater as exc:
+            assert "budget spent" in str(exc) and runs < 10
+    assert runs == 6, "one page a run: three pages of rule ct, then three of rule all"
+    assert message["resumed"] == 5 and by_rule(message)["ct"]["admitted"] == 8
 
 def log_lines(capsys) -> list[dict]:
     return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
