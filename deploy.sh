@@ -40,6 +40,12 @@ readonly FOLLOWUP_MAX_DELIVERY_ATTEMPTS=100   # Pub/Sub's maximum
 readonly DEAD_LETTER_RETENTION=7d
 readonly STAGING_RETENTION_DAYS=7
 readonly STATE_RETENTION_DAYS=30
+# The state bucket's folders that expire after STATE_RETENTION_DAYS: every one the function writes
+# (handlers/batch/layout.py, handlers/failures/replace.py, handlers/exports/job.py) except staging/
+# (its own, shorter rule) and reconcile/: its checkpoint must outlive a month without sweeps, or the
+# next sweep would start over at first_window_hours without naming the span it passes over.
+readonly STATE_EXPIRING_PREFIXES=(leases/ seals/ claims/ members/ batches/ operations/ failures/ failed/
+  replacements/ replaced/ exports/)
 # Custom roles holding exactly what the config's failure policies do to the
 # inbox (a role per permission, bound only when a rule uses the policy).
 readonly TAG_ROLE_ID=dicomImportTagFailed         # on_failure: tag
@@ -573,8 +579,10 @@ create_topics() {
 }
 
 lifecycle_json() {
-  printf '{"rule":[{"action":{"type":"Delete"},"condition":{"age":%d,"matchesPrefix":["staging/"]}},{"action":{"type":"Delete"},"condition":{"age":%d}}]}' \
-    "${STAGING_RETENTION_DAYS}" "${STATE_RETENTION_DAYS}"
+  local prefixes
+  prefixes=$(printf '"%s",' "${STATE_EXPIRING_PREFIXES[@]}")
+  printf '{"rule":[{"action":{"type":"Delete"},"condition":{"age":%d,"matchesPrefix":["staging/"]}},{"action":{"type":"Delete"},"condition":{"age":%d,"matchesPrefix":[%s]}}]}' \
+    "${STAGING_RETENTION_DAYS}" "${STATE_RETENTION_DAYS}" "${prefixes%,}"
 }
 
 write_lifecycle_file() {

@@ -342,8 +342,8 @@ def test_fresh_project_creates_topics_bucket_and_service_account(env):
     assert flag(bucket, "--location") == "eu"  # the inbox's location, not --region
     assert "--uniform-bucket-level-access" in bucket
     lifecycle = run.lifecycle(run.index("storage", "buckets", "create"))
-    rules = {(r["action"]["type"], r["condition"]["age"], tuple(r["condition"].get("matchesPrefix", ()))) for r in lifecycle["rule"]}
-    assert rules == {("Delete", 7, ("staging/",)), ("Delete", 30, ())}
+    rules = {(r["action"]["type"], r["condition"]["age"]) for r in lifecycle["rule"]}
+    assert rules == {("Delete", 7), ("Delete", 30)}  # which folders: the next test
 
     (sa,) = run.matching("iam", "service-accounts", "create")
     assert sa[3] == "dicom-import-fn" and flag(sa, "--project") == PROJECT
@@ -358,6 +358,39 @@ def test_fresh_project_creates_topics_bucket_and_service_account(env):
                 and (is_create(c) or ("add-iam-policy-binding" in c and c[:2] != ["pubsub", "subscriptions"]))]
     assert max(prepared) < run.index("functions", "deploy")
 
+
+def state_paths_written() -> list[str]:
+    """A path of each kind the function writes in the state bucket, from the code's own path builders."""
+    from handlers.batch import layout
+    from handlers.exports.job import operation_note_path
+    from handlers.failures.replace import marker_path, saved_copy_path
+
+    return [layout.lease_path("r"), layout.seal_path("r", "b"), layout.claim_path("r", "i"),
+            layout.member_path("r", "b", "i"), layout.staging_path("r", "b", "i"), layout.record_path("r", "b"),
+            layout.operation_path("r", "b", "w"), layout.failures_manifest_path("r", "b"),
+            layout.failed_index_path("r", "b"), marker_path("r", "i"), saved_copy_path("r", "b", "i"),
+            operation_note_path("q", "w")]
+
+
+def test_the_state_bucket_lifecycle_expires_every_protocol_folder_and_never_the_reconcile_checkpoint(env):
+    from handlers.config import MAX_RECONCILE_WINDOW_HOURS
+    from handlers.reconcile.progress import CHECKPOINT_PATH, CLOCK_PATH, SWEEP_PATH
+
+    run = ok(deploy(env, *REQUIRED))
+    rules = run.lifecycle(run.index("storage", "buckets", "create"))["rule"]
+    assert all(rule["condition"].get("matchesPrefix") for rule in rules), "no catch-all rule"
+
+    def age(path: str) -> int | None:
+        ages = [rule["condition"]["age"] for rule in rules
+                if any(path.startswith(prefix) for prefix in rule["condition"]["matchesPrefix"])]
+        return min(ages) if ages else None
+
+    assert {path.split("/")[0]: age(path) for path in state_paths_written()} == {
+        "leases": 30, "seals": 30, "claims": 30, "members": 30, "staging": 7, "batches": 30, "operations": 30,
+        "failures": 30, "failed": 30, "replacements": 30, "replaced": 30, "exports": 30}
+    # A month without sweeps must not lose the checkpoint: the next sweep would silently start over.
+    assert [age(path) for path in (CHECKPOINT_PATH, SWEEP_PATH, CLOCK_PATH)] == [None, None, None]
+    assert MAX_RECONCILE_WINDOW_HOURS < 24 * age("claims/r/i.json"), "no sweep looks back to objects whose claims went"
 
 def test_fresh_project_grants_least_privilege(env):
     run = ok(deploy(env, *REQUIRED))
