@@ -2,7 +2,8 @@
 
 ``leases/{rule}.json``                the rule's current batch; written once per batch, when it opens
 ``seals/{rule}/{batch}.json``         the batch is sealed (created once by its driver, before it lists)
-``claims/{rule}/{object_id}.json``    idempotency record: which batch holds an object generation
+``claims/{rule}/{object_id}.json``    idempotency record: which batch holds an object generation (and the
+                                      reconcile sweep that admitted it, when one did)
 ``members/{rule}/{batch}/{id}``       membership marker written by the intake (source in its metadata)
 ``staging/{rule}/{batch}/{id}.dcm``   copies the driver makes of the listed members; the import URI is
                                       this folder's ``*``, which only the driver writes
