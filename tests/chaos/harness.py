@@ -8,7 +8,11 @@ waits until every matched object is covered by a reported batch, then
 * the failures reported add up to the invalid ``.dcm`` files matched;
 * each matched object is reported by exactly one batch, each batch once;
 * no unhandled exception in the function logs (``unexpected error`` ERROR
-  lines, or any ``Traceback``), counted from the scenario's start.
+  lines, or any ``Traceback``), counted from the scenario's start;
+* nothing left unfinished in the state bucket (issue 10): every batch record
+  created since the scenario's start is ``done``, the rule's lease names a
+  sealed batch or one whose record is ``done``, and the reconcile sweep, if
+  any, is ``done`` (waited for up to ``SETTLE_SECONDS``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from typing import Any, Callable, Iterable, Mapping
 import pytest
 import requests
 
+from handlers.batch.layout import DONE, SEALED, lease_path, member_prefix, record_path, seal_path
+from handlers.reconcile.progress import SWEEP_PATH
 from localstack import samples
 from localstack.observe import ResultsReader, store_sop_uids
 from localstack.stack import Stack
@@ -33,6 +39,8 @@ from tests.message_schemas import validate
 
 LOGGED_FUNCTIONS = ("function", "followup", "export")
 RULE = "chaos"  # the only rule of tests/chaos/config.yaml
+RECORDS = f"batches/{RULE}/"  # where its batch records are (handlers.batch.layout.record_path)
+SETTLE_SECONDS = 30.0  # once every result is in, how long batches, lease and sweep may take to finish
 
 
 # -- scale ----------------------------------------------------------------------------------------
@@ -223,42 +231,60 @@ class StateWatch:
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.bucket = storage(direct(env)).bucket(env["STATE_BUCKET"])  # sees through Cloud Storage faults
-        self.known = {blob.name for blob in self.bucket.list_blobs(prefix=f"batches/{RULE}/")}
+        self.known = {blob.name for blob in self.bucket.list_blobs(prefix=RECORDS)}
+
+    def document(self, path: str) -> dict[str, Any] | None:
+        """The JSON document at ``path`` (its latest generation); None when there is none or it cannot be read."""
+        try:
+            return json.loads(self.bucket.blob(path).download_as_bytes())
+        except Exception:  # noqa: BLE001 - absent, or replaced between list and read: the next look sees it
+            return None
 
     def new_records(self) -> dict[str, str]:
-        """Batch records created since this watch began: path -> state."""
+        """Batch records created since this watch began: path -> state (``unreadable`` when a read failed)."""
         states = {}
-        for blob in self.bucket.list_blobs(prefix=f"batches/{RULE}/"):
-            if blob.name in self.known:
-                continue
-            try:
-                states[blob.name] = json.loads(blob.download_as_bytes())["state"]
-            except Exception:  # noqa: BLE001 - replaced between list and read: next look
-                continue
+        for blob in self.bucket.list_blobs(prefix=RECORDS):
+            if blob.name not in self.known:
+                states[blob.name] = (self.document(blob.name) or {}).get("state", "unreadable")
         return states
 
     def open_batch_with_members(self) -> str | None:
         """The rule's open batch once at least one object joined it (a batch in the middle of its window)."""
-        blob = self.bucket.blob(f"leases/{RULE}.json")
-        try:
-            lease = json.loads(blob.download_as_bytes())
-        except Exception:  # noqa: BLE001 - no lease yet
+        lease = self.document(lease_path(RULE))
+        if lease is None or lease.get("state") == SEALED or self.bucket.blob(seal_path(RULE, lease["batch"])).exists():
             return None
-        sealed = self.bucket.blob(f"seals/{RULE}/{lease['batch']}.json").exists()
-        if sealed or lease.get("state") == "sealed":
-            return None
-        joined = self.bucket.list_blobs(prefix=f"members/{RULE}/{lease['batch']}/", max_results=1)
+        joined = self.bucket.list_blobs(prefix=member_prefix(RULE, lease["batch"]), max_results=1)
         return lease["batch"] if any(True for _ in joined) else None
+
+    def unfinished(self) -> tuple[int, list[str]]:
+        """How many new batch records there are, and what is left unfinished, each by name and state.
+
+        Unfinished: a new batch record not ``done``; a lease whose batch has no
+        seal and no ``done`` record (a batch still open); a reconcile sweep not ``done``.
+        """
+        records = self.new_records()
+        left = [f"batch record {path} is {state}" for path, state in sorted(records.items()) if state != DONE]
+        lease = self.document(lease_path(RULE))
+        if lease is not None and lease.get("state") != SEALED \
+                and not self.bucket.blob(seal_path(RULE, lease["batch"])).exists():
+            record = self.document(record_path(RULE, lease["batch"])) or {}
+            if record.get("state") != DONE:
+                left.append(f"lease {lease_path(RULE)} names batch {lease['batch']}: no seal, its record is "
+                            f"{record.get('state', 'absent')}")
+        sweep = self.document(SWEEP_PATH)
+        if sweep is not None and sweep.get("state") != DONE:
+            left.append(f"{SWEEP_PATH} (sweep {sweep.get('sweep')}) is {sweep.get('state')}")
+        return len(records), left
 
     def describe(self) -> str:
         """The lease, how many objects joined its batch, and the new records, for a failure message."""
         try:
-            lease = json.loads(self.bucket.blob(f"leases/{RULE}.json").download_as_bytes())
+            lease = json.loads(self.bucket.blob(lease_path(RULE)).download_as_bytes())
         except Exception as exc:  # noqa: BLE001 - shown as is
             lease = repr(exc)
         joined = 0
         if isinstance(lease, dict):
-            joined = sum(1 for _ in self.bucket.list_blobs(prefix=f"members/{RULE}/{lease.get('batch')}/"))
+            joined = sum(1 for _ in self.bucket.list_blobs(prefix=member_prefix(RULE, lease.get("batch"))))
         return f"lease {lease}, {joined} objects joined its batch, new records {self.new_records()}"
 
     def wait_for(self, condition: Callable[["StateWatch"], Any], timeout: float, every: float = 0.05) -> Any:
@@ -338,6 +364,7 @@ class Run:
         self.reader = ResultsReader(self.env)
         self.reader.drain(quiet=0.5)
         self.logs = LogWatch(stack)
+        self.state = StateWatch(self.env)
         self.before = Counters.read(stack)
         self.started = time.monotonic()
         self.extra: list[str] = []
@@ -396,6 +423,7 @@ class Run:
         if figures.duplicates:
             found.append(f"result published more than once: {[(b, n) for b, n in batches.items() if n > 1]}")
         found += [f"unhandled exception logged by {line}" for line in self.logs.unhandled()[:20]]
+        found += self.unfinished()
         for result in distinct.values():
             try:
                 validate(result.data, result.attributes)
@@ -410,3 +438,12 @@ class Run:
                 found.append(f"batch {result.data['batch']} ended {result.data['outcome']}: {result.data.get('error')}")
         assert not found, f"{self.name}: " + "\n".join(found)
         return figures
+
+    def unfinished(self) -> list[str]:
+        """What the state bucket still has unfinished once every result is in (waits up to ``SETTLE_SECONDS``)."""
+        self.state.wait_for(lambda watch: not watch.unfinished()[1], timeout=SETTLE_SECONDS, every=0.5)
+        records, left = self.state.unfinished()
+        found = [f"still unfinished {SETTLE_SECONDS:g} s after every result was in: {item}" for item in left]
+        if not records:
+            found.append(f"no batch record under {RECORDS} since the scenario began: its end state went unchecked")
+        return found
