@@ -21,6 +21,10 @@ proxy answers it itself:
   forwarded. A resumable upload's precondition, given when its session starts,
   is checked on each of its chunks.
 
+The precondition check, the limit and the write of one object name happen under
+that name's lock, so of concurrent writes conditional on one generation exactly
+one succeeds and the others get their 412 (never a 429, never an overwrite).
+
 Admin endpoints under ``/proxy/`` (never forwarded, never faulted): ``GET /proxy/health``,
 ``GET|PUT|DELETE /proxy/faults``, ``GET|PUT|DELETE /proxy/outage`` (``{"seconds": N}``),
 ``GET|PUT /proxy/config`` (``{"writeIntervalSeconds": 1.0}``; 0 turns the limit off),
@@ -40,9 +44,10 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 from urllib.parse import parse_qs, quote, urlsplit
 
 from emulator.faults import FaultConfig, Faults, FaultSpecError
@@ -58,6 +63,9 @@ DEFAULT_WRITE_INTERVAL = 1.0
 UPSTREAM_TIMEOUT = 120.0
 PRECONDITION_FAILED = "At least one of the pre-conditions you specified did not hold."
 
+# An answer to relay to the client: status, reason phrase (None: the standard one), headers, body.
+Answer = tuple[int, str | None, list[tuple[str, str]], bytes]
+
 
 def log(severity: str, message: str, **fields: Any) -> None:
     entry = {"severity": severity, "message": message, "component": "gcs-proxy",
@@ -72,6 +80,11 @@ def error_body(code: int, reason: str, message: str) -> bytes:
     domain = "usageLimits" if code == 429 else "global"
     return json.dumps({"error": {"code": code, "message": message,
                                  "errors": [{"message": message, "domain": domain, "reason": reason}]}}).encode()
+
+
+def error_answer(code: int, reason: str, message: str) -> Answer:
+    """A Cloud Storage JSON API error, as an answer to relay."""
+    return code, None, [("Content-Type", "application/json")], error_body(code, reason, message)
 
 
 def parse_faults(spec: Any) -> FaultConfig:
@@ -120,6 +133,31 @@ class WriteLimiter:
             del self._last[key]
 
 
+class ObjectLocks:
+    """One lock per object name, held by the mutations of that name one at a time; other names stay concurrent.
+
+    A name's lock exists only while requests hold or wait for it, so memory is bounded by the requests in flight.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str], tuple[threading.Lock, list[int]]] = {}  # name -> lock, [users]
+
+    @contextmanager
+    def hold(self, target: tuple[str, str]) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.setdefault(target, (threading.Lock(), [0]))
+            users[0] += 1
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                users[0] -= 1
+                if not users[0]:
+                    del self._locks[target]
+
+
 class ProxyState:
     """Faults, outage, write limit and statistics, shared by every request thread."""
 
@@ -130,6 +168,7 @@ class ProxyState:
         self.upstream_port = parts.port or 80
         self.faults = Faults(faults)
         self.limiter = WriteLimiter(write_interval)
+        self.objects = ObjectLocks()
         self._lock = threading.Lock()
         self._outage_until = 0.0
         self.uploads: dict[str, tuple[tuple[str, str], str | None]] = {}  # resumable upload id -> target, precondition
@@ -238,20 +277,9 @@ def _handler(state: ProxyState) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             return self.rfile.read(length) if length else b""
 
-        def _reply(self, status: int, body: bytes, headers: Mapping[str, str] | None = None,
-                   content_type: str = "application/json") -> None:
-            self.send_response(status)
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            if not headers or not any(key.lower() == "content-type" for key in headers):
-                self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
         def _json(self, status: int, data: Any) -> None:
-            self._reply(status, json.dumps(data, indent=1).encode() + b"\n")
+            body = json.dumps(data, indent=1).encode() + b"\n"
+            self._relay((status, None, [("Content-Type", "application/json")], body))
 
         # -- one request ----------------------------------------------------------
         def _handle(self) -> None:
@@ -263,7 +291,7 @@ def _handler(state: ProxyState) -> type[BaseHTTPRequestHandler]:
             state.count(what.method)
             if state.outage_remaining() > 0:
                 state.count_outage()
-                self._reply(503, error_body(503, "backendError", "Cloud Storage outage injected by the proxy"))
+                self._relay(error_answer(503, "backendError", "Cloud Storage outage injected by the proxy"))
                 return
             faults = state.faults.for_method(what.method)
             if faults.latency_seconds:
@@ -273,7 +301,7 @@ def _handler(state: ProxyState) -> type[BaseHTTPRequestHandler]:
                 state.count_injected(what.method, injected)
                 log("INFO", "fault injected", method=what.method, status=injected)
                 reason = "rateLimitExceeded" if injected == 429 else "backendError"
-                self._reply(injected, error_body(injected, reason, f"{injected} injected by the proxy's faults"))
+                self._relay(error_answer(injected, reason, f"{injected} injected by the proxy's faults"))
                 return
             self._limited_forward(what, body)
 
@@ -284,11 +312,18 @@ def _handler(state: ProxyState) -> type[BaseHTTPRequestHandler]:
             if what.upload_id and not starts_session:
                 target, wanted = state.uploads.get(what.upload_id, (target, wanted))
             if target is None or starts_session:
-                self._forward(body, what, (target, wanted) if starts_session and target else None)
+                self._relay(self._upstream(body, what, (target, wanted) if starts_session and target else None))
                 return
+            # Check, reserve and write as one step per name: a compare-and-swap loser that passed the check
+            # before the winner's write landed would get a 429 instead of its 412, or (limit off) overwrite it.
+            with state.objects.hold(target):
+                answer = self._write(target, wanted, what, body)
+            self._relay(answer)
+
+        def _write(self, target: tuple[str, str], wanted: str | None, what: Classified, body: bytes) -> Answer:
+            """A mutation of ``target``: 412, 429 or upstream's answer (the caller holds the name's lock)."""
             if self._precondition_fails(target, wanted):  # no write happens, so no rate limit either
-                self._reply(412, error_body(412, "conditionNotMet", PRECONDITION_FAILED))
-                return
+                return error_answer(412, "conditionNotMet", PRECONDITION_FAILED)
             accepted, previous = state.limiter.reserve(target)
             if not accepted:
                 state.count_rate_limited(target)
@@ -296,11 +331,11 @@ def _handler(state: ProxyState) -> type[BaseHTTPRequestHandler]:
                     bucket=target[0], object=target[1])
                 message = (f"The object {target[0]}/{target[1]} exceeded the rate limit for object mutation "
                            "operations (create, update, and delete). Please reduce your request rate.")
-                self._reply(429, error_body(429, "rateLimitExceeded", message))
-                return
-            status = self._forward(body, what, None)
-            if not 200 <= status < 300:
+                return error_answer(429, "rateLimitExceeded", message)
+            answer = self._upstream(body, what, None)
+            if not 200 <= answer[0] < 300:
                 state.limiter.release(target, previous)
+            return answer
 
         def _precondition_fails(self, target: tuple[str, str], wanted: str | None) -> bool:
             """True when ``wanted`` (an ``ifGenerationMatch``) is not the object's current generation (0: absent)."""
@@ -314,24 +349,28 @@ def _handler(state: ProxyState) -> type[BaseHTTPRequestHandler]:
             current = json.loads(data).get("generation", "0") if status == 200 else "0"
             return status in (200, 404) and str(current) != wanted
 
-        def _forward(self, body: bytes, what: Classified,
-                     session_target: tuple[tuple[str, str], str | None] | None) -> int:
+        def _upstream(self, body: bytes, what: Classified,
+                      session_target: tuple[tuple[str, str], str | None] | None) -> Answer:
+            """The request as is to fake-gcs-server; its answer (502 when it did not answer)."""
             headers = {key: value for key, value in self.headers.items() if key.lower() not in HOP_BY_HOP}
             headers["Host"] = self.headers.get("Host") or f"{state.upstream_host}:{state.upstream_port}"
             headers["Content-Length"] = str(len(body))
             try:
-                response = self._exchange(self.command, self.path, headers, body)
+                answer = self._exchange(self.command, self.path, headers, body)
             except OSError as exc:
                 log("WARNING", "upstream did not answer", method=what.method, error=f"{exc.__class__.__name__}: {exc}")
-                self._reply(502, error_body(502, "backendError", f"fake-gcs-server did not answer: {exc}"))
-                return 502
-            status, reason, reply_headers, data = response
+                return error_answer(502, "backendError", f"fake-gcs-server did not answer: {exc}")
+            status, _, reply_headers, _ = answer
             if session_target is not None and 200 <= status < 300:
                 location = next((v for k, v in reply_headers if k.lower() == "location"), "")
                 upload_id = (parse_qs(urlsplit(location).query).get("upload_id") or [""])[0] \
                     or urlsplit(location).path.rsplit("/", 1)[-1]
                 if upload_id:
                     state.uploads[upload_id] = session_target
+            return answer
+
+        def _relay(self, answer: Answer) -> None:
+            status, reason, reply_headers, data = answer
             self.send_response(status, reason)
             for key, value in reply_headers:
                 if key.lower() not in HOP_BY_HOP:
@@ -340,10 +379,9 @@ def _handler(state: ProxyState) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)
-            return status
 
         def _exchange(self, verb: str, path: str, headers: dict[str, str],
-                      body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
+                      body: bytes) -> Answer:
             for attempt in (1, 2):  # a kept-alive connection the upstream closed: one fresh try
                 connection = upstream.connection
                 if connection is None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import pytest
@@ -211,3 +213,27 @@ def test_every_mutation_s_failed_precondition_is_a_412_and_changes_nothing(bucke
     time.sleep(1.05)
     bucket.blob(blob.name).delete(if_generation_match=blob.generation, retry=NO_RETRY)
     assert bucket.get_blob(blob.name) is None, "the right generation still deletes"
+
+
+@pytest.mark.parametrize("interval", [1.0, 0.0], ids=["limit on", "limit off"])
+def test_concurrent_replaces_conditional_on_one_generation_one_wins_the_others_get_412(bucket, admin, interval):
+    """A compare-and-swap race: the precondition check, the limit and the write of one name are one step, so the
+    losers are told 412 (not 429, and with the limit off none of them overwrites the winner: fake-gcs-server does not
+    check a media upload's ifGenerationMatch)."""
+    requests.put(f"{admin}/config", json={"writeIntervalSeconds": interval}, timeout=5).raise_for_status()
+    upload = f"{admin.rsplit('/proxy', 1)[0]}/upload/storage/v1/b/{bucket.name}/o"
+    for trial in range(3):
+        blob = bucket.blob(name("cas"))
+        blob.upload_from_string(b"0", if_generation_match=0, retry=NO_RETRY)
+        time.sleep(interval + 0.05)
+        start = threading.Barrier(8)
+
+        def replace(writer: int) -> int:
+            start.wait()
+            return requests.post(upload, params={"uploadType": "media", "name": blob.name,
+                                                 "ifGenerationMatch": str(blob.generation)},
+                                 data=str(writer).encode(), timeout=30).status_code
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            statuses = sorted(pool.map(replace, range(8)))
+        assert statuses == [200] + [412] * 7, f"trial {trial}: {statuses}"
