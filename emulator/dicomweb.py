@@ -1,13 +1,16 @@
 """Enough DICOMweb to check results: QIDO-RS searches, WADO-RS retrieval and deletion of one instance.
 
 QIDO answers the DICOM JSON model (``application/dicom+json``); no match gives
-``200 []``. Match keys: any attribute keyword or 8-hex-digit tag. UIDs match a
-list (``a,b``); dates, times and date-times (VR DA, TM, DT) also match a range
-(``A-B``, ``-B``, ``A-``, PS3.4 C.2.2.2.5); other values match exactly, with
-``*`` and ``?`` wildcards; an empty value matches everything. A study or series
-matches when one of its instances does (so ``Modality=MR`` on studies means
-"has an MR series"). Results are paged with ``limit`` and ``offset``; a page
-that leaves results behind carries PS3.18's ``Warning: 299`` header.
+``200 []``. Match keys (keyword or 8-hex-digit tag) are those the Cloud
+Healthcare API's conformance statement lists for the level searched
+(:data:`MATCH_KEYS`); another is a 400 with the API's wording. UIDs match a
+list (``a,b``); StudyDate also matches a range (``A-B``, ``-B``, ``A-``, PS3.4
+C.2.2.2.5); other values match exactly, with ``*`` and ``?`` wildcards; an
+empty value matches everything. A study matches when one of its instances does
+(so ``ModalitiesInStudy=MR`` means "has an MR series"). ``includefield`` takes
+any attribute but those the API refuses (:data:`UNSUPPORTED_FIELDS`). Results
+are paged with ``limit`` and ``offset``; a page that leaves results behind
+carries PS3.18's ``Warning: 299`` header.
 """
 
 from __future__ import annotations
@@ -50,22 +53,49 @@ MODALITIES_IN_STUDY = "00080061"
 STUDY_SERIES_COUNT = "00201206"
 STUDY_INSTANCE_COUNT = "00201208"
 SERIES_INSTANCE_COUNT = "00201209"
-COMPUTED = frozenset({STUDY_SERIES_COUNT, STUDY_INSTANCE_COUNT, SERIES_INSTANCE_COUNT})
 MODALITY = "00080060"
 
+# The match keys the API supports at each level (its DICOM conformance statement, "Search transaction"): a series
+# search also takes the study keys, an instance search the study and series keys. ModalitiesInStudy is not in
+# that list: UNCONFIRMED, accepted (docs/emulator.md).
+_STUDY_KEYS = ("StudyInstanceUID", "PatientName", "PatientID", "AccessionNumber", "ReferringPhysicianName",
+               "StudyDate", "ModalitiesInStudy")
+_SERIES_KEYS = _STUDY_KEYS + ("SeriesInstanceUID", "Modality")
+MATCH_KEYS = {STUDY: _STUDY_KEYS, SERIES: _SERIES_KEYS, INSTANCE: _SERIES_KEYS + ("SOPInstanceUID",)}
+#: The API's 400 for another key, per level: "StudyDescription is not a supported study level attribute" and
+#: "SOPClassUID is not a supported instance or series level attribute" (on /instances) are seen from it.
+_UNSUPPORTED_KEY = {STUDY: "study level", SERIES: "instance or series level", INSTANCE: "instance or series level"}
+#: includefield attributes the API refuses with "unknown/unsupported QIDO attribute: ..." (seen from it).
+UNSUPPORTED_FIELDS = ("AvailableTransferSyntaxUID",)
 
-def tag_of(name: str) -> str:
-    """``PatientID`` or ``00100020`` -> ``00100020``; 400 for anything else."""
+
+def tag_of(name: str) -> str | None:
+    """``PatientID`` or ``00100020`` -> ``00100020``; None for anything else."""
     if re.fullmatch(r"[0-9A-Fa-f]{8}", name):
         return name.upper()
     tag = tag_for_keyword(name)
-    if tag is None:
-        raise invalid(f"{name!r} is not a DICOM attribute keyword or tag (e.g. PatientID or 00100020)")
-    return f"{tag:08X}"
+    return None if tag is None else f"{tag:08X}"
 
 
 def _tags(keywords: Iterable[str]) -> list[str]:
-    return [tag_of(k) for k in keywords]
+    return [f"{tag_for_keyword(k):08X}" for k in keywords]
+
+
+def match_tag(level: str, key: str) -> str:
+    """The tag of match key ``key`` at ``level``; 400 in the API's words when the API does not support it there."""
+    tag = tag_of(key)
+    if tag is None or tag not in _tags(MATCH_KEYS[level]):
+        raise invalid(f"{key} is not a supported {_UNSUPPORTED_KEY[level]} attribute (match keys at {level} level: "
+                      f"{', '.join(MATCH_KEYS[level])})")
+    return tag
+
+
+def include_tag(field: str) -> str:
+    """The tag of includefield ``field``; 400 in the API's words for one it refuses."""
+    tag = tag_of(field)
+    if tag is None or tag in _tags(UNSUPPORTED_FIELDS):
+        raise invalid(f"unknown/unsupported QIDO attribute: {field}")
+    return tag
 
 
 def _values(instance: Instance, tag: str) -> list[str]:
@@ -80,62 +110,28 @@ def _values(instance: Instance, tag: str) -> list[str]:
     return out
 
 
-def _vr(tag: str) -> str:
-    try:
-        return dictionary_VR(int(tag, 16))
-    except KeyError:
-        return "UN"
-
-
-# Range matching (PS3.4 C.2.2.2.5): each VR's value form, and how a partial value fills up to full precision
-# as the low end of a range (zeros, January, the 1st) or its high end (the last instant it covers).
-_RANGE_FORMS = {
-    "DA": (re.compile(r"\d{8}"), "", ""),
-    "TM": (re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?"), "000000.000000", "235959.999999"),
-    "DT": (re.compile(r"\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?"),
-           "00000101000000.000000", "99991231235959.999999"),
-}
-_RANGE_EXAMPLES = {"DA": "20260101-20261231", "TM": "080000-173000", "DT": "20260101080000-20260101173000"}
-
-
-def _fill(value: str, vr: str, high: bool) -> str:
-    """``value`` at full precision for comparison (a TM or DT's fraction padded to 6 digits)."""
-    if vr == "DA":
-        return value
-    whole, _, fraction = value.partition(".")
-    digits = 6 if vr == "TM" else 14
-    template = _RANGE_FORMS[vr][2 if high else 1]
-    if fraction:
-        return whole + "." + fraction.ljust(6, "9" if high else "0")
-    return whole + template[len(whole):] if len(whole) < digits else whole + template[digits:]
+_DATE = re.compile(r"\d{8}")
 
 
 class _Range:
-    """``A-B``, ``-B`` or ``A-`` on a DA, TM or DT attribute: inclusive, partial values widened to what they cover."""
+    """``A-B``, ``-B`` or ``A-`` on a date (VR DA, PS3.4 C.2.2.2.5): both ends included."""
 
-    def __init__(self, keyword: str, vr: str, raw: str) -> None:
+    def __init__(self, keyword: str, raw: str) -> None:
         low, _, high = raw.partition("-")
-        form = _RANGE_FORMS[vr][0]
         for bound in (low, high):
-            if bound and not form.fullmatch(bound):
-                raise invalid(f"{keyword}={raw!r} is not a {vr} range: write A-B, -B or A- with values such as "
-                              f"{_RANGE_EXAMPLES[vr]}")
+            if bound and not _DATE.fullmatch(bound):
+                raise invalid(f"{keyword}={raw!r} is not a DA range: write A-B, -B or A- with values such as "
+                              "20260101-20261231")
         if not low and not high:
             raise invalid(f"{keyword}={raw!r} has no bound: write A-B, -B or A-")
-        self.vr = vr
-        self.low = _fill(low, vr, high=False) if low else None
-        self.high = _fill(high, vr, high=True) if high else None
-        if self.low is not None and self.high is not None and self.low > self.high:
+        if low and high and low > high:
             raise invalid(f"{keyword}={raw!r}: the range ends before it starts (write the earlier value first)")
+        self.low, self.high = low or None, high or None
 
     def accepts(self, value: str) -> bool:
         value = value.strip()
-        if self.vr == "DT":
-            value = re.split(r"[+-]", value, maxsplit=1)[0]  # a stored UTC offset is ignored
-        if not _RANGE_FORMS[self.vr][0].fullmatch(value):
-            return False
-        filled = _fill(value, self.vr, high=False)
-        return (self.low is None or filled >= self.low) and (self.high is None or filled <= self.high)
+        return (bool(_DATE.fullmatch(value)) and (self.low is None or value >= self.low)
+                and (self.high is None or value <= self.high))
 
 
 class _Match:
@@ -144,14 +140,14 @@ class _Match:
     def __init__(self, keyword: str, tag: str, raw: str) -> None:
         self.tag = MODALITY if tag == MODALITIES_IN_STUDY else tag
         self.universal = raw == ""
-        vr = _vr(self.tag)
+        vr = dictionary_VR(int(self.tag, 16))  # every match key is a dictionary attribute
         self.uids: set[str] | None = None
         self.range: _Range | None = None
         self.pattern: re.Pattern[str] | None = None
         if vr == "UI":
             self.uids = {u.strip() for u in re.split(r"[,\\]", raw) if u.strip()}
-        elif vr in _RANGE_FORMS and "-" in raw:
-            self.range = _Range(keyword, vr, raw)
+        elif vr == "DA" and "-" in raw:
+            self.range = _Range(keyword, raw)
         else:
             self.pattern = re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in raw), re.DOTALL)
 
@@ -211,14 +207,11 @@ def search(
                 if field == "all":
                     include_all = True
                 else:
-                    include.append(tag_of(field))
+                    include.append(include_tag(field))
         elif key in RESERVED:
             params[key] = value
         else:
-            tag = tag_of(key)
-            if tag in COMPUTED:
-                raise invalid(f"{key} is computed by the store and cannot be a match key")
-            matches.append(_Match(key, tag, value))
+            matches.append(_Match(key, match_tag(level, key), value))
     requested = _int_param(params, "limit")
     limit = MAX_LIMIT[level] if requested is None else min(requested, MAX_LIMIT[level])
     offset = _int_param(params, "offset") or 0

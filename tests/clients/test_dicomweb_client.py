@@ -85,6 +85,20 @@ def test_search_for_series_and_instances(loaded):
     assert len(client.search_for_instances(search_filters={"Modality": "CT"}, limit=1, get_remaining=True)) == 2
 
 
+def test_unsupported_keys_fail_as_the_real_api_fails_so_workarounds_written_for_it_work(loaded):
+    """wsidicom (PR #149) retries without a key when the 400's text names it, as Google's API words it."""
+    client, study_a, _, _ = loaded
+    client.set_http_retry_params(retry=False)
+    with pytest.raises(requests.HTTPError) as by_class:
+        client.search_for_instances(study_a, search_filters={"SOPClassUID": "1.2.840.10008.5.1.4.1.1.2"})
+    assert by_class.value.response.status_code == 400
+    assert "SOPClassUID is not a supported instance or series level attribute" in by_class.value.response.text
+    with pytest.raises(requests.HTTPError) as by_field:
+        client.search_for_instances(study_a, fields=["AvailableTransferSyntaxUID"])
+    assert "unknown/unsupported QIDO attribute: AvailableTransferSyntaxUID" in by_field.value.response.text
+    assert len(client.search_for_instances(study_a, fields=[])) == 3
+
+
 def test_retrieve_instance_parses_the_multipart_answer(loaded):
     client, _, items, (uids, data) = loaded
     with warnings.catch_warnings():
