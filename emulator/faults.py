@@ -26,6 +26,7 @@ entries of the operations a method starts (emulator.cloudlogging).
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from dataclasses import dataclass, replace
@@ -89,9 +90,10 @@ NO_FAULTS = MethodFaults()
 
 
 def _number(value: Any, where: str, upper: float | None = None) -> float:
+    """``value`` as a float in [0, upper]; NaN and infinities (which JSON parsers accept) are out of range."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise FaultSpecError(f"{where} must be a number, got {value!r}")
-    if value < 0 or (upper is not None and value > upper):
+    if not math.isfinite(value) or value < 0 or (upper is not None and value > upper):
         bound = f"between 0 and {upper}" if upper is not None else "0 or more"
         raise FaultSpecError(f"{where} must be {bound}, got {value!r}")
     return float(value)

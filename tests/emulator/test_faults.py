@@ -98,13 +98,19 @@ def test_min_operation_seconds_delays_done(api, store, upload, faults):
         ({"methods": {"dicomStores.import": {"latency": 1}}}, "unknown field"),
         ({"methods": {"*": {"failOperation": {"code": 99}}}}, "canonical error code"),
         ({"seed": "x"}, "seed must be an integer"),
+        # JSON parsers read NaN; it would pass a range check (comparisons with NaN are False)
+        ({"methods": {"*": {"latencySeconds": float("nan")}}}, "latencySeconds must be between 0 and 600.0, got nan"),
+        ({"methods": {"*": {"rate429": float("nan")}}}, "rate429 must be between 0 and 1.0, got nan"),
+        ({"methods": {"*": {"logDelaySeconds": float("inf")}}}, "logDelaySeconds must be between 0 and 600.0"),
         ({"method": {}}, "unknown field"),
         ([1, 2], "must be a JSON object"),
     ],
 )
 def test_invalid_fault_json_is_refused_naming_the_field(api, spec, fragment, faults):
     before = api.admin("GET", "faults").json()
-    assert_google_error(api.admin("PUT", "faults", json=spec), 400, "INVALID_ARGUMENT", fragment)
+    body = json.dumps(spec)  # as Python writes it: NaN and Infinity included, which requests' json= refuses
+    put = api.admin("PUT", "faults", data=body, headers={"Content-Type": "application/json"})
+    assert_google_error(put, 400, "INVALID_ARGUMENT", fragment)
     assert api.admin("GET", "faults").json() == before
 
 
