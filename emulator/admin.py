@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
-from emulator.api import json_response
+from emulator.api import json_response, read_body
 from emulator.context import Emulator
 from emulator.errors import invalid, not_found
 from emulator.faults import FaultConfig, FaultSpecError
@@ -24,8 +24,9 @@ def _emulator() -> Emulator:
 
 
 def _json_body() -> Any:
+    raw = read_body(request)
     body = request.get_json(force=True, silent=True)  # curl -d sends a form content type
-    if body is None and request.get_data().strip():
+    if body is None and raw.strip():
         raise invalid("the body must be JSON")
     return body
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from flask import Request, Response
+from werkzeug.exceptions import ClientDisconnected
 
 from emulator import dicomweb, stow
 from emulator.context import Emulator
@@ -54,7 +55,7 @@ class Call:
 
     def body(self) -> dict[str, Any]:
         """The JSON body as a dict ({} when empty); snake_case field names accepted as proto3 JSON does."""
-        raw = self.request.get_data(cache=True)
+        raw = read_body(self.request)
         if not raw.strip():
             return {}
         try:
@@ -68,6 +69,19 @@ class Call:
         if not isinstance(parsed, dict):
             raise invalid("Invalid JSON payload received: the request body must be a JSON object")
         return _camel_keys(parsed)
+
+
+def read_body(request: Request) -> bytes:
+    """The request's body, kept for ``get_json``; 400 when it cannot be read whole.
+
+    A broken chunked encoding (a bad chunk header, a chunk cut short) surfaces from the server as
+    ``OSError``, a client gone mid-body as ``ClientDisconnected``: the request's fault, not the emulator's.
+    """
+    try:
+        return request.get_data(cache=True)
+    except (OSError, ClientDisconnected):
+        raise invalid("the request body is malformed or incomplete (a broken chunked transfer encoding, or a "
+                      "connection closed before the body's end): send the whole body again") from None
 
 
 def _single_quotes_to_double(text: str) -> str:
@@ -305,7 +319,7 @@ def store_instances(call: Call) -> Response:
     request = call.request
     web_url = f"{_own_root(request)}{call.version}/{store.name}/dicomWeb"
     answer = stow.store_instances(
-        store, request.get_data(), request.headers.get("Content-Type", ""), request.headers.get("Accept", ""),
+        store, read_body(request), request.headers.get("Content-Type", ""), request.headers.get("Accept", ""),
         web_url, study=call.params.get("study"),
     )
     call.emulator.log.info("instances stored (STOW-RS)", store=store.name, stored=answer.stored, failed=len(answer.failures))

@@ -39,7 +39,7 @@ LOGGING_LIST = "entries.list"
 
 def _json_object() -> dict:
     """The request's JSON object body ({} when empty); 400 for anything else."""
-    raw = request.get_data(cache=True)
+    raw = api.read_body(request)
     if not raw.strip():
         return {}
     body = request.get_json(force=True, silent=True)

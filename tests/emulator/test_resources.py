@@ -1,7 +1,12 @@
 """Datasets and DICOM stores: create, get, list (paged), delete, and the error bodies."""
 
 import base64
+import json
 import re
+import socket
+from urllib.parse import urlsplit
+
+import pytest
 
 from tests.emulator.client import PROJECT, Api, assert_google_error, unique
 
@@ -117,3 +122,33 @@ def test_snake_case_fields_are_accepted_like_proto3_json(api: Api):
         json={"notification_config": {"pubsub_topic": "projects/p/topics/t"}},
     )
     assert created["notificationConfig"] == {"pubsubTopic": "projects/p/topics/t"}
+
+
+def _raw_send(api: Api, method: str, path: str, content_type: str, chunks: bytes) -> tuple[int, dict]:
+    """``chunks`` as a chunked body on a raw socket, then the sending side closed; (status, JSON answer)."""
+    host, port = urlsplit(api.url).hostname, urlsplit(api.url).port
+    with socket.create_connection((host, port), timeout=10) as connection:
+        connection.sendall(f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
+                           f"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n".encode() + chunks)
+        connection.shutdown(socket.SHUT_WR)
+        answer = b""
+        while data := connection.recv(65536):
+            answer += data
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize("chunks", [b"zz\r\nabc\r\n0\r\n\r\n", b"100\r\nonly a few bytes of 256"],
+                         ids=["bad chunk header", "chunk cut short"])
+@pytest.mark.parametrize("method, path, content_type", [
+    ("POST", "/v1/{store}/dicomWeb/studies", 'multipart/related; type="application/dicom"; boundary=b'),
+    ("POST", "/v1/{dataset}/dicomStores?dicomStoreId=s", "application/json"),
+    ("POST", "/v2/entries:list", "application/json"),
+    ("PUT", "/emulator/faults", "application/json"),
+])
+def test_a_body_that_cannot_be_read_whole_is_a_400_not_an_emulator_error(api: Api, method, path, content_type, chunks):
+    store = api.new_store()
+    target = path.format(store=store.name, dataset=store.dataset)
+    status, answer = _raw_send(api, method, target, content_type, chunks)
+    assert status == 400 and answer["error"]["status"] == "INVALID_ARGUMENT", answer
+    assert "the request body is malformed or incomplete" in answer["error"]["message"]
