@@ -13,7 +13,8 @@ stored, ``202`` when some failed, ``409`` when none was; XML
 (``application/dicom+xml``) unless the request accepts
 ``application/dicom+json``, as the real API answers clients that send no
 Accept header. Failed instances carry FailureReason 272 (0x0110, processing
-failure) and Google's private FailureDetail text.
+failure) and Google's private FailureDetail text, and no UIDs (as the one
+failure body seen from the API): the detail names the instance when it was read.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ class _Outcome:
 
     stored: bool
     study: str | None
-    sop_class: str | None
-    sop: str | None
+    sop_class: str | None = None  # stored instances only, as the answer names only those
+    sop: str | None = None
     detail: str = ""
     retrieve_url: str = ""
 
@@ -72,7 +73,7 @@ def store_instances(
     stored = [o for o in outcomes if o.stored]
     failed = [o for o in outcomes if not o.stored]
     response: dict[str, Any] = {}
-    studies = {study} if study else {o.study for o in stored}
+    studies = {study} if study else {o.study for o in outcomes if o.study}  # failed instances' too, as Google's 409
     if len(studies) == 1:
         response[RETRIEVE_URL] = {"vr": "UR", "Value": [f"{web_url}/studies/{studies.pop()}"]}
     if failed:
@@ -144,18 +145,18 @@ def _store_one(store: DicomStore, data: bytes, web_url: str, study: str | None) 
     try:
         instance = parse_instance(data)
     except DicomError as exc:
-        return _Outcome(False, None, None, None, str(exc))
-    sop_class = _first_value(instance.attributes.get(SOP_CLASS))
+        return _Outcome(False, None, detail=str(exc))
     if study is not None and instance.study != study:
         detail = f"instance {instance.path} is not in study {study}, the study of the request's URL"
-        return _Outcome(False, instance.study, sop_class, instance.sop, detail)
+        return _Outcome(False, instance.study, detail=detail)
     result = store.add(instance)
     if result is AddResult.CONFLICT:
         detail = (
             f"An instance already exists in this DICOM store with the same Study/Series/SOPInstance UID "
             f"({instance.path}), but the DICOM files differ (checksum mismatch)"
         )
-        return _Outcome(False, instance.study, sop_class, instance.sop, detail)
+        return _Outcome(False, instance.study, detail=detail)
+    sop_class = _first_value(instance.attributes.get(SOP_CLASS))
     return _Outcome(True, instance.study, sop_class, instance.sop, retrieve_url=f"{web_url}{instance.path}")
 
 
@@ -178,9 +179,10 @@ def _referenced_item(outcome: _Outcome) -> dict[str, Any]:
 
 
 def _failed_item(outcome: _Outcome) -> dict[str, Any]:
+    """FailureReason and Google's FailureDetail only: the one body seen from the API (dcmjs issue #249) has no
+    Referenced SOP Class/Instance UIDs in its failed item, though it knew the instance's study."""
     return _sorted(
         {
-            **_uid_elements(outcome),
             FAILURE_REASON: {"vr": "US", "Value": [PROCESSING_FAILURE]},
             PRIVATE_CREATOR: {"vr": "LO", "Value": [GOOGLE]},
             FAILURE_DETAIL: {"vr": "LT", "Value": [outcome.detail]},

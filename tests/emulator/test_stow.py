@@ -1,6 +1,6 @@
 """STOW-RS: the request forms the emulator accepts, the answer's shape, and what it refuses."""
 
-from localstack.samples import make_series, new_uid
+from localstack.samples import make_instance, make_series, new_uid
 from tests.emulator.client import Api, StoreRef, assert_google_error
 
 BOUNDARY = "b0undary"
@@ -42,6 +42,22 @@ def test_json_answer_lists_stored_and_failed_instances(api, store):
     assert failed["00090010"] == {"vr": "LO", "Value": ["GOOGLE"]}
     assert "not a DICOM file" in failed["00091097"]["Value"][0]
     assert len(mixed.json()["00081199"]["Value"]) == 1
+
+
+def test_an_answer_where_every_instance_failed_has_the_study_and_google_s_failed_item(api, store):
+    """Google's 409 (dcmjs issue #249, POST .../studies): RetrieveURL of the study; FailureReason and FailureDetail."""
+    (uids, data), = make_series(1)
+    assert stow(api, store, data, "application/dicom").status_code == 200
+    changed = make_instance(uids.study, uids.series, uids.sop, patient_id="SOMEONE-ELSE")
+    conflict = stow(api, store, multipart(changed), Accept="application/dicom+json")
+    assert conflict.status_code == 409
+    answer = conflict.json()
+    assert answer["00081190"] == {"vr": "UR", "Value": [f"{api.url}/v1/{store.web}/studies/{uids.study}"]}
+    (failed,) = answer["00081198"]["Value"]
+    assert set(failed) == {"00081197", "00090010", "00091097"}, "no Referenced SOP UIDs, as the body seen from Google"
+    assert "checksum mismatch" in failed["00091097"]["Value"][0] and uids.sop in failed["00091097"]["Value"][0]
+    unread = stow(api, store, multipart(b"not dicom"), Accept="application/dicom+json")
+    assert unread.status_code == 409 and "00081190" not in unread.json(), "no study known, no RetrieveURL"
 
 
 def test_single_part_body_and_xml_answer(api, store):
