@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from dataclasses import dataclass, field
@@ -18,6 +19,10 @@ STORE_ID = re.compile(r"[^/:\s]{1,256}")
 # Fields of the DicomStore resource the emulator keeps and echoes (it acts on none of them).
 STORE_FIELDS = ("labels", "notificationConfig", "notificationConfigs", "streamConfigs")
 DATASET_FIELDS = ("timeZone", "encryptionSpec")
+# The proto3 JSON form each echoed field must have: the API's parser refuses another with 400 "Invalid value at ...".
+_MAP, _MESSAGE, _MESSAGES, _STRING = "map<string, string>", "object", "list of objects", "string"
+FIELD_TYPES = {"labels": _MAP, "notificationConfig": _MESSAGE, "notificationConfigs": _MESSAGES,
+               "streamConfigs": _MESSAGES, "timeZone": _STRING, "encryptionSpec": _MESSAGE}
 
 
 @dataclass
@@ -30,14 +35,38 @@ class Dataset:
         return {"name": self.name, **self.config}
 
 
-def _resource_fields(body: Mapping[str, Any], allowed: tuple[str, ...], kind: str) -> dict[str, Any]:
+def _well_typed(kind: str, value: Any) -> bool:
+    if kind == _MAP:
+        return isinstance(value, Mapping) and all(isinstance(v, str) for v in value.values())
+    if kind == _MESSAGE:
+        return isinstance(value, Mapping)
+    if kind == _MESSAGES:
+        return isinstance(value, list) and all(isinstance(v, Mapping) for v in value)
+    return isinstance(value, str)
+
+
+def _resource_fields(body: Mapping[str, Any], allowed: tuple[str, ...], kind: str, prefix: str) -> dict[str, Any]:
+    """The fields of ``body`` the emulator echoes (null ones dropped, as proto3 JSON reads null as unset).
+
+    400 for a field the emulator does not keep, or one whose JSON is not of the field's type (labels "x").
+    """
     unknown = sorted(k for k in body if k not in allowed and k != "name")
     if unknown:
         raise invalid(
             f'Invalid JSON payload received. Unknown name "{unknown[0]}" in {kind}: '
             f"the emulator accepts {', '.join(allowed)}"
         )
-    return {k: body[k] for k in allowed if k in body}
+    out = {}
+    for key in allowed:
+        value = body.get(key)
+        if value is None:
+            continue
+        if not _well_typed(FIELD_TYPES[key], value):
+            path = f"{prefix}.{re.sub(r'([A-Z])', lambda m: '_' + m.group(1).lower(), key)}"
+            raise invalid(f"Invalid JSON payload received. Invalid value at '{path}': {kind}.{key} must be a "
+                          f"{FIELD_TYPES[key]}, got {json.dumps(value)}", field=path)
+        out[key] = value
+    return out
 
 
 class Registry:
@@ -59,7 +88,7 @@ class Registry:
             raise invalid(
                 f"datasetId {dataset_id!r} is invalid: use 1-256 letters, digits, '_', '-' or '.'", field="dataset_id"
             )
-        config = _resource_fields(body, DATASET_FIELDS, "Dataset")
+        config = _resource_fields(body, DATASET_FIELDS, "Dataset", "dataset")
         name = f"{parent}/datasets/{dataset_id}"
         with self._lock:
             if name in self._datasets:
@@ -93,7 +122,7 @@ class Registry:
                 f"dicomStoreId {store_id!r} is invalid: use 1-256 characters without '/', ':' or spaces",
                 field="dicom_store_id",
             )
-        config = _resource_fields(body, STORE_FIELDS, "DicomStore")
+        config = _resource_fields(body, STORE_FIELDS, "DicomStore", "dicom_store")
         with self._lock:
             dataset = self.dataset(dataset_name)
             if store_id in dataset.stores:

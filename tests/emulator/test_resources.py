@@ -124,6 +124,25 @@ def test_snake_case_fields_are_accepted_like_proto3_json(api: Api):
     assert created["notificationConfig"] == {"pubsubTopic": "projects/p/topics/t"}
 
 
+@pytest.mark.parametrize("resource, body, path", [
+    ("dicomStores", {"labels": "x"}, "dicom_store.labels"),
+    ("dicomStores", {"labels": {"team": 5}}, "dicom_store.labels"),
+    ("dicomStores", {"notificationConfig": "projects/p/topics/t"}, "dicom_store.notification_config"),
+    ("dicomStores", {"notificationConfigs": {"pubsubTopic": "t"}}, "dicom_store.notification_configs"),
+    ("dicomStores", {"streamConfigs": ["x"]}, "dicom_store.stream_configs"),
+    ("datasets", {"timeZone": 1}, "dataset.time_zone"),
+    ("datasets", {"encryptionSpec": "key"}, "dataset.encryption_spec"),
+])
+def test_echoed_fields_of_the_wrong_type_are_refused_naming_the_field(api: Api, resource, body, path):
+    store = api.new_store()
+    url, id_param = (f"{store.dataset}/dicomStores", "dicomStoreId") if resource == "dicomStores" else (
+        f"projects/{PROJECT}/locations/{store.location}/datasets", "datasetId")
+    error = assert_google_error(api.call("POST", url, params={id_param: unique("x")}, json=body), 400,
+                                "INVALID_ARGUMENT", f"Invalid value at '{path}'")
+    assert error["details"][0]["fieldViolations"][0]["field"] == path
+    assert api.ok("POST", url, params={id_param: unique("x")}, json={k: None for k in body}).keys() >= {"name"}
+
+
 def _raw_send(api: Api, method: str, path: str, content_type: str, chunks: bytes) -> tuple[int, dict]:
     """``chunks`` as a chunked body on a raw socket, then the sending side closed; (status, JSON answer)."""
     host, port = urlsplit(api.url).hostname, urlsplit(api.url).port
