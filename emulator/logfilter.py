@@ -3,16 +3,19 @@
 Grammar (a real parser: anything else is a 400 naming what could not be read,
 never a filter that silently matches everything)::
 
-    filter     := or_expr
-    or_expr    := and_expr ("OR" and_expr)*
-    and_expr   := unary (["AND"] unary)*          # juxtaposition is AND, as in the real language
-    unary      := ("NOT" | "-") unary | "(" or_expr ")" | comparison
+    filter     := and_expr
+    and_expr   := or_expr (["AND"] or_expr)*      # juxtaposition is AND, as in the real language
+    or_expr    := unary ("OR" unary)*             # OR binds tighter than AND, as in the real language
+    unary      := ("NOT" | "-") unary | "(" and_expr ")" | comparison
     comparison := field OP value
     field      := NAME ("." (NAME | "QUOTED"))*     # jsonPayload."@type", or jsonPayload.@type
     OP         := "=" | "!=" | "<" | "<=" | ">" | ">=" | ":"
     value      := "QUOTED" | BAREWORD
 
-``=`` is equality, ``:`` is "has" (substring), the order operators compare
+Precedence is the Logging query language's: "NOT ..., followed by OR and AND in that order", so
+``a OR NOT b AND NOT c OR d`` is ``(a OR (NOT b)) AND ((NOT c) OR d)``.
+``=`` is equality, ``:`` is "has" (substring; on an object or a list, of any value nested in it, as
+``jsonPayload:"text"`` restricts a text search to the payload), the order operators compare
 timestamps as times (a date or a time without an offset is UTC), severities by
 rank, numbers as numbers, anything else as text; string comparisons ignore case,
 as in the real language. A missing field satisfies only ``!=``. Not supported
@@ -76,7 +79,7 @@ def parse(text: str) -> Predicate:
     if not tokens:
         return lambda entry: True
     parser = _Parser(tokens, text)
-    predicate = parser.or_expr()
+    predicate = parser.and_expr()
     if parser.index < len(tokens):
         token = tokens[parser.index]
         raise FilterError(f"unexpected {token.text!r} at character {token.position + 1} of the filter")
@@ -99,23 +102,23 @@ class _Parser:
         self.index += 1
         return token
 
-    def or_expr(self) -> Predicate:
-        terms = [self.and_expr()]
-        while self._keyword("OR"):
-            self.index += 1
-            terms.append(self.and_expr())
-        return terms[0] if len(terms) == 1 else (lambda entry: any(term(entry) for term in terms))
-
     def and_expr(self) -> Predicate:
-        terms = [self.unary()]
+        terms = [self.or_expr()]
         while True:
             token = self.peek()
-            if token is None or (token.kind == "paren" and token.text == ")") or self._keyword("OR"):
+            if token is None or (token.kind == "paren" and token.text == ")"):
                 break
             if self._keyword("AND"):
                 self.index += 1
-            terms.append(self.unary())
+            terms.append(self.or_expr())
         return terms[0] if len(terms) == 1 else (lambda entry: all(term(entry) for term in terms))
+
+    def or_expr(self) -> Predicate:
+        terms = [self.unary()]
+        while self._keyword("OR"):
+            self.index += 1
+            terms.append(self.unary())
+        return terms[0] if len(terms) == 1 else (lambda entry: any(term(entry) for term in terms))
 
     def unary(self) -> Predicate:
         token = self.take()
@@ -128,7 +131,7 @@ class _Parser:
             inner = self.unary()
             return lambda entry: not inner(entry)
         if token.kind == "paren" and token.text == "(":
-            inner = self.or_expr()
+            inner = self.and_expr()
             closing = self.take()
             if closing.text != ")":
                 raise FilterError(f"expected ')' at character {closing.position + 1}, found {closing.text!r}")
@@ -230,6 +233,15 @@ def _ordered(path: list[str], left: Any, right: str) -> tuple[Any, Any] | None:
         return str(left).casefold(), right.casefold()
 
 
+def _leaves(value: Any) -> list[Any]:
+    """The scalar values in ``value`` (itself when a scalar; an object's values and a list's items, nested)."""
+    if isinstance(value, Mapping):
+        return [leaf for item in value.values() for leaf in _leaves(item)]
+    if isinstance(value, list):
+        return [leaf for item in value for leaf in _leaves(item)]
+    return [value]
+
+
 def _compare(path: list[str], operator: str, value: str) -> Predicate:
     if operator in ("<", "<=", ">", ">=") or path == ["severity"] or path[-1] in TIME_FIELDS:
         _ordered(path, "2000-01-01T00:00:00Z" if path[-1] in TIME_FIELDS else ("DEFAULT" if path == ["severity"] else 0),
@@ -237,10 +249,10 @@ def _compare(path: list[str], operator: str, value: str) -> Predicate:
 
     def test(entry: Entry) -> bool:
         actual = _lookup(entry, path)
+        if operator == ":" and actual is not None:
+            return any(value.lower() in str(leaf).lower() for leaf in _leaves(actual))
         if actual is None or isinstance(actual, (Mapping, list)):
             return operator == "!="
-        if operator == ":":
-            return value.lower() in str(actual).lower()
         if operator in ("=", "!="):
             if path == ["severity"]:
                 equal = str(actual).upper() == value.upper()

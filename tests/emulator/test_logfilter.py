@@ -40,9 +40,27 @@ TYPE = "type.googleapis.com/google.cloud.healthcare.logging.ImportDicomLogEntry"
     ('timestamp>="2026-01-01"', True),
     ('timestamp<"2026-01-01T10:00:00"', False),
     ('timestamp<"2026-01-01T10:00:01"', True),
+    # ":" on an object or a list searches the values nested in it (jsonPayload:"text", as the Logging docs show)
+    ('jsonPayload:"X.DCM"', True),
+    ("jsonPayload:ImportDicomLogEntry", True),
+    ("jsonPayload.error:3", True),
+    ('jsonPayload:"nowhere"', False),
+    ('resource:"healthcare_dicom"', True),
 ])
 def test_comparisons_and_boolean_operators(query, matches):
     assert parse(query)(ENTRY) is matches
+
+
+# The Logging docs' example: "a" OR NOT "b" AND NOT "c" OR "d" is ("a" OR (NOT "b")) AND ((NOT "c") OR "d"),
+# with a, c true and b, d false here: False, where AND binding tighter than OR would give True.
+A, B, C, D = "jsonPayload.error.code=3", 'jsonPayload.source:"y"', "severity=ERROR", "logName:export_dicom"
+
+
+def test_not_binds_tightest_then_or_then_and_as_the_logging_docs_say():
+    assert parse(f"{A} OR NOT {B} AND NOT {C} OR {D}")(ENTRY) is False
+    assert parse(f"({A} OR (NOT {B})) AND ((NOT {C}) OR {D})")(ENTRY) is False
+    assert parse(f"{A} OR (NOT {B} AND NOT {C}) OR {D}")(ENTRY) is True
+    assert parse(f"NOT {C} OR {A} {D} OR {A}")(ENTRY) is True, "juxtaposition is an AND, below OR: (¬C ∨ A) ∧ (D ∨ A)"
 
 
 @pytest.mark.parametrize("query, fragment", [
