@@ -182,9 +182,10 @@ def export_request(event: Any) -> None:
         body = json.loads(message.data or b"null")
     except (UnicodeDecodeError, json.JSONDecodeError):
         body = None
+    deadline = Deadline(_followup_budget())
     try:
         request = export_requests.request_from_message(body, instance.config.stores, message.message_id)
-        result = instance.exports.run(request, Deadline(_followup_budget()))
+        result = instance.exports.run(request, deadline)
     except export_requests.ExportRequestError as exc:
         fields = body if isinstance(body, dict) else {}
         request_id = fields.get("requestId")
@@ -192,7 +193,7 @@ def export_request(event: Any) -> None:
             request_id = message.message_id
         log.warning("export request refused", reason=str(exc), rule=exc.rule, requestId=request_id)
         instance.exports.reject(request_id, _text(fields.get("store")), _text(fields.get("destination")), str(exc),
-                                exc.rule)
+                                deadline, exc.rule)
         return
     log.info("export finished", requestId=request.request_id, outcome=result["outcome"],
              operation=result["operation"], success=result["counter"]["success"],

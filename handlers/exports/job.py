@@ -192,8 +192,7 @@ class ExportJob:
         """
         data = record.data
         if data.get("callBy") != worker:
-            started = data.get("callStartedAt")
-            if started and self.clock() - started < ABANDONED_AFTER_SECONDS:
+            if self._call_claimed(data):
                 raise RetryLater(f"another worker is starting export {request.request_id}")
             data = {**data, "callStartedAt": self.clock(), "callBy": worker}
             record = Document(data, self.store.replace(path, data, record.generation))
@@ -216,6 +215,11 @@ class ExportJob:
         log.info("export started", operation=operation.name, requestId=request.request_id,
                  paths=sum(counts.get(level, 0) for level in ("studies", "series", "instances")))
         return Document({**data, "state": RUNNING, "operation": operation.name}, record.generation)
+
+    def _call_claimed(self, data: Mapping[str, Any]) -> bool:
+        """Whether a worker claimed the export call less than ABANDONED_AFTER_SECONDS ago (it may be calling now)."""
+        started = data.get("callStartedAt")
+        return bool(data.get("callBy")) and bool(started) and self.clock() - started < ABANDONED_AFTER_SECONDS
 
     def _release(self, record: Document, path: str, reason: str) -> None:
         """Give up the call's claim, so the next delivery calls at once instead of waiting for it to expire."""
@@ -250,31 +254,55 @@ class ExportJob:
                                              hint=hint, concluded_at=self.clock())
         return self.reporter.conclude(record, path, message, attributes, worker)
 
-    def reject(self, request_id: str, store: str | None, destination: str | None, reason: str,
+    def reject(self, request_id: str, store: str | None, destination: str | None, reason: str, deadline: Deadline,
                rule: str | None = None) -> dict[str, Any]:
         """Report a request refused before any call (once, even if the message is redelivered).
 
         ``rule``: the config rule that refused it (``exports.destinations``, ``stores``), None for a malformed request.
+        The id is the export's: an export whose call was made (its operation noted, or its call claimed less than
+        ABANDONED_AFTER_SECONDS ago) is followed to its own result instead (RetryLater until it ends), and an id that
+        already has a result keeps it; only a new id, or one whose call was never made, is concluded REJECTED.
         """
         path = f"exports/{request_id}.json"
         worker = new_worker()
-        record = self.store.read(path)
+        record = self._with_noted_operation(self.store.read(path))
+        if record is not None and record.data["state"] == DONE:
+            log.info("refused export request: its requestId already has a result, which is not published again",
+                     requestId=request_id, outcome=record.data["result"]["outcome"])
         if record is None:
             data = {"state": STARTING, "requestId": request_id, "requestedAt": self.clock()}
             try:
                 record = Document(data, self.store.create(path, data))
             except Conflict:
-                record = self.store.read(path)
+                record = self._with_noted_operation(self.store.read(path))
         while record is not None and record.data["state"] != DONE:
+            state = record.data["state"]
             try:
-                if record.data["state"] == STARTING:
+                if state == RUNNING or (state == STARTING and self._call_claimed(record.data)):
+                    return self._follow_instead(record, deadline)
+                if state == STARTING:
                     message, attributes = rejection_message(request_id, store, destination, reason, self.clock(), rule)
                     record = self.reporter.conclude(record, path, message, attributes, worker)
                 else:
                     record = self.reporter.publish(record, path, worker)
             except Conflict:
-                record = self.store.read(path)
+                record = self._with_noted_operation(self.store.read(path))
         return record.data["result"] if record else {}
+
+    def _follow_instead(self, record: Document, deadline: Deadline) -> dict[str, Any]:
+        """A refused request whose id is a running export's: that export's result, not a REJECTED one of its own.
+
+        The refused message may be the export's own, redelivered after config.yaml stopped allowing its store
+        or destination: no other delivery would follow the export then.
+        """
+        data = record.data
+        log.warning("refused export request reuses the id of a running export: following that export instead",
+                    requestId=data["requestId"], operation=data.get("operation"))
+        if data["state"] == STARTING:
+            raise RetryLater(f"another worker is starting export {data['requestId']}")
+        request = ExportRequest.build(store=data["store"], destination=data["destination"],
+                                      mime_type=data["mimeType"], request_id=data["requestId"])
+        return self.run(request, deadline)
 
 
 def rejection_message(request_id: str, store: str | None, destination: str | None, reason: str,

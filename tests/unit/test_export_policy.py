@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 from cloudevents.http import CloudEvent
+from werkzeug.exceptions import ServiceUnavailable
 
 from handlers import entrypoints, runtime
 from handlers.batch.reporting import Reporter
@@ -235,6 +236,46 @@ def test_a_malformed_request_names_no_rule(monkeypatch):
     [(_, message, _)] = s.publisher.messages
     validate(message)
     assert message["error"]["code"] == 400 and "rule" not in message["error"]
+
+
+@pytest.mark.parametrize("refused", [
+    {"store": "retired", "destination": "gs://exports-bkt/a", "requestId": "r1"},
+    {"store": "main", "destination": "gs://exports-bkt/a", "studies": ["x"], "requestId": "r1"},
+], ids=["its store left config.yaml", "malformed"])
+def test_a_refused_request_reusing_a_running_exports_id_gets_that_exports_result_once(monkeypatch, refused):
+    """The refused message may be the export's own, redelivered after config changed: it follows the export."""
+    s = Setup()
+    original = ExportRequest.build(store=STORE, destination="gs://exports-bkt/a", request_id="r1")
+    with pytest.raises(RetryLater, match="still running"):
+        s.job.run(original, Deadline(60))
+    instance = SimpleNamespace(config=SimpleNamespace(stores={"main": STORE}), exports=s.job, api=s.api)
+    monkeypatch.setattr(runtime, "get", lambda: instance)
+    with pytest.raises(ServiceUnavailable):
+        entrypoints.export_request(export_event(refused))
+    assert s.publisher.messages == [], "no REJECTED while the export copies data"
+    [operation] = s.api.operations
+    s.api.finish(operation, success=5)
+    entrypoints.export_request(export_event(refused))
+    entrypoints.export_request(export_event(refused))
+    assert s.job.run(original, Deadline(60))["outcome"] == "SUCCEEDED"
+    [(_, message, attributes)] = s.publisher.messages
+    validate(message, attributes)
+    assert message["outcome"] == "SUCCEEDED" and message["operation"] == operation
+    assert message["counter"]["success"] == 5 and len(s.api.exports) == 1
+
+
+def test_a_refused_request_waits_for_a_call_in_flight_and_rejects_one_never_made(monkeypatch):
+    s = Setup()
+    s.store.create("exports/r1.json", {"state": STARTING, "requestId": "r1", "store": STORE,
+                                       "destination": "gs://exports-bkt/a", "mimeType": "application/dicom",
+                                       "filterUri": None, "requestedAt": s.clock(), "operation": None,
+                                       "callStartedAt": s.clock(), "callBy": "calling-worker"})
+    with pytest.raises(RetryLater, match="another worker is starting export r1"):
+        s.job.reject("r1", "main", None, "study UID 'x' is not a DICOM UID", Deadline(60))
+    assert s.publisher.messages == []
+    s.clock.sleep(121)  # the claimer died before its call: no export runs under this id
+    assert s.job.reject("r1", "main", None, "study UID 'x' is not a DICOM UID", Deadline(60))["outcome"] == "REJECTED"
+    assert len(s.publisher.messages) == 1
 
 
 # -- the CLI: one line, exit 1, no call ----------------------------------------------------------------------

@@ -157,8 +157,8 @@ def test_rejected_export_call_is_reported_with_a_hint():
 
 def test_invalid_request_is_reported_once_even_when_redelivered():
     s = Setup()
-    first = s.job.reject("m-1", "main", None, "study UID 'x' is not a DICOM UID")
-    second = s.new_job().reject("m-1", "main", None, "study UID 'x' is not a DICOM UID")
+    first = s.job.reject("m-1", "main", None, "study UID 'x' is not a DICOM UID", Deadline(60))
+    second = s.new_job().reject("m-1", "main", None, "study UID 'x' is not a DICOM UID", Deadline(60))
     assert first == second and first["outcome"] == "REJECTED"
     assert first["error"]["message"] == "study UID 'x' is not a DICOM UID"
     assert len(s.publisher.messages) == 1
