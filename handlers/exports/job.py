@@ -24,7 +24,7 @@ from handlers.batch.reporting import ABANDONED_AFTER_SECONDS, Reporter, new_work
 from handlers.batch.results import REJECTED, UNKNOWN, outcome_of, rfc3339
 from handlers.clients.healthcare import ApiError, HealthcareApi, Operation
 from handlers.clients.storage import Conflict, Document, StateStore, create_if_absent
-from handlers.exports.query import CAP_RULE, OnPage, search_paths
+from handlers.exports.query import CAP_RULE, Found, OnPage, Query, SearchPaused, search_paths
 from handlers.exports.request import (
     ExportRequest,
     ExportRequestError,
@@ -158,8 +158,7 @@ class ExportJob:
         """Search or check the paths, write the filter file, and create the record with the call claimed by ``worker``."""
         paths, query = request.paths, None
         if request.query is not None:
-            found = search_paths(self.api, request.store, request.query, cap=self.max_query_results,
-                                 deadline=deadline, page_size=page_size, on_page=on_page)
+            found = self._search(request, request.query, deadline, page_size, on_page)
             if not found.paths:
                 raise ExportRequestError(f"the query {request.query.where!r} matches no {request.query.level} in "
                                          f"{request.store}: check its values (dates as YYYYMMDD), nothing was exported")
@@ -182,6 +181,33 @@ class ExportJob:
             return Document(data, self.store.create(path, data))
         except Conflict:
             return self.store.read(path)  # type: ignore[return-value]
+
+    def _search(self, request: ExportRequest, query: Query, deadline: Deadline, page_size: int | None,
+                on_page: OnPage | None) -> Found:
+        """Search ``query`` from where an earlier delivery stopped (``exports/REQUEST_ID.search.json``).
+
+        A search longer than one delivery's budget saves what it found before RetryLater, so every
+        delivery adds pages instead of starting again at offset 0 (and never finishing).
+        """
+        path = f"exports/{request.request_id}.search.json"
+        searched = {"store": request.store, "where": query.where, "level": query.level}
+        saved = self.store.read(path)
+        resume = None
+        if saved is not None and all(saved.data.get(key) == value for key, value in searched.items()):
+            resume = Found(tuple(saved.data["paths"]), saved.data["pages"])
+        try:
+            return search_paths(self.api, request.store, query, cap=self.max_query_results,
+                                deadline=deadline, page_size=page_size, on_page=on_page, resume=resume)
+        except SearchPaused as paused:
+            progress = {**searched, "paths": list(paused.found.paths), "pages": paused.found.pages}
+            try:
+                if saved is None:
+                    self.store.create(path, progress)
+                else:
+                    self.store.replace(path, progress, saved.generation)
+            except Conflict:
+                pass  # another delivery saved its progress meanwhile: the next one resumes from that
+            raise
 
     def _call(self, request: ExportRequest, record: Document, path: str, deadline: Deadline,
               worker: str) -> Document:

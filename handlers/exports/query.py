@@ -4,7 +4,8 @@
 :meth:`Query.parse` checks it before any call (keys, date and time forms, no paging
 parameters of its own); :func:`search_paths` then asks the store for every match with
 ``limit``/``offset`` until a page comes back empty, and refuses a search that matches
-more than the config's ``exports.max_query_results``.
+more than the config's ``exports.max_query_results``. A search stopped before its end
+(:class:`SearchPaused`) carries what it found, so the next call resumes at that offset.
 """
 
 from __future__ import annotations
@@ -119,29 +120,39 @@ class Found:
     pages: int
 
 
+class SearchPaused(RetryLater):
+    """The search stopped before its end (budget spent, API unavailable): ``found`` so far, to resume from."""
+
+    def __init__(self, message: str, found: Found) -> None:
+        super().__init__(message)
+        self.found = found
+
+
 def search_paths(api: HealthcareApi, store: str, query: Query, *, cap: int, deadline: Deadline,
-                 page_size: int | None = None, on_page: OnPage | None = None) -> Found:
+                 page_size: int | None = None, on_page: OnPage | None = None, resume: Found | None = None) -> Found:
     """Every match of ``query`` in ``store``, page by page (``on_page(found, pages, last)`` after each).
 
+    Starts after ``resume`` (what an earlier call found: its paths, and the offset they make), if given.
     Stops at the first empty page (servers may return fewer than ``limit`` before the end), or
     at a page that adds nothing new (a server ignoring ``offset``). ExportRequestError when the
-    API refuses the query or it matches more than ``cap``; RetryLater when the API cannot answer yet.
+    API refuses the query or it matches more than ``cap``; SearchPaused when the budget ends or
+    the API cannot answer yet.
     """
     resource, uid_tags, plural = LEVELS[query.level]
     size = min(page_size or MAX_PAGE_SIZE[query.level], MAX_PAGE_SIZE[query.level])
-    found: dict[str, None] = {}
-    pages = 0
+    found: dict[str, None] = dict.fromkeys(resume.paths) if resume else {}
+    pages = resume.pages if resume else 0
     while True:
         if deadline.expired:
-            raise RetryLater(f"searching {store} for {query.where!r}: {len(found)} {plural} after {pages} pages; "
-                             "the search starts again on the next delivery")
+            raise SearchPaused(f"searching {store} for {query.where!r}: {len(found)} {plural} after {pages} pages; "
+                               "the search resumes there on the next delivery", Found(tuple(found), pages))
         params = {**dict(query.params), "includefield": ",".join(uid_tags), "limit": str(size),
                   "offset": str(len(found))}
         try:
             page = api.search_dicom(store, resource, params, deadline)
         except ApiError as exc:
             if exc.retryable:
-                raise RetryLater(f"cannot search {store} yet: {exc}") from None
+                raise SearchPaused(f"cannot search {store} yet: {exc}", Found(tuple(found), pages)) from None
             raise ExportRequestError(f"the Cloud Healthcare API refused the query {query.where!r} on {store}: "
                                      f"{exc.message}: fix the query") from None
         pages += 1

@@ -189,6 +189,50 @@ def test_a_query_export_writes_what_it_found_as_the_filter_file_and_reports_the_
     validate(message, attributes)
 
 
+class SlowQidoApi(QueryApi):
+    """A store so slow that each delivery's budget ends after ``pages_per_delivery`` pages."""
+
+    def __init__(self, matches, pages_per_delivery):
+        super().__init__(matches)
+        self.pages_per_delivery = pages_per_delivery
+        self.pages: dict[int, int] = {}
+
+    def search_dicom(self, store, resource, params, deadline):
+        page = super().search_dicom(store, resource, params, deadline)
+        self.pages[id(deadline)] = self.pages.get(id(deadline), 0) + 1
+        if self.pages[id(deadline)] == self.pages_per_delivery:
+            deadline.seconds = -1
+        return page
+
+
+def test_a_search_longer_than_one_delivery_resumes_where_the_last_delivery_stopped():
+    api = SlowQidoApi([study(f"1.{n}") for n in range(7)], pages_per_delivery=2)
+    job, store, publisher = job_for(api)
+    request = ExportRequest.build(store=STORE, destination="gs://out/x", request_id="q5", query=Query.parse(WHERE))
+    for delivery in range(2):
+        with pytest.raises(RetryLater, match="the search resumes there on the next delivery"):
+            job.run(request, Deadline(60), page_size=2)
+    assert store.doc("exports/q5.search.json")["paths"] == [f"/studies/1.{n}" for n in range(7)]
+    with pytest.raises(RetryLater, match="still running"):
+        job.run(request, Deadline(60), page_size=2)
+    assert [params["offset"] for _, params in api.qido.requests] == ["0", "2", "4", "6", "7"]
+    assert store.blobs["exports/q5.filter.txt"][0].decode().splitlines() == [f"/studies/1.{n}" for n in range(7)]
+    api.finish(next(iter(api.operations)), success=7)
+    result = job.run(request, Deadline(60))
+    assert result["filter"]["query"] == {"where": WHERE, "level": "study", "matches": 7, "pages": 5}
+
+
+def test_saved_progress_of_another_query_under_the_same_id_is_not_resumed():
+    api = QueryApi([study("1.1"), study("1.2")])
+    job, store, _ = job_for(api)
+    store.create("exports/q6.search.json", {"store": STORE, "where": "Modality=MR", "level": "study",
+                                            "paths": ["/studies/9.9"], "pages": 1})
+    request = ExportRequest.build(store=STORE, destination="gs://out/x", request_id="q6", query=Query.parse(WHERE))
+    with pytest.raises(RetryLater, match="still running"):
+        job.run(request, Deadline(60))
+    assert store.blobs["exports/q6.filter.txt"][0] == b"/studies/1.1\n/studies/1.2\n"
+
+
 def test_a_query_matching_nothing_is_refused_before_anything_is_written():
     api = QueryApi([])
     job, store, _ = job_for(api)
