@@ -195,12 +195,14 @@ class SlowQidoApi(QueryApi):
     def __init__(self, matches, pages_per_delivery):
         super().__init__(matches)
         self.pages_per_delivery = pages_per_delivery
-        self.pages: dict[int, int] = {}
+        self.deadline, self.pages = None, 0
 
     def search_dicom(self, store, resource, params, deadline):
         page = super().search_dicom(store, resource, params, deadline)
-        self.pages[id(deadline)] = self.pages.get(id(deadline), 0) + 1
-        if self.pages[id(deadline)] == self.pages_per_delivery:
+        if deadline is not self.deadline:
+            self.deadline, self.pages = deadline, 0
+        self.pages += 1
+        if self.pages == self.pages_per_delivery:
             deadline.seconds = -1
         return page
 
