@@ -183,8 +183,8 @@ class Sweeper:
                 continue
             counts["admitted"] += 1
             admitted.append(_admitted(rule, obj, batch))
-            log.info("object admitted by reconcile", rule=rule.name, batch=batch, generation=obj.generation,
-                     object=self.config.names.uri(obj.bucket, obj.name))
+            log.info("object admitted by reconcile", rule=rule.name, verdict=verdict, batch=batch,
+                     generation=obj.generation, object=self.config.names.uri(obj.bucket, obj.name))
         return counts, admitted
 
     def _admit(self, sweep: str, rule: Rule, obj: StorageObject, claims: ClaimCoverage) -> tuple[str, str]:

@@ -134,6 +134,13 @@ def test_the_log_catalog_sees_the_function_s_log_lines():
     assert "entry" in LOGGED["event will be retried"]
 
 
+def test_objects_admitted_counts_every_line_that_admits_an_object():
+    """Objects a reconcile sweep admits (the lost-events case) count too: the silence alert's "objects arrive"."""
+    admitting = {message for message in LOGGED if message.startswith("object admitted")}
+    [clause] = MESSAGE_CLAUSE.findall(METRICS["dicom_import_objects_admitted"]["filter"])
+    assert set(re.findall(r'"([^"]*)"', clause)) == admitting == {"object admitted", "object admitted by reconcile"}
+
+
 @pytest.mark.parametrize("where,filter_,extractors", log_filters(), ids=[f[0] for f in log_filters()])
 def test_log_filters_select_lines_the_function_writes_and_read_fields_they_carry(where, filter_, extractors):
     clauses = MESSAGE_CLAUSE.findall(filter_)
