@@ -873,6 +873,16 @@ def test_security_md_names_every_role_deploy_sh_grants_under_its_identity(env):
     assert len(granted) >= 15
 
 
+def test_security_md_names_every_function_and_every_topic_deploy_sh_creates(env):
+    run = ok(deploy(env, *REQUIRED))
+    runtime = security_sections()["Runtime service account"]
+    assert [fn for fn in deploys(run) if f"`{fn}`" not in runtime] == [], "the runtime account runs every function"
+    text = (REPO / "docs" / "security.md").read_text()
+    publishers = text.split("\n## Who may publish to each topic\n")[1].split("\n## ")[0]
+    topics = {c[3] for c in run.matching("pubsub", "topics", "create")}
+    assert len(topics) >= 6 and [t for t in sorted(topics) if f"`{t}`" not in publishers] == []
+
+
 # ---------------------------------------------------------------- failure policies (config on_failure)
 
 QUARANTINE = "rad-quarantine"
