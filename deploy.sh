@@ -692,9 +692,13 @@ grant_failure_policies() {
       --member="${member}" --role="projects/${PROJECT}/roles/${MOVE_ROLE_ID}" --condition=None
   fi
   for bucket in "${QUARANTINE_BUCKETS[@]}"; do
-    # quarantine: write the copies (and overwrite one on a redelivery)
+    # quarantine: create the copies (never overwritten or deleted: ifGenerationMatch=0) and read an
+    # existing copy's metadata (is it this failed generation's?). Predefined roles, not a project's
+    # custom role, so a quarantine bucket in another project can be granted too.
     bind gcloud storage buckets add-iam-policy-binding "gs://${bucket}" --project="${PROJECT}" \
-      --member="${member}" --role=roles/storage.objectUser --condition=None
+      --member="${member}" --role=roles/storage.objectCreator --condition=None
+    bind gcloud storage buckets add-iam-policy-binding "gs://${bucket}" --project="${PROJECT}" \
+      --member="${member}" --role=roles/storage.objectViewer --condition=None
   done
 }
 

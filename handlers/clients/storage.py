@@ -349,8 +349,10 @@ class GcsStateStore:
         """Copy that generation to a new object ``gs://to_bucket/to_name`` with ``metadata``; False when it is gone.
 
         The copy never replaces an object (``ifGenerationMatch=0``): Conflict when
-        ``to_name`` exists. A 404 is the source generation gone, unless that
-        generation is still there: then ``to_bucket`` is missing (BucketMissing).
+        ``to_name`` exists, whether Cloud Storage says so with 412 or, to a caller
+        that may create but not delete there (``roles/storage.objectCreator``), with
+        403 for the missing ``storage.objects.delete``. A 404 is the source generation
+        gone, unless that generation is still there: then ``to_bucket`` is missing (BucketMissing).
         """
         from google.api_core import exceptions
 
@@ -366,6 +368,14 @@ class GcsStateStore:
                     return True
         except exceptions.PreconditionFailed:
             raise Conflict(f"gs://{to_bucket}/{to_name}") from None
+        except exceptions.Forbidden:
+            try:
+                taken = client.bucket(to_bucket).get_blob(to_name) is not None
+            except exceptions.Forbidden:
+                taken = False  # no read grant either: the copy's own refusal says what is missing
+            if taken:
+                raise Conflict(f"gs://{to_bucket}/{to_name}") from None
+            raise
         except exceptions.NotFound:
             if client.bucket(bucket).get_blob(name, generation=int(generation)) is None:
                 return False

@@ -4,7 +4,10 @@ In memory, one generation per name (no versioning), in the buckets it is given.
 Answers as the JSON API does, error bodies included (``error.errors[0]``:
 message and reason), and honours ``ifGenerationMatch`` (a rewrite's applies to
 its destination). With ``deny`` set, every request is answered 403 with a
-message naming the object, as Cloud Storage's messages may.
+message naming the object, as Cloud Storage's messages may. In the buckets of
+``no_delete`` the caller may create but not delete (``roles/storage.objectCreator``):
+a rewrite onto a taken name is answered 403 for ``storage.objects.delete`` before
+its precondition is read (whether Cloud Storage orders them so is not documented).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class GcsStandIn:
     objects: dict[tuple[str, str], Stored] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
     deny: bool = False
+    no_delete: set[str] = field(default_factory=set)
     _generations: Iterator[int] = field(default_factory=lambda: itertools.count(1_700_000_000_000_001))
 
     def add(self, bucket: str, name: str, data: bytes = b"DICM") -> str:
@@ -88,6 +92,9 @@ class GcsStandIn:
         if to_bucket not in self.buckets:
             raise Answer(404, "notFound", NO_BUCKET)
         existing = self.objects.get((to_bucket, to_name))
+        if existing is not None and to_bucket in self.no_delete:
+            raise Answer(403, "forbidden", f"svc@p.iam.gserviceaccount.com does not have storage.objects.delete "
+                                           f"access to {to_bucket}/{to_name}.")
         if "ifGenerationMatch" in query and str(existing.generation if existing else 0) != query["ifGenerationMatch"]:
             raise Answer(412, "conditionNotMet", PRECONDITION)
         copy = Stored(source.data, next(self._generations), dict(properties.get("metadata") or {}))

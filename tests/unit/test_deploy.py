@@ -916,7 +916,8 @@ def test_failure_policies_get_exactly_their_permissions(env):
     assert added == {
         ("storage buckets", f"gs://{INBOX}", sa, f"projects/{PROJECT}/roles/dicomImportTagFailed"),
         ("storage buckets", f"gs://{INBOX}", sa, f"projects/{PROJECT}/roles/dicomImportMoveFailed"),
-        ("storage buckets", f"gs://{QUARANTINE}", sa, "roles/storage.objectUser"),
+        ("storage buckets", f"gs://{QUARANTINE}", sa, "roles/storage.objectCreator"),
+        ("storage buckets", f"gs://{QUARANTINE}", sa, "roles/storage.objectViewer"),
     }
     roles = {c[3]: flag(c, "--permissions") for c in run.matching("iam", "roles", "create")}
     assert roles == {"dicomImportTagFailed": "storage.objects.update", "dicomImportMoveFailed": "storage.objects.delete"}
@@ -939,8 +940,8 @@ def test_a_quarantine_bucket_is_read_through_defaults_and_a_bad_one_exits_2(env)
     (env["src"] / "config" / "defaulted.yaml").write_text(base.replace(
         "    store: main\n", "    store: main\n    on_failure: {quarantine: 'gs://${QUARANTINE_BUCKET:-rad-held}/x/'}\n", 1))
     run = ok(deploy(env, *REQUIRED, "--config", "config/defaulted.yaml"))
-    assert ("storage buckets", "gs://rad-held", f"serviceAccount:{RUNTIME_SA}", "roles/storage.objectUser") \
-        in run.bindings()
+    assert {("storage buckets", "gs://rad-held", f"serviceAccount:{RUNTIME_SA}", role)
+            for role in ("roles/storage.objectCreator", "roles/storage.objectViewer")} <= run.bindings()
     (env["src"] / "config" / "odd.yaml").write_text(base.replace(
         "    store: main\n", "    store: main\n    on_failure: {quarantine: 'gs://Rad_Held/x/'}\n", 1))
     env["log"].unlink()

@@ -92,3 +92,17 @@ def test_a_name_that_fails_again_gets_a_copy_of_its_own_and_the_first_copy_survi
     assert ("inbox-bkt", NAME) not in stand_in.objects
     assert policies.apply(store, MOVE, failure(second), "B2") == action, "a redelivery after the move: same action"
     assert len(copies) == len([key for key in stand_in.objects if key[0] == "quar-bkt"]), "and no other copy"
+
+
+def test_a_quarantine_bucket_granted_create_but_not_delete_still_tells_taken_names_apart(gcs):
+    """deploy.sh grants roles/storage.objectCreator there: a taken name may be answered 403, not 412."""
+    stand_in, store = gcs
+    stand_in.no_delete = {"quar-bkt"}
+    first = stand_in.add("inbox-bkt", NAME, b"first")
+    done = {"policy": "quarantine", "to": f"gs://quar-bkt/failed/{NAME}", "done": True}
+    assert policies.apply(store, COPY, failure(first), "B1") == done
+    assert policies.apply(store, COPY, failure(first), "B1") == done, "a redelivery finds its own copy"
+    second = stand_in.add("inbox-bkt", NAME, b"second")
+    assert policies.apply(store, COPY, failure(second), "B2") == {
+        "policy": "quarantine", "to": f"gs://quar-bkt/failed/incoming/DOE_JOHN_1960/img 1.g{second}.dcm", "done": True}
+    assert stand_in.objects[("quar-bkt", f"failed/{NAME}")].data == b"first"
