@@ -39,14 +39,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from .service import Gateway
 
-    gateway = Gateway(config)
+    try:
+        gateway = Gateway(config)  # binds the health port
+    except OSError as exc:
+        log.error("gateway could not start", error=str(exc),
+                  fix=f"check health.address {config.health_address} and health.port {config.health_port}")
+        return 1
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
         gateway.start()
     except OSError as exc:
-        log.error("gateway could not start", error=str(exc))
+        log.error("gateway could not start", error=str(exc),
+                  fix=f"check dicom.address {config.address} and dicom.port {config.port}, the TLS files "
+                      f"and the spool directory {config.spool_directory}")
         gateway.stop()
         return 1
     stop.wait()

@@ -348,10 +348,15 @@ def _object_name(reader: _Reader, document: _Map) -> str:
         reader.problem(line, f"object_name must be a template string such as {DEFAULT_OBJECT_NAME!r}")
         return DEFAULT_OBJECT_NAME
     try:
-        fields = [field for _, field, spec, conversion in string.Formatter().parse(template) if field is not None]
+        parsed = [(field, spec, conversion) for _, field, spec, conversion in string.Formatter().parse(template)
+                  if field is not None]
     except ValueError as exc:
         reader.problem(line, f"object_name {template!r} is not a valid template ({exc}): write fields as {{Name}}, a literal brace as {{{{")
         return DEFAULT_OBJECT_NAME
+    fields = [field for field, _, _ in parsed]
+    for field, spec, conversion in parsed:
+        if spec or conversion:  # {SOPInstanceUID:.8} would give every instance one name
+            reader.problem(line, f"object_name fields take no format spec or conversion: write {{{field}}}")
     for field in fields:
         if field not in NAME_FIELDS:
             reader.problem(line, f"object_name uses {{{field}}}, which is not a field: use {', '.join(NAME_FIELDS)}")

@@ -50,6 +50,7 @@ class Health:
 
         self._http = ThreadingHTTPServer((address, port), Handler)
         self._http.daemon_threads = True
+        self._serving = False
 
     @property
     def port(self) -> int:
@@ -70,12 +71,15 @@ class Health:
         return not problems, body
 
     def start(self) -> None:
+        self._serving = True
         threading.Thread(target=self._http.serve_forever, name="healthz", daemon=True).start()
         threading.Thread(target=self._log_stats, name="spool-stats", daemon=True).start()
 
     def stop(self) -> None:
+        """Stop serving; safe when start() never ran (shutdown() would wait for a loop that never began)."""
         self._stop.set()
-        self._http.shutdown()
+        if self._serving:
+            self._http.shutdown()
         self._http.server_close()
 
     def _log_stats(self) -> None:

@@ -486,3 +486,40 @@ def test_an_error_after_an_upload_is_logged_and_the_uploader_goes_on(tmp_path: P
     assert len(errors) == 10 and errors[0]["message"] == "upload bookkeeping failed: the uploader goes on"
     assert errors[0]["error"] == "ValueError: I/O operation on closed file." and errors[0]["object"].startswith("gs://bkt/o/")
     assert list(tmp_path.glob("*.seg")) == []
+
+
+@pytest.mark.parametrize("taken", ["dicom", "health"])
+def test_a_gateway_that_cannot_bind_its_port_exits_1_with_one_json_line(tmp_path: Path, taken: str) -> None:
+    """Before: a DICOM port in use left the process hanging in the health server's shutdown (no restart by
+    systemd), and a health port in use ended in a traceback."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        dicom = f"dicom:\n  ae_title: GW\n  address: 127.0.0.1\n  port: {port if taken == 'dicom' else 0}\n" \
+                "  calling_ae_titles: [CT1]\n"
+        health = f"health:\n  address: 127.0.0.1\n  port: {port if taken == 'health' else 0}\n"
+        path = tmp_path / "gw.yaml"
+        path.write_text(config_text(tmp_path / "spool", "bkt", dicom=dicom, health=health))
+        env = {**os.environ, "STORAGE_EMULATOR_HOST": "http://127.0.0.1:9", "GOOGLE_CLOUD_PROJECT": "test",
+               "PYTHONPATH": str(REPO_ROOT)}
+        done = subprocess.run([sys.executable, "-m", "gateway", "--config", str(path)], env=env, cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stdout + done.stderr
+    lines = [json.loads(line) for line in (done.stdout + done.stderr).splitlines() if line.startswith("{")]
+    [failure] = [line for line in lines if line["message"] == "gateway could not start"]
+    assert "Address already in use" in failure["error"] and f"{taken}.port" in failure["fix"]
+
+
+@pytest.mark.parametrize("template", ["{StudyInstanceUID}/{SOPInstanceUID:.8}.dcm", "{SOPInstanceUID!r}.dcm"])
+def test_object_name_fields_take_no_format_spec_or_conversion(tmp_path: Path, template: str) -> None:
+    """``{SOPInstanceUID:.8}`` cut every UID to one name: instances would supersede each other and be lost."""
+    text = config_text(tmp_path, "bkt", destination=f"destination: gs://bkt/in/\nobject_name: '{template}'\n")
+    assert any(p.startswith("gw.yaml:7: object_name fields take no format spec or conversion: write {SOPInstanceUID}")
+               for p in _problems(text))
