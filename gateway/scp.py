@@ -44,6 +44,7 @@ from .config import GatewayConfig
 from .naming import MissingUid, ObjectNamer, hide_uids
 from .part10 import file_meta, header_values
 from .spool import Record, Spool, SpoolError, SpoolFull
+from .tlsserver import HandshakeInThreadServer
 
 __all__ = ["Receiver", "STATUS"]
 
@@ -178,8 +179,10 @@ class Receiver:
         ]
         if self.on_commitment is not None:
             handlers.append((evt.EVT_N_ACTION, self.on_commitment))
-        self._server = ae.start_server((self.config.address, self.config.port), block=False,
-                                       ssl_context=self._ssl_context(), evt_handlers=handlers)
+        self._server = ae.make_server((self.config.address, self.config.port), ssl_context=self._ssl_context(),
+                                      evt_handlers=handlers, server_class=HandshakeInThreadServer)
+        ae._servers.append(self._server)  # as start_server does: the server's shutdown() removes itself there
+        threading.Thread(target=self._server.serve_forever, name="dicom-acceptor", daemon=True).start()
         log.info("DICOM receiver listening", aeTitle=self.config.ae_title, address=self.config.address,
                  port=self.port, tls=self.config.tls is not None, callingAETitles=list(self.config.calling_ae_titles),
                  storageCommitment=self.on_commitment is not None, storageSOPClasses=len(self._storage_classes),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -345,10 +347,15 @@ def test_tls_with_client_certificates(tmp_path: Path, bucket: str, fake_gcs: Any
             context.load_cert_chain(str(client_cert), str(client_key))
         return context
 
-    with running_gateway(config, gcs_inbox_factory(bucket, fake_gcs.url)) as gw:
+    with running_gateway(config, gcs_inbox_factory(bucket, fake_gcs.url)) as gw, captured_logs() as logs:
         (uids, data), = samples.make_series(1)
-        statuses = send(gw.receiver.port, [read_dataset(data)], tls=(client_context(True), "localhost"))
-        assert statuses == [0]
+        # A peer that connects and says nothing (a port scan, a TCP probe) must not hold up the others:
+        # pynetdicom's own server made its handshake on the one accepting thread, with no timeout.
+        with socket.create_connection(("127.0.0.1", gw.receiver.port)) as idle:
+            threading.Timer(15, idle.close).start()  # before the fix, the send below waited for this
+            started = time.monotonic()
+            statuses = send(gw.receiver.port, [read_dataset(data)], tls=(client_context(True), "localhost"))
+            assert statuses == [0] and time.monotonic() - started < 10
         assert wait_for(lambda: storage_client.bucket(bucket).get_blob(f"in/{CALLING}/{uids.study}/{uids.series}/{uids.sop}.dcm"))
 
         from pynetdicom import AE
@@ -359,6 +366,9 @@ def test_tls_with_client_certificates(tmp_path: Path, bucket: str, fake_gcs: Any
         assoc = ae.associate("127.0.0.1", gw.receiver.port, ae_title=AE_TITLE,
                              tls_args=(client_context(False), "localhost"))
         assert not assoc.is_established  # no client certificate: the TLS handshake fails, nothing is negotiated
+        failed = wait_for(lambda: [line for line in logs() if line["message"] == "TLS handshake failed"],
+                          what="the handshake's log line")
+        assert failed[-1]["severity"] == "WARNING" and failed[-1]["peer"].startswith("127.0.0.1:")
 
 
 def test_stopping_aborts_open_associations_and_keeps_what_was_acknowledged(tmp_path: Path, bucket: str,
