@@ -6,7 +6,7 @@ through ``results.object_names`` (hashed mode shows hashes). Each line says what
 happened since: the rule's policy (``action``), or the child batch that took
 the file over (a replacement or a retry). A batch that failed as a whole (its
 import refused, or none of its failures named) is one line: its error, and how
-many of its files.
+many of its files; so is a batch whose outcome is UNKNOWN, of kind ``unknown``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from handlers.cli.environment import STORAGE, require
 from handlers.cli.errors import CliError
 from handlers.cli.terminal import Column, Table, count
 from handlers.failures.history import FailedBatch, failed_batches, open_failures
-from handlers.failures.kinds import KINDS
+from handlers.failures.kinds import KINDS, UNKNOWN_OUTCOME
 from handlers.failures.model import WHOLE_BATCH, Failure
 from handlers.privacy import NamePolicy
 
@@ -46,7 +46,8 @@ def add_window_options(parser: argparse.ArgumentParser, since_flag: str, default
                         help="batches concluded within this long (24h, 90m, 7d" + (f"; default {default})" if default
                                                                                   else ")"))
     parser.add_argument("--rule", metavar="NAME", help="only this rule's batches")
-    parser.add_argument("--kind", choices=KINDS, action="append", help="only failures of this kind (repeatable)")
+    parser.add_argument("--kind", choices=(*KINDS, UNKNOWN_OUTCOME), action="append",
+                        help="only failures of this kind (repeatable; unknown: the members of UNKNOWN batches)")
 
 
 def window_start(seconds: float) -> datetime:

@@ -1,6 +1,6 @@
 """The failed files of past batches, from the state bucket: what the ``failures`` and ``retry`` tools read.
 
-A batch whose result names failures, or that failed as a whole (:func:`batch_error`),
+A batch whose result names failures, or that failed as a whole or ended ``UNKNOWN`` (:func:`batch_error`),
 has an index entry ``failed/RULE/BATCH`` (its count, kinds and conclusion time
 in the entry's metadata, so a time window costs one listing), and its record
 keeps every failure. A failure is *open* while no child batch of its batch
@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterator, Mapping, Sequence
 
 from handlers.batch import layout
-from handlers.batch.results import FAILED, PARTIAL, REJECTED
+from handlers.batch.results import FAILED, PARTIAL, REJECTED, UNKNOWN
 from handlers.clients.storage import StateStore
 from handlers.failures import kinds, readmit
 from handlers.failures.model import WHOLE_BATCH, Failure
@@ -44,11 +44,13 @@ def batch_error(record: Mapping[str, Any]) -> dict[str, Any] | None:
     A batch failed as a whole when its result says files were not stored (``REJECTED``:
     the import call was refused, no file was read; ``FAILED`` or ``PARTIAL``) but names
     none: the operation ended with an error and no file of its own (PERMISSION_DENIED
-    on the staging copies), or neither Cloud Logging nor verification named any.
-    No member is then known to be stored, so each is a failure of the batch's error.
+    on the staging copies), or neither Cloud Logging nor verification named any. So
+    does a batch whose outcome is ``UNKNOWN`` (its operation unreadable, or not done
+    by ``followup.deadline_hours``). No member is then known to be stored, so each is
+    a failure of the batch's error.
     """
     result = record.get("result") or {}
-    if record.get("failures") or result.get("outcome") not in (REJECTED, FAILED, PARTIAL):
+    if record.get("failures") or result.get("outcome") not in (REJECTED, FAILED, PARTIAL, UNKNOWN):
         return None
     error = result.get("error") or {}
     message = error.get("message") or result.get("failuresIncomplete") or f"the import ended {result['outcome']}"
@@ -56,11 +58,16 @@ def batch_error(record: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def failures_of(record: Mapping[str, Any]) -> list[Failure]:
-    """The batch's failures: those its record names, or every member of a batch that failed as a whole."""
+    """The batch's failures: those its record names, or every member of a batch that failed as a whole.
+
+    The members of a batch whose outcome is unknown are of kind ``unknown``; the others
+    of the kind of the batch's error.
+    """
     error = batch_error(record)
     if error is None:
         return [Failure.from_record(item) for item in record.get("failures") or []]
-    kind = kinds.classify(error["code"], error["message"])
+    unknown = (record.get("result") or {}).get("outcome") == UNKNOWN
+    kind = kinds.UNKNOWN_OUTCOME if unknown else kinds.classify(error["code"], error["message"])
     return [Failure.of_member(member, kind, error["code"], error["message"], WHOLE_BATCH)
             for member in record.get("members") or []]
 

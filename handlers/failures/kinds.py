@@ -6,6 +6,10 @@ mismatch)."); ``not-dicom``: the file is no (valid, complete) DICOM file;
 ``other``: anything else (a missing UID, an unreadable object...). The message
 decides first (the codes of these errors are not documented); ALREADY_EXISTS
 alone also means a conflict.
+
+``unknown`` is no per-file error: it is what the ``failures`` and ``retry`` tools
+call each member of a batch whose outcome is unknown (``UNKNOWN``: its operation
+could not be followed to the end), none of which is known to be stored.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import re
 
 NOT_DICOM, EMPTY, CONFLICT, OTHER = "not-dicom", "empty", "conflict", "other"
 KINDS = (NOT_DICOM, EMPTY, CONFLICT, OTHER)
+UNKNOWN_OUTCOME = "unknown"
 ALREADY_EXISTS = 6
 
 _EMPTY = re.compile(r"empty (dicom )?(instance|file|object)", re.IGNORECASE)

@@ -1,5 +1,5 @@
-"""A batch that failed as a whole (its import refused, or ended with an error naming no file) is in the
-``failed/`` index, and the ``failures`` and ``retry`` tools treat each of its members as failed.
+"""A batch that failed as a whole (its import refused, or ended with an error naming no file), or whose outcome is
+UNKNOWN, is in the ``failed/`` index, and the ``failures`` and ``retry`` tools treat each of its members as failed.
 
 The batching world of tests/unit/test_batching (in-memory state, scripted API); the commands run
 in-process on its state store, as ``python -m handlers`` would on the bucket.
@@ -9,11 +9,14 @@ import io
 import json
 from types import SimpleNamespace
 
+import pytest
+
 from handlers.batch import layout
 from handlers.batch.layout import DONE
 from handlers.cli import build_parser
 from handlers.cli.context import Context
 from handlers.clients.healthcare import ApiError
+from handlers.retry import RetryLater
 from localstack.samples import make_instance, new_uid
 from tests.unit.test_batching import World
 from tests.unit.test_failures import Drop
@@ -105,3 +108,40 @@ def test_a_batch_with_named_failures_is_retried_only_for_those(config_env):
     assert run(world, "retry", drop.batch)[0].startswith("retried  gs://inbox-bkt/a.dcm  generation 7  empty")
     [member] = world.store.doc(layout.record_path("all", f"{drop.batch}-retry1"))["members"]
     assert member["name"] == "a.dcm"
+
+
+def unknown_batch(world: World) -> str:
+    """Two files whose operation is still running when the follow-up deadline (1 h) passes."""
+    batch = two_files(world)
+    with pytest.raises(RetryLater):
+        world.drive(batch)
+    world.clock.now += 3601
+    assert world.drive(batch) == DONE
+    assert world.results()[0]["outcome"] == "UNKNOWN"
+    return batch
+
+
+def test_a_batch_whose_outcome_is_unknown_is_listed_with_kind_unknown_and_retried_whole(config_env):
+    world = World()
+    batch = unknown_batch(world)
+    [entry] = world.store.list(layout.failed_index_prefix())
+    assert entry.name == layout.failed_index_path("all", batch) and entry.metadata["kinds"] == "unknown"
+    reason = "operation not done after 1 h: no longer followed"
+    assert run(world, "failures", "--since", "1h", "--kind", "unknown") == [
+        f"{world.results()[0]['timings']['concludedAt']}  all  {batch}  unknown  all 2 files  batch  {reason}"]
+    assert run(world, "failures", "--since", "1h", "--kind", "other") == []
+    child = f"{batch}-retry1"
+    assert run(world, "retry", "--failed-since", "1h", "--kind", "unknown") == [
+        f"retried  gs://inbox-bkt/{name}  generation 1  unknown  from {batch}  in {child}" for name in ("a.dcm", "b.dcm")
+    ] + [f"2 files retried in 1 batch ({child}): follow their results with `python -m handlers tail`"]
+    assert world.store.doc(layout.record_path("all", child))["retryOf"] == batch
+
+
+def test_a_batch_whose_operation_cannot_be_read_is_listed_as_unknown(config_env):
+    world = World()
+    batch = two_files(world)
+    world.api.get_errors = [ApiError(404, "NOT_FOUND", "operation not found")]
+    assert world.drive(batch) == DONE
+    assert world.results()[0]["outcome"] == "UNKNOWN"
+    [line] = run(world, "failures", "--since", "1h")
+    assert line.endswith(f"{batch}  unknown  all 2 files  batch  operation not found")
