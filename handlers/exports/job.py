@@ -39,6 +39,11 @@ EXPORT_SCHEMA = "dicom-export-result/v1"
 STARTING, RUNNING = "starting", "running"
 
 
+def search_progress_path(request_id: str) -> str:
+    """Where a query's search saves what it found when a delivery's budget ends first (:meth:`ExportJob._search`)."""
+    return f"exports/{request_id}.search.json"
+
+
 def operation_note_path(request_id: str, worker: str) -> str:
     """Where ``worker`` notes the export operation it started (a new name: no wait on the record's last write)."""
     return f"exports/{request_id}.operation.{worker}.json"
@@ -155,16 +160,18 @@ class ExportJob:
 
     def _start(self, request: ExportRequest, path: str, deadline: Deadline, page_size: int | None,
                on_page: OnPage | None, worker: str) -> Document:
-        """Search or check the paths, write the filter file, and create the record with the call claimed by ``worker``."""
+        """Search or check the paths, write the filter file, and create the record with the call claimed by ``worker``.
+
+        A query's saved search progress is deleted once the record exists (it and the filter
+        file hold what the search found) or once the query is refused: no delivery resumes it then.
+        """
         paths, query = request.paths, None
         if request.query is not None:
-            found = self._search(request, request.query, deadline, page_size, on_page)
-            if not found.paths:
-                raise ExportRequestError(f"the query {request.query.where!r} matches no {request.query.level} in "
-                                         f"{request.store}: check its values (dates as YYYYMMDD), nothing was exported")
-            paths = found.paths
-            query = {"where": request.query.where, "level": request.query.level, "matches": len(paths),
-                     "pages": found.pages}
+            try:
+                paths, query = self._searched(request, request.query, deadline, page_size, on_page)
+            except ExportRequestError:
+                self.store.delete(search_progress_path(request.request_id))
+                raise
         else:
             check_paths_exist(self.api, request, deadline)
         filter_uri = summary = None
@@ -177,10 +184,24 @@ class ExportJob:
                 "destination": request.destination, "mimeType": request.mime_type, "filterUri": filter_uri,
                 "filter": summary, "requestedAt": self.clock(), "operation": None, "callStartedAt": self.clock(),
                 "callBy": worker}
+        record: Document | None
         try:
-            return Document(data, self.store.create(path, data))
+            record = Document(data, self.store.create(path, data))
         except Conflict:
-            return self.store.read(path)  # type: ignore[return-value]
+            record = self.store.read(path)
+        if request.query is not None:
+            self.store.delete(search_progress_path(request.request_id))
+        return record  # type: ignore[return-value]
+
+    def _searched(self, request: ExportRequest, query: Query, deadline: Deadline, page_size: int | None,
+                  on_page: OnPage | None) -> tuple[tuple[str, ...], dict[str, Any]]:
+        """The paths ``query`` finds and the result's ``filter.query``; ExportRequestError when it finds none."""
+        found = self._search(request, query, deadline, page_size, on_page)
+        if not found.paths:
+            raise ExportRequestError(f"the query {query.where!r} matches no {query.level} in "
+                                     f"{request.store}: check its values (dates as YYYYMMDD), nothing was exported")
+        return found.paths, {"where": query.where, "level": query.level, "matches": len(found.paths),
+                             "pages": found.pages}
 
     def _search(self, request: ExportRequest, query: Query, deadline: Deadline, page_size: int | None,
                 on_page: OnPage | None) -> Found:
@@ -189,7 +210,7 @@ class ExportJob:
         A search longer than one delivery's budget saves what it found before RetryLater, so every
         delivery adds pages instead of starting again at offset 0 (and never finishing).
         """
-        path = f"exports/{request.request_id}.search.json"
+        path = search_progress_path(request.request_id)
         searched = {"store": request.store, "where": query.where, "level": query.level}
         saved = self.store.read(path)
         resume = None

@@ -217,11 +217,24 @@ def test_a_search_longer_than_one_delivery_resumes_where_the_last_delivery_stopp
     assert store.doc("exports/q5.search.json")["paths"] == [f"/studies/1.{n}" for n in range(7)]
     with pytest.raises(RetryLater, match="still running"):
         job.run(request, Deadline(60), page_size=2)
+    assert "exports/q5.search.json" not in store.docs, "the record and filter file hold the search: progress deleted"
     assert [params["offset"] for _, params in api.qido.requests] == ["0", "2", "4", "6", "7"]
     assert store.blobs["exports/q5.filter.txt"][0].decode().splitlines() == [f"/studies/1.{n}" for n in range(7)]
     api.finish(next(iter(api.operations)), success=7)
     result = job.run(request, Deadline(60))
     assert result["filter"]["query"] == {"where": WHERE, "level": "study", "matches": 7, "pages": 5}
+
+
+def test_the_progress_of_a_search_refused_on_a_later_delivery_is_deleted():
+    api = SlowQidoApi([study(f"1.{n}") for n in range(7)], pages_per_delivery=2)
+    job, store, _ = job_for(api, cap=5)
+    request = ExportRequest.build(store=STORE, destination="gs://out/x", request_id="q7", query=Query.parse(WHERE))
+    with pytest.raises(RetryLater, match="the search resumes there on the next delivery"):
+        job.run(request, Deadline(60), page_size=2)
+    assert "exports/q7.search.json" in store.docs
+    with pytest.raises(ExportRequestError, match=CAP_RULE):
+        job.run(request, Deadline(60), page_size=2)
+    assert "exports/q7.search.json" not in store.docs, "a refused query is never resumed"
 
 
 def test_saved_progress_of_another_query_under_the_same_id_is_not_resumed():
