@@ -18,7 +18,7 @@ from handlers import log
 from handlers.batch import layout
 from handlers.batch.layout import SEALED
 from handlers.batch.sharedreads import SharedReads
-from handlers.clients.storage import Conflict, Document, StateStore
+from handlers.clients.storage import Conflict, Document, StateStore, create_or_replace
 from handlers.config import Config, Rule
 from handlers.events import StorageObject
 from handlers.retry import Deadline, RetryLater
@@ -80,10 +80,7 @@ class Intake:
             batch = lease.data["batch"]
             body = {"batch": batch, "rule": rule.name, "claimedAt": self.clock(), **({"sweep": sweep} if sweep else {})}
             try:
-                if claim is None:
-                    generation = self.store.create(path, body)
-                else:
-                    generation = self.store.replace(path, body, claim.generation)
+                generation = create_or_replace(self.store, path, body, claim)
             except Conflict:
                 verdict, claim = self._existing_claim(obj, rule, oid, path, deadline)
                 if verdict == DUPLICATE:
@@ -135,10 +132,7 @@ class Intake:
             "openedBy": oid,
         }
         try:
-            if current is None:
-                generation = self.store.create(layout.lease_path(rule.name), data)
-            else:
-                generation = self.store.replace(layout.lease_path(rule.name), data, current.generation)
+            generation = create_or_replace(self.store, layout.lease_path(rule.name), data, current)
         except Conflict:
             return None
         log.info("batch opened", rule=rule.name, batch=data["batch"])

@@ -147,6 +147,17 @@ def create_if_absent(store: StateStore, path: str, data: Mapping[str, Any]) -> N
         pass
 
 
+def create_or_replace(store: StateStore, path: str, data: Mapping[str, Any], read: Document | None) -> int:
+    """Write ``data`` over what was ``read`` at ``path``: create it when nothing was, else replace that generation.
+
+    Raises Conflict when ``path`` changed since that read (another writer created or
+    rewrote it): what that means is the caller's to decide. The new generation.
+    """
+    if read is None:
+        return store.create(path, data)
+    return store.replace(path, data, read.generation)
+
+
 class Source(Protocol):
     """Listing the watched buckets (the reconcile sweep)."""
 

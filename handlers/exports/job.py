@@ -23,7 +23,7 @@ from handlers.batch.layout import DONE, PUBLISHING
 from handlers.batch.reporting import ABANDONED_AFTER_SECONDS, Reporter, new_worker
 from handlers.batch.results import REJECTED, UNKNOWN, outcome_of, rfc3339
 from handlers.clients.healthcare import ApiError, HealthcareApi, Operation
-from handlers.clients.storage import Conflict, Document, StateStore, create_if_absent
+from handlers.clients.storage import Conflict, Document, StateStore, create_if_absent, create_or_replace
 from handlers.exports.query import CAP_RULE, Found, OnPage, Query, SearchPaused, search_paths
 from handlers.exports.request import (
     ExportRequest,
@@ -222,10 +222,7 @@ class ExportJob:
         except SearchPaused as paused:
             progress = {**searched, "paths": list(paused.found.paths), "pages": paused.found.pages}
             try:
-                if saved is None:
-                    self.store.create(path, progress)
-                else:
-                    self.store.replace(path, progress, saved.generation)
+                create_or_replace(self.store, path, progress, saved)
             except Conflict:
                 pass  # another delivery saved its progress meanwhile: the next one resumes from that
             raise

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from handlers.batch.layout import DONE, new_batch_id
 from handlers.batch.results import rfc3339
-from handlers.clients.storage import Conflict, Document, StateStore
+from handlers.clients.storage import Conflict, Document, StateStore, create_or_replace
 from handlers.config import MAX_RECONCILE_WINDOW_HOURS, Config, Rule
 
 CHECKPOINT_PATH = "reconcile/checkpoint.json"
@@ -160,10 +160,7 @@ class Progress:
             return False
         data = {"to": end, "sweep": sweep["sweep"]}
         try:
-            if current is None:
-                self.store.create(CHECKPOINT_PATH, data)
-            else:
-                self.store.replace(CHECKPOINT_PATH, data, current.generation)
+            create_or_replace(self.store, CHECKPOINT_PATH, data, current)
         except Conflict:
             raise SweepBusy("the checkpoint moved under this sweep") from None
         return True

@@ -8,8 +8,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from google.api_core import exceptions
 
-from handlers.clients.storage import POOL_CONNECTIONS, GcsStateStore, SourceGone, SourceUnreadable, storage_client
+from handlers.clients.storage import (
+    POOL_CONNECTIONS,
+    Conflict,
+    GcsStateStore,
+    SourceGone,
+    SourceUnreadable,
+    create_or_replace,
+    storage_client,
+)
 
+from tests.fakes import MemoryStateStore
 from tests.unit.not_found_server import NotFoundEverywhere, not_found_server
 
 
@@ -100,3 +109,15 @@ def test_a_missing_generation_is_gone_and_a_refusal_that_may_pass_propagates(mon
 def test_a_generation_that_is_no_number_is_never_sent(generation):
     with pytest.raises(SourceUnreadable, match="generation is not a number"):
         GcsStateStore("state-bkt", object()).copy_in("inbox-bkt", "a.dcm", generation, "staging/all/b/0.dcm", {})
+
+
+def test_create_or_replace_writes_over_what_was_read_and_refuses_a_change_since():
+    store = MemoryStateStore()
+    create_or_replace(store, "x.json", {"n": 1}, store.read("x.json"))
+    first = store.read("x.json")
+    with pytest.raises(Conflict):
+        create_or_replace(store, "x.json", {"n": 9}, None)  # created by another writer since the read
+    create_or_replace(store, "x.json", {"n": 2}, first)
+    with pytest.raises(Conflict):
+        create_or_replace(store, "x.json", {"n": 9}, first)  # rewritten since the read
+    assert store.doc("x.json") == {"n": 2}
