@@ -48,7 +48,7 @@ class Intake:
         """Cover ``obj`` by a batch of ``rule``; return OPENED, JOINED or DUPLICATE, or raise RetryLater.
 
         ``sweep``: the reconcile sweep admitting the object, recorded in the
-        claim it writes (a resumed sweep counts the object as its own admission).
+        claim it writes (a resumed sweep admits it again and counts it as its own admission).
 
         The common case costs two Cloud Storage calls of its own (create the
         claim, write the membership marker) and three reads it shares with the

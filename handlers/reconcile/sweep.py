@@ -16,8 +16,10 @@ Cost: the listing, one claim read per object created in the window, one record
 read per distinct batch those claims name, the admissions; nothing is read per
 object older than the window. After each page the sweep document records how
 far the listing got, so an interrupted sweep resumes there (``startOffset``),
-and a page seen twice changes nothing (claims; a claim the sweep itself wrote
-names the sweep, so its object is still reported as admitted).
+and a page seen twice imports nothing twice (claims; a claim the sweep itself
+wrote names the sweep: its object is admitted again, as a redelivered event
+would be, since the earlier run may have stopped before writing its marker, and
+is still reported as admitted).
 """
 
 from __future__ import annotations
@@ -145,7 +147,10 @@ class Sweeper:
         Before admitting, the rule's backfill records are read again: a backfill
         that started since the rule's listing began covers its objects too. An
         object whose claim this ``sweep`` wrote was admitted by an earlier run of
-        it that stopped before saving the page: it counts as admitted again.
+        it that stopped before saving the page, perhaps between the claim and the
+        marker: it goes through the intake again (which writes a missing marker,
+        or moves the claim on if its batch was listed without it) and counts as
+        admitted whatever the verdict.
         """
         bucket = rule.pattern.bucket
         counts = {"listed": len(page), "inWindow": 0, "matched": 0, "covered": 0, "coveredByBackfill": 0,
@@ -164,21 +169,21 @@ class Sweeper:
         if any(claim is None and (obj.name, obj.generation) not in backfilled
                for obj, claim in zip(candidates, covering)):
             backfilled.refresh()
-        uncovered, admitted = [], []
+        to_admit, ours, admitted = [], set(), []
         for obj, claim in zip(candidates, covering):
             if claim is not None and claim.get("sweep") == sweep:
-                counts["admitted"] += 1
-                admitted.append(_admitted(rule, obj, claim["batch"]))
+                ours.add(obj.name)  # its marker may be missing: admitted again, which writes it if so
+                to_admit.append(obj)
             elif claim is not None:
                 counts["covered"] += 1
             elif (obj.name, obj.generation) in backfilled:
                 counts["coveredByBackfill"] += 1
             else:
-                uncovered.append(obj)
+                to_admit.append(obj)
         with ThreadPoolExecutor(max_workers=ADMIT_THREADS) as pool:
-            outcomes = list(pool.map(lambda obj: self._admit(sweep, rule, obj, claims), uncovered))
-        for obj, (verdict, batch) in zip(uncovered, outcomes):
-            if verdict == DUPLICATE:  # its event won the race since the claim was read
+            outcomes = list(pool.map(lambda obj: self._admit(sweep, rule, obj, claims), to_admit))
+        for obj, (verdict, batch) in zip(to_admit, outcomes):
+            if verdict == DUPLICATE and obj.name not in ours:  # its event won the race since the claim was read
                 counts["covered"] += 1
                 continue
             counts["admitted"] += 1
