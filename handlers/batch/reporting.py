@@ -37,11 +37,16 @@ class Reporter:
     topic: str
     clock: Callable[[], float] = time.time
 
+    def frozen(self, data: Mapping[str, Any], message: Mapping[str, Any], attributes: Mapping[str, str],
+               worker: str) -> dict[str, Any]:
+        """``data`` with the result frozen into it for ``worker`` to publish (state ``publishing``)."""
+        return {**data, "state": PUBLISHING, "result": dict(message), "resultAttributes": dict(attributes),
+                "publishingSince": self.clock(), "publishingBy": worker}
+
     def conclude(self, record: Document, path: str, message: Mapping[str, Any], attributes: Mapping[str, str],
                  worker: str) -> Document:
         """Freeze the result into the record for ``worker``; raises Conflict when another got there first."""
-        data = {**record.data, "state": PUBLISHING, "result": dict(message), "resultAttributes": dict(attributes),
-                "publishingSince": self.clock(), "publishingBy": worker}
+        data = self.frozen(record.data, message, attributes, worker)
         return Document(data, self.store.replace(path, data, record.generation))
 
     def publish(self, record: Document, path: str, worker: str) -> Document:

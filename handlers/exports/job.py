@@ -305,7 +305,9 @@ class ExportJob:
         ``rule``: the config rule that refused it (``exports.destinations``, ``stores``), None for a malformed request.
         The id is the export's: an export whose call was made (its operation noted, or its call claimed less than
         ABANDONED_AFTER_SECONDS ago) is followed to its own result instead (RetryLater until it ends), and an id that
-        already has a result keeps it; only a new id, or one whose call was never made, is concluded REJECTED.
+        already has a result keeps it; only a new id, or one whose call was never made, is concluded REJECTED. A new
+        id's record is created with the REJECTED result in it, so a valid request reusing the id meanwhile publishes
+        that result (or waits for its publisher) and never calls export.
         """
         path = f"exports/{request_id}.json"
         worker = new_worker()
@@ -314,7 +316,10 @@ class ExportJob:
             log.info("refused export request: its requestId already has a result, which is not published again",
                      requestId=request_id, outcome=record.data["result"]["outcome"])
         if record is None:
-            data = {"state": STARTING, "requestId": request_id, "requestedAt": self.clock()}
+            # Created with its result frozen: a record of this id is never STARTING without a request to call.
+            message, attributes = rejection_message(request_id, store, destination, reason, self.clock(), rule)
+            data = self.reporter.frozen({"requestId": request_id, "requestedAt": self.clock()}, message, attributes,
+                                        worker)
             try:
                 record = Document(data, self.store.create(path, data))
             except Conflict:
