@@ -189,10 +189,16 @@ class _List(list):
 
 
 def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> _Map:
+    """A mapping whose keys are each written once (YAML's last-wins would hide a setting)."""
     result = _Map()
     result.lines = {}
+    key_lines: dict[Any, int] = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if key in key_lines:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {key_lines[key]})", key_node.start_mark)
+        key_lines[key] = key_node.start_mark.line + 1
         result[key] = loader.construct_object(value_node, deep=True)
         result.lines[key] = value_node.start_mark.line + 1
     return result

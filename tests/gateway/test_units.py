@@ -41,6 +41,13 @@ def test_config_problems_name_the_line_and_the_fix(tmp_path: Path) -> None:
     assert any(p.startswith("gw.yaml:6: object_name uses {PatientName}, which is not a field") for p in problems)
 
 
+def test_a_key_written_twice_is_refused(tmp_path: Path) -> None:
+    # The second dicom: block would silently replace the first (config.yaml's loader, shared).
+    twice = config_text(tmp_path, "bkt") + "dicom:\n  ae_title: OTHER\n"
+    assert _problems(twice) == ["gw.yaml:19: not valid YAML (duplicate key 'dicom' (first at line 1)): "
+                                "fix the indentation or quoting"]
+
+
 def test_additional_sop_classes_must_be_uids(tmp_path: Path) -> None:
     dicom = ("dicom:\n  ae_title: GW\n  calling_ae_titles: [CT1]\n  additional_sop_classes:\n"
              "    - '1.3.12.2.1107.5.9.1'\n    - 1.2\n    - '1.02.3'\n    - '1.3.12.2.1107.5.9.1'\n    - ${PRIVATE_SOP}\n"

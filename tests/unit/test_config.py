@@ -136,6 +136,20 @@ def test_yaml_syntax_error_has_a_line():
     assert found[0].startswith("config.yaml:3: not valid YAML")
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # A second rules: block would replace the first: the inbox it watched would go silent.
+        (VALID + "rules: []\n", "config.yaml:26: not valid YAML (duplicate key 'rules' (first at line 4))"),
+        (VALID.replace("  archive:", "  main:"), "config.yaml:3: not valid YAML (duplicate key 'main' (first at line 2))"),
+        (VALID.replace("    store: main\n", "    store: main\n    match: gs://x-bkt/**\n", 1),
+         "config.yaml:8: not valid YAML (duplicate key 'match' (first at line 6))"),
+    ],
+)
+def test_a_key_written_twice_is_refused(text, expected):
+    assert problems(text)[0].startswith(expected)
+
+
 def test_unreadable_file(tmp_path):
     with pytest.raises(ConfigError) as caught:
         config_module.load(tmp_path / "missing.yaml", ENV)
