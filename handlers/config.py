@@ -189,11 +189,14 @@ class _List(list):
 
 
 def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> _Map:
-    """A mapping whose keys are each written once (YAML's last-wins would hide a setting)."""
+    """A mapping whose keys are plain values, each written once (YAML's last-wins would hide a setting)."""
     result = _Map()
     result.lines = {}
     key_lines: dict[Any, int] = {}
     for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a key must be a plain value, not a list or mapping", key_node.start_mark)
         key = loader.construct_object(key_node, deep=True)
         if key in key_lines:
             raise yaml.constructor.ConstructorError(

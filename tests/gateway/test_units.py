@@ -41,11 +41,14 @@ def test_config_problems_name_the_line_and_the_fix(tmp_path: Path) -> None:
     assert any(p.startswith("gw.yaml:6: object_name uses {PatientName}, which is not a field") for p in problems)
 
 
-def test_a_key_written_twice_is_refused(tmp_path: Path) -> None:
+def test_a_key_written_twice_or_a_list_as_a_key_is_refused(tmp_path: Path) -> None:
     # The second dicom: block would silently replace the first (config.yaml's loader, shared).
     twice = config_text(tmp_path, "bkt") + "dicom:\n  ae_title: OTHER\n"
     assert _problems(twice) == ["gw.yaml:19: not valid YAML (duplicate key 'dicom' (first at line 1)): "
                                 "fix the indentation or quoting"]
+    listed = config_text(tmp_path, "bkt") + "? [a, b]\n: 1\n"
+    assert _problems(listed) == ["gw.yaml:19: not valid YAML (a key must be a plain value, not a list or mapping): "
+                                 "fix the indentation or quoting"]
 
 
 def test_additional_sop_classes_must_be_uids(tmp_path: Path) -> None:

@@ -150,6 +150,16 @@ def test_a_key_written_twice_is_refused(text, expected):
     assert problems(text)[0].startswith(expected)
 
 
+def test_a_list_as_a_key_is_refused_not_a_crash(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(VALID + "? [a, b]\n: 1\n")
+    with pytest.raises(ConfigError) as caught:
+        config_module.load(path, ENV)
+    assert caught.value.problems == [
+        f"{path}:26: not valid YAML (a key must be a plain value, not a list or mapping): fix the indentation or quoting"
+    ]
+
+
 def test_unreadable_file(tmp_path):
     with pytest.raises(ConfigError) as caught:
         config_module.load(tmp_path / "missing.yaml", ENV)
