@@ -454,6 +454,9 @@ def _rules(reader: _Reader, document: _Map, stores: dict[str, str]) -> list[Rule
             continue
         seen.add(name)
         pattern = reader.pattern(entry["match"], entry.lines["match"], f"rule {name!r} match")
+        if pattern is not None and pattern.pattern.endswith("/"):
+            reader.problem(entry.lines["match"], f"rule {name!r} match {pattern.uri} matches only folder placeholders, "
+                                                 f"which are never imported: did you mean {pattern.uri}**?")
         alias = entry["store"]
         store = stores.get(alias) if isinstance(alias, str) else None
         if store is None and stores:

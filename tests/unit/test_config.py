@@ -160,6 +160,12 @@ def test_a_list_as_a_key_is_refused_not_a_crash(tmp_path):
     ]
 
 
+def test_a_rule_matching_only_folder_placeholders_is_refused():
+    found = problems(VALID.replace("gs://${INBOX_BUCKET}/**.dcm", "gs://${INBOX_BUCKET}/scans/"))
+    assert found == ["config.yaml:11: rule 'archive' match gs://inbox-bkt/scans/ matches only folder placeholders, "
+                     "which are never imported: did you mean gs://inbox-bkt/scans/**?"]
+
+
 def test_unreadable_file(tmp_path):
     with pytest.raises(ConfigError) as caught:
         config_module.load(tmp_path / "missing.yaml", ENV)
