@@ -19,6 +19,10 @@ from handlers.cli.errors import CliError
 LOCAL_ENV_FILE = Path(__file__).resolve().parents[2] / ".local" / "stack.env"
 CONNECT_TIMEOUT = 2.0
 _KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A whole quoted value, then perhaps a comment: 'inbox-b'  # the inbox
+_QUOTED_RE = re.compile(r"""(['"])(.*?)\1(?:\s+#.*)?""")
+# As in a shell or a .env file, '#' starts a comment after whitespace, outside quotes.
+_COMMENT_RE = re.compile(r"\s#.*")
 
 STORAGE, PUBSUB, HEALTHCARE = "storage", "pubsub", "healthcare"
 _SERVICES = {
@@ -45,12 +49,17 @@ def load_env_file(path: Path, *, local: bool = False) -> dict[str, str]:
         key = key.strip()
         if not sep or not _KEY_RE.fullmatch(key):
             raise CliError(f"{path}:{number}: expected KEY=VALUE, got {raw!r}: fix or remove the line")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        loaded[key] = value
+        loaded[key] = _value(value)
     os.environ.update(loaded)
     return loaded
+
+
+def _value(raw: str) -> str:
+    """The text after ``=`` without its `` # comment`` and enclosing quotes: ``'a # b'  # note`` -> ``a # b``."""
+    quoted = _QUOTED_RE.fullmatch(raw.strip())
+    if quoted:
+        return quoted.group(2)
+    return _COMMENT_RE.sub("", raw, count=1).strip()
 
 
 def require(*services: str) -> None:

@@ -5,6 +5,7 @@ import os
 import pytest
 
 import handlers.cli as cli_module
+from handlers.cli.environment import load_env_file
 from handlers.cli.errors import describe
 from tests.cli.conftest import closed_port
 
@@ -48,6 +49,12 @@ def test_an_env_file_sets_the_environment_before_the_config_is_read(cli, tmp_pat
     assert result.code == 0, result.err
     assert "match   gs://from-file-bkt/**.dcm" in result.out and "state bucket: gs://quoted-bkt" in result.out
     assert os.environ["INBOX_BUCKET"] == "from-file-bkt"
+
+
+def test_an_env_file_comment_after_a_value_is_not_part_of_it(tmp_path):
+    env = tmp_path / "stack.env"
+    env.write_text("INBOX_BUCKET='inbox-b'   # the inbox\nSTATE_BUCKET=state-b #\tstate\nA=x#y\nB='x # y' # z\nC= # none\n")
+    assert load_env_file(env) == {"INBOX_BUCKET": "inbox-b", "STATE_BUCKET": "state-b", "A": "x#y", "B": "x # y", "C": ""}
 
 
 def test_env_file_problems_name_the_file(cli, tmp_path, config_env):
