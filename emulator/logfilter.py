@@ -15,7 +15,8 @@ never a filter that silently matches everything)::
 Precedence is the Logging query language's: "NOT ..., followed by OR and AND in that order", so
 ``a OR NOT b AND NOT c OR d`` is ``(a OR (NOT b)) AND ((NOT c) OR d)``.
 ``=`` is equality, ``:`` is "has" (substring; on an object or a list, of any value nested in it, as
-``jsonPayload:"text"`` restricts a text search to the payload), the order operators compare
+``jsonPayload:"text"`` restricts a text search to the payload; ``field:*``, a bare ``*``, tests that the
+field is present), the order operators compare
 timestamps as times (a date or a time without an offset is UTC), severities by
 rank, numbers as numbers, anything else as text; string comparisons ignore case,
 as in the real language. A missing field satisfies only ``!=``. Not supported
@@ -153,6 +154,8 @@ class _Parser:
             raise FilterError(f"regular expressions ({operator.text} at character {operator.position + 1}) are not "
                               "supported by the emulator")
         value_token = self.take()
+        if operator.text == ":" and value_token.kind == "word" and value_token.text == "*":
+            return _present(path)
         if value_token.kind == "quoted":
             value = _unquote(value_token.text)
         elif value_token.kind == "word" and value_token.text not in ("AND", "OR", "NOT"):
@@ -240,6 +243,11 @@ def _leaves(value: Any) -> list[Any]:
     if isinstance(value, list):
         return [leaf for item in value for leaf in _leaves(item)]
     return [value]
+
+
+def _present(path: list[str]) -> Predicate:
+    """``field:*``: the entry has the field, whatever its value."""
+    return lambda entry: _lookup(entry, path) is not None
 
 
 def _compare(path: list[str], operator: str, value: str) -> Predicate:

@@ -46,6 +46,12 @@ TYPE = "type.googleapis.com/google.cloud.healthcare.logging.ImportDicomLogEntry"
     ("jsonPayload.error:3", True),
     ('jsonPayload:"nowhere"', False),
     ('resource:"healthcare_dicom"', True),
+    # ":*" is a presence test, not a search for "*"; a quoted "*" is text
+    ("jsonPayload.error:*", True),
+    ("jsonPayload.missing:*", False),
+    ("NOT jsonPayload.missing:*", True),
+    ("severity:* AND timestamp:*", True),
+    ('jsonPayload.source:"*"', False),
 ])
 def test_comparisons_and_boolean_operators(query, matches):
     assert parse(query)(ENTRY) is matches
