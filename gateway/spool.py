@@ -21,8 +21,12 @@ create + fsync + rename + directory fsync of a file per instance.
 (all sealed: new records go to a new segment) and returns their records for
 upload. A record cut short by a crash fails its length or a CRC check; it
 was never acknowledged, and it and anything after it in that segment are
-dropped with a warning. A record that was uploaded before the crash is
-uploaded again, and the uploader recognises the identical object.
+dropped with a warning. Each record done with (:meth:`Spool.done`: uploaded,
+or superseded) is noted in the segment's ``.ack`` file (its payload offset, a
+u64, written but not fsynced: it survives the process, killed or stopped, not
+always a power loss); recovery skips those, so a restart does not upload again
+what was uploaded. One the ``.ack`` file lost is uploaded again, and the
+uploader recognises the identical object.
 
 **Bounded.** Past ``max_bytes`` of segments on disk, :meth:`append` raises
 :class:`SpoolFull` (the receiver answers Out of Resources). A segment is
@@ -50,6 +54,8 @@ MAGIC = b"DGR1"
 _PREFIX = struct.Struct("<4sIQI")  # magic, header length, payload length, header CRC-32
 _MAX_HEADER = 64 * 1024
 SUFFIX = ".seg"
+ACK_SUFFIX = ".ack"  # beside each segment: the payload offsets of its records done with
+_OFFSET = struct.Struct("<Q")
 
 
 class SpoolError(OSError):
@@ -108,7 +114,13 @@ class _Segment:
         self.sealed = fd is None
         self.records = 0
         self.uploaded = 0
+        self.ack_fd: int | None = None  # the .ack file, opened by the first record done with
+        self.ack_failing = False  # warned once
         self.cond = threading.Condition()
+
+    @property
+    def ack_path(self) -> Path:
+        return self.path.with_suffix(ACK_SUFFIX)
 
 
 def _crc32(*parts: bytes | memoryview) -> int:
@@ -148,18 +160,23 @@ class Spool:
         self.directory.mkdir(parents=True, exist_ok=True)
         for leftover in self.directory.glob("*.tmp"):
             leftover.unlink()
+        for ack in self.directory.glob(f"*{ACK_SUFFIX}"):
+            if not ack.with_suffix(SUFFIX).exists():  # its segment was deleted just before a crash
+                ack.unlink()
         records: list[Record] = []
         for path in sorted(self.directory.glob(f"*{SUFFIX}")):
             found, good_size = self._scan(path)
             segment = _Segment(path, None, good_size)
-            segment.records = len(found)
+            acked = _read_acks(segment.ack_path)
+            waiting = [record for record in found if record.offset not in acked]
+            segment.records, segment.uploaded = len(found), len(found) - len(waiting)
             with self._lock:
                 self._segments[path] = segment
-                for record in found:
+                for record in waiting:
                     self._pending[(path, record.offset)] = (record.received, record.length)
-            records.extend(found)
-            if not found:
-                self._delete(segment)
+                if segment.uploaded >= segment.records:
+                    self._delete(segment)
+            records.extend(waiting)
         return records
 
     def _scan(self, path: Path) -> tuple[list[Record], int]:
@@ -331,10 +348,36 @@ class Spool:
             segment.uploaded += 1
             if segment.sealed and segment.uploaded >= segment.records and segment.fd is None:
                 self._delete(segment)
+            else:
+                self._ack(segment, record.offset)
+
+    def _ack(self, segment: _Segment, offset: int) -> None:
+        """(Holding the lock) note in the segment's ``.ack`` file that the record at ``offset`` is done with.
+
+        A failure (disk full) is one WARNING per segment: a restart uploads those records again, nothing worse.
+        """
+        try:
+            if segment.ack_fd is None:
+                segment.ack_fd = os.open(segment.ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.write(segment.ack_fd, _OFFSET.pack(offset))
+        except OSError as exc:
+            if not segment.ack_failing:
+                log.warning("spool: cannot note an upload; a restart uploads this segment's records again",
+                            segment=str(segment.path), error=str(exc))
+            segment.ack_failing = True
 
     def _delete(self, segment: _Segment) -> None:
+        """(Holding the lock) the segment file, then its ``.ack`` file, off the disk."""
         segment.path.unlink(missing_ok=True)
+        self._close_ack(segment)
+        segment.ack_path.unlink(missing_ok=True)
         self._segments.pop(segment.path, None)
+
+    @staticmethod
+    def _close_ack(segment: _Segment) -> None:
+        if segment.ack_fd is not None:
+            os.close(segment.ack_fd)
+            segment.ack_fd = None
 
     def close(self) -> None:
         """Refuse further appends, close segment files once their flushes end (a later :meth:`recover` resumes)."""
@@ -342,6 +385,8 @@ class Spool:
             self._closed = True
             self._current = None
             segments = list(self._segments.values())
+            for segment in segments:
+                self._close_ack(segment)
         for segment in segments:
             with segment.cond:
                 while segment.syncing:
@@ -369,6 +414,16 @@ class Spool:
                 appended=self._appended,
                 flushes=self._flushes,
             )
+
+
+def _read_acks(path: Path) -> set[int]:
+    """The payload offsets noted in an ``.ack`` file (none if it is missing; a torn last entry ignored)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return set()
+    whole = len(data) - len(data) % _OFFSET.size
+    return {offset for (offset,) in _OFFSET.iter_unpack(data[:whole])}
 
 
 def _write_all(fd: int, parts: tuple[bytes | memoryview, ...]) -> None:

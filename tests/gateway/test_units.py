@@ -136,6 +136,22 @@ def test_spool_recovery_drops_a_torn_tail_and_keeps_the_rest(tmp_path: Path) -> 
     assert list(tmp_path.glob("*.seg")) == []
 
 
+def test_spool_recovery_skips_records_noted_done_and_ignores_a_torn_or_orphan_ack(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=10_000_000)
+    spool.recover()
+    records = [spool.append(f"{n}.dcm", bytes([n]) * 100) for n in range(3)]
+    spool.done(records[1])  # the current segment: noted in its .ack file, the segment kept
+    spool.close()
+    with open(records[0].segment.with_suffix(".ack"), "ab") as ack:
+        ack.write(b"\x01\x02\x03")  # a torn note: a crash in the middle of writing it
+    (tmp_path / "00000000000000000001-1-000001.ack").write_bytes(b"\x00" * 8)  # its segment already deleted
+
+    again = Spool(tmp_path, max_bytes=10_000_000)
+    assert [record.name for record in again.recover()] == ["0.dcm", "2.dcm"]
+    assert sorted(path.suffix for path in tmp_path.iterdir()) == [".ack", ".seg"]
+    assert again.stats().pending == 2
+
+
 def test_spool_full_refuses_before_writing(tmp_path: Path) -> None:
     spool = Spool(tmp_path, max_bytes=5000)
     spool.recover()

@@ -211,7 +211,8 @@ def test_a_superseded_instance_is_committed_once_its_newer_version_is_in_the_buc
 
 def test_an_older_version_alone_in_the_spool_after_a_restart_is_stale_not_uploaded(tmp_path: Path) -> None:
     """The older version's segment outlives the newer one's (kept by a record that keeps failing): after a restart
-    the spool holds only the older version, and the bucket's newer one (received later) must stay live."""
+    that lost the note of its upload (the ``.ack`` file, not fsynced: a power loss) the spool holds only the older
+    version, and the bucket's newer one (received later) must stay live."""
     spool = Spool(tmp_path, max_bytes=10_000_000, segment_bytes=900)
     spool.recover()
     gcs = _Refusing(b"p" * 100)
@@ -224,6 +225,8 @@ def test_an_older_version_alone_in_the_spool_after_a_restart_is_stale_not_upload
     wait_for(lambda: gcs.objects.get(NAME, (b"",))[0] == V2, timeout=5, what="v2")
     uploader.stop()
     spool.close()
+    for ack in tmp_path.glob("*.ack"):
+        ack.unlink()
 
     restarted = Spool(tmp_path, max_bytes=10_000_000, segment_bytes=900)
     again = _uploader(restarted, gcs)
@@ -377,3 +380,34 @@ def test_hashed_names_stay_out_of_upload_errors(tmp_path: Path, failing_gcs: str
     hashed = NamePolicy("hashed").uri("bkt", HASHED_NAME)
     assert line["object"] == hashed and line["httpStatus"] == 503
     assert line["error"].startswith("ServiceUnavailable: 503 GET ") and line["error"].count(hashed) == 2
+
+
+@pytest.mark.parametrize("stop", ["clean", "killed"])
+def test_a_restart_uploads_nothing_already_uploaded(tmp_path: Path, stop: str) -> None:
+    """Records uploaded from the current (unsealed) segment are not tried again after a restart, whether the
+    gateway was stopped or killed (the first gateway's spool left open as a SIGKILL leaves its files)."""
+    from localstack import samples
+
+    from .helpers import read_dataset, send
+
+    gcs = _Counting()
+    uploads = "uploads:\n  threads: 2\n  processes: 0\n  max_backoff_seconds: 0.05\n"
+    config = make_config(tmp_path / "spool", "bkt", uploads=uploads)
+    first = Gateway(config, inbox_factory=lambda: gcs)
+    first.start()
+    try:
+        series = samples.make_series(5, rows=16, cols=16)
+        assert send(first.receiver.port, [read_dataset(data) for _, data in series]) == [0] * 5
+        wait_for(lambda: first.spool.stats().pending == 0, timeout=10, what="uploads")
+        assert gcs.attempts == 5 and first.spool.stats().segments == 1  # the current segment, not sealed
+        if stop == "clean":
+            first.stop()
+        second = Gateway(config, inbox_factory=lambda: gcs)
+        with captured_logs() as logs:
+            second.start()
+            second.stop()
+    finally:
+        first.stop()
+    assert gcs.attempts == 5, "an instance uploaded before the restart was uploaded again"
+    assert [line["pending"] for line in logs() if line["message"] == "spool resumed"] == [0]
+    assert list((tmp_path / "spool").iterdir()) == []
