@@ -16,8 +16,12 @@ status   meaning                                         when
                                                          UID differs from the request's, or a
                                                          Study, Series or SOP Instance UID is not
                                                          a valid UID
-0xC210   Error: Cannot understand                        the dataset does not decode (pydicom cannot
-                                                         parse its elements before the pixel data)
+0xC210   Error: Cannot understand                        the dataset does not decode: pydicom cannot
+                                                         parse its elements before the pixel data,
+                                                         its bytes are not in the transfer syntax's
+                                                         VR encoding, or it is cut short (an element
+                                                         longer than what is left, pixel data or a
+                                                         sequence never delimited)
 =======  ==============================================  =========================================
 
 Associations are refused (A-ASSOCIATE-RJ, rejected permanent, by the service

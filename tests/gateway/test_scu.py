@@ -226,6 +226,27 @@ def test_dataset_that_does_not_decode_gets_c210(gateway: Any, bucket: str, stora
     assert _objects(storage_client, bucket) == {}
 
 
+def _implicit_vr(part10: bytes) -> bytes:
+    from pynetdicom.dsutils import encode
+
+    return encode(read_dataset(part10), True, True)
+
+
+@pytest.mark.parametrize("damage", ["truncated pixel data", "implicit VR on an explicit VR context"])
+def test_dataset_that_pydicom_reads_but_is_damaged_gets_c210(gateway: Any, bucket: str, storage_client: Any,
+                                                             damage: str) -> None:
+    """pydicom reads past both (the pixel data is never read; the VR mismatch only warns): still refused."""
+    (uids, data), = samples.make_series(1)
+    dataset = _dataset_bytes(data)[:-100] if damage.startswith("truncated") else _implicit_vr(data)
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    with captured_logs() as logs:
+        assert _raw_store(gateway.receiver.port, ct, ct, dataset, uids.sop) == 0xC210
+        wait_for(lambda: [l for l in logs() if l["message"] == "association released"], what="release logged")
+    assert [line["message"] for line in logs() if line["severity"] != "INFO"] == ["C-STORE refused"]
+    assert _refusals(logs)[0]["reason"].startswith("dataset does not decode: Undecodable: ")
+    assert gateway.spool.stats().disk_bytes == 0 and _objects(storage_client, bucket) == {}
+
+
 @pytest.mark.parametrize("missing", ["StudyInstanceUID", "SeriesInstanceUID"])
 def test_missing_uid_gets_a900_not_a_crash(gateway: Any, missing: str) -> None:
     (_, data), = samples.make_series(1)

@@ -233,6 +233,30 @@ def test_header_values_of_each_encoding() -> None:
         header_values(BytesIO(b"\x08\x00\x16\x00XX\x04\x00abcd"), "1.2.840.10008.1.2.1")
 
 
+@pytest.mark.parametrize("name", ["JPEG2000.dcm", "SC_rgb_rle_2frame.dcm", "CT_small.dcm", "MR_small_bigendian.dcm"])
+def test_header_values_refuse_a_dataset_cut_short_and_a_vr_encoding_not_its_transfer_syntax(name: str) -> None:
+    """Encapsulated and native pixel data cut anywhere (an item, the delimiter); implicit VR bytes on an explicit VR
+    context and the reverse. pydicom reads all of these (the pixel data it never reads, the VR it only warns of)."""
+    from io import BytesIO
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pynetdicom.dsutils import encode
+
+    from gateway.part10 import Undecodable, header_values
+
+    ds = pydicom.dcmread(get_testdata_file(name))
+    syntax = ds.file_meta.TransferSyntaxUID
+    encoded = encode(ds, syntax.is_implicit_VR, syntax.is_little_endian)
+    assert header_values(BytesIO(encoded), syntax)["SOPInstanceUID"] == ds.SOPInstanceUID
+    for cut in (2, 9, 100):
+        with pytest.raises(Undecodable, match="cut short"):
+            header_values(BytesIO(encoded[:-cut]), syntax)
+    other = "1.2.840.10008.1.2.1" if syntax.is_implicit_VR else "1.2.840.10008.1.2"
+    with pytest.raises(Undecodable, match="VR, but the presentation context's transfer syntax is"):
+        header_values(BytesIO(encoded), other)
+
+
 class _FlakyInbox:
     """Fails the first ``failures`` puts, then stores in memory."""
 
