@@ -37,8 +37,10 @@ import logging
 import ssl
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable
 
 from handlers import log
@@ -79,18 +81,41 @@ class _AssociationCount:
 
 
 class _JsonLogBridge(logging.Handler):
-    """pynetdicom's and pydicom's warnings and errors as JSON lines (pynetdicom's routine INFO chatter is off).
+    """pynetdicom's and pydicom's warnings and errors, and Python warnings, as JSON lines, one per event
+    (pynetdicom's routine INFO chatter is off).
 
-    With ``hide_uids`` (``logs.object_names: hashed``) UIDs in them become ``<UID>``: pydicom quotes
-    the values it finds invalid, a study's UIDs among them.
+    pydicom logs each of its warnings and issues it as a Python warning too (``warn_and_log``): a warning
+    that repeats the line its thread just logged is dropped. With ``hide_uids`` (``logs.object_names:
+    hashed``) UIDs in them become ``<UID>``: pydicom quotes the values it finds invalid, a study's UIDs among them.
     """
 
     hide_uids = False
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = threading.local()  # .message: the last line logged by this thread
+
     def emit(self, record: logging.LogRecord) -> None:
-        writer = log.error if record.levelno >= logging.ERROR else log.warning
-        message = hide_uids(record.getMessage()) if self.hide_uids else record.getMessage()
-        writer(f"{record.name.split('.')[0]}: {message}"[:1000], logger=record.name)
+        message = record.getMessage()
+        self._last.message = message
+        self._write(record.levelno, f"{record.name.split('.')[0]}: {message}", logger=record.name)
+
+    def show_warning(self, message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                     file: Any = None, line: str | None = None) -> None:
+        """``warnings.showwarning``: one JSON line, unless the warning repeats the line its thread just logged."""
+        text = str(message)
+        if getattr(self._last, "message", None) == text:
+            self._last.message = None
+            return
+        self._write(logging.WARNING, f"{category.__name__}: {text}", logger="py.warnings",
+                    source=f"{Path(filename).name}:{lineno}")
+
+    def _write(self, level: int, message: str, **fields: Any) -> None:
+        writer = log.error if level >= logging.ERROR else log.warning
+        writer((hide_uids(message) if self.hide_uids else message)[:1000], **fields)
+
+
+_BRIDGE = _JsonLogBridge()
 
 
 def _register_storage_classes(uids: tuple[str, ...]) -> None:
@@ -106,17 +131,14 @@ def _register_storage_classes(uids: tuple[str, ...]) -> None:
 
 def _bridge_library_logs(uids_hidden: bool) -> None:
     """Every line the process writes stays JSON: the libraries' logs and Python warnings go through ``log``."""
-    logging.captureWarnings(True)
-    for name in ("pynetdicom", "pydicom", "py.warnings"):
+    _BRIDGE.hide_uids = uids_hidden
+    warnings.showwarning = _BRIDGE.show_warning
+    for name in ("pynetdicom", "pydicom"):
         logger = logging.getLogger(name)
         logger.setLevel(logging.WARNING)
         logger.propagate = False
-        bridges = [handler for handler in logger.handlers if isinstance(handler, _JsonLogBridge)]
-        if not bridges:
-            bridges = [_JsonLogBridge()]
-            logger.addHandler(bridges[0])
-        for bridge in bridges:
-            bridge.hide_uids = uids_hidden
+        if _BRIDGE not in logger.handlers:
+            logger.addHandler(_BRIDGE)
 
 
 class Receiver:

@@ -257,6 +257,33 @@ def test_header_values_refuse_a_dataset_cut_short_and_a_vr_encoding_not_its_tran
         header_values(BytesIO(encoded), other)
 
 
+def test_a_library_warning_is_one_log_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pydicom logs an invalid value and warns of it too (two lines before); a warning nobody logged stays one line."""
+    import struct
+    import uuid
+    import warnings
+    from io import BytesIO
+
+    from gateway.part10 import header_values
+    from gateway.scp import _bridge_library_logs
+
+    def element(tag: int, value: bytes) -> bytes:
+        value += b"\x00" * (len(value) % 2)
+        return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, b"UI", len(value)) + value
+
+    invalid = f"1.2.0{uuid.uuid4().int % 10**9}".encode()  # a leading zero; new text: not in the warnings registry
+    dataset = b"".join(element(tag, value) for tag, value in ((0x00080016, b"1.2.840.10008.5.1.4.1.1.2"),
+                       (0x00080018, b"1.2.3.4"), (0x0020000D, b"1.2.3"), (0x0020000E, invalid)))
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # restored after the test
+    _bridge_library_logs(False)
+    with captured_logs() as logs:
+        assert header_values(BytesIO(dataset), "1.2.840.10008.1.2.1")["SeriesInstanceUID"] == invalid.decode()
+        warnings.warn(f"only a warning {uuid.uuid4()}", UserWarning)
+    lines = [(line["severity"], line["logger"]) for line in logs()]
+    assert lines == [("WARNING", "pydicom"), ("WARNING", "py.warnings")], logs()
+    assert invalid.decode() in logs()[0]["message"] and logs()[1]["message"].startswith("UserWarning: only a warning")
+
+
 class _FlakyInbox:
     """Fails the first ``failures`` puts, then stores in memory."""
 
