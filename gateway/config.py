@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,9 @@ _AE_TITLE_RE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 # A DICOM UID (PS3.5 9.1): numeric components without leading zeros, dot-separated, at most 64 characters.
 _SOP_CLASS_UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+# A host name (RFC 1123): dot-separated labels of letters, digits and inner hyphens.
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME_RE = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
 _MIB = 1024 * 1024
 
 
@@ -134,7 +138,7 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> GatewayConfig:
                                                "reactor_wakeups"))
     dicom_line = document.lines.get("dicom", 1)
     ae_title = _ae_title(reader, dicom, "ae_title", dicom_line)
-    address = _string(reader, dicom, "address", "0.0.0.0")
+    address = _bind_address(reader, dicom, "dicom", ipv6=True)
     port = int(reader.number(dicom, "port", 11112, 0, 65535, True))  # 0: any free port
     calling = _calling_titles(reader, dicom, dicom_line)
     clients = _clients(reader, dicom)
@@ -165,7 +169,7 @@ def parse(source: str, path: str, env: Mapping[str, str]) -> GatewayConfig:
     processes = int(reader.number(uploads, "processes", 2, 0, 64, True))
     max_backoff = float(reader.number(uploads, "max_backoff_seconds", 60, 0.01, 3600, False))
     health = reader.section(document, "health", ("address", "port", "stuck_after_seconds", "stats_every_seconds"))
-    health_address = _string(reader, health, "address", "0.0.0.0")
+    health_address = _bind_address(reader, health, "health", ipv6=False)  # http.server listens on IPv4 only
     health_port = int(reader.number(health, "port", 8080, 0, 65535, True))
     stuck = float(reader.number(health, "stuck_after_seconds", 600, 1, 7 * 86400, False))
     stats_every = float(reader.number(health, "stats_every_seconds", 60, 0.1, 86400, False))
@@ -194,6 +198,24 @@ def _string(reader: _Reader, section: _Map, key: str, default: str | None, *, re
             return ""
         return default
     return reader.text(section, key, section.lines[key], key) or ""
+
+
+def _bind_address(reader: _Reader, section: _Map, where: str, *, ipv6: bool) -> str:
+    """``address`` of ``section`` (default 0.0.0.0): an IP address (IPv6 only if ``ipv6``) or a host name."""
+    address = _string(reader, section, "address", "0.0.0.0")
+    try:
+        version: int | None = ipaddress.ip_address(address).version
+    except ValueError:
+        version = None
+        if not address or (_HOST_NAME_RE.fullmatch(address) and not address.rsplit(".", 1)[-1].isdigit()):
+            return address  # empty: a problem already reported; a host name is resolved at start
+    if version == 4 or (version == 6 and ipv6):
+        return address
+    what = "an IP address or host name" if version is None else "an IPv4 address or host name"
+    reader.problem(section.lines["address"], f"{where}.address {address!r} is not {what} to listen on: write e.g. "
+                                             f"0.0.0.0 (every interface){', :: (IPv6)' if ipv6 else ''} or 127.0.0.1 "
+                                             "(this host only), without a port")
+    return address
 
 
 def _ae_title(reader: _Reader, section: _Map, key: str, line: int) -> str:
@@ -226,15 +248,26 @@ def _clients(reader: _Reader, section: _Map) -> tuple[Any, ...]:
     value = section.get("clients")
     if value is None:
         return ()
-    if not isinstance(value, _List):
-        reader.problem(section.lines["clients"], "clients must be a list of IP addresses or networks, e.g. [10.1.2.0/24]")
+    if not isinstance(value, _List) or not value:
+        reader.problem(section.lines["clients"], "clients must be a list of IP addresses or networks, e.g. "
+                                                 "[10.1.2.0/24]; remove it to let every address associate")
         return ()
     networks = []
     for item, line in zip(value, value.lines):
+        text = reader.interpolate(item, line, "client") if isinstance(item, str) else str(item)
+        if text is None:
+            continue  # an unset ${NAME}: already reported
         try:
-            networks.append(ipaddress.ip_network(str(item), strict=False))
+            networks.append(ipaddress.ip_network(text, strict=True))
         except ValueError:
-            reader.problem(line, f"client {item!r} is not an IP address or network: write e.g. 10.1.2.3 or 10.1.2.0/24")
+            try:
+                network = ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                reader.problem(line, f"client {item!r} is not an IP address or network: write e.g. 10.1.2.3 or "
+                                     "10.1.2.0/24")
+                continue
+            reader.problem(line, f"client {text} has host bits set: write {network} (the whole network) or "
+                                 f"{text.partition('/')[0]} (that address only)")
     return tuple(networks)
 
 
@@ -311,10 +344,44 @@ def _tls(reader: _Reader, document: _Map) -> Tls | None:
         path = reader.text(section, key, section.lines[key], f"tls {key}")
         if path and not Path(path).is_file():
             reader.problem(section.lines[key], f"tls {key} {path!r} is not a readable file: check the path (PEM format)")
+            path = None
         files[key] = path
+    _check_pem_files(reader, section, files)
     if not files["certificate"] or not files["private_key"]:
         return None
     return Tls(files["certificate"], files["private_key"], files["client_ca"])  # type: ignore[arg-type]
+
+
+def _check_pem_files(reader: _Reader, section: _Map, files: dict[str, str | None]) -> None:
+    """Report TLS files that do not parse, and a key that is not the certificate's, as the receiver would at start."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    certificate_parses = False
+    for key, holds in (("certificate", "the server's certificate chain"), ("client_ca", "the CA certificates")):
+        if files[key]:
+            try:
+                context.load_verify_locations(cafile=files[key])  # parses every certificate in the file
+                certificate_parses = certificate_parses or key == "certificate"
+            except (ssl.SSLError, OSError) as exc:
+                reader.problem(section.lines[key], f"tls {key} {files[key]!r} holds no certificate that parses "
+                                                   f"({_ssl_reason(exc)}): give a PEM file of {holds} "
+                                                   "(-----BEGIN CERTIFICATE-----)")
+    if not (certificate_parses and files["private_key"]):
+        return
+    try:  # a password callback, so that an encrypted key fails here instead of prompting on the terminal
+        context.load_cert_chain(files["certificate"], files["private_key"],  # type: ignore[arg-type]
+                                password=lambda: b"")
+    except (ssl.SSLError, OSError) as exc:
+        if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
+            problem = f"is not the key of tls certificate {files['certificate']!r}: give the key it was made with"
+        else:
+            problem = (f"is not an unencrypted PEM private key ({_ssl_reason(exc)}): give the key file (-----BEGIN "
+                       "PRIVATE KEY-----), decrypted if need be (openssl pkey -in KEY -out PLAIN)")
+        reader.problem(section.lines["private_key"], f"tls private_key {files['private_key']!r} {problem}")
+
+
+def _ssl_reason(exc: OSError) -> str:
+    """OpenSSL's reason, without the ``(_ssl.c:NNNN)`` of where it was raised."""
+    return re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(exc))
 
 
 def _destination(reader: _Reader, document: _Map) -> tuple[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,61 @@ def test_client_allow_list(tmp_path: Path) -> None:
     config = parse(config_text(tmp_path, "bkt", dicom=dicom), "gw.yaml", {})
     assert config.client_allowed("10.1.200.3") and config.client_allowed("::ffff:192.0.2.7")
     assert not config.client_allowed("10.2.0.1") and not config.client_allowed("not-an-ip")
+
+
+def test_bind_addresses_and_client_entries_are_checked(tmp_path: Path) -> None:
+    dicom = ("dicom:\n  ae_title: GW\n  address: 10.0.0.1:104\n  calling_ae_titles: [A]\n"
+             "  clients: [10.1.2.3/16, 300.1.2.3, '${CLIENT_NET}', 192.0.2.7]\n")
+    health = "health:\n  address: '::'\n"
+    problems = _problems(config_text(tmp_path, "bkt", dicom=dicom, health=health))
+    assert problems[0].startswith("gw.yaml:3: dicom.address '10.0.0.1:104' is not an IP address or host name to "
+                                  "listen on: write e.g. 0.0.0.0 (every interface), :: (IPv6) or 127.0.0.1")
+    assert problems[1] == ("gw.yaml:5: client 10.1.2.3/16 has host bits set: write 10.1.0.0/16 (the whole network) "
+                           "or 10.1.2.3 (that address only)")
+    assert problems[2].startswith("gw.yaml:5: client '300.1.2.3' is not an IP address or network")
+    assert problems[3].startswith("gw.yaml:5: client uses ${CLIENT_NET} but the environment does not set it")
+    assert problems[4].startswith("gw.yaml:15: health.address '::' is not an IPv4 address or host name to listen on")
+    assert len(problems) == 5
+    assert _problems(config_text(tmp_path, "bkt", dicom="dicom:\n  ae_title: GW\n  calling_ae_titles: [A]\n"
+                                 "  clients: []\n"))[0].endswith("remove it to let every address associate")
+    dicom = "dicom:\n  ae_title: GW\n  address: '::'\n  calling_ae_titles: [A]\n  clients: ['${CLIENT_NET}']\n"
+    config = parse(config_text(tmp_path, "bkt", dicom=dicom, health="health:\n  address: localhost\n"), "gw.yaml",
+                   {"CLIENT_NET": "10.9.0.0/16"})
+    assert (config.address, config.health_address, config.clients[0].exploded) == ("::", "localhost", "10.9.0.0/16")
+
+
+def test_tls_files_that_do_not_parse_are_named_with_their_line(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.__main__ import main
+
+    from .helpers import certificate
+
+    key, cert = certificate(tmp_path, "server")
+    other_key, _ = certificate(tmp_path, "other")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+
+    def check(certificate_file: Path, key_file: Path, ca: Path | None = None) -> str:
+        tls = f"tls:\n  certificate: {certificate_file}\n  private_key: {key_file}\n"
+        path = tmp_path / "gw.yaml"
+        path.write_text(config_text(tmp_path, "bkt", tls=tls + (f"  client_ca: {ca}\n" if ca else "")))
+        code = main(["--config", str(path), "--check"])
+        out, err = capsys.readouterr()
+        assert code == (2 if err else 0), out
+        return err
+
+    assert check(cert, key, ca=cert) == ""
+    assert check(garbage, key).startswith(f"{tmp_path}/gw.yaml:20: tls certificate '{garbage}' holds no certificate "
+                                          "that parses ([X509] PEM lib): give a PEM file")
+    assert check(cert, key, ca=key).startswith(f"{tmp_path}/gw.yaml:22: tls client_ca '{key}' holds no certificate")
+    assert check(cert, other_key).startswith(f"{tmp_path}/gw.yaml:21: tls private_key '{other_key}' is not the key "
+                                             f"of tls certificate '{cert}'")
+    encrypted = tmp_path / "encrypted.key"
+    subprocess.run(["openssl", "pkey", "-in", str(key), "-aes256", "-passout", "pass:x", "-out", str(encrypted)],
+                   check=True, capture_output=True)
+    for bad_key in (encrypted, garbage):
+        assert check(cert, bad_key).startswith(f"{tmp_path}/gw.yaml:21: tls private_key '{bad_key}' is not an "
+                                               "unencrypted PEM private key")
 
 
 def test_names_are_made_safe() -> None:
