@@ -44,7 +44,7 @@ from handlers import log
 
 from .config import GatewayConfig
 from .naming import hide_uids
-from .spool import Record
+from .spool import Record, make_directory
 
 # The well-known SOP Instance UID of the Storage Commitment Push Model (PS3.4 J.3.5).
 COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
@@ -76,7 +76,7 @@ class Ledger:
         self._journal_failing = False  # warned once until a write succeeds again
         self._closed = False
         if journal is not None:
-            journal.parent.mkdir(parents=True, exist_ok=True)
+            make_directory(journal.parent)  # the spool directory, usually: created durably
             journaled = _journaled(journal)
             for uid in journaled:
                 self._remember(uid)[:] = [1, 1]

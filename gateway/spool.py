@@ -10,8 +10,9 @@ Cloud Storage compares is computed at upload time, off the acknowledgement path:
 it costs about 15 times a CRC-32.)
 
 **Never acknowledge what could be lost.** :meth:`Spool.append` returns only
-once the record's bytes are on disk: ``fdatasync`` of the segment, and an
-``fsync`` of the directory when a segment is created. Appends from all
+once the record's bytes are on disk: ``fdatasync`` of the segment, an
+``fsync`` of the directory when a segment is created, and of the parent of
+each directory the spool creates. Appends from all
 associations go to one current segment, and one ``fdatasync`` covers every
 record written before it started (group commit): concurrent associations
 share flushes, a lone association pays one flush per instance, not the
@@ -48,7 +49,7 @@ from typing import Any
 
 from handlers import log
 
-__all__ = ["Record", "Spool", "SpoolError", "SpoolFull", "SpoolStats"]
+__all__ = ["Record", "Spool", "SpoolError", "SpoolFull", "SpoolStats", "make_directory"]
 
 MAGIC = b"DGR1"
 _PREFIX = struct.Struct("<4sIQI")  # magic, header length, payload length, header CRC-32
@@ -138,6 +139,17 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def make_directory(directory: Path) -> None:
+    """Create ``directory`` and its missing parents, each fsynced into its parent: a power loss cannot undo them."""
+    missing = []
+    while not directory.is_dir():
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        path.mkdir(exist_ok=True)
+        _fsync_directory(path.parent)
+
+
 class Spool:
     """Append-only, fsynced, size-bounded segments of received instances (see the module docstring)."""
 
@@ -157,7 +169,7 @@ class Spool:
     # -- restart ---------------------------------------------------------------
     def recover(self) -> list[Record]:
         """Create the directory if needed; read every segment on disk; return their records, oldest first."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_directory(self.directory)
         for leftover in self.directory.glob("*.tmp"):
             leftover.unlink()
         for ack in self.directory.glob(f"*{ACK_SUFFIX}"):
@@ -267,10 +279,10 @@ class Spool:
         return Record(segment.path, payload_offset, payload_length, name, crc32, received, meta or {})
 
     def _open_segment(self) -> _Segment:
-        self.directory.mkdir(parents=True, exist_ok=True)
         self._sequence += 1
         path = self.directory / f"{time.time_ns():020d}-{os.getpid()}-{self._sequence:06d}{SUFFIX}"
         try:
+            make_directory(self.directory)  # deleted while running: the segment's name must survive a crash too
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
             _fsync_directory(self.directory)  # the new name survives a crash before its first record is acked
         except OSError as exc:

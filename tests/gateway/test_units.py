@@ -208,6 +208,21 @@ def test_spool_recovery_skips_records_noted_done_and_ignores_a_torn_or_orphan_ac
     assert again.stats().pending == 2
 
 
+def test_a_spool_directory_created_is_fsynced_into_its_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.spool
+
+    synced: list[Path] = []
+    fsync_directory = gateway.spool._fsync_directory
+    monkeypatch.setattr(gateway.spool, "_fsync_directory", lambda path: synced.append(path) or fsync_directory(path))
+    spool = Spool(tmp_path / "var" / "spool", max_bytes=10_000_000)
+    spool.recover()
+    assert synced == [tmp_path, tmp_path / "var"]
+    spool.append("a.dcm", b"A" * 10)  # a new segment: its name fsynced into the spool directory
+    assert synced == [tmp_path, tmp_path / "var", tmp_path / "var" / "spool"]
+    Ledger(tmp_path / "commitment" / JOURNAL_NAME).close()  # the Gateway makes the ledger before the spool
+    assert synced[-1] == tmp_path
+
+
 def test_spool_full_refuses_before_writing(tmp_path: Path) -> None:
     spool = Spool(tmp_path, max_bytes=5000)
     spool.recover()
