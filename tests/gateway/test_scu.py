@@ -138,6 +138,34 @@ def test_client_address_outside_the_allow_list_is_rejected(tmp_path: Path, bucke
         assert wait_for(lambda: [l for l in logs() if l.get("reason") == "client address not in dicom.clients"])
 
 
+def test_an_association_past_max_associations_is_rejected_transient_local_limit(tmp_path: Path, bucket: str,
+                                                                                 fake_gcs: Any) -> None:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    dicom = (f"dicom:\n  ae_title: {AE_TITLE}\n  address: 127.0.0.1\n  port: 0\n  calling_ae_titles: [{CALLING}]\n"
+             "  max_associations: 1\n")
+    config = make_config(tmp_path / "spool", bucket, dicom=dicom)
+    ae = AE(ae_title=CALLING)
+    ae.add_requested_context(Verification)
+    with running_gateway(config, gcs_inbox_factory(bucket, fake_gcs.url)) as gw, captured_logs() as logs:
+        first = ae.associate("127.0.0.1", gw.receiver.port, ae_title=AE_TITLE)
+        assert first.is_established
+        try:
+            second = ae.associate("127.0.0.1", gw.receiver.port, ae_title=AE_TITLE)
+            assert second.is_rejected
+            primitive = second.acceptor.primitive
+            assert (primitive.result, primitive.result_source, primitive.diagnostic) == (2, 3, 2)
+            assert first.send_c_echo().Status == 0x0000  # the first association goes on
+        finally:
+            first.release()
+        line = wait_for(lambda: [l for l in logs() if l["message"] == "association rejected"], what="log")[0]
+        again = ae.associate("127.0.0.1", gw.receiver.port, ae_title=AE_TITLE)  # a free place again
+        assert again.is_established
+        again.release()
+    assert line["reason"] == "local limit exceeded (too many associations)" and line["callingAETitle"] == CALLING
+
+
 def test_unknown_sop_class_context_is_refused_and_logged(gateway: Any) -> None:
     from pynetdicom import AE, build_context
 
@@ -247,13 +275,18 @@ def test_dataset_that_pydicom_reads_but_is_damaged_gets_c210(gateway: Any, bucke
     assert gateway.spool.stats().disk_bytes == 0 and _objects(storage_client, bucket) == {}
 
 
-@pytest.mark.parametrize("missing", ["StudyInstanceUID", "SeriesInstanceUID"])
+@pytest.mark.parametrize("missing", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
 def test_missing_uid_gets_a900_not_a_crash(gateway: Any, missing: str) -> None:
-    (_, data), = samples.make_series(1)
+    """The request names the SOP Instance UID (pynetdicom's SCU takes it from the dataset, so a raw C-STORE here):
+    still, the dataset must carry each UID."""
+    (uids, data), = samples.make_series(1)
     ds = read_dataset(data)
     delattr(ds, missing)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    ct = str(ds.SOPClassUID)
     with captured_logs() as logs:
-        assert send(gateway.receiver.port, [ds]) == [0xA900]
+        assert _raw_store(gateway.receiver.port, ct, ct, _dataset_bytes(buffer.getvalue()), uids.sop) == 0xA900
         refusals = _refusals(logs)
     assert len(refusals) == 1 and missing in refusals[0]["reason"]
     # the receiver goes on: the next association stores normally
@@ -390,6 +423,29 @@ def test_tls_with_client_certificates(tmp_path: Path, bucket: str, fake_gcs: Any
         failed = wait_for(lambda: [line for line in logs() if line["message"] == "TLS handshake failed"],
                           what="the handshake's log line")
         assert failed[-1]["severity"] == "WARNING" and failed[-1]["peer"].startswith("127.0.0.1:")
+
+
+def test_tls_with_a_server_certificate_only(tmp_path: Path, bucket: str, fake_gcs: Any, storage_client: Any) -> None:
+    """Without tls.client_ca, a client with no certificate of its own stores over TLS; one without TLS does not."""
+    import ssl
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    server_key, server_cert = certificate(tmp_path, "server")
+    tls = f"tls:\n  certificate: {server_cert}\n  private_key: {server_key}\n"  # no client_ca
+    config = make_config(tmp_path / "spool", bucket, tls=tls)
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(server_cert))
+    (uids, data), = samples.make_series(1)
+    with running_gateway(config, gcs_inbox_factory(bucket, fake_gcs.url)) as gw:
+        assert send(gw.receiver.port, [read_dataset(data)], tls=(client, "localhost")) == [0]
+        name = f"in/{CALLING}/{uids.study}/{uids.series}/{uids.sop}.dcm"
+        assert wait_for(lambda: storage_client.bucket(bucket).get_blob(name), what=name)
+        ae = AE(ae_title=CALLING)
+        ae.add_requested_context(Verification)
+        ae.acse_timeout = ae.network_timeout = 5
+        plain = ae.associate("127.0.0.1", gw.receiver.port, ae_title=AE_TITLE)  # no TLS: no association
+        assert not plain.is_established
 
 
 def test_stopping_aborts_open_associations_and_keeps_what_was_acknowledged(tmp_path: Path, bucket: str,
