@@ -168,7 +168,8 @@ class Spool:
 
     # -- restart ---------------------------------------------------------------
     def recover(self) -> list[Record]:
-        """Create the directory if needed; read every segment on disk; return their records, oldest first."""
+        """Create the directory if needed; read every segment on disk; return the records not yet done with
+        (not noted in the segment's ``.ack`` file), oldest first."""
         make_directory(self.directory)
         for leftover in self.directory.glob("*.tmp"):
             leftover.unlink()
@@ -374,7 +375,7 @@ class Spool:
             os.write(segment.ack_fd, _OFFSET.pack(offset))
         except OSError as exc:
             if not segment.ack_failing:
-                log.warning("spool: cannot note an upload; a restart uploads this segment's records again",
+                log.warning("spool: cannot note an upload; a restart uploads again the records not noted",
                             segment=str(segment.path), error=str(exc))
             segment.ack_failing = True
 
