@@ -175,6 +175,7 @@ def reconcile(event: Any) -> None:
 def export_request(event: Any) -> None:
     from handlers import runtime
     from handlers.exports import request as export_requests
+    from handlers.exports.job import RequestIdConflict
 
     message = events.pubsub_message(event)
     instance = runtime.get()
@@ -192,8 +193,9 @@ def export_request(event: Any) -> None:
         if not (isinstance(request_id, str) and export_requests.REQUEST_ID_RE.fullmatch(request_id)):
             request_id = message.message_id
         log.warning("export request refused", reason=str(exc), rule=exc.rule, requestId=request_id)
+        record = exc.record_path if isinstance(exc, RequestIdConflict) else None  # the id's own record is another's
         instance.exports.reject(request_id, _text(fields.get("store")), _text(fields.get("destination")), str(exc),
-                                deadline, exc.rule)
+                                deadline, exc.rule, record)
         return
     log.info("export finished", requestId=request.request_id, outcome=result["outcome"],
              operation=result["operation"], success=result["counter"]["success"],

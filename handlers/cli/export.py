@@ -61,7 +61,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                              "or series, 50,000 instances)")
     parser.add_argument("--mime-type", help="default: application/dicom; transfer-syntax=*")
     parser.add_argument("--request-id", metavar="ID",
-                        help="names the export; run again with the same id to resume it instead of exporting twice")
+                        help="names the export; run again with the same id and arguments to resume it instead of "
+                             "exporting twice (the same id with other arguments is refused)")
     parser.add_argument("--json", action="store_true", help="print the result message as JSON")
     parser.set_defaults(run=run)
 

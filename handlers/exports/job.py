@@ -128,7 +128,14 @@ class ExportJob:
         record = self._with_noted_operation(self.store.read(path))
         if record is None or record.data["state"] == STARTING:
             check_destination(request.destination, self.destinations, self.config_path)
+        if record is not None:
+            check_same_request(request, record.data)
         record = record or self._start(request, path, deadline, page_size, on_page, worker)
+        return self._advance(request, record, path, deadline, worker)
+
+    def _advance(self, request: ExportRequest, record: Document, path: str, deadline: Deadline,
+                 worker: str) -> dict[str, Any]:
+        """Move ``record`` on (call, follow, publish) until its result is published; RetryLater when out of time."""
         while True:
             state = record.data["state"]
             if state == DONE:
@@ -180,15 +187,17 @@ class ExportJob:
             self.store.write_text(filter_path, filter_text(paths))
             filter_uri = f"gs://{self.store.bucket}/{filter_path}"
             summary = {"uri": filter_uri, **count_levels(paths), "query": query}
-        data = {"state": STARTING, "requestId": request.request_id, "store": request.store,
-                "destination": request.destination, "mimeType": request.mime_type, "filterUri": filter_uri,
+        data = {"state": STARTING, "requestId": request.request_id, "fingerprint": request.fingerprint,
+                "store": request.store, "destination": request.destination, "mimeType": request.mime_type,
+                "filterUri": filter_uri,
                 "filter": summary, "requestedAt": self.clock(), "operation": None, "callStartedAt": self.clock(),
                 "callBy": worker}
         record: Document | None
         try:
             record = Document(data, self.store.create(path, data))
-        except Conflict:
+        except Conflict:  # another delivery created it meanwhile, maybe for other arguments
             record = self.store.read(path)
+            check_same_request(request, record.data)  # type: ignore[union-attr]
         if request.query is not None:
             self.store.delete(search_progress_path(request.request_id))
         return record  # type: ignore[return-value]
@@ -299,17 +308,19 @@ class ExportJob:
         return self.reporter.conclude(record, path, message, attributes, worker)
 
     def reject(self, request_id: str, store: str | None, destination: str | None, reason: str, deadline: Deadline,
-               rule: str | None = None) -> dict[str, Any]:
+               rule: str | None = None, record_path: str | None = None) -> dict[str, Any]:
         """Report a request refused before any call (once, even if the message is redelivered).
 
         ``rule``: the config rule that refused it (``exports.destinations``, ``stores``), None for a malformed request.
+        ``record_path``: where the refusal is recorded when not in the id's own record (a
+        :class:`RequestIdConflict`'s, whose id names another export).
         The id is the export's: an export whose call was made (its operation noted, or its call claimed less than
         ABANDONED_AFTER_SECONDS ago) is followed to its own result instead (RetryLater until it ends), and an id that
         already has a result keeps it; only a new id, or one whose call was never made, is concluded REJECTED. A new
         id's record is created with the REJECTED result in it, so a valid request reusing the id meanwhile publishes
         that result (or waits for its publisher) and never calls export.
         """
-        path = f"exports/{request_id}.json"
+        path = record_path or f"exports/{request_id}.json"
         worker = new_worker()
         record = self._with_noted_operation(self.store.read(path))
         if record is not None and record.data["state"] == DONE:
@@ -351,7 +362,34 @@ class ExportJob:
             raise RetryLater(f"another worker is starting export {data['requestId']}")
         request = ExportRequest.build(store=data["store"], destination=data["destination"],
                                       mime_type=data["mimeType"], request_id=data["requestId"])
-        return self.run(request, deadline)
+        return self._advance(request, record, self.record_path(request), deadline, new_worker())
+
+
+class RequestIdConflict(ExportRequestError):
+    """A ``requestId`` reused with other arguments; its refusal is recorded at ``record_path``, not the id's record."""
+
+    def __init__(self, message: str, record_path: str) -> None:
+        super().__init__(message)
+        self.record_path = record_path
+
+
+def check_same_request(request: ExportRequest, recorded: Mapping[str, Any]) -> None:
+    """Refuse ``request`` (RequestIdConflict) when its id's record was made for other arguments.
+
+    A record without a fingerprint (an export started by an earlier version, or a refusal) is not compared.
+    """
+    fingerprint = recorded.get("fingerprint")
+    if fingerprint is None or fingerprint == request.fingerprint:
+        return
+    fields = (("store", "store", request.store), ("destination", "destination", request.destination),
+              ("mimeType", "MIME type", request.mime_type))
+    differs = [label for key, label, value in fields
+               if str(recorded.get(key) or "").rstrip("/") != value.rstrip("/")] or ["UIDs, filter lines or query"]
+    rid = request.request_id
+    raise RequestIdConflict(
+        f"requestId {rid} already names an export with other arguments (different {', '.join(differs)}): give this "
+        "export a new requestId, or repeat that export's arguments to follow it",
+        f"exports/{rid}.conflict.{request.fingerprint[:16]}.json")
 
 
 def rejection_message(request_id: str, store: str | None, destination: str | None, reason: str,

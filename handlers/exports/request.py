@@ -15,6 +15,8 @@ copy the store anywhere (docs/security.md).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -94,6 +96,18 @@ class ExportRequest:
         if not REQUEST_ID_RE.fullmatch(rid):
             raise ExportRequestError(f"requestId {rid!r} must be 1-128 letters, digits, '.', '_' or '-'")
         return cls(store, destination, tuple(dict.fromkeys(paths)), mime, rid, query)
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of what is exported, from where, to where and how: equal for the same request in any order.
+
+        Kept in the export's record, so a ``requestId`` reused with other arguments is refused instead of
+        answered with the other export's result.
+        """
+        query = [self.query.level, sorted(self.query.params)] if self.query else None
+        defining = {"store": self.store, "destination": self.destination.rstrip("/"), "mimeType": self.mime_type,
+                    "paths": sorted(self.paths), "query": query}
+        return hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()
 
     @property
     def filtered(self) -> bool:

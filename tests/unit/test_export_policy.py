@@ -264,6 +264,27 @@ def test_a_refused_request_reusing_a_running_exports_id_gets_that_exports_result
     assert message["counter"]["success"] == 5 and len(s.api.exports) == 1
 
 
+def test_a_request_reusing_an_exports_id_with_other_arguments_gets_its_own_rejected_result_once(monkeypatch):
+    s = Setup()
+    original = ExportRequest.build(store=STORE, destination="gs://exports-bkt/a", request_id="r1")
+    with pytest.raises(RetryLater, match="still running"):
+        s.job.run(original, Deadline(60))
+    instance = SimpleNamespace(config=SimpleNamespace(stores={"main": STORE}), exports=s.job, api=s.api)
+    monkeypatch.setattr(runtime, "get", lambda: instance)
+    other = {"store": "main", "destination": "gs://exports-bkt/b", "requestId": "r1"}
+    entrypoints.export_request(export_event(other))
+    entrypoints.export_request(export_event(other))  # redelivered: no second result
+    [(_, message, attributes)] = s.publisher.messages
+    validate(message, attributes)
+    assert message["outcome"] == "REJECTED" and message["requestId"] == "r1" and message["error"]["code"] == 400
+    assert "requestId r1 already names an export with other arguments (different destination)" in (
+        message["error"]["message"])
+    assert len(s.api.exports) == 1 and "result" not in s.store.read("exports/r1.json").data
+    [operation] = s.api.operations
+    s.api.finish(operation, success=5)
+    assert s.job.run(original, Deadline(60))["outcome"] == "SUCCEEDED"
+
+
 def test_a_refused_request_waits_for_a_call_in_flight_and_rejects_one_never_made(monkeypatch):
     s = Setup()
     s.store.create("exports/r1.json", {"state": STARTING, "requestId": "r1", "store": STORE,

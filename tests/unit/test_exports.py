@@ -10,7 +10,7 @@ from handlers.exports.request import (
     parse_filter_lines,
     request_from_message,
 )
-from handlers.exports.job import EXPORT_SCHEMA, STARTING, ExportJob, operation_note_path
+from handlers.exports.job import EXPORT_SCHEMA, STARTING, ExportJob, RequestIdConflict, operation_note_path
 from handlers.clients.healthcare import ApiError
 from handlers.batch.reporting import Reporter
 from handlers.retry import Deadline, RetryLater
@@ -137,6 +137,27 @@ def test_the_record_is_written_three_times_created_claimed_then_result_then_done
     s.new_job().run(request, Deadline(60))
     assert record_writes(s.store, "r1") == 3
     assert s.store.read("exports/r1.json").data["state"] == "done" and len(s.api.exports) == 1
+
+
+@pytest.mark.parametrize("other, differs", [
+    ({"destination": "gs://out-bkt/elsewhere"}, "different destination"),
+    ({"studies": ["1.3"]}, "different UIDs, filter lines or query"),
+    ({"mime_type": "image/png"}, "different MIME type"),
+])
+def test_a_request_id_reused_with_other_arguments_is_refused_not_answered_with_the_first_result(other, differs):
+    s = Setup()
+    first = dict(store=STORE, destination="gs://out-bkt/dir", studies=["1.2"], request_id="r1")
+    with pytest.raises(RetryLater, match="still running"):
+        s.job.run(ExportRequest.build(**first), Deadline(60))
+    s.api.finish(next(iter(s.api.operations)), success=4)
+    assert s.new_job().run(ExportRequest.build(**first), Deadline(60))["outcome"] == "SUCCEEDED"
+    with pytest.raises(RequestIdConflict, match=f"requestId r1 already names an export with other arguments "
+                                                f"\\({differs}\\): give this export a new requestId") as info:
+        s.new_job().run(ExportRequest.build(**{**first, **other}), Deadline(60))
+    assert info.value.record_path.startswith("exports/r1.conflict.") and len(s.api.exports) == 1
+    same = {**first, "studies": ["1.2", "1.2"], "destination": "gs://out-bkt/dir/"}  # the same, written otherwise
+    assert s.new_job().run(ExportRequest.build(**same), Deadline(60))["outcome"] == "SUCCEEDED"
+    assert len(s.publisher.messages) == 1
 
 
 def test_whole_store_export_has_no_filter():
