@@ -7,6 +7,8 @@ import re
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+#: The longest duration an option takes: longer would overflow the date arithmetic of a window.
+MAX_DURATION_DAYS = 3650
 
 
 def positive_int(text: str) -> int:
@@ -18,7 +20,17 @@ def positive_int(text: str) -> int:
 
 
 def duration(text: str) -> float:
-    """``90s``, ``30m``, ``24h``, ``7d`` or plain seconds -> seconds."""
+    """``90s``, ``30m``, ``24h``, ``7d`` or plain seconds -> seconds, from 0 to :data:`MAX_DURATION_DAYS` days."""
+    seconds = unbounded_duration(text)
+    if seconds > MAX_DURATION_DAYS * 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is too long: give at most {MAX_DURATION_DAYS}d")
+    return seconds
+
+
+def unbounded_duration(text: str) -> float:
+    """:func:`duration` without its upper bound (for an option with its own); may be ``inf``."""
+    if text.strip().startswith("-"):
+        raise argparse.ArgumentTypeError(f"{text!r} is negative: give a duration of 0 or more, e.g. 90s, 30m or 24h")
     found = _DURATION.fullmatch(text.strip().lower())
     if found is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration: write a number and s, m, h or d, "

@@ -16,6 +16,7 @@ from handlers.batch import layout
 from handlers.batch.intake import DUPLICATE
 from handlers.batch.results import SUCCEEDED
 from handlers.cli import backfill_run
+from handlers.cli.arguments import duration
 from handlers.cli.backfill_plan import Plan, SourceObject, make_plan
 from handlers.cli.backfill_run import EARLIER, NEW, NOT_ADMITTED, RESUMED, Tally
 from handlers.cli.context import Context
@@ -40,8 +41,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--rule", metavar="NAME", help="import only what this rule matches")
     parser.add_argument("--dry-run", action="store_true", help="list what would be imported and how; call nothing")
     parser.add_argument("--no-wait", action="store_true", help="return once admitted; follow results with `tail`")
-    parser.add_argument("--timeout", type=float, metavar="SECONDS",
-                        help="stop waiting after this long (the batches go on; run again to keep waiting)")
+    parser.add_argument("--timeout", type=duration, metavar="DURATION",
+                        help="stop waiting after this long (90s, 10m or seconds; the batches go on; run again to "
+                             "keep waiting)")
     parser.set_defaults(run=run)
 
 

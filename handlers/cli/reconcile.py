@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from handlers.cli.arguments import duration as any_duration
+from handlers.cli.arguments import duration as any_duration, unbounded_duration
 from handlers.cli.context import Context
 from handlers.cli.environment import PUBSUB, STORAGE, require
 from handlers.cli.errors import EXIT_FAILURE, CliError
@@ -35,15 +35,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--since", metavar="DURATION", type=duration,
                         help="look at objects created this long ago or later (90m, 6h, 2d; at most 29d) instead "
                              "of since the last sweep; the checkpoint moves only if this reaches back to it")
-    parser.add_argument("--timeout", type=float, metavar="SECONDS",
-                        help="stop after this long (at least one page of 1,000 objects is swept); the next run resumes")
+    parser.add_argument("--timeout", type=any_duration, metavar="DURATION",
+                        help="stop after this long (90s, 10m or seconds; default: no limit); at least one page of "
+                             "1,000 objects is swept, and the next run resumes")
     parser.add_argument("--json", action="store_true", help="print the result message as JSON")
     parser.set_defaults(run=run)
 
 
 def duration(text: str) -> float:
     """``90m``, ``6h``, ``2d``, ``3600`` (seconds) -> seconds; at most the claims' lifetime minus a day."""
-    seconds = any_duration(text)
+    seconds = unbounded_duration(text)
     if not 0 < seconds <= MAX_RECONCILE_WINDOW_HOURS * 3600:
         raise argparse.ArgumentTypeError(
             f"{text!r}: give more than 0 and at most {MAX_RECONCILE_WINDOW_HOURS // 24}d (claims are deleted "
@@ -55,7 +56,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     require(STORAGE, PUBSUB)
     sweeper = ctx.runtime.reconciler
     try:
-        result = sweeper.run(Deadline(args.timeout if args.timeout else UNLIMITED_SECONDS), since=args.since)
+        result = sweeper.run(Deadline(UNLIMITED_SECONDS if args.timeout is None else args.timeout), since=args.since)
     except SweepBusy as exc:
         raise CliError(f"{exc}: it is taken over once idle for 5 minutes; run again later") from None
     except UnfinishedSweep as exc:

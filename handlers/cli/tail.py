@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from handlers.batch.results import SUCCEEDED
-from handlers.cli.arguments import positive_int
+from handlers.cli.arguments import duration, positive_int
 from handlers.cli.context import Context
 from handlers.cli.environment import PUBSUB, require
 from handlers.cli.errors import CliError
@@ -37,7 +37,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--subscription", metavar="NAME",
                         help="subscription name or projects/P/subscriptions/NAME (default: $RESULTS_SUBSCRIPTION)")
     parser.add_argument("--max-messages", type=positive_int, metavar="N", help="stop after N messages")
-    parser.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after SECONDS without a message")
+    parser.add_argument("--timeout", type=duration, metavar="DURATION",
+                        help="stop after this long without a message (90s, 10m or seconds)")
     parser.add_argument("--json", action="store_true", help="one JSON object per message")
     parser.set_defaults(run=run)
 
