@@ -20,7 +20,7 @@ import yaml
 
 # The loader and the problem collector of config.yaml: one implementation of
 # "FILE:LINE: problem and fix", ${NAME} interpolation and "did you mean" hints.
-from handlers.config import ConfigError, _LineLoader, _List, _Map, _Reader, _names
+from handlers.config import ConfigError, _LineLoader, _List, _Map, _Reader, _names, read_source
 from handlers.privacy import NamePolicy
 
 __all__ = ["ConfigError", "GatewayConfig", "NAME_FIELDS", "DEFAULT_OBJECT_NAME", "load", "parse"]
@@ -113,11 +113,7 @@ class GatewayConfig:
 
 def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> GatewayConfig:
     """Read and validate a gateway config file; raise :class:`ConfigError` listing every problem."""
-    try:
-        source = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}:0: cannot read the gateway config file ({exc.strerror}): check the path"]) from None
-    return parse(source, str(path), os.environ if env is None else env)
+    return parse(read_source(path, "gateway config file"), str(path), os.environ if env is None else env)
 
 
 def parse(source: str, path: str, env: Mapping[str, str]) -> GatewayConfig:

@@ -326,12 +326,22 @@ def _plain(number: float) -> str:
 
 def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
     """Read and validate a config file; raise :class:`ConfigError` listing every problem."""
-    path_text = str(path)
+    return parse(read_source(path, "config file"), str(path), os.environ if env is None else env)
+
+
+def read_source(path: str | os.PathLike[str], what: str) -> str:
+    """The text of a config file; :class:`ConfigError` when ``what`` (its kind, for the message) cannot be read.
+
+    Not UTF-8 names the line and the first byte that is not, rather than a traceback.
+    """
     try:
-        source = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([f"{path_text}:0: cannot read the config file ({exc.strerror}): check the path"]) from None
-    return parse(source, path_text, os.environ if env is None else env)
+        raise ConfigError([f"{path}:0: cannot read the {what} ({exc.strerror}): check the path"]) from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise ConfigError([f"{path}:{line}: not UTF-8 text (byte {exc.start + 1} is 0x{exc.object[exc.start]:02x}): "
+                           f"save the {what} as UTF-8"]) from None
 
 
 def parse(source: str, path: str, env: Mapping[str, str]) -> Config:

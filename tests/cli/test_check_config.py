@@ -70,6 +70,14 @@ def test_an_unreadable_config_is_one_line(cli, config_env, tmp_path):
     assert result.err == f"{tmp_path / 'missing.yaml'}:0: cannot read the config file (No such file or directory): check the path\n"
 
 
+def test_a_config_not_in_utf8_is_one_line_naming_the_line_and_byte(cli, config_env, tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("stores:\n  main: x  # Müller\n".encode("latin-1"))
+    result = cli("check-config", str(path))
+    assert result.code == 1
+    assert result.err == f"{path}:2: not UTF-8 text (byte 23 is 0xfc): save the config file as UTF-8\n"
+
+
 def test_a_missing_environment_variable_names_the_fix(cli, config_env, monkeypatch):
     monkeypatch.delenv("INBOX_BUCKET")
     result = cli("check-config")

@@ -31,6 +31,16 @@ def test_example_config_is_valid_and_defaults_apply(tmp_path: Path) -> None:
     assert (config.bucket, config.prefix, config.object_name) == ("dicom-inbox", "modalities/", DEFAULT_OBJECT_NAME)
 
 
+def test_a_config_not_in_utf8_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.__main__ import main
+
+    path = tmp_path / "gw.yaml"
+    path.write_bytes(b"dicom:\n  ae_title: \xff\n")
+    assert main(["--config", str(path), "--check"]) == 2
+    assert capsys.readouterr().err == (f"{path}:2: not UTF-8 text (byte 20 is 0xff): save the gateway config file "
+                                       "as UTF-8\n")
+
+
 def test_config_problems_name_the_line_and_the_fix(tmp_path: Path) -> None:
     text = config_text(tmp_path, "bkt", dicom="dicom:\n  ae_title: THIS-TITLE-IS-TOO-LONG\n  prot: 104\n  calling_ae_titles: []\n",
                        destination="destination: s3://bkt/\nobject_name: '{PatientName}/{SOPInstanceUID}'\n")
