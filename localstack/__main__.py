@@ -5,7 +5,7 @@
   configuration ``.local/gcloud`` (``CLOUDSDK_CONFIG``), print a summary;
 * ``down``: stop every process ``up`` started, by PID, and check none is left;
 * ``status``: each service's PID, port and health, and the bridge's counters
-  (exit 0 if all are healthy, 1 if some are not, 3 if the stack is not up);
+  (exit 0 if all are healthy, 1 if some are not, 3 if the stack is not up or its files are damaged);
 * ``env``: ``export KEY=VALUE`` lines for a shell, ``CLOUDSDK_CONFIG`` included, so that
   after ``eval "$(python -m localstack env)"`` the Google clients and ``gcloud`` use the stack.
 * ``faults gcs show|set|outage|clear|write-interval``: Cloud Storage faults, through the proxy's admin API;
@@ -27,13 +27,42 @@ from .names import REPO_ROOT
 from .process import ProcessRecord, is_ours, read_record, session_members
 
 DEFAULT_WORKDIR = REPO_ROOT / ".local"
+#: The environment variables of the Healthcare emulator's fault injection that ``up --fault`` may set.
+FAULT_KEYS = ("HEALTHCARE_EMULATOR_FAULTS",)
+NOT_UP = 3  # exit code: the stack is not up, or its files in the workdir are unusable
+
+
+class UsageError(Exception):
+    """A command line or stack file the command cannot use: one line naming it and the fix, exit 2 or ``code``."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _fault_env(items: list[str]) -> dict[str, str]:
+    """``--fault KEY=VALUE`` options as environment, each checked (a fault JSON that the emulator would refuse)."""
+    from emulator.faults import FaultConfig
+
+    env = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in FAULT_KEYS:
+            raise UsageError(f"--fault {item!r}: give {' or '.join(FAULT_KEYS)}=JSON, e.g. HEALTHCARE_EMULATOR_FAULTS="
+                             "'{\"methods\": {\"*\": {\"rate503\": 0.1}}}' (docs/emulator.md)")
+        try:
+            FaultConfig.parse(json.loads(value))
+        except ValueError as exc:  # FaultSpecError is one
+            raise UsageError(f"--fault {key}: not a fault configuration ({exc}): see docs/emulator.md") from None
+        env[key] = value
+    return env
 
 
 def _up(args: argparse.Namespace) -> int:
     from .process import StartError
     from .stack import Stack
 
-    faults = dict(item.split("=", 1) for item in args.fault)
+    faults = _fault_env(args.fault)
     stack = Stack(args.workdir, config=args.config, source=args.source, faults=faults)
     try:
         env = stack.start()
@@ -95,8 +124,8 @@ def _status(args: argparse.Namespace) -> int:
     state_path = args.workdir / "stack.json"
     if not state_path.exists():
         print("local stack is not up (start it with: make up)")
-        return 3
-    state = json.loads(state_path.read_text())
+        return NOT_UP
+    state = _stack_state(state_path)
     all_ok = True
     print(f"local stack started {state['started']} ({state_path})")
     for description in state["services"]:
@@ -121,26 +150,44 @@ def _status(args: argparse.Namespace) -> int:
     return 0 if all_ok else 1
 
 
+def _stack_state(path: Path) -> dict:
+    """``stack.json`` as ``up`` wrote it; UsageError (exit 3) when it is not that."""
+    restart = "restart the stack with make down && make up"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {path} as JSON ({exc}): {restart}", NOT_UP) from None
+    services = state.get("services") if isinstance(state, dict) else None
+    if not (isinstance(state, dict) and isinstance(state.get("started"), str) and isinstance(services, list)
+            and all(isinstance(service, dict) and {"name", "pid", "url", "log"} <= set(service)
+                    for service in services)):
+        raise UsageError(f"{path} does not describe the services up started: {restart}", NOT_UP)
+    return state
+
+
 def _env(args: argparse.Namespace) -> int:
     from .stack import read_env_file
 
     env_path = args.workdir / "stack.env"
     if not env_path.exists():
-        print("local stack is not up (start it with: make up)", file=sys.stderr)
-        return 3
+        raise UsageError("local stack is not up (start it with: make up)", NOT_UP)
     for key, value in read_env_file(env_path).items():
         print(f"export {key}={shlex.quote(value)}")
     return 0
 
 
-def _stack_url(args: argparse.Namespace, key: str) -> str | None:
+def _stack_url(args: argparse.Namespace, key: str) -> str:
+    """``key`` of ``stack.env``: a service's URL; UsageError (exit 3) when the stack is not up or has no such key."""
     from .stack import read_env_file
 
     env_path = args.workdir / "stack.env"
     if not env_path.exists():
-        print("local stack is not up (start it with: make up)", file=sys.stderr)
-        return None
-    return read_env_file(env_path)[key].rstrip("/")
+        raise UsageError("local stack is not up (start it with: make up)", NOT_UP)
+    value = read_env_file(env_path).get(key)
+    if not value:
+        raise UsageError(f"{env_path} does not set {key} (written by an older or interrupted up, or edited): restart "
+                         "the stack with make down && make up", NOT_UP)
+    return value.rstrip("/")
 
 
 def _call(method: str, url: str, body: object | None = None) -> int:
@@ -160,10 +207,7 @@ def _call(method: str, url: str, body: object | None = None) -> int:
 
 
 def _faults(args: argparse.Namespace) -> int:
-    base = _stack_url(args, "STORAGE_EMULATOR_HOST")
-    if base is None:
-        return 3
-    proxy = f"{base}/proxy"
+    proxy = f"{_stack_url(args, 'STORAGE_EMULATOR_HOST')}/proxy"
     if args.action == "show":
         return _call("GET", f"{proxy}/faults") or _call("GET", f"{proxy}/outage") or _call("GET", f"{proxy}/config")
     if args.action == "clear":
@@ -188,8 +232,6 @@ def _faults(args: argparse.Namespace) -> int:
 
 def _events(args: argparse.Namespace) -> int:
     bridge = _stack_url(args, "BRIDGE_URL")
-    if bridge is None:
-        return 3
     if args.action == "show":
         return _call("GET", f"{bridge}/events")
     fraction = args.fraction if args.action == "drop" else 0.0
@@ -233,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     up = commands.add_parser("up", help="start everything in the background")
     up.add_argument("--config", type=Path, default=None, help="the function's config file (default config.yaml)")
     up.add_argument("--source", default="main.py", help="the functions' source file (default main.py)")
-    up.add_argument("--fault", action="append", default=[], metavar="KEY=VALUE",
-                    help="environment for the Healthcare emulator's fault injection (repeatable)")
+    up.add_argument("--fault", action="append", default=[], metavar="HEALTHCARE_EMULATOR_FAULTS=JSON",
+                    help="the Healthcare emulator's fault configuration at start (docs/emulator.md)")
     commands.add_parser("down", help="stop everything up started")
     commands.add_parser("status", help="health of each service, bridge counters")
     commands.add_parser("env", help="print export lines for stack.env")
@@ -242,7 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.workdir = args.workdir.resolve()
     commands_run = {"up": _up, "down": _down, "status": _status, "env": _env, "faults": _faults, "events": _events}
-    return commands_run[args.command](args)
+    try:
+        return commands_run[args.command](args)
+    except UsageError as exc:
+        print(f"python -m localstack {args.command}: {exc}", file=sys.stderr)
+        return exc.code
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+"""``python -m localstack`` refusing what it cannot use in one line, before starting or calling anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from localstack import stack
+from localstack.__main__ import main
+
+
+def run(workdir: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(["--workdir", str(workdir), *argv])
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+@pytest.mark.parametrize("fault, words", [
+    ("FOO", "--fault 'FOO': give HEALTHCARE_EMULATOR_FAULTS=JSON"),
+    ("RATE=1", "--fault 'RATE=1': give HEALTHCARE_EMULATOR_FAULTS=JSON"),
+    ("HEALTHCARE_EMULATOR_FAULTS=nope", "--fault HEALTHCARE_EMULATOR_FAULTS: not a fault configuration (Expecting"),
+    ('HEALTHCARE_EMULATOR_FAULTS={"methods": {"*": {"rate429": 2}}}', "rate429 must be between 0 and 1"),
+])
+def test_up_refuses_a_fault_it_cannot_pass_on_before_starting_anything(tmp_path, capsys, monkeypatch, fault, words):
+    monkeypatch.setattr(stack.Stack, "start", lambda self: pytest.fail("the stack was started"))
+    code, err = run(tmp_path, capsys, "up", "--fault", fault)
+    assert code == 2 and err.startswith("python -m localstack up: ") and words in err
+    assert len(err.splitlines()) == 1 and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv", [["events", "drop"], ["events", "deliver"], ["faults", "gcs", "show"]])
+def test_a_stack_env_without_the_url_is_one_line(tmp_path, capsys, argv):
+    (tmp_path / "stack.env").write_text("INBOX_BUCKET=dicom-inbox\n")
+    code, err = run(tmp_path, capsys, *argv)
+    assert code == 3 and len(err.splitlines()) == 1
+    assert f"{tmp_path / 'stack.env'} does not set " in err and "make down && make up" in err
+
+
+@pytest.mark.parametrize("text, words", [
+    ('{"started": "2026-01-01T00:00:00Z", "services": [', "cannot read"),
+    ('["bridge"]', "does not describe the services up started"),
+    ('{"started": "2026-01-01T00:00:00Z", "services": [{"name": "bridge"}]}', "does not describe"),
+])
+def test_a_damaged_stack_json_is_one_line(tmp_path, capsys, text, words):
+    (tmp_path / "stack.json").write_text(text)
+    code, err = run(tmp_path, capsys, "status")
+    assert code == 3 and len(err.splitlines()) == 1 and words in err and "make down && make up" in err
