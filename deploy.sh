@@ -107,6 +107,8 @@ Options:
   -h, --help                this help
 
 Topic flags take a topic ID or projects/PROJECT/topics/ID; bucket flags take NAME or gs://NAME.
+Before any call the config is checked as the functions load it (python -m handlers check-config
+with their environment; Python: $PYTHON, else .venv/bin/python, else python3).
 Flags win over environment variables. Exit status: 0 done, 1 a command failed, 2 bad input.
 EOF
 }
@@ -447,6 +449,7 @@ validate() {
   validate_monitoring
   validate_kms_key
   validate_results_table
+  check_config_loads  # last: the flags it reads are checked, and it is the slowest
 }
 
 cpu_at_least_one() {
@@ -485,6 +488,26 @@ validate_config() {
   done < <(sed -e 's/^#.*$//' -e 's/[[:space:]]#.*$//' "${SOURCE_DIR}/${CONFIG_REL}" \
              | grep -o '\${[A-Za-z_][A-Za-z0-9_]*}' | sed -e 's/^\${//' -e 's/}$//' | sort -u)
   read_failure_policies
+}
+
+# check_config_loads: the function's own validation of the config (python -m
+# handlers check-config), with exactly the environment the functions get, so a
+# config they would refuse at load stops the deploy before any call. Python:
+# $PYTHON, else the repository's .venv, else python3 (PyYAML is all it needs).
+check_config_loads() {
+  local python=${PYTHON:-python3} problems
+  if [[ -z ${PYTHON:-} && -x ${SOURCE_DIR}/.venv/bin/python ]]; then
+    python=${SOURCE_DIR}/.venv/bin/python
+  fi
+  function_env
+  (cd "${SOURCE_DIR}" && "${python}" -c 'import yaml, handlers.cli' >/dev/null 2>&1) \
+    || die_usage "cannot check ${CONFIG_REL}: '${python}' cannot import PyYAML and the handlers package from ${SOURCE_DIR}: run make venv, or set PYTHON to a Python 3 with PyYAML"
+  if ! problems=$(cd "${SOURCE_DIR}" && env -i PATH="${PATH}" HOME="${HOME:-/}" "${FUNCTION_ENV[@]}" \
+                    "${python}" -m handlers check-config "${CONFIG_REL}" 2>&1 >/dev/null); then
+    printf '%s\n' "${problems}" >&2
+    die_usage "${CONFIG_REL} would not load in the functions (python -m handlers check-config, with their environment, found the problems above): fix them before deploying"
+  fi
+  say "config: ${CONFIG_REL} is valid with the functions' environment"
 }
 
 # read_failure_policies: which on_failure policies the config's rules use (the
@@ -738,8 +761,9 @@ grant_service_agents() {
     --member="serviceAccount:${SCHEDULER_AGENT}" --role=roles/pubsub.publisher
 }
 
-env_vars() {
-  local -a vars=(
+# function_env: FUNCTION_ENV=(KEY=VALUE...), the functions' environment.
+function_env() {
+  FUNCTION_ENV=(
     "GOOGLE_CLOUD_PROJECT=${PROJECT}"
     "INBOX_BUCKET=${INBOX}"
     "STATE_BUCKET=${STATE}"
@@ -750,10 +774,15 @@ env_vars() {
     # functions-framework serves with this many gunicorn threads (default 4 x CPUs).
     "THREADS=${CONCURRENCY}"
   )
-  [[ -z ${EXPORT} ]] || vars+=("EXPORT_BUCKET=${EXPORT}")
-  [[ ${CONFIG_REL} == config.yaml ]] || vars+=("DICOM_IMPORT_CONFIG=${CONFIG_REL}")
+  [[ -z ${EXPORT} ]] || FUNCTION_ENV+=("EXPORT_BUCKET=${EXPORT}")
+  [[ ${CONFIG_REL} == config.yaml ]] || FUNCTION_ENV+=("DICOM_IMPORT_CONFIG=${CONFIG_REL}")
+}
+
+# env_vars: the functions' environment as --set-env-vars takes it (KEY=VALUE,KEY=VALUE).
+env_vars() {
+  function_env
   local IFS=,
-  printf '%s' "${vars[*]}"
+  printf '%s' "${FUNCTION_ENV[*]}"
 }
 
 # deploy_function NAME ENTRY_POINT TRIGGER_FLAGS...

@@ -212,6 +212,7 @@ def env(tmp_path: Path) -> dict:
         fake.chmod(0o755)
     for directory in ("monitoring", "bigquery"):
         shutil.copytree(REPO / directory, src / directory)
+    (src / "handlers").symlink_to(REPO / "handlers")  # deploy.sh checks the config with python -m handlers
     home = tmp_path / "home"
     home.mkdir()
     return {
@@ -227,6 +228,7 @@ def env(tmp_path: Path) -> dict:
             "FAKE_GCLOUD_INBOX": INBOX,
             "FAKE_REGION": REGION,
             "DEPLOY_RETRY_SLEEP": "0",
+            "PYTHON": sys.executable,
         },
     }
 
@@ -274,6 +276,7 @@ def test_dry_run_runs_nothing_and_prints_every_command(env):
     run = ok(deploy(env, *REQUIRED, "--dry-run"))
 
     assert run.calls == [] and not env["log"].exists()
+    assert "config: config.yaml is valid with the functions' environment" in run.stderr
     lines = run.stdout.splitlines()
     commands = [line for line in lines if line and not line.startswith("#")]
     for expected in (
@@ -820,7 +823,7 @@ def test_results_table_needs_an_existing_dataset(env):
 def test_results_table_without_bq_stops_before_any_call(env, tmp_path):
     tools = tmp_path / "tools"  # the commands deploy.sh and the fake use, and no bq
     tools.mkdir()
-    for name in ("bash", "dirname", "basename", "tr", "sed", "grep", "sort", "mktemp", "cat", "rm", "wc", "cp"):
+    for name in ("bash", "dirname", "basename", "tr", "sed", "grep", "sort", "mktemp", "cat", "rm", "wc", "cp", "env"):
         (tools / name).symlink_to(shutil.which(name))
     (env["src"].parent / "bin" / "bq").unlink()
     run = deploy(env, *REQUIRED, "--results-table", TABLE, PATH=f"{env['src'].parent / 'bin'}:{tools}")
@@ -1048,6 +1051,31 @@ def test_config_using_a_variable_deploy_does_not_set_exits_2(env):
     run = deploy(env, *REQUIRED)
     assert run.returncode == 2 and run.calls == []
     assert "${SITE_CODE}" in run.stderr and "IGNORED_IN_A_COMMENT" not in run.stderr
+
+
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["real", "dry-run"])
+def test_a_config_the_functions_would_refuse_stops_before_any_call(env, dry_run):
+    """deploy.sh's own checks read only ${VARS} and policies; python -m handlers check-config reads the rest."""
+    config = env["src"] / "config.yaml"
+    config.write_text(config.read_text().replace("max_objects: 500", "max_objects: 0"))
+    run = deploy(env, *REQUIRED, *dry_run)
+    assert run.returncode == 2 and run.calls == [] and run.stdout == ""
+    assert "config.yaml:23: max_objects must be between 1 and 100000, got 0\n" in run.stderr
+    assert "deploy.sh: error: config.yaml would not load in the functions" in run.stderr
+
+
+def test_the_config_is_checked_with_the_functions_environment_only(env):
+    """The operator's shell (a local stack's variables, KMS_KEY) does not reach the check: the function's would not."""
+    config = env["src"] / "config.yaml"
+    config.write_text(config.read_text().replace("max_objects: 500", "max_objects: ${SITE_MAX:-500}"))
+    ok(deploy(env, *REQUIRED, "--dry-run", SITE_MAX="0", STORAGE_EMULATOR_HOST="127.0.0.1:9"))
+
+
+def test_without_a_python_to_check_the_config_nothing_is_called(env):
+    run = deploy(env, *REQUIRED, PYTHON="/nonexistent/python3")
+    assert run.returncode == 2 and run.calls == []
+    assert "cannot check config.yaml: '/nonexistent/python3' cannot import PyYAML" in run.stderr
+    assert "run make venv, or set PYTHON" in run.stderr
 
 
 def test_help_exits_0_and_lists_every_flag(env):
