@@ -39,7 +39,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "Safe to interrupt and run again: nothing is imported twice.")
     parser.add_argument("uri", metavar="gs://BUCKET/PREFIX", help="where to look (a folder ends with '/')")
     parser.add_argument("--rule", metavar="NAME", help="import only what this rule matches")
-    parser.add_argument("--dry-run", action="store_true", help="list what would be imported and how; call nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list what would be imported and how; only the bucket is listed: nothing is written, "
+                             "published or imported")
     parser.add_argument("--no-wait", action="store_true", help="return once admitted; follow results with `tail`")
     parser.add_argument("--timeout", type=duration, metavar="DURATION",
                         help="stop waiting after this long (90s, 10m or seconds; the batches go on; run again to "

@@ -32,7 +32,8 @@ EMPTY_PAUSE_SECONDS = 0.5
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "tail", help="print result messages as they arrive, failures highlighted",
-        description="Pull dicom-import-result/v1 and dicom-export-result/v1 messages, print one line each "
+        description="Pull dicom-import-result/v1, dicom-export-result/v1 and dicom-reconcile-result/v1 messages "
+                    "(imports, exports, reconcile sweeps), print one line each "
                     "(failures in red on a terminal) and acknowledge them. Ctrl-C stops.")
     parser.add_argument("--subscription", metavar="NAME",
                         help="subscription name or projects/P/subscriptions/NAME (default: $RESULTS_SUBSCRIPTION)")

@@ -41,6 +41,15 @@ def test_help_exits_0(cli):
     assert result.code == 0 and "--dry-run" in result.out and "--no-wait" in result.out
 
 
+def test_help_says_what_the_commands_do(cli):
+    """backfill --dry-run lists the bucket (not "call nothing"); tail prints reconcile sweeps too."""
+    backfill = " ".join(cli("backfill", "--help").out.split())
+    assert "only the bucket is listed: nothing is written, published or imported" in backfill
+    assert "call nothing" not in backfill
+    tail = " ".join(cli("tail", "--help").out.split())
+    assert "(imports, exports, reconcile sweeps)" in tail
+
+
 def test_an_env_file_sets_the_environment_before_the_config_is_read(cli, tmp_path, config_env, monkeypatch):
     monkeypatch.delenv("INBOX_BUCKET")
     env = tmp_path / "stack.env"
