@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from handlers import log  # noqa: E402
-from handlers.config import parse  # noqa: E402
+from handlers.cli.arguments import non_negative_number, positive_int, positive_number  # noqa: E402
+from handlers.config import ConfigError, parse  # noqa: E402
 from handlers.batch.driver import Driver  # noqa: E402
 from handlers.events import StorageObject  # noqa: E402
 from handlers.batch.intake import Intake  # noqa: E402
@@ -65,23 +66,29 @@ def one_batch(size: int, max_wait: float) -> tuple[Counter, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--objects", type=int, default=10_000)
-    parser.add_argument("--max-objects", type=int, default=500, help="batching.max_objects")
-    parser.add_argument("--window", type=float, default=10.0, help="seconds a batch stays open (listing polls)")
-    parser.add_argument("--polls-batched", type=float, default=3.3, help="operations.get per batched import (bench_e2e)")
-    parser.add_argument("--polls-per-object", type=float, default=2.25,
+    parser.add_argument("--objects", type=positive_int, default=10_000)
+    parser.add_argument("--max-objects", type=positive_int, default=500, help="batching.max_objects")
+    parser.add_argument("--window", type=positive_number, default=10.0,
+                        help="seconds a batch stays open (listing polls): batching.max_wait_seconds")
+    parser.add_argument("--polls-batched", type=non_negative_number, default=3.3,
+                        help="operations.get per batched import (bench_e2e)")
+    parser.add_argument("--polls-per-object", type=non_negative_number, default=2.25,
                         help="operations.get per per-object import (bench_e2e)")
-    parser.add_argument("--gcs-class-a", type=float, default=0.005 / 1000)
-    parser.add_argument("--gcs-class-b", type=float, default=0.0004 / 1000)
-    parser.add_argument("--healthcare-request", type=float, default=0.39 / 100_000)
-    parser.add_argument("--pubsub-per-message", type=float, default=40 / 2**40 * 2000,
+    parser.add_argument("--gcs-class-a", type=non_negative_number, default=0.005 / 1000)
+    parser.add_argument("--gcs-class-b", type=non_negative_number, default=0.0004 / 1000)
+    parser.add_argument("--healthcare-request", type=non_negative_number, default=0.39 / 100_000)
+    parser.add_argument("--pubsub-per-message", type=non_negative_number, default=40 / 2**40 * 2000,
                         help="$40/TiB, 1,000-byte minimum on publish and on delivery")
-    parser.add_argument("--invocation", type=float, default=0.40 / 1_000_000)
+    parser.add_argument("--invocation", type=non_negative_number, default=0.40 / 1_000_000)
     args = parser.parse_args()
     log.redirect(open(os.devnull, "w"))
 
     batches = ceil(args.objects / args.max_objects)
-    ops, followups = one_batch(args.max_objects, args.window)
+    try:
+        ops, followups = one_batch(args.max_objects, args.window)
+    except ConfigError as exc:  # the config's own bounds on batching (max_objects, max_wait_seconds)
+        parser.error(f"--max-objects {args.max_objects} or --window {args.window:g}: "
+                     + "; ".join(problem.split(": ", 1)[-1] for problem in exc.problems))
     per_batch_lists = ceil(args.window)  # the driver lists the staging folder once a second while the batch is open
     ours = {
         "import calls": batches,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from handlers.cli.arguments import positive_int  # noqa: E402
 from handlers.wildcard import PatternSet, parse_gcs_uri  # noqa: E402
 
 BUCKET = "hospital-inbox"
@@ -80,8 +81,8 @@ def best_of(runs: int, work) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--objects", type=int, default=20_000)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--objects", type=positive_int, default=20_000)
+    parser.add_argument("--runs", type=positive_int, default=3, help="best of this many runs")
     args = parser.parse_args()
 
     print(f"{'rules':>6} | {'ours obj/s':>12} | {'fnmatch loop obj/s':>18} | {'speed-up':>8} | {'compile ms':>10} | matched")
