@@ -50,7 +50,7 @@ from .config import GatewayConfig
 from .naming import MissingUid, ObjectNamer, hide_uids
 from .part10 import file_meta, header_values
 from .spool import Record, Spool, SpoolError, SpoolFull
-from .tlsserver import HandshakeInThreadServer
+from .tlsserver import HandshakeInThreadServer, cut
 
 __all__ = ["Receiver", "STATUS"]
 
@@ -116,6 +116,24 @@ class _JsonLogBridge(logging.Handler):
 
 
 _BRIDGE = _JsonLogBridge()
+
+
+def _end(assoc: Any) -> bool:
+    """Abort an association, or close a connection not yet asked for one; True: wait for it to return.
+
+    pynetdicom cannot abort before the A-ASSOCIATE-RQ: its DUL thread dies of an invalid event (Evt15 in
+    Sta2) and the association waits out the ACSE timeout. Such a connection has stored nothing: it is
+    closed and its DUL thread stopped; the association's own (daemon) thread ends at its ACSE timeout.
+    """
+    if assoc.requestor.primitive is not None:
+        assoc.abort()
+        return True
+    sock = assoc.dul.socket.socket
+    if sock is not None:
+        cut(sock)
+    assoc._dul_ready.wait(5)  # the association's thread starts its DUL thread first: kill() stops a running one
+    assoc.kill()  # returns once the DUL thread has seen the connection end
+    return False
 
 
 def _register_storage_classes(uids: tuple[str, ...]) -> None:
@@ -222,10 +240,8 @@ class Receiver:
         if self._server is None:
             return
         server, self._server = self._server, None
-        associations = server.active_associations
-        server.shutdown()
-        for assoc in associations:
-            assoc.abort()
+        server.shutdown()  # returns once every connection's thread has, so no association starts after it
+        associations = [assoc for assoc in server.active_associations if _end(assoc)]
         deadline = time.monotonic() + timeout
         for assoc in associations:
             assoc.join(max(0.0, deadline - time.monotonic()))
