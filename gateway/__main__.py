@@ -40,10 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     from .service import Gateway
 
     try:
-        gateway = Gateway(config)  # binds the health port
+        gateway = Gateway(config)  # reads the storage-commitment journal, binds the health port
     except OSError as exc:
-        log.error("gateway could not start", error=str(exc),
-                  fix=f"check health.address {config.health_address} and health.port {config.health_port}")
+        if exc.filename is not None:  # a file or directory: the journal in the spool directory
+            fix = (f"check spool.directory {config.spool_directory}: the gateway's user must be able to create it "
+                   f"and to read and write {exc.filename}")
+        else:  # a socket
+            fix = f"check health.address {config.health_address} and health.port {config.health_port}"
+        log.error("gateway could not start", error=str(exc), fix=fix)
         return 1
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

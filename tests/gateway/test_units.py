@@ -675,6 +675,21 @@ def test_a_gateway_that_cannot_bind_its_port_exits_1_with_one_json_line(tmp_path
     assert "Address already in use" in failure["error"] and f"{taken}.port" in failure["fix"]
 
 
+def test_a_commitment_journal_that_cannot_be_opened_names_the_spool_directory(tmp_path: Path) -> None:
+    """Before: the fix sent the operator to health.address and health.port."""
+    from gateway.__main__ import main
+
+    (tmp_path / "not-a-directory").write_text("")
+    spool = tmp_path / "not-a-directory" / "spool"
+    commitment = "commitment:\n  peers:\n    MODALITY1: '127.0.0.1:104'\n"
+    path = tmp_path / "gw.yaml"
+    path.write_text(config_text(spool, "bkt", destination=f"destination: gs://bkt/in/\n{commitment}"))
+    with captured_logs() as logs:
+        assert main(["--config", str(path)]) == 1
+    [failure] = [line for line in logs() if line["message"] == "gateway could not start"]
+    assert failure["fix"].startswith(f"check spool.directory {spool}:") and "health" not in failure["fix"]
+
+
 @pytest.mark.parametrize("template", ["{StudyInstanceUID}/{SOPInstanceUID:.8}.dcm", "{SOPInstanceUID!r}.dcm"])
 def test_object_name_fields_take_no_format_spec_or_conversion(tmp_path: Path, template: str) -> None:
     """``{SOPInstanceUID:.8}`` cut every UID to one name: instances would supersede each other and be lost."""
