@@ -10,7 +10,7 @@ import threading
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway", description="DICOM C-STORE receiver that lands every instance in Cloud Storage.")
-    parser.add_argument("--config", required=True, help="the gateway's YAML config (see gateway.example.yaml)")
+    parser.add_argument("--config", required=True, help="the gateway's YAML config (see gateway/example.yaml)")
     parser.add_argument("--check", action="store_true", help="validate the config, print a summary and exit")
     args = parser.parse_args(argv)
 
