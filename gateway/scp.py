@@ -118,24 +118,6 @@ class _JsonLogBridge(logging.Handler):
 _BRIDGE = _JsonLogBridge()
 
 
-def _end(assoc: Any) -> bool:
-    """Abort an association, or close a connection not yet asked for one; True: wait for it to return.
-
-    pynetdicom cannot abort before the A-ASSOCIATE-RQ: its DUL thread dies of an invalid event (Evt15 in
-    Sta2) and the association waits out the ACSE timeout. Such a connection has stored nothing: it is
-    closed and its DUL thread stopped; the association's own (daemon) thread ends at its ACSE timeout.
-    """
-    if assoc.requestor.primitive is not None:
-        assoc.abort()
-        return True
-    sock = assoc.dul.socket.socket
-    if sock is not None:
-        cut(sock)
-    assoc._dul_ready.wait(5)  # the association's thread starts its DUL thread first: kill() stops a running one
-    assoc.kill()  # returns once the DUL thread has seen the connection end
-    return False
-
-
 def _register_storage_classes(uids: tuple[str, ...]) -> None:
     """Make pynetdicom serve C-STOREs of ``uids`` (private SOP classes it does not know) as storage."""
     from pynetdicom import register_uid
@@ -370,3 +352,21 @@ class Receiver:
         except SpoolError as exc:
             return STATUS["out_of_resources"], f"spool write failed: {exc}", None
         return STATUS["success"], "", record
+
+
+def _end(assoc: Any) -> bool:
+    """Abort an association, or close a connection not yet asked for one; True: wait for it to return.
+
+    pynetdicom cannot abort before the A-ASSOCIATE-RQ: its DUL thread dies of an invalid event (Evt15 in
+    Sta2) and the association waits out the ACSE timeout. Such a connection has stored nothing: it is
+    closed and its DUL thread stopped; the association's own (daemon) thread ends at its ACSE timeout.
+    """
+    if assoc.requestor.primitive is not None:
+        assoc.abort()
+        return True
+    sock = assoc.dul.socket.socket
+    if sock is not None:
+        cut(sock)
+    assoc._dul_ready.wait(5)  # the association's thread starts its DUL thread first: kill() stops a running one
+    assoc.kill()  # returns once the DUL thread has seen the connection end
+    return False
