@@ -92,6 +92,12 @@ class Batching:
     seal_after_quiet_seconds: float = 2.0
     """Seal once no member has joined for this long (0: off); see docs/design.md, "Window"."""
 
+    def sealing(self) -> str:
+        """When an open batch is sealed, in words (check-config and explain print it)."""
+        quiet = (f"after {self.seal_after_quiet_seconds:g} s without a new object, "
+                 if self.seal_after_quiet_seconds else "")
+        return f"sealed at {self.max_objects} objects, {quiet}or {self.max_wait_seconds:g} s after its first object"
+
 
 @dataclass(frozen=True)
 class Exports:

@@ -69,10 +69,7 @@ def render(config: Config) -> str:
     lines += [
         "",
         f"watched buckets: {', '.join(sorted(config.buckets))}",
-        f"batching: one open batch per rule, sealed at {config.batching.max_objects} objects, "
-        + (f"after {config.batching.seal_after_quiet_seconds:g} s without a new object, "
-           if config.batching.seal_after_quiet_seconds else "")
-        + f"or {config.batching.max_wait_seconds:g} s after its first object",
+        f"batching: one open batch per rule, {config.batching.sealing()}",
         f"state bucket: gs://{config.state_bucket}",
         f"results topic: {config.results_topic} (object names: {config.names.mode})",
         f"follow-up topic: {config.followup_topic} (operations followed for {config.followup_deadline_hours:g} h)",

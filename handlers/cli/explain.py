@@ -13,7 +13,7 @@ from typing import Any
 from handlers.batch import layout
 from handlers.cli.context import Context
 from handlers.cli.errors import CliError
-from handlers.config import Config, Rule
+from handlers.config import Batching, Config, Rule
 from handlers.wildcard import narrow_to_prefix, split_gcs_uri
 
 BATCH_ASSIGNED = ("BATCH is assigned when the object arrives: the id of the rule's batch that is open "
@@ -96,11 +96,11 @@ def render(explanation: dict[str, Any]) -> str:
             lines.append(f"  watched      {', '.join(explanation['watchedBuckets'])}")
         return "\n".join(lines) + "\n"
     rule, batching, backfill = explanation["rule"], explanation["batching"], explanation["backfill"]
+    sealing = Batching(batching["maxObjects"], batching["maxWaitSeconds"], batching["sealAfterQuietSeconds"]).sealing()
     lines += [
         f"  imported     yes, by rule {rule['name']} (rule {rule['position']}: {rule['match']})",
         f"  store        {explanation['storeAlias']} -> {explanation['store']}",
-        f"  batch key    rule {explanation['batchKey']}: its objects share one open batch, sealed at "
-        f"{batching['maxObjects']} objects or {batching['maxWaitSeconds']:g} s after the first",
+        f"  batch key    rule {explanation['batchKey']}: its objects share one open batch, {sealing}",
         f"  import URI   {explanation['importUri']}",
         f"               {explanation['batchAssigned']}",
         f"  backfill     {backfill['prefix']}: " + (f"{backfill['sourceUri']}, " if backfill["sourceUri"] else "")

@@ -35,7 +35,8 @@ def test_a_matched_object_shows_rule_store_batch_key_and_staging_uri(cli, config
     assert lines[0] == "gs://inbox-bkt/ct/p1/s2/img 1.dcm"
     assert lines[1] == "  imported     yes, by rule ct (rule 1: gs://inbox-bkt/ct/**.dcm)"
     assert lines[2] == f"  store        main -> {CONFIG_ENV['DICOM_STORE']}"
-    assert lines[3].startswith("  batch key    rule ct: its objects share one open batch, sealed at 500 objects or 10 s")
+    assert lines[3] == ("  batch key    rule ct: its objects share one open batch, sealed at 500 objects, "
+                        "after 2 s without a new object, or 10 s after its first object")
     assert lines[4] == "  import URI   gs://state-bkt/staging/ct/BATCH/*"
     assert "BATCH is assigned when the object arrives" in lines[5]
     assert lines[6].startswith("  backfill     gs://inbox-bkt/ct/p1/s2/: gs://inbox-bkt/ct/p1/s2/**.dcm, one import call")
