@@ -214,17 +214,22 @@ def render_totals(tally: Tally, results: dict[tuple[str, str], dict]) -> str:
     """Totals of this run, and anything skipped or still running."""
     lines = []
     success = failure = 0
-    for record in results.values():
+    failed_rules = set()
+    for (rule, _), record in results.items():
         result = record.get("result")
         if result is not None:
             success += result["counter"]["success"]
             failure += result["counter"]["failure"]
+            if result["counter"]["failure"]:
+                failed_rules.add(rule)
     earlier = sum(1 for how in tally.batches.values() if how == EARLIER)
     lines.append(f"total: {count(len(tally.batches) - earlier, 'import call')} by this run "
                  f"({count(earlier, 'batch', 'batches')} from before); instances in these batches: {success} imported, "
                  f"{failure} failed; {count(tally.verdicts[DUPLICATE], 'object')} already covered before this run")
     if failure:
-        lines.append("per-file errors: open the logsUrl of the failed batches (`python -m handlers tail --json`)")
+        only = f" --rule {next(iter(failed_rules))}" if len(failed_rules) == 1 else ""
+        lines.append(f"failed files and why: `python -m handlers failures{only}` "
+                     f"(then `python -m handlers retry{only}` once the cause is fixed)")
     for reason, names in tally.skipped.items():
         lines.append(f"skipped {count(len(names), 'object')}: {reason}")
     pending = len(tally.batches) - len(results)

@@ -189,6 +189,9 @@ def test_backfill_results_are_a_table_on_a_terminal_and_lines_otherwise():
     assert render_totals(tally, results).splitlines()[0] == (
         "total: 2 import calls by this run (1 batch from before); instances in these batches: 5 imported, 1 failed; "
         "0 objects already covered before this run")
+    assert render_totals(tally, results).splitlines()[1] == (
+        "failed files and why: `python -m handlers failures --rule ct` "
+        "(then `python -m handlers retry --rule ct` once the cause is fixed)")
     stream = Terminal()
     render_summary(tally, results).render(stream)
     lines = plain(stream.getvalue()).splitlines()
