@@ -35,6 +35,8 @@ readonly TRIGGER_MAX_RETRY_DELAY=600s
 # redelivered until followup.deadline_hours, and an outage may last longer.
 readonly TRIGGER_RETENTION=7d
 readonly FOLLOWUP_MAX_DELIVERY_ATTEMPTS=100   # Pub/Sub's maximum
+# --followup-budget: a delivery needs time after its budget to hand over within FUNCTION_TIMEOUT.
+readonly MAX_FOLLOWUP_BUDGET=480
 # 100 attempts at most 600 s apart cover at least this many hours of
 # redelivery before a follow-up is dead-lettered (more when runs are long).
 readonly DEAD_LETTER_RETENTION=7d
@@ -92,6 +94,8 @@ Options:
   --memory SIZE             memory per instance (default 512Mi)              [FUNCTION_MEMORY]
   --cpu N                   vCPUs per instance; >= 1 when concurrency > 1 (default 1)
                                                                                 [FUNCTION_CPU]
+  --followup-budget SECONDS how long one follow-up, export or reconcile delivery works before
+                            handing over to the next, 1..480 (default 240)  [FOLLOWUP_BUDGET_SECONDS]
   --config PATH             rules file, relative to the repository (default config.yaml);
                             another file is passed as DICOM_IMPORT_CONFIG [DICOM_IMPORT_CONFIG]
   --alert-email ADDR        notify ADDR when an alert policy fires (repeatable; creates an
@@ -282,6 +286,7 @@ parse_args() {
   MAX_INSTANCES=${FUNCTION_MAX_INSTANCES:-10}
   MEMORY=${FUNCTION_MEMORY:-512Mi}
   CPU=${FUNCTION_CPU:-1}
+  FOLLOWUP_BUDGET=${FOLLOWUP_BUDGET_SECONDS:-}
   CONFIG_IN=${DICOM_IMPORT_CONFIG:-config.yaml}
   ALERT_EMAILS_IN=${ALERT_EMAILS:-}
   ALERT_CHANNELS_IN=${ALERT_CHANNELS:-}
@@ -319,6 +324,7 @@ parse_args() {
       --max-instances) MAX_INSTANCES=${value} ;;
       --memory) MEMORY=${value} ;;
       --cpu) CPU=${value} ;;
+      --followup-budget) FOLLOWUP_BUDGET=${value} ;;
       --config) CONFIG_IN=${value} ;;
       --alert-email) ALERT_EMAILS_FLAG+=" ${value}" ;;
       --alert-channel) ALERT_CHANNELS_FLAG+=" ${value}" ;;
@@ -441,6 +447,7 @@ validate() {
     || die_usage "--memory '${MEMORY}' is not a size: use a number and a unit (k, M, G, Ki, Mi, Gi), e.g. --memory 512Mi"
   [[ ${CPU} =~ ^([0-9]+(\.[0-9]+)?|\.[0-9]+|[0-9]+m)$ ]] \
     || die_usage "--cpu '${CPU}' is not a CPU count, e.g. --cpu 1, --cpu 2, --cpu 1000m"
+  [[ -z ${FOLLOWUP_BUDGET} ]] || positive_int --followup-budget "${FOLLOWUP_BUDGET}" "${MAX_FOLLOWUP_BUDGET}"
   if (( CONCURRENCY > 1 )) && ! cpu_at_least_one "${CPU}"; then
     die_usage "--concurrency ${CONCURRENCY} needs at least 1 vCPU: pass --cpu 1 (or more), or --concurrency 1"
   fi
@@ -776,6 +783,7 @@ function_env() {
   )
   [[ -z ${EXPORT} ]] || FUNCTION_ENV+=("EXPORT_BUCKET=${EXPORT}")
   [[ ${CONFIG_REL} == config.yaml ]] || FUNCTION_ENV+=("DICOM_IMPORT_CONFIG=${CONFIG_REL}")
+  [[ -z ${FOLLOWUP_BUDGET} ]] || FUNCTION_ENV+=("FOLLOWUP_BUDGET_SECONDS=${FOLLOWUP_BUDGET}")
 }
 
 # env_vars: the functions' environment as --set-env-vars takes it (KEY=VALUE,KEY=VALUE).

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import time
 import traceback
 from typing import Any, Callable
 
-from handlers import events, log
+from handlers import events, log, settings
 from handlers.batch import followups
 from handlers.events import UnusableEvent
 from handlers.privacy import error_text
@@ -151,7 +150,7 @@ def followup(event: Any) -> None:
 
 
 def _followup_budget() -> float:
-    return float(os.environ.get("FOLLOWUP_BUDGET_SECONDS", DEFAULT_FOLLOWUP_BUDGET_SECONDS))
+    return settings.seconds("FOLLOWUP_BUDGET_SECONDS", DEFAULT_FOLLOWUP_BUDGET_SECONDS, minimum=1.0)
 
 
 @guarded("on_reconcile")

@@ -6,7 +6,6 @@ clients are imported when the first event arrives (cold start stays short).
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 from functools import cached_property
@@ -24,6 +23,7 @@ from handlers.config import Config
 from handlers.exports.job import ExportJob
 from handlers.failures.collect import DEFAULT_VERIFY_SECONDS, DEFAULT_WAIT_SECONDS
 from handlers.reconcile.sweep import Sweeper
+from handlers.settings import seconds
 
 
 @dataclass
@@ -53,8 +53,8 @@ class Runtime:
     @cached_property
     def driver(self) -> Driver:
         return Driver(self.state, self.config, self.api, self.publisher, self.logging, self.kick_batch,
-                      failure_logs_wait_seconds=_seconds("FAILURE_LOGS_WAIT_SECONDS", DEFAULT_WAIT_SECONDS),
-                      failure_verify_seconds=_seconds("FAILURE_VERIFY_SECONDS", DEFAULT_VERIFY_SECONDS))
+                      failure_logs_wait_seconds=seconds("FAILURE_LOGS_WAIT_SECONDS", DEFAULT_WAIT_SECONDS),
+                      failure_verify_seconds=seconds("FAILURE_VERIFY_SECONDS", DEFAULT_VERIFY_SECONDS))
 
     @cached_property
     def exports(self) -> ExportJob:
@@ -72,13 +72,6 @@ class Runtime:
         """Publish the follow-up message that drives a batch to its end."""
         data, attributes = followups.batch_message(rule, batch)
         self.publisher.publish(self.config.followup_topic, data, attributes)
-
-
-def _seconds(variable: str, default: float) -> float:
-    try:
-        return float(os.environ.get(variable) or default)
-    except ValueError:
-        return default
 
 
 _lock = threading.Lock()

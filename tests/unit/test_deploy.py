@@ -616,6 +616,20 @@ def test_another_config_file_is_passed_as_dicom_import_config(env):
     assert all("DICOM_IMPORT_CONFIG" not in env_vars(c) for c in deploys(default).values())
 
 
+def test_followup_budget_reaches_every_function_and_survives_redeploys(env):
+    """--set-env-vars replaces the whole set: a budget set by hand would be lost at the next deploy."""
+    run = ok(deploy(env, *REQUIRED, "--followup-budget", "400"))
+    assert {env_vars(c).get("FOLLOWUP_BUDGET_SECONDS") for c in deploys(run).values()} == {"400"}
+
+    env["log"].unlink()
+    from_env = ok(deploy(env, *REQUIRED, FOLLOWUP_BUDGET_SECONDS="120"))
+    assert {env_vars(c).get("FOLLOWUP_BUDGET_SECONDS") for c in deploys(from_env).values()} == {"120"}
+
+    env["log"].unlink()
+    default = ok(deploy(env, *REQUIRED))
+    assert all("FOLLOWUP_BUDGET_SECONDS" not in env_vars(c) for c in deploys(default).values())
+
+
 # ---------------------------------------------------------------- monitoring (monitoring/)
 
 MONITORING = REPO / "monitoring"
@@ -1024,6 +1038,8 @@ BAD_INPUT = [
     pytest.param(REQUIRED + ["--reconcile-schedule", "0 * * *"], "--reconcile-schedule", id="schedule-four-fields"),
     pytest.param(REQUIRED + ["--reconcile-topic", "dicom-import-results"], "--reconcile-topic",
                  id="reconcile-topic-collides"),
+    pytest.param(REQUIRED + ["--followup-budget", "4m"], "--followup-budget", id="followup-budget-unit"),
+    pytest.param(REQUIRED + ["--followup-budget", "600"], "--followup-budget", id="followup-budget-over-timeout"),
     pytest.param(REQUIRED + ["--regoin", "x"], "--regoin", id="unknown-flag"),
     pytest.param(REQUIRED + ["--project"], "--project", id="flag-without-value"),
 ]
@@ -1083,7 +1099,7 @@ def test_help_exits_0_and_lists_every_flag(env):
     for name in ("--project", "--region", "--inbox-bucket", "--state-bucket", "--dicom-store", "--results-topic",
                  "--followup-topic", "--export-requests-topic", "--reconcile-topic", "--reconcile-schedule",
                  "--export-bucket", "--concurrency",
-                 "--max-instances", "--memory", "--cpu", "--config", "--alert-email", "--alert-channel", "--kms-key",
+                 "--max-instances", "--memory", "--cpu", "--followup-budget", "--config", "--alert-email", "--alert-channel", "--kms-key",
                  "--results-table", "--dry-run"):
         assert name in run.stdout, name
     assert run.calls == []

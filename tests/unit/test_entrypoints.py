@@ -1,5 +1,6 @@
 """The HTTP outcome policy of the entry points, through functions-framework's own app."""
 
+import base64
 import json
 from pathlib import Path
 
@@ -145,3 +146,46 @@ def test_bodies_the_framework_cannot_read_are_a_400_with_a_log_line_not_a_500(cl
 def test_http_errors_pass_the_error_handler_unchanged(client):
     assert client.post("/", headers={"Content-Type": "text/plain"}, data=b"hi").status_code == 415
     assert client.post("/", headers={"Content-Type": "application/json"}, data=b"{}").status_code == 400
+
+
+def post_followup(monkeypatch, budget):
+    """A follow-up delivery for batch b-1 with FOLLOWUP_BUDGET_SECONDS=budget: (response, the driver's budget)."""
+    monkeypatch.setenv("FOLLOWUP_BUDGET_SECONDS", budget)
+    driven = []
+
+    class Driver:
+        def drive(self, rule, batch, deadline):
+            driven.append(deadline.seconds)
+
+    instance = runtime.get()
+    monkeypatch.setattr(type(instance), "driver", property(lambda self: Driver()), raising=False)
+    data = base64.b64encode(json.dumps({"kind": "import-batch", "rule": "ct", "batch": "b-1"}).encode()).decode()
+    headers = {"ce-specversion": "1.0", "ce-type": "google.cloud.pubsub.topic.v1.messagePublished", "ce-id": "m-1",
+               "ce-source": "//pubsub.googleapis.com/projects/p/topics/followups", "Content-Type": "application/json"}
+    app = create_app("on_followup", MAIN).test_client()
+    response = app.post("/", headers=headers, data=json.dumps({"message": {"data": data, "messageId": "m-1"}}))
+    return response, driven
+
+
+@pytest.mark.parametrize("budget", ["4m", "-5", "nan"])
+def test_an_unusable_followup_budget_falls_back_to_the_default_with_a_warning(client, capsys, monkeypatch, budget):
+    response, driven = post_followup(monkeypatch, budget)
+    assert response.status_code == 200 and driven == [240.0]
+    [line] = [line for line in log_lines(capsys) if line["severity"] == "WARNING"]
+    assert line["variable"] == "FOLLOWUP_BUDGET_SECONDS" and line["value"] == budget
+    assert "FOLLOWUP_BUDGET_SECONDS" in line["message"] and "plain number of seconds" in line["fix"]
+
+
+def test_a_followup_budget_in_seconds_is_used(client, capsys, monkeypatch):
+    response, driven = post_followup(monkeypatch, "400")
+    assert response.status_code == 200 and driven == [400.0]
+    assert not [line for line in log_lines(capsys) if line["severity"] == "WARNING"]
+
+
+def test_unusable_failure_budgets_fall_back_to_their_defaults_with_a_warning(client, capsys, monkeypatch):
+    monkeypatch.setenv("FAILURE_LOGS_WAIT_SECONDS", "-1")
+    monkeypatch.setenv("FAILURE_VERIFY_SECONDS", "2m")
+    driver = runtime.get().driver
+    assert (driver.failure_logs_wait_seconds, driver.failure_verify_seconds) == (60.0, 120.0)
+    warned = [line["variable"] for line in log_lines(capsys) if line["severity"] == "WARNING"]
+    assert warned == ["FAILURE_LOGS_WAIT_SECONDS", "FAILURE_VERIFY_SECONDS"]
