@@ -942,6 +942,27 @@ def test_failure_policies_get_exactly_their_permissions(env):
     assert ("projects", PROJECT, sa, "roles/logging.viewer") in default_bindings
 
 
+# YAML 1.1's true in its three cases, and near misses (PyYAML reads y, tRUE and off as no true).
+MOVE_SPELLINGS = [*(spelling for word in ("true", "yes", "on") for spelling in (word, word.title(), word.upper())),
+                  "y", "Y", "tRUE", "off"]
+
+
+@pytest.mark.parametrize("spelling", MOVE_SPELLINGS)
+def test_move_is_granted_for_every_spelling_the_functions_loader_reads_as_true(env, spelling):
+    """A move the function performs without dicomImportMoveFailed fails its delete with 403."""
+    from handlers.config import ConfigError, load
+    from tests.unit.config_env import CONFIG_ENV
+
+    config = env["src"] / policies_config(env)
+    config.write_text(config.read_text().replace("move: true}", f"move: {spelling}}}"))
+    try:
+        moves = load(config, {**CONFIG_ENV, "EXPORT_BUCKET": "rad-exports"}).rule_named("moved").on_failure.move
+    except ConfigError:
+        moves = False  # the function refuses the config: nothing is moved
+    run = ok(deploy(env, *REQUIRED, "--config", "config/policies.yaml", "--dry-run"))
+    assert ("dicomImportMoveFailed" in run.stdout) == moves
+
+
 def test_a_store_in_another_project_gets_the_log_reader_where_its_import_logs_are(env):
     """The Healthcare API writes an import's per-file entries in the store's project: read there, not here."""
     store = STORE.replace(f"projects/{PROJECT}/", "projects/store-proj/")
