@@ -40,6 +40,8 @@ readonly MAX_FOLLOWUP_BUDGET=480
 # 100 attempts at most 600 s apart cover at least this many hours of
 # redelivery before a follow-up is dead-lettered (more when runs are long).
 readonly DEAD_LETTER_RETENTION=7d
+# The operators' results subscription (python -m handlers tail): a backlog nobody tails expires.
+readonly OPS_RETENTION=1d
 readonly STAGING_RETENTION_DAYS=7
 readonly STATE_RETENTION_DAYS=30
 # The state bucket's folders that expire after STATE_RETENTION_DAYS: every one the function writes
@@ -439,6 +441,7 @@ validate() {
   [[ ${RECONCILE_SCHEDULE} =~ ^[0-9A-Za-z*/,-]+( [0-9A-Za-z*/,-]+){4}$ ]] \
     || die_usage "--reconcile-schedule '${RECONCILE_SCHEDULE}' is not a 5-field cron schedule (minute hour day month weekday, UTC), e.g. --reconcile-schedule '0 * * * *' (hourly)"
   RESULTS_DLQ_ID=${RESULTS_TOPIC_ID}-dead-letter
+  RESULTS_OPS_SUBSCRIPTION=${RESULTS_TOPIC_ID}-ops
   FOLLOWUP_DLQ_ID=${FOLLOWUP_TOPIC_ID}-dead-letter
 
   positive_int --concurrency "${CONCURRENCY}" 1000
@@ -606,6 +609,17 @@ create_topics() {
   done
   ensure_hold_subscription "${RESULTS_DLQ_ID}"
   ensure_hold_subscription "${FOLLOWUP_DLQ_ID}"
+  ensure_ops_subscription
+}
+
+# The operators' own pull subscription on the results topic, for `python -m handlers tail`
+# (RESULTS_SUBSCRIPTION): tail acknowledges what it prints, so on a subscription that alerting
+# or another consumer reads it would take their messages.
+ensure_ops_subscription() {
+  ensure "subscription ${RESULTS_OPS_SUBSCRIPTION}" \
+    gcloud pubsub subscriptions describe "${RESULTS_OPS_SUBSCRIPTION}" --project="${PROJECT}" -- \
+    gcloud pubsub subscriptions create "${RESULTS_OPS_SUBSCRIPTION}" --project="${PROJECT}" --topic="${RESULTS_TOPIC_ID}" \
+    --message-retention-duration="${OPS_RETENTION}" --expiration-period=never --labels="${LABELS}"
 }
 
 lifecycle_json() {
@@ -1135,6 +1149,7 @@ summary() {
   dry && return
   say "done: ${FN_INTAKE} (gs://${INBOX} finalize), ${FN_FOLLOWUP} (${FOLLOWUP_TOPIC_ID}), ${FN_EXPORT} (${EXPORT_REQUESTS_TOPIC_ID}), ${FN_RECONCILE} (${SCHEDULER_JOB}: ${RECONCILE_SCHEDULE})"
   say "results on projects/${PROJECT}/topics/${RESULTS_TOPIC_ID}; verify with the commands in docs/deploy.md"
+  say "operators: RESULTS_SUBSCRIPTION=projects/${PROJECT}/subscriptions/${RESULTS_OPS_SUBSCRIPTION} for python -m handlers tail (docs/cli.md: against production)"
 }
 
 main() {

@@ -337,8 +337,9 @@ def test_fresh_project_creates_topics_bucket_and_service_account(env):
         "dicom-import-followups", "dicom-import-followups-dead-letter", "dicom-export-requests",
         "dicom-import-reconcile",
     }
-    holds = {c[3]: flag(c, "--topic") for c in run.matching("pubsub", "subscriptions", "create")}
-    assert holds == {t: t for t in ("dicom-import-results-dead-letter", "dicom-import-followups-dead-letter")}
+    subscriptions = {c[3]: flag(c, "--topic") for c in run.matching("pubsub", "subscriptions", "create")}
+    assert subscriptions == {**{t: t for t in ("dicom-import-results-dead-letter", "dicom-import-followups-dead-letter")},
+                             "dicom-import-results-ops": "dicom-import-results"}
 
     (bucket,) = run.matching("storage", "buckets", "create")
     assert bucket[3] == f"gs://{STATE}"
@@ -603,6 +604,19 @@ def test_values_come_from_the_environment_and_flags_win(env):
     assert flag(intake, "--concurrency") == "9" and flag(intake, "--max-instances") == "4"
     assert env_vars(intake)["RESULTS_TOPIC"] == f"projects/{PROJECT}/topics/radiology-results"
     assert "radiology-results" in {c[3] for c in run.matching("pubsub", "topics", "create")}
+
+
+def test_operators_get_their_own_results_subscription_for_tail(env):
+    """tail acknowledges what it prints: it must not share a subscription with alerting or BigQuery."""
+    run = ok(deploy(env, *REQUIRED, "--results-topic", "radiology-results", "--results-table", TABLE))
+    (ops,) = [c for c in run.matching("pubsub", "subscriptions", "create") if c[3] == "radiology-results-ops"]
+    assert flag(ops, "--topic") == "radiology-results" and flag(ops, "--message-retention-duration") == "1d"
+    assert flag(ops, "--expiration-period") == "never" and "--push-endpoint" not in " ".join(ops)
+    assert f"RESULTS_SUBSCRIPTION=projects/{PROJECT}/subscriptions/radiology-results-ops" in run.stderr
+
+    env["log"].unlink()
+    again = ok(deploy(env, *REQUIRED, "--results-topic", "radiology-results", scenario="existing"))
+    assert not [c for c in again.matching("pubsub", "subscriptions", "create") if c[3] == "radiology-results-ops"]
 
 
 def test_another_config_file_is_passed_as_dicom_import_config(env):
