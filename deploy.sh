@@ -109,6 +109,9 @@ Options:
   --results-table TABLE     PROJECT:DATASET.TABLE: every result message is written there by a
                             BigQuery subscription; the table is created if missing, the dataset
                             must exist                                       [RESULTS_TABLE]
+  --hash-key-secret NAME    Secret Manager secret in --project holding the key of results.hash_key:
+                            the functions read its latest version as RESULTS_HASH_KEY (write
+                            hash_key: \${RESULTS_HASH_KEY} in the config)   [RESULTS_HASH_KEY_SECRET]
   --dry-run                 print every command (a runnable script) and run nothing  [DRY_RUN=1]
   -h, --help                this help
 
@@ -294,6 +297,7 @@ parse_args() {
   ALERT_CHANNELS_IN=${ALERT_CHANNELS:-}
   KMS_KEY_IN=${KMS_KEY:-}
   RESULTS_TABLE_IN=${RESULTS_TABLE:-}
+  HASH_KEY_SECRET=${RESULTS_HASH_KEY_SECRET:-}
   DRY_RUN=${DRY_RUN:-0}
   [[ ${DRY_RUN} == 1 || ${DRY_RUN} == true ]] && DRY_RUN=1 || DRY_RUN=0
 
@@ -332,6 +336,7 @@ parse_args() {
       --alert-channel) ALERT_CHANNELS_FLAG+=" ${value}" ;;
       --kms-key) KMS_KEY_IN=${value} ;;
       --results-table) RESULTS_TABLE_IN=${value} ;;
+      --hash-key-secret) HASH_KEY_SECRET=${value} ;;
       --help|--dry-run) die_usage "${flag} takes no value" ;;
       *) die_usage "unknown flag '${flag}'" ;;
     esac
@@ -455,6 +460,8 @@ validate() {
     die_usage "--concurrency ${CONCURRENCY} needs at least 1 vCPU: pass --cpu 1 (or more), or --concurrency 1"
   fi
 
+  [[ -z ${HASH_KEY_SECRET} || ${HASH_KEY_SECRET} =~ ^[A-Za-z0-9_-]{1,255}$ ]] \
+    || die_usage "--hash-key-secret '${HASH_KEY_SECRET}' is not a secret ID: give the secret's name in --project ${PROJECT} (letters, digits, - and _), e.g. --hash-key-secret dicom-import-hash-key"
   validate_config
   validate_monitoring
   validate_kms_key
@@ -486,12 +493,16 @@ validate_config() {
   # would fail at load. Comments are skipped.
   local provided=" GOOGLE_CLOUD_PROJECT INBOX_BUCKET STATE_BUCKET DICOM_STORE RESULTS_TOPIC FOLLOWUP_TOPIC EXPORT_REQUESTS_TOPIC THREADS "
   [[ -z ${EXPORT} ]] || provided+="EXPORT_BUCKET "
+  [[ -z ${HASH_KEY_SECRET} ]] || provided+="RESULTS_HASH_KEY "
   local name
   while read -r name; do
     [[ -n ${name} ]] || continue
     if [[ ${provided} != *" ${name} "* ]]; then
       if [[ ${name} == EXPORT_BUCKET ]]; then
         die_usage "${CONFIG_REL} uses \${EXPORT_BUCKET}: pass --export-bucket NAME"
+      fi
+      if [[ ${name} == RESULTS_HASH_KEY ]]; then
+        die_usage "${CONFIG_REL} uses \${RESULTS_HASH_KEY}: pass --hash-key-secret NAME, a Secret Manager secret holding the key (docs/security.md)"
       fi
       die_usage "${CONFIG_REL} uses \${${name}}, which deploy.sh does not set: give it a default (\${${name}:-value}) or remove it"
     fi
@@ -718,6 +729,19 @@ grant_runtime_sa() {
     --member="${member}" --role=roles/logging.viewer --condition=None
 }
 
+# The key of results.hash_key stays out of the repository and the uploaded source: a Secret
+# Manager secret the functions read as RESULTS_HASH_KEY (deploy_function's --set-secrets).
+grant_hash_key_secret() {
+  [[ -n ${HASH_KEY_SECRET} ]] || return 0
+  say "IAM: the runtime service account reads the secret ${HASH_KEY_SECRET} (RESULTS_HASH_KEY)"
+  run gcloud services enable secretmanager.googleapis.com --project="${PROJECT}"
+  must_succeed "secret ${HASH_KEY_SECRET} of --hash-key-secret does not exist in ${PROJECT} or is not readable: create it first (gcloud secrets create ${HASH_KEY_SECRET} --project=${PROJECT} --data-file=FILE; docs/security.md, hash key)" \
+    gcloud secrets describe "${HASH_KEY_SECRET}" --project="${PROJECT}"
+  # On the secret only: the account reads no other secret of the project.
+  bind gcloud secrets add-iam-policy-binding "${HASH_KEY_SECRET}" --project="${PROJECT}" \
+    --member="serviceAccount:${RUNTIME_SA}" --role=roles/secretmanager.secretAccessor --condition=None
+}
+
 # grant_failure_policies: what the config's on_failure policies do, and no more.
 grant_failure_policies() {
   [[ -n ${POLICY_TAG}${POLICY_MOVE} || ${#QUARANTINE_BUCKETS[@]} -gt 0 ]] || return 0
@@ -811,6 +835,8 @@ env_vars() {
 deploy_function() {
   local name=$1 entry_point=$2; shift 2
   say "deploying ${name}"
+  # Every function loads the config, so each needs the key its ${RESULTS_HASH_KEY} names.
+  [[ -z ${HASH_KEY_SECRET} ]] || set -- "$@" --set-secrets="RESULTS_HASH_KEY=${HASH_KEY_SECRET}:latest"
   run gcloud functions deploy "${name}" --gen2 --project="${PROJECT}" --region="${REGION}" \
     --runtime="${RUNTIME}" --source="${SOURCE_DIR}" --entry-point="${entry_point}" \
     "$@" --retry \
@@ -1177,6 +1203,7 @@ main() {
   create_export_bucket
   create_service_account
   grant_runtime_sa
+  grant_hash_key_secret
   grant_failure_policies
   grant_service_agents
   # The table gets the schema's new columns before functions that write them run.

@@ -60,9 +60,10 @@ TABLE = f"{PROJECT}:dicom_import.results"
 BIGQUERY_SUBSCRIPTION = "dicom-import-results-bigquery"
 EMAILS = ["imaging-oncall@hospital.example", "pacs-team@hospital.example"]
 GIVEN_CHANNEL = f"projects/{PROJECT}/notificationChannels/42"
-# The issue's "done when": the alert, key and table options together.
+HASH_KEY_SECRET = "dicom-import-hash-key"
+# Every optional feature: the alert, key and table options, and the hash key's secret.
 OPTIONS = ["--alert-email", EMAILS[0], "--alert-email", EMAILS[1], "--alert-channel", GIVEN_CHANNEL,
-           "--kms-key", KMS_KEY, "--results-table", TABLE]
+           "--kms-key", KMS_KEY, "--results-table", TABLE, "--hash-key-secret", HASH_KEY_SECRET]
 SEP = "\x1f"
 
 FAKE_GCLOUD = r"""#!/usr/bin/env bash
@@ -619,6 +620,43 @@ def test_operators_get_their_own_results_subscription_for_tail(env):
     assert not [c for c in again.matching("pubsub", "subscriptions", "create") if c[3] == "radiology-results-ops"]
 
 
+def hashed_config(env: dict) -> str:
+    """config/hashed.yaml: the repository's config with its key read from the environment."""
+    (env["src"] / "config").mkdir(exist_ok=True)
+    text = (REPO / "config.yaml").read_text().replace("results:\n", "results:\n  hash_key: ${RESULTS_HASH_KEY}\n", 1)
+    assert "${RESULTS_HASH_KEY}" in text
+    (env["src"] / "config" / "hashed.yaml").write_text(text)
+    return "config/hashed.yaml"
+
+
+def test_the_hash_key_comes_from_a_secret_only_the_runtime_account_reads(env):
+    run = ok(deploy(env, *REQUIRED, "--config", hashed_config(env), "--hash-key-secret", HASH_KEY_SECRET))
+    for name, argv in deploys(run).items():
+        assert flags(argv, "--set-secrets") == [f"RESULTS_HASH_KEY={HASH_KEY_SECRET}:latest"], name
+        assert "RESULTS_HASH_KEY" not in env_vars(argv), "a key in --set-env-vars is readable by any viewer"
+    assert ("secrets", HASH_KEY_SECRET, f"serviceAccount:{RUNTIME_SA}", "roles/secretmanager.secretAccessor") \
+        in run.bindings()
+    assert run.index("secrets", "describe", HASH_KEY_SECRET) < run.index("secrets", "add-iam-policy-binding")
+    assert run.index("services", "enable", "secretmanager.googleapis.com") < run.index("secrets", "describe")
+    assert run.index("secrets", "add-iam-policy-binding") < run.index("functions", "deploy")
+
+    env["log"].unlink()
+    plain = ok(deploy(env, *REQUIRED))
+    assert not [c for c in plain.calls if "secrets" in c[:1] or any(a.startswith("--set-secrets") for a in c)]
+
+
+def test_a_config_using_the_hash_key_needs_the_secret(env):
+    run = deploy(env, *REQUIRED, "--config", hashed_config(env))
+    assert run.returncode == 2 and run.calls == []
+    assert "uses ${RESULTS_HASH_KEY}: pass --hash-key-secret NAME" in run.stderr
+
+
+def test_a_missing_hash_key_secret_stops_before_the_functions(env):
+    run = deploy(env, *REQUIRED, "--hash-key-secret", HASH_KEY_SECRET, FAKE_GCLOUD_FAIL="secrets describe")
+    assert run.returncode == 1 and not deploys(run)
+    assert f"secret {HASH_KEY_SECRET} of --hash-key-secret does not exist in {PROJECT}" in run.stderr
+
+
 def test_another_config_file_is_passed_as_dicom_import_config(env):
     (env["src"] / "config").mkdir()
     (env["src"] / "config" / "site-b.yaml").write_text((REPO / "config.yaml").read_text())
@@ -1075,6 +1113,8 @@ BAD_INPUT = [
                  id="reconcile-topic-collides"),
     pytest.param(REQUIRED + ["--followup-budget", "4m"], "--followup-budget", id="followup-budget-unit"),
     pytest.param(REQUIRED + ["--followup-budget", "600"], "--followup-budget", id="followup-budget-over-timeout"),
+    pytest.param(REQUIRED + ["--hash-key-secret", f"projects/{PROJECT}/secrets/k"], "--hash-key-secret",
+                 id="hash-key-secret-not-an-id"),
     pytest.param(REQUIRED + ["--regoin", "x"], "--regoin", id="unknown-flag"),
     pytest.param(REQUIRED + ["--project"], "--project", id="flag-without-value"),
 ]
@@ -1135,7 +1175,7 @@ def test_help_exits_0_and_lists_every_flag(env):
                  "--followup-topic", "--export-requests-topic", "--reconcile-topic", "--reconcile-schedule",
                  "--export-bucket", "--concurrency",
                  "--max-instances", "--memory", "--cpu", "--followup-budget", "--config", "--alert-email", "--alert-channel", "--kms-key",
-                 "--results-table", "--dry-run"):
+                 "--results-table", "--hash-key-secret", "--dry-run"):
         assert name in run.stdout, name
     assert run.calls == []
 
