@@ -539,7 +539,9 @@ read_failure_policies() {
   text=$(sed -e 's/^#.*$//' -e 's/[[:space:]]#.*$//' "${SOURCE_DIR}/${CONFIG_REL}")
   POLICY_TAG="" POLICY_MOVE="" QUARANTINE_BUCKETS=()
   grep -Eq "(^|[[:space:]{,])on_failure:[[:space:]]*${quote}tag${quote}[[:space:]]*(\$|[,}])" <<<"${text}" && POLICY_TAG=1
-  grep -Eq "(^|[[:space:]{,])move:[[:space:]]*(true|True|TRUE|yes|on)[[:space:]]*(\$|[,}])" <<<"${text}" && POLICY_MOVE=1
+  # YAML 1.1's true (PyYAML, the function's loader): true, yes, on, each in lower, Title or UPPER case.
+  grep -Eq "(^|[[:space:]{,])move:[[:space:]]*(true|True|TRUE|yes|Yes|YES|on|On|ON)[[:space:]]*(\$|[,}])" <<<"${text}" \
+    && POLICY_MOVE=1
   while read -r bucket; do
     [[ -n ${bucket} ]] || continue
     bucket=${bucket//'${INBOX_BUCKET}'/${INBOX}}
