@@ -521,6 +521,8 @@ check_config_loads() {
     python=${SOURCE_DIR}/.venv/bin/python
   fi
   function_env
+  # The key itself is read from Secret Manager at run time: any value stands for it here.
+  [[ -z ${HASH_KEY_SECRET} ]] || FUNCTION_ENV+=("RESULTS_HASH_KEY=from-secret-${HASH_KEY_SECRET}")
   (cd "${SOURCE_DIR}" && "${python}" -c 'import yaml, handlers.cli' >/dev/null 2>&1) \
     || die_usage "cannot check ${CONFIG_REL}: '${python}' cannot import PyYAML and the handlers package from ${SOURCE_DIR}: run make venv, or set PYTHON to a Python 3 with PyYAML"
   if ! problems=$(cd "${SOURCE_DIR}" && env -i PATH="${PATH}" HOME="${HOME:-/}" "${FUNCTION_ENV[@]}" \

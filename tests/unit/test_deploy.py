@@ -1009,8 +1009,10 @@ def test_move_is_granted_for_every_spelling_the_functions_loader_reads_as_true(e
     config.write_text(config.read_text().replace("move: true}", f"move: {spelling}}}"))
     try:
         moves = load(config, {**CONFIG_ENV, "EXPORT_BUCKET": "rad-exports"}).rule_named("moved").on_failure.move
-    except ConfigError:
-        moves = False  # the function refuses the config: nothing is moved
+    except ConfigError:  # the function would refuse the config: so does deploy.sh, before any call
+        run = deploy(env, *REQUIRED, "--config", "config/policies.yaml", "--dry-run")
+        assert run.returncode == 2 and "would not load in the functions" in run.stderr
+        return
     run = ok(deploy(env, *REQUIRED, "--config", "config/policies.yaml", "--dry-run"))
     assert ("dicomImportMoveFailed" in run.stdout) == moves
 
