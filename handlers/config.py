@@ -345,9 +345,13 @@ def read_source(path: str | os.PathLike[str], what: str) -> str:
     except OSError as exc:
         raise ConfigError([f"{path}:0: cannot read the {what} ({exc.strerror}): check the path"]) from None
     except UnicodeDecodeError as exc:
-        line = exc.object[:exc.start].count(b"\n") + 1
-        raise ConfigError([f"{path}:{line}: not UTF-8 text (byte {exc.start + 1} is 0x{exc.object[exc.start]:02x}): "
-                           f"save the {what} as UTF-8"]) from None
+        raise ConfigError([not_utf8(path, exc, what)]) from None
+
+
+def not_utf8(path: str | os.PathLike[str], exc: UnicodeDecodeError, what: str) -> str:
+    """``PATH:LINE: not UTF-8 text (byte N is 0xHH): save the WHAT as UTF-8``."""
+    line = exc.object[:exc.start].count(b"\n") + 1
+    return f"{path}:{line}: not UTF-8 text (byte {exc.start + 1} is 0x{exc.object[exc.start]:02x}): save the {what} as UTF-8"
 
 
 def parse(source: str, path: str, env: Mapping[str, str]) -> Config:

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from handlers.cli.errors import CliError
+from handlers.config import not_utf8
 
 LOCAL_ENV_FILE = Path(__file__).resolve().parents[2] / ".local" / "stack.env"
 CONNECT_TIMEOUT = 2.0
@@ -40,6 +41,8 @@ def load_env_file(path: Path, *, local: bool = False) -> dict[str, str]:
         if local:
             raise CliError(f"cannot read {path}: the local stack is not up: run make up") from None
         raise CliError(f"cannot read env file {path} ({exc.strerror}): check the path") from None
+    except UnicodeDecodeError as exc:
+        raise CliError(not_utf8(path, exc, "env file")) from None
     loaded: dict[str, str] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()

@@ -91,7 +91,9 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
 def subscription_path(name: str) -> str:
     """A full subscription name; a short one is completed with ``GOOGLE_CLOUD_PROJECT``."""
     if not name:
-        raise CliError("no subscription: pass --subscription NAME, or set RESULTS_SUBSCRIPTION (--local sets it)")
+        raise CliError("no subscription: pass --subscription NAME, or set RESULTS_SUBSCRIPTION (--local sets it; "
+                       "in production the operators' subscription deploy.sh creates, dicom-import-results-ops "
+                       "by default)")
     if name.startswith("projects/"):
         return name
     project = os.environ.get("GOOGLE_CLOUD_PROJECT")

@@ -73,6 +73,10 @@ def test_env_file_problems_name_the_file(cli, tmp_path, config_env):
     bad.write_text("A=1\nnot a pair\n")
     assert one_line_error(cli("--env-file", str(bad), "check-config")) == \
         f"error: {bad}:2: expected KEY=VALUE, got 'not a pair': fix or remove the line"
+    latin1 = tmp_path / "latin1.env"
+    latin1.write_bytes(b"A=1\nSITE=Z\xfcrich\n")
+    assert one_line_error(cli("--env-file", str(latin1), "check-config")) == \
+        f"error: {latin1}:2: not UTF-8 text (byte 11 is 0xfc): save the env file as UTF-8"
 
 
 def test_local_without_a_running_stack_says_make_up(cli, tmp_path, monkeypatch, config_env):
@@ -149,8 +153,9 @@ def test_filter_file_problems_are_refused_before_any_call(cli, stopped_stack, tm
 
 
 def test_tail_needs_a_subscription(cli, config_env):
-    assert one_line_error(cli("tail")) == \
-        "error: no subscription: pass --subscription NAME, or set RESULTS_SUBSCRIPTION (--local sets it)"
+    assert one_line_error(cli("tail")) == (
+        "error: no subscription: pass --subscription NAME, or set RESULTS_SUBSCRIPTION (--local sets it; in production "
+        "the operators' subscription deploy.sh creates, dicom-import-results-ops by default)")
 
 
 def test_an_unexpected_exception_is_one_line_without_traceback(cli, config_env, monkeypatch):
