@@ -49,6 +49,7 @@ from handlers.batch.results import (
     operation_hint,
     outcome_of,
     rejection_hint,
+    unknown_hint,
 )
 from handlers.clients.cloudlogging import CloudLogging
 from handlers.clients.healthcare import ApiError, HealthcareApi, Operation
@@ -350,14 +351,16 @@ class Driver:
         if self.clock() > data["sealedAt"] + self.config.followup_deadline_hours * 3600:
             return self._conclude(record, path, worker, outcome=UNKNOWN, error={
                 "code": 4, "status": "DEADLINE_EXCEEDED",
-                "message": f"operation not done after {self.config.followup_deadline_hours:g} h: no longer followed"})
+                "message": f"operation not done after {self.config.followup_deadline_hours:g} h: no longer followed"},
+                hint=unknown_hint(data["batch"]))
         try:
             operation = self.api.wait(data["operation"], deadline)
         except ApiError as exc:
             if exc.retryable:
                 raise RetryLater(f"operation {data['operation']} not readable yet: {exc}") from None
             return self._conclude(record, path, worker, outcome=UNKNOWN,
-                                  error={"code": exc.code, "status": exc.status, "message": exc.message})
+                                  error={"code": exc.code, "status": exc.status, "message": exc.message},
+                                  hint=unknown_hint(data["batch"]))
         if not operation.done:
             raise RetryLater(f"operation {operation.name} still running ({operation.pending} pending)")
         return self._after_operation(record, path, worker, operation)

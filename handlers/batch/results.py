@@ -79,6 +79,12 @@ def operation_hint(outcome: str, operation: Operation | None, bucket: str, named
     return None
 
 
+def unknown_hint(batch: str) -> str:
+    """What to do with a batch whose import's outcome is unknown (none of its files is known to be stored)."""
+    return (f"no file of this batch is known to be stored: check its operation (operationName), then "
+            f"`python -m handlers retry {batch}` re-imports them (files already stored are unchanged)")
+
+
 def import_message(
     record: Mapping[str, Any],
     *,

@@ -746,6 +746,7 @@ def test_operation_followed_past_the_deadline_is_reported_unknown():
     assert world.drive(batch) == DONE
     [(_, message, attributes)] = world.publisher.messages
     assert message["outcome"] == "UNKNOWN" and message["error"]["status"] == "DEADLINE_EXCEEDED"
+    assert message["hint"].endswith(f"`python -m handlers retry {batch}` re-imports them (files already stored are unchanged)")
 
 
 def test_follow_up_for_a_batch_that_never_opened_is_dropped():
