@@ -85,5 +85,7 @@ class Health:
     def _log_stats(self) -> None:
         while not self._stop.wait(self.stats_every):
             healthy, body = self.check()
+            if self._stop.is_set():  # stopped during the check: the gateway is closing, not unhealthy
+                return
             fields = {key: value for key, value in body.items() if key != "status"}
             (log.info if healthy else log.warning)("spool", healthy=healthy, **fields)

@@ -73,10 +73,10 @@ class Gateway:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        self.health.stop()  # first: its stats timer would report the closed DICOM port as a problem
         self.receiver.stop()
         if self.committer is not None:
             self.committer.stop()
-        self.health.stop()
         self.uploader.stop()
         if self.ledger is not None:
             self.ledger.close()

@@ -373,6 +373,18 @@ def test_healthz_fails_when_uploads_are_stuck(tmp_path: Path, fake_gcs: Any) -> 
         assert body["pending"] == 1 and "uploads to Cloud Storage are failing" in body["problems"][0]
 
 
+def test_a_clean_stop_logs_no_unhealthy_spool_line(tmp_path: Path, bucket: str, fake_gcs: Any) -> None:
+    """The spool stats timer used to outlive the DICOM port at stop and log it as a problem (WARNING)."""
+    health = "health:\n  address: 127.0.0.1\n  port: 0\n  stuck_after_seconds: 30\n  stats_every_seconds: 0.1\n"
+    config = make_config(tmp_path / "spool", bucket, health=health)
+    with captured_logs() as logs:
+        with running_gateway(config, gcs_inbox_factory(bucket, fake_gcs.url)) as gw:
+            stop_receiver = gw.receiver.stop
+            gw.receiver.stop = lambda: (stop_receiver(), time.sleep(0.5))  # type: ignore[method-assign]
+            wait_for(lambda: [line for line in logs() if line["message"] == "spool"], what="a spool line")
+    assert [line["message"] for line in logs() if line["severity"] != "INFO"] == []
+
+
 def test_restart_resumes_the_spool(tmp_path: Path, bucket: str, fake_gcs: Any, storage_client: Any) -> None:
     config = make_config(tmp_path / "spool", bucket)
     study = samples.make_study(2, 3)
