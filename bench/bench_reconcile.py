@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from handlers import log  # noqa: E402
 from handlers.batch.intake import Intake  # noqa: E402
 from handlers.batch.reporting import Reporter  # noqa: E402
+from handlers.cli.arguments import positive_int  # noqa: E402
 from handlers.clients.storage import SourceObject  # noqa: E402
 from handlers.config import parse  # noqa: E402
 from handlers.events import StorageObject  # noqa: E402
@@ -152,16 +153,16 @@ def _drain(reader, count: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--objects", type=int, default=None, help="objects in the bucket (default 100,000; 5,000 with --stack)")
-    parser.add_argument("--new", type=int, default=None, help="created since the last sweep (default 1,000; 500 with --stack)")
+    parser.add_argument("--objects", type=positive_int, default=None, help="objects in the bucket (default 100,000; 5,000 with --stack)")
+    parser.add_argument("--new", type=positive_int, default=None, help="created since the last sweep (default 1,000; 500 with --stack)")
     parser.add_argument("--lost", type=int, default=20, help="of the new, how many lost their event (model)")
     parser.add_argument("--stack", action="store_true", help="measure on the local stack, through the proxy")
     args = parser.parse_args()
     log.redirect(open("/dev/null", "w"))  # noqa: SIM115 - the sweep's log lines are not the output
     if args.stack:
-        rows = [stack(args.objects or 5000, args.new or 500)]
+        rows = [stack(5000 if args.objects is None else args.objects, 500 if args.new is None else args.new)]
     else:
-        objects, new = args.objects or 100_000, args.new or 1000
+        objects, new = 100_000 if args.objects is None else args.objects, 1000 if args.new is None else args.new
         rows = [model(objects, new, 0), model(objects, new, args.lost)]
     print(f"{'objects':>8} | {'new':>5} | {'lost':>4} | {'list calls':>10} | {'claim reads':>11} | "
           f"{'state A':>7} | {'state B':>7} | {'admitted':>8} | expected list calls")

@@ -17,6 +17,8 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
     ("bench_cost.py", ["--max-objects", "0"], "argument --max-objects: must be at least 1, got 0"),
     ("bench_cost.py", ["--window", "0"], "argument --window: must be more than 0, got 0"),
     ("bench_cost.py", ["--polls-batched", "-1"], "argument --polls-batched: must be a number of at least 0, got -1"),
+    ("bench_reconcile.py", ["--objects", "0"], "argument --objects: must be at least 1, got 0"),
+    ("bench_reconcile.py", ["--new", "-5"], "argument --new: must be at least 1, got -5"),
     ("bench_cost.py", ["--max-objects", "200000"], "max_objects must be between 1 and 100000, got 200000"),
 ])
 def test_a_value_the_benchmark_cannot_use_is_a_usage_error(script, argv, message):
