@@ -44,6 +44,12 @@ def search_progress_path(request_id: str) -> str:
     return f"exports/{request_id}.search.json"
 
 
+def filter_path(request: ExportRequest) -> str:
+    """Where ``request``'s filter file is written: named by its arguments too, so a request reusing the id with
+    other arguments (refused once it finds the id's record) never overwrites the file a running export reads."""
+    return f"exports/{request.request_id}.{request.tag}.filter.txt"
+
+
 def operation_note_path(request_id: str, worker: str) -> str:
     """Where ``worker`` notes the export operation it started (a new name: no wait on the record's last write)."""
     return f"exports/{request_id}.operation.{worker}.json"
@@ -183,9 +189,8 @@ class ExportJob:
             check_paths_exist(self.api, request, deadline)
         filter_uri = summary = None
         if paths:
-            filter_path = f"exports/{request.request_id}.filter.txt"
-            self.store.write_text(filter_path, filter_text(paths))
-            filter_uri = f"gs://{self.store.bucket}/{filter_path}"
+            self.store.write_text(filter_path(request), filter_text(paths))
+            filter_uri = f"gs://{self.store.bucket}/{filter_path(request)}"
             summary = {"uri": filter_uri, **count_levels(paths), "query": query}
         data = {"state": STARTING, "requestId": request.request_id, "fingerprint": request.fingerprint,
                 "store": request.store, "destination": request.destination, "mimeType": request.mime_type,
@@ -197,7 +202,12 @@ class ExportJob:
             record = Document(data, self.store.create(path, data))
         except Conflict:  # another delivery created it meanwhile, maybe for other arguments
             record = self.store.read(path)
-            check_same_request(request, record.data)  # type: ignore[union-attr]
+            try:
+                check_same_request(request, record.data)  # type: ignore[union-attr]
+            except RequestIdConflict:
+                if filter_uri:
+                    self.store.delete(filter_path(request))  # no export will read it
+                raise
         if request.query is not None:
             self.store.delete(search_progress_path(request.request_id))
         return record  # type: ignore[return-value]
@@ -389,7 +399,7 @@ def check_same_request(request: ExportRequest, recorded: Mapping[str, Any]) -> N
     raise RequestIdConflict(
         f"requestId {rid} already names an export with other arguments (different {', '.join(differs)}): give this "
         "export a new requestId, or repeat that export's arguments to follow it",
-        f"exports/{rid}.conflict.{request.fingerprint[:16]}.json")
+        f"exports/{rid}.conflict.{request.tag}.json")
 
 
 def rejection_message(request_id: str, store: str | None, destination: str | None, reason: str,

@@ -110,6 +110,11 @@ class ExportRequest:
         return hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()
 
     @property
+    def tag(self) -> str:
+        """The fingerprint's first 16 hex digits: names this request's own files beside its id's record."""
+        return self.fingerprint[:16]
+
+    @property
     def filtered(self) -> bool:
         """Whether a filter file selects what is exported (paths, or a query's matches)."""
         return bool(self.paths) or self.query is not None

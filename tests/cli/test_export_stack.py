@@ -1,6 +1,7 @@
 """``export`` on the local stack: whole store, by study, series, instance and filter file; refusals before any call."""
 
 import json
+import re
 
 import pytest
 
@@ -30,6 +31,13 @@ def expected(folder, instances):
     return sorted(f"{folder}/{u.study}/{u.series}/{u.sop}.dcm" for u, _ in instances)
 
 
+def filter_file(result, state_bucket, request_id):
+    """The state-bucket path of ``result``'s filter file, checked to be named by its request id and fingerprint."""
+    path = result["filter"]["uri"].removeprefix(f"gs://{state_bucket}/")
+    assert re.fullmatch(rf"exports/{re.escape(request_id)}\.[0-9a-f]{{16}}\.filter\.txt", path), path
+    return path
+
+
 def test_the_whole_store_is_exported_and_the_result_printed(cli, filled):
     folder = filled.rule  # unique
     result = cli(*filled.args(filled.config(), "export", "--store", "main", "--to", f"gs://{filled.export_bucket}/{folder}"))
@@ -50,9 +58,10 @@ def test_a_study_export_publishes_its_result_and_writes_the_filter_file(cli, fil
     assert result.code == 0, result.err
     printed = json.loads(result.out)
     assert printed["outcome"] == "SUCCEEDED" and printed["counter"] == {"success": 4, "failure": 0}
-    assert printed["filter"] == {"uri": f"gs://{filled.state_bucket}/exports/{folder}-1.filter.txt",
+    kept = filter_file(printed, filled.state_bucket, f"{folder}-1")
+    assert printed["filter"] == {"uri": f"gs://{filled.state_bucket}/{kept}",
                                  "studies": 1, "series": 0, "instances": 0, "query": None}
-    assert filled.read_text(filled.state_bucket, f"exports/{folder}-1.filter.txt") == f"/studies/{study}\n"
+    assert filled.read_text(filled.state_bucket, kept) == f"/studies/{study}\n"
     assert exported(filled, folder) == expected(folder, filled.study_a)
     [(message, attributes)] = filled.results(1, requestId=f"{folder}-1")
     validate(message, attributes)
@@ -151,10 +160,11 @@ def test_export_where_exports_exactly_the_matching_studies_and_keeps_the_filter_
     matching = cohort.cohort["ct-jan"] + cohort.cohort["ct-dec"]
     studies = list(dict.fromkeys(uids.study for uids, _ in matching))
     assert printed["outcome"] == "SUCCEEDED" and printed["counter"] == {"success": 5, "failure": 0}
-    assert printed["filter"] == {"uri": f"gs://{cohort.state_bucket}/exports/{folder}-q.filter.txt", "studies": 2,
+    filter_path = filter_file(printed, cohort.state_bucket, f"{folder}-q")
+    assert printed["filter"] == {"uri": f"gs://{cohort.state_bucket}/{filter_path}", "studies": 2,
                                  "series": 0, "instances": 0,
                                  "query": {"where": WHERE, "level": "study", "matches": 2, "pages": 3}}
-    kept = cohort.read_text(cohort.state_bucket, f"exports/{folder}-q.filter.txt").splitlines()
+    kept = cohort.read_text(cohort.state_bucket, filter_path).splitlines()
     assert sorted(kept) == sorted(f"/studies/{uid}" for uid in studies)
     assert exported(cohort, folder) == expected(folder, matching)
     assert "studies found: 2 (3 pages searched)" in result.err.splitlines()

@@ -15,7 +15,7 @@ from cloudevents.http import CloudEvent
 from handlers import entrypoints, runtime
 from handlers.batch.reporting import Reporter
 from handlers.clients.healthcare import ApiError
-from handlers.exports.job import ExportJob
+from handlers.exports.job import ExportJob, filter_path
 from handlers.exports.query import CAP_RULE, Query, search_paths
 from handlers.exports.request import ExportRequest, ExportRequestError, request_from_message
 from handlers.retry import Deadline, RetryLater
@@ -177,12 +177,12 @@ def test_a_query_export_writes_what_it_found_as_the_filter_file_and_reports_the_
     request = ExportRequest.build(store=STORE, destination="gs://out/cohort", request_id="q1", query=Query.parse(WHERE))
     with pytest.raises(RetryLater, match="still running"):
         job.run(request, Deadline(60), page_size=2)
-    assert store.blobs["exports/q1.filter.txt"][0] == b"/studies/1.1\n/studies/1.2\n/studies/1.3\n"
+    assert store.blobs[filter_path(request)][0] == b"/studies/1.1\n/studies/1.2\n/studies/1.3\n"
     [(_, body)] = api.exports
-    assert body["filterConfig"] == {"resourcePathsGcsUri": "gs://state-bkt/exports/q1.filter.txt"}
+    assert body["filterConfig"] == {"resourcePathsGcsUri": f"gs://state-bkt/{filter_path(request)}"}
     api.finish(next(iter(api.operations)), success=9)
     result = job.run(request, Deadline(60))
-    assert result["filter"] == {"uri": "gs://state-bkt/exports/q1.filter.txt", "studies": 3, "series": 0,
+    assert result["filter"] == {"uri": f"gs://state-bkt/{filter_path(request)}", "studies": 3, "series": 0,
                                 "instances": 0, "query": {"where": WHERE, "level": "study", "matches": 3, "pages": 3}}
     assert len(api.qido.requests) == 3, "a resumed export does not search again"
     [(_, message, attributes)] = publisher.messages
@@ -219,7 +219,7 @@ def test_a_search_longer_than_one_delivery_resumes_where_the_last_delivery_stopp
         job.run(request, Deadline(60), page_size=2)
     assert "exports/q5.search.json" not in store.docs, "the record and filter file hold the search: progress deleted"
     assert [params["offset"] for _, params in api.qido.requests] == ["0", "2", "4", "6", "7"]
-    assert store.blobs["exports/q5.filter.txt"][0].decode().splitlines() == [f"/studies/1.{n}" for n in range(7)]
+    assert store.blobs[filter_path(request)][0].decode().splitlines() == [f"/studies/1.{n}" for n in range(7)]
     api.finish(next(iter(api.operations)), success=7)
     result = job.run(request, Deadline(60))
     assert result["filter"]["query"] == {"where": WHERE, "level": "study", "matches": 7, "pages": 5}
@@ -245,7 +245,7 @@ def test_saved_progress_of_another_query_under_the_same_id_is_not_resumed():
     request = ExportRequest.build(store=STORE, destination="gs://out/x", request_id="q6", query=Query.parse(WHERE))
     with pytest.raises(RetryLater, match="still running"):
         job.run(request, Deadline(60))
-    assert store.blobs["exports/q6.filter.txt"][0] == b"/studies/1.1\n/studies/1.2\n"
+    assert store.blobs[filter_path(request)][0] == b"/studies/1.1\n/studies/1.2\n"
 
 
 def test_a_query_matching_nothing_is_refused_before_anything_is_written():
@@ -274,4 +274,4 @@ def test_a_pubsub_query_over_the_cap_gets_a_rejected_result_naming_the_cap(monke
     validate(message, attributes)
     assert message["outcome"] == "REJECTED" and message["error"]["rule"] == CAP_RULE
     assert message["error"]["code"] == 400 and "matches more than 2 studies" in message["error"]["message"]
-    assert api.exports == [] and "exports/q3.filter.txt" not in store.blobs
+    assert api.exports == [] and not [path for path in store.blobs if path.endswith(".filter.txt")]

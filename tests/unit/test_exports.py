@@ -10,7 +10,14 @@ from handlers.exports.request import (
     parse_filter_lines,
     request_from_message,
 )
-from handlers.exports.job import EXPORT_SCHEMA, STARTING, ExportJob, RequestIdConflict, operation_note_path
+from handlers.exports.job import (
+    EXPORT_SCHEMA,
+    STARTING,
+    ExportJob,
+    RequestIdConflict,
+    filter_path,
+    operation_note_path,
+)
 from handlers.clients.healthcare import ApiError
 from handlers.batch.reporting import Reporter
 from handlers.retry import Deadline, RetryLater
@@ -106,15 +113,16 @@ def test_filtered_export_writes_the_filter_file_and_reports_once():
         s.job.run(request, Deadline(60))
     [(store, body)] = s.api.exports
     assert body == {"gcsDestination": {"uriPrefix": "gs://out-bkt/dir", "mimeType": "application/dicom; transfer-syntax=*"},
-                    "filterConfig": {"resourcePathsGcsUri": "gs://state-bkt/exports/r1.filter.txt"}}
-    assert s.store.blobs["exports/r1.filter.txt"][0] == b"/studies/1.2\n"
+                    "filterConfig": {"resourcePathsGcsUri": f"gs://state-bkt/{filter_path(request)}"}}
+    assert filter_path(request).startswith("exports/r1.")
+    assert s.store.blobs[filter_path(request)][0] == b"/studies/1.2\n"
 
     s.api.finish(next(iter(s.api.operations)), success=4)
     result = s.new_job().run(request, Deadline(60))
     assert result["schema"] == EXPORT_SCHEMA and result["outcome"] == "SUCCEEDED"
     assert result["counter"] == {"success": 4, "failure": 0}
-    assert result["filter"] == {"uri": "gs://state-bkt/exports/r1.filter.txt", "studies": 1, "series": 0, "instances": 0,
-                                "query": None}
+    assert result["filter"] == {"uri": f"gs://state-bkt/{filter_path(request)}", "studies": 1, "series": 0,
+                                "instances": 0, "query": None}
     assert s.new_job().run(request, Deadline(60)) == result
     assert len(s.api.exports) == 1 and len(s.publisher.messages) == 1
 
@@ -158,6 +166,30 @@ def test_a_request_id_reused_with_other_arguments_is_refused_not_answered_with_t
     same = {**first, "studies": ["1.2", "1.2"], "destination": "gs://out-bkt/dir/"}  # the same, written otherwise
     assert s.new_job().run(ExportRequest.build(**same), Deadline(60))["outcome"] == "SUCCEEDED"
     assert len(s.publisher.messages) == 1
+
+
+def test_a_conflicting_request_racing_an_export_never_overwrites_its_filter_file():
+    """The API reads the filter file when the operation runs: a request refused later must not have rewritten it."""
+    s = Setup()
+    winner = ExportRequest.build(store=STORE, destination="gs://out-bkt/dir", studies=["1.2"], request_id="r1")
+    loser = ExportRequest.build(store=STORE, destination="gs://out-bkt/dir", studies=["1.3"], request_id="r1")
+    real_write = s.store.write_text
+
+    def winner_starts_first(path, text):
+        if text == filter_text(loser.paths) and not s.api.exports:  # the loser found no record, the winner goes on
+            with pytest.raises(RetryLater, match="still running"):
+                s.new_job().run(winner, Deadline(60))
+        real_write(path, text)
+
+    s.store.write_text = winner_starts_first
+    with pytest.raises(RequestIdConflict):
+        s.job.run(loser, Deadline(60))
+    [(_, body)] = s.api.exports
+    exported = body["filterConfig"]["resourcePathsGcsUri"].removeprefix("gs://state-bkt/")
+    assert s.store.blobs[exported][0] == b"/studies/1.2\n"
+    assert [path for path in s.store.blobs if path.endswith(".filter.txt")] == [exported]  # the loser's is deleted
+    s.api.finish(next(iter(s.api.operations)), success=1)
+    assert s.new_job().run(winner, Deadline(60))["filter"]["uri"] == f"gs://state-bkt/{exported}"
 
 
 def test_whole_store_export_has_no_filter():
