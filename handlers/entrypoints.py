@@ -192,9 +192,9 @@ def export_request(event: Any) -> None:
         if not (isinstance(request_id, str) and export_requests.REQUEST_ID_RE.fullmatch(request_id)):
             request_id = message.message_id
         log.warning("export request refused", reason=str(exc), rule=exc.rule, requestId=request_id)
-        record = exc.record_path if isinstance(exc, RequestIdConflict) else None  # the id's own record is another's
+        conflict = exc.tag if isinstance(exc, RequestIdConflict) else None
         instance.exports.reject(request_id, _text(fields.get("store")), _text(fields.get("destination")), str(exc),
-                                deadline, exc.rule, record)
+                                deadline, exc.rule, conflict)
         return
     log.info("export finished", requestId=request.request_id, outcome=result["outcome"],
              operation=result["operation"], success=result["counter"]["success"],

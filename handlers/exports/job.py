@@ -50,6 +50,11 @@ def filter_path(request: ExportRequest) -> str:
     return f"exports/{request.request_id}.{request.tag}.filter.txt"
 
 
+def conflict_path(request_id: str, tag: str) -> str:
+    """Where the refusal of a request reusing ``request_id`` with other arguments (its ``tag``) is recorded."""
+    return f"exports/{request_id}.conflict.{tag}.json"
+
+
 def operation_note_path(request_id: str, worker: str) -> str:
     """Where ``worker`` notes the export operation it started (a new name: no wait on the record's last write)."""
     return f"exports/{request_id}.operation.{worker}.json"
@@ -70,6 +75,7 @@ def export_message(request: ExportRequest, record: Mapping[str, Any], *, outcome
         "operation": operation.name if operation else record.get("operation"),
         "counter": {"success": success, "failure": failure},
         "error": dict(error or (operation.error if operation and operation.error else {})) or None,
+        "requestIdConflict": None,
         "hint": hint,
         "logsUrl": operation.logs_url if operation and operation.logs_url else None,
         "timings": {
@@ -318,19 +324,19 @@ class ExportJob:
         return self.reporter.conclude(record, path, message, attributes, worker)
 
     def reject(self, request_id: str, store: str | None, destination: str | None, reason: str, deadline: Deadline,
-               rule: str | None = None, record_path: str | None = None) -> dict[str, Any]:
+               rule: str | None = None, conflict: str | None = None) -> dict[str, Any]:
         """Report a request refused before any call (once, even if the message is redelivered).
 
         ``rule``: the config rule that refused it (``exports.destinations``, ``stores``), None for a malformed request.
-        ``record_path``: where the refusal is recorded when not in the id's own record (a
-        :class:`RequestIdConflict`'s, whose id names another export).
+        ``conflict``: a :class:`RequestIdConflict`'s ``tag``. Its refusal is recorded at :func:`conflict_path`, not
+        in the id's record (which names another export), and says ``requestIdConflict``: it is not that export's result.
         The id is the export's: an export whose call was made (its operation noted, or its call claimed less than
         ABANDONED_AFTER_SECONDS ago) is followed to its own result instead (RetryLater until it ends), and an id that
         already has a result keeps it; only a new id, or one whose call was never made, is concluded REJECTED. A new
         id's record is created with the REJECTED result in it, so a valid request reusing the id meanwhile publishes
         that result (or waits for its publisher) and never calls export.
         """
-        path = record_path or f"exports/{request_id}.json"
+        path = conflict_path(request_id, conflict) if conflict else f"exports/{request_id}.json"
         worker = new_worker()
         record = self._with_noted_operation(self.store.read(path))
         if record is not None and record.data["state"] == DONE:
@@ -338,7 +344,8 @@ class ExportJob:
                      requestId=request_id, outcome=record.data["result"]["outcome"])
         if record is None:
             # Created with its result frozen: a record of this id is never STARTING without a request to call.
-            message, attributes = rejection_message(request_id, store, destination, reason, self.clock(), rule)
+            message, attributes = rejection_message(request_id, store, destination, reason, self.clock(),
+                                                    rule, conflict)
             data = self.reporter.frozen({"requestId": request_id, "requestedAt": self.clock()}, message, attributes,
                                         worker)
             try:
@@ -351,7 +358,8 @@ class ExportJob:
                 if state == RUNNING or (state == STARTING and self._call_claimed(record.data)):
                     return self._follow_instead(record, deadline)
                 if state == STARTING:
-                    message, attributes = rejection_message(request_id, store, destination, reason, self.clock(), rule)
+                    message, attributes = rejection_message(request_id, store, destination, reason, self.clock(),
+                                                            rule, conflict)
                     record = self.reporter.conclude(record, path, message, attributes, worker)
                 else:
                     record = self.reporter.publish(record, path, worker)
@@ -376,11 +384,11 @@ class ExportJob:
 
 
 class RequestIdConflict(ExportRequestError):
-    """A ``requestId`` reused with other arguments; its refusal is recorded at ``record_path``, not the id's record."""
+    """A ``requestId`` reused with other arguments; ``tag``: the refused request's (:attr:`ExportRequest.tag`)."""
 
-    def __init__(self, message: str, record_path: str) -> None:
+    def __init__(self, message: str, tag: str) -> None:
         super().__init__(message)
-        self.record_path = record_path
+        self.tag = tag
 
 
 def check_same_request(request: ExportRequest, recorded: Mapping[str, Any]) -> None:
@@ -398,12 +406,12 @@ def check_same_request(request: ExportRequest, recorded: Mapping[str, Any]) -> N
     rid = request.request_id
     raise RequestIdConflict(
         f"requestId {rid} already names an export with other arguments (different {', '.join(differs)}): give this "
-        "export a new requestId, or repeat that export's arguments to follow it",
-        f"exports/{rid}.conflict.{request.tag}.json")
+        "export a new requestId, or repeat that export's arguments to follow it", request.tag)
 
 
 def rejection_message(request_id: str, store: str | None, destination: str | None, reason: str,
-                      concluded_at: float, rule: str | None = None) -> tuple[dict, dict]:
+                      concluded_at: float, rule: str | None = None, conflict: str | None = None) -> tuple[dict, dict]:
+    """A REJECTED result; ``conflict``: the tag of a request refused for reusing an export's id (RequestIdConflict)."""
     if rule is None:
         error: dict[str, Any] = {"code": 400, "status": "INVALID_ARGUMENT", "message": reason}
         hint = "fix the request and send it again"
@@ -417,11 +425,13 @@ def rejection_message(request_id: str, store: str | None, destination: str | Non
         "schema": EXPORT_SCHEMA, "outcome": REJECTED, "requestId": request_id, "store": store,
         "destination": destination, "mimeType": None, "filter": None, "operation": None,
         "counter": {"success": 0, "failure": 0},
-        "error": error,
+        "error": error, "requestIdConflict": conflict,
         "hint": hint, "logsUrl": None,
         "timings": {"requestedAt": None, "operationCreateTime": None, "operationEndTime": None,
                     "concludedAt": rfc3339(concluded_at)},
     }
     attributes = {"schema": EXPORT_SCHEMA, "outcome": REJECTED, "failureCount": "0", "successCount": "0",
                   "store": store or "", "requestId": request_id}
+    if conflict:
+        attributes["requestIdConflict"] = conflict
     return data, attributes

@@ -16,13 +16,14 @@ from werkzeug.exceptions import ServiceUnavailable
 from handlers import entrypoints, runtime
 from handlers.batch.reporting import Reporter
 from handlers.config import ConfigError, parse
-from handlers.exports.job import STARTING, ExportJob
+from handlers.exports.job import STARTING, ExportJob, conflict_path
 from handlers.exports.request import (
     DESTINATIONS_RULE,
     STORES_RULE,
     ExportRequest,
     ExportRequestError,
     check_destination,
+    request_from_message,
     resolve_store,
 )
 from handlers.retry import Deadline, RetryLater
@@ -279,10 +280,16 @@ def test_a_request_reusing_an_exports_id_with_other_arguments_gets_its_own_rejec
     assert message["outcome"] == "REJECTED" and message["requestId"] == "r1" and message["error"]["code"] == 400
     assert "requestId r1 already names an export with other arguments (different destination)" in (
         message["error"]["message"])
+    tag = request_from_message(other, {"main": STORE}, "m").tag  # tells this result from the export's own
+    assert message["requestIdConflict"] == attributes["requestIdConflict"] == tag
+    assert s.store.read(conflict_path("r1", tag)).data["result"] == message
     assert len(s.api.exports) == 1 and "result" not in s.store.read("exports/r1.json").data
     [operation] = s.api.operations
     s.api.finish(operation, success=5)
     assert s.job.run(original, Deadline(60))["outcome"] == "SUCCEEDED"
+    _, (_, export, export_attributes) = s.publisher.messages
+    validate(export, export_attributes)
+    assert export["requestIdConflict"] is None and "requestIdConflict" not in export_attributes
 
 
 def test_a_refused_request_waits_for_a_call_in_flight_and_rejects_one_never_made(monkeypatch):

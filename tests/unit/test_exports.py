@@ -162,7 +162,7 @@ def test_a_request_id_reused_with_other_arguments_is_refused_not_answered_with_t
     with pytest.raises(RequestIdConflict, match=f"requestId r1 already names an export with other arguments "
                                                 f"\\({differs}\\): give this export a new requestId") as info:
         s.new_job().run(ExportRequest.build(**{**first, **other}), Deadline(60))
-    assert info.value.record_path.startswith("exports/r1.conflict.") and len(s.api.exports) == 1
+    assert info.value.tag == ExportRequest.build(**{**first, **other}).tag and len(s.api.exports) == 1
     same = {**first, "studies": ["1.2", "1.2"], "destination": "gs://out-bkt/dir/"}  # the same, written otherwise
     assert s.new_job().run(ExportRequest.build(**same), Deadline(60))["outcome"] == "SUCCEEDED"
     assert len(s.publisher.messages) == 1
