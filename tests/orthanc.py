@@ -66,7 +66,11 @@ def running_orthanc(folder: Path, **settings: Any) -> Iterator[Orthanc]:
             yield server
         finally:
             process.terminate()
-            process.wait(10)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:  # not left holding its ports for the rest of the run
+                process.kill()
+                process.wait()
 
 
 def _wait_until_answering(server: Orthanc, process: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:

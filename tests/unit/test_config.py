@@ -172,7 +172,8 @@ def test_unreadable_file(tmp_path):
     assert "cannot read the config file" in str(caught.value)
 
 
-def test_repository_config_is_valid_with_the_local_stack_environment():
+def test_repository_config_is_valid_with_the_local_stack_environment(monkeypatch):
+    monkeypatch.delenv("DICOM_IMPORT_CONFIG", raising=False)  # `python -m localstack env` may point elsewhere
     cfg = config_module.load(config_module.default_path(), ENV)
     assert cfg.rules[0].pattern.uri == "gs://inbox-bkt/**.dcm"
     assert cfg.batching.max_wait_seconds <= 10
