@@ -91,3 +91,19 @@ def test_rich_is_a_pinned_tools_requirement_and_not_the_functions():
     tools = (REPO / "requirements-tools.txt").read_text(encoding="utf-8")
     assert "-r requirements.txt" in tools and "rich==" in tools
     assert "-r requirements-tools.txt" in (REPO / "requirements-dev.txt").read_text(encoding="utf-8")
+
+
+def pins(path: Path) -> dict[str, str]:
+    """``name -> version`` of a requirements or constraints file's ``name==version`` lines (names normalised)."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
+    pairs = (line.split("==", 1) for line in lines if "==" in line)
+    return {name.strip().lower().replace("_", "-"): version.strip() for name, version in pairs}
+
+
+def test_every_pinned_requirement_has_the_same_version_in_the_constraints():
+    """make installs requirements-dev.txt with -c constraints.txt: a pin bumped in one file only would not install."""
+    constraints = pins(REPO / "constraints.txt")
+    for path in sorted(REPO.glob("requirements*.txt")):
+        for name, version in pins(path).items():
+            assert constraints.get(name) == version, \
+                f"{path.name} pins {name}=={version}, constraints.txt {constraints.get(name)}: regenerate constraints.txt"
