@@ -4,17 +4,23 @@ Every daemon is started with ``start_new_session=True``, so it leads a session
 (its PID is the session ID) that also holds its children (gunicorn workers,
 JVM helpers). Its stdout and stderr go to ``LOGDIR/NAME.log``; a PID file
 ``RUNDIR/NAME.pid`` (JSON) records the PID, the process start time (clock
-ticks since boot, from ``/proc/PID/stat``) and the command line it really
-runs (read back from ``/proc/PID/cmdline``).
+ticks since boot, from ``/proc/PID/stat``), the boot it belongs to
+(``/proc/sys/kernel/random/boot_id``) and, for information, the command line
+it ran at first (from ``/proc/PID/cmdline``).
 
 Stopping reads that record and signals every live process of the session:
 SIGTERM, then SIGKILL after a timeout. A PID is signalled only when it is
 provably ours:
 
-* the leader is alive with the recorded start time and command line, or
-* the leader is gone and processes remain in its session. Linux never hands a
-  PID out again while it is still some process's session ID, so these
-  survivors can only be the leader's children.
+* the leader is alive with the recorded start time, in the recorded boot, or
+* the leader is gone and processes remain in its session (in the recorded
+  boot). Linux never hands a PID out again while it is still some process's
+  session ID, so these survivors can only be the leader's children.
+
+A process is not identified by its command line: a daemon may rewrite it
+(gunicorn's master calls itself ``gunicorn: master [...]`` when setproctitle is
+installed) and is still ours. PID files written before the boot ID was
+recorded are still read; for them the command line is compared as before.
 
 A PID file whose PID now names another program (PID reuse after a reboot or a
 long time) is dropped without signalling anything.
@@ -35,12 +41,14 @@ __all__ = [
     "ProcessRecord",
     "StartError",
     "alive",
+    "boot_id",
     "is_ours",
     "log_tail",
     "owner_alive",
     "proc_info",
     "read_record",
     "session_members",
+    "session_of",
     "signal_session",
     "signal_until_gone",
     "spawn",
@@ -92,6 +100,8 @@ class ProcessRecord:
     #: A process whose death makes this one an orphan to sweep (pytest's PID), with its start time.
     owner: tuple[int, int] | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    #: ``/proc/sys/kernel/random/boot_id`` at spawn; None in PID files written before it was recorded.
+    boot_id: str | None = None
 
     def to_json(self) -> str:
         """Serialise for the PID file."""
@@ -111,7 +121,22 @@ class ProcessRecord:
             port=data.get("port"),
             owner=(int(owner[0]), int(owner[1])) if owner else None,
             extra=dict(data.get("extra") or {}),
+            boot_id=data.get("boot_id"),
         )
+
+
+def boot_id() -> str | None:
+    """This boot's random ID (``/proc/sys/kernel/random/boot_id``); None where the kernel has none."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return handle.read().strip() or None
+    except OSError:
+        return None
+
+
+def _other_boot(record: ProcessRecord) -> bool:
+    """True if the record was written in an earlier boot: none of its processes can be alive."""
+    return record.boot_id is not None and record.boot_id != boot_id()
 
 
 def proc_info(pid: int) -> ProcInfo | None:
@@ -156,15 +181,28 @@ def session_members(session_id: int) -> list[int]:
 
 
 def is_ours(record: ProcessRecord) -> bool:
-    """True if ``record.pid`` is still the very process the record describes."""
+    """True if ``record.pid`` is still the very process the record describes.
+
+    A PID and a start time (in clock ticks since boot) name one process within a
+    boot, whatever it has since written over its command line.
+    """
     info = proc_info(record.pid)
     if info is None or not info.live or info.start_ticks != record.start_ticks:
         return False
-    return proc_cmdline(record.pid) == record.cmdline
+    if record.boot_id is None:  # a PID file from before boot IDs were recorded
+        return proc_cmdline(record.pid) == record.cmdline
+    return not _other_boot(record)
+
+
+def session_of(record: ProcessRecord) -> list[int]:
+    """The live PIDs of ``record``'s session that are provably ours (the ones a stop would signal)."""
+    return _targets(record)
 
 
 def _targets(record: ProcessRecord) -> list[int]:
     """The PIDs that belong to ``record``'s session and may be signalled."""
+    if _other_boot(record):
+        return []  # written before a reboot: its PID and session ID now name other processes
     info = proc_info(record.pid)
     leader_alive = info is not None and info.live
     if leader_alive and not is_ours(record):
@@ -293,7 +331,8 @@ def spawn(
             raise StartError(f"{name}: cannot run {argv[0]!r}: {exc}") from exc
     # Popen returns once exec has begun; the kernel fills in the new command line
     # (for a script: its interpreter, then the script path) a moment later, and
-    # /proc/PID/cmdline reads empty until then.
+    # /proc/PID/cmdline reads empty until then. (Recorded for information: the
+    # process is identified by its PID, start time and boot.)
     info = proc_info(popen.pid)
     cmdline = proc_cmdline(popen.pid)
     deadline = time.monotonic() + 2.0
@@ -312,6 +351,7 @@ def spawn(
         port=port,
         owner=owner,
         extra=dict(extra or {}),
+        boot_id=boot_id(),
     )
     tmp = pid_path.with_suffix(".tmp")
     tmp.write_text(record.to_json())
@@ -354,6 +394,8 @@ def owner_alive(record: ProcessRecord) -> bool:
     """False if the record names an owner process that has died (or whose PID was reused)."""
     if record.owner is None:
         return True
+    if _other_boot(record):
+        return False  # the owner ran before a reboot
     info = proc_info(record.owner[0])
     return info is not None and info.live and info.start_ticks == record.owner[1]
 

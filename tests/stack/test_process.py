@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,11 +16,14 @@ import pytest
 
 from localstack.ports import PortBusyError, free_port, port_is_open
 from localstack.process import (
+    ProcessRecord,
     StartError,
     alive,
+    is_ours,
     proc_info,
     read_record,
     session_members,
+    session_of,
     spawn,
     stop_pidfile,
     stop_record,
@@ -85,15 +89,47 @@ def test_a_pid_now_naming_another_process_is_never_signalled(tmp_path: Path) -> 
         popen, record = spawn_python(tmp_path, "ours", "import time; time.sleep(300)")
         stop_record(record)
         popen.wait(timeout=5)
-        # The same PID with another start time (PID reuse), or another command line: not ours.
+        # The same PID with another start time (PID reuse), or with its start time but in another boot: not ours.
         reused = replace(record, pid=victim.pid, start_ticks=info.start_ticks + 1, cmdline=("sleep", "300"))
-        relabelled = replace(record, pid=victim.pid, start_ticks=info.start_ticks)
-        assert stop_record(reused, timeout=1) == []
-        assert stop_record(relabelled, timeout=1) == []
+        rebooted = replace(record, pid=victim.pid, start_ticks=info.start_ticks, cmdline=("sleep", "300"),
+                           boot_id="00000000-0000-0000-0000-000000000000")
+        # A PID file written before boot IDs were recorded: its command line still decides.
+        legacy = json.loads(record.to_json())
+        del legacy["boot_id"]
+        legacy.update(pid=victim.pid, start_ticks=info.start_ticks)
+        old_format = ProcessRecord.from_json(json.dumps(legacy))
+        assert old_format.boot_id is None
+        for stale in (reused, rebooted, old_format):
+            assert not is_ours(stale) and session_of(stale) == []
+            assert stop_record(stale, timeout=1) == []
         assert victim.poll() is None
+        assert is_ours(replace(old_format, cmdline=("sleep", "300")))
     finally:
         victim.kill()
         victim.wait()
+
+
+def test_a_daemon_that_rewrites_its_command_line_is_still_ours(tmp_path: Path) -> None:
+    # As gunicorn's master does ("gunicorn: master [...]") when setproctitle is importable:
+    # perl's $0 rewrites /proc/PID/cmdline.
+    port = free_port()
+    code = (f'$0 = "gunicorn: master [main]"; use IO::Socket::INET; '
+            f'my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => {port}, Listen => 5, '
+            'ReuseAddr => 1) or die; sleep 300;')
+    service = Service(name="renamer", argv=["perl", "-e", code], port=port, url=f"http://127.0.0.1:{port}",
+                      workdir=tmp_path, process_env=base_env(), ready_timeout=10)
+    service.start()
+    try:
+        pid = service.pid
+        assert Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"gunicorn: master [main]")
+        assert service.running()
+        assert service.start().pid == pid  # running: not started a second time into its busy port
+    finally:
+        service.stop(timeout=5)
+        leftovers = session_members(service.pid)
+        for member in leftovers:  # a stop that did not take it for ours must not leave it running
+            os.kill(member, signal.SIGKILL)
+    assert not leftovers and not service.pid_path.exists()
 
 
 def test_sigterm_ignored_escalates_to_sigkill(tmp_path: Path) -> None:
