@@ -24,7 +24,7 @@ from pathlib import Path
 
 from . import gcloud
 from .names import REPO_ROOT
-from .process import ProcessRecord, is_ours, read_record, session_members
+from .process import ProcessRecord, is_ours, read_record, session_of
 
 DEFAULT_WORKDIR = REPO_ROOT / ".local"
 #: The environment variables of the Healthcare emulator's fault injection that ``up --fault`` may set.
@@ -95,7 +95,8 @@ def _down(args: argparse.Namespace) -> int:
     stopped = stop_workdir(args.workdir)
     for name, pids in stopped.items():
         print(f"stopped {name} (PIDs {', '.join(map(str, pids))})" if pids else f"{name} was not running")
-    left = [(record.name, pid) for record in records for pid in session_members(record.pid)]
+    # Only what the stop would have signalled: a stale PID file's PID may now name an unrelated program.
+    left = [(record.name, pid) for record in records for pid in session_of(record)]
     for name in ("stack.env", "stack.json"):
         (args.workdir / name).unlink(missing_ok=True)
     gcloud.remove_config(args.workdir)

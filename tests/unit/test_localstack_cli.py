@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from localstack import stack
 from localstack.__main__ import main
+from localstack.process import ProcessRecord, boot_id, proc_info
 
 
 def run(workdir: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -46,3 +48,24 @@ def test_a_damaged_stack_json_is_one_line(tmp_path, capsys, text, words):
     (tmp_path / "stack.json").write_text(text)
     code, err = run(tmp_path, capsys, "status")
     assert code == 3 and len(err.splitlines()) == 1 and words in err and "make down && make up" in err
+
+
+def test_down_with_a_stale_pid_file_names_no_unrelated_process(tmp_path, capsys):
+    # The PID a stale pubsub.pid records now leads the session of an unrelated program (PID reuse).
+    unrelated = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        info = proc_info(unrelated.pid)
+        assert info is not None
+        stale = ProcessRecord(name="pubsub", pid=unrelated.pid, start_ticks=info.start_ticks + 1,
+                              cmdline=("java", "-jar", "pubsub-emulator.jar"), log=str(tmp_path / "logs" / "pubsub.log"),
+                              boot_id=boot_id())
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "pubsub.pid").write_text(stale.to_json())
+        code = main(["--workdir", str(tmp_path), "down"])
+        captured = capsys.readouterr()
+        assert (code, captured.err) == (0, "")
+        assert captured.out == "pubsub was not running\nlocal stack down; no process left\n"
+        assert unrelated.poll() is None and not (tmp_path / "run" / "pubsub.pid").exists()
+    finally:
+        unrelated.kill()
+        unrelated.wait()
