@@ -69,6 +69,9 @@ def _up(args: argparse.Namespace) -> int:
     except (StartError, OSError, RuntimeError) as exc:
         print(f"localstack up failed: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Stack.start has stopped every service it had started
+        print("python -m localstack up: interrupted: stopped what had started", file=sys.stderr)
+        return 130
     print(f"local stack up in {stack.timings['start_s']:.1f} s; environment in {stack.env_path}")
     print(f"  {'service':<11} {'pid':>7}  {'url':<26} log")
     for service in stack.services.values():

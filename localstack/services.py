@@ -174,7 +174,7 @@ class Service:
         if wait:
             try:
                 self.wait_ready()
-            except StartError:
+            except BaseException:  # not ready in time, or Ctrl-C while waiting
                 self.stop()  # started but never ready: nothing of it may keep the port
                 raise
         return self

@@ -170,6 +170,23 @@ def test_a_service_that_never_gets_ready_is_stopped_not_left_running(tmp_path: P
     assert not service.pid_path.exists()
 
 
+def test_ctrl_c_while_a_service_gets_ready_stops_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(self: Service) -> float:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Service, "wait_ready", interrupted)
+    port = free_port()
+    service = Service(name="interrupted", argv=[sys.executable, "-c", "import time; time.sleep(300)"], port=port,
+                      url=f"http://127.0.0.1:{port}", workdir=tmp_path, process_env=base_env())
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            service.start()
+        assert service.record is not None and not session_members(service.record.pid)
+        assert not service.pid_path.exists()
+    finally:
+        service.stop(timeout=5)  # nothing left to stop, unless the start left it running
+
+
 def test_processes_forked_while_stopping_are_stopped_too(tmp_path: Path) -> None:
     # Like a gunicorn master forking its worker just after we looked at the session.
     code = (

@@ -69,3 +69,19 @@ def test_down_with_a_stale_pid_file_names_no_unrelated_process(tmp_path, capsys)
     finally:
         unrelated.kill()
         unrelated.wait()
+
+
+def test_up_interrupted_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    stopped = []
+
+    def interrupted(self, started):
+        raise KeyboardInterrupt  # Ctrl-C while the services get ready
+
+    monkeypatch.setattr(stack.Stack, "_start", interrupted)
+    monkeypatch.setattr(stack.Stack, "stop", lambda self: stopped.append(self.workdir))
+    try:
+        code, err = run(tmp_path, capsys, "up")
+    except KeyboardInterrupt:
+        pytest.fail("up let the KeyboardInterrupt through (a traceback)")
+    assert (code, err) == (130, "python -m localstack up: interrupted: stopped what had started\n")
+    assert stopped == [tmp_path.resolve()]
