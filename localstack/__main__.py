@@ -59,6 +59,8 @@ def _fault_env(items: list[str]) -> dict[str, str]:
 
 
 def _up(args: argparse.Namespace) -> int:
+    from handlers.config import ConfigError
+
     from .process import StartError
     from .stack import Stack
 
@@ -66,6 +68,10 @@ def _up(args: argparse.Namespace) -> int:
     stack = Stack(args.workdir, config=args.config, source=args.source, faults=faults)
     try:
         env = stack.start()
+    except ConfigError as exc:  # the functions would fail every event on it: nothing was started
+        for problem in exc.problems:
+            print(f"python -m localstack up: {problem}", file=sys.stderr)
+        return 2
     except (StartError, OSError, RuntimeError) as exc:
         print(f"localstack up failed: {exc}", file=sys.stderr)
         return 1

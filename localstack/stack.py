@@ -32,6 +32,7 @@ from .process import read_record, stop_record
 from .resources import ensure_buckets, ensure_dicom_store, ensure_pubsub
 from .services import (
     Service,
+    _python_env,
     start_bridge,
     start_fake_gcs,
     start_function,
@@ -200,9 +201,12 @@ class Stack:
     def start(self) -> dict[str, str]:
         """Start everything on free ports, create the resources, write stack.env; return the env.
 
-        On failure everything started so far is stopped and the error is raised.
+        On failure everything started so far is stopped and the error is raised. A config
+        the functions could not load raises :class:`handlers.config.ConfigError` before
+        anything is stopped or started.
         """
         started = time.monotonic()
+        self.check_config()
         stop_workdir(self.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
@@ -211,6 +215,22 @@ class Stack:
             self.stop()
             raise
         return dict(self.env)
+
+    def check_config(self) -> None:
+        """Load the functions' config file as they will on their first event; raise ConfigError if it does not.
+
+        Otherwise every delivery would fail on it and the bridge would retry forever. The
+        environment is the functions' own (the caller's, the stack's names, ``function_env``),
+        with placeholders for the emulators' addresses, whose ports are chosen at start.
+        """
+        from handlers.config import load
+
+        env = self.names.resource_env()
+        for key in ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "FAKE_GCS_URL", "HEALTHCARE_EMULATOR_HOST",
+                    "LOGGING_EMULATOR_HOST", *(spec.url_key for spec in self.function_specs)):
+            env[key] = "127.0.0.1:0"
+        env["DICOM_IMPORT_CONFIG"] = str(self.config)
+        load(self.config, _python_env(env, self.function_env, {"THREADS": str(self.threads)}))
 
     def _start(self, started: float) -> None:
         names, workdir, owner = self.names, self.workdir, self.owner

@@ -85,3 +85,20 @@ def test_up_interrupted_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
         pytest.fail("up let the KeyboardInterrupt through (a traceback)")
     assert (code, err) == (130, "python -m localstack up: interrupted: stopped what had started\n")
     assert stopped == [tmp_path.resolve()]
+
+
+def test_up_refuses_a_config_the_functions_cannot_load_before_starting_anything(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(stack.Stack, "_start", lambda self, started: pytest.fail("the stack was started"))
+    monkeypatch.setattr(stack, "stop_workdir", lambda workdir: pytest.fail("a running stack was stopped"))
+    config = tmp_path / "bad.yaml"
+    # ${DICOM_STORE}, ${INBOX_BUCKET}... are the stack's own: only the misspelt key and ${NOT_SET} are problems.
+    config.write_text("stores:\n  main: ${DICOM_STORE}\nrules:\n  - name: all\n    match: gs://${INBOX_BUCKET}/**\n"
+                      "    store: main\n    storre: x\nstate:\n  bucket: ${NOT_SET}\nresults:\n  topic: ${RESULTS_TOPIC}\n"
+                      "followup:\n  topic: ${FOLLOWUP_TOPIC}\n")
+    workdir = tmp_path / "work"
+    code = main(["--workdir", str(workdir), "up", "--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 2 and not workdir.exists()
+    lines = err.splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"python -m localstack up: {config}:") for line in lines)
+    assert "storre" in err and "${NOT_SET}" in err and "DICOM_STORE" not in err and "INBOX_BUCKET" not in err
