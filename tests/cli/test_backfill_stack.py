@@ -11,6 +11,7 @@ import pytest
 from localstack.samples import make_series, make_study
 from tests.cli.stack_helpers import files
 from tests.message_schemas import validate
+from tests.pipes import PipeLines
 
 pytestmark = pytest.mark.stack
 REPO = Path(__file__).resolve().parents[2]
@@ -65,16 +66,21 @@ def test_an_ignored_object_sends_the_rule_through_staging_and_an_interrupted_run
 
     process = subprocess.Popen([sys.executable, "-m", "handlers", *backfill], cwd=REPO, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = PipeLines(process.stdout), PipeLines(process.stderr)
     seen = []
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and f"rule {scenario.rule}: admitted: 3/3" not in "".join(seen):
-        line = process.stderr.readline()
-        if not line:
-            break
-        seen.append(line)
-    process.send_signal(signal.SIGINT)  # while it waits for the batch window
-    out, err = process.communicate(timeout=30)
-    err = "".join(seen) + err
+    try:
+        while f"rule {scenario.rule}: admitted: 3/3" not in "".join(seen):
+            line = stderr.readline(timeout=deadline - time.monotonic())
+            if not line:  # silent until the deadline (None) or ended ("")
+                break
+            seen.append(line)
+        process.send_signal(signal.SIGINT)  # while it waits for the batch window
+        process.wait(timeout=30)
+        out, err = stdout.rest(timeout=5), "".join(seen) + stderr.rest(timeout=5)
+    finally:
+        process.kill()
+        process.wait()
     assert process.returncode == 130, err
     assert "interrupted: 3 of 3 objects admitted into 1 batch;" in err and "Run the same command again" in err
     assert "Traceback" not in err

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.pipes import PipeLines
+
 pytestmark = pytest.mark.stack
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,14 +50,18 @@ def test_a_running_tail_prints_json_and_stops_quietly_on_ctrl_c(scenario):
     process = subprocess.Popen(
         [sys.executable, "-m", "handlers", "--env-file", str(scenario.env_file), "tail", "--subscription",
          scenario.subscription, "--json"], cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = PipeLines(process.stdout), PipeLines(process.stderr)
     try:
         time.sleep(1.5)
         publish(scenario, IMPORT)
-        line = process.stdout.readline()
+        line = stdout.readline(timeout=30)
+        assert line, "tail printed no line within 30 s" if line is None else "tail ended without printing a line"
         process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=30)
+        process.wait(timeout=30)
+        out, err = stdout.rest(timeout=5), stderr.rest(timeout=5)
     finally:
         process.kill()
+        process.wait()
     assert json.loads(line)["data"] == IMPORT and json.loads(line)["attributes"] == {"outcome": "SUCCEEDED"}
     assert process.returncode == 0 and out == "" and err == ""
 
