@@ -20,8 +20,8 @@ from typing import Any, Callable
 from handlers import events, log, settings
 from handlers.batch import followups
 from handlers.events import UnusableEvent
-from handlers.privacy import error_text
-from handlers.retry import Deadline, RetryLater
+from handlers.privacy import described, error_text
+from handlers.retry import Deadline, RetryLater, transient
 
 # handlers.runtime (config, clients, batching, exports) is imported by the first
 # event, not at cold start: importing main.py stays cheap.
@@ -58,8 +58,8 @@ def guarded(entry: str) -> Callable[[Callable[[Any], None]], Callable[[Any], Non
                     log.error("config is invalid: events are retried until it is fixed", entry=entry,
                               problems=exc.problems, eventId=event_id)
                     _respond_503("invalid config")
-                error = error_text(exc, _object_names(event))
-                if _transient(exc):
+                error = _error_text(exc, event)
+                if transient(exc):
                     log.warning("a Google service did not answer: event will be retried", entry=entry,
                                 eventId=event_id, error=error[:500])
                     _respond_503("service unavailable")
@@ -77,22 +77,28 @@ def _stack_trace(exc: BaseException, error: str) -> str:
     return "Traceback (most recent call last):\n" + "".join(traceback.format_tb(exc.__traceback__)) + error
 
 
+def _error_text(exc: BaseException, event: Any) -> str:
+    """What the log says of ``exc``.
+
+    With names shown plain: its text without the event's object name. Otherwise,
+    and while no config is loaded: only what can name no object (class, HTTP code,
+    error reason; :func:`handlers.privacy.described`), since a follow-up or a
+    reconcile tick announces none of the names its calls used.
+    """
+    from handlers import runtime
+
+    loaded = runtime.loaded()
+    if loaded is not None and not loaded.config.names.hashed:
+        return error_text(exc, _object_names(event))
+    return described(exc)
+
+
 def _object_names(event: Any) -> list[str]:
     """The Cloud Storage object an event announces, if any: error texts must not carry its name."""
     try:
         return [events.storage_object(event).name]
     except Exception:  # noqa: BLE001 - any other event names no object
         return []
-
-
-def _transient(exc: BaseException) -> bool:
-    """Connection failures, timeouts, 429 and 5xx from Cloud Storage or Pub/Sub (after their clients' own retries)."""
-    import requests
-    from google.api_core import exceptions as google_errors
-
-    transient = (requests.ConnectionError, requests.Timeout, TimeoutError, ConnectionError,
-                 google_errors.TooManyRequests, google_errors.ServerError, google_errors.RetryError)
-    return isinstance(exc, transient)
 
 
 def unreadable_request(error: Exception) -> Any:

@@ -1,4 +1,4 @@
-"""Time budgets and exponential backoff with full jitter."""
+"""Time budgets, exponential backoff with full jitter, and which failures asking again may cure."""
 
 from __future__ import annotations
 
@@ -10,6 +10,22 @@ from typing import Callable
 
 class RetryLater(Exception):
     """The work can succeed later: the entry point answers non-2xx so the event is redelivered."""
+
+
+def transient(exc: BaseException) -> bool:
+    """A service that did not answer (after its client's own retries): connection failures, timeouts, 429, 5xx.
+
+    An error that wraps another says so itself, with a ``transient`` attribute
+    (:class:`handlers.clients.storage.SourceCallFailed`).
+    """
+    import requests
+    from google.api_core import exceptions as google_errors
+
+    said = getattr(exc, "transient", None)
+    if isinstance(said, bool):
+        return said
+    return isinstance(exc, (requests.ConnectionError, requests.Timeout, TimeoutError, ConnectionError,
+                            google_errors.TooManyRequests, google_errors.ServerError, google_errors.RetryError))
 
 
 @dataclass

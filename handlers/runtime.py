@@ -88,6 +88,12 @@ def get() -> Runtime:
         return _runtime
 
 
+def loaded() -> Runtime | None:
+    """This instance's runtime if an event built it already (never reads the config)."""
+    with _lock:
+        return _runtime
+
+
 def _prime(runtime: Runtime) -> None:
     """Build the shared clients once, under the lock, so concurrent first requests don't race."""
     runtime.state, runtime.publisher, runtime.api, runtime.logging, runtime.intake, runtime.driver, runtime.exports  # noqa: B018

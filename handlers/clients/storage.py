@@ -9,16 +9,17 @@ Cloud Storage's strong read-after-write and list-after-write consistency, and
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import re
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
 from handlers.clients.rest import environment_read_once
+from handlers.privacy import NameFree, described, error_reason, error_text
+from handlers.retry import transient
 
 # Cloud Storage accepts about one write per second to one object name and answers 429 beyond it
 # (cloud.google.com/storage/quotas). A process does not send a write it knows would be refused:
@@ -30,8 +31,6 @@ POOL_CONNECTIONS = 100
 # 4xx answers to a copy that asking again may change (the caller's credentials, a timeout, quota, a cancelled
 # call); any other 4xx but 404 refuses that generation for good (SourceUnreadable).
 TRANSIENT_CLIENT_CODES = frozenset({401, 408, 429, 499})
-# Cloud Storage's error reasons are camelCase words ("forbidden", "resourceIsEncryptedWithCustomerEncryptionKey").
-_ERROR_REASON = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,79}")
 
 
 class Conflict(Exception):
@@ -59,6 +58,37 @@ class SourceUnreadable(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class SourceCallFailed(NameFree):
+    """A call on an object of another bucket (a watched bucket, a quarantine bucket) failed; the text names no object.
+
+    The error it replaces may name the object anywhere (the request URL, the
+    server's message, a requests error's URL after the client's retries): a
+    Google API error keeps its class, code and message without the call's object
+    names; any other keeps its class only (:func:`handlers.privacy.described`).
+    ``code`` is the HTTP status (None without one); ``transient`` whether asking
+    again may cure it (:func:`handlers.retry.transient`).
+    """
+
+    def __init__(self, call: str, exc: BaseException, names: tuple[str, ...]) -> None:
+        from google.api_core.exceptions import GoogleAPICallError
+
+        google = isinstance(exc, GoogleAPICallError)
+        super().__init__(f"Cloud Storage {call} failed: {error_text(exc, names) if google else described(exc)}")
+        self.code: int | None = exc.code if isinstance(exc, GoogleAPICallError) else None
+        self.transient = transient(exc)
+
+
+@contextmanager
+def naming_no_object(call: str, *names: str) -> Iterator[None]:
+    """Any error of the calls inside but this module's own becomes a :class:`SourceCallFailed` without ``names``."""
+    try:
+        yield
+    except (Conflict, SourceGone, BucketMissing, SourceUnreadable):
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever its text says may hold a name
+        raise SourceCallFailed(call, exc, names) from None
 
 
 @dataclass(frozen=True)
@@ -277,7 +307,8 @@ class GcsStateStore:
 
         Raises SourceGone on 404, SourceUnreadable on any other 4xx that asking
         again cannot change (an object encrypted with a customer-supplied key, a
-        disabled KMS key, no read grant) or a generation that is not ASCII digits.
+        disabled KMS key, no read grant) or a generation that is not ASCII digits,
+        SourceCallFailed on any other error.
         """
         from google.api_core import exceptions
         from google.cloud.storage.retry import DEFAULT_RETRY
@@ -290,17 +321,18 @@ class GcsStateStore:
         target.metadata = dict(metadata)
         token = None
         self._pacer.before(path)
-        try:
-            while True:
-                token, _, _ = target.rewrite(source, token=token, retry=DEFAULT_RETRY)
-                if token is None:
-                    break
-        except exceptions.NotFound:
-            raise SourceGone(f"gs://{source_bucket}/{source_name}#{source_generation}") from None
-        except exceptions.GoogleAPICallError as exc:
-            if exc.code is None or not 400 <= exc.code < 500 or exc.code in TRANSIENT_CLIENT_CODES:
-                raise
-            raise SourceUnreadable(copy_refusal(exc.code, exc.errors)) from None
+        with naming_no_object("copy", source_name):
+            try:
+                while True:
+                    token, _, _ = target.rewrite(source, token=token, retry=DEFAULT_RETRY)
+                    if token is None:
+                        break
+            except exceptions.NotFound:
+                raise SourceGone(f"gs://{source_bucket}/{source_name}#{source_generation}") from None
+            except exceptions.GoogleAPICallError as exc:
+                if exc.code is None or not 400 <= exc.code < 500 or exc.code in TRANSIENT_CLIENT_CODES:
+                    raise
+                raise SourceUnreadable(copy_refusal(exc.code, exc.errors)) from None
         self._pacer.after(path)
 
     def write_text(self, path: str, text: str) -> None:
@@ -349,10 +381,11 @@ class GcsStateStore:
 
         blob = self._handle().client.bucket(bucket).blob(name)
         blob.metadata = dict(metadata)
-        try:
-            blob.patch(if_generation_match=int(generation))
-        except (exceptions.PreconditionFailed, exceptions.NotFound):
-            return False
+        with naming_no_object("metadata update", name):
+            try:
+                blob.patch(if_generation_match=int(generation))
+            except (exceptions.PreconditionFailed, exceptions.NotFound):
+                return False
         return True
 
     def copy_source(self, bucket: str, name: str, generation: str, to_bucket: str, to_name: str,
@@ -372,39 +405,42 @@ class GcsStateStore:
         target = client.bucket(to_bucket).blob(to_name)
         target.metadata = dict(metadata)
         token = None
-        try:
-            while True:
-                token, _, _ = target.rewrite(source, token=token, if_generation_match=0)
-                if token is None:
-                    return True
-        except exceptions.PreconditionFailed:
-            raise Conflict(f"gs://{to_bucket}/{to_name}") from None
-        except exceptions.Forbidden:
+        with naming_no_object("quarantine copy", name, to_name):
             try:
-                taken = client.bucket(to_bucket).get_blob(to_name) is not None
-            except exceptions.Forbidden:
-                taken = False  # no read grant either: the copy's own refusal says what is missing
-            if taken:
+                while True:
+                    token, _, _ = target.rewrite(source, token=token, if_generation_match=0)
+                    if token is None:
+                        return True
+            except exceptions.PreconditionFailed:
                 raise Conflict(f"gs://{to_bucket}/{to_name}") from None
-            raise
-        except exceptions.NotFound:
-            if client.bucket(bucket).get_blob(name, generation=int(generation)) is None:
-                return False
-            raise BucketMissing(to_bucket) from None
+            except exceptions.Forbidden:
+                try:
+                    taken = client.bucket(to_bucket).get_blob(to_name) is not None
+                except exceptions.Forbidden:
+                    taken = False  # no read grant either: the copy's own refusal says what is missing
+                if taken:
+                    raise Conflict(f"gs://{to_bucket}/{to_name}") from None
+                raise
+            except exceptions.NotFound:
+                if client.bucket(bucket).get_blob(name, generation=int(generation)) is None:
+                    return False
+                raise BucketMissing(to_bucket) from None
 
     def delete_source(self, bucket: str, name: str, generation: str) -> bool:
         """Delete exactly that generation (a newer one is left alone); False when it was already gone."""
         from google.api_core import exceptions
 
-        try:
-            self._handle().client.bucket(bucket).blob(name).delete(if_generation_match=int(generation))
-        except (exceptions.NotFound, exceptions.PreconditionFailed):
-            return False
+        with naming_no_object("delete", name):
+            try:
+                self._handle().client.bucket(bucket).blob(name).delete(if_generation_match=int(generation))
+            except (exceptions.NotFound, exceptions.PreconditionFailed):
+                return False
         return True
 
     def live_source(self, bucket: str, name: str) -> LiveObject | None:
         """The live generation of ``gs://bucket/name`` (one metadata read); None when there is none."""
-        blob = self._handle().client.bucket(bucket).get_blob(name)
+        with naming_no_object("metadata read", name):
+            blob = self._handle().client.bucket(bucket).get_blob(name)
         if blob is None:
             return None
         return LiveObject(str(blob.generation), int(blob.size or 0), blob.md5_hash or "", dict(blob.metadata or {}))
@@ -414,10 +450,11 @@ class GcsStateStore:
         from google.api_core import exceptions
 
         blob = self._handle().client.bucket(bucket).blob(name, generation=int(generation))
-        try:
-            return blob.download_as_bytes(start=start, end=start + length - 1)
-        except exceptions.NotFound:
-            raise SourceGone(f"gs://{bucket}/{name}#{generation}") from None
+        with naming_no_object("read", name):
+            try:
+                return blob.download_as_bytes(start=start, end=start + length - 1)
+            except exceptions.NotFound:
+                raise SourceGone(f"gs://{bucket}/{name}#{generation}") from None
 
     def server_time(self, path: str) -> float:
         blob = self._handle().blob(path)
@@ -439,9 +476,7 @@ class GcsStateStore:
 
 def copy_refusal(code: int, errors: Any) -> str:
     """Why Cloud Storage refused a copy: the code and its error reason (or the status phrase), never a name."""
-    reasons = [error.get("reason") for error in errors or () if isinstance(error, dict)]
-    reason = next((r for r in reasons if isinstance(r, str) and _ERROR_REASON.fullmatch(r)), None)
-    return f"Cloud Storage refused to copy it: {code} {reason or http.client.responses.get(code, 'refused')}"
+    return f"Cloud Storage refused to copy it: {code} {error_reason(code, errors)}"
 
 
 LISTING_FIELDS = "items(name,generation,timeCreated),nextPageToken"
@@ -457,7 +492,8 @@ class GcsSource:
     def list(self, bucket: str, prefix: str, start_offset: str | None = None) -> Iterator[SourceObject]:
         if self._client is None:
             self._client = storage_client()
-        blobs = self._client.list_blobs(bucket, prefix=prefix or None, start_offset=start_offset or None,
-                                        fields=LISTING_FIELDS, page_size=LISTING_PAGE)
-        for blob in blobs:
-            yield SourceObject(blob.name, str(blob.generation), blob.time_created.timestamp())
+        with naming_no_object("listing", *(name for name in (prefix, start_offset) if name)):
+            blobs = self._client.list_blobs(bucket, prefix=prefix or None, start_offset=start_offset or None,
+                                            fields=LISTING_FIELDS, page_size=LISTING_PAGE)
+            for blob in blobs:
+                yield SourceObject(blob.name, str(blob.generation), blob.time_created.timestamp())

@@ -35,7 +35,7 @@ from handlers.config import QUARANTINE, TAG, FailurePolicy
 from handlers.clients.storage import BucketMissing, Conflict, StateStore
 from handlers.failures.model import Failure
 from handlers.privacy import error_text
-from handlers.retry import RetryLater
+from handlers.retry import RetryLater, transient
 
 ERROR_KEY = "dicom-import-error"
 BATCH_KEY = "dicom-import-batch"
@@ -61,7 +61,7 @@ def apply(store: StateStore, policy: FailurePolicy, failure: Failure, batch: str
             return _quarantine(store, policy, failure, batch)
     except Exception as exc:  # noqa: BLE001 - transient errors go up, refusals are reported
         text = _error_text(exc, policy, failure)
-        if _transient(exc):
+        if transient(exc):
             raise RetryLater(f"on_failure {policy.action} not applied yet: {text}") from None
         return {"policy": policy.action, "done": False, "error": text[:MAX_ERROR]}
     raise ValueError(f"no action for on_failure {policy.action!r}")
@@ -116,7 +116,7 @@ def _then_move(store: StateStore, policy: FailurePolicy, failure: Failure, actio
         try:
             store.delete_source(failure.bucket, failure.name, failure.generation)  # False: an earlier delivery's
         except Exception as exc:  # noqa: BLE001 - transient errors go up (apply retries), refusals are reported
-            if _transient(exc):
+            if transient(exc):
                 raise
             return {**action, "done": True, "moved": False, "error": _error_text(exc, policy, failure)[:MAX_ERROR]}
         action = {**action, "moved": True}
@@ -141,10 +141,3 @@ def _bucket_missing(bucket: str) -> str:
     return (f"the quarantine bucket gs://{bucket} does not exist: create it, or correct the rule's "
             "on_failure quarantine URI in the config")
 
-
-def _transient(exc: BaseException) -> bool:
-    import requests
-    from google.api_core import exceptions as google_errors
-
-    return isinstance(exc, (requests.ConnectionError, requests.Timeout, TimeoutError, ConnectionError,
-                            google_errors.TooManyRequests, google_errors.ServerError, google_errors.RetryError))

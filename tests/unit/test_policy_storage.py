@@ -19,6 +19,8 @@ from tests.unit.gcs_stand_in import GcsStandIn, gcs_stand_in
 NAME = "incoming/DOE_JOHN_1960/img 1.dcm"
 COPY = FailurePolicy("quarantine", "quar-bkt", "failed/")
 MOVE = FailurePolicy("quarantine", "quar-bkt", "failed/", move=True)
+CALLS = {("tag", False): "metadata update", ("quarantine", False): "quarantine copy",
+         ("quarantine", True): "quarantine copy"}
 
 
 @pytest.fixture
@@ -38,7 +40,8 @@ def test_a_refusal_says_why_but_names_the_object_nowhere_when_names_are_hashed(g
     stand_in.deny = True
     action = policies.apply(store, policy, failed, "B1")
     assert action["done"] is False
-    assert action["error"].startswith("Forbidden 403: svc@p.iam.gserviceaccount.com does not have storage.objects.")
+    assert action["error"].startswith(f"Cloud Storage {CALLS[policy.action, policy.move]} failed: Forbidden 403: "
+                                      "svc@p.iam.gserviceaccount.com does not have storage.objects.")
     assert action["error"].endswith("-bkt/[object name].")
     shown = json.dumps(failed.with_action(action).shown(NamePolicy("hashed")))
     for spelling in ("DOE_JOHN_1960", "img 1", "img%201", "img+1"):

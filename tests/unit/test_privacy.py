@@ -1,9 +1,10 @@
 """Error texts that leave the function never carry an object name (handlers/privacy.py)."""
 
 import pytest
+import requests
 from google.api_core import exceptions as google_errors
 
-from handlers.privacy import NAME_REMOVED, error_text, without_names
+from handlers.privacy import NAME_REMOVED, NameFree, described, error_text, without_names
 
 NAME = "incoming/DOE_JOHN 1960/Müller+1.dcm"
 
@@ -45,3 +46,27 @@ def test_any_other_error_keeps_its_text_without_the_names():
     exc = ConnectionError("Max retries exceeded with url: /storage/v1/b/inbox/o/incoming%2FDOE_JOHN%201960%2FM"
                           "%C3%BCller%2B1.dcm")
     assert error_text(exc, [NAME]) == f"ConnectionError: Max retries exceeded with url: /storage/v1/b/inbox/o/{NAME_REMOVED}"
+
+
+def test_described_keeps_class_code_and_error_reason_only():
+    server = f"svc@p.iam.gserviceaccount.com does not have storage.objects.get access to inbox/{NAME}."
+    forbidden = google_errors.Forbidden(f"GET https://h/b/inbox/o/x: {server}", errors=[{"message": server,
+                                                                                         "reason": "forbidden"}])
+    assert described(forbidden) == "Forbidden 403 forbidden"
+    not_a_word = google_errors.NotFound("x", errors=[{"reason": f"gone: {NAME}"}])
+    assert described(not_a_word) == "NotFound 404 Not Found"
+
+
+def test_described_unwraps_a_retry_error_and_drops_a_requests_errors_url():
+    url = "/storage/v1/b/inbox/o?startOffset=incoming%2FDOE_JOHN+1960%2FM%C3%BCller%2B1.dcm"
+    cause = requests.ConnectionError(f"HTTPSConnectionPool(host='storage.googleapis.com', port=443): Max retries "
+                                     f"exceeded with url: {url}")
+    retried = google_errors.RetryError("Timeout of 120.0s exceeded", cause)
+    assert described(retried) == "RetryError (last attempt: ConnectionError)"
+    assert described(google_errors.RetryError("Timeout", google_errors.ServiceUnavailable("x"))) == (
+        "RetryError (last attempt: ServiceUnavailable 503 Service Unavailable)")
+
+
+def test_a_name_free_error_is_shown_as_it_is():
+    error = NameFree("Cloud Storage copy failed: Forbidden 403: denied")
+    assert described(error) == error_text(error, ["denied"]) == "Cloud Storage copy failed: Forbidden 403: denied"

@@ -6,12 +6,15 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import requests
 from google.api_core import exceptions
 
 from handlers.clients.storage import (
     POOL_CONNECTIONS,
     Conflict,
+    GcsSource,
     GcsStateStore,
+    SourceCallFailed,
     SourceGone,
     SourceUnreadable,
     create_or_replace,
@@ -101,8 +104,55 @@ def test_a_copy_refused_for_good_says_why_without_the_objects_name(monkeypatch, 
 def test_a_missing_generation_is_gone_and_a_refusal_that_may_pass_propagates(monkeypatch):
     with pytest.raises(SourceGone):
         copy_refused_with(monkeypatch, 404, "notFound")
-    with pytest.raises(exceptions.Cancelled):  # a cancelled call: not the object's fault, the delivery fails
+    with pytest.raises(SourceCallFailed) as failed:  # a cancelled call: not the object's fault, the delivery fails
         copy_refused_with(monkeypatch, 499, "cancelled")
+    assert failed.value.code == 499 and not failed.value.transient
+    assert str(failed.value) == "Cloud Storage copy failed: Cancelled 499: /storage/v1/b/inbox-bkt/o/[object name]/" \
+        "rewriteTo/b/state-bkt/o/staging%2Fall%2Fb%2F0.dcm?sourceGeneration=7&prettyPrint=false refused"
+
+
+class Unreachable:
+    """A google-cloud-storage client whose calls fail the way a dead endpoint's do after the client's retries."""
+
+    URL = "/storage/v1/b/inbox-bkt/o/DOE%5EJOHN%201960%2FCT%201.dcm/rewriteTo/b/state-bkt/o/staging%2Fx.dcm"
+
+    def _fail(self, *args, **kwargs):
+        raise exceptions.RetryError("Timeout of 120.0s exceeded", requests.ConnectionError(
+            f"HTTPSConnectionPool(host='storage.googleapis.com', port=443): Max retries exceeded with url: {self.URL}"))
+
+    get_blob = rewrite = patch = delete = download_as_bytes = _fail
+
+    def bucket(self, *args, **kwargs):
+        return self
+
+    blob = bucket
+
+    def list_blobs(self, *args, **kwargs):
+        yield from self._fail()
+
+    @property
+    def client(self):
+        return self
+
+
+@pytest.mark.parametrize("call", [
+    lambda store: store.copy_in("inbox-bkt", "DOE^JOHN 1960/CT 1.dcm", "7", "staging/x.dcm", {}),
+    lambda store: store.tag_source("inbox-bkt", "DOE^JOHN 1960/CT 1.dcm", "7", {}),
+    lambda store: store.copy_source("inbox-bkt", "DOE^JOHN 1960/CT 1.dcm", "7", "quar-bkt", "f/DOE^JOHN.dcm", {}),
+    lambda store: store.delete_source("inbox-bkt", "DOE^JOHN 1960/CT 1.dcm", "7"),
+    lambda store: store.live_source("inbox-bkt", "DOE^JOHN 1960/CT 1.dcm"),
+    lambda store: store.read_source_range("inbox-bkt", "DOE^JOHN 1960/CT 1.dcm", "7", 0, 132),
+    lambda store: list(GcsSource(Unreachable()).list("inbox-bkt", "", start_offset="DOE^JOHN 1960/CT 1.dcm")),
+], ids=["copy_in", "tag_source", "copy_source", "delete_source", "live_source", "read_source_range", "list"])
+def test_a_call_on_a_source_object_that_fails_says_so_without_any_name(call):
+    """The error's own text holds the request URL; whoever logs the error knows no name to take out of it."""
+    store = GcsStateStore("state-bkt", Unreachable())
+    store._bucket_handle = Unreachable()
+    with pytest.raises(SourceCallFailed) as failed:
+        call(store)
+    assert "DOE" not in str(failed.value)
+    assert str(failed.value).endswith("failed: RetryError (last attempt: ConnectionError)")
+    assert failed.value.transient and failed.value.code is None
 
 
 @pytest.mark.parametrize("generation", ["²", "١٢", "", "12a"])
