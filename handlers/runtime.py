@@ -61,7 +61,8 @@ class Runtime:
         reporter = Reporter(self.state, self.publisher, self.config.results_topic)
         return ExportJob(self.state, self.api, reporter, deadline_hours=self.config.followup_deadline_hours,
                          destinations=self.config.exports.destinations, config_path=self.config.path,
-                         max_query_results=self.config.exports.max_query_results)
+                         max_query_results=self.config.exports.max_query_results,
+                         hashed_names=self.config.names.hashed)
 
     @cached_property
     def reconciler(self) -> Sweeper:

@@ -122,6 +122,8 @@ class ExportJob:
     config_path: str = "config.yaml"
     #: ``exports.max_query_results``: a query matching more is refused.
     max_query_results: int = 10_000
+    #: ``results.object_names: hashed``: results, logs and errors show no value of a query, not only the patient's.
+    hashed_names: bool = False
 
     def record_path(self, request: ExportRequest) -> str:
         return f"exports/{request.request_id}.json"
@@ -223,9 +225,9 @@ class ExportJob:
         """The paths ``query`` finds and the result's ``filter.query``; ExportRequestError when it finds none."""
         found = self._search(request, query, deadline, page_size, on_page)
         if not found.paths:
-            raise ExportRequestError(f"the query {query.where!r} matches no {query.level} in "
+            raise ExportRequestError(f"the query {query.shown(self.hashed_names)!r} matches no {query.level} in "
                                      f"{request.store}: check its values (dates as YYYYMMDD), nothing was exported")
-        return found.paths, {"where": query.where, "level": query.level, "matches": len(found.paths),
+        return found.paths, {"where": query.shown(self.hashed_names), "level": query.level, "matches": len(found.paths),
                              "pages": found.pages}
 
     def _search(self, request: ExportRequest, query: Query, deadline: Deadline, page_size: int | None,
@@ -242,8 +244,9 @@ class ExportJob:
         if saved is not None and all(saved.data.get(key) == value for key, value in searched.items()):
             resume = Found(tuple(saved.data["paths"]), saved.data["pages"])
         try:
-            return search_paths(self.api, request.store, query, cap=self.max_query_results,
-                                deadline=deadline, page_size=page_size, on_page=on_page, resume=resume)
+            return search_paths(self.api, request.store, query, cap=self.max_query_results, deadline=deadline,
+                                page_size=page_size, on_page=on_page, resume=resume,
+                                every_value_hidden=self.hashed_names)
         except SearchPaused as paused:
             progress = {**searched, "paths": list(paused.found.paths), "pages": paused.found.pages}
             try:

@@ -6,6 +6,13 @@ parameters of its own); :func:`search_paths` then asks the store for every match
 ``limit``/``offset`` until a page comes back empty, and refuses a search that matches
 more than the config's ``exports.max_query_results``. A search stopped before its end
 (:class:`SearchPaused`) carries what it found, so the next call resumes at that offset.
+
+Match values can be patient data (``PatientName=DOE^JANE``): an error text quotes no value
+but a malformed date or time of a key not naming the patient (``StudyDate='2026-01-01'``),
+and results and logs show the query as :meth:`Query.shown` writes it, the values
+of keys naming the patient (:func:`names_patient`) always hidden, every value hidden
+with ``results.object_names: hashed``. Only the search's progress in the state bucket
+keeps the query as written (a resumed search must ask the same).
 """
 
 from __future__ import annotations
@@ -33,6 +40,10 @@ OnPage = Callable[[int, int, bool], None]
 MAX_PAGE_SIZE = {"study": 5000, "series": 5000, "instance": 50000}
 _SET_BY_US = ("limit", "offset", "includefield")
 _KEY_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*|[0-9A-Fa-f]{8}")
+HIDDEN = "…"
+# Keys naming the patient: the Patient module's (group 0010: PatientName, PatientID, PatientBirthDate...) and
+# AccessionNumber (00080050), as keywords or tags.
+_PATIENT_KEY_RE = re.compile(r".*Patient.*|AccessionNumber|0010[0-9A-Fa-f]{4}|00080050")
 # The value forms of dates, times and date-times (PS3.5 DA, TM, DT), alone or as a range A-B, -B, A-.
 _FORMS = {
     "Date": (r"\d{8}", "YYYYMMDD", "20260101-20261231"),
@@ -62,18 +73,31 @@ class Query:
         try:
             params = parse_qsl(text, keep_blank_values=True, strict_parsing=True)
         except ValueError:
-            raise ExportRequestError(f"query {text!r} is not KEY=VALUE&KEY=VALUE "
+            raise ExportRequestError("the query is not KEY=VALUE&KEY=VALUE "
                                      "(e.g. ModalitiesInStudy=CT&StudyDate=20260101-20261231)") from None
         seen: set[str] = set()
         for key, value in params:
             _check(key, value, seen)
         if all(key == "fuzzymatching" for key, _ in params):
-            raise ExportRequestError(f"query {text!r} has no match key: name an attribute such as StudyDate")
+            raise ExportRequestError("the query has no match key: name an attribute such as StudyDate")
         return cls(text, level, tuple(params))
 
     @property
     def plural(self) -> str:
         return LEVELS[self.level][2]
+
+    def shown(self, every_value: bool) -> str:
+        """The match parameters for results and logs: hidden values (:data:`HIDDEN`) for the keys naming the
+        patient, or for every key but ``fuzzymatching`` when ``every_value``."""
+        def hidden(key: str, value: str) -> bool:
+            return bool(value) and key != "fuzzymatching" and (every_value or names_patient(key))
+
+        return "&".join(f"{key}={HIDDEN if hidden(key, value) else value}" for key, value in self.params)
+
+
+def names_patient(key: str) -> bool:
+    """Whether a match key's value names the patient (:data:`_PATIENT_KEY_RE`)."""
+    return bool(_PATIENT_KEY_RE.fullmatch(key))
 
 
 def _check(key: str, value: str, seen: set[str]) -> None:
@@ -92,13 +116,18 @@ def _check(key: str, value: str, seen: set[str]) -> None:
         if key.endswith(suffix):
             form, shape, example = _FORMS[suffix]
             if value and not re.fullmatch(rf"({form})|({form})?-({form})?", value) or value == "-":
-                raise ExportRequestError(f"{key}={value!r} is not a {shape} value or range: write it as {example}, "
-                                         f"-{example.split('-')[1]} or {example.split('-')[0]}-")
+                raise ExportRequestError(f"{_quoted(key, value)} is not a {shape} value or range: write it as "
+                                         f"{example}, -{example.split('-')[1]} or {example.split('-')[0]}-")
             low, dash, high = value.partition("-")
             if dash and low and high and len(low) == len(high) and low > high:
-                raise ExportRequestError(f"{key}={value!r}: the range ends before it starts (write the earlier "
+                raise ExportRequestError(f"{_quoted(key, value)}: the range ends before it starts (write the earlier "
                                          "value first)")
             return
+
+
+def _quoted(key: str, value: str) -> str:
+    """``KEY='VALUE'`` for an error text, or ``KEY`` alone when the value names the patient."""
+    return key if names_patient(key) else f"{key}={value!r}"
 
 
 def _path(item: dict[str, Any], level: str) -> str | None:
@@ -129,22 +158,24 @@ class SearchPaused(RetryLater):
 
 
 def search_paths(api: HealthcareApi, store: str, query: Query, *, cap: int, deadline: Deadline,
-                 page_size: int | None = None, on_page: OnPage | None = None, resume: Found | None = None) -> Found:
+                 page_size: int | None = None, on_page: OnPage | None = None, resume: Found | None = None,
+                 every_value_hidden: bool = True) -> Found:
     """Every match of ``query`` in ``store``, page by page (``on_page(found, pages, last)`` after each).
 
     Starts after ``resume`` (what an earlier call found: its paths, and the offset they make), if given.
     Stops at the first empty page (servers may return fewer than ``limit`` before the end), or
     at a page that adds nothing new (a server ignoring ``offset``). ExportRequestError when the
     API refuses the query or it matches more than ``cap``; SearchPaused when the budget ends or
-    the API cannot answer yet.
+    the API cannot answer yet. Their texts show the query as ``query.shown(every_value_hidden)``.
     """
     resource, uid_tags, plural = LEVELS[query.level]
+    shown = query.shown(every_value_hidden)
     size = min(page_size or MAX_PAGE_SIZE[query.level], MAX_PAGE_SIZE[query.level])
     found: dict[str, None] = dict.fromkeys(resume.paths) if resume else {}
     pages = resume.pages if resume else 0
     while True:
         if deadline.expired:
-            raise SearchPaused(f"searching {store} for {query.where!r}: {len(found)} {plural} after {pages} pages; "
+            raise SearchPaused(f"searching {store} for {shown!r}: {len(found)} {plural} after {pages} pages; "
                                "the search resumes there on the next delivery", Found(tuple(found), pages))
         params = {**dict(query.params), "includefield": ",".join(uid_tags), "limit": str(size),
                   "offset": str(len(found))}
@@ -153,14 +184,14 @@ def search_paths(api: HealthcareApi, store: str, query: Query, *, cap: int, dead
         except ApiError as exc:
             if exc.retryable:
                 raise SearchPaused(f"cannot search {store} yet: {exc}", Found(tuple(found), pages)) from None
-            raise ExportRequestError(f"the Cloud Healthcare API refused the query {query.where!r} on {store}: "
+            raise ExportRequestError(f"the Cloud Healthcare API refused the query {shown!r} on {store}: "
                                      f"{exc.message}: fix the query") from None
         pages += 1
         before = len(found)
         found.update((path, None) for path in (_path(item, query.level) for item in page) if path)
         if len(found) > cap:
             raise ExportRequestError(
-                f"the query {query.where!r} matches more than {cap:,} {plural} in {store}: narrow it (a shorter date "
+                f"the query {shown!r} matches more than {cap:,} {plural} in {store}: narrow it (a shorter date "
                 f"range, another attribute) or raise {CAP_RULE} in config.yaml", CAP_RULE)
         last = not page or len(found) == before
         if on_page is not None:

@@ -135,8 +135,9 @@ def test_more_matches_than_the_cap_are_refused_naming_the_rule():
     with pytest.raises(ExportRequestError) as info:
         search_paths(api, STORE, Query.parse(WHERE), cap=5, deadline=Deadline(60), page_size=4)
     assert info.value.rule == CAP_RULE
-    assert str(info.value) == (f"the query {WHERE!r} matches more than 5 studies in {STORE}: narrow it (a shorter date "
-                               "range, another attribute) or raise exports.max_query_results in config.yaml")
+    assert str(info.value) == ("the query 'ModalitiesInStudy=…&StudyDate=…' matches more than 5 studies in "
+                               f"{STORE}: narrow it (a shorter date range, another attribute) or raise "
+                               "exports.max_query_results in config.yaml"), "search_paths alone hides every value"
     assert search_paths(QidoStore(api.matches[:5]), STORE, Query.parse(WHERE), cap=5, deadline=Deadline(60),
                         page_size=4).paths[-1] == "/studies/1.4"
 
@@ -275,3 +276,55 @@ def test_a_pubsub_query_over_the_cap_gets_a_rejected_result_naming_the_cap(monke
     assert message["outcome"] == "REJECTED" and message["error"]["rule"] == CAP_RULE
     assert message["error"]["code"] == 400 and "matches more than 2 studies" in message["error"]["message"]
     assert api.exports == [] and not [path for path in store.blobs if path.endswith(".filter.txt")]
+
+
+# -- query values are patient data -------------------------------------------------------------------------------------
+
+PATIENT_WHERE = "PatientName=DOE^JOHN&PatientID=MRN123456&StudyDate=20260101-&fuzzymatching=true"
+
+
+def test_results_and_logs_show_no_value_naming_the_patient_and_no_value_at_all_with_hashed_names():
+    query = Query.parse(PATIENT_WHERE + "&00100030=19600101&AccessionNumber=A1")
+    assert query.shown(False) == ("PatientName=…&PatientID=…&StudyDate=20260101-&fuzzymatching=true&00100030=…"
+                                  "&AccessionNumber=…")
+    assert query.shown(True) == ("PatientName=…&PatientID=…&StudyDate=…&fuzzymatching=true&00100030=…"
+                                 "&AccessionNumber=…")
+
+
+@pytest.mark.parametrize("hashed", [False, True], ids=["plain", "hashed"])
+def test_an_export_by_patient_keeps_the_query_as_written_only_in_the_searchs_progress(hashed, monkeypatch, capsys):
+    api = SlowQidoApi([study(f"1.{n}") for n in range(3)], pages_per_delivery=1)
+    job, store, publisher = job_for(api)
+    job.hashed_names = hashed
+    request = ExportRequest.build(store=STORE, destination="gs://out/x", request_id="p1",
+                                  query=Query.parse(PATIENT_WHERE))
+    with pytest.raises(RetryLater) as paused:
+        job.run(request, Deadline(60), page_size=2)
+    assert "DOE" not in str(paused.value)
+    assert store.doc("exports/p1.search.json")["where"] == PATIENT_WHERE, "a resumed search asks the same"
+    while not api.operations:
+        with pytest.raises(RetryLater):
+            job.run(request, Deadline(60), page_size=2)
+    api.finish(next(iter(api.operations)), success=3)
+    result = job.run(request, Deadline(60))
+    shown = Query.parse(PATIENT_WHERE).shown(hashed)
+    assert result["filter"]["query"]["where"] == shown
+    assert ("StudyDate=…" in shown) is hashed
+    for path, (raw, _) in store.docs.items():
+        assert "DOE" not in raw and "MRN" not in raw, path
+    assert "DOE" not in json.dumps([message for _, message, _ in publisher.messages])
+    assert "DOE" not in capsys.readouterr().out
+
+
+def test_a_refused_query_by_patient_names_no_value_in_its_rejected_result_or_the_log(monkeypatch, capsys):
+    api = QueryApi([])
+    job, store, publisher = job_for(api)
+    instance = SimpleNamespace(config=SimpleNamespace(stores={"main": STORE}), exports=job, api=api)
+    monkeypatch.setattr(runtime, "get", lambda: instance)
+    for where in (PATIENT_WHERE, "PatientBirthDate=1960-01-01", "PatientName=DOE^JOHN&&"):
+        entrypoints.export_request(export_event({"store": "main", "destination": "gs://out/x", "query": where,
+                                                 "requestId": f"p-{len(publisher.messages)}"}))
+    errors = [message["error"]["message"] for _, message, _ in publisher.messages]
+    assert len(errors) == 3 and "matches no study" in errors[0] and "PatientBirthDate is not a YYYYMMDD" in errors[1]
+    assert not [text for text in [*errors, capsys.readouterr().out, *map(json.dumps, store.docs.values())]
+                if "DOE" in text or "MRN" in text or "1960" in text]
