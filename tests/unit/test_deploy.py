@@ -952,6 +952,23 @@ def test_security_md_names_every_function_and_every_topic_deploy_sh_creates(env)
     assert len(topics) >= 6 and [t for t in sorted(topics) if f"`{t}`" not in publishers] == []
 
 
+def test_security_md_names_every_state_bucket_folder_and_its_retention():
+    """Each folder the function writes in the state bucket (deploy.sh's lifecycle list) has its row in
+    "Where patient data and object names rest", and the rows under the 30-day rule say 30 days."""
+    script = (REPO / "deploy.sh").read_text()
+    listed = script.split("readonly STATE_EXPIRING_PREFIXES=(", 1)[1].split(")", 1)[0].split()
+    assert "replaced/" in listed and "replacements/" in listed
+    text = (REPO / "docs" / "security.md").read_text()
+    table = text.split("\n## Where patient data and object names rest\n")[1].split("\n## ")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    missing = [prefix for prefix in [*listed, "staging/", "reconcile/"]
+               if not [row for row in rows if f"`{prefix}" in row.split(" | ")[0]]]
+    assert not missing, f"docs/security.md's data table has no row for the state bucket's {missing}"
+    for prefix in ("replaced/", "replacements/"):
+        row = next(row for row in rows if f"`{prefix}" in row.split(" | ")[0])
+        assert "30 days" in row, row
+
+
 # ---------------------------------------------------------------- failure policies (config on_failure)
 
 QUARANTINE = "rad-quarantine"
