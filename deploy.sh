@@ -273,6 +273,25 @@ bind() {
   done
 }
 
+# unbind WHAT CMD...: a remove-iam-policy-binding of a grant an earlier deploy made; a binding
+# already absent is fine (gcloud says "... not found!"), any other failure stops the script.
+unbind() {
+  local what=$1; shift
+  local message="removing ${what} failed: $(command_line "$@")"
+  if dry; then
+    printf 'out="$(%s 2>&1)" || case "${out}" in *"not found!"*) ;; *) printf '"'"'%%s\\n'"'"' "${out}" >&2; echo %s >&2; exit 1 ;; esac\n' \
+      "$(command_line "$@")" "$(quote "deploy.sh: error: ${message}")"
+    return
+  fi
+  local out
+  if out=$("$@" 2>&1); then
+    say "removed: ${what}"
+  elif [[ ${out} != *"not found!"* ]]; then
+    printf '%s\n' "${out}" >&2
+    die "${message}"
+  fi
+}
+
 # ---------------------------------------------------------------- inputs
 
 parse_args() {
@@ -782,13 +801,35 @@ ensure_custom_role() {
     gcloud iam roles create "$1" --project="${PROJECT}" --title="$2" --permissions="$3" --stage=GA
 }
 
+# The IAM condition of the Healthcare agent's read on the state bucket (gcloud's --condition: no
+# commas in its values). Listing is checked against the bucket, reading against each object.
+readonly STATE_AGENT_PREFIXES=(staging/ exports/)
+state_reader_condition() {
+  local expression='resource.type == "storage.googleapis.com/Bucket"' prefix
+  for prefix in "${STATE_AGENT_PREFIXES[@]}"; do
+    expression+=" || resource.name.startsWith(\"projects/_/buckets/${STATE}/objects/${prefix}\")"
+  done
+  printf 'expression=%s,title=%s,description=%s' "${expression}" "dicom-import-healthcare-agent" \
+    "Imports read staging/ and exports read their filter files in exports/ only"
+}
+
 grant_service_agents() {
   say "IAM: Google service agents"
   local healthcare=serviceAccount:${HEALTHCARE_AGENT}
   # dicomStores.import reads the inbox and the staging copies in the state bucket.
   bind gcloud storage buckets add-iam-policy-binding "gs://${INBOX}" --project="${PROJECT}" \
     --member="${healthcare}" --role=roles/storage.objectViewer --condition=None
+  # The agent is every store's in the project: whoever may import into any of them imports what the
+  # agent can read. So on the state bucket it reads only what imports and exports name there
+  # (staging copies, export filter files), not replaced/ (full copies of replaced instances) nor the
+  # records; listing is checked on the bucket, hence the Bucket clause (object names: hashes, ids).
+  # Needs uniform bucket-level access, which create_state_bucket sets.
   bind gcloud storage buckets add-iam-policy-binding "gs://${STATE}" --project="${PROJECT}" \
+    --member="${healthcare}" --role=roles/storage.objectViewer --condition="$(state_reader_condition)"
+  # Earlier deploys granted the same role on the whole bucket: remove that grant (after the new one,
+  # so that running imports keep their read).
+  unbind "the Healthcare agent's unconditional read on gs://${STATE}" \
+    gcloud storage buckets remove-iam-policy-binding "gs://${STATE}" --project="${PROJECT}" \
     --member="${healthcare}" --role=roles/storage.objectViewer --condition=None
   if [[ -n ${EXPORT} ]]; then
     bind gcloud storage buckets add-iam-policy-binding "gs://${EXPORT}" --project="${PROJECT}" \

@@ -84,7 +84,7 @@ if [[ -n ${FAKE_GCLOUD_FAIL:-} && " $* " =~ $FAKE_GCLOUD_FAIL ]]; then
   count=$(( $(cat "$log.failures" 2>/dev/null || echo 0) + 1 ))
   echo "$count" >"$log.failures"
   if (( count <= ${FAKE_GCLOUD_FAIL_TIMES:-1000000} )); then
-    echo "ERROR: (fake gcloud) failing on purpose: $*" >&2
+    echo "${FAKE_GCLOUD_FAIL_MESSAGE:-ERROR: (fake gcloud) failing on purpose: $*}" >&2
     exit 1
   fi
 fi
@@ -434,8 +434,76 @@ def test_fresh_project_grants_least_privilege(env):
         run.calls.index(c) for c in run.matching("functions", "deploy"))
     # Bindings that may hit a policy with conditions say so, or gcloud refuses without a prompt.
     for c in run.calls:
-        if "add-iam-policy-binding" in c and c[0] in ("projects", "storage", "healthcare", "iam"):
-            assert "--condition=None" in c, c
+        if "iam-policy-binding" in " ".join(c) and c[0] in ("projects", "storage", "healthcare", "iam"):
+            assert len(flags(c, "--condition")) == 1, c
+
+
+def state_agent_condition(run: Run) -> str:
+    (binding,) = [c for c in run.matching("storage", "buckets", "add-iam-policy-binding", f"gs://{STATE}")
+                  if flag(c, "--member") == HEALTHCARE_AGENT]
+    condition = dict(part.split("=", 1) for part in flag(binding, "--condition").split(","))
+    assert set(condition) == {"expression", "title", "description"}, condition
+    return condition["expression"]
+
+
+def test_the_healthcare_agent_reads_only_staging_copies_and_filter_files_in_the_state_bucket(env):
+    """The agent is shared by every store of the project: whoever may import into one of them
+    imports what it can read. Not replaced/ (full copies of replaced instances), nor the records."""
+    from handlers.batch import layout
+    from handlers.exports import job
+    from handlers.failures import replace
+
+    run = ok(deploy(env, *REQUIRED))
+    expression = state_agent_condition(run)
+    prefixes = [part.split('startsWith("', 1)[1].split('")', 1)[0]
+                for part in expression.split(" || ") if "startsWith" in part]
+    assert expression.split(" || ")[0] == 'resource.type == "storage.googleapis.com/Bucket"'  # listing
+    assert prefixes == [f"projects/_/buckets/{STATE}/objects/staging/", f"projects/_/buckets/{STATE}/objects/exports/"]
+
+    def readable(path: str) -> bool:
+        return any(f"projects/_/buckets/{STATE}/objects/{path}".startswith(prefix) for prefix in prefixes)
+
+    # What the Healthcare API reads: an import's staging copies, an export's filter file.
+    uri = layout.import_uri(STATE, "r", "b").removeprefix(f"gs://{STATE}/")
+    assert readable(uri.rstrip("*") + "0123.dcm")
+    request = type("Request", (), {"request_id": "req-1", "tag": "abc123"})()
+    assert readable(job.filter_path(request))
+    # What it must not read: patient data kept for other reasons, and the records.
+    for path in (replace.saved_copy_path("r", "b", "0123"), replace.marker_path("r", "0123"),
+                 layout.record_path("r", "b"), layout.member_path("r", "b", "0123")):
+        assert not readable(path), path
+    # An earlier deploy's unconditional read is removed, after the conditional one is in place.
+    (removal,) = run.matching("storage", "buckets", "remove-iam-policy-binding", f"gs://{STATE}")
+    assert (flag(removal, "--member"), flag(removal, "--role"), flag(removal, "--condition")) == (
+        HEALTHCARE_AGENT, "roles/storage.objectViewer", "None")
+    assert run.calls.index(removal) > run.index("storage", "buckets", "add-iam-policy-binding", f"gs://{STATE}")
+    # The condition needs uniform bucket-level access: set on creation and on every later run.
+    assert "--uniform-bucket-level-access" in run.matching("storage", "buckets", "create", f"gs://{STATE}")[0]
+    env["log"].unlink()
+    existing = ok(deploy(env, *REQUIRED, scenario="existing"))
+    assert "--uniform-bucket-level-access" in existing.matching("storage", "buckets", "update", f"gs://{STATE}")[0]
+
+
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["real", "dry-run"])
+def test_removing_the_old_state_bucket_read_tolerates_only_its_absence(env, tmp_path, dry_run):
+    def run_with(message: str) -> Run:
+        if env["log"].exists():
+            env["log"].unlink()
+        failing = dict(FAKE_GCLOUD_FAIL="remove-iam-policy-binding", FAKE_GCLOUD_FAIL_MESSAGE=message)
+        if not dry_run:
+            return deploy(env, *REQUIRED, **failing)
+        script = tmp_path / "printed.sh"
+        script.write_text(ok(deploy(env, *REQUIRED, "--dry-run")).stdout)
+        return deploy(env, script=script, **failing)
+
+    absent = ok(run_with("ERROR: (gcloud.storage.buckets.remove-iam-policy-binding) Policy binding with the "
+                         "specified principal, role, and condition not found!"))
+    assert absent.matching("functions", "deploy")
+    denied = run_with("ERROR: (gcloud.storage.buckets.remove-iam-policy-binding) HTTPError 403: denied")
+    assert denied.returncode == 1 and not denied.matching("functions", "deploy")
+    assert "HTTPError 403: denied" in denied.stderr
+    assert "deploy.sh: error: removing the Healthcare agent's unconditional read" in denied.stderr
+    assert "Traceback" not in denied.stderr
 
 
 def test_functions_are_deployed_with_entry_points_triggers_and_flags(env):
