@@ -53,6 +53,8 @@ readonly STATE_EXPIRING_PREFIXES=(leases/ seals/ claims/ members/ batches/ opera
 # Custom roles holding exactly what the config's failure policies do to the
 # inbox (a role per permission, bound only when a rule uses the policy).
 readonly TAG_ROLE_ID=dicomImportTagFailed         # on_failure: tag
+# The runtime account's role on the DICOM store (in the store's project): what the code calls there.
+readonly STORE_ROLE_ID=dicomImportStore
 readonly MOVE_ROLE_ID=dicomImportMoveFailed       # on_failure: {quarantine: ..., move: true}
 readonly APIS=(
   healthcare.googleapis.com cloudfunctions.googleapis.com run.googleapis.com
@@ -554,12 +556,15 @@ check_config_loads() {
 
 # read_failure_policies: which on_failure policies the config's rules use (the
 # function validates the config fully; this reads those keys only, to grant
-# what they need): POLICY_TAG, POLICY_MOVE (1 or empty), QUARANTINE_BUCKETS.
+# what they need): POLICY_TAG, POLICY_MOVE, POLICY_REPLACE (on_conflict: replace) (1 or empty),
+# QUARANTINE_BUCKETS.
 read_failure_policies() {
   local text bucket quote="[\"']?" bucket_re='(\$\{[^}]*\}|[^/"'"'"'[:space:],{}$])+'
   text=$(sed -e 's/^#.*$//' -e 's/[[:space:]]#.*$//' "${SOURCE_DIR}/${CONFIG_REL}")
-  POLICY_TAG="" POLICY_MOVE="" QUARANTINE_BUCKETS=()
+  POLICY_TAG="" POLICY_MOVE="" POLICY_REPLACE="" QUARANTINE_BUCKETS=()
   grep -Eq "(^|[[:space:]{,])on_failure:[[:space:]]*${quote}tag${quote}[[:space:]]*(\$|[,}])" <<<"${text}" && POLICY_TAG=1
+  grep -Eq "(^|[[:space:]{,])on_conflict:[[:space:]]*${quote}replace${quote}[[:space:]]*(\$|[,}])" <<<"${text}" \
+    && POLICY_REPLACE=1
   # YAML 1.1's true (PyYAML, the function's loader): true, yes, on, each in lower, Title or UPPER case.
   grep -Eq "(^|[[:space:]{,])move:[[:space:]]*(true|True|TRUE|yes|Yes|YES|on|On|ON)[[:space:]]*(\$|[,}])" <<<"${text}" \
     && POLICY_MOVE=1
@@ -728,8 +733,21 @@ create_service_account() {
 grant_runtime_sa() {
   say "IAM: runtime service account"
   local member=serviceAccount:${RUNTIME_SA}
-  # import, export (store level); operations.get is checked on the dataset.
+  # The store: exactly what handlers/clients/healthcare.py calls there (import, export, QIDO and
+  # WADO), and DeleteInstance only when a rule replaces re-sent instances; no STOW, no other delete.
+  # operations.get is checked on the dataset (datasetViewer below).
+  local -a store_permissions=(healthcare.dicomStores.import healthcare.dicomStores.export
+    healthcare.dicomStores.dicomWebRead)
+  [[ -z ${POLICY_REPLACE} ]] || store_permissions+=(healthcare.dicomStores.dicomWebDelete)
+  ensure_custom_role "${STORE_ROLE_ID}" "DICOM import: import, export and read the store" \
+    "$(IFS=,; printf '%s' "${store_permissions[*]}")" "${STORE_PROJECT}"
   bind gcloud healthcare dicom-stores add-iam-policy-binding "${STORE_ID}" --project="${STORE_PROJECT}" \
+    --dataset="${STORE_DATASET}" --location="${STORE_LOCATION}" \
+    --member="${member}" --role="projects/${STORE_PROJECT}/roles/${STORE_ROLE_ID}" --condition=None
+  # Earlier deploys granted roles/healthcare.dicomEditor (also STOW and every delete): removed once
+  # the custom role is bound.
+  unbind "the runtime account's roles/healthcare.dicomEditor on the store" \
+    gcloud healthcare dicom-stores remove-iam-policy-binding "${STORE_ID}" --project="${STORE_PROJECT}" \
     --dataset="${STORE_DATASET}" --location="${STORE_LOCATION}" \
     --member="${member}" --role=roles/healthcare.dicomEditor --condition=None
   bind gcloud healthcare datasets add-iam-policy-binding "${STORE_DATASET}" --project="${STORE_PROJECT}" \
@@ -793,12 +811,14 @@ grant_failure_policies() {
   done
 }
 
-# ensure_custom_role ID TITLE PERMISSION: a project role with exactly that permission.
+# ensure_custom_role ID TITLE PERMISSIONS [PROJECT]: a project role (in --project unless PROJECT is
+# given) with exactly those permissions (comma-separated): an existing one is set to them.
 ensure_custom_role() {
-  converge "role ${1}" \
-    gcloud iam roles describe "$1" --project="${PROJECT}" -- \
-    gcloud iam roles update "$1" --project="${PROJECT}" --title="$2" --permissions="$3" --stage=GA -- \
-    gcloud iam roles create "$1" --project="${PROJECT}" --title="$2" --permissions="$3" --stage=GA
+  local project=${4:-${PROJECT}}
+  converge "role ${1} in ${project}" \
+    gcloud iam roles describe "$1" --project="${project}" -- \
+    gcloud iam roles update "$1" --project="${project}" --title="$2" --permissions="$3" --stage=GA -- \
+    gcloud iam roles create "$1" --project="${project}" --title="$2" --permissions="$3" --stage=GA
 }
 
 # The IAM condition of the Healthcare agent's read on the state bucket (gcloud's --condition: no

@@ -28,7 +28,8 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, (WildcardError, ExportRequestError)):
         return str(exc)
     if isinstance(exc, ApiError):
-        hint = {403: ": check the account's roles on the store (roles/healthcare.dicomEditor)",
+        hint = {403: ": check the account's roles on the store (deploy.sh's custom role dicomImportStore, "
+                     "or roles/healthcare.dicomEditor)",
                 404: ": check the store name"}.get(exc.code, "")
         return f"the Cloud Healthcare API answered {exc}{hint}"
     if isinstance(exc, auth_exceptions.DefaultCredentialsError):

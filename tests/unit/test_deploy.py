@@ -403,7 +403,7 @@ def test_fresh_project_grants_least_privilege(env):
 
     assert run.bindings() == {
         # runtime (and trigger) identity
-        ("healthcare dicom-stores", "main", sa, "roles/healthcare.dicomEditor"),
+        ("healthcare dicom-stores", "main", sa, f"projects/{PROJECT}/roles/dicomImportStore"),
         ("healthcare datasets", "radiology", sa, "roles/healthcare.datasetViewer"),
         ("storage buckets", f"gs://{INBOX}", sa, "roles/storage.objectViewer"),
         ("storage buckets", f"gs://{STATE}", sa, "roles/storage.objectAdmin"),
@@ -484,12 +484,20 @@ def test_the_healthcare_agent_reads_only_staging_copies_and_filter_files_in_the_
     assert "--uniform-bucket-level-access" in existing.matching("storage", "buckets", "update", f"gs://{STATE}")[0]
 
 
+# The grants earlier deploys made and deploy.sh now removes: (the calls' pattern, what its error names).
+REMOVED_GRANTS = [("storage buckets remove-iam-policy-binding", "the Healthcare agent's unconditional read"),
+                  ("dicom-stores remove-iam-policy-binding", "the runtime account's roles/healthcare.dicomEditor")]
+
+
+@pytest.mark.parametrize("removed", REMOVED_GRANTS, ids=["state-bucket-read", "dicom-editor"])
 @pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["real", "dry-run"])
-def test_removing_the_old_state_bucket_read_tolerates_only_its_absence(env, tmp_path, dry_run):
+def test_removing_an_old_grant_tolerates_only_its_absence(env, tmp_path, dry_run, removed):
+    pattern, named = removed
+
     def run_with(message: str) -> Run:
         if env["log"].exists():
             env["log"].unlink()
-        failing = dict(FAKE_GCLOUD_FAIL="remove-iam-policy-binding", FAKE_GCLOUD_FAIL_MESSAGE=message)
+        failing = dict(FAKE_GCLOUD_FAIL=pattern, FAKE_GCLOUD_FAIL_MESSAGE=message)
         if not dry_run:
             return deploy(env, *REQUIRED, **failing)
         script = tmp_path / "printed.sh"
@@ -502,7 +510,7 @@ def test_removing_the_old_state_bucket_read_tolerates_only_its_absence(env, tmp_
     denied = run_with("ERROR: (gcloud.storage.buckets.remove-iam-policy-binding) HTTPError 403: denied")
     assert denied.returncode == 1 and not denied.matching("functions", "deploy")
     assert "HTTPError 403: denied" in denied.stderr
-    assert "deploy.sh: error: removing the Healthcare agent's unconditional read" in denied.stderr
+    assert f"deploy.sh: error: removing {named}" in denied.stderr
     assert "Traceback" not in denied.stderr
 
 
@@ -1004,7 +1012,7 @@ def test_security_md_names_every_role_deploy_sh_grants_under_its_identity(env):
     missing = []
     for member, role in sorted(granted):
         assert member in identities, f"deploy.sh grants {role} to {member}: add the identity to docs/security.md"
-        if f"`{role}`" not in sections[identities[member]]:
+        if f"`{role.replace(f'projects/{PROJECT}/roles/', 'projects/P/roles/')}`" not in sections[identities[member]]:
             missing.append(f"{role} ({identities[member]})")
     assert not missing, f"docs/security.md does not list: {missing}"
     assert len(granted) >= 15
@@ -1074,8 +1082,10 @@ def test_failure_policies_get_exactly_their_permissions(env):
         ("storage buckets", f"gs://{QUARANTINE}", sa, "roles/storage.objectViewer"),
     }
     roles = {c[3]: flag(c, "--permissions") for c in run.matching("iam", "roles", "create")}
-    assert roles == {"dicomImportTagFailed": "storage.objects.update", "dicomImportMoveFailed": "storage.objects.delete"}
-    assert not default_roles, "the default config (on_failure: report) needs no role"
+    assert roles == {"dicomImportTagFailed": "storage.objects.update", "dicomImportMoveFailed": "storage.objects.delete",
+                     "dicomImportStore": STORE_PERMISSIONS + ",healthcare.dicomStores.dicomWebDelete"}  # on_conflict: replace
+    assert {c[3] for c in default_roles if c[2] == "create"} == {"dicomImportStore"}, \
+        "the default config (on_failure: report, on_conflict: keep) needs no role on the inbox, nor DeleteInstance"
     assert ("projects", PROJECT, sa, "roles/logging.viewer") in default_bindings
 
 
@@ -1100,6 +1110,69 @@ def test_move_is_granted_for_every_spelling_the_functions_loader_reads_as_true(e
         return
     run = ok(deploy(env, *REQUIRED, "--config", "config/policies.yaml", "--dry-run"))
     assert ("dicomImportMoveFailed" in run.stdout) == moves
+
+
+STORE_PERMISSIONS = "healthcare.dicomStores.import,healthcare.dicomStores.export,healthcare.dicomStores.dicomWebRead"
+
+
+def store_role_permissions(run: Run) -> dict[tuple[str, str], str]:
+    """(verb, project) -> --permissions of each create or update of the store's custom role."""
+    return {(c[2], flag(c, "--project")): flag(c, "--permissions")
+            for c in run.calls if c[:2] == ["iam", "roles"] and c[3:4] == ["dicomImportStore"] and c[2] != "describe"}
+
+
+REPLACING_RULES = [
+    "  - name: resent\n    match: gs://${INBOX_BUCKET}/resent/**.dcm\n    store: main\n    on_conflict: replace\n",
+    "  - name: resent\n    match: gs://${INBOX_BUCKET}/resent/**.dcm\n    store: main\n    on_conflict: \"replace\"  # re-sends\n",
+    "  - {name: resent, match: \"gs://${INBOX_BUCKET}/resent/**.dcm\", store: main, on_conflict: 'replace'}\n",
+]
+
+
+@pytest.mark.parametrize("replacing", REPLACING_RULES, ids=["block", "quoted", "flow"])
+def test_the_store_role_has_delete_only_when_a_rule_replaces(env, replacing):
+    """The intake runs on untrusted uploads: it holds import, export and read, never STOW, and
+    DeleteInstance only for on_conflict: replace (the one caller of delete_instance)."""
+    sa = f"serviceAccount:{RUNTIME_SA}"
+    default = ok(deploy(env, *REQUIRED))
+    assert store_role_permissions(default) == {("create", PROJECT): STORE_PERMISSIONS}
+    assert ("healthcare dicom-stores", "main", sa, "roles/healthcare.dicomEditor") not in default.bindings()
+    (removal,) = default.matching("healthcare", "dicom-stores", "remove-iam-policy-binding")
+    assert (removal[3], flag(removal, "--member"), flag(removal, "--role"), flag(removal, "--condition")) == (
+        "main", sa, "roles/healthcare.dicomEditor", "None")
+    assert default.calls.index(removal) > default.index("healthcare", "dicom-stores", "add-iam-policy-binding")
+
+    (env["src"] / "config").mkdir(exist_ok=True)
+    text = (REPO / "config.yaml").read_text().replace("rules:\n", "rules:\n" + replacing, 1)
+    (env["src"] / "config" / "replace.yaml").write_text(text)
+    env["log"].unlink()
+    replacing = ok(deploy(env, *REQUIRED, "--config", "config/replace.yaml", scenario="existing"))
+    assert store_role_permissions(replacing) == {
+        ("update", PROJECT): STORE_PERMISSIONS + ",healthcare.dicomStores.dicomWebDelete"}
+    # Back to keep: the role is set back to its three permissions (update replaces the set).
+    env["log"].unlink()
+    assert store_role_permissions(ok(deploy(env, *REQUIRED, scenario="existing"))) == {("update", PROJECT): STORE_PERMISSIONS}
+
+
+def test_a_commented_out_replace_grants_no_delete(env):
+    (env["src"] / "config").mkdir(exist_ok=True)
+    text = (REPO / "config.yaml").read_text().replace("rules:\n", """rules:
+  - name: kept
+    match: gs://${INBOX_BUCKET}/kept/**.dcm
+    store: main
+#   on_conflict: replace
+""", 1)
+    (env["src"] / "config" / "keep.yaml").write_text(text)
+    assert store_role_permissions(ok(deploy(env, *REQUIRED, "--config", "config/keep.yaml"))) == {
+        ("create", PROJECT): STORE_PERMISSIONS}
+
+
+def test_a_store_in_another_project_gets_the_role_from_that_project(env):
+    """A project's custom role can be granted only on that project's resources."""
+    store = STORE.replace(f"projects/{PROJECT}/", "projects/store-proj/")
+    run = ok(deploy(env, *[store if arg == STORE else arg for arg in REQUIRED]))
+    assert store_role_permissions(run) == {("create", "store-proj"): STORE_PERMISSIONS}
+    assert ("healthcare dicom-stores", "main", f"serviceAccount:{RUNTIME_SA}",
+            "projects/store-proj/roles/dicomImportStore") in run.bindings()
 
 
 def test_a_store_in_another_project_gets_the_log_reader_where_its_import_logs_are(env):
