@@ -30,8 +30,9 @@ CANCELLED = 1
 PERMISSION_DENIED = 7
 
 SERVICE_AGENT_HINT = (
-    "grant roles/storage.objectViewer on the bucket holding the files (the state bucket {bucket}, which holds the "
-    "staging copies) to the Cloud Healthcare Service Agent service-PROJECT_NUMBER@gcp-sa-healthcare.iam.gserviceaccount.com, "
+    "grant roles/storage.objectViewer on the bucket holding the files (on the state bucket {bucket}, which holds the "
+    "staging copies, run deploy.sh again: it grants the read on staging/ and exports/ only) to the Cloud Healthcare "
+    "Service Agent service-PROJECT_NUMBER@gcp-sa-healthcare.iam.gserviceaccount.com, "
     "and the store's import permission to the function's service account (deploy.sh's custom role "
     "dicomImportStore, or roles/healthcare.dicomEditor)"
 )
