@@ -45,9 +45,10 @@ _AE_TITLE_RE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 # A DICOM UID (PS3.5 9.1): numeric components without leading zeros, dot-separated, at most 64 characters.
 _SOP_CLASS_UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
-# A host name (RFC 1123): dot-separated labels of letters, digits and inner hyphens.
-_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOST_NAME_RE = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
+# A host name: dot-separated labels of letters, digits, inner hyphens (RFC 1123) and underscores (the resolvers
+# accept them: Docker Compose service names), optionally fully qualified with one trailing dot.
+_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_NAME_RE = re.compile(rf"(?=.{{1,254}}$){_LABEL}(\.{_LABEL})*\.?")
 _MIB = 1024 * 1024
 
 
@@ -203,7 +204,8 @@ def _bind_address(reader: _Reader, section: _Map, where: str, *, ipv6: bool) -> 
         version: int | None = ipaddress.ip_address(address).version
     except ValueError:
         version = None
-        if not address or (_HOST_NAME_RE.fullmatch(address) and not address.rsplit(".", 1)[-1].isdigit()):
+        numeric_end = address.rstrip(".").rsplit(".", 1)[-1].isdigit()  # 10.0.0.300 is a bad address, not a name
+        if not address or (_HOST_NAME_RE.fullmatch(address) and not numeric_end):
             return address  # empty: a problem already reported; a host name is resolved at start
     if version == 4 or (version == 6 and ipv6):
         return address

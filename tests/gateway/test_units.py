@@ -114,6 +114,9 @@ def test_bind_addresses_and_client_entries_are_checked(tmp_path: Path) -> None:
     config = parse(config_text(tmp_path, "bkt", dicom=dicom, health="health:\n  address: localhost\n"), "gw.yaml",
                    {"CLIENT_NET": "10.9.0.0/16"})
     assert (config.address, config.health_address, config.clients[0].exploded) == ("::", "localhost", "10.9.0.0/16")
+    for host in ("dicom_gateway", "gateway.internal.", "pacs-gw.example.org"):  # Compose names, fully qualified
+        dicom = f"dicom:\n  ae_title: GW\n  address: {host}\n  calling_ae_titles: [A]\n"
+        assert parse(config_text(tmp_path, "bkt", dicom=dicom), "gw.yaml", {}).address == host
 
 
 def test_tls_files_that_do_not_parse_are_named_with_their_line(tmp_path: Path,
