@@ -199,8 +199,9 @@ def export_request(event: Any) -> None:
             request_id = message.message_id
         log.warning("export request refused", reason=str(exc), rule=exc.rule, requestId=request_id)
         conflict = exc.tag if isinstance(exc, RequestIdConflict) else None
+        refused = export_requests.RefusedMessage(message.data or b"", instance.config.stores)
         instance.exports.reject(request_id, _text(fields.get("store")), _text(fields.get("destination")), str(exc),
-                                deadline, exc.rule, conflict)
+                                deadline, exc.rule, conflict, refused)
         return
     log.info("export finished", requestId=request.request_id, outcome=result["outcome"],
              operation=result["operation"], success=result["counter"]["success"],

@@ -28,6 +28,7 @@ from handlers.exports.query import CAP_RULE, Found, OnPage, Query, SearchPaused,
 from handlers.exports.request import (
     ExportRequest,
     ExportRequestError,
+    RefusedMessage,
     check_destination,
     check_paths_exist,
     count_levels,
@@ -140,10 +141,10 @@ class ExportJob:
         path = self.record_path(request)
         worker = new_worker()
         record = self._with_noted_operation(self.store.read(path))
+        if record is not None:  # first: another request's refusal must not be taken for this export's (reject())
+            check_same_request(request, record.data)
         if record is None or record.data["state"] == STARTING:
             check_destination(request.destination, self.destinations, self.config_path)
-        if record is not None:
-            check_same_request(request, record.data)
         record = record or self._start(request, path, deadline, page_size, on_page, worker)
         return self._advance(request, record, path, deadline, worker)
 
@@ -327,12 +328,16 @@ class ExportJob:
         return self.reporter.conclude(record, path, message, attributes, worker)
 
     def reject(self, request_id: str, store: str | None, destination: str | None, reason: str, deadline: Deadline,
-               rule: str | None = None, conflict: str | None = None) -> dict[str, Any]:
+               rule: str | None = None, conflict: str | None = None,
+               refused: RefusedMessage | None = None) -> dict[str, Any]:
         """Report a request refused before any call (once, even if the message is redelivered).
 
         ``rule``: the config rule that refused it (``exports.destinations``, ``stores``), None for a malformed request.
         ``conflict``: a :class:`RequestIdConflict`'s ``tag``. Its refusal is recorded at :func:`conflict_path`, not
         in the id's record (which names another export), and says ``requestIdConflict``: it is not that export's result.
+        ``refused``: the refused message; one that does not ask for the export its id's record names
+        (:meth:`RefusedMessage.asks_for`: refused for another reason, with other arguments) is such a conflict too,
+        tagged :attr:`RefusedMessage.tag`, so it neither ends that export nor follows it.
         The id is the export's: an export whose call was made (its operation noted, or its call claimed less than
         ABANDONED_AFTER_SECONDS ago) is followed to its own result instead (RetryLater until it ends), and an id that
         already has a result keeps it; only a new id, or one whose call was never made, is concluded REJECTED. A new
@@ -341,11 +346,16 @@ class ExportJob:
         """
         path = conflict_path(request_id, conflict) if conflict else f"exports/{request_id}.json"
         worker = new_worker()
-        record = self._with_noted_operation(self.store.read(path))
-        if record is not None and record.data["state"] == DONE:
-            log.info("refused export request: its requestId already has a result, which is not published again",
-                     requestId=request_id, outcome=record.data["result"]["outcome"])
-        if record is None:
+        while True:
+            record = self._with_noted_operation(self.store.read(path))
+            if record is not None and conflict is None and refused is not None and not refused.asks_for(record.data):
+                conflict = refused.tag
+                path = conflict_path(request_id, conflict)
+                log.warning("refused export request reuses the id of another export: recorded as a conflict",
+                            requestId=request_id, requestIdConflict=conflict)
+                continue
+            if record is not None:
+                break
             # Created with its result frozen: a record of this id is never STARTING without a request to call.
             message, attributes = rejection_message(request_id, store, destination, reason, self.clock(),
                                                     rule, conflict)
@@ -353,8 +363,12 @@ class ExportJob:
                                         worker)
             try:
                 record = Document(data, self.store.create(path, data))
+                break
             except Conflict:
-                record = self._with_noted_operation(self.store.read(path))
+                continue  # another delivery created it meanwhile: read what it is
+        if record.data["state"] == DONE:
+            log.info("refused export request: its requestId already has a result, which is not published again",
+                     requestId=request_id, outcome=record.data["result"]["outcome"])
         while record is not None and record.data["state"] != DONE:
             state = record.data["state"]
             try:

@@ -206,6 +206,48 @@ def request_from_message(body: Any, stores: Mapping[str, str], default_id: str) 
         mime_type=body.get("mimeType"), request_id=body.get("requestId") or default_id, query=query)
 
 
+@dataclass(frozen=True)
+class RefusedMessage:
+    """A Pub/Sub export request that was refused, to tell its id's export's own redelivery from another request.
+
+    ``data``: the message's bytes; ``stores``: config.yaml's, as it refused them.
+    """
+
+    data: bytes
+    stores: Mapping[str, str]
+
+    def _request(self, stores: Mapping[str, str]) -> ExportRequest | None:
+        try:
+            body = json.loads(self.data or b"null")
+            return request_from_message(body, stores, "refused")
+        except (UnicodeDecodeError, json.JSONDecodeError, ExportRequestError):
+            return None
+
+    @property
+    def tag(self) -> str:
+        """Its request's :attr:`ExportRequest.tag` when it is well-formed, else 16 hex digits of a digest of its bytes."""
+        request = self._request(self.stores)
+        return request.tag if request else hashlib.sha256(self.data or b"").hexdigest()[:16]
+
+    def asks_for(self, recorded: Mapping[str, Any]) -> bool:
+        """Whether it asks for the export ``recorded`` (same fingerprint): that export's own message, redelivered
+        after config.yaml stopped allowing its destination or store. A store alias no longer in ``stores`` is read
+        as the recorded store; a malformed message asks for no export. A record without a fingerprint (a refusal, or
+        an export started by an earlier version) is taken as asked for, as before fingerprints.
+        """
+        if recorded.get("fingerprint") is None:
+            return True
+        stores = self.stores
+        try:
+            named = json.loads(self.data or b"null").get("store")
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            return False
+        if isinstance(named, str) and named not in stores and named not in stores.values():
+            stores = {named: named if "/" in named else str(recorded.get("store"))}  # a full name means itself
+        request = self._request(stores)
+        return request is not None and request.fingerprint == recorded["fingerprint"]
+
+
 def resolve_store(store: str, stores: Mapping[str, str]) -> str:
     """The full name of a configured store, named by its alias (or by that full name); any other is refused."""
     if store in stores:

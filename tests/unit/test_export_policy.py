@@ -15,6 +15,7 @@ from werkzeug.exceptions import ServiceUnavailable
 
 from handlers import entrypoints, runtime
 from handlers.batch.reporting import Reporter
+from handlers.clients.healthcare import ApiError
 from handlers.config import ConfigError, parse
 from handlers.exports.job import STARTING, ExportJob, conflict_path
 from handlers.exports.request import (
@@ -22,6 +23,7 @@ from handlers.exports.request import (
     STORES_RULE,
     ExportRequest,
     ExportRequestError,
+    RefusedMessage,
     check_destination,
     request_from_message,
     resolve_store,
@@ -241,8 +243,7 @@ def test_a_malformed_request_names_no_rule(monkeypatch):
 
 @pytest.mark.parametrize("refused", [
     {"store": "retired", "destination": "gs://exports-bkt/a", "requestId": "r1"},
-    {"store": "main", "destination": "gs://exports-bkt/a", "studies": ["x"], "requestId": "r1"},
-], ids=["its store left config.yaml", "malformed"])
+], ids=["its store left config.yaml"])
 def test_a_refused_request_reusing_a_running_exports_id_gets_that_exports_result_once(monkeypatch, refused):
     """The refused message may be the export's own, redelivered after config changed: it follows the export."""
     s = Setup()
@@ -290,6 +291,84 @@ def test_a_request_reusing_an_exports_id_with_other_arguments_gets_its_own_rejec
     _, (_, export, export_attributes) = s.publisher.messages
     validate(export, export_attributes)
     assert export["requestIdConflict"] is None and "requestIdConflict" not in export_attributes
+
+
+OTHER_REASONS = pytest.mark.parametrize("other, rule", [
+    ({"store": "main", "destination": "gs://attacker-bkt/loot", "requestId": "r1"}, None),  # checked after the id
+    ({"store": "retired", "destination": "gs://exports-bkt/b", "requestId": "r1"}, STORES_RULE),
+    ({"store": OTHER_STORE, "destination": "gs://exports-bkt/a", "requestId": "r1"}, STORES_RULE),
+    ({"store": "main", "destination": "gs://exports-bkt/a", "studies": ["x"], "requestId": "r1"}, None),
+    ({"store": "main", "destination": "gs://attacker-bkt/loot", "bogus": 1, "requestId": "r1"}, None),
+], ids=["destination outside", "unknown alias, other destination", "other full store name", "malformed UID",
+        "unknown field"])
+
+
+def other_reason_refusal(s: Setup, monkeypatch, other: dict, rule: str | None) -> dict:
+    """``other`` (reusing r1, refused) on Pub/Sub: its REJECTED result, recorded as a conflict, not as r1's."""
+    instance = SimpleNamespace(config=SimpleNamespace(stores={"main": STORE}), exports=s.job, api=s.api)
+    monkeypatch.setattr(runtime, "get", lambda: instance)
+    entrypoints.export_request(export_event(other))
+    entrypoints.export_request(export_event(other))  # redelivered: no second result
+    [(_, message, attributes)] = s.publisher.messages
+    validate(message, attributes)
+    tag = RefusedMessage(json.dumps(other).encode(), {"main": STORE}).tag
+    assert message["outcome"] == "REJECTED" and message["requestId"] == "r1" and message["operation"] is None
+    assert message["requestIdConflict"] == attributes["requestIdConflict"] == tag
+    assert message["error"].get("rule") == rule
+    assert s.store.read(conflict_path("r1", tag)).data["result"] == message
+    return message
+
+
+@OTHER_REASONS
+def test_a_request_refused_for_another_reason_never_ends_an_export_whose_call_must_be_retried(monkeypatch, other,
+                                                                                               rule):
+    """The export's call met a 503 (its claim released): a refused request reusing its id must not conclude it."""
+    s = Setup()
+    original = ExportRequest.build(store=STORE, destination="gs://exports-bkt/a", request_id="r1")
+    s.api.import_errors.append(ApiError(503, "UNAVAILABLE", "try later"))
+    with pytest.raises(RetryLater, match="not accepted yet"):
+        s.job.run(original, Deadline(60))
+    assert s.store.read("exports/r1.json").data["state"] == STARTING and s.api.exports == []
+    other_reason_refusal(s, monkeypatch, other, rule)
+    assert s.store.read("exports/r1.json").data["state"] == STARTING
+    with pytest.raises(RetryLater, match="still running"):
+        s.job.run(original, Deadline(60))
+    [operation] = s.api.operations
+    s.api.finish(operation, success=5)
+    result = s.job.run(original, Deadline(60))
+    assert result["outcome"] == "SUCCEEDED" and result["requestIdConflict"] is None and len(s.api.exports) == 1
+    assert len(s.publisher.messages) == 2
+
+
+@OTHER_REASONS
+def test_a_request_refused_for_another_reason_never_follows_a_running_export(monkeypatch, other, rule):
+    s = Setup()
+    original = ExportRequest.build(store=STORE, destination="gs://exports-bkt/a", request_id="r1")
+    with pytest.raises(RetryLater, match="still running"):
+        s.job.run(original, Deadline(60))
+    other_reason_refusal(s, monkeypatch, other, rule)  # at once: it does not wait for the export's end
+    [operation] = s.api.operations
+    s.api.finish(operation, success=5)
+    assert s.job.run(original, Deadline(60))["outcome"] == "SUCCEEDED" and len(s.api.exports) == 1
+    _, (_, export, _) = s.publisher.messages
+    assert export["outcome"] == "SUCCEEDED" and export["requestIdConflict"] is None
+
+
+def test_an_exports_own_redelivery_after_its_destination_left_the_allow_list_ends_it_if_never_called(monkeypatch):
+    """Same arguments (its fingerprint): the message is the export's own, so its refusal is the id's result."""
+    s = Setup()
+    original = ExportRequest.build(store=STORE, destination="gs://exports-bkt/a", request_id="r1")
+    s.api.import_errors.append(ApiError(503, "UNAVAILABLE", "try later"))
+    with pytest.raises(RetryLater, match="not accepted yet"):
+        s.job.run(original, Deadline(60))
+    s.job.destinations = ("gs://exports-bkt/other/",)
+    instance = SimpleNamespace(config=SimpleNamespace(stores={"main": STORE}), exports=s.job, api=s.api)
+    monkeypatch.setattr(runtime, "get", lambda: instance)
+    entrypoints.export_request(export_event({"store": "main", "destination": "gs://exports-bkt/a", "requestId": "r1"}))
+    [(_, message, _)] = s.publisher.messages
+    assert message["outcome"] == "REJECTED" and message["requestIdConflict"] is None
+    assert message["error"]["rule"] == DESTINATIONS_RULE
+    assert s.store.read("exports/r1.json").data["result"] == message and s.api.exports == []
 
 
 def test_a_refused_request_waits_for_a_call_in_flight_and_rejects_one_never_made(monkeypatch):
