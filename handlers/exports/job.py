@@ -133,7 +133,8 @@ class ExportJob:
             on_page: OnPage | None = None) -> dict[str, Any]:
         """The published result message; RetryLater when the budget ends first.
 
-        Until its export call is made, a request is checked against ``destinations``
+        An id refused before (its record made by :meth:`reject`) keeps that result: ExportRequestError saying
+        to use a new id. Until its export call is made, a request is checked against ``destinations``
         (ExportRequestError naming the rule). A new one then has its query searched
         (``page_size`` results a page, ``on_page`` after each) or its paths checked with
         :func:`check_paths_exist` (ExportRequestError when they name nothing in the store).
@@ -141,6 +142,10 @@ class ExportJob:
         path = self.record_path(request)
         worker = new_worker()
         record = self._with_noted_operation(self.store.read(path))
+        if record is not None and record.data.get("refused"):
+            refusal = record.data["result"]["error"]["message"]
+            raise ExportRequestError(f"requestId {request.request_id} was refused before ({refusal}) and keeps that "
+                                     "REJECTED result: send the request again with a new requestId")
         if record is not None:  # first: another request's refusal must not be taken for this export's (reject())
             check_same_request(request, record.data)
         if record is None or record.data["state"] == STARTING:
@@ -341,8 +346,8 @@ class ExportJob:
         The id is the export's: an export whose call was made (its operation noted, or its call claimed less than
         ABANDONED_AFTER_SECONDS ago) is followed to its own result instead (RetryLater until it ends), and an id that
         already has a result keeps it; only a new id, or one whose call was never made, is concluded REJECTED. A new
-        id's record is created with the REJECTED result in it, so a valid request reusing the id meanwhile publishes
-        that result (or waits for its publisher) and never calls export.
+        id's record is created with the REJECTED result in it (and ``refused``), so a valid request reusing the id,
+        meanwhile or later, never calls export: :meth:`run` refuses it, telling it to use a new id.
         """
         path = conflict_path(request_id, conflict) if conflict else f"exports/{request_id}.json"
         worker = new_worker()
@@ -359,8 +364,8 @@ class ExportJob:
             # Created with its result frozen: a record of this id is never STARTING without a request to call.
             message, attributes = rejection_message(request_id, store, destination, reason, self.clock(),
                                                     rule, conflict)
-            data = self.reporter.frozen({"requestId": request_id, "requestedAt": self.clock()}, message, attributes,
-                                        worker)
+            data = self.reporter.frozen({"requestId": request_id, "requestedAt": self.clock(), "refused": True},
+                                        message, attributes, worker)
             try:
                 record = Document(data, self.store.create(path, data))
                 break
@@ -431,13 +436,15 @@ def rejection_message(request_id: str, store: str | None, destination: str | Non
     """A REJECTED result; ``conflict``: the tag of a request refused for reusing an export's id (RequestIdConflict)."""
     if rule is None:
         error: dict[str, Any] = {"code": 400, "status": "INVALID_ARGUMENT", "message": reason}
-        hint = "fix the request and send it again"
+        hint = f"fix the request and send it again with a new requestId ({request_id} keeps this result)"
     elif rule == CAP_RULE:
         error = {"code": 400, "status": "INVALID_ARGUMENT", "message": reason, "rule": rule}
-        hint = f"narrow the query, or have the operators raise {rule} in config.yaml"
+        hint = (f"narrow the query, or have the operators raise {rule} in config.yaml, then send the request again "
+                f"with a new requestId ({request_id} keeps this result)")
     else:
         error = {"code": 403, "status": "PERMISSION_DENIED", "message": reason, "rule": rule}
-        hint = f"refused by {rule} in config.yaml: request an allowed value, or have the operators change {rule}"
+        hint = (f"refused by {rule} in config.yaml: request an allowed value, or have the operators change {rule}, "
+                f"then send the request again with a new requestId ({request_id} keeps this result)")
     data = {
         "schema": EXPORT_SCHEMA, "outcome": REJECTED, "requestId": request_id, "store": store,
         "destination": destination, "mimeType": None, "filter": None, "operation": None,

@@ -385,6 +385,51 @@ def test_a_refused_request_waits_for_a_call_in_flight_and_rejects_one_never_made
     assert len(s.publisher.messages) == 1
 
 
+def test_an_id_refused_on_pubsub_keeps_its_result_and_a_corrected_request_is_told_to_use_a_new_id(
+        tmp_path, monkeypatch, capsys):
+    s = Setup()
+    instance = SimpleNamespace(config=SimpleNamespace(stores={"main": STORE}), exports=s.job, api=s.api)
+    monkeypatch.setattr(runtime, "get", lambda: instance)
+    entrypoints.export_request(export_event({"store": "main", "destination": "gs://attacker-bkt/x", "requestId": "r9"}))
+    [(_, refusal, _)] = s.publisher.messages
+    assert refusal["outcome"] == "REJECTED" and refusal["hint"] == (
+        "refused by exports.destinations in config.yaml: request an allowed value, or have the operators change "
+        "exports.destinations, then send the request again with a new requestId (r9 keeps this result)")
+    corrected = {"store": "main", "destination": "gs://exports-bkt/x", "requestId": "r9"}
+    with pytest.raises(ExportRequestError, match=r"^requestId r9 was refused before \(destination gs://attacker-bkt/x "
+                                                 r"is outside .*\) and keeps that REJECTED result: send the request "
+                                                 r"again with a new requestId$"):
+        s.job.run(request_from_message(corrected, {"main": STORE}, "m"), Deadline(60))
+    entrypoints.export_request(export_event(corrected))
+    assert s.api.exports == [] and len(s.publisher.messages) == 1, "nothing exported, the result not published again"
+
+    from handlers.cli import main
+
+    for key, value in {**CONFIG_ENV, "EXPORT_BUCKET": "exports-bkt"}.items():
+        monkeypatch.setenv(key, value)
+    for key in ("STORAGE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "HEALTHCARE_EMULATOR_HOST"):
+        monkeypatch.delenv(key, raising=False)
+    config = tmp_path / "c.yaml"
+    config.write_text(BASE)
+    monkeypatch.setattr(runtime.Runtime, "exports", property(lambda self: s.job))
+    capsys.readouterr()
+    code = main(["--config", str(config), "export", "--store", "main", "--to", "gs://exports-bkt/x", "--request-id", "r9"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: requestId r9 was refused before (destination gs://attacker-bkt/x is ")
+    assert err.endswith("and keeps that REJECTED result: send the request again with a new requestId\n")
+    assert s.api.exports == [] and len(s.publisher.messages) == 1
+
+
+def test_every_refusal_hint_says_to_use_a_new_request_id():
+    from handlers.exports.job import rejection_message
+    from handlers.exports.query import CAP_RULE
+
+    for rule in (None, CAP_RULE, DESTINATIONS_RULE, STORES_RULE):
+        message, _ = rejection_message("r1", STORE, None, "refused", 0.0, rule)
+        assert message["hint"].endswith("send the request again with a new requestId (r1 keeps this result)") or (
+            message["hint"] == "fix the request and send it again with a new requestId (r1 keeps this result)")
+
+
 # -- the CLI: one line, exit 1, no call ----------------------------------------------------------------------
 
 def test_the_cli_refuses_a_destination_outside_in_one_line(tmp_path, monkeypatch, capsys):

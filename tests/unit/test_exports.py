@@ -217,16 +217,17 @@ def test_invalid_request_is_reported_once_even_when_redelivered():
     assert len(s.publisher.messages) == 1
 
 
-def test_a_valid_request_reusing_the_id_of_a_refusal_being_reported_waits_for_it_and_calls_nothing():
+def test_a_valid_request_reusing_the_id_of_a_refusal_being_reported_is_refused_and_calls_nothing():
     s = Setup()
     valid = ExportRequest.build(store=STORE, destination="gs://out-bkt/dir", studies=["1.2"], request_id="r1")
     real_create, delivered = s.store.create, []
+    keeps = "requestId r1 was refused before .* keeps that REJECTED result: send the request again with a new requestId"
 
     def create_then_deliver(path, data):
         generation = real_create(path, data)
         if path == "exports/r1.json" and not delivered:  # the valid request arrives before the refusal is reported
             delivered.append(path)
-            with pytest.raises(RetryLater, match="another worker is publishing"):
+            with pytest.raises(ExportRequestError, match=keeps):
                 s.new_job().run(valid, Deadline(60))
         return generation
 
@@ -235,8 +236,12 @@ def test_a_valid_request_reusing_the_id_of_a_refusal_being_reported_waits_for_it
     with pytest.raises(RetryLater, match="results topic unavailable"):
         s.job.reject("r1", "main", None, "study UID 'x' is not a DICOM UID", Deadline(60))
     assert delivered and s.api.exports == [] and s.publisher.messages == []
-    result = s.new_job().run(valid, Deadline(60))  # the refusal's publisher released it: published here, once
-    assert result["outcome"] == "REJECTED" and s.api.exports == [] and len(s.publisher.messages) == 1
+    with pytest.raises(ExportRequestError, match=keeps):
+        s.new_job().run(valid, Deadline(60))
+    # the entry point reports the valid request's refusal with reject(): the id's result, published once
+    result = s.job.reject("r1", "main", None, "refused", Deadline(60))
+    assert result["outcome"] == "REJECTED" and result["error"]["message"] == "study UID 'x' is not a DICOM UID"
+    assert s.api.exports == [] and len(s.publisher.messages) == 1
     assert s.job.reject("r1", "main", None, "study UID 'x' is not a DICOM UID", Deadline(60)) == result
     assert len(s.publisher.messages) == 1
 
