@@ -40,9 +40,11 @@ EXPORT_SCHEMA = "dicom-export-result/v1"
 STARTING, RUNNING = "starting", "running"
 
 
-def search_progress_path(request_id: str) -> str:
-    """Where a query's search saves what it found when a delivery's budget ends first (:meth:`ExportJob._search`)."""
-    return f"exports/{request_id}.search.json"
+def search_progress_path(request: ExportRequest) -> str:
+    """Where ``request``'s search saves what it found when a delivery's budget ends first (:meth:`ExportJob._search`):
+    named by its arguments too, like :func:`filter_path`, so requests reusing the id with other queries (all
+    searching until one creates the record) neither overwrite nor delete each other's progress."""
+    return f"exports/{request.request_id}.{request.tag}.search.json"
 
 
 def filter_path(request: ExportRequest) -> str:
@@ -197,7 +199,7 @@ class ExportJob:
             try:
                 paths, query = self._searched(request, request.query, deadline, page_size, on_page)
             except ExportRequestError:
-                self.store.delete(search_progress_path(request.request_id))
+                self.store.delete(search_progress_path(request))
                 raise
         else:
             check_paths_exist(self.api, request, deadline)
@@ -223,7 +225,7 @@ class ExportJob:
                     self.store.delete(filter_path(request))  # no export will read it
                 raise
         if request.query is not None:
-            self.store.delete(search_progress_path(request.request_id))
+            self.store.delete(search_progress_path(request))
         return record  # type: ignore[return-value]
 
     def _searched(self, request: ExportRequest, query: Query, deadline: Deadline, page_size: int | None,
@@ -238,12 +240,12 @@ class ExportJob:
 
     def _search(self, request: ExportRequest, query: Query, deadline: Deadline, page_size: int | None,
                 on_page: OnPage | None) -> Found:
-        """Search ``query`` from where an earlier delivery stopped (``exports/REQUEST_ID.search.json``).
+        """Search ``query`` from where an earlier delivery stopped (:func:`search_progress_path`).
 
         A search longer than one delivery's budget saves what it found before RetryLater, so every
         delivery adds pages instead of starting again at offset 0 (and never finishing).
         """
-        path = search_progress_path(request.request_id)
+        path = search_progress_path(request)
         searched = {"store": request.store, "where": query.where, "level": query.level}
         saved = self.store.read(path)
         resume = None

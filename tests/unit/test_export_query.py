@@ -15,7 +15,7 @@ from cloudevents.http import CloudEvent
 from handlers import entrypoints, runtime
 from handlers.batch.reporting import Reporter
 from handlers.clients.healthcare import ApiError
-from handlers.exports.job import ExportJob, filter_path
+from handlers.exports.job import ExportJob, filter_path, search_progress_path
 from handlers.exports.query import CAP_RULE, Query, search_paths
 from handlers.exports.request import ExportRequest, ExportRequestError, request_from_message
 from handlers.retry import Deadline, RetryLater
@@ -215,10 +215,10 @@ def test_a_search_longer_than_one_delivery_resumes_where_the_last_delivery_stopp
     for delivery in range(2):
         with pytest.raises(RetryLater, match="the search resumes there on the next delivery"):
             job.run(request, Deadline(60), page_size=2)
-    assert store.doc("exports/q5.search.json")["paths"] == [f"/studies/1.{n}" for n in range(7)]
+    assert store.doc(search_progress_path(request))["paths"] == [f"/studies/1.{n}" for n in range(7)]
     with pytest.raises(RetryLater, match="still running"):
         job.run(request, Deadline(60), page_size=2)
-    assert "exports/q5.search.json" not in store.docs, "the record and filter file hold the search: progress deleted"
+    assert search_progress_path(request) not in store.docs, "the record and filter file hold the search: progress deleted"
     assert [params["offset"] for _, params in api.qido.requests] == ["0", "2", "4", "6", "7"]
     assert store.blobs[filter_path(request)][0].decode().splitlines() == [f"/studies/1.{n}" for n in range(7)]
     api.finish(next(iter(api.operations)), success=7)
@@ -232,21 +232,42 @@ def test_the_progress_of_a_search_refused_on_a_later_delivery_is_deleted():
     request = ExportRequest.build(store=STORE, destination="gs://out/x", request_id="q7", query=Query.parse(WHERE))
     with pytest.raises(RetryLater, match="the search resumes there on the next delivery"):
         job.run(request, Deadline(60), page_size=2)
-    assert "exports/q7.search.json" in store.docs
+    assert search_progress_path(request) in store.docs
     with pytest.raises(ExportRequestError, match=CAP_RULE):
         job.run(request, Deadline(60), page_size=2)
-    assert "exports/q7.search.json" not in store.docs, "a refused query is never resumed"
+    assert search_progress_path(request) not in store.docs, "a refused query is never resumed"
 
 
 def test_saved_progress_of_another_query_under_the_same_id_is_not_resumed():
     api = QueryApi([study("1.1"), study("1.2")])
     job, store, _ = job_for(api)
-    store.create("exports/q6.search.json", {"store": STORE, "where": "Modality=MR", "level": "study",
-                                            "paths": ["/studies/9.9"], "pages": 1})
     request = ExportRequest.build(store=STORE, destination="gs://out/x", request_id="q6", query=Query.parse(WHERE))
+    store.create(search_progress_path(request), {"store": STORE, "where": "Modality=MR", "level": "study",
+                                                 "paths": ["/studies/9.9"], "pages": 1})
     with pytest.raises(RetryLater, match="still running"):
         job.run(request, Deadline(60))
     assert store.blobs[filter_path(request)][0] == b"/studies/1.1\n/studies/1.2\n"
+
+
+def test_requests_reusing_an_id_with_other_queries_keep_their_own_search_progress():
+    """Both search until one creates the record: neither overwrites, resumes or deletes the other's progress."""
+    api = SlowQidoApi([study(f"1.{n}") for n in range(7)], pages_per_delivery=1)
+    job, store, _ = job_for(api, cap=5)
+    first = ExportRequest.build(store=STORE, destination="gs://out/x", request_id="q8", query=Query.parse(WHERE))
+    other = ExportRequest.build(store=STORE, destination="gs://out/x", request_id="q8",
+                                query=Query.parse("ModalitiesInStudy=CT"))
+    with pytest.raises(RetryLater, match="the search resumes there on the next delivery"):
+        job.run(first, Deadline(60), page_size=2)
+    saved = store.doc(search_progress_path(first))
+    assert saved["paths"] == ["/studies/1.0", "/studies/1.1"]
+    with pytest.raises(RetryLater, match="the search resumes there on the next delivery"):
+        job.run(other, Deadline(60), page_size=2)
+    assert store.doc(search_progress_path(first)) == saved
+    with pytest.raises(RetryLater, match="the search resumes there on the next delivery"):
+        job.run(other, Deadline(60), page_size=2)
+    with pytest.raises(ExportRequestError, match=CAP_RULE):  # refused: it deletes its own progress, only that
+        job.run(other, Deadline(60), page_size=2)
+    assert search_progress_path(other) not in store.docs and store.doc(search_progress_path(first)) == saved
 
 
 def test_a_query_matching_nothing_is_refused_before_anything_is_written():
@@ -301,7 +322,7 @@ def test_an_export_by_patient_keeps_the_query_as_written_only_in_the_searchs_pro
     with pytest.raises(RetryLater) as paused:
         job.run(request, Deadline(60), page_size=2)
     assert "DOE" not in str(paused.value)
-    assert store.doc("exports/p1.search.json")["where"] == PATIENT_WHERE, "a resumed search asks the same"
+    assert store.doc(search_progress_path(request))["where"] == PATIENT_WHERE, "a resumed search asks the same"
     while not api.operations:
         with pytest.raises(RetryLater):
             job.run(request, Deadline(60), page_size=2)
