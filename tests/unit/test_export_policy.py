@@ -205,6 +205,20 @@ def test_a_known_request_id_cannot_smuggle_a_new_destination_before_the_call():
 
 # -- the Pub/Sub entry point: a REJECTED result naming the rule ---------------------------------------------
 
+def serve(s: Setup, monkeypatch) -> None:
+    """The entry points use ``s``'s job and API; the config knows the store alias ``main``."""
+    instance = SimpleNamespace(config=SimpleNamespace(stores={"main": STORE}), exports=s.job, api=s.api)
+    monkeypatch.setattr(runtime, "get", lambda: instance)
+
+
+def running_export(s: Setup) -> ExportRequest:
+    """Request r1 (main to gs://exports-bkt/a), its export call made and running."""
+    original = ExportRequest.build(store=STORE, destination="gs://exports-bkt/a", request_id="r1")
+    with pytest.raises(RetryLater, match="still running"):
+        s.job.run(original, Deadline(60))
+    return original
+
+
 def export_event(body: dict) -> CloudEvent:
     data = {"message": {"data": base64.b64encode(json.dumps(body).encode()).decode(), "messageId": "m-7"}}
     return CloudEvent({"type": "google.cloud.pubsub.topic.v1.messagePublished", "source": "//pubsub", "id": "e-1"},
@@ -219,8 +233,7 @@ def export_event(body: dict) -> CloudEvent:
 ])
 def test_a_refused_pubsub_request_gets_a_rejected_result_naming_the_rule(monkeypatch, body, rule, fragment):
     s = Setup()
-    instance = SimpleNamespace(config=SimpleNamespace(stores={"main": STORE}), exports=s.job, api=s.api)
-    monkeypatch.setattr(runtime, "get", lambda: instance)
+    serve(s, monkeypatch)
     entrypoints.export_request(export_event(body))
     assert s.api.searches == [] and s.api.exports == []
     [(topic, message, attributes)] = s.publisher.messages
@@ -233,8 +246,7 @@ def test_a_refused_pubsub_request_gets_a_rejected_result_naming_the_rule(monkeyp
 
 def test_a_malformed_request_names_no_rule(monkeypatch):
     s = Setup()
-    instance = SimpleNamespace(config=SimpleNamespace(stores={"main": STORE}), exports=s.job, api=s.api)
-    monkeypatch.setattr(runtime, "get", lambda: instance)
+    serve(s, monkeypatch)
     entrypoints.export_request(export_event({"store": "main", "destination": "gs://exports-bkt/x", "studies": ["x"]}))
     [(_, message, _)] = s.publisher.messages
     validate(message)
@@ -247,11 +259,8 @@ def test_a_malformed_request_names_no_rule(monkeypatch):
 def test_a_refused_request_reusing_a_running_exports_id_gets_that_exports_result_once(monkeypatch, refused):
     """The refused message may be the export's own, redelivered after config changed: it follows the export."""
     s = Setup()
-    original = ExportRequest.build(store=STORE, destination="gs://exports-bkt/a", request_id="r1")
-    with pytest.raises(RetryLater, match="still running"):
-        s.job.run(original, Deadline(60))
-    instance = SimpleNamespace(config=SimpleNamespace(stores={"main": STORE}), exports=s.job, api=s.api)
-    monkeypatch.setattr(runtime, "get", lambda: instance)
+    original = running_export(s)
+    serve(s, monkeypatch)
     with pytest.raises(ServiceUnavailable):
         entrypoints.export_request(export_event(refused))
     assert s.publisher.messages == [], "no REJECTED while the export copies data"
@@ -268,11 +277,8 @@ def test_a_refused_request_reusing_a_running_exports_id_gets_that_exports_result
 
 def test_a_request_reusing_an_exports_id_with_other_arguments_gets_its_own_rejected_result_once(monkeypatch):
     s = Setup()
-    original = ExportRequest.build(store=STORE, destination="gs://exports-bkt/a", request_id="r1")
-    with pytest.raises(RetryLater, match="still running"):
-        s.job.run(original, Deadline(60))
-    instance = SimpleNamespace(config=SimpleNamespace(stores={"main": STORE}), exports=s.job, api=s.api)
-    monkeypatch.setattr(runtime, "get", lambda: instance)
+    original = running_export(s)
+    serve(s, monkeypatch)
     other = {"store": "main", "destination": "gs://exports-bkt/b", "requestId": "r1"}
     entrypoints.export_request(export_event(other))
     entrypoints.export_request(export_event(other))  # redelivered: no second result
@@ -305,8 +311,7 @@ OTHER_REASONS = pytest.mark.parametrize("other, rule", [
 
 def other_reason_refusal(s: Setup, monkeypatch, other: dict, rule: str | None) -> dict:
     """``other`` (reusing r1, refused) on Pub/Sub: its REJECTED result, recorded as a conflict, not as r1's."""
-    instance = SimpleNamespace(config=SimpleNamespace(stores={"main": STORE}), exports=s.job, api=s.api)
-    monkeypatch.setattr(runtime, "get", lambda: instance)
+    serve(s, monkeypatch)
     entrypoints.export_request(export_event(other))
     entrypoints.export_request(export_event(other))  # redelivered: no second result
     [(_, message, attributes)] = s.publisher.messages
@@ -343,9 +348,7 @@ def test_a_request_refused_for_another_reason_never_ends_an_export_whose_call_mu
 @OTHER_REASONS
 def test_a_request_refused_for_another_reason_never_follows_a_running_export(monkeypatch, other, rule):
     s = Setup()
-    original = ExportRequest.build(store=STORE, destination="gs://exports-bkt/a", request_id="r1")
-    with pytest.raises(RetryLater, match="still running"):
-        s.job.run(original, Deadline(60))
+    original = running_export(s)
     other_reason_refusal(s, monkeypatch, other, rule)  # at once: it does not wait for the export's end
     [operation] = s.api.operations
     s.api.finish(operation, success=5)
@@ -362,8 +365,7 @@ def test_an_exports_own_redelivery_after_its_destination_left_the_allow_list_end
     with pytest.raises(RetryLater, match="not accepted yet"):
         s.job.run(original, Deadline(60))
     s.job.destinations = ("gs://exports-bkt/other/",)
-    instance = SimpleNamespace(config=SimpleNamespace(stores={"main": STORE}), exports=s.job, api=s.api)
-    monkeypatch.setattr(runtime, "get", lambda: instance)
+    serve(s, monkeypatch)
     entrypoints.export_request(export_event({"store": "main", "destination": "gs://exports-bkt/a", "requestId": "r1"}))
     [(_, message, _)] = s.publisher.messages
     assert message["outcome"] == "REJECTED" and message["requestIdConflict"] is None
@@ -388,8 +390,7 @@ def test_a_refused_request_waits_for_a_call_in_flight_and_rejects_one_never_made
 def test_an_id_refused_on_pubsub_keeps_its_result_and_a_corrected_request_is_told_to_use_a_new_id(
         tmp_path, monkeypatch, capsys):
     s = Setup()
-    instance = SimpleNamespace(config=SimpleNamespace(stores={"main": STORE}), exports=s.job, api=s.api)
-    monkeypatch.setattr(runtime, "get", lambda: instance)
+    serve(s, monkeypatch)
     entrypoints.export_request(export_event({"store": "main", "destination": "gs://attacker-bkt/x", "requestId": "r9"}))
     [(_, refusal, _)] = s.publisher.messages
     assert refusal["outcome"] == "REJECTED" and refusal["hint"] == (
