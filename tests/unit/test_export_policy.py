@@ -406,12 +406,7 @@ def test_an_id_refused_on_pubsub_keeps_its_result_and_a_corrected_request_is_tol
 
     from handlers.cli import main
 
-    for key, value in {**CONFIG_ENV, "EXPORT_BUCKET": "exports-bkt"}.items():
-        monkeypatch.setenv(key, value)
-    for key in ("STORAGE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "HEALTHCARE_EMULATOR_HOST"):
-        monkeypatch.delenv(key, raising=False)
-    config = tmp_path / "c.yaml"
-    config.write_text(BASE)
+    config = cli_config(tmp_path, monkeypatch)
     monkeypatch.setattr(runtime.Runtime, "exports", property(lambda self: s.job))
     capsys.readouterr()
     code = main(["--config", str(config), "export", "--store", "main", "--to", "gs://exports-bkt/x", "--request-id", "r9"])
@@ -433,15 +428,20 @@ def test_every_refusal_hint_says_to_use_a_new_request_id():
 
 # -- the CLI: one line, exit 1, no call ----------------------------------------------------------------------
 
-def test_the_cli_refuses_a_destination_outside_in_one_line(tmp_path, monkeypatch, capsys):
-    from handlers.cli import main
-
+def cli_config(tmp_path, monkeypatch):
+    """A config file for the CLI, with the deployed environment and no emulator."""
     for key, value in {**CONFIG_ENV, "EXPORT_BUCKET": "exports-bkt"}.items():
         monkeypatch.setenv(key, value)
     for key in ("STORAGE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "HEALTHCARE_EMULATOR_HOST"):
         monkeypatch.delenv(key, raising=False)
     config = tmp_path / "c.yaml"
     config.write_text(BASE)
+    return config
+
+def test_the_cli_refuses_a_destination_outside_in_one_line(tmp_path, monkeypatch, capsys):
+    from handlers.cli import main
+
+    config = cli_config(tmp_path, monkeypatch)
     monkeypatch.setattr(runtime.Runtime, "api", property(lambda self: pytest.fail("the API was called")))
     code = main(["--config", str(config), "export", "--store", "main", "--to", "gs://attacker-bkt/loot"])
     err = capsys.readouterr().err
