@@ -37,6 +37,8 @@ readonly TRIGGER_RETENTION=7d
 readonly FOLLOWUP_MAX_DELIVERY_ATTEMPTS=100   # Pub/Sub's maximum
 # --followup-budget: a delivery needs time after its budget to hand over within FUNCTION_TIMEOUT.
 readonly MAX_FOLLOWUP_BUDGET=480
+# --failure-logs-wait, --failure-verify: spread over deliveries (each hands over), an hour at most.
+readonly MAX_FAILURE_SECONDS=3600
 # 100 attempts at most 600 s apart cover at least this many hours of
 # redelivery before a follow-up is dead-lettered (more when runs are long).
 readonly DEAD_LETTER_RETENTION=7d
@@ -100,6 +102,10 @@ Options:
                                                                                 [FUNCTION_CPU]
   --followup-budget SECONDS how long one follow-up, export or reconcile delivery works before
                             handing over to the next, 1..480 (default 240)  [FOLLOWUP_BUDGET_SECONDS]
+  --failure-logs-wait SECONDS  how long a batch with failures waits for Cloud Logging to list
+                            them, 1..3600 (default 60)            [FAILURE_LOGS_WAIT_SECONDS]
+  --failure-verify SECONDS  the budget for finding the failures Cloud Logging does not list,
+                            1..3600 (default 120)                    [FAILURE_VERIFY_SECONDS]
   --config PATH             rules file, relative to the repository (default config.yaml);
                             another file is passed as DICOM_IMPORT_CONFIG [DICOM_IMPORT_CONFIG]
   --alert-email ADDR        notify ADDR when an alert policy fires (repeatable; creates an
@@ -119,7 +125,7 @@ Options:
 
 Topic flags take a topic ID or projects/PROJECT/topics/ID; bucket flags take NAME or gs://NAME.
 Before any call the config is checked as the functions load it (python -m handlers check-config
-with their environment; Python: $PYTHON, else .venv/bin/python, else python3).
+with their environment; Python: \$PYTHON, else .venv/bin/python, else python3).
 Flags win over environment variables. Exit status: 0 done, 1 a command failed, 2 bad input.
 EOF
 }
@@ -313,6 +319,8 @@ parse_args() {
   MEMORY=${FUNCTION_MEMORY:-512Mi}
   CPU=${FUNCTION_CPU:-1}
   FOLLOWUP_BUDGET=${FOLLOWUP_BUDGET_SECONDS:-}
+  FAILURE_LOGS_WAIT=${FAILURE_LOGS_WAIT_SECONDS:-}
+  FAILURE_VERIFY=${FAILURE_VERIFY_SECONDS:-}
   CONFIG_IN=${DICOM_IMPORT_CONFIG:-config.yaml}
   ALERT_EMAILS_IN=${ALERT_EMAILS:-}
   ALERT_CHANNELS_IN=${ALERT_CHANNELS:-}
@@ -352,6 +360,8 @@ parse_args() {
       --memory) MEMORY=${value} ;;
       --cpu) CPU=${value} ;;
       --followup-budget) FOLLOWUP_BUDGET=${value} ;;
+      --failure-logs-wait) FAILURE_LOGS_WAIT=${value} ;;
+      --failure-verify) FAILURE_VERIFY=${value} ;;
       --config) CONFIG_IN=${value} ;;
       --alert-email) ALERT_EMAILS_FLAG+=" ${value}" ;;
       --alert-channel) ALERT_CHANNELS_FLAG+=" ${value}" ;;
@@ -477,6 +487,8 @@ validate() {
   [[ ${CPU} =~ ^([0-9]+(\.[0-9]+)?|\.[0-9]+|[0-9]+m)$ ]] \
     || die_usage "--cpu '${CPU}' is not a CPU count, e.g. --cpu 1, --cpu 2, --cpu 1000m"
   [[ -z ${FOLLOWUP_BUDGET} ]] || positive_int --followup-budget "${FOLLOWUP_BUDGET}" "${MAX_FOLLOWUP_BUDGET}"
+  [[ -z ${FAILURE_LOGS_WAIT} ]] || positive_int --failure-logs-wait "${FAILURE_LOGS_WAIT}" "${MAX_FAILURE_SECONDS}"
+  [[ -z ${FAILURE_VERIFY} ]] || positive_int --failure-verify "${FAILURE_VERIFY}" "${MAX_FAILURE_SECONDS}"
   if (( CONCURRENCY > 1 )) && ! cpu_at_least_one "${CPU}"; then
     die_usage "--concurrency ${CONCURRENCY} needs at least 1 vCPU: pass --cpu 1 (or more), or --concurrency 1"
   fi
@@ -887,6 +899,8 @@ function_env() {
   [[ -z ${EXPORT} ]] || FUNCTION_ENV+=("EXPORT_BUCKET=${EXPORT}")
   [[ ${CONFIG_REL} == config.yaml ]] || FUNCTION_ENV+=("DICOM_IMPORT_CONFIG=${CONFIG_REL}")
   [[ -z ${FOLLOWUP_BUDGET} ]] || FUNCTION_ENV+=("FOLLOWUP_BUDGET_SECONDS=${FOLLOWUP_BUDGET}")
+  [[ -z ${FAILURE_LOGS_WAIT} ]] || FUNCTION_ENV+=("FAILURE_LOGS_WAIT_SECONDS=${FAILURE_LOGS_WAIT}")
+  [[ -z ${FAILURE_VERIFY} ]] || FUNCTION_ENV+=("FAILURE_VERIFY_SECONDS=${FAILURE_VERIFY}")
 }
 
 # env_vars: the functions' environment as --set-env-vars takes it (KEY=VALUE,KEY=VALUE).

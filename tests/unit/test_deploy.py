@@ -758,6 +758,17 @@ def test_followup_budget_reaches_every_function_and_survives_redeploys(env):
     assert all("FOLLOWUP_BUDGET_SECONDS" not in env_vars(c) for c in deploys(default).values())
 
 
+def test_failure_budgets_reach_every_function_and_survive_redeploys(env):
+    run = ok(deploy(env, *REQUIRED, "--failure-logs-wait", "300", FAILURE_VERIFY_SECONDS="600"))
+    for command in deploys(run).values():
+        assert (env_vars(command).get("FAILURE_LOGS_WAIT_SECONDS"), env_vars(command).get("FAILURE_VERIFY_SECONDS")) \
+            == ("300", "600")
+    env["log"].unlink()
+    default = ok(deploy(env, *REQUIRED))
+    assert all({"FAILURE_LOGS_WAIT_SECONDS", "FAILURE_VERIFY_SECONDS"}.isdisjoint(env_vars(c))
+               for c in deploys(default).values())
+
+
 # ---------------------------------------------------------------- monitoring (monitoring/)
 
 MONITORING = REPO / "monitoring"
@@ -1272,6 +1283,8 @@ BAD_INPUT = [
     pytest.param(REQUIRED + ["--reconcile-topic", "dicom-import-results"], "--reconcile-topic",
                  id="reconcile-topic-collides"),
     pytest.param(REQUIRED + ["--followup-budget", "4m"], "--followup-budget", id="followup-budget-unit"),
+    pytest.param(REQUIRED + ["--failure-logs-wait", "0"], "--failure-logs-wait", id="failure-logs-wait-zero"),
+    pytest.param(REQUIRED + ["--failure-verify", "7200"], "--failure-verify", id="failure-verify-above-an-hour"),
     pytest.param(REQUIRED + ["--followup-budget", "600"], "--followup-budget", id="followup-budget-over-timeout"),
     pytest.param(REQUIRED + ["--hash-key-secret", f"projects/{PROJECT}/secrets/k"], "--hash-key-secret",
                  id="hash-key-secret-not-an-id"),
@@ -1330,11 +1343,14 @@ def test_without_a_python_to_check_the_config_nothing_is_called(env):
 
 
 def test_help_exits_0_and_lists_every_flag(env):
+    without_python = {key: value for key, value in env["vars"].items() if key != "PYTHON"}
+    assert ok(deploy({**env, "vars": without_python}, "--help")).stdout.count("$PYTHON") == 1  # set -u: not expanded
     run = ok(deploy(env, "--help"))
     for name in ("--project", "--region", "--inbox-bucket", "--state-bucket", "--dicom-store", "--results-topic",
                  "--followup-topic", "--export-requests-topic", "--reconcile-topic", "--reconcile-schedule",
                  "--export-bucket", "--concurrency",
-                 "--max-instances", "--memory", "--cpu", "--followup-budget", "--config", "--alert-email", "--alert-channel", "--kms-key",
+                 "--max-instances", "--memory", "--cpu", "--followup-budget", "--failure-logs-wait", "--failure-verify",
+                 "--config", "--alert-email", "--alert-channel", "--kms-key",
                  "--results-table", "--hash-key-secret", "--dry-run"):
         assert name in run.stdout, name
     assert run.calls == []
