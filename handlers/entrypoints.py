@@ -186,7 +186,7 @@ def export_request(event: Any) -> None:
     instance = runtime.get()
     try:
         body = json.loads(message.data or b"null")
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # RecursionError: nested too deep
         body = None
     deadline = Deadline(_followup_budget())
     try:

@@ -64,7 +64,7 @@ class Query:
     @classmethod
     def parse(cls, where: Any, level: Any = "study") -> "Query":
         """Validate ``KEY=VALUE&KEY=VALUE``; ExportRequestError naming the part and the fix."""
-        if level not in LEVELS:
+        if not isinstance(level, str) or level not in LEVELS:
             raise ExportRequestError(f"query level {level!r} must be one of {', '.join(LEVELS)}")
         if not isinstance(where, str) or not where.strip().lstrip("?"):
             raise ExportRequestError("the query is empty: give QIDO-RS parameters such as "

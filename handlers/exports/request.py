@@ -196,6 +196,9 @@ def request_from_message(body: Any, stores: Mapping[str, str], default_id: str) 
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ExportRequestError(f"'{key}' must be a list of strings")
         lists[key] = value
+    for key in ("requestId", "mimeType"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            raise ExportRequestError(f"'{key}' must be a string")
     filter_lines = parse_filter_lines("\n".join(lists["filterLines"]), "filterLines")
     query = None
     if "query" in body or "queryLevel" in body:
@@ -220,7 +223,7 @@ class RefusedMessage:
         try:
             body = json.loads(self.data or b"null")
             return request_from_message(body, stores, "refused")
-        except (UnicodeDecodeError, json.JSONDecodeError, ExportRequestError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ExportRequestError):
             return None
 
     @property
@@ -240,7 +243,7 @@ class RefusedMessage:
         stores = self.stores
         try:
             named = json.loads(self.data or b"null").get("store")
-        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, AttributeError):
             return False
         if isinstance(named, str) and named not in stores and named not in stores.values():
             stores = {named: named if "/" in named else str(recorded.get("store"))}  # a full name means itself

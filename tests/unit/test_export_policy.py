@@ -450,3 +450,43 @@ def test_the_cli_refuses_a_destination_outside_in_one_line(tmp_path, monkeypatch
         f"one of those folders, or add the folder to exports.destinations in {config} and redeploy\n")
     code = main(["--config", str(config), "export", "--store", OTHER_STORE, "--to", "gs://exports-bkt/x"])
     assert code == 1 and "is not one of the stores in config.yaml" in capsys.readouterr().err
+
+
+def raw_export_event(data: bytes) -> CloudEvent:
+    message = {"message": {"data": base64.b64encode(data).decode(), "messageId": "m-7"}}
+    return CloudEvent({"type": "google.cloud.pubsub.topic.v1.messagePublished", "source": "//pubsub", "id": "e-1"},
+                      message)
+
+
+VALID = {"store": "main", "destination": "gs://exports-bkt/x"}
+
+
+@pytest.mark.parametrize("data, request_id", [
+    (b"not json", "m-7"), (b"\xff\xfe\x00", "m-7"), (b"", "m-7"), (b"null", "m-7"), (b"[1, 2]", "m-7"),
+    (b'"export"', "m-7"), (b"[" * 100_000, "m-7"), (json.dumps({"requestId": "r-1"}).encode(), "r-1"),
+    *[(json.dumps({**VALID, "requestId": rid}).encode(), "m-7") for rid in (5, True, ["a"], {"a": 1}, "bad id!")],
+    (json.dumps({**VALID, "mimeType": 5, "requestId": "r-1"}).encode(), "r-1"),
+    (json.dumps({**VALID, "mimeType": ["image/png"]}).encode(), "m-7"),
+    (json.dumps({**VALID, "query": "StudyDate=20260101", "queryLevel": ["study"]}).encode(), "m-7"),
+], ids=["not-json", "not-utf8", "empty", "null", "list", "string", "deeply-nested", "no-store",
+        "id-int", "id-bool", "id-list", "id-object", "id-bad-chars", "mime-int", "mime-list", "level-list"])
+def test_a_malformed_pubsub_request_is_rejected_once_never_retried(monkeypatch, capsys, data, request_id):
+    """Whatever the bytes, a REJECTED result (under the message id when the request has no usable requestId):
+    never an unexpected error, which would be retried until the dead-letter topic."""
+    s = Setup()
+    serve(s, monkeypatch)
+    entrypoints.export_request(raw_export_event(data))
+    assert s.api.searches == [] and s.api.exports == []
+    [(_, message, attributes)] = s.publisher.messages
+    validate(message, attributes)
+    assert message["outcome"] == "REJECTED" and message["requestId"] == request_id
+    assert message["error"]["code"] == 400 and "rule" not in message["error"]
+    assert "Traceback" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("data", [b"[" * 100_000, b"not json", b"[1]", json.dumps({**VALID, "requestId": 5}).encode()],
+                         ids=["deeply-nested", "not-json", "list", "id-int"])
+def test_a_refused_message_that_is_malformed_has_a_digest_tag_and_asks_for_no_export(data):
+    refused = RefusedMessage(data, {"main": STORE})
+    assert len(refused.tag) == 16 and int(refused.tag, 16) >= 0
+    assert not refused.asks_for({"fingerprint": "f" * 64, "store": STORE})
