@@ -195,12 +195,7 @@ def is_ours(record: ProcessRecord) -> bool:
 
 
 def session_of(record: ProcessRecord) -> list[int]:
-    """The live PIDs of ``record``'s session that are provably ours (the ones a stop would signal)."""
-    return _targets(record)
-
-
-def _targets(record: ProcessRecord) -> list[int]:
-    """The PIDs that belong to ``record``'s session and may be signalled."""
+    """The live PIDs of ``record``'s session that are provably ours (the ones a stop signals)."""
     if _other_boot(record):
         return []  # written before a reboot: its PID and session ID now name other processes
     info = proc_info(record.pid)
@@ -213,7 +208,7 @@ def _targets(record: ProcessRecord) -> list[int]:
 def signal_session(record: ProcessRecord, sig: int) -> list[int]:
     """Send ``sig`` to every live process of the record's session; return the PIDs signalled."""
     signalled = []
-    for pid in _targets(record):
+    for pid in session_of(record):
         try:
             os.kill(pid, sig)
             signalled.append(pid)
@@ -235,7 +230,7 @@ def signal_until_gone(
     while True:
         if reap is not None:
             reap()
-        for pid in _targets(record):
+        for pid in session_of(record):
             if pid not in signalled or sig == signal.SIGKILL:
                 try:
                     os.kill(pid, sig)
