@@ -20,6 +20,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Iterable, Mapping, Sequence
 
 from handlers.clients.healthcare import ApiError, HealthcareApi
@@ -97,12 +98,13 @@ class ExportRequest:
             raise ExportRequestError(f"requestId {rid!r} must be 1-128 letters, digits, '.', '_' or '-'")
         return cls(store, destination, tuple(dict.fromkeys(paths)), mime, rid, query)
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """A digest of what is exported, from where, to where and how: equal for the same request in any order.
 
         Kept in the export's record, so a ``requestId`` reused with other arguments is refused instead of
-        answered with the other export's result.
+        answered with the other export's result. Computed once (it sorts and hashes every path): the record,
+        :func:`check_same_request` and the request's file names (:attr:`tag`) all read it.
         """
         query = [self.query.level, sorted(self.query.params)] if self.query else None
         defining = {"store": self.store, "destination": self.destination.rstrip("/"), "mimeType": self.mime_type,
