@@ -232,11 +232,11 @@ class ExportJob:
                   on_page: OnPage | None) -> tuple[tuple[str, ...], dict[str, Any]]:
         """The paths ``query`` finds and the result's ``filter.query``; ExportRequestError when it finds none."""
         found = self._search(request, query, deadline, page_size, on_page)
+        shown = query.shown(self.hashed_names)
         if not found.paths:
-            raise ExportRequestError(f"the query {query.shown(self.hashed_names)!r} matches no {query.level} in "
+            raise ExportRequestError(f"the query {shown!r} matches no {query.level} in "
                                      f"{request.store}: check its values (dates as YYYYMMDD), nothing was exported")
-        return found.paths, {"where": query.shown(self.hashed_names), "level": query.level, "matches": len(found.paths),
-                             "pages": found.pages}
+        return found.paths, {"where": shown, "level": query.level, "matches": len(found.paths), "pages": found.pages}
 
     def _search(self, request: ExportRequest, query: Query, deadline: Deadline, page_size: int | None,
                 on_page: OnPage | None) -> Found:
