@@ -176,27 +176,27 @@ def _stack_state(path: Path) -> dict:
 
 
 def _env(args: argparse.Namespace) -> int:
-    from .stack import read_env_file
-
-    env_path = args.workdir / "stack.env"
-    if not env_path.exists():
-        raise UsageError("local stack is not up (start it with: make up)", NOT_UP)
-    for key, value in read_env_file(env_path).items():
+    for key, value in _stack_env(args.workdir).items():
         print(f"export {key}={shlex.quote(value)}")
     return 0
 
 
-def _stack_url(args: argparse.Namespace, key: str) -> str:
-    """``key`` of ``stack.env``: a service's URL; UsageError (exit 3) when the stack is not up or has no such key."""
+def _stack_env(workdir: Path) -> dict[str, str]:
+    """``stack.env`` of ``workdir``; UsageError (exit 3) when the stack is not up."""
     from .stack import read_env_file
 
-    env_path = args.workdir / "stack.env"
+    env_path = workdir / "stack.env"
     if not env_path.exists():
         raise UsageError("local stack is not up (start it with: make up)", NOT_UP)
-    value = read_env_file(env_path).get(key)
+    return read_env_file(env_path)
+
+
+def _stack_url(args: argparse.Namespace, key: str) -> str:
+    """``key`` of ``stack.env``: a service's URL; UsageError (exit 3) when the stack is not up or has no such key."""
+    value = _stack_env(args.workdir).get(key)
     if not value:
-        raise UsageError(f"{env_path} does not set {key} (written by an older or interrupted up, or edited): restart "
-                         "the stack with make down && make up", NOT_UP)
+        raise UsageError(f"{args.workdir / 'stack.env'} does not set {key} (written by an older or interrupted up, "
+                         "or edited): restart the stack with make down && make up", NOT_UP)
     return value.rstrip("/")
 
 
