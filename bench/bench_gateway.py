@@ -20,6 +20,12 @@ Rows (every DCMTK tool runs with ``TCP_NODELAY=1``; without it DCMTK waits about
   (1 ms sleeps), as before gateway/wakeups.py;
 * (h) (e) with the wake-ups of gateway/wakeups.py installed.
 
+Then what one association costs before its first instance, as for a modality that
+opens one per instance: ``echoscu`` (associate, C-ECHO, release; the process
+start included) into the gateway and into ``storescp``, and, in this process, the
+per-association copy of the gateway's supported contexts as pynetdicom makes it
+(``deepcopy``) against gateway/contexts.py's.
+
 (a)-(f) run with the wake-ups (the gateway's default), so (a)/(g) and (h)/(e)
 are what they gain, measured in the same run.
 
@@ -89,7 +95,39 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def dcmtk_ceiling(study: Path, workdir: Path) -> float:
+def association_seconds(port: int, called: str, times: int = 20) -> float:
+    """Median seconds of one ``echoscu`` run: associate, C-ECHO, release (its process start included)."""
+    durations = []
+    for _ in range(times):
+        started = time.perf_counter()
+        subprocess.run(["echoscu", "-aet", CALLING, "-aec", called, "127.0.0.1", str(port)], env=NODELAY,
+                       check=True, capture_output=True, timeout=60)
+        durations.append(time.perf_counter() - started)
+    return statistics.median(durations)
+
+
+def context_copy_seconds(times: int = 20) -> tuple[float, float]:
+    """Seconds per copy of the gateway's supported contexts: pynetdicom's ``deepcopy``, and the shared-UID copy."""
+    import copy
+
+    from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts
+
+    from gateway.contexts import SharedUidContexts
+
+    ae = AE()
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    seconds = []
+    for contexts in (ae.supported_contexts, SharedUidContexts(ae.supported_contexts)):
+        started = time.perf_counter()
+        for _ in range(times):
+            copy.deepcopy(contexts)
+        seconds.append((time.perf_counter() - started) / times)
+    return seconds[0], seconds[1]
+
+
+def dcmtk_ceiling(study: Path, workdir: Path) -> tuple[float, float]:
+    """Seconds to send the study into ``storescp``, and one association's seconds (:func:`association_seconds`)."""
     out = workdir / "storescp-out"
     out.mkdir(parents=True)
     (port,) = free_ports(1)
@@ -98,6 +136,7 @@ def dcmtk_ceiling(study: Path, workdir: Path) -> float:
     try:
         wait_port(port)
         seconds = storescu(port, [study], called="ANY-SCP")
+        association = association_seconds(port, "ANY-SCP")
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -105,7 +144,7 @@ def dcmtk_ceiling(study: Path, workdir: Path) -> float:
     expected = len(list(study.iterdir()))
     if received != expected:
         raise SystemExit(f"storescp wrote {received} files, expected {expected}")
-    return seconds
+    return seconds, association
 
 
 BARE_SCP = """
@@ -183,7 +222,7 @@ def gateway_runs(study: Path, parts: list[Path], workdir: Path, expected: int, p
             f"{gcs.url}/storage/v1/b/{BUCKET}/o?prefix=bench/&maxResults=100000", timeout=60)).get("items", [])
         if len(listed) != expected:
             raise SystemExit(f"{len(listed)} objects in the inbox, expected {expected}")
-        results = {"a": acknowledged, "b": landed}
+        results = {"a": acknowledged, "b": landed, "assoc_gateway": association_seconds(dicom_port, CALLED)}
         before = healthz(health_port)
         results["a_per_flush"] = before["appended"] / max(1, before["flushes"])
         if len(parts) > 1:
@@ -217,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upload-processes", type=int, default=2, help="the gateway's uploads.processes")
     parser.add_argument("--repeat", type=int, default=1, help="run every row this many times: median, lowest, highest")
     args = parser.parse_args(argv)
-    for tool in ("storescu", "storescp"):
+    for tool in ("storescu", "storescp", "echoscu"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found: apt-get install -y dcmtk")
 
@@ -236,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
                 os.link(path, part / path.name)
             parts.append(part)
         for run in range(args.repeat):
-            results = {"c": dcmtk_ceiling(study, workdir / f"run-{run}")}
+            results = dict(zip(("c", "assoc_storescp"), dcmtk_ceiling(study, workdir / f"run-{run}")))
+            results.update(zip(("copy_deep", "copy_shared"), context_copy_seconds()))
             results.update(gateway_runs(study, parts, workdir / f"run-{run}", len(files), args.upload_processes))
             results["e"] = pynetdicom_ceiling(study, wakeups=False)
             results["h"] = pynetdicom_ceiling(study, wakeups=True)
@@ -288,6 +328,12 @@ def print_table(runs: list[dict[str, float]], args: argparse.Namespace, count: i
           f"with and without); wake-ups: (a)/(g) = {gain['a']:.2f}x, (h)/(e) = {gain['h']:.2f}x; "
           f"(a)/(h) = {statistics.median(run['h'] / run['a'] for run in runs):.2f}, "
           f"(f)/(h) = {statistics.median(run['h'] / run['f'] for run in runs):.2f}")
+    milliseconds = {key: statistics.median(run[key] for run in runs) * 1e3
+                    for key in ("assoc_gateway", "assoc_storescp", "copy_deep", "copy_shared")}
+    print(f"one association (echoscu: associate, C-ECHO, release, median of 20): gateway "
+          f"{milliseconds['assoc_gateway']:.1f} ms, storescp {milliseconds['assoc_storescp']:.1f} ms; its copy of the "
+          f"supported contexts: {milliseconds['copy_shared']:.2f} ms (pynetdicom's deepcopy: "
+          f"{milliseconds['copy_deep']:.1f} ms)")
 
 
 if __name__ == "__main__":

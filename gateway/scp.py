@@ -47,6 +47,7 @@ from handlers import log
 
 from . import wakeups
 from .config import GatewayConfig
+from .contexts import SharedUidContexts
 from .naming import MissingUid, ObjectNamer, hide_uids
 from .part10 import file_meta, header_values
 from .spool import Record, Spool, SpoolError, SpoolFull
@@ -207,6 +208,7 @@ class Receiver:
             handlers.append((evt.EVT_N_ACTION, self.on_commitment))
         self._server = ae.make_server((self.config.address, self.config.port), ssl_context=self._ssl_context(),
                                       evt_handlers=handlers, server_class=HandshakeInThreadServer)
+        self._server.contexts = SharedUidContexts(self._server.contexts)  # copied per association: see .contexts
         ae._servers.append(self._server)  # as start_server does: the server's shutdown() removes itself there
         threading.Thread(target=self._server.serve_forever, name="dicom-acceptor", daemon=True).start()
         log.info("DICOM receiver listening", aeTitle=self.config.ae_title, address=self.config.address,

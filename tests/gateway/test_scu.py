@@ -76,6 +76,30 @@ def test_c_echo_succeeds_and_is_logged(gateway: Any) -> None:
     assert [line["callingAETitle"] for line in logs() if line["message"] == "C-ECHO"] == [CALLING]
 
 
+def test_each_association_copies_the_contexts_sharing_their_uids(gateway: Any) -> None:
+    """Per association, new context objects (negotiation cannot reach the server's) around the same UID objects."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title=CALLING)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", gateway.receiver.port, ae_title=AE_TITLE)
+    try:
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0x0000
+        server_contexts = gateway.receiver._server.contexts
+        (accepted,) = gateway.receiver._server.active_associations
+        copies = accepted.acceptor.supported_contexts
+    finally:
+        assoc.release()
+    assert len(copies) == len(server_contexts) > 100
+    for copied, original in zip(copies, server_contexts):
+        assert copied is not original and copied.transfer_syntax is not original.transfer_syntax
+        assert copied.abstract_syntax is original.abstract_syntax  # shared, not rebuilt and re-validated
+        assert copied.transfer_syntax == original.transfer_syntax
+        assert all(a is b for a, b in zip(copied.transfer_syntax, original.transfer_syntax))
+
+
 def test_three_series_study_lands_in_the_bucket_as_received(gateway: Any, bucket: str, storage_client: Any) -> None:
     study = samples.make_study(3, 4, modality="CT")
     statuses = send(gateway.receiver.port, _datasets(study))
