@@ -22,6 +22,7 @@ _UNDEFINED = 0xFFFFFFFF
 # Explicit VRs with a reserved field and a 4-byte length (PS3.5 7.1.2)
 _LONG_LENGTH_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT",
                                b"UV"))
+_LONG_LENGTH_VR_NAMES = frozenset(vr.decode() for vr in _LONG_LENGTH_VRS)  # as pydicom names them
 _HEADER_KEYWORDS = ("SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality", "StudyDate")
 
 
@@ -62,7 +63,7 @@ def header_values(stream: BytesIO, transfer_syntax: str) -> dict[str, str]:
     pydicom's errors: one whose bytes are not in the transfer syntax's VR
     encoding (implicit VR on an explicit VR context, or the reverse), or one cut
     short (an element or item longer than what is left, a sequence or
-    encapsulated pixel data never delimited).
+    encapsulated pixel data never delimited, a partial element header at the end).
     """
     from pydicom.filereader import read_dataset
     from pydicom.uid import UID
@@ -76,14 +77,21 @@ def header_values(stream: BytesIO, transfer_syntax: str) -> dict[str, str]:
     _check_vr_encoding(stream.read(6), syntax.is_implicit_VR)
     stream.seek(0)
 
+    last = 0  # where the last element pydicom read at the top level starts
+
     def stop_when(tag: int, vr: str | None, length: int) -> bool:
-        if length != _UNDEFINED and stream.tell() + length > size:
-            raise Undecodable(f"element {_tag(tag)} is cut short: {length} bytes long, {size - stream.tell()} left")
+        nonlocal last
+        value = stream.tell()
+        last = value - (12 if vr in _LONG_LENGTH_VR_NAMES else 8)
+        if length != _UNDEFINED and value + length > size:
+            raise Undecodable(f"element {_tag(tag)} is cut short: {length} bytes long, {size - value} left")
         return tag >= _PIXEL_DATA
 
     parsed = read_dataset(stream, syntax.is_implicit_VR, syntax.is_little_endian, stop_when=stop_when)
+    # From the pixel data, where pydicom stopped, or else from the last element it read: pydicom ends quietly at a
+    # partial element header (1 to 7 bytes) after it, which the walk refuses as it does after pixel data.
     with stream.getbuffer() as data:  # not copied
-        _Walker(data, "<" if syntax.is_little_endian else ">").elements(stream.tell(), size, syntax.is_implicit_VR)
+        _Walker(data, "<" if syntax.is_little_endian else ">").elements(last, size, syntax.is_implicit_VR)
     values = {}
     for keyword in _HEADER_KEYWORDS:
         value = parsed.get(keyword)

@@ -341,6 +341,36 @@ def test_header_values_refuse_a_dataset_cut_short_and_a_vr_encoding_not_its_tran
         header_values(BytesIO(encoded), other)
 
 
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"])
+def test_header_values_refuse_a_partial_header_after_the_last_element_without_pixel_data(syntax: str) -> None:
+    """1 to 7 bytes after the last element are refused as after pixel data; a dataset ending at an element's end
+    (a sequence of defined or undefined length, Data Set Trailing Padding) is not. pydicom alone reads them all."""
+    from io import BytesIO
+
+    from pydicom.dataset import Dataset
+    from pydicom.uid import UID
+    from pynetdicom.dsutils import encode
+
+    from gateway.part10 import Undecodable, header_values
+
+    uid = UID(syntax)
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.88.11", "1.2.3.4"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = "1.2.3", "1.2.3.5", "SR"
+    ds.ContentSequence = [Dataset()]
+    ds.ContentSequence[0].ValueType = "TEXT"
+    padded = Dataset()
+    padded.DataSetTrailingPadding = b"\x00" * 6
+    for undefined in (False, True):
+        ds["ContentSequence"].is_undefined_length = undefined
+        encoded = encode(ds, uid.is_implicit_VR, uid.is_little_endian)
+        for whole in (encoded, encoded + encode(padded, uid.is_implicit_VR, uid.is_little_endian)):
+            assert header_values(BytesIO(whole), syntax)["SOPInstanceUID"] == "1.2.3.4"
+            for partial in range(1, 8):
+                with pytest.raises(Undecodable, match=f"{partial} bytes at the end are not an element"):
+                    header_values(BytesIO(whole + whole[:partial]), syntax)
+
+
 def test_a_library_warning_is_one_log_line(monkeypatch: pytest.MonkeyPatch) -> None:
     """pydicom logs an invalid value and warns of it too (two lines before); a warning nobody logged stays one line."""
     import struct
