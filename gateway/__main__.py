@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="validate the config, print a summary and exit")
     args = parser.parse_args(argv)
 
-    from .config import ConfigError, load
+    from .config import ConfigError, EncryptedKey, load
 
     try:
         config = load(args.config)
@@ -54,10 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stop.set())
     try:
         gateway.start()
-    except OSError as exc:
+    except (OSError, EncryptedKey) as exc:  # a key encrypted since the config was read, too
         log.error("gateway could not start", error=str(exc),
-                  fix=f"check dicom.address {config.address} and dicom.port {config.port}, the TLS files "
-                      f"and the spool directory {config.spool_directory}")
+                  fix=EncryptedKey.FIX if isinstance(exc, EncryptedKey) else
+                  f"check dicom.address {config.address} and dicom.port {config.port}, the TLS files "
+                  f"and the spool directory {config.spool_directory}")
         gateway.stop()
         return 1
     stop.wait()

@@ -23,7 +23,8 @@ import yaml
 from handlers.config import ConfigError, _LineLoader, _List, _Map, _Reader, _names, read_source
 from handlers.privacy import NamePolicy
 
-__all__ = ["ConfigError", "GatewayConfig", "NAME_FIELDS", "DEFAULT_OBJECT_NAME", "load", "parse"]
+__all__ = ["ConfigError", "EncryptedKey", "GatewayConfig", "NAME_FIELDS", "DEFAULT_OBJECT_NAME", "load",
+           "load_key_pair", "parse"]
 
 DEFAULT_OBJECT_NAME = "{CallingAETitle}/{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
 #: Fields an object name template may use. Nothing that names a patient is offered:
@@ -59,6 +60,27 @@ class Tls:
     certificate: str
     private_key: str
     client_ca: str | None = None
+
+
+class EncryptedKey(ValueError):
+    """The TLS private key is passphrase-protected: the gateway has no passphrase to give."""
+
+    FIX = "give it decrypted, a -----BEGIN PRIVATE KEY----- file (openssl pkey -in KEY -out PLAIN)"
+
+    def __init__(self, private_key: str) -> None:
+        super().__init__(f"tls private_key {private_key!r} is encrypted (passphrase-protected)")
+
+
+def load_key_pair(context: ssl.SSLContext, certificate: str, private_key: str) -> None:
+    """``context.load_cert_chain`` that never asks for a passphrase: an encrypted key raises :class:`EncryptedKey`.
+
+    Without a callback OpenSSL prompts on the terminal (waiting there, or failing with an unrelated error);
+    one that answers an empty passphrase would take a key encrypted with it.
+    """
+    def refuse() -> bytes:
+        raise EncryptedKey(private_key)
+
+    context.load_cert_chain(certificate, private_key, password=refuse)
 
 
 @dataclass(frozen=True)
@@ -365,9 +387,10 @@ def _check_pem_files(reader: _Reader, section: _Map, files: dict[str, str | None
                                                    "(-----BEGIN CERTIFICATE-----)")
     if not (certificate_parses and files["private_key"]):
         return
-    try:  # a password callback, so that an encrypted key fails here instead of prompting on the terminal
-        context.load_cert_chain(files["certificate"], files["private_key"],  # type: ignore[arg-type]
-                                password=lambda: b"")
+    try:
+        load_key_pair(context, files["certificate"], files["private_key"])  # type: ignore[arg-type]
+    except EncryptedKey as exc:
+        reader.problem(section.lines["private_key"], f"{exc}: {exc.FIX}")
     except (ssl.SSLError, OSError) as exc:
         if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
             problem = f"is not the key of tls certificate {files['certificate']!r}: give the key it was made with"

@@ -46,7 +46,7 @@ from typing import Any, Callable
 from handlers import log
 
 from . import wakeups
-from .config import GatewayConfig
+from .config import GatewayConfig, load_key_pair
 from .contexts import SharedUidContexts
 from .naming import MissingUid, ObjectNamer, hide_uids
 from .part10 import file_meta, header_values
@@ -236,7 +236,7 @@ class Receiver:
             return None
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(tls.certificate, tls.private_key)
+        load_key_pair(context, tls.certificate, tls.private_key)
         if tls.client_ca:
             context.load_verify_locations(tls.client_ca)
             context.verify_mode = ssl.CERT_REQUIRED

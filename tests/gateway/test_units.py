@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from gateway.naming import MissingUid, ObjectNamer, safe_value
 from gateway.spool import Record, Spool, SpoolFull
 from localstack.names import REPO_ROOT
 
-from .helpers import captured_logs, config_text
+from .helpers import captured_logs, certificate, config_text, make_config
 
 
 def _problems(text: str) -> list[str]:
@@ -148,9 +149,69 @@ def test_tls_files_that_do_not_parse_are_named_with_their_line(tmp_path: Path,
     encrypted = tmp_path / "encrypted.key"
     subprocess.run(["openssl", "pkey", "-in", str(key), "-aes256", "-passout", "pass:x", "-out", str(encrypted)],
                    check=True, capture_output=True)
-    for bad_key in (encrypted, garbage):
-        assert check(cert, bad_key).startswith(f"{tmp_path}/gw.yaml:21: tls private_key '{bad_key}' is not an "
-                                               "unencrypted PEM private key")
+    assert check(cert, encrypted).startswith(f"{tmp_path}/gw.yaml:21: tls private_key '{encrypted}' is encrypted "
+                                             "(passphrase-protected): give it decrypted")
+    assert check(cert, garbage).startswith(f"{tmp_path}/gw.yaml:21: tls private_key '{garbage}' is not an "
+                                           "unencrypted PEM private key")
+
+
+@pytest.mark.parametrize("passphrase", ["", "secret"])
+def test_an_encrypted_key_stops_the_start_as_the_check_in_one_line(tmp_path: Path, passphrase: str) -> None:
+    """Before: a key encrypted with an empty passphrase passed --check, and the start had OpenSSL prompt
+    ``Enter PEM pass phrase:`` (waiting on a terminal), then failed with ``[Errno 22] Invalid argument``."""
+    key, cert = certificate(tmp_path, "server")
+    encrypted = tmp_path / "encrypted.key"
+    subprocess.run(["openssl", "pkey", "-in", str(key), "-aes256", "-passout", f"pass:{passphrase}", "-out",
+                    str(encrypted)], check=True, capture_output=True)
+    path = tmp_path / "gw.yaml"
+    tls = f"tls:\n  certificate: {cert}\n  private_key: {encrypted}\n"
+    path.write_text(config_text(tmp_path / "spool", "bkt", tls=tls))
+    env = {**os.environ, "STORAGE_EMULATOR_HOST": "http://127.0.0.1:9", "GOOGLE_CLOUD_PROJECT": "test",
+           "PYTHONPATH": str(REPO_ROOT)}
+    for check in (["--check"], []):
+        done = subprocess.run([sys.executable, "-m", "gateway", "--config", str(path), *check], env=env, cwd=REPO_ROOT,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+                              start_new_session=True)  # no terminal, as under systemd: no prompt to wait on
+        assert done.returncode == 2 and done.stdout == "", (check, done.stdout)
+        assert done.stderr == (f"{path}:21: tls private_key '{encrypted}' is encrypted (passphrase-protected): give it "
+                               "decrypted, a -----BEGIN PRIVATE KEY----- file (openssl pkey -in KEY -out PLAIN)\n")
+
+
+def test_a_key_encrypted_after_the_config_was_read_ends_the_start_in_one_line(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The receiver loads the key as the check does, never prompting; the start names the key and the fix."""
+    from gateway.__main__ import main
+    from gateway.config import EncryptedKey
+    from gateway.scp import Receiver
+    from gateway.spool import Spool
+
+    key, cert = certificate(tmp_path, "server")
+    config = make_config(tmp_path / "spool", "bkt", tls=f"tls:\n  certificate: {cert}\n  private_key: {key}\n")
+    subprocess.run(["openssl", "pkey", "-in", str(key), "-aes256", "-passout", "pass:", "-out", f"{key}.new"],
+                   check=True, capture_output=True)
+    os.replace(f"{key}.new", key)
+    receiver = Receiver(config, Spool(config.spool_directory, max_bytes=2**20), lambda record: None)
+    with pytest.raises(EncryptedKey, match=f"tls private_key '{key}' is encrypted"):
+        receiver.start()
+
+    class Starting:
+        def __init__(self, config: object) -> None:
+            self.stopped = False
+
+        def start(self) -> None:
+            receiver.start()
+
+        def stop(self) -> None:
+            self.stopped = True
+
+    path = tmp_path / "gw.yaml"
+    path.write_text(config_text(tmp_path / "spool", "bkt"))
+    monkeypatch.setattr("gateway.service.Gateway", Starting)
+    with captured_logs() as logs:
+        assert main(["--config", str(path)]) == 1
+    [failure] = [line for line in logs() if line["message"] == "gateway could not start"]
+    assert failure["error"] == f"tls private_key '{key}' is encrypted (passphrase-protected)"
+    assert failure["fix"] == EncryptedKey.FIX
 
 
 def test_names_are_made_safe() -> None:
