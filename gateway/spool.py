@@ -20,9 +20,13 @@ create + fsync + rename + directory fsync of a file per instance.
 
 **Restart resumes.** :meth:`Spool.recover` reads every segment left on disk
 (all sealed: new records go to a new segment) and returns their records for
-upload. A record cut short by a crash fails its length or a CRC check; it
-was never acknowledged, and it and anything after it in that segment are
-dropped with a warning. Each record done with (:meth:`Spool.done`: uploaded,
+upload, in the order they were received: a segment's name ``N`` is one more
+than the highest found on disk or made since, never the wall clock, which NTP
+may step back between two segments (the older version of an instance would be
+recovered last, and supersede the newer one). A record cut short by a crash
+fails its length or a CRC check; it was never acknowledged, and it and
+anything after it in that segment are dropped with a warning. Each record
+done with (:meth:`Spool.done`: uploaded,
 or superseded) is noted in the segment's ``.ack`` file (its payload offset, a
 u64, written but not fsynced: it survives the process, killed or stopped, not
 always a power loss); recovery skips those, so a restart does not upload again
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import threading
 import time
@@ -57,6 +62,7 @@ _MAX_HEADER = 64 * 1024
 SUFFIX = ".seg"
 ACK_SUFFIX = ".ack"  # beside each segment: the payload offsets of its records done with
 _OFFSET = struct.Struct("<Q")
+_NUMBER = re.compile(r"\d+")
 
 
 class SpoolError(OSError):
@@ -177,7 +183,10 @@ class Spool:
             if not ack.with_suffix(SUFFIX).exists():  # its segment was deleted just before a crash
                 ack.unlink()
         records: list[Record] = []
-        for path in sorted(self.directory.glob(f"*{SUFFIX}")):
+        paths = sorted(self.directory.glob(f"*{SUFFIX}"), key=lambda path: (_number(path), path.name))
+        with self._lock:
+            self._sequence = max([self._sequence, *map(_number, paths)])
+        for path in paths:
             found, good_size = self._scan(path)
             segment = _Segment(path, None, good_size)
             acked = _read_acks(segment.ack_path)
@@ -281,7 +290,7 @@ class Spool:
 
     def _open_segment(self) -> _Segment:
         self._sequence += 1
-        path = self.directory / f"{time.time_ns():020d}-{os.getpid()}-{self._sequence:06d}{SUFFIX}"
+        path = self.directory / f"{self._sequence:020d}{SUFFIX}"
         try:
             make_directory(self.directory)  # deleted while running: the segment's name must survive a crash too
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
@@ -427,6 +436,16 @@ class Spool:
                 appended=self._appended,
                 flushes=self._flushes,
             )
+
+
+def _number(segment: Path) -> int:
+    """The number a segment's name starts with: its place in the order of reception (0 if none).
+
+    Segments named ``TIME_NS-PID-N.seg`` by earlier versions start with their creation time in
+    nanoseconds, so a spool left by one is recovered first and new segments continue after it.
+    """
+    found = _NUMBER.match(segment.name)
+    return int(found.group()) if found else 0
 
 
 def _read_acks(path: Path) -> set[int]:

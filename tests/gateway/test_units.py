@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -280,6 +281,63 @@ def test_spool_recovery_skips_records_noted_done_and_ignores_a_torn_or_orphan_ac
     assert [record.name for record in again.recover()] == ["0.dcm", "2.dcm"]
     assert sorted(path.suffix for path in tmp_path.iterdir()) == [".ack", ".seg"]
     assert again.stats().pending == 2
+
+
+class _SteppedClock:
+    """``time`` for the spool, whose wall clock NTP steps back 10 s at each :meth:`step_back`."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def step_back(self) -> None:
+        self.offset -= 10
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def time_ns(self) -> int:
+        return time.time_ns() + int(self.offset * 1e9)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+def test_spool_recovery_keeps_the_order_of_reception_when_the_clock_steps_back(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: segments were named by the wall clock and recovered in name order, so a segment made after a step
+    back came first, and the older version of an instance (submitted last) superseded the newer one."""
+    clock = _SteppedClock()
+    monkeypatch.setattr("gateway.spool.time", clock)
+    spool = Spool(tmp_path, max_bytes=10_000_000, segment_bytes=100)  # one segment per record
+    spool.recover()
+    spool.append("x.dcm", b"v1" * 100)
+    clock.step_back()  # while running
+    spool.append("x.dcm", b"v2" * 100)
+    spool.close()  # a crash: nothing uploaded
+    clock.step_back()  # between the crash and the restart
+    again = Spool(tmp_path, max_bytes=10_000_000, segment_bytes=100)
+    assert [record.read()[:2] for record in again.recover()] == [b"v1", b"v2"]
+    again.append("x.dcm", b"v3" * 100)
+    again.close()
+    assert [record.read()[:2] for record in Spool(tmp_path, max_bytes=10_000_000).recover()] == [b"v1", b"v2", b"v3"]
+
+
+def test_spool_segments_named_by_an_earlier_version_are_recovered_before_new_ones(tmp_path: Path) -> None:
+    """Segments were named ``TIME_NS-PID-N.seg``: the next segment continues from the highest number found."""
+    earlier = Spool(tmp_path, max_bytes=10_000_000)
+    earlier.recover()
+    earlier.append("x.dcm", b"old")
+    earlier.close()
+    [segment] = tmp_path.glob("*.seg")
+    segment.rename(tmp_path / f"{time.time_ns():020d}-4242-000001.seg")
+    spool = Spool(tmp_path, max_bytes=10_000_000)
+    spool.recover()
+    spool.append("x.dcm", b"new")
+    spool.close()
+    names = [path.name for path in sorted(tmp_path.glob("*.seg"))]
+    assert len(names) == 2 and names[0].endswith("-4242-000001.seg")
+    assert names[1] == f"{int(names[0].split('-')[0]) + 1:020d}.seg"
+    assert [record.read() for record in Spool(tmp_path, max_bytes=10_000_000).recover()] == [b"old", b"new"]
 
 
 def test_a_spool_directory_created_is_fsynced_into_its_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
