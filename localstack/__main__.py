@@ -299,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"python -m localstack {args.command}: {exc}", file=sys.stderr)
         return exc.code
+    except KeyboardInterrupt:  # status, faults, events waiting on a service (a stop runs to its end instead)
+        print(f"python -m localstack {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .interrupts import uninterrupted
 from .names import CONTRACT_KEYS, REPO_ROOT
 from .ports import HOST, free_port, port_is_open, wait_port_free
 from .process import (
@@ -186,8 +187,9 @@ class Service:
         self.ready_seconds = waited
         return waited
 
+    @uninterrupted
     def stop(self, timeout: float | None = None) -> None:
-        """SIGTERM the daemon's whole session, SIGKILL after ``timeout``; remove its PID file."""
+        """SIGTERM the daemon's whole session, SIGKILL after ``timeout``; remove its PID file. Ctrl-C waits."""
         if self.record is not None:
             stop_record(self.record, self.stop_timeout if timeout is None else timeout, reap=self._reap)
         self._reap()

@@ -26,6 +26,7 @@ import requests
 
 from . import gcloud
 from .bridge import PUBSUB_PUSH, STORAGE_CLOUDEVENT, Backoff, BridgeConfig, Route
+from .interrupts import uninterrupted
 from .names import CONTRACT_KEYS, REPO_ROOT, Names
 from .ports import free_ports
 from .process import read_record, stop_record
@@ -73,8 +74,9 @@ def read_env_file(path: Path) -> dict[str, str]:
     return env
 
 
+@uninterrupted
 def stop_workdir(workdir: Path, timeout: float = 10.0) -> dict[str, list[int]]:
-    """Stop every daemon that ``workdir/run/*.pid`` records (if still ours), all at once.
+    """Stop every daemon that ``workdir/run/*.pid`` records (if still ours), all at once; Ctrl-C waits for it.
 
     Returns name -> PIDs signalled (empty lists for daemons already gone).
     """
@@ -387,8 +389,9 @@ class Stack:
         self.stop_service(name)
         return self.start_service(name)
 
+    @uninterrupted
     def stop(self) -> None:
-        """Stop every service (all at once) and whatever else ``run/`` records; remove stack.env."""
+        """Stop every service (all at once) and whatever else ``run/`` records; remove stack.env. Ctrl-C waits."""
         stopping = time.monotonic()
         services = list(self.services.values())
         if services:

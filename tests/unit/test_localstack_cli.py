@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from localstack import stack
 from localstack.__main__ import main
+from localstack.interrupts import STILL_STOPPING
 from localstack.process import ProcessRecord, boot_id, proc_info
 
 
@@ -102,3 +106,60 @@ def test_up_refuses_a_config_the_functions_cannot_load_before_starting_anything(
     lines = err.splitlines()
     assert len(lines) == 2 and all(line.startswith(f"python -m localstack up: {config}:") for line in lines)
     assert "storre" in err and "${NOT_SET}" in err and "DICOM_STORE" not in err and "INBOX_BUCKET" not in err
+
+
+def ctrl_c_then_finish(stopped: list[str], name: str) -> None:
+    """A stop taking a while; during pubsub's the user presses Ctrl-C (SIGINT to this process, as a terminal sends).
+
+    Once only: two SIGINTs sent at once may arrive as one.
+    """
+    if name == "pubsub":
+        os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.2)  # the main thread handles the signal meanwhile
+    stopped.append(name)
+
+
+class SlowService:
+    def __init__(self, name: str, stopped: list[str]) -> None:
+        self.name, self.stopped = name, stopped
+
+    def stop(self) -> None:
+        ctrl_c_then_finish(self.stopped, self.name)
+
+
+def test_ctrl_c_again_while_up_stops_what_had_started_is_one_line_and_the_stop_finishes(tmp_path, capsys, monkeypatch):
+    stopped: list[str] = []
+
+    def interrupted(self, *args):
+        self.services = {name: SlowService(name, stopped) for name in ("pubsub", "gcs")}
+        (self.workdir / "run").mkdir()
+        (self.workdir / "run" / "bridge.pid").write_text("{")  # stop_workdir, after the services, removes it
+        raise KeyboardInterrupt  # the first Ctrl-C, while the services get ready
+
+    monkeypatch.setattr(stack.Stack, "_start", interrupted)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        code, err = run(tmp_path, capsys, "up")
+    except KeyboardInterrupt:
+        pytest.fail("the second Ctrl-C cut the stop short (a traceback)")
+    assert (code, err) == (130, f"{STILL_STOPPING}\npython -m localstack up: interrupted: stopped what had started\n")
+    assert sorted(stopped) == ["gcs", "pubsub"] and not (tmp_path / "run" / "bridge.pid").exists()
+    assert signal.getsignal(signal.SIGINT) is handler
+
+
+def test_ctrl_c_during_down_is_one_line_and_down_finishes(tmp_path, capsys, monkeypatch):
+    stopped: list[str] = []
+    (tmp_path / "run").mkdir()
+    for name in ("pubsub", "gcs"):
+        record = ProcessRecord(name=name, pid=2**22 + 1, start_ticks=1, cmdline=(name,), log="", boot_id=boot_id())
+        (tmp_path / "run" / f"{name}.pid").write_text(record.to_json())  # a PID above Linux's maximum: no process
+    monkeypatch.setattr(stack, "stop_record", lambda record, timeout: ctrl_c_then_finish(stopped, record.name) or [7])
+    try:
+        code = main(["--workdir", str(tmp_path), "down"])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C cut down short (a traceback)")
+    captured = capsys.readouterr()
+    assert (code, sorted(stopped)) == (0, ["gcs", "pubsub"])
+    assert captured.err == f"{STILL_STOPPING}\n" and not list((tmp_path / "run").iterdir())
+    assert captured.out.endswith("local stack down; no process left\n")
+
