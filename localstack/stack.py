@@ -28,7 +28,7 @@ from . import gcloud
 from .bridge import PUBSUB_PUSH, STORAGE_CLOUDEVENT, Backoff, BridgeConfig, Route
 from .interrupts import uninterrupted
 from .names import CONTRACT_KEYS, REPO_ROOT, Names
-from .ports import free_ports
+from .ports import HOST, free_ports
 from .process import read_record, stop_record
 from .resources import ensure_buckets, ensure_dicom_store, ensure_pubsub
 from .services import (
@@ -43,7 +43,7 @@ from .services import (
     start_pubsub_emulator,
 )
 
-__all__ = ["DEFAULT_FUNCTIONS", "FunctionSpec", "Stack", "read_env_file", "stop_workdir"]
+__all__ = ["DEFAULT_FUNCTIONS", "FunctionSpec", "Ports", "Stack", "read_env_file", "stop_workdir"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,31 @@ def stop_workdir(workdir: Path, timeout: float = 10.0) -> dict[str, list[int]]:
         return {}
     with ThreadPoolExecutor(max_workers=len(pid_paths)) as pool:
         return dict(pool.map(stop_one, pid_paths))
+
+
+def _url(port: int) -> str:
+    return f"http://{HOST}:{port}"
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The stack's ports, picked free together before anything starts (the config is checked with them)."""
+
+    pubsub: int
+    gcs: int
+    proxy: int
+    healthcare: int
+    bridge: int
+    dicom: int  # the gateway's DICOM port
+    gateway: int  # the gateway's health port
+    commitment: int  # where the local modality hears storage commitment reports
+    functions: tuple[int, ...]  # one per FunctionSpec, in order
+
+    @classmethod
+    def pick(cls, functions: int) -> "Ports":
+        """Free ports for the fixed services and ``functions`` functions."""
+        ports = free_ports(8 + functions)
+        return cls(*ports[:8], functions=tuple(ports[8:]))
 
 
 class Stack:
@@ -208,67 +233,69 @@ class Stack:
         anything is stopped or started.
         """
         started = time.monotonic()
-        self.check_config()
+        ports = Ports.pick(len(self.function_specs))
+        env = self._service_env(ports)
+        self.check_config(env)
         stop_workdir(self.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
-            self._start(started)
+            self._start(started, ports, env)
         except BaseException:
             self.stop()
             raise
         return dict(self.env)
 
-    def check_config(self) -> None:
+    def _service_env(self, ports: Ports) -> dict[str, str]:
+        """The environment the stack gives the functions on ``ports``: stack.env but the gateway and bridge keys."""
+        env = self.names.resource_env()
+        env.update({
+            "PUBSUB_EMULATOR_HOST": f"{HOST}:{ports.pubsub}",
+            "STORAGE_EMULATOR_HOST": _url(ports.proxy),  # clients go through the fault proxy
+            "FAKE_GCS_URL": _url(ports.gcs),
+            "HEALTHCARE_EMULATOR_HOST": _url(ports.healthcare),
+            "LOGGING_EMULATOR_HOST": _url(ports.healthcare),  # the Healthcare emulator serves entries.list
+            "DICOM_IMPORT_CONFIG": str(self.config),
+        })
+        for spec, port in zip(self.function_specs, ports.functions):
+            env[spec.url_key] = f"{_url(port)}/"
+        return env
+
+    def check_config(self, env: Mapping[str, str]) -> None:
         """Load the functions' config file as they will on their first event; raise ConfigError if it does not.
 
         Otherwise every delivery would fail on it and the bridge would retry forever. The
-        environment is the functions' own (the caller's, the stack's names, ``function_env``),
-        with placeholders for the emulators' addresses, whose ports are chosen at start.
+        environment is the functions' own: the caller's, ``env`` (:meth:`_service_env`, with the
+        addresses they will have, so a message quoting one names the real one), ``function_env``.
         """
         from handlers.config import load
 
-        env = self.names.resource_env()
-        for key in ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "FAKE_GCS_URL", "HEALTHCARE_EMULATOR_HOST",
-                    "LOGGING_EMULATOR_HOST", *(spec.url_key for spec in self.function_specs)):
-            env[key] = "127.0.0.1:0"
-        env["DICOM_IMPORT_CONFIG"] = str(self.config)
         load(self.config, _python_env(env, self.function_env, {"THREADS": str(self.threads)}))
 
-    def _start(self, started: float) -> None:
+    def _start(self, started: float, ports: Ports, env: dict[str, str]) -> None:
         names, workdir, owner = self.names, self.workdir, self.owner
-        (pubsub_port, gcs_port, proxy_port, healthcare_port, bridge_port, *function_ports, dicom_port, gateway_port,
-         commitment_port) = free_ports(8 + len(self.function_specs))
-        pubsub = start_pubsub_emulator(workdir, port=pubsub_port, wait=False, owner=owner)
+        pubsub = start_pubsub_emulator(workdir, port=ports.pubsub, wait=False, owner=owner)
         self.services["pubsub"] = pubsub
         gcs = start_fake_gcs(
             workdir,
-            port=gcs_port,
+            port=ports.gcs,
             pubsub_host=pubsub.host,
             project=names.project,
             topic=names.notifications_topic,
             event_bucket=names.inbox_bucket,
             backend=self.gcs_backend,
-            external_url=f"http://127.0.0.1:{proxy_port}",
+            external_url=_url(ports.proxy),
             wait=False,
             owner=owner,
         )
         self.services["gcs"] = gcs
         self.services["gcs-proxy"] = start_gcs_proxy(
-            workdir, upstream=gcs.url, port=proxy_port, write_interval=self.gcs_write_interval, wait=False,
+            workdir, upstream=gcs.url, port=ports.proxy, write_interval=self.gcs_write_interval, wait=False,
             owner=owner)
         healthcare = start_healthcare_emulator(
-            workdir, storage_host=gcs.url, faults=self.faults, port=healthcare_port, wait=False, owner=owner
+            workdir, storage_host=gcs.url, faults=self.faults, port=ports.healthcare, wait=False, owner=owner
         )
         self.services["healthcare"] = healthcare
-        env = names.resource_env()
-        env.update(pubsub.env)
-        env.update(self.gcs_proxy.env)
-        env["FAKE_GCS_URL"] = gcs.url
-        env.update(healthcare.env)
-        env["DICOM_IMPORT_CONFIG"] = str(self.config)
-        for spec, port in zip(self.function_specs, function_ports):
-            env[spec.url_key] = f"http://127.0.0.1:{port}/"
-        for spec, port in zip(self.function_specs, function_ports):
+        for spec, port in zip(self.function_specs, ports.functions):
             self.services[spec.role] = start_function(
                 workdir,
                 target=spec.target,
@@ -280,14 +307,14 @@ class Stack:
                 wait=False,
                 owner=owner,
             )
-        env.update(self._start_gateway(env, dicom_port, gateway_port, commitment_port))
+        env.update(self._start_gateway(env, ports.dicom, ports.gateway, ports.commitment))
         for service in list(self.services.values()):
             self.timings[f"{service.name}_ready_s"] = round(service.wait_ready(), 2)
         resources_started = time.monotonic()
         self.ensure_resources()
         self.timings["resources_s"] = round(time.monotonic() - resources_started, 2)
         config_path = self.bridge_config().write(workdir / "bridge.json")
-        bridge = start_bridge(workdir, config_path=config_path, port=bridge_port, owner=owner)
+        bridge = start_bridge(workdir, config_path=config_path, port=ports.bridge, owner=owner)
         self.services["bridge"] = bridge
         env.update(bridge.env)
         overrides = gcloud.endpoint_overrides(healthcare.url, pubsub.host, self.gcs_proxy.url,

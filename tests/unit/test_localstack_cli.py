@@ -78,7 +78,7 @@ def test_down_with_a_stale_pid_file_names_no_unrelated_process(tmp_path, capsys)
 def test_up_interrupted_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     stopped = []
 
-    def interrupted(self, started):
+    def interrupted(self, *args):
         raise KeyboardInterrupt  # Ctrl-C while the services get ready
 
     monkeypatch.setattr(stack.Stack, "_start", interrupted)
@@ -92,7 +92,7 @@ def test_up_interrupted_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
 
 
 def test_up_refuses_a_config_the_functions_cannot_load_before_starting_anything(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(stack.Stack, "_start", lambda self, started: pytest.fail("the stack was started"))
+    monkeypatch.setattr(stack.Stack, "_start", lambda self, *args: pytest.fail("the stack was started"))
     monkeypatch.setattr(stack, "stop_workdir", lambda workdir: pytest.fail("a running stack was stopped"))
     config = tmp_path / "bad.yaml"
     # ${DICOM_STORE}, ${INBOX_BUCKET}... are the stack's own: only the misspelt key and ${NOT_SET} are problems.
@@ -163,3 +163,17 @@ def test_ctrl_c_during_down_is_one_line_and_down_finishes(tmp_path, capsys, monk
     assert captured.err == f"{STILL_STOPPING}\n" and not list((tmp_path / "run").iterdir())
     assert captured.out.endswith("local stack down; no process left\n")
 
+
+def test_up_checks_the_config_with_the_addresses_the_functions_will_have(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(stack.Stack, "_start", lambda self, *args: pytest.fail("the stack was started"))
+    monkeypatch.setattr(stack, "stop_workdir", lambda workdir: pytest.fail("a running stack was stopped"))
+    monkeypatch.setattr(stack.Ports, "pick", classmethod(lambda cls, functions: cls(*range(41001, 41009),
+                                                                                   functions=(41009, 41010, 41011))))
+    config = tmp_path / "emulator-url.yaml"  # the Healthcare emulator's URL where the store's name belongs
+    config.write_text("stores:\n  main: ${HEALTHCARE_EMULATOR_HOST}/v1/${DICOM_STORE}\nrules:\n  - name: all\n"
+                      "    match: gs://${INBOX_BUCKET}/**\n    store: main\nstate:\n  bucket: ${STATE_BUCKET}\n"
+                      "results:\n  topic: ${RESULTS_TOPIC}\nfollowup:\n  topic: ${FOLLOWUP_TOPIC}\n")
+    code = main(["--workdir", str(tmp_path / "work"), "up", "--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "store 'main' is 'http://127.0.0.1:41004/v1/projects/local-project/" in err and "127.0.0.1:0" not in err
