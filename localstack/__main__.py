@@ -59,25 +59,15 @@ def _fault_env(items: list[str]) -> dict[str, str]:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from handlers.config import ConfigError
-
-    from .process import StartError
+    from .console import START_FAILURES, start_failed
     from .stack import Stack
 
     faults = _fault_env(args.fault)
     stack = Stack(args.workdir, config=args.config, source=args.source, faults=faults)
     try:
         env = stack.start()
-    except ConfigError as exc:  # the functions would fail every event on it: nothing was started
-        for problem in exc.problems:
-            print(f"python -m localstack up: {problem}", file=sys.stderr)
-        return 2
-    except (StartError, OSError, RuntimeError) as exc:
-        print(f"localstack up failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # Stack.start has stopped every service it had started
-        print("python -m localstack up: interrupted: stopped what had started", file=sys.stderr)
-        return 130
+    except START_FAILURES as exc:
+        return start_failed("python -m localstack up", exc)
     print(f"local stack up in {stack.timings['start_s']:.1f} s; environment in {stack.env_path}")
     print(f"  {'service':<11} {'pid':>7}  {'url':<26} log")
     for service in stack.services.values():

@@ -25,6 +25,7 @@ from math import ceil
 from pathlib import Path
 
 from . import samples
+from .console import START_FAILURES, start_failed
 from .names import REPO_ROOT, Names
 from .observe import Result, ResultsReader, api_calls, covered_objects, result_object_uris, store_sop_uids
 from .stack import Stack
@@ -32,6 +33,7 @@ from .stack import Stack
 # Bundled pydicom files with unique UIDs among themselves, Part 10, parseable.
 BUNDLED = ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "test-SR.dcm", "waveform_ecg.dcm", "examples_overlay.dcm")
 WAIT_SECONDS = 120.0
+PROG = "python -m localstack.demo"
 
 
 @dataclass
@@ -194,7 +196,7 @@ def verify(env: dict[str, str], drop: Drop, results: list[Result], max_objects: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run a realistic drop through the local stack.")
+    parser = argparse.ArgumentParser(prog=PROG, description="Run a realistic drop through the local stack.")
     parser.add_argument("--workdir", type=Path, default=REPO_ROOT / ".local" / "demo")
     parser.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     args = parser.parse_args(argv)
@@ -206,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(args.workdir)
     try:
         env = stack.start()
+    except START_FAILURES as exc:  # a program missing (java...), a config the functions cannot load, Ctrl-C
+        return start_failed(PROG, exc)
+    try:
         max_objects = load(env["DICOM_IMPORT_CONFIG"], env).batching.max_objects
         reader = ResultsReader(env)
         dropped_valid = len(drop.valid_sops) - len(drop.cstore)
@@ -244,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"PROBLEM: {problem}")
         print("demo OK" if not problems else "demo FAILED")
         return 0 if not problems else 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted" + ("" if args.keep else "; stopping the stack"), file=sys.stderr, flush=True)
+        return 130
     finally:
         if args.keep:
             print(f"stack left running; environment in {stack.env_path}")
