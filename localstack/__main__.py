@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from . import gcloud
+from .interrupts import uninterrupted
 from .names import REPO_ROOT
 from .process import ProcessRecord, is_ours, read_record, session_of
 
@@ -87,6 +88,7 @@ def _records(workdir: Path) -> list[ProcessRecord]:
     return [record for path in sorted((workdir / "run").glob("*.pid")) if (record := read_record(path))]
 
 
+@uninterrupted  # a Ctrl-C lets it finish (stack.env and stack.json removed too), then exits 130
 def _down(args: argparse.Namespace) -> int:
     from .stack import stop_workdir
 
@@ -289,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"python -m localstack {args.command}: {exc}", file=sys.stderr)
         return exc.code
-    except KeyboardInterrupt:  # status, faults, events waiting on a service (a stop runs to its end instead)
+    except KeyboardInterrupt:  # down and up's stops end first (localstack.interrupts)
         print(f"python -m localstack {args.command}: interrupted", file=sys.stderr)
         return 130
 

@@ -200,7 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=REPO_ROOT / ".local" / "demo")
     parser.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     args = parser.parse_args(argv)
+    try:
+        return _demo(args)
+    except KeyboardInterrupt:  # the stack stopped first (localstack.interrupts), unless --keep
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
 
+
+def _demo(args: argparse.Namespace) -> int:
+    """Start the stack, send the drop, print and check what came of it, stop the stack; the exit code."""
     from handlers.config import load
 
     drop = build_drop()
@@ -249,9 +257,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"PROBLEM: {problem}")
         print("demo OK" if not problems else "demo FAILED")
         return 0 if not problems else 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted" + ("" if args.keep else "; stopping the stack"), file=sys.stderr, flush=True)
-        return 130
     finally:
         if args.keep:
             print(f"stack left running; environment in {stack.env_path}")

@@ -147,21 +147,37 @@ def test_ctrl_c_again_while_up_stops_what_had_started_is_one_line_and_the_stop_f
     assert signal.getsignal(signal.SIGINT) is handler
 
 
-def test_ctrl_c_during_down_is_one_line_and_down_finishes(tmp_path, capsys, monkeypatch):
-    stopped: list[str] = []
-    (tmp_path / "run").mkdir()
+def pid_files_of_gone_processes(workdir: Path) -> None:
+    (workdir / "run").mkdir(parents=True)
     for name in ("pubsub", "gcs"):
         record = ProcessRecord(name=name, pid=2**22 + 1, start_ticks=1, cmdline=(name,), log="", boot_id=boot_id())
-        (tmp_path / "run" / f"{name}.pid").write_text(record.to_json())  # a PID above Linux's maximum: no process
+        (workdir / "run" / f"{name}.pid").write_text(record.to_json())  # a PID above Linux's maximum: no process
+
+
+def test_ctrl_c_during_down_lets_it_finish_then_exits_130(tmp_path, capsys, monkeypatch):
+    stopped: list[str] = []
+    pid_files_of_gone_processes(tmp_path)
+    (tmp_path / "stack.env").write_text("INBOX_BUCKET=dicom-inbox\n")
     monkeypatch.setattr(stack, "stop_record", lambda record, timeout: ctrl_c_then_finish(stopped, record.name) or [7])
     try:
         code = main(["--workdir", str(tmp_path), "down"])
     except KeyboardInterrupt:
         pytest.fail("Ctrl-C cut down short (a traceback)")
     captured = capsys.readouterr()
-    assert (code, sorted(stopped)) == (0, ["gcs", "pubsub"])
-    assert captured.err == f"{STILL_STOPPING}\n" and not list((tmp_path / "run").iterdir())
+    assert (code, sorted(stopped)) == (130, ["gcs", "pubsub"])
+    assert captured.err == f"{STILL_STOPPING}\npython -m localstack down: interrupted\n"
     assert captured.out.endswith("local stack down; no process left\n")
+    assert not list((tmp_path / "run").iterdir()) and not (tmp_path / "stack.env").exists()
+
+
+def test_ctrl_c_while_up_stops_the_previous_stack_starts_nothing(tmp_path, capsys, monkeypatch):
+    stopped: list[str] = []
+    pid_files_of_gone_processes(tmp_path)
+    monkeypatch.setattr(stack, "stop_record", lambda record, timeout: ctrl_c_then_finish(stopped, record.name) or [7])
+    monkeypatch.setattr(stack.Stack, "_start", lambda self, *args: pytest.fail("the stack was started"))
+    code, err = run(tmp_path, capsys, "up")
+    assert (code, sorted(stopped)) == (130, ["gcs", "pubsub"]) and not list((tmp_path / "run").iterdir())
+    assert err == f"{STILL_STOPPING}\npython -m localstack up: interrupted: stopped what had started\n"
 
 
 def test_up_checks_the_config_with_the_addresses_the_functions_will_have(tmp_path, capsys, monkeypatch):

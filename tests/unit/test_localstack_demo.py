@@ -33,5 +33,5 @@ def test_ctrl_c_during_the_demo_stops_the_stack_and_is_one_line(tmp_path, capsys
         code = demo.main(["--workdir", str(tmp_path)])
     except KeyboardInterrupt:
         pytest.fail("the demo let the KeyboardInterrupt through (a traceback)")
-    assert (code, capsys.readouterr().err) == (130, "python -m localstack.demo: interrupted; stopping the stack\n")
+    assert (code, capsys.readouterr().err) == (130, "python -m localstack.demo: interrupted\n")
     assert stopped == [tmp_path]
