@@ -541,15 +541,15 @@ validate_config() {
     fi
   done < <(sed -e 's/^#.*$//' -e 's/[[:space:]]#.*$//' "${SOURCE_DIR}/${CONFIG_REL}" \
              | grep -o '\${[A-Za-z_][A-Za-z0-9_]*}' | sed -e 's/^\${//' -e 's/}$//' | sort -u)
-  read_failure_policies
 }
 
 # check_config_loads: the function's own validation of the config (python -m
 # handlers check-config), with exactly the environment the functions get, so a
-# config they would refuse at load stops the deploy before any call. Python:
-# $PYTHON, else the repository's .venv, else python3 (PyYAML is all it needs).
+# config they would refuse at load stops the deploy before any call; its
+# --policies lines (the same loader's reading) say what the policies need granted.
+# Python: $PYTHON, else the repository's .venv, else python3 (PyYAML is all it needs).
 check_config_loads() {
-  local python=${PYTHON:-python3} problems
+  local python=${PYTHON:-python3} policies
   if [[ -z ${PYTHON:-} && -x ${SOURCE_DIR}/.venv/bin/python ]]; then
     python=${SOURCE_DIR}/.venv/bin/python
   fi
@@ -558,38 +558,35 @@ check_config_loads() {
   [[ -z ${HASH_KEY_SECRET} ]] || FUNCTION_ENV+=("RESULTS_HASH_KEY=from-secret-${HASH_KEY_SECRET}")
   (cd "${SOURCE_DIR}" && "${python}" -c 'import yaml, handlers.cli' >/dev/null 2>&1) \
     || die_usage "cannot check ${CONFIG_REL}: '${python}' cannot import PyYAML and the handlers package from ${SOURCE_DIR}: run make venv, or set PYTHON to a Python 3 with PyYAML"
-  if ! problems=$(cd "${SOURCE_DIR}" && env -i PATH="${PATH}" HOME="${HOME:-/}" "${FUNCTION_ENV[@]}" \
-                    "${python}" -m handlers check-config "${CONFIG_REL}" 2>&1 >/dev/null); then
-    printf '%s\n' "${problems}" >&2
+  # Its problems (PATH:LINE: message) go to stderr as they are; the policies come on stdout.
+  if ! policies=$(cd "${SOURCE_DIR}" && env -i PATH="${PATH}" HOME="${HOME:-/}" "${FUNCTION_ENV[@]}" \
+                    "${python}" -m handlers check-config --policies "${CONFIG_REL}"); then
     die_usage "${CONFIG_REL} would not load in the functions (python -m handlers check-config, with their environment, found the problems above): fix them before deploying"
   fi
+  read_failure_policies "${policies}"
   say "config: ${CONFIG_REL} is valid with the functions' environment"
 }
 
-# read_failure_policies: which on_failure policies the config's rules use (the
-# function validates the config fully; this reads those keys only, to grant
-# what they need): POLICY_TAG, POLICY_MOVE, POLICY_REPLACE (on_conflict: replace) (1 or empty),
+# read_failure_policies LINES: what the rules' policies need granted, from check-config --policies
+# (KEY=VALUE lines, ${...} substituted as the functions do): POLICY_TAG (on_failure: tag),
+# POLICY_MOVE (quarantine move: true), POLICY_REPLACE (on_conflict: replace), 1 or empty, and
 # QUARANTINE_BUCKETS.
 read_failure_policies() {
-  local text bucket quote="[\"']?" bucket_re='(\$\{[^}]*\}|[^/"'"'"'[:space:],{}$])+'
-  text=$(sed -e 's/^#.*$//' -e 's/[[:space:]]#.*$//' "${SOURCE_DIR}/${CONFIG_REL}")
+  local key value
   POLICY_TAG="" POLICY_MOVE="" POLICY_REPLACE="" QUARANTINE_BUCKETS=()
-  grep -Eq "(^|[[:space:]{,])on_failure:[[:space:]]*${quote}tag${quote}[[:space:]]*(\$|[,}])" <<<"${text}" && POLICY_TAG=1
-  grep -Eq "(^|[[:space:]{,])on_conflict:[[:space:]]*${quote}replace${quote}[[:space:]]*(\$|[,}])" <<<"${text}" \
-    && POLICY_REPLACE=1
-  # YAML 1.1's true (PyYAML, the function's loader): true, yes, on, each in lower, Title or UPPER case.
-  grep -Eq "(^|[[:space:]{,])move:[[:space:]]*(true|True|TRUE|yes|Yes|YES|on|On|ON)[[:space:]]*(\$|[,}])" <<<"${text}" \
-    && POLICY_MOVE=1
-  while read -r bucket; do
-    [[ -n ${bucket} ]] || continue
-    bucket=${bucket//'${INBOX_BUCKET}'/${INBOX}}
-    bucket=${bucket//'${STATE_BUCKET}'/${STATE}}
-    bucket=${bucket//'${EXPORT_BUCKET}'/${EXPORT}}
-    bucket=$(sed -E 's/\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}/\1/g' <<<"${bucket}")  # ${NAME:-default}: the default
-    [[ ${bucket} =~ ^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$ ]] \
-      || die_usage "${CONFIG_REL}: quarantine bucket '${bucket}' is not a bucket name deploy.sh can grant on: write a bucket name, \${INBOX_BUCKET}, \${STATE_BUCKET}, \${EXPORT_BUCKET} or \${NAME:-bucket}"
-    [[ " ${QUARANTINE_BUCKETS[*]} " == *" ${bucket} "* ]] || QUARANTINE_BUCKETS+=("${bucket}")
-  done < <(grep -Eo "quarantine:[[:space:]]*${quote}gs://${bucket_re}" <<<"${text}" | sed -e 's#^.*gs://##')
+  while IFS='=' read -r key value; do
+    case ${key}=${value} in
+      tag=true) POLICY_TAG=1 ;;
+      move=true) POLICY_MOVE=1 ;;
+      replace=true) POLICY_REPLACE=1 ;;
+      tag=false | move=false | replace=false) ;;
+      quarantine=*)
+        [[ ${value} =~ ^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$ ]] \
+          || die_usage "${CONFIG_REL}: quarantine bucket '${value}' is not a bucket name deploy.sh can grant on: use a name of 3 to 63 lowercase letters, digits, '-', '_' and '.'"
+        QUARANTINE_BUCKETS+=("${value}") ;;
+      *) die "python -m handlers check-config --policies printed '${key}=${value}', which deploy.sh does not know: teach read_failure_policies what it needs granted" ;;
+    esac
+  done <<<"$1"
 }
 
 # ---------------------------------------------------------------- steps

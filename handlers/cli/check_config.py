@@ -21,6 +21,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--kms-key", metavar="KEY", default=None,
                         help="also check that this Cloud KMS key (default: $KMS_KEY, as for deploy.sh) can encrypt "
                              "the state bucket and the watched buckets: it asks Cloud Storage for their locations")
+    parser.add_argument("--policies", action="store_true",
+                        help="print, instead of the description, what the rules' policies need granted as KEY=VALUE "
+                             "lines (deploy.sh reads them): tag, move and replace (true or false), then "
+                             "quarantine=BUCKET for each bucket failed files are copied to")
     parser.set_defaults(run=run)
 
 
@@ -35,6 +39,9 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         found = kms.problems(key, buckets, kms.bucket_location)
         if found:
             raise CliError("; ".join(found))
+    if args.policies:
+        ctx.out.write(policies(config))
+        return 0
     ctx.out.write(render(config))
     if key is not None:
         ctx.out.write(f"encryption key: {key} fits {', '.join(f'gs://{b}' for b in sorted(buckets))}\n")
@@ -75,6 +82,20 @@ def render(config: Config) -> str:
         f"follow-up topic: {config.followup_topic} (operations followed for {config.followup_deadline_hours:g} h)",
         f"export destinations: {_destinations(config)}",
     ]
+    return "\n".join(lines) + "\n"
+
+
+def policies(config: Config) -> str:
+    """The policies the rules use that need IAM grants, as ``KEY=VALUE`` lines, ``${...}`` already substituted:
+    ``tag``, ``move``, ``replace`` (``true``/``false``), then ``quarantine=BUCKET`` per bucket, sorted."""
+    failures = [rule.on_failure for rule in config.rules]
+    used = {
+        "tag": any(policy.action == TAG for policy in failures),
+        "move": any(policy.action == QUARANTINE and policy.move for policy in failures),
+        "replace": any(rule.on_conflict == REPLACE for rule in config.rules),
+    }
+    lines = [f"{name}={str(value).lower()}" for name, value in used.items()]
+    lines += [f"quarantine={bucket}" for bucket in sorted({p.bucket for p in failures if p.action == QUARANTINE})]
     return "\n".join(lines) + "\n"
 
 

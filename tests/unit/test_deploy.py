@@ -1100,6 +1100,45 @@ def test_failure_policies_get_exactly_their_permissions(env):
     assert ("projects", PROJECT, sa, "roles/logging.viewer") in default_bindings
 
 
+# Valid YAML the functions' loader reads as tag, quarantine with move, and replace, which a grep for
+# "on_failure: tag" or "move: true" misses: quoted keys, a flow mapping over two lines, an alias.
+SPELLED_POLICIES = """rules:
+  - name: held
+    match: gs://${INBOX_BUCKET}/held/**.dcm
+    store: main
+    "on_failure": {"quarantine": "gs://${HELD_BUCKET:-rad-held}/x/", 'move':
+       yes}
+  - name: tagged
+    match: gs://${INBOX_BUCKET}/tagged/**.dcm
+    store: main
+    on_failure: &tagged "tag"
+    'on_conflict': "replace"
+  - {name: also-tagged, match: "gs://${INBOX_BUCKET}/also/**.dcm", store: main, on_failure: *tagged}
+"""
+
+
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["real", "dry-run"])
+def test_policies_are_granted_as_the_functions_loader_reads_them(env, tmp_path, dry_run):
+    """A policy the function performs without its grant fails with 403 at run time."""
+    sa = f"serviceAccount:{RUNTIME_SA}"
+    (env["src"] / "config").mkdir()
+    config = env["src"] / "config" / "spelled.yaml"
+    config.write_text((REPO / "config.yaml").read_text().replace("rules:\n", SPELLED_POLICIES, 1))
+    run = ok(deploy(env, *REQUIRED, "--config", "config/spelled.yaml", *dry_run))
+    if dry_run:  # what the printed script runs
+        script = tmp_path / "printed.sh"
+        script.write_text(run.stdout)
+        run = ok(deploy(env, script=script))
+    assert {
+        ("storage buckets", f"gs://{INBOX}", sa, f"projects/{PROJECT}/roles/dicomImportTagFailed"),
+        ("storage buckets", f"gs://{INBOX}", sa, f"projects/{PROJECT}/roles/dicomImportMoveFailed"),
+        ("storage buckets", "gs://rad-held", sa, "roles/storage.objectCreator"),
+        ("storage buckets", "gs://rad-held", sa, "roles/storage.objectViewer"),
+    } <= run.bindings()
+    assert store_role_permissions(run) == {
+        ("create", PROJECT): STORE_PERMISSIONS + ",healthcare.dicomStores.dicomWebDelete"}
+
+
 # YAML 1.1's true in its three cases, and near misses (PyYAML reads y, tRUE and off as no true).
 MOVE_SPELLINGS = [*(spelling for word in ("true", "yes", "on") for spelling in (word, word.title(), word.upper())),
                   "y", "Y", "tRUE", "off"]
@@ -1207,8 +1246,15 @@ def test_a_quarantine_bucket_is_read_through_defaults_and_a_bad_one_exits_2(env)
         "    store: main\n", "    store: main\n    on_failure: {quarantine: 'gs://Rad_Held/x/'}\n", 1))
     env["log"].unlink()
     run = deploy(env, *REQUIRED, "--config", "config/odd.yaml")
+    assert run.returncode == 2 and run.calls == []  # the functions' loader refuses it
+    assert "bucket 'Rad_Held' in 'gs://Rad_Held/x/' is not a valid bucket name" in run.stderr
+    # A dotted name may have 222 characters; deploy.sh grants on names of at most 63.
+    long_name = "rad." * 16 + "held"
+    (env["src"] / "config" / "long.yaml").write_text(base.replace(
+        "    store: main\n", f"    store: main\n    on_failure: {{quarantine: 'gs://{long_name}/x/'}}\n", 1))
+    run = deploy(env, *REQUIRED, "--config", "config/long.yaml")
     assert run.returncode == 2 and run.calls == []
-    assert "quarantine bucket 'Rad_Held' is not a bucket name deploy.sh can grant on" in run.stderr
+    assert f"quarantine bucket '{long_name}' is not a bucket name deploy.sh can grant on" in run.stderr
 
 
 # ---------------------------------------------------------------- failures
