@@ -820,6 +820,24 @@ grant_failure_policies() {
   done
 }
 
+# revoke_unused_failure_policies: the inbox roles of the policies the config no longer uses, taken
+# from the runtime account once the functions are deployed (the revisions they replace may still
+# tag or move until then). Quarantine buckets earlier configs named cannot be known: only said.
+revoke_unused_failure_policies() {
+  say "IAM: failure policies ${CONFIG_REL} does not use"
+  [[ -n ${POLICY_TAG} ]] || unbind_inbox_role "${TAG_ROLE_ID}"
+  [[ -n ${POLICY_MOVE} ]] || unbind_inbox_role "${MOVE_ROLE_ID}"
+  say "note: the runtime account keeps its grants on quarantine buckets that earlier configs named and ${CONFIG_REL} does not (deploy.sh cannot know them): remove those by hand (docs/deploy.md, Permissions and why)"
+}
+
+# unbind_inbox_role ROLE_ID: the runtime account's binding of that custom role on the inbox removed
+# (an earlier config's policy; its absence is fine, and the role, left unbound, grants nothing).
+unbind_inbox_role() {
+  unbind "the runtime account's $1 on gs://${INBOX} (no rule of ${CONFIG_REL} needs it)" \
+    gcloud storage buckets remove-iam-policy-binding "gs://${INBOX}" --project="${PROJECT}" \
+    --member="serviceAccount:${RUNTIME_SA}" --role="projects/${PROJECT}/roles/$1" --condition=None
+}
+
 # ensure_custom_role ID TITLE PERMISSIONS [PROJECT]: a project role (in --project unless PROJECT is
 # given) with exactly those permissions (comma-separated): an existing one is set to them.
 ensure_custom_role() {
@@ -1285,6 +1303,7 @@ main() {
   # The table gets the schema's new columns before functions that write them run.
   ensure_results_table
   deploy_functions
+  revoke_unused_failure_policies
   grant_invoker
   configure_trigger_subscriptions
   ensure_scheduler_job

@@ -484,15 +484,24 @@ def test_the_healthcare_agent_reads_only_staging_copies_and_filter_files_in_the_
     assert "--uniform-bucket-level-access" in existing.matching("storage", "buckets", "update", f"gs://{STATE}")[0]
 
 
-# The grants earlier deploys made and deploy.sh now removes: (the calls' pattern, what its error names).
-REMOVED_GRANTS = [("storage buckets remove-iam-policy-binding", "the Healthcare agent's unconditional read"),
-                  ("dicom-stores remove-iam-policy-binding", "the runtime account's roles/healthcare.dicomEditor")]
+# The grants earlier deploys made and deploy.sh now removes: (the calls' pattern, what its error names, the
+# first call of the step after the removal, which a failed removal must prevent).
+REMOVED_GRANTS = [(f"storage buckets remove-iam-policy-binding gs://{STATE} ",
+                   "the Healthcare agent's unconditional read", ("functions", "deploy")),
+                  ("dicom-stores remove-iam-policy-binding", "the runtime account's roles/healthcare.dicomEditor",
+                   ("functions", "deploy")),
+                  (f"remove-iam-policy-binding gs://{INBOX} .*roles/dicomImportTagFailed",
+                   f"the runtime account's dicomImportTagFailed on gs://{INBOX}",
+                   ("functions", "add-invoker-policy-binding")),
+                  (f"remove-iam-policy-binding gs://{INBOX} .*roles/dicomImportMoveFailed",
+                   f"the runtime account's dicomImportMoveFailed on gs://{INBOX}",
+                   ("functions", "add-invoker-policy-binding"))]
 
 
-@pytest.mark.parametrize("removed", REMOVED_GRANTS, ids=["state-bucket-read", "dicom-editor"])
+@pytest.mark.parametrize("removed", REMOVED_GRANTS, ids=["state-bucket-read", "dicom-editor", "tag-role", "move-role"])
 @pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["real", "dry-run"])
 def test_removing_an_old_grant_tolerates_only_its_absence(env, tmp_path, dry_run, removed):
-    pattern, named = removed
+    pattern, named, after = removed
 
     def run_with(message: str) -> Run:
         if env["log"].exists():
@@ -506,9 +515,9 @@ def test_removing_an_old_grant_tolerates_only_its_absence(env, tmp_path, dry_run
 
     absent = ok(run_with("ERROR: (gcloud.storage.buckets.remove-iam-policy-binding) Policy binding with the "
                          "specified principal, role, and condition not found!"))
-    assert absent.matching("functions", "deploy")
+    assert absent.matching(*after)
     denied = run_with("ERROR: (gcloud.storage.buckets.remove-iam-policy-binding) HTTPError 403: denied")
-    assert denied.returncode == 1 and not denied.matching("functions", "deploy")
+    assert denied.returncode == 1 and not denied.matching(*after)
     assert "HTTPError 403: denied" in denied.stderr
     assert f"deploy.sh: error: removing {named}" in denied.stderr
     assert "Traceback" not in denied.stderr
@@ -1137,6 +1146,26 @@ def test_policies_are_granted_as_the_functions_loader_reads_them(env, tmp_path, 
     } <= run.bindings()
     assert store_role_permissions(run) == {
         ("create", PROJECT): STORE_PERMISSIONS + ",healthcare.dicomStores.dicomWebDelete"}
+    assert not run.matching("storage", "buckets", "remove-iam-policy-binding", f"gs://{INBOX}")
+
+
+def test_a_policy_the_config_no_longer_uses_loses_its_inbox_role(env):
+    """tag and move taken out of the config: their roles' bindings on the inbox are removed; a quarantine
+    bucket's are not (deploy.sh cannot know the buckets earlier configs named), and deploy.sh says so."""
+    sa = f"serviceAccount:{RUNTIME_SA}"
+    using = ok(deploy(env, *REQUIRED, "--config", policies_config(env), scenario="existing"))
+    assert not using.matching("storage", "buckets", "remove-iam-policy-binding", f"gs://{INBOX}")
+    env["log"].unlink()
+    dropped = ok(deploy(env, *REQUIRED, scenario="existing"))
+    removed = {(flag(c, "--member"), flag(c, "--role"), flag(c, "--condition"))
+               for c in dropped.matching("storage", "buckets", "remove-iam-policy-binding", f"gs://{INBOX}")}
+    assert removed == {(sa, f"projects/{PROJECT}/roles/{role}", "None")
+                       for role in ("dicomImportTagFailed", "dicomImportMoveFailed")}
+    # After the functions: the revisions they replace may still tag or move until then.
+    assert dropped.index("storage", "buckets", "remove-iam-policy-binding", f"gs://{INBOX}") > max(
+        dropped.calls.index(call) for call in dropped.matching("functions", "deploy"))
+    assert not any("dicomImport" in role and "Failed" in role for _, _, _, role in dropped.bindings())
+    assert "quarantine buckets that earlier configs named and config.yaml does not" in dropped.stderr
 
 
 # YAML 1.1's true in its three cases, and near misses (PyYAML reads y, tRUE and off as no true).
@@ -1159,7 +1188,8 @@ def test_move_is_granted_for_every_spelling_the_functions_loader_reads_as_true(e
         assert run.returncode == 2 and "would not load in the functions" in run.stderr
         return
     run = ok(deploy(env, *REQUIRED, "--config", "config/policies.yaml", "--dry-run"))
-    assert ("dicomImportMoveFailed" in run.stdout) == moves
+    granted = [line for line in run.stdout.splitlines() if "add-iam-policy-binding" in line]
+    assert any("roles/dicomImportMoveFailed" in line for line in granted) == moves
 
 
 STORE_PERMISSIONS = "healthcare.dicomStores.import,healthcare.dicomStores.export,healthcare.dicomStores.dicomWebRead"
