@@ -581,8 +581,9 @@ read_failure_policies() {
       replace=true) POLICY_REPLACE=1 ;;
       tag=false | move=false | replace=false) ;;
       quarantine=*)
-        [[ ${value} =~ ^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$ ]] \
-          || die_usage "${CONFIG_REL}: quarantine bucket '${value}' is not a bucket name deploy.sh can grant on: use a name of 3 to 63 lowercase letters, digits, '-', '_' and '.'"
+        # Cloud Storage's rule: 3 to 63 characters, or up to 222 when dotted (each part at most 63: the loader checks)
+        [[ ${value} =~ ^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$ && ( ${value} == *.* || ${#value} -le 63 ) ]] \
+          || die_usage "${CONFIG_REL}: quarantine bucket '${value}' is not a bucket name deploy.sh can grant on: use a name of 3 to 63 lowercase letters, digits, '-', '_' and '.' (up to 222 with dots)"
         QUARANTINE_BUCKETS+=("${value}") ;;
       *) die "python -m handlers check-config --policies printed '${key}=${value}', which deploy.sh does not know: teach read_failure_policies what it needs granted" ;;
     esac
