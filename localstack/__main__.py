@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import select
 import shlex
 import sys
 import urllib.error
@@ -31,6 +33,7 @@ DEFAULT_WORKDIR = REPO_ROOT / ".local"
 #: The environment variables of the Healthcare emulator's fault injection that ``up --fault`` may set.
 FAULT_KEYS = ("HEALTHCARE_EMULATOR_FAULTS",)
 NOT_UP = 3  # exit code: the stack is not up, or its files in the workdir are unusable
+CLOSED_PIPE = 141  # exit code: stdout's reader went away (| head), as for a shell tool SIGPIPE ended (128 + 13)
 
 
 class UsageError(Exception):
@@ -198,14 +201,15 @@ def _call(method: str, url: str, body: object | None = None) -> int:
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            print(json.dumps(json.load(response), indent=2))
-            return 0
+            answer = json.load(response)
     except urllib.error.HTTPError as exc:
         print(f"refused ({exc.code}): {exc.read().decode(errors='replace').strip()}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"cannot reach {url}: {exc}", file=sys.stderr)
         return 1
+    print(json.dumps(answer, indent=2))  # outside the try: a closed stdout is not an unreachable service
+    return 0
 
 
 def _faults(args: argparse.Namespace) -> int:
@@ -287,13 +291,33 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir = args.workdir.resolve()
     commands_run = {"up": _up, "down": _down, "status": _status, "env": _env, "faults": _faults, "events": _events}
     try:
-        return commands_run[args.command](args)
+        code = commands_run[args.command](args)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
+        return code
     except UsageError as exc:
         print(f"python -m localstack {args.command}: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:  # down and up's stops end first (localstack.interrupts)
         print(f"python -m localstack {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        # The reader of stdout stopped (`| head`): stop quietly, as a shell tool does, and keep the
+        # interpreter's last flush of what is still buffered from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return CLOSED_PIPE
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone: poll reports an error on its write end."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import pytest
 from localstack import stack
 from localstack.__main__ import main
 from localstack.interrupts import STILL_STOPPING
+from localstack.names import REPO_ROOT
 from localstack.process import ProcessRecord, boot_id, proc_info
 
 
@@ -193,3 +197,43 @@ def test_up_checks_the_config_with_the_addresses_the_functions_will_have(tmp_pat
     err = capsys.readouterr().err
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "store 'main' is 'http://127.0.0.1:41004/v1/projects/local-project/" in err and "127.0.0.1:0" not in err
+
+
+def _run_into_a_closed_pipe(*argv: str) -> subprocess.CompletedProcess[bytes]:
+    """``python -m localstack ARGV | head -0``: stdout is a pipe whose reader is already gone."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run([sys.executable, "-m", "localstack", *argv], stdout=write_end, stderr=subprocess.PIPE,
+                              cwd=REPO_ROOT, timeout=60, check=False)
+    finally:
+        os.close(write_end)
+
+
+def test_env_into_a_closed_pipe_stops_quietly(tmp_path):
+    (tmp_path / "stack.env").write_text("".join(f"KEY{n}=value{n}\n" for n in range(50)))
+    result = _run_into_a_closed_pipe("--workdir", str(tmp_path), "env")
+    assert (result.returncode, result.stderr.decode()) == (141, "")
+
+
+def test_faults_show_into_a_closed_pipe_does_not_blame_the_proxy(tmp_path):
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server name
+            body = b'{"methods": {}}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        (tmp_path / "stack.env").write_text(f"STORAGE_EMULATOR_HOST=http://127.0.0.1:{server.server_port}\n")
+        result = _run_into_a_closed_pipe("--workdir", str(tmp_path), "faults", "gcs", "show")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (result.returncode, result.stderr.decode()) == (141, "")
