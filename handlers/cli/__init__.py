@@ -10,6 +10,7 @@ fix, with a non-zero exit code; never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
@@ -20,11 +21,13 @@ from handlers.cli import backfill, check_config, explain, export, failures, reco
 from handlers.cli.context import Context
 from handlers.cli.environment import LOCAL_ENV_FILE, load_env_file
 from handlers.cli.errors import (
+    EXIT_CLOSED_PIPE,
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     CliError,
     describe,
+    stdout_closed,
 )
 from handlers.config import ConfigError
 
@@ -80,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             load_env_file(LOCAL_ENV_FILE if args.local else args.env_file, local=args.local)
             env_loaded = True
         context = Context(args.config or config_module.default_path(), out, err)
-        return args.run(context, args)
+        code = args.run(context, args)
+        out.flush()  # here, not at exit: a reader gone (| head) is then caught below
+        return code
     except CliError as exc:
         err.write(f"error: {exc}\n")
         return exc.code
@@ -92,6 +97,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.write("interrupted\n")
         return EXIT_INTERRUPTED
+    except BrokenPipeError as exc:
+        if not stdout_closed(out):  # a connection's, not stdout's
+            err.write(f"error: {describe(exc)}\n")
+            return EXIT_FAILURE
+        # The reader of stdout stopped (`| head`): stop quietly, as a shell tool does, and keep the
+        # interpreter's last flush of what is still buffered from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        return EXIT_CLOSED_PIPE
     except Exception as exc:  # noqa: BLE001 - the promise: one line, never a traceback
         err.write(f"error: {describe(exc)}\n")
         return EXIT_FAILURE

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import select
+from typing import IO
+
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_CLOSED_PIPE = 141  # stdout's reader went away (| head): as a shell tool SIGPIPE ended (128 + 13)
 
 
 class CliError(Exception):
@@ -13,6 +17,17 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
         super().__init__(message)
         self.code = code
+
+
+def stdout_closed(stream: IO[str]) -> bool:
+    """Whether ``stream`` is a pipe whose reader has gone (``| head`` done): poll reports an error on its write end."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # a test's capture, a closed stream
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 def describe(exc: BaseException) -> str:

@@ -1,6 +1,9 @@
 """Errors before any call: usage, environment files, unreachable emulators, bad URIs and requests. One line each."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -8,6 +11,8 @@ import handlers.cli as cli_module
 from handlers.cli.environment import load_env_file
 from handlers.cli.errors import describe
 from tests.cli.conftest import closed_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def one_line_error(result, code=1):
@@ -178,3 +183,16 @@ def test_missing_credentials_and_api_errors_read_as_fixes():
     assert describe(exceptions.Forbidden("no access")).startswith("permission denied: no access: grant")
     assert describe(ApiError(404, "NOT_FOUND", "no store")) == \
         "the Cloud Healthcare API answered 404 NOT_FOUND: no store: check the store name"
+
+
+@pytest.mark.parametrize("argv", [("check-config",), ("explain", "gs://inbox-bkt/a/b.dcm", "--json")])
+def test_a_reader_gone_from_stdout_stops_quietly(config_env, argv):
+    """``python -m handlers ... | head -0``: no "unexpected error", no traceback; 141 as a shell tool SIGPIPE ended."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "handlers", *argv], stdout=write_end, stderr=subprocess.PIPE,
+                                cwd=REPO_ROOT, env=os.environ, timeout=60, check=False)
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr.decode()) == (141, "")
