@@ -40,6 +40,8 @@ _TOP_LEVEL = ("stores", "rules", "ignore", "batching", "state", "results", "foll
 EXPORT_BUCKET_ENV = "EXPORT_BUCKET"
 #: The QIDO-RS offset the Cloud Healthcare API accepts at most: a search cannot page further.
 MAX_QUERY_RESULTS = 1_000_000
+#: The functions' source folder, beside main.py: where config.yaml is by default.
+SOURCE_DIR = Path(__file__).resolve().parent.parent
 
 
 class ConfigError(ValueError):
@@ -670,4 +672,10 @@ def _names(reader: _Reader, results: _Map) -> NamePolicy:
 
 def default_path() -> str:
     """``$DICOM_IMPORT_CONFIG``, else ``config.yaml`` beside ``main.py``."""
-    return os.environ.get("DICOM_IMPORT_CONFIG") or str(Path(__file__).resolve().parent.parent / "config.yaml")
+    return os.environ.get("DICOM_IMPORT_CONFIG") or str(SOURCE_DIR / "config.yaml")
+
+
+def shown_path(path: str) -> str:
+    """The config's path as its operators name it: relative to the source folder (beside ``main.py``) when inside."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(SOURCE_DIR)) if resolved.is_relative_to(SOURCE_DIR) else path

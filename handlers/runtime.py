@@ -60,7 +60,8 @@ class Runtime:
     def exports(self) -> ExportJob:
         reporter = Reporter(self.state, self.publisher, self.config.results_topic)
         return ExportJob(self.state, self.api, reporter, deadline_hours=self.config.followup_deadline_hours,
-                         destinations=self.config.exports.destinations, config_path=self.config.path,
+                         destinations=self.config.exports.destinations,
+                         config_path=config_module.shown_path(self.config.path),
                          max_query_results=self.config.exports.max_query_results,
                          hashed_names=self.config.names.hashed)
 

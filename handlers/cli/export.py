@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, TextIO
 
 from handlers.batch.results import SUCCEEDED
+from handlers.config import shown_path
 from handlers.cli.arguments import positive_int
 from handlers.cli.context import Context
 from handlers.cli.environment import HEALTHCARE, PUBSUB, STORAGE, require
@@ -100,11 +101,11 @@ def build_request(ctx: Context, args: argparse.Namespace) -> ExportRequest:
         raise CliError("--level and --page-size apply to --where: add --where QUERY, or drop them")
     query = Query.parse(args.where, args.level) if args.where is not None else None
     request = ExportRequest.build(
-        store=resolve_store(args.store, ctx.config.stores), destination=args.to, studies=args.study,
+        store=resolve_store(args.store, ctx.config.stores, shown_path(ctx.config.path)), destination=args.to, studies=args.study,
         series=args.series, instances=args.instance, filter_lines=filter_lines, mime_type=args.mime_type,
         request_id=args.request_id, query=query)
     # The export job checks it again before its call (the gate shared with Pub/Sub requests).
-    check_destination(request.destination, ctx.config.exports.destinations, ctx.config.path)
+    check_destination(request.destination, ctx.config.exports.destinations, shown_path(ctx.config.path))
     return request
 
 

@@ -254,7 +254,7 @@ class ExportJob:
         try:
             return search_paths(self.api, request.store, query, cap=self.max_query_results, deadline=deadline,
                                 page_size=page_size, on_page=on_page, resume=resume,
-                                every_value_hidden=self.hashed_names)
+                                every_value_hidden=self.hashed_names, config_path=self.config_path)
         except SearchPaused as paused:
             progress = {**searched, "paths": list(paused.found.paths), "pages": paused.found.pages}
             try:
@@ -365,7 +365,7 @@ class ExportJob:
                 break
             # Created with its result frozen: a record of this id is never STARTING without a request to call.
             message, attributes = rejection_message(request_id, store, destination, reason, self.clock(),
-                                                    rule, conflict)
+                                                    rule, conflict, self.config_path)
             data = self.reporter.frozen({"requestId": request_id, "requestedAt": self.clock(), "refused": True},
                                         message, attributes, worker)
             try:
@@ -383,7 +383,7 @@ class ExportJob:
                     return self._follow_instead(record, deadline)
                 if state == STARTING:
                     message, attributes = rejection_message(request_id, store, destination, reason, self.clock(),
-                                                            rule, conflict)
+                                                            rule, conflict, self.config_path)
                     record = self.reporter.conclude(record, path, message, attributes, worker)
                 else:
                     record = self.reporter.publish(record, path, worker)
@@ -434,18 +434,19 @@ def check_same_request(request: ExportRequest, recorded: Mapping[str, Any]) -> N
 
 
 def rejection_message(request_id: str, store: str | None, destination: str | None, reason: str,
-                      concluded_at: float, rule: str | None = None, conflict: str | None = None) -> tuple[dict, dict]:
+                      concluded_at: float, rule: str | None = None, conflict: str | None = None,
+                      config_path: str = "config.yaml") -> tuple[dict, dict]:
     """A REJECTED result; ``conflict``: the tag of a request refused for reusing an export's id (RequestIdConflict)."""
     if rule is None:
         error: dict[str, Any] = {"code": 400, "status": "INVALID_ARGUMENT", "message": reason}
         hint = f"fix the request and send it again with a new requestId ({request_id} keeps this result)"
     elif rule == CAP_RULE:
         error = {"code": 400, "status": "INVALID_ARGUMENT", "message": reason, "rule": rule}
-        hint = (f"narrow the query, or have the operators raise {rule} in config.yaml, then send the request again "
+        hint = (f"narrow the query, or have the operators raise {rule} in {config_path}, then send the request again "
                 f"with a new requestId ({request_id} keeps this result)")
     else:
         error = {"code": 403, "status": "PERMISSION_DENIED", "message": reason, "rule": rule}
-        hint = (f"refused by {rule} in config.yaml: request an allowed value, or have the operators change {rule}, "
+        hint = (f"refused by {rule} in {config_path}: request an allowed value, or have the operators change {rule}, "
                 f"then send the request again with a new requestId ({request_id} keeps this result)")
     data = {
         "schema": EXPORT_SCHEMA, "outcome": REJECTED, "requestId": request_id, "store": store,

@@ -159,7 +159,7 @@ class SearchPaused(RetryLater):
 
 def search_paths(api: HealthcareApi, store: str, query: Query, *, cap: int, deadline: Deadline,
                  page_size: int | None = None, on_page: OnPage | None = None, resume: Found | None = None,
-                 every_value_hidden: bool = True) -> Found:
+                 every_value_hidden: bool = True, config_path: str = "config.yaml") -> Found:
     """Every match of ``query`` in ``store``, page by page (``on_page(found, pages, last)`` after each).
 
     Starts after ``resume`` (what an earlier call found: its paths, and the offset they make), if given.
@@ -192,7 +192,7 @@ def search_paths(api: HealthcareApi, store: str, query: Query, *, cap: int, dead
         if len(found) > cap:
             raise ExportRequestError(
                 f"the query {shown!r} matches more than {cap:,} {plural} in {store}: narrow it (a shorter date "
-                f"range, another attribute) or raise {CAP_RULE} in config.yaml", CAP_RULE)
+                f"range, another attribute) or raise {CAP_RULE} in {config_path}", CAP_RULE)
         last = not page or len(found) == before
         if on_page is not None:
             on_page(len(found), pages, last)

@@ -253,14 +253,14 @@ class RefusedMessage:
         return request is not None and request.fingerprint == recorded["fingerprint"]
 
 
-def resolve_store(store: str, stores: Mapping[str, str]) -> str:
+def resolve_store(store: str, stores: Mapping[str, str], config_path: str = "config.yaml") -> str:
     """The full name of a configured store, named by its alias (or by that full name); any other is refused."""
     if store in stores:
         return stores[store]
     if store in stores.values():
         return store
     known = ", ".join(f"{alias} ({name})" for alias, name in sorted(stores.items())) or "none"
-    raise ExportRequestError(f"store {store!r} is not one of the stores in config.yaml (known: {known}): name a "
+    raise ExportRequestError(f"store {store!r} is not one of the stores in {config_path} (known: {known}): name a "
                              "configured store's alias, or add the store to 'stores' and redeploy", STORES_RULE)
 
 

@@ -394,7 +394,7 @@ def test_an_id_refused_on_pubsub_keeps_its_result_and_a_corrected_request_is_tol
     entrypoints.export_request(export_event({"store": "main", "destination": "gs://attacker-bkt/x", "requestId": "r9"}))
     [(_, refusal, _)] = s.publisher.messages
     assert refusal["outcome"] == "REJECTED" and refusal["hint"] == (
-        "refused by exports.destinations in config.yaml: request an allowed value, or have the operators change "
+        "refused by exports.destinations in c.yaml: request an allowed value, or have the operators change "
         "exports.destinations, then send the request again with a new requestId (r9 keeps this result)")
     corrected = {"store": "main", "destination": "gs://exports-bkt/x", "requestId": "r9"}
     with pytest.raises(ExportRequestError, match=r"^requestId r9 was refused before \(destination gs://attacker-bkt/x "
@@ -449,7 +449,15 @@ def test_the_cli_refuses_a_destination_outside_in_one_line(tmp_path, monkeypatch
         f"error: destination gs://attacker-bkt/loot is outside exports.destinations (gs://exports-bkt/): export into "
         f"one of those folders, or add the folder to exports.destinations in {config} and redeploy\n")
     code = main(["--config", str(config), "export", "--store", OTHER_STORE, "--to", "gs://exports-bkt/x"])
-    assert code == 1 and "is not one of the stores in config.yaml" in capsys.readouterr().err
+    assert code == 1 and f"is not one of the stores in {config} (known: " in capsys.readouterr().err
+
+
+def test_the_config_is_named_as_operators_know_it_relative_to_the_functions_folder(tmp_path):
+    from handlers.config import SOURCE_DIR, shown_path
+
+    assert shown_path(str(SOURCE_DIR / "config.yaml")) == "config.yaml"
+    assert shown_path(str(SOURCE_DIR / "config" / "prod.yaml")) == "config/prod.yaml"
+    assert shown_path(str(tmp_path / "other.yaml")) == str(tmp_path / "other.yaml")
 
 
 def raw_export_event(data: bytes) -> CloudEvent:
