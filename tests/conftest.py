@@ -20,6 +20,7 @@ next one starts.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -34,6 +35,20 @@ from localstack.services import (
 )
 from localstack.stack import Stack
 from tests.emulator.client import unique
+
+#: Set by .ci/run: a skipped test fails the run, so CI never passes with a test left out.
+NO_SKIPPED_TESTS = "NO_SKIPPED_TESTS"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """With ``NO_SKIPPED_TESTS=1``, report a skipped test as failed, naming why it skipped."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get(NO_SKIPPED_TESTS) == "1" and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped ({reason}), but {NO_SKIPPED_TESTS}=1: every test must run here"
 
 
 @pytest.fixture(scope="session")

@@ -49,6 +49,10 @@ for line in sys.stdin:
 """
 
 
+#: Why a test that needs the SDK fails (never skips: CI has it, and so must every machine running the stack).
+NOT_INSTALLED = "the Google Cloud SDK (gcloud) is not installed: install it (it ships the Pub/Sub emulator the local stack runs)"
+
+
 def sdk_root() -> Path | None:
     gcloud = shutil.which("gcloud")
     return Path(os.path.realpath(gcloud)).parent.parent if gcloud else None
@@ -62,7 +66,7 @@ def sdk_python(sdk: Path) -> str:
 def unrecognized_fields(documents: list[tuple[str, str, Any]]) -> list[list[str]]:
     """For each (module, message class, JSON document): the paths the API's message class does not define."""
     sdk = sdk_root()
-    assert sdk is not None, "the Google Cloud SDK (gcloud) is not installed"
+    assert sdk is not None, NOT_INSTALLED
     env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8",
            "PYTHONPATH": f"{sdk / 'lib' / 'third_party'}{os.pathsep}{sdk / 'lib'}"}
     stdin = "".join(json.dumps({"module": module, "message": message, "document": document}) + "\n"

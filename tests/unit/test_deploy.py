@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import google_sdk
+
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = "dicom-prod-1"
 PROJECT_NUMBER = "123456789012"
@@ -1435,12 +1437,11 @@ def test_help_exits_0_and_lists_every_flag(env):
 # ---------------------------------------------------------------- against the real gcloud CLI
 
 
-def real_gcloud() -> str | None:
-    for directory in os.environ.get("PATH", "").split(os.pathsep):
-        candidate = Path(directory) / "gcloud"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
+def real_gcloud() -> str:
+    """The installed gcloud: these tests fail, never skip, without it."""
+    found = shutil.which("gcloud")
+    assert found, google_sdk.NOT_INSTALLED
+    return found
 
 
 # Parses commands with the installed SDK's own CLI, in one process: starting
@@ -1486,7 +1487,7 @@ def parse_with_gcloud(commands: list[list[str]], tmp_path: Path) -> dict[tuple[s
     proc = subprocess.run([python, "-c", PARSE_WITH_GCLOUD], input="".join(json.dumps(c) + "\n" for c in commands),
                           env=isolated, capture_output=True, text=True, timeout=300)
     if proc.returncode == 99:
-        pytest.skip(proc.stdout.strip())
+        pytest.fail(proc.stdout.strip())
     outputs = {}
     for section in proc.stderr.split("\n@@@ ")[1:]:
         argv, _, output = section.partition("\n")
@@ -1513,7 +1514,6 @@ def parse_with_bq(commands: list[tuple[str, ...]], tmp_path: Path) -> dict[tuple
     return outputs
 
 
-@pytest.mark.skipif(real_gcloud() is None, reason="the gcloud CLI is not installed")
 def test_real_gcloud_accepts_every_command_and_flag(env, tmp_path):
     """Every recorded command parses with the installed gcloud: it stops at the credential check,
     which comes after argument parsing (an unknown flag or bad choice fails before it)."""
@@ -1551,7 +1551,6 @@ def test_real_gcloud_accepts_every_command_and_flag(env, tmp_path):
     assert not rejected, "\n".join(rejected)
 
 
-@pytest.mark.skipif(real_gcloud() is None, reason="the gcloud CLI is not installed")
 def test_gcloudignore_uploads_only_what_the_function_needs(tmp_path):
     tree = tmp_path / "tree"
     files = [

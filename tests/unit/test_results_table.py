@@ -130,7 +130,6 @@ def test_column_definitions_follow_bigquery_rules():
     check(TABLE, "")
 
 
-@pytest.mark.skipif(google_sdk.sdk_root() is None, reason="the Google Cloud SDK is not installed")
 def test_every_column_is_a_tablefieldschema_the_bigquery_api_defines():
     documents = [(google_sdk.BIGQUERY_V2, "TableFieldSchema", field) for field in TABLE]
     documents.append((google_sdk.BIGQUERY_V2, "TableFieldSchema", {"name": "x", "typ": "STRING"}))
