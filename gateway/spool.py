@@ -23,9 +23,11 @@ create + fsync + rename + directory fsync of a file per instance.
 upload, in the order they were received: a segment's name ``N`` is one more
 than the highest found on disk or made since, never the wall clock, which NTP
 may step back between two segments (the older version of an instance would be
-recovered last, and supersede the newer one). A record cut short by a crash
-fails its length or a CRC check; it was never acknowledged, and it and
-anything after it in that segment are dropped with a warning. Each record
+recovered last, and supersede the newer one). Reception times do not go back
+either (:mod:`gateway.stamps`): new records are stamped after the newest on
+disk. A record cut short by a crash fails its length or a CRC check; it was
+never acknowledged, and it and anything after it in that segment are dropped
+with a warning. Each record
 done with (:meth:`Spool.done`: uploaded,
 or superseded) is noted in the segment's ``.ack`` file (its payload offset, a
 u64, written but not fsynced: it survives the process, killed or stopped, not
@@ -50,9 +52,11 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from handlers import log
+
+from .stamps import Stamps
 
 __all__ = ["Record", "Spool", "SpoolError", "SpoolFull", "SpoolStats", "make_directory"]
 
@@ -159,7 +163,8 @@ def make_directory(directory: Path) -> None:
 class Spool:
     """Append-only, fsynced, size-bounded segments of received instances (see the module docstring)."""
 
-    def __init__(self, directory: str | Path, *, max_bytes: int, segment_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, directory: str | Path, *, max_bytes: int, segment_bytes: int = 64 * 1024 * 1024,
+                 clock: Callable[[], float] = time.time) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
@@ -171,6 +176,7 @@ class Spool:
         self._closed = False
         self._appended = 0
         self._flushes = 0
+        self._stamps = Stamps(clock)  # each record's reception time
 
     # -- restart ---------------------------------------------------------------
     def recover(self) -> list[Record]:
@@ -188,6 +194,8 @@ class Spool:
             self._sequence = max([self._sequence, *map(_number, paths)])
         for path in paths:
             found, good_size = self._scan(path)
+            for record in found:  # a clock stepped back since cannot stamp a newer version earlier than these
+                self._stamps.after(record.received)
             segment = _Segment(path, None, good_size)
             acked = _read_acks(segment.ack_path)
             waiting = [record for record in found if record.offset not in acked]
@@ -247,7 +255,7 @@ class Spool:
         parts = (payload,) if isinstance(payload, bytes) else payload
         payload_length = sum(len(part) for part in parts)
         crc32 = _crc32(*parts)
-        received = time.time()
+        received = self._stamps.next()
         header = json.dumps({"name": name, "crc32": crc32, "received": received, "meta": meta or {}},
                             separators=(",", ":")).encode()
         prefix = _PREFIX.pack(MAGIC, len(header), payload_length, zlib.crc32(header))

@@ -37,6 +37,16 @@ def make_config(spool_dir: Path, bucket: str, **sections: str) -> GatewayConfig:
     return parse(config_text(spool_dir, bucket, **sections), "gateway-test.yaml", {})
 
 
+class FakeClock:
+    """A wall clock that stands still at ``now`` (epoch seconds) until a test moves it, back as well as forward."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @contextmanager
 def running_gateway(config: GatewayConfig, inbox_factory: Callable[[], Inbox]) -> Iterator[Gateway]:
     gateway = Gateway(config, inbox_factory=inbox_factory)

@@ -16,9 +16,10 @@ from gateway.commitment import JOURNAL_NAME, Ledger
 from gateway.config import DEFAULT_OBJECT_NAME, ConfigError, load, parse
 from gateway.naming import MissingUid, ObjectNamer, safe_value
 from gateway.spool import Record, Spool, SpoolFull
+from gateway.stamps import Stamps
 from localstack.names import REPO_ROOT
 
-from .helpers import captured_logs, certificate, config_text, make_config
+from .helpers import FakeClock, captured_logs, certificate, config_text, make_config
 
 
 def _problems(text: str) -> list[str]:
@@ -320,6 +321,42 @@ def test_spool_recovery_keeps_the_order_of_reception_when_the_clock_steps_back(t
     again.append("x.dcm", b"v3" * 100)
     again.close()
     assert [record.read()[:2] for record in Spool(tmp_path, max_bytes=10_000_000).recover()] == [b"v1", b"v2", b"v3"]
+
+
+def test_reception_stamps_increase_when_several_associations_take_them_at_once() -> None:
+    """A clock standing still (or stepped back) still gives each reception its own, later stamp."""
+    clock = FakeClock()
+    stamps = Stamps(clock)
+    taken: list[list[float]] = [[] for _ in range(4)]
+
+    def take(mine: list[float]) -> None:
+        for _ in range(1000):
+            mine.append(stamps.next())
+
+    threads = [threading.Thread(target=take, args=(mine,)) for mine in taken]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(mine == sorted(mine) for mine in taken)
+    assert len({stamp for mine in taken for stamp in mine}) == 4000
+    clock.now -= 60  # NTP steps the clock back a minute
+    assert stamps.next() > max(max(mine) for mine in taken)
+    clock.now += 120
+    assert stamps.next() == clock.now, "a clock ahead of the last stamp is the stamp"
+
+
+def test_a_restart_stamps_new_receptions_after_the_newest_in_the_spool(tmp_path: Path) -> None:
+    """The clock stepped back while the gateway was down: a version received after the restart is still newer."""
+    clock = FakeClock()
+    spool = Spool(tmp_path, max_bytes=10_000_000, clock=clock)
+    spool.recover()
+    before = spool.append("x.dcm", b"v1")
+    spool.close()
+    clock.now -= 60
+    again = Spool(tmp_path, max_bytes=10_000_000, clock=clock)
+    assert again.recover() == [before]
+    assert again.append("x.dcm", b"v2").received > before.received
 
 
 def test_spool_segments_named_by_an_earlier_version_are_recovered_before_new_ones(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from gateway.spool import Spool
 from gateway.uploader import Uploader
 from handlers.privacy import NamePolicy
 
-from .helpers import captured_logs, make_config, wait_for
+from .helpers import FakeClock, captured_logs, make_config, wait_for
 
 NAME = "in/CT1/1.2/1.2.3/1.2.3.4.dcm"
 V1, V2, V3 = b"version-1" * 100, b"version-2" * 100, b"version-3" * 100
@@ -237,6 +237,26 @@ def test_an_older_version_alone_in_the_spool_after_a_restart_is_stale_not_upload
         wait_for(lambda: any(line.get("outcome") == STALE for line in logs()), timeout=5, what="v1 found stale")
         again.stop()
     assert gcs.live(NAME) == V2 and gcs.generations == [V1, V2], "no third generation, the newer version live"
+
+
+def test_a_clock_stepped_back_between_two_receptions_does_not_make_the_newer_version_stale(tmp_path: Path) -> None:
+    """NTP steps the clock back half a second between an instance and its corrected re-send: the re-send is still
+    stamped after the first version, and replaces it in the bucket (it used to be found ``stale``, and lost)."""
+    clock = FakeClock()
+    spool = Spool(tmp_path, max_bytes=10_000_000, clock=clock)
+    spool.recover()
+    gcs = FakeGcs()
+    uploader = _uploader(spool, gcs)
+    uploader.start()
+    try:
+        uploader.submit(spool.append(NAME, V1))
+        wait_for(lambda: gcs.objects.get(NAME), timeout=5, what="v1")
+        clock.now -= 0.5
+        uploader.submit(spool.append(NAME, V2))
+        wait_for(lambda: spool.stats().pending == 0, timeout=5, what="v2 done with")
+    finally:
+        uploader.stop()
+    assert gcs.live(NAME) == V2 and gcs.generations == [V1, V2]
 
 
 def test_the_inbox_never_replaces_a_version_received_later(bucket: str, fake_gcs: Any, storage_client: Any) -> None:
