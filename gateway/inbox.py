@@ -10,17 +10,25 @@ handles), unless the object is a version received later than ours (its
 stale and nothing is written, so an older version left in the spool can never
 replace a newer one, whatever the order of uploads or restarts. One request
 for a new instance, two for a re-send.
+
+Except an object received in the future (past ``FUTURE_TOLERANCE`` ahead of
+this host's clock): a clock stepped back since it was stamped (NTP, a VM
+resumed) would make every newer version stale, and lose it. Ours, the newest
+the gateway acknowledged, replaces it, with a WARNING to fix the clock.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-from typing import Any, Mapping, Protocol
+import time
+from typing import Any, Callable, Mapping, Protocol
 
+from handlers import log
 from handlers.clients.storage import storage_client
 
-__all__ = ["CREATED", "IDENTICAL", "REPLACED", "STALE", "GcsInbox", "Inbox", "RECEIVED", "md5_of", "verdict"]
+__all__ = ["CREATED", "FUTURE_TOLERANCE", "IDENTICAL", "REPLACED", "STALE", "GcsInbox", "Inbox", "RECEIVED", "md5_of",
+           "verdict"]
 
 CREATED = "created"
 IDENTICAL = "identical"
@@ -29,6 +37,8 @@ STALE = "stale"
 CONTENT_TYPE = "application/dicom"
 #: Custom metadata of each uploaded object: when the gateway received that version (epoch seconds).
 RECEIVED = "dicom-gateway-received"
+#: Seconds an object's ``RECEIVED`` may be ahead of this host's clock before it is taken for a clock stepped back.
+FUTURE_TOLERANCE = 1.0
 
 
 class Inbox(Protocol):
@@ -42,10 +52,11 @@ def md5_of(data: bytes) -> str:
 
 
 def verdict(existing_md5: str | None, existing_metadata: Mapping[str, str] | None, md5: str,
-            received: float) -> str | None:
+            received: float, now: float) -> str | None:
     """What an upload does about the live object: IDENTICAL or STALE (write nothing), or None (replace it).
 
-    An object without a readable ``RECEIVED`` (not written by the gateway) is replaced when it differs.
+    An object without a readable ``RECEIVED`` (not written by the gateway) is replaced when it differs;
+    so is one received in the future of ``now`` (this host's clock), with a WARNING.
     """
     if existing_md5 == md5:
         return IDENTICAL
@@ -53,7 +64,13 @@ def verdict(existing_md5: str | None, existing_metadata: Mapping[str, str] | Non
         theirs = float((existing_metadata or {})[RECEIVED])
     except (KeyError, TypeError, ValueError):
         return None
-    return STALE if theirs > received else None
+    if theirs <= received:
+        return None
+    if theirs > now + FUTURE_TOLERANCE:
+        log.warning("object received in the future: clock stepped back?", received=received, objectReceived=theirs,
+                    aheadSeconds=round(theirs - now, 3))
+        return None
+    return STALE
 
 
 class GcsInbox:
@@ -63,11 +80,13 @@ class GcsInbox:
     with anonymous credentials; without one it uses Application Default
     Credentials. One instance per uploader thread: HTTP sessions are not shared.
     The client is the function's (``storage_client``): no background bucket
-    lookups, the environment read once.
+    lookups, the environment read once. ``clock`` tells objects received in the future.
     """
 
-    def __init__(self, bucket: str, *, endpoint: str | None = None, project: str | None = None) -> None:
+    def __init__(self, bucket: str, *, endpoint: str | None = None, project: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self._bucket = storage_client(project, endpoint).bucket(bucket)
+        self._clock = clock
 
     def put(self, name: str, data: bytes, received: float) -> str:
         from google.api_core.exceptions import NotFound, PreconditionFailed
@@ -90,7 +109,7 @@ class GcsInbox:
             if existing is None:
                 generation = 0  # deleted in between: create again
                 continue
-            outcome = verdict(existing.md5_hash, existing.metadata, md5, received)
+            outcome = verdict(existing.md5_hash, existing.metadata, md5, received, self._clock())
             if outcome is not None:
                 return outcome
             generation = existing.generation

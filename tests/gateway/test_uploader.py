@@ -8,11 +8,12 @@ import time
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from gateway.commitment import JOURNAL_NAME, Ledger
-from gateway.inbox import CREATED, IDENTICAL, RECEIVED, REPLACED, STALE, GcsInbox, md5_of, verdict
+from gateway.inbox import (CREATED, FUTURE_TOLERANCE, IDENTICAL, RECEIVED, REPLACED, STALE, GcsInbox, md5_of,
+                           verdict)
 from gateway.service import Gateway
 from gateway.spool import Spool
 from gateway.uploader import Uploader
@@ -27,10 +28,12 @@ V1, V2, V3 = b"version-1" * 100, b"version-2" * 100, b"version-3" * 100
 class FakeGcs:
     """``GcsInbox.put``'s algorithm over an in-memory bucket; uploads of ``slow`` bytes take longer.
 
-    ``down`` makes every put fail (an outage); ``overlaps`` counts puts of one name running at once.
+    ``down`` makes every put fail (an outage); ``overlaps`` counts puts of one name running at once;
+    ``clock`` is the uploading host's.
     """
 
-    def __init__(self, slow: bytes = b"") -> None:
+    def __init__(self, slow: bytes = b"", clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
         self.objects: dict[str, tuple[bytes, int]] = {}
         self.received: dict[str, float] = {}  # each object's RECEIVED metadata, as GcsInbox writes it
         self.generations: list[bytes] = []
@@ -76,7 +79,7 @@ class FakeGcs:
                 generation = 0
                 continue
             metadata = None if theirs is None else {RECEIVED: repr(theirs)}
-            outcome = verdict(md5_of(existing[0]), metadata, md5_of(data), received)
+            outcome = verdict(md5_of(existing[0]), metadata, md5_of(data), received, self.clock())
             if outcome is not None:
                 return outcome
             generation = existing[1]
@@ -259,6 +262,30 @@ def test_a_clock_stepped_back_between_two_receptions_does_not_make_the_newer_ver
     assert gcs.live(NAME) == V2 and gcs.generations == [V1, V2]
 
 
+def test_after_a_restart_on_a_clock_stepped_back_a_new_version_replaces_an_object_received_in_the_future(
+        tmp_path: Path) -> None:
+    """The spool is empty (the first version uploaded, its segment deleted), and the clock was stepped back a minute
+    while the gateway was down: the bucket's object seems received in the future. The new version replaces it."""
+    clock = FakeClock()
+    gcs = FakeGcs(clock=clock)
+    gcs.objects[NAME], gcs.received[NAME], gcs.generations = (V1, 1), clock.now + 60, [V1]
+    spool = Spool(tmp_path, max_bytes=10_000_000, clock=clock)
+    assert spool.recover() == []
+    uploader = _uploader(spool, gcs)
+    with captured_logs() as logs:
+        uploader.start()
+        try:
+            uploader.submit(spool.append(NAME, V2))
+            wait_for(lambda: spool.stats().pending == 0, timeout=5, what="v2 done with")
+        finally:
+            uploader.stop()
+    assert gcs.live(NAME) == V2 and gcs.generations == [V1, V2]
+    warnings = [line for line in logs() if line["severity"] == "WARNING"]
+    assert [line["message"] for line in warnings] == ["object received in the future: clock stepped back?"]
+    assert warnings[0]["objectReceived"] == clock.now + 60 and warnings[0]["aheadSeconds"] == 60
+    assert [line["outcome"] for line in logs() if line["message"] == "instance uploaded"] == [REPLACED]
+
+
 def test_the_inbox_never_replaces_a_version_received_later(bucket: str, fake_gcs: Any, storage_client: Any) -> None:
     """GcsInbox on fake-gcs-server: each upload carries its reception time; an older one finds the newer object."""
     inbox = GcsInbox(bucket, endpoint=fake_gcs.url)
@@ -269,13 +296,24 @@ def test_the_inbox_never_replaces_a_version_received_later(bucket: str, fake_gcs
     blob = storage_client.bucket(bucket).get_blob(NAME)
     assert blob.download_as_bytes() == V3 and blob.metadata == {RECEIVED: "300.0"}
     assert inbox.put(NAME, V3, 50.0) == IDENTICAL, "identical bytes are identical, whenever received"
+    stepped_back = GcsInbox(bucket, endpoint=fake_gcs.url, clock=lambda: 100.0)  # 300.0 is in its future
+    assert stepped_back.put(NAME, V1, 100.0) == REPLACED
+    assert storage_client.bucket(bucket).blob(NAME).download_as_bytes() == V1
 
 
 def test_an_object_the_gateway_did_not_write_is_replaced_when_it_differs() -> None:
-    assert verdict(md5_of(V1), None, md5_of(V2), 1.0) is None
-    assert verdict(md5_of(V1), {RECEIVED: "not a time"}, md5_of(V2), 1.0) is None
-    assert verdict(md5_of(V1), {RECEIVED: "2.0"}, md5_of(V2), 1.0) == STALE
-    assert verdict(md5_of(V1), {RECEIVED: "0.5"}, md5_of(V2), 1.0) is None
+    assert verdict(md5_of(V1), None, md5_of(V2), 1.0, 1.0) is None
+    assert verdict(md5_of(V1), {RECEIVED: "not a time"}, md5_of(V2), 1.0, 1.0) is None
+    assert verdict(md5_of(V1), {RECEIVED: "2.0"}, md5_of(V2), 1.0, 2.0) == STALE
+    assert verdict(md5_of(V1), {RECEIVED: "0.5"}, md5_of(V2), 1.0, 2.0) is None
+
+
+def test_only_an_object_received_past_the_tolerance_ahead_of_the_clock_is_taken_for_a_clock_step() -> None:
+    """Received later than ours but not in the future: stale. Past ``FUTURE_TOLERANCE`` ahead of the clock: replaced."""
+    assert verdict(md5_of(V1), {RECEIVED: repr(10.0 + FUTURE_TOLERANCE)}, md5_of(V2), 5.0, 10.0) == STALE
+    with captured_logs() as logs:
+        assert verdict(md5_of(V1), {RECEIVED: repr(10.5 + FUTURE_TOLERANCE)}, md5_of(V2), 5.0, 10.0) is None
+    assert [line["message"] for line in logs()] == ["object received in the future: clock stepped back?"]
 
 
 def test_recovery_returns_records_in_the_order_they_were_spooled(tmp_path: Path) -> None:
