@@ -581,3 +581,72 @@ def test_a_since_sweep_over_an_old_checkpoint_moves_it_only_from_the_cap():
     assert longest["checkpoint"]["moved"] and longest["checkpoint"]["unswept"]["from"] == progress_module_rfc(
         checkpoint["to"] - 600)
     assert longest["totals"]["admitted"] == 0 and world.store.doc(CHECKPOINT_PATH)["to"] == world.clock.now - 120
+
+
+# -- on_reconcile: the Cloud Scheduler tick, through functions-framework and main.py ---------------------------
+
+def scheduler_tick(world: World, monkeypatch):
+    """Deliver one Cloud Scheduler tick (a Pub/Sub message) to main.py's ``on_reconcile``, whose runtime sweeps
+    ``world``: the HTTP response."""
+    import base64
+    from pathlib import Path
+
+    from functions_framework import create_app
+
+    from handlers import runtime
+
+    instance = runtime.Runtime(world.config)
+    instance.reconciler = world.sweeper()
+    monkeypatch.setattr(runtime, "_runtime", instance)
+    main = str(Path(__file__).resolve().parents[2] / "main.py")
+    data = base64.b64encode(b"tick").decode()
+    headers = {"ce-specversion": "1.0", "ce-type": "google.cloud.pubsub.topic.v1.messagePublished", "ce-id": "m-1",
+               "ce-source": "//pubsub.googleapis.com/projects/p/topics/reconcile", "Content-Type": "application/json"}
+    app = create_app("on_reconcile", main).test_client()
+    return app.post("/", headers=headers, data=json.dumps({"message": {"data": data, "messageId": "m-1"}}))
+
+
+def test_a_scheduled_tick_sweeps_publishes_one_result_and_moves_the_checkpoint(monkeypatch, capsys):
+    world = World()
+    world.sweep()
+    before = world.store.doc(CHECKPOINT_PATH)["to"]
+    world.clock.now += HOUR
+    world.put("ct/lost.dcm", age=HOUR / 2)  # its event is lost
+    published = len(world.publisher.messages)
+    capsys.readouterr()
+
+    response = scheduler_tick(world, monkeypatch)
+
+    assert response.status_code == 200, response.get_data(as_text=True)
+    [(topic, message, attributes)] = world.publisher.messages[published:]
+    assert topic == world.config.results_topic and message["schema"] == "dicom-reconcile-result/v1"
+    validate(message, attributes)
+    assert message["outcome"] == "RECOVERED" and [item["uri"] for item in message["admitted"]] == [
+        "gs://inbox-bkt/ct/lost.dcm"]
+    assert message["window"]["from"] == progress_module_rfc(before - 600)
+    assert world.store.doc(CHECKPOINT_PATH)["to"] == world.clock.now - 120 > before
+    assert world.store.doc(SWEEP_PATH)["state"] == "done"
+    [finished] = [line for line in log_lines(capsys) if line["message"] == "reconcile finished"]
+    assert finished["severity"] == "INFO" and finished["sweep"] == message["sweep"]
+    assert (finished["outcome"], finished["admitted"]) == ("RECOVERED", 1)
+
+
+def test_a_tick_while_another_sweep_runs_is_acknowledged_and_does_nothing(monkeypatch, capsys):
+    """docs/reconcile.md: a run that finds a live worker stops, and ``on_reconcile`` acknowledges the tick (the
+    next hourly tick comes anyway; a redelivery with backoff would only pile onto the running sweep)."""
+    world = World()
+    world.put("ct/lost.dcm", age=HOUR)
+    Progress(world.store, world.config, world.clock, worker="other").begin()  # its worker wrote just now
+    held = world.store.doc(SWEEP_PATH)
+    capsys.readouterr()
+
+    response = scheduler_tick(world, monkeypatch)
+
+    assert response.status_code == 200, "acknowledged: not redelivered"
+    assert world.publisher.messages == [] and world.kicks == []
+    assert world.store.doc(SWEEP_PATH) == held, "the other worker's sweep is left alone"
+    assert world.store.read(CHECKPOINT_PATH) is None
+    lines = log_lines(capsys)
+    [skipped] = [line for line in lines if line["message"] == "reconcile skipped: another sweep is running"]
+    assert skipped["severity"] == "INFO" and "is running" in skipped["reason"]
+    assert not [line for line in lines if line["severity"] in ("WARNING", "ERROR")], lines
