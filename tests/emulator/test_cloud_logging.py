@@ -6,10 +6,11 @@ import time
 
 import pytest
 
-from localstack.samples import make_instance, new_uid
+from localstack.samples import bundled_bytes, make_instance, make_series, new_uid, with_new_uids
 from tests.emulator.client import assert_google_error, counter
 
 IMPORT_TYPE = "type.googleapis.com/google.cloud.healthcare.logging.ImportDicomLogEntry"
+EXPORT_TYPE = "type.googleapis.com/google.cloud.healthcare.logging.ExportDicomLogEntry"
 CONFLICT = ("An instance already exists in this DICOM Store with the same Study/Series/SOPInstance UID, "
             "but the DICOM files differ (checksum mismatch).")
 
@@ -88,6 +89,39 @@ def test_each_failed_file_is_a_log_entry_shaped_like_the_apis(api, store, bad_dr
     assert list_all(api, "another-project", operation_query(done["name"]))[0] == [], "entries belong to their project"
     since_a_date, _ = list_all(api, project, f'({operation_query(done["name"])}) AND timestamp>="2000-01-01"')
     assert len(since_a_date) == 4, "a date alone is a UTC time (a 500 before: naive and aware times compared)"
+
+
+def test_each_instance_an_export_fails_is_an_export_dicom_log_entry(api, store, upload, bucket):
+    """Two structured reports (no pixel data) cannot be exported as PNG: one entry each, listed like an import's."""
+    reports = [with_new_uids(bundled_bytes("test-SR.dcm")) for _ in range(2)]
+    image = make_series(1)
+    folder = [upload(f"export-src/{uids.sop}.dcm", data) for uids, data in reports + image][0].rsplit("/", 1)[0]
+    assert counter(api.import_and_wait(store, f"{folder}/*.dcm")) == {"success": "3"}
+    done = api.wait(api.start_export(store, {"gcsDestination": {"uriPrefix": f"gs://{bucket.name}/png",
+                                                                 "mimeType": "image/png"}}))
+    assert counter(done) == {"success": "1", "failure": "2"}
+    project = store.name.split("/")[1]
+    _, _, location, _, dataset, _, store_id = store.name.split("/")[1:]
+    query = (f'resource.type="healthcare_dicom_store" AND jsonPayload."@type"="{EXPORT_TYPE}" AND '
+             f'operation.id="{done["name"]}"')
+
+    entries, _ = list_all(api, project, query)
+
+    sources = {f"{store.name}/dicomWeb/studies/{u.study}/series/{u.series}/instances/{u.sop}" for u, _ in reports}
+    assert sorted(e["jsonPayload"]["source"] for e in entries) == sorted(sources), "one entry per failed instance"
+    for entry in entries:
+        assert entry["logName"] == f"projects/{project}/logs/healthcare.googleapis.com%2Fexport_dicom"
+        assert entry["logName"].endswith("healthcare.googleapis.com%2Fexport_dicom")
+        assert entry["jsonPayload"]["@type"] == EXPORT_TYPE and entry["severity"] == "ERROR"
+        error = entry["jsonPayload"]["error"]
+        assert error["code"] == 9 and "no pixel data" in error["message"], "FAILED_PRECONDITION, with the reason"
+        assert entry["resource"] == {"type": "healthcare_dicom_store", "labels": {
+            "project_id": project, "location": location, "dataset_id": dataset, "dicom_store_id": store_id}}
+        assert entry["operation"] == {"id": done["name"], "producer": "healthcare.googleapis.com"}
+    assert list_all(api, project, operation_query(done["name"]))[0] == [], "no ImportDicomLogEntry for an export"
+    by_log, _ = list_all(api, project, f'logName="projects/{project}/logs/healthcare.googleapis.com%2Fexport_dicom" '
+                                       f'AND operation.id="{done["name"]}"')
+    assert len(by_log) == 2
 
 
 def test_paging_ordering_and_the_last_segment_form_of_operation_id(api, store, bad_drop, settings):
