@@ -26,13 +26,18 @@ REFUSAL = "caller lacks healthcare.dicomStores.import"
 
 def run(world: World, *argv: str) -> list[str]:
     """The command's stdout lines, run on the world's state store."""
+    return run_both(world, *argv)[0]
+
+
+def run_both(world: World, *argv: str) -> tuple[list[str], list[str]]:
+    """The command's (stdout lines, stderr lines), run on the world's state store."""
     args = build_parser().parse_args(list(argv))
-    out = io.StringIO()
-    ctx = Context("config.yaml", out, io.StringIO())
+    out, err = io.StringIO(), io.StringIO()
+    ctx = Context("config.yaml", out, err)
     ctx.__dict__.update(config=world.config, runtime=SimpleNamespace(
         state=world.store, kick_batch=lambda rule, batch: world.kicks.append((rule, batch))))
     assert args.run(ctx, args) == 0
-    return out.getvalue().splitlines()
+    return out.getvalue().splitlines(), err.getvalue().splitlines()
 
 
 def two_files(world: World) -> str:
@@ -145,3 +150,44 @@ def test_a_batch_whose_operation_cannot_be_read_is_listed_as_unknown(config_env)
     assert world.results()[0]["outcome"] == "UNKNOWN"
     [line] = run(world, "failures", "--since", "1h")
     assert line.endswith(f"{batch}  unknown  all 2 files  batch  operation not found")
+
+
+def rejected_while_an_older_batch_hangs(world: World) -> tuple[str, str]:
+    """(older, newer): the older batch opens first but concludes last (UNKNOWN, an hour on), after the newer
+    batch is REJECTED: newest first means by conclusion, not by batch id."""
+    older = two_files(world)
+    with pytest.raises(RetryLater):
+        world.drive(older)  # its import is running, and never ends
+    world.admit(world.upload("c.dcm"))
+    world.clock.now += 11
+    newer = world.kicks[-1][1]
+    assert newer != older and newer > older, "batch ids start with their opening time"
+    world.api.import_errors = [ApiError(403, "PERMISSION_DENIED", REFUSAL)]
+    assert world.drive(newer) == DONE
+    world.clock.now += 3601
+    assert world.drive(older) == DONE
+    outcomes = {result["batch"]: result["outcome"] for result in world.results()}
+    assert outcomes == {older: "UNKNOWN", newer: "REJECTED"}
+    return older, newer
+
+
+def test_failures_lists_the_batch_concluded_last_first(config_env):
+    world = World()
+    older, newer = rejected_while_an_older_batch_hangs(world)
+    concluded = {result["batch"]: result["timings"]["concludedAt"] for result in world.results()}
+    assert concluded[older] > concluded[newer]
+    lines = run(world, "failures", "--since", "2h")
+    assert [line.split("  ")[2] for line in lines] == [older, newer], lines
+    assert lines[0].startswith(f"{concluded[older]}  all  {older}  unknown")
+    rows = [json.loads(text) for text in run(world, "failures", "--since", "2h", "--json")]
+    assert [row["batch"] for row in rows] == [older, newer]
+
+
+def test_retry_says_how_many_batches_it_went_through_on_stderr(config_env):
+    world = World()
+    older, newer = rejected_while_an_older_batch_hangs(world)
+    out, err = run_both(world, "retry", "--failed-since", "2h")
+    assert err == ["batches: 1/2", "batches: 2/2"], "a plain line per tenth (not a terminal), then the last state"
+    assert out[-1].startswith(f"3 files retried in 2 batches ({older}-retry1, {newer}-retry1)")
+    out, err = run_both(world, "retry", newer)
+    assert err == ["batches: 1/1"] and out == ["0 files retried in 0 batches"]
