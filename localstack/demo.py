@@ -144,6 +144,16 @@ def ask_for_commitment(env: dict[str, str], drop: Drop, timeout: float = 90.0) -
     return event_type, len(report.get("ReferencedSOPSequence", [])), len(report.get("FailedSOPSequence", []))
 
 
+def wait_for_results(reader: ResultsReader, drop: Drop) -> list[Result]:
+    """The result messages, once they cover every object of ``drop`` the rules match (or after WAIT_SECONDS)."""
+    return reader.until(lambda got: covered_objects(got) >= drop.matched, WAIT_SECONDS, quiet=2.0)
+
+
+def in_store(env: dict[str, str], drop: Drop) -> int:
+    """How many of the drop's valid instances are in the DICOM store (QIDO)."""
+    return len(drop.valid_sops & store_sop_uids(env))
+
+
 def table(env: dict[str, str], results: list[Result], uploaded_at: float) -> str:
     header = (f"{'batch':<28} {'outcome':<9} {'objects':>7} {'C-STORE':>7} {'success':>7} {'failure':>7} "
               f"{'wait s':>6} {'latency s':>9}")
@@ -236,7 +246,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"  storage commitment: {committed}/{len(drop.cstore)} committed (N-EVENT-REPORT event type "
               f"{event_type or 'none'}: each instance is in the inbox bucket)", flush=True)
         print(f"waiting for results on {env['RESULTS_SUBSCRIPTION']} ...", flush=True)
-        results = reader.until(lambda got: covered_objects(got) >= drop.matched, WAIT_SECONDS, quiet=2.0)
+        results = wait_for_results(reader, drop)
         print()
         print(table(env, results, uploaded_at))
         print()
@@ -251,8 +261,7 @@ def _demo(args: argparse.Namespace) -> int:
         if (event_type, committed, failed) != (1, len(drop.cstore), 0):
             problems.append(f"storage commitment: event type {event_type}, {committed} committed, {failed} failed, "
                             f"expected all {len(drop.cstore)} committed")
-        in_store = len(drop.valid_sops & store_sop_uids(env))
-        print(f"store check (QIDO): {in_store}/{len(drop.valid_sops)} valid instances present")
+        print(f"store check (QIDO): {in_store(env, drop)}/{len(drop.valid_sops)} valid instances present")
         for problem in problems:
             print(f"PROBLEM: {problem}")
         print("demo OK" if not problems else "demo FAILED")

@@ -8,6 +8,7 @@ study is being sent, and SIGKILL the gateway mid-study.
 from __future__ import annotations
 
 import io
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
@@ -187,3 +188,30 @@ def test_the_local_modality_gets_its_storage_commitment_once_the_study_is_in_the
     assert ask_for_commitment(env, Drop(cstore=items), timeout=60) == (1, 3, 0)
     inbox = storage(env).bucket(env["INBOX_BUCKET"])
     assert all(inbox.get_blob(_object_uri(env, uids).split("/", 3)[3]) is not None for uids, _ in items)
+
+
+def test_the_demo_cstores_its_study_and_its_table_and_store_check_show_it_arrive(stack: Stack) -> None:
+    """Issue 9's "the demo shows a C-STORE'd study arriving in the store", with make demo's own functions:
+    its MR study sent by send_by_cstore, the storage commitment, the results it waits for, the C-STORE
+    column of its table and its QIDO store check."""
+    from localstack.demo import Drop, ask_for_commitment, build_drop, in_store, send_by_cstore, table, wait_for_results
+
+    env = stack.env
+    reader = ResultsReader(env)
+    reader.drain()
+    study = build_drop().cstore
+    drop = Drop(cstore=study, valid_sops={uids.sop for uids, _ in study})  # only the demo's C-STORE part
+    sent_at = time.time()
+    assert send_by_cstore(env, drop) == [0] * len(study)
+    assert ask_for_commitment(env, drop, timeout=60) == (1, len(study), 0)
+    results = wait_for_results(reader, drop)
+    shown = table(env, results, sent_at)
+    header, _, *lines = shown.splitlines()
+    assert header.split()[:6] == ["batch", "outcome", "objects", "C-STORE", "success", "failure"]
+    columns = ("batch", "outcome", "objects", "cstore", "success", "failure", "wait", "latency")
+    rows = [dict(zip(columns, line.split(), strict=True)) for line in lines]
+    assert rows and all(row["outcome"] == "SUCCEEDED" for row in rows), shown
+    # every object of every batch came by C-STORE, each one counted once, none failed
+    assert all(row["objects"] == row["cstore"] == row["success"] and row["failure"] == "0" for row in rows), shown
+    assert sum(int(row["cstore"]) for row in rows) == len(study), shown
+    assert in_store(env, drop) == len(study) and drop.valid_sops <= store_sop_uids(env)
