@@ -1046,17 +1046,38 @@ bucket_location_of_key() {
   case $1 in europe) printf eu ;; *) printf '%s' "$1" ;; esac
 }
 
-# The state bucket is created in the inbox's location, so the key must be there.
+# The state bucket is created in the inbox's location, so the key must be there. An existing
+# state bucket is updated in place with the key (create_state_bucket), and a bucket never changes
+# location: one elsewhere is refused here, before the grants and topics, not at its `buckets update`
+# halfway through. (An existing export bucket is left as it is; a new one is created beside the inbox.)
 check_kms_key_location() {
   [[ -n ${KMS_KEY} ]] || return 0
-  local expected message
+  local expected message state_location state_message
   expected=$(bucket_location_of_key "${KMS_LOCATION}")
   message="--kms-key is in ${KMS_LOCATION}, which only encrypts buckets in ${expected}; gs://${INBOX} (and the state bucket, created beside it) is elsewhere: use a key in the inbox's location (gcloud storage buckets describe gs://${INBOX} --format='value(location)'; EU -> europe)"
+  local -a describe=(gcloud storage buckets describe "gs://${STATE}" --project="${PROJECT}"
+    --format='value(location.lower())')
   if dry; then
     printf 'case "${INBOX_LOCATION}" in %s) ;; *) echo %s >&2; exit 1 ;; esac\n' "${expected}" "$(quote "deploy.sh: error: ${message}")"
+    state_message=$(kms_state_bucket_message "${expected}" '${STATE_LOCATION}')
+    # A missing state bucket (describe fails) is created beside the inbox: nothing to check.
+    printf 'STATE_LOCATION="$(%s 2>/dev/null)" || STATE_LOCATION=""\n' "$(command_line "${describe[@]}")"
+    printf 'case "${STATE_LOCATION}" in "" | %s) ;; *) echo %s >&2; exit 1 ;; esac\n' "${expected}" \
+      "$(quote "deploy.sh: error: ${state_message}")"
     return
   fi
   [[ ${INBOX_LOCATION} == "${expected}" ]] || die "${message} (inbox location: ${INBOX_LOCATION})"
+  state_location=$("${describe[@]}" 2>/dev/null) || return 0  # missing: created beside the inbox
+  state_location=$(printf '%s' "${state_location%%$'\n'*}" | tr '[:upper:]' '[:lower:]')
+  [[ -z ${state_location} || ${state_location} == "${expected}" ]] \
+    || die "$(kms_state_bucket_message "${expected}" "${state_location}")"
+}
+
+# kms_state_bucket_message EXPECTED STATE_LOCATION: why an existing state bucket cannot take the key.
+kms_state_bucket_message() {
+  printf '%s' "--kms-key is in ${KMS_LOCATION}, which only encrypts buckets in $1;" \
+    " the existing --state-bucket gs://${STATE} is in $2 (a bucket never changes location):" \
+    " name a state bucket in $1, the inbox's location, or a new one (deploy.sh creates it beside the inbox)"
 }
 
 grant_kms_key() {

@@ -105,8 +105,19 @@ case "$1 ${2:-}" in
           'value(location)') echo EU ;;
           *) printf 'name: %s\nlocation: EU\n' "${4#gs://}" ;;
         esac
-      elif [[ $existing == 1 ]]; then echo "${4#gs://}"
-      else not_found "$4"; fi
+      else
+        # FAKE_BUCKET_LOCATIONS="NAME=location ...": buckets that exist, where; in the existing
+        # scenario every other bucket exists beside the inbox.
+        location=""
+        for entry in ${FAKE_BUCKET_LOCATIONS:-}; do [[ ${entry%%=*} == "${4#gs://}" ]] && location=${entry#*=}; done
+        [[ -n $location || $existing != 1 ]] || location=${FAKE_INBOX_LOCATION:-eu}
+        [[ -n $location ]] || not_found "$4"
+        case $format in
+          'value(location.lower())') echo "$location" ;;
+          'value(location)') echo "${location^^}" ;;
+          *) echo "${4#gs://}" ;;
+        esac
+      fi
     fi ;;
   "pubsub topics"|"pubsub subscriptions"|"iam service-accounts"|"iam roles"|"scheduler jobs")
     if [[ $3 == describe && $existing != 1 ]]; then not_found "$4"; fi ;;
@@ -932,6 +943,34 @@ def test_kms_key_in_another_location_than_the_buckets_is_refused_before_anything
     printed = deploy(env, script=script)
     assert printed.returncode == 1 and "--kms-key is in us-central1" in printed.stderr
     assert not printed.matching("kms") and not printed.matching("pubsub", "topics", "create")
+
+
+def test_kms_key_in_another_location_than_an_existing_state_bucket_is_refused_before_anything_is_keyed(env, tmp_path):
+    """deploy.sh updates an existing state bucket with the key; a bucket elsewhere would refuse it halfway."""
+    run = deploy(env, *REQUIRED, "--kms-key", KMS_KEY, FAKE_BUCKET_LOCATIONS=f"{STATE}=us-central1")
+    assert run.returncode == 1
+    (line,) = [line for line in run.stderr.splitlines() if line.startswith("deploy.sh: error:")]
+    assert f"--state-bucket gs://{STATE} is in us-central1" in line and "--kms-key is in europe" in line
+    assert "name a state bucket in eu" in line
+    assert not run.matching("kms") and not run.matching("pubsub", "topics")
+    # Only look-ups before the refusal (and the get-or-create of the service agents, as for the inbox's check).
+    changes = [c for c in run.calls if is_create(c) or "update" in c[:4] or "add-iam-policy-binding" in c]
+    assert all(c[:3] == ["beta", "services", "identity"] for c in changes), changes
+
+    # The dry run's script refuses the same way when run, with the bucket's location.
+    script = tmp_path / "printed.sh"
+    script.write_text(ok(deploy(env, *REQUIRED, "--kms-key", KMS_KEY, "--dry-run")).stdout)
+    env["log"].unlink()
+    printed = deploy(env, script=script, FAKE_BUCKET_LOCATIONS=f"{STATE}=us-central1")
+    assert printed.returncode == 1 and f"--state-bucket gs://{STATE} is in us-central1" in printed.stderr
+    assert not printed.matching("kms") and not printed.matching("pubsub", "topics")
+
+
+def test_kms_key_in_the_location_of_an_existing_state_bucket_keys_it_in_place(env):
+    run = ok(deploy(env, *REQUIRED, "--kms-key", KMS_KEY, FAKE_BUCKET_LOCATIONS=f"{STATE}=eu"))
+    assert not run.matching("storage", "buckets", "create")
+    (bucket,) = run.matching("storage", "buckets", "update")
+    assert bucket[3] == f"gs://{STATE}" and flag(bucket, "--default-encryption-key") == KMS_KEY
 
 
 def test_an_eu_key_fits_an_eu_inbox_only(env):
