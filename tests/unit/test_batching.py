@@ -662,7 +662,7 @@ def test_import_claimed_by_a_dead_worker_is_started_again_after_a_while():
     world.api.import_errors = [ApiError(503, "UNAVAILABLE", "down")]
     with pytest.raises(RetryLater):
         Driver(world.store, world.config, world.api, world.publisher, world.logging, clock=world.clock,
-               sleep=world.clock.sleep).drive("all", batch, Deadline(0.01))
+               sleep=world.clock.sleep).drive("all", batch, Deadline(60))  # the 503 ends it, not the budget
     path = layout.record_path("all", batch)
     assert world.store.doc(path)["state"] == LISTED, "a refused call reverts to listed"
 
