@@ -22,7 +22,6 @@ _UNDEFINED = 0xFFFFFFFF
 # Explicit VRs with a reserved field and a 4-byte length (PS3.5 7.1.2)
 _LONG_LENGTH_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT",
                                b"UV"))
-_LONG_LENGTH_VR_NAMES = frozenset(vr.decode() for vr in _LONG_LENGTH_VRS)  # as pydicom names them
 _HEADER_KEYWORDS = ("SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality", "StudyDate")
 
 
@@ -77,27 +76,48 @@ def header_values(stream: BytesIO, transfer_syntax: str) -> dict[str, str]:
     _check_vr_encoding(stream.read(6), syntax.is_implicit_VR)
     stream.seek(0)
 
-    last = 0  # where the last element pydicom read at the top level starts
+    at_pixel_data = False
 
     def stop_when(tag: int, vr: str | None, length: int) -> bool:
-        nonlocal last
+        nonlocal at_pixel_data
         value = stream.tell()
-        last = value - (12 if vr in _LONG_LENGTH_VR_NAMES else 8)
         if length != _UNDEFINED and value + length > size:
             raise Undecodable(f"element {_tag(tag)} is cut short: {length} bytes long, {size - value} left")
-        return tag >= _PIXEL_DATA
+        at_pixel_data = tag >= _PIXEL_DATA
+        return at_pixel_data
 
-    parsed = read_dataset(stream, syntax.is_implicit_VR, syntax.is_little_endian, stop_when=stop_when)
-    # From the pixel data, where pydicom stopped, or else from the last element it read: pydicom ends quietly at a
-    # partial element header (1 to 7 bytes) after it, which the walk refuses as it does after pixel data.
-    with stream.getbuffer() as data:  # not copied
-        _Walker(data, "<" if syntax.is_little_endian else ">").elements(last, size, syntax.is_implicit_VR)
+    reads = _LastShortRead(stream)
+    parsed = read_dataset(reads, syntax.is_implicit_VR, syntax.is_little_endian, stop_when=stop_when)
+    if at_pixel_data:  # pydicom stopped at its header: walk it and what follows
+        with stream.getbuffer() as data:  # not copied
+            _Walker(data, "<" if syntax.is_little_endian else ">").elements(stream.tell(), size,
+                                                                            syntax.is_implicit_VR)
+    elif reads.at is not None and reads.at < size:
+        # pydicom ends quietly when the next element header is partial (1 to 7 bytes): its last read fell short.
+        raise Undecodable(f"{size - reads.at} bytes at the end are not an element: the dataset is cut short")
     values = {}
     for keyword in _HEADER_KEYWORDS:
         value = parsed.get(keyword)
         if value is not None and str(value).strip():
             values[keyword] = str(value).strip()
     return values
+
+
+class _LastShortRead:
+    """A stream for pydicom that notes where its last read came back shorter than asked (where pydicom stopped)."""
+
+    def __init__(self, stream: BytesIO) -> None:
+        self._stream = stream
+        self.seek = stream.seek
+        self.tell = stream.tell
+        self.at: int | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        start = self._stream.tell()
+        data = self._stream.read(size)
+        if 0 <= size and len(data) < size:
+            self.at = start
+        return data
 
 
 def _tag(tag: int) -> str:

@@ -184,6 +184,8 @@ def test_an_association_past_max_associations_is_rejected_transient_local_limit(
         finally:
             first.release()
         line = wait_for(lambda: [l for l in logs() if l["message"] == "association rejected"], what="log")[0]
+        # The first association's thread ends after its release is answered: wait for its place to be free.
+        wait_for(lambda: not gw.receiver._server.active_associations, what="the first association's end")
         again = ae.associate("127.0.0.1", gw.receiver.port, ae_title=AE_TITLE)  # a free place again
         assert again.is_established
         again.release()

@@ -527,6 +527,32 @@ def test_header_values_refuse_a_partial_header_after_the_last_element_without_pi
                     header_values(BytesIO(whole + whole[:partial]), syntax)
 
 
+def test_header_values_accept_what_pydicom_reads_from_known_writer_bugs_at_the_end() -> None:
+    """A last element pydicom reads despite a writer's bug is no partial header: a final explicit VR sequence whose
+    items are implicit VR, and a last element written in implicit VR inside an explicit VR dataset."""
+    import struct
+    from io import BytesIO
+
+    from pydicom.dataset import Dataset
+    from pynetdicom.dsutils import encode
+
+    from gateway.part10 import header_values
+
+    head = Dataset()
+    head.SOPClassUID, head.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.88.11", "1.2.3.4"
+    head.StudyInstanceUID, head.SeriesInstanceUID = "1.2.3", "1.2.3.5"
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = "1.2.3.9"
+    implicit_item = encode(item, True, True)
+    sequence = (struct.pack("<HH2sHI", 0x0008, 0x1140, b"SQ", 0, 0xFFFFFFFF)
+                + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + implicit_item
+                + struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+    implicit_last = struct.pack("<HHI", 0x0009, 0x1010, 4) + b"ABCD"
+    explicit = encode(head, False, True)
+    for whole in (explicit + sequence, explicit + implicit_last):
+        assert header_values(BytesIO(whole), "1.2.840.10008.1.2.1")["SOPInstanceUID"] == "1.2.3.4"
+
+
 def test_a_library_warning_is_one_log_line(monkeypatch: pytest.MonkeyPatch) -> None:
     """pydicom logs an invalid value and warns of it too (two lines before); a warning nobody logged stays one line."""
     import struct
