@@ -178,6 +178,7 @@ def reconcile(event: Any) -> None:
 
 @guarded("on_export_request")
 def export_request(event: Any) -> None:
+    from handlers import config as config_module
     from handlers import runtime
     from handlers.exports import request as export_requests
     from handlers.exports.job import RequestIdConflict
@@ -190,7 +191,8 @@ def export_request(event: Any) -> None:
         body = None
     deadline = Deadline(_followup_budget())
     try:
-        request = export_requests.request_from_message(body, instance.config.stores, message.message_id)
+        request = export_requests.request_from_message(body, instance.config.stores, message.message_id,
+                                                       config_module.shown_path(instance.config.path))
         result = instance.exports.run(request, deadline)
     except export_requests.ExportRequestError as exc:
         fields = body if isinstance(body, dict) else {}

@@ -71,10 +71,11 @@ def validate_bucket(bucket: str, uri: str = "") -> None:
     where = f" in {uri!r}" if uri else ""
     if any(c in WILDCARD_CHARS for c in bucket):
         raise WildcardError(f"bucket {bucket!r}{where} has a wildcard: wildcards are allowed only in the object part")
-    if not _BUCKET_RE.fullmatch(bucket) or ".." in bucket:
+    if (not _BUCKET_RE.fullmatch(bucket) or ".." in bucket
+            or any(len(part) > 63 for part in bucket.split("."))):  # dotted: up to 222, each part at most 63
         raise WildcardError(
-            f"bucket {bucket!r}{where} is not a valid bucket name: use 3-63 lowercase letters, digits, '-', '_' or '.', "
-            "starting and ending with a letter or digit"
+            f"bucket {bucket!r}{where} is not a valid bucket name: use 3-63 lowercase letters, digits, '-', '_' or '.' "
+            "(up to 222 with dots, each dotted part at most 63), starting and ending with a letter or digit"
         )
 
 

@@ -29,7 +29,10 @@ class _Held:
 
     def __call__(self, _signum: int, _frame: object) -> None:
         self.pressed = True
-        print(STILL_STOPPING, file=sys.stderr, flush=True)
+        try:
+            print(STILL_STOPPING, file=sys.stderr, flush=True)
+        except OSError:  # stderr's reader went with the same Ctrl-C (| tee): the stop must still finish
+            pass
 
 
 def uninterrupted(stop: F) -> F:

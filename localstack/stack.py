@@ -28,7 +28,7 @@ from . import gcloud
 from .bridge import PUBSUB_PUSH, STORAGE_CLOUDEVENT, Backoff, BridgeConfig, Route
 from .interrupts import uninterrupted
 from .names import CONTRACT_KEYS, REPO_ROOT, Names
-from .ports import HOST, free_ports
+from .ports import HOST, free_ports, port_is_free
 from .process import read_record, stop_record
 from .resources import ensure_buckets, ensure_dicom_store, ensure_pubsub
 from .services import (
@@ -117,6 +117,12 @@ class Ports:
         """Free ports for the fixed services and ``functions`` functions."""
         ports = free_ports(8 + functions)
         return cls(*ports[:8], functions=tuple(ports[8:]))
+
+    def all_free(self) -> bool:
+        """Whether every one of these ports is still free (another program may have taken one since the pick)."""
+        fixed = (self.pubsub, self.gcs, self.proxy, self.healthcare, self.bridge, self.dicom, self.gateway,
+                 self.commitment)
+        return all(port_is_free(port) for port in (*fixed, *self.functions))
 
 
 class Stack:
@@ -233,10 +239,10 @@ class Stack:
         anything is stopped or started.
         """
         started = time.monotonic()
-        ports = Ports.pick(len(self.function_specs))
-        env = self._service_env(ports)
-        self.check_config(env)
-        stop_workdir(self.workdir)
+        ports, env = self._pick_ports()
+        stop_workdir(self.workdir)  # a previous stack's stop can take seconds: a picked port may be taken by then
+        if not ports.all_free():
+            ports, env = self._pick_ports()
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
             self._start(started, ports, env)
@@ -244,6 +250,13 @@ class Stack:
             self.stop()
             raise
         return dict(self.env)
+
+    def _pick_ports(self) -> tuple[Ports, dict[str, str]]:
+        """Free ports and the functions' environment on them, the config checked with it (ConfigError)."""
+        ports = Ports.pick(len(self.function_specs))
+        env = self._service_env(ports)
+        self.check_config(env)
+        return ports, env
 
     def _service_env(self, ports: Ports) -> dict[str, str]:
         """The environment the stack gives the functions on ``ports``: stack.env but the gateway and bridge keys."""

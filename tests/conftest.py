@@ -40,15 +40,24 @@ from tests.emulator.client import unique
 NO_SKIPPED_TESTS = "NO_SKIPPED_TESTS"
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
-    """With ``NO_SKIPPED_TESTS=1``, report a skipped test as failed, naming why it skipped."""
-    outcome = yield
-    report = outcome.get_result()
+def _fail_if_skipped(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """With ``NO_SKIPPED_TESTS=1``, a skipped report (a test, or a module skipped whole) fails, naming why."""
     if report.skipped and os.environ.get(NO_SKIPPED_TESTS) == "1" and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped ({reason}), but {NO_SKIPPED_TESTS}=1: every test must run here"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    _fail_if_skipped(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    outcome = yield
+    _fail_if_skipped(outcome.get_result())
 
 
 @pytest.fixture(scope="session")

@@ -180,8 +180,9 @@ def _check_destination(destination: str) -> None:
         raise ExportRequestError(f"destination {destination!r} has a wildcard: give a folder such as gs://{bucket}/exports")
 
 
-def request_from_message(body: Any, stores: Mapping[str, str], default_id: str) -> ExportRequest:
-    """An export request from a Pub/Sub message body (same options as the CLI)."""
+def request_from_message(body: Any, stores: Mapping[str, str], default_id: str,
+                         config_path: str = "config.yaml") -> ExportRequest:
+    """An export request from a Pub/Sub message body (same options as the CLI); ``config_path`` as refusals name it."""
     if not isinstance(body, dict):
         raise ExportRequestError("the export request must be a JSON object with 'store' and 'destination'")
     known = {"store", "destination", "studies", "series", "instances", "filterLines", "query", "queryLevel",
@@ -206,7 +207,7 @@ def request_from_message(body: Any, stores: Mapping[str, str], default_id: str) 
     if "query" in body or "queryLevel" in body:
         query = Query.parse(body.get("query"), body.get("queryLevel", "study"))
     return ExportRequest.build(
-        store=resolve_store(body["store"], stores), destination=body["destination"], studies=lists["studies"],
+        store=resolve_store(body["store"], stores, config_path), destination=body["destination"], studies=lists["studies"],
         series=lists["series"], instances=lists["instances"], filter_lines=filter_lines,
         mime_type=body.get("mimeType"), request_id=body.get("requestId") or default_id, query=query)
 

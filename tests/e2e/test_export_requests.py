@@ -54,7 +54,7 @@ def test_a_store_not_in_the_config_is_rejected_naming_the_rule(env, reader):
     request_id = request_export(env, {"store": elsewhere, "destination": f"gs://{env['EXPORT_BUCKET']}/x"})
     result = result_of(reader, request_id)
     assert result["outcome"] == "REJECTED" and result["error"]["rule"] == "stores"
-    assert f"store '{elsewhere}' is not one of the stores in config.yaml" in result["error"]["message"]
+    assert f"store '{elsewhere}' is not one of the stores in tests/e2e/config.yaml" in result["error"]["message"]
 
 
 def test_a_query_on_pubsub_exports_exactly_the_matching_studies(env, reader):

@@ -16,7 +16,7 @@ from werkzeug.exceptions import ServiceUnavailable
 from handlers import entrypoints, runtime
 from handlers.batch.reporting import Reporter
 from handlers.clients.healthcare import ApiError
-from handlers.config import ConfigError, parse
+from handlers.config import SOURCE_DIR, ConfigError, parse
 from handlers.exports.job import STARTING, ExportJob, conflict_path
 from handlers.exports.request import (
     DESTINATIONS_RULE,
@@ -206,8 +206,9 @@ def test_a_known_request_id_cannot_smuggle_a_new_destination_before_the_call():
 # -- the Pub/Sub entry point: a REJECTED result naming the rule ---------------------------------------------
 
 def serve(s: Setup, monkeypatch) -> None:
-    """The entry points use ``s``'s job and API; the config knows the store alias ``main``."""
-    instance = SimpleNamespace(config=SimpleNamespace(stores={"main": STORE}), exports=s.job, api=s.api)
+    """The entry points use ``s``'s job and API; the config (config/prod.yaml) knows the store alias ``main``."""
+    config = SimpleNamespace(stores={"main": STORE}, path=str(SOURCE_DIR / "config" / "prod.yaml"))
+    instance = SimpleNamespace(config=config, exports=s.job, api=s.api)
     monkeypatch.setattr(runtime, "get", lambda: instance)
 
 
@@ -229,7 +230,7 @@ def export_event(body: dict) -> CloudEvent:
     ({"store": "main", "destination": "gs://attacker-bkt/loot", "requestId": "req-1"}, DESTINATIONS_RULE,
      "destination gs://attacker-bkt/loot is outside exports.destinations (gs://exports-bkt/)"),
     ({"store": OTHER_STORE, "destination": "gs://exports-bkt/x", "requestId": "req-1"}, STORES_RULE,
-     f"store '{OTHER_STORE}' is not one of the stores in config.yaml"),
+     f"store '{OTHER_STORE}' is not one of the stores in config/prod.yaml"),  # the deployed file, as named here
 ])
 def test_a_refused_pubsub_request_gets_a_rejected_result_naming_the_rule(monkeypatch, body, rule, fragment):
     s = Setup()

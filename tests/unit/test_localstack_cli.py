@@ -199,6 +199,58 @@ def test_up_checks_the_config_with_the_addresses_the_functions_will_have(tmp_pat
     assert "store 'main' is 'http://127.0.0.1:41004/v1/projects/local-project/" in err and "127.0.0.1:0" not in err
 
 
+def test_up_picks_its_ports_again_when_one_is_taken_while_the_previous_stack_stops(tmp_path, monkeypatch):
+    import socket
+
+    held = []
+
+    def previous_stack_stops(workdir):  # meanwhile another program takes one of the ports picked
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", first.gcs))
+        sock.listen()
+        held.append(sock)
+
+    first = stack.Ports.pick(3)
+    picks = iter([first, stack.Ports.pick(3)])
+    monkeypatch.setattr(stack.Ports, "pick", classmethod(lambda cls, functions: next(picks)))
+    monkeypatch.setattr(stack, "stop_workdir", previous_stack_stops)
+    started = []
+    monkeypatch.setattr(stack.Stack, "_start", lambda self, started_at, ports, env: started.append((ports, env)))
+    try:
+        stack.Stack(tmp_path / "work").start()
+    finally:
+        for sock in held:
+            sock.close()
+    [(ports, env)] = started
+    assert ports is not first  # the second pick, and the environment (checked config) built on it
+    assert env["HEALTHCARE_EMULATOR_HOST"].endswith(f":{ports.healthcare}")
+
+
+def test_ctrl_c_during_a_stop_with_stderr_gone_still_lets_the_stop_finish(monkeypatch):
+    """`make demo 2>&1 | tee log`: the Ctrl-C also ends tee, so the one line cannot be written; the stop goes on."""
+    from localstack import interrupts
+
+    class GoneStderr:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    finished = []
+
+    @interrupts.uninterrupted
+    def stop() -> None:
+        monkeypatch.setattr(sys, "stderr", GoneStderr())
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs here, between two bytecodes
+        finished.append(True)
+
+    with pytest.raises(KeyboardInterrupt):
+        stop()
+    assert finished == [True]
+
+
 def _run_into_a_closed_pipe(*argv: str) -> subprocess.CompletedProcess[bytes]:
     """``python -m localstack ARGV | head -0``: stdout is a pipe whose reader is already gone."""
     read_end, write_end = os.pipe()

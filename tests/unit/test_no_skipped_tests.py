@@ -27,5 +27,14 @@ def test_a_skipped_test_fails_the_session_in_ci_and_only_there(tmp_path: Path) -
     assert elsewhere.returncode == 0 and "1 skipped" in elsewhere.stdout
 
 
+def test_a_module_skipped_whole_fails_the_session_in_ci(tmp_path: Path) -> None:
+    test_file = tmp_path / "test_module_left_out.py"
+    test_file.write_text("import pytest\n\npytest.importorskip('no_such_module_here')\n\n\ndef test_x():\n    pass\n")
+    in_ci = run_pytest(test_file, NO_SKIPPED_TESTS="1")
+    assert in_ci.returncode != 0 and "no_such_module_here" in in_ci.stdout
+    elsewhere = run_pytest(test_file)
+    assert elsewhere.returncode == 5 and "1 skipped" in elsewhere.stdout  # 5: no test ran
+
+
 def test_ci_runs_the_tests_with_skips_forbidden() -> None:
     assert "NO_SKIPPED_TESTS=1 make test" in (REPO / ".ci" / "run").read_text()

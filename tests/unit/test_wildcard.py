@@ -77,6 +77,8 @@ def test_curl_example_from_the_seed_page():
         ("gs://bucket/", "empty"),
         ("gs://buck*et/a.dcm", "wildcards are allowed only in the object part"),
         ("gs://Bad_Bucket/a.dcm", "not a valid bucket name"),
+        (f"gs://{'a' * 64}/a.dcm", "not a valid bucket name"),  # undotted: at most 63
+        (f"gs://{'a' * 70}.example.com/a.dcm", "not a valid bucket name"),  # dotted: each part at most 63
         ("gs://bucket/**/x.dcm", "must be at the end of the path"),
         ("gs://bucket/DIR/**/*.dcm", "must be the only wildcard"),
         ("gs://bucket/DIR/*/**.dcm", "must be the only wildcard"),
@@ -89,6 +91,11 @@ def test_invalid_forms_are_refused_with_the_reason(uri, fragment):
     with pytest.raises(WildcardError) as caught:
         parse_gcs_uri(uri)
     assert fragment in str(caught.value)
+
+
+def test_a_dotted_bucket_name_may_have_222_characters_in_parts_of_63() -> None:
+    name = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 30])
+    assert len(name) == 222 and parse_gcs_uri(f"gs://{name}/x.dcm").bucket == name
 
 
 def test_literal_prefix_stops_at_first_wildcard():
