@@ -27,7 +27,12 @@ recovered last, and supersede the newer one). Reception times do not go back
 either (:mod:`gateway.stamps`): new records are stamped after the newest on
 disk. A record cut short by a crash fails its length or a CRC check; it was
 never acknowledged, and it and anything after it in that segment are dropped
-with a warning. Each record
+with a warning. Unreadable bytes anywhere else (a damaged record followed by
+readable ones, or a ``.seg`` file that does not start with a record) are not a
+crash's: recovery skips them to the next record that checks out, keeps every
+record found, and sets the file aside as ``NAME.seg.corrupt`` (never deleted,
+out of the spool) with an ERROR, after copying the records not yet uploaded,
+byte for byte, to a new ``NAME.seg``. Each record
 done with (:meth:`Spool.done`: uploaded,
 or superseded) is noted in the segment's ``.ack`` file (its payload offset, a
 u64, written but not fsynced: it survives the process, killed or stopped, not
@@ -43,14 +48,16 @@ deleted once it is sealed and each of its records is uploaded.
 from __future__ import annotations
 
 import json
+import mmap
 import os
+import shutil
 import re
 import struct
 import threading
 import time
 import zlib
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -65,6 +72,8 @@ _PREFIX = struct.Struct("<4sIQI")  # magic, header length, payload length, heade
 _MAX_HEADER = 64 * 1024
 SUFFIX = ".seg"
 ACK_SUFFIX = ".ack"  # beside each segment: the payload offsets of its records done with
+CORRUPT_SUFFIX = ".corrupt"  # NAME.seg.corrupt: a segment with unreadable bytes, set aside for an operator
+_CHUNK = 1 << 20  # bytes checksummed or copied at a time
 _OFFSET = struct.Struct("<Q")
 _NUMBER = re.compile(r"\d+")
 
@@ -177,6 +186,7 @@ class Spool:
         self._appended = 0
         self._flushes = 0
         self._stamps = Stamps(clock)  # each record's reception time
+        self._keep: set[Path] = set()  # segments with unreadable bytes that could not be set aside: never deleted
 
     # -- restart ---------------------------------------------------------------
     def recover(self) -> list[Record]:
@@ -190,16 +200,25 @@ class Spool:
                 ack.unlink()
         records: list[Record] = []
         paths = sorted(self.directory.glob(f"*{SUFFIX}"), key=lambda path: (_number(path), path.name))
+        set_aside = self.directory.glob(f"*{SUFFIX}{CORRUPT_SUFFIX}*")  # their numbers are not given again
         with self._lock:
-            self._sequence = max([self._sequence, *map(_number, paths)])
+            self._sequence = max([self._sequence, *map(_number, paths), *map(_number, set_aside)])
+        newest = next((path for path in reversed(paths) if path.stat().st_size), None)  # the one written last
         for path in paths:
-            found, good_size = self._scan(path)
+            found, starts, gaps = self._scan(path, newest=path == newest)
             for record in found:  # a clock stepped back since cannot stamp a newer version earlier than these
                 self._stamps.after(record.received)
-            segment = _Segment(path, None, good_size)
-            acked = _read_acks(segment.ack_path)
+            acked = _read_acks(path.with_suffix(ACK_SUFFIX))
             waiting = [record for record in found if record.offset not in acked]
-            segment.records, segment.uploaded = len(found), len(found) - len(waiting)
+            size, total = _end(found), len(found)
+            if gaps:
+                copied = self._set_aside(path, found, starts, waiting, gaps)
+                if copied is not None:
+                    waiting, size, total = copied, _end(copied), len(copied)
+                else:
+                    size = path.stat().st_size
+            segment = _Segment(path, None, size)
+            segment.records, segment.uploaded = total, total - len(waiting)
             with self._lock:
                 self._segments[path] = segment
                 for record in waiting:
@@ -209,40 +228,73 @@ class Spool:
             records.extend(waiting)
         return records
 
-    def _scan(self, path: Path) -> tuple[list[Record], int]:
+    def _scan(self, path: Path, newest: bool) -> tuple[list[Record], list[int], list[tuple[int, int]]]:
+        """A segment file's records, where each starts, and its unreadable stretches (offset, bytes).
+
+        Unreadable bytes with no record after them are a torn tail, dropped with a WARNING (not a stretch),
+        when they look like a crash's: a record cut short, or anything after a whole record in the segment
+        written last (``newest``), whose last pages a crash may have lost. Anything else is damage.
+        """
         size = path.stat().st_size
         records: list[Record] = []
+        starts: list[int] = []
+        gaps: list[tuple[int, int]] = []
+        if size == 0:
+            return records, starts, gaps
         offset = 0
-        with open(path, "rb") as handle:
+        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
             while offset < size:
-                record = self._read_record(handle, path, offset, size)
-                if record is None:
+                record = _parse(data, path, offset)
+                if record is not None:
+                    records.append(record)
+                    starts.append(offset)
+                    offset = record.offset + record.length
+                    continue
+                following = _next_record(data, path, offset + 1)
+                if following is None and _torn(data, offset, newest):
                     log.warning("spool: dropping an incomplete record (never acknowledged)", segment=str(path),
                                 offset=offset, bytes=size - offset)
                     break
-                records.append(record)
-                offset = record.offset + record.length
-        return records, offset
+                end = size if following is None else following
+                gaps.append((offset, end - offset))
+                offset = end
+        return records, starts, gaps
 
-    @staticmethod
-    def _read_record(handle: Any, path: Path, offset: int, size: int) -> Record | None:
-        handle.seek(offset)
-        prefix = handle.read(_PREFIX.size)
-        if len(prefix) < _PREFIX.size:
+    def _set_aside(self, path: Path, found: list[Record], starts: list[int], waiting: list[Record],
+                   gaps: list[tuple[int, int]]) -> list[Record] | None:
+        """A segment with unreadable stretches: keep it as ``NAME.seg.corrupt`` for an operator, after copying
+        its records not yet uploaded to a new ``NAME.seg``; return those copies (None: left where it was).
+
+        In this order a crash at any point leaves every record in a ``NAME.seg`` (the next recovery does it
+        again), at worst without its ``.ack`` notes (those records are uploaded again, and found identical).
+        A file that cannot be set aside stays in the spool and is never deleted (the next start tries again).
+        """
+        corrupt = path.with_name(path.name + CORRUPT_SUFFIX)
+        number = 0
+        while corrupt.exists() and not corrupt.samefile(path):  # the same file: a recovery cut short linked it
+            number += 1
+            corrupt = path.with_name(f"{path.name}{CORRUPT_SUFFIX}.{number}")
+        fields = dict(segment=str(path), keptAs=str(corrupt), offset=gaps[0][0],
+                      bytes=sum(length for _, length in gaps), stretches=len(gaps), recordsFound=len(found))
+        try:
+            if not corrupt.exists():
+                try:
+                    os.link(path, corrupt)
+                except OSError:  # no hard links on this file system: a copy
+                    shutil.copyfile(path, corrupt)
+                    _fsync_file(corrupt)
+                _fsync_directory(self.directory)
+            path.with_suffix(ACK_SUFFIX).unlink(missing_ok=True)  # its offsets are not the copy's
+            copied = _copy_records(path, [starts[found.index(record)] for record in waiting], waiting)
+            _fsync_directory(self.directory)
+        except OSError as exc:
+            log.error("spool: unreadable bytes skipped in a segment that cannot be set aside: it stays in the "
+                      "spool, never deleted", error=str(exc), **fields)
+            self._keep.add(path)
             return None
-        magic, header_length, payload_length, crc = _PREFIX.unpack(prefix)
-        payload_offset = offset + _PREFIX.size + header_length
-        if magic != MAGIC or header_length > _MAX_HEADER or payload_offset + payload_length > size:
-            return None
-        header_bytes = handle.read(header_length)
-        if zlib.crc32(header_bytes) != crc:
-            return None
-        header = json.loads(header_bytes)
-        payload = handle.read(payload_length)
-        if zlib.crc32(payload) != header["crc32"]:
-            return None
-        return Record(path, payload_offset, payload_length, header["name"], header["crc32"], header["received"],
-                      header.get("meta", {}))
+        log.error("spool: unreadable bytes skipped in a segment (not a crash's): the records that check out "
+                  "recovered, the file kept for inspection", **fields)
+        return copied
 
     # -- the hot path ----------------------------------------------------------
     def append(self, name: str, payload: bytes | tuple[bytes | memoryview, ...],
@@ -397,7 +449,11 @@ class Spool:
             segment.ack_failing = True
 
     def _delete(self, segment: _Segment) -> None:
-        """(Holding the lock) the segment file, then its ``.ack`` file, off the disk."""
+        """(Holding the lock) the segment file, then its ``.ack`` file, off the disk (unless it must be kept)."""
+        if segment.path in self._keep:
+            self._close_ack(segment)
+            self._segments.pop(segment.path, None)
+            return
         segment.path.unlink(missing_ok=True)
         self._close_ack(segment)
         segment.ack_path.unlink(missing_ok=True)
@@ -454,6 +510,89 @@ def _number(segment: Path) -> int:
     """
     found = _NUMBER.match(segment.name)
     return int(found.group()) if found else 0
+
+
+def _parse(data: mmap.mmap, path: Path, offset: int) -> Record | None:
+    """The record starting at ``offset`` if its lengths fit the file and its header and payload CRCs check out."""
+    size = len(data)
+    if offset + _PREFIX.size > size:
+        return None
+    magic, header_length, payload_length, crc = _PREFIX.unpack_from(data, offset)
+    payload_offset = offset + _PREFIX.size + header_length
+    if magic != MAGIC or header_length > _MAX_HEADER or payload_offset + payload_length > size:
+        return None
+    header_bytes = data[offset + _PREFIX.size:payload_offset]
+    if zlib.crc32(header_bytes) != crc:
+        return None
+    try:
+        header = json.loads(header_bytes)
+        name, crc32, received = str(header["name"]), int(header["crc32"]), float(header["received"])
+        meta = dict(header.get("meta") or {})
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    value = 0
+    for chunk in range(payload_offset, payload_offset + payload_length, _CHUNK):
+        value = zlib.crc32(data[chunk:min(chunk + _CHUNK, payload_offset + payload_length)], value)
+    if value != crc32:
+        return None
+    return Record(path, payload_offset, payload_length, name, crc32, received, meta)
+
+
+def _next_record(data: mmap.mmap, path: Path, offset: int) -> int | None:
+    """Where the first record that checks out after ``offset`` starts (None: none does)."""
+    while (offset := data.find(MAGIC, offset)) != -1:
+        if _parse(data, path, offset) is not None:
+            return offset
+        offset += 1
+    return None
+
+
+def _torn(data: mmap.mmap, offset: int, newest: bool) -> bool:
+    """Whether unreadable bytes from ``offset`` to the end of a segment look like a write a crash cut short."""
+    if newest and offset > 0:
+        return True  # after a whole record of the segment written last: its last pages lost
+    head = data[offset:offset + _PREFIX.size]
+    if head[:len(MAGIC)] != MAGIC[:len(head)]:
+        return False  # not the start of a record
+    if newest or len(head) < _PREFIX.size:
+        return True
+    _, header_length, payload_length, _ = _PREFIX.unpack(head)
+    return header_length <= _MAX_HEADER and offset + _PREFIX.size + header_length + payload_length > len(data)
+
+
+def _end(records: list[Record]) -> int:
+    """The end of the last of ``records`` in its segment (0: none)."""
+    return records[-1].offset + records[-1].length if records else 0
+
+
+def _copy_records(path: Path, starts: list[int], records: list[Record]) -> list[Record]:
+    """Replace ``path`` by a file of ``records`` (each starting at its ``starts``) byte for byte, fsynced, and
+    return them as they are there; with no records, ``path`` is removed."""
+    if not records:
+        path.unlink()
+        return []
+    temporary = path.with_suffix(".tmp")
+    copied = []
+    with open(path, "rb") as source, open(temporary, "wb") as target:
+        for start, record in zip(starts, records):
+            copied.append(replace(record, offset=target.tell() + record.offset - start))
+            source.seek(start)
+            remaining = record.offset + record.length - start
+            while remaining:
+                chunk = source.read(min(remaining, _CHUNK))
+                if not chunk:
+                    raise OSError(f"{path} shrank while its records were copied")
+                target.write(chunk)
+                remaining -= len(chunk)
+        target.flush()
+        os.fsync(target.fileno())
+    os.replace(temporary, path)
+    return copied
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def _read_acks(path: Path) -> set[int]:

@@ -261,11 +261,14 @@ def test_spool_recovery_drops_a_torn_tail_and_keeps_the_rest(tmp_path: Path) -> 
     os.truncate(segment, segment.stat().st_size - 10)  # a crash in the middle of the second write
 
     again = Spool(tmp_path, max_bytes=10_000_000)
-    recovered = again.recover()
+    with captured_logs() as logs:
+        recovered = again.recover()
     assert [(r.name, r.read(), r.meta) for r in recovered] == [("a.dcm", b"A" * 1000, {"callingAETitle": "CT1"})]
+    assert [(line["severity"], line["message"]) for line in logs()] == [
+        ("WARNING", "spool: dropping an incomplete record (never acknowledged)")]
     assert recovered[0].crc32 == first.crc32
     again.done(recovered[0])
-    assert list(tmp_path.glob("*.seg")) == []
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_spool_recovery_skips_records_noted_done_and_ignores_a_torn_or_orphan_ack(tmp_path: Path) -> None:
@@ -282,6 +285,102 @@ def test_spool_recovery_skips_records_noted_done_and_ignores_a_torn_or_orphan_ac
     assert [record.name for record in again.recover()] == ["0.dcm", "2.dcm"]
     assert sorted(path.suffix for path in tmp_path.iterdir()) == [".ack", ".seg"]
     assert again.stats().pending == 2
+
+
+def _flip_a_bit(path: Path, offset: int) -> None:
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)[0]
+        handle.seek(offset)
+        handle.write(bytes([byte ^ 0x10]))
+
+
+def test_a_damaged_record_loses_none_of_the_records_after_it(tmp_path: Path) -> None:
+    """Before: a bit flipped in the first record's header dropped it and both records after it as "never
+    acknowledged", and the segment, counted as uploaded, was deleted: two acknowledged instances lost."""
+    from gateway.uploader import Uploader
+
+    from .helpers import wait_for
+
+    spool = Spool(tmp_path, max_bytes=10_000_000)
+    spool.recover()
+    records = [spool.append(f"{n}.dcm", bytes([65 + n]) * 500) for n in range(3)]
+    spool.close()
+    [segment] = tmp_path.glob("*.seg")
+    _flip_a_bit(segment, 30)  # in the first record's header: its header CRC fails
+    damaged = segment.read_bytes()
+    second_starts = records[0].offset + records[0].length
+
+    with captured_logs() as logs:
+        recovered = Spool(tmp_path, max_bytes=10_000_000).recover()
+    assert [(r.name, r.read()) for r in recovered] == [("1.dcm", b"B" * 500), ("2.dcm", b"C" * 500)]
+    [error] = [line for line in logs() if line["severity"] == "ERROR"]
+    assert (error["segment"], error["offset"], error["bytes"]) == (str(segment), 0, second_starts)
+    kept = tmp_path / f"{segment.name}.corrupt"
+    assert error["keptAs"] == str(kept) and kept.read_bytes() == damaged
+    assert not [line for line in logs() if "never acknowledged" in line["message"]]
+
+    with captured_logs() as logs:  # a restart before they are uploaded still has them, and nothing to report
+        again = Spool(tmp_path, max_bytes=10_000_000)
+        recovered = again.recover()
+    assert [(r.name, r.read()) for r in recovered] == [("1.dcm", b"B" * 500), ("2.dcm", b"C" * 500)]
+    assert not [line for line in logs() if line["severity"] in ("ERROR", "WARNING")]
+    inbox = _FlakyInbox(failures=0)
+    uploader = Uploader(again, lambda: inbox, bucket="bkt", threads=1, processes=0, max_backoff=0.05)
+    uploader.start()
+    for record in recovered:
+        uploader.submit(record)
+    wait_for(lambda: again.stats().pending == 0, timeout=10, what="the uploads")
+    uploader.stop()
+    assert inbox.objects == {"1.dcm": b"B" * 500, "2.dcm": b"C" * 500}
+    assert [path.name for path in tmp_path.iterdir()] == [kept.name]  # the damaged file is never deleted
+    assert again.append("3.dcm", b"D").segment.name != segment.name  # nor its number given again
+
+
+def test_a_damaged_last_record_of_a_segment_followed_by_others_is_set_aside(tmp_path: Path) -> None:
+    """Only the segment written last, or a record cut short, can have a torn tail; elsewhere it is damage."""
+    spool = Spool(tmp_path, max_bytes=10_000_000, segment_bytes=1000)
+    spool.recover()
+    first, last = spool.append("a.dcm", b"A" * 600), spool.append("b.dcm", b"B" * 600)  # sealed after b
+    spool.append("c.dcm", b"C" * 100)  # the next segment
+    spool.close()
+    _flip_a_bit(last.segment, last.offset + 100)  # in b's payload: its CRC-32 fails
+    with captured_logs() as logs:
+        recovered = Spool(tmp_path, max_bytes=10_000_000).recover()
+    assert [r.name for r in recovered] == ["a.dcm", "c.dcm"]
+    [error] = [line for line in logs() if line["severity"] == "ERROR"]
+    assert (error["segment"], error["offset"]) == (str(first.segment), first.offset + first.length)
+    assert (tmp_path / f"{first.segment.name}.corrupt").exists()
+
+
+def test_a_record_cut_short_in_a_segment_before_the_last_is_a_torn_tail(tmp_path: Path) -> None:
+    """A crash while a full segment's last flush ran, the next segment already begun (or a failed write whose
+    truncation failed): cut short, never acknowledged, dropped with the WARNING, nothing set aside."""
+    spool = Spool(tmp_path, max_bytes=10_000_000, segment_bytes=1000)
+    spool.recover()
+    spool.append("a.dcm", b"A" * 600)
+    torn = spool.append("b.dcm", b"B" * 600)
+    spool.append("c.dcm", b"C" * 100)
+    spool.close()
+    os.truncate(torn.segment, torn.offset + 10)
+    with captured_logs() as logs:
+        assert [r.name for r in Spool(tmp_path, max_bytes=10_000_000).recover()] == ["a.dcm", "c.dcm"]
+    assert [line["severity"] for line in logs()] == ["WARNING"]
+    assert not list(tmp_path.glob("*.corrupt*"))
+
+
+def test_a_file_that_is_not_a_segment_is_set_aside_not_deleted(tmp_path: Path) -> None:
+    (tmp_path / "notes.seg").write_bytes(b"an operator's notes, not a spool segment")
+    spool = Spool(tmp_path, max_bytes=10_000_000)
+    with captured_logs() as logs:
+        assert spool.recover() == []
+    [error] = [line for line in logs() if line["severity"] == "ERROR"]
+    assert (error["segment"], error["offset"], error["bytes"]) == (str(tmp_path / "notes.seg"), 0, 40)
+    assert (tmp_path / "notes.seg.corrupt").read_bytes() == b"an operator's notes, not a spool segment"
+    spool.done(spool.append("a.dcm", b"A"))
+    spool.close()
+    assert Spool(tmp_path, max_bytes=10_000_000).recover() == []
+    assert (tmp_path / "notes.seg.corrupt").exists()
 
 
 class _SteppedClock:
