@@ -95,8 +95,13 @@ class Record:
     length: int  # of the payload
     name: str  # object name, without gs://bucket/
     crc32: int  # of the payload
-    received: float  # epoch seconds
+    received: float  # epoch seconds: the reception stamp, which orders versions (it may run ahead of the clock)
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    arrived: float | None = field(default=None, compare=False)  # the clock when the spool got it: for ages
+
+    def __post_init__(self) -> None:
+        if self.arrived is None:
+            object.__setattr__(self, "arrived", self.received)
 
     def read(self) -> bytes:
         """The payload (the instance's Part 10 bytes)."""
@@ -114,7 +119,7 @@ class Record:
 class SpoolStats:
     pending: int  # records acknowledged but not yet uploaded
     pending_bytes: int
-    oldest_age: float  # seconds since the oldest pending record was received (0 if none)
+    oldest_age: float  # seconds the oldest pending record has waited by the clock (0 if none)
     disk_bytes: int  # bytes of segment files on disk
     segments: int
     appended: int  # records made durable since start
@@ -185,6 +190,7 @@ class Spool:
         self._closed = False
         self._appended = 0
         self._flushes = 0
+        self.clock = clock  # the wall clock: when records arrive, how long they wait
         self._stamps = Stamps(clock)  # each record's reception time
         self._keep: set[Path] = set()  # segments with unreadable bytes that could not be set aside: never deleted
 
@@ -204,12 +210,15 @@ class Spool:
         with self._lock:
             self._sequence = max([self._sequence, *map(_number, paths), *map(_number, set_aside)])
         newest = next((path for path in reversed(paths) if path.stat().st_size), None)  # the one written last
+        now = self.clock()
         for path in paths:
             found, starts, gaps = self._scan(path, newest=path == newest)
             for record in found:  # a clock stepped back since cannot stamp a newer version earlier than these
                 self._stamps.after(record.received)
             acked = _read_acks(path.with_suffix(ACK_SUFFIX))
-            waiting = [record for record in found if record.offset not in acked]
+            # waiting since they were received, or since now if stamped ahead of the clock (one since stepped back)
+            waiting = [replace(record, arrived=min(record.received, now)) for record in found
+                       if record.offset not in acked]
             size, total = _end(found), len(found)
             if gaps:
                 copied = self._set_aside(path, found, starts, waiting, gaps)
@@ -222,7 +231,7 @@ class Spool:
             with self._lock:
                 self._segments[path] = segment
                 for record in waiting:
-                    self._pending[(path, record.offset)] = (record.received, record.length)
+                    self._pending[(path, record.offset)] = (record.arrived, record.length)
                 if segment.uploaded >= segment.records:
                     self._delete(segment)
             records.extend(waiting)
@@ -308,6 +317,7 @@ class Spool:
         payload_length = sum(len(part) for part in parts)
         crc32 = _crc32(*parts)
         received = self._stamps.next()
+        arrived = self.clock()  # not the stamp, which a clock stepped back leaves ahead of it
         header = json.dumps({"name": name, "crc32": crc32, "received": received, "meta": meta or {}},
                             separators=(",", ":")).encode()
         prefix = _PREFIX.pack(MAGIC, len(header), payload_length, zlib.crc32(header))
@@ -329,7 +339,7 @@ class Spool:
                 segment.size = start + length
                 segment.records += 1
                 payload_offset = start + len(prefix) + len(header)
-                self._pending[(segment.path, payload_offset)] = (received, payload_length)
+                self._pending[(segment.path, payload_offset)] = (arrived, payload_length)
                 if segment.size >= self.segment_bytes:
                     segment.sealed = True
                     self._current = None
@@ -346,7 +356,7 @@ class Spool:
             raise
         with self._lock:
             self._appended += 1
-        return Record(segment.path, payload_offset, payload_length, name, crc32, received, meta or {})
+        return Record(segment.path, payload_offset, payload_length, name, crc32, received, meta or {}, arrived)
 
     def _open_segment(self) -> _Segment:
         self._sequence += 1
@@ -487,14 +497,19 @@ class Spool:
         return sum(segment.size for segment in self._segments.values())
 
     def stats(self) -> SpoolStats:
-        """Pending records, their bytes and the age of the oldest; bytes and count of segments on disk."""
+        """Pending records, their bytes and the age of the oldest; bytes and count of segments on disk.
+
+        Ages are by the clock since each record arrived (at a restart: since then, or since it was stamped if
+        earlier), not since its stamp, which may be ahead of the clock: a stuck upload still ages.
+        """
+        now = self.clock()
         with self._lock:
-            oldest = next(iter(self._pending.values()), None)
+            oldest = min((arrived for arrived, _ in self._pending.values()), default=None)
             pending_bytes = sum(length for _, length in self._pending.values())
             return SpoolStats(
                 pending=len(self._pending),
                 pending_bytes=pending_bytes,
-                oldest_age=max(0.0, time.time() - oldest[0]) if oldest else 0.0,
+                oldest_age=max(0.0, now - oldest) if oldest is not None else 0.0,
                 disk_bytes=self.disk_bytes(),
                 segments=len(self._segments),
                 appended=self._appended,

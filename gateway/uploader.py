@@ -273,7 +273,7 @@ class Uploader:
         self.last_success = time.time()
         log.info("instance uploaded", object=self.names.uri(self.bucket, name), outcome=outcome,
                  bytes=record.length, attempts=attempt, seconds=round(time.monotonic() - started, 3),
-                 waitedSeconds=round(time.time() - record.received, 3))
+                 waitedSeconds=self._waited(record))
         self._release(name, record)
         return inbox
 
@@ -322,6 +322,10 @@ class Uploader:
                 log.error("upload bookkeeping failed: the uploader goes on", step=getattr(step, "__qualname__", None),
                           object=self.names.uri(self.bucket, record.name), **self._error(exc, record.name))
 
+    def _waited(self, record: Record) -> float:
+        """Seconds ``record`` has waited in the spool, by the clock (its reception stamp may be ahead of it)."""
+        return round(max(0.0, self.spool.clock() - (record.arrived or record.received)), 3)
+
     def _error(self, exc: BaseException, name: str) -> dict[str, Any]:
         """Log fields for ``exc``: class and text, HTTP status; with hashed names, ``name`` hashed in the text too."""
         failure = _Failure.of(exc)
@@ -334,4 +338,4 @@ class Uploader:
             self._finish(record, self.on_superseded)
             log.info("instance superseded by a newer version, not uploaded",
                      object=self.names.uri(self.bucket, record.name), bytes=record.length,
-                     waitedSeconds=round(time.time() - record.received, 3))
+                     waitedSeconds=self._waited(record))

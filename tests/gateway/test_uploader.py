@@ -286,6 +286,57 @@ def test_after_a_restart_on_a_clock_stepped_back_a_new_version_replaces_an_objec
     assert [line["outcome"] for line in logs() if line["message"] == "instance uploaded"] == [REPLACED]
 
 
+def test_an_upload_stuck_after_the_clock_stepped_back_still_ages_and_fails_the_health_check(tmp_path: Path) -> None:
+    """Before: ages were taken from the reception stamps, which never go back: after records stamped by a clock an
+    hour ahead (kept in the spool, seeding the stamps at the restart), a new instance was stamped an hour ahead of
+    the corrected clock, its age stayed 0 while its upload was stuck (``/healthz`` 200), its waitedSeconds < 0."""
+    from gateway.health import Health
+
+    clock = FakeClock()
+    clock.now += 3600  # the host's clock ran an hour ahead
+    spool = Spool(tmp_path, max_bytes=10_000_000, clock=clock)
+    spool.recover()
+    spool.done(spool.append("in/early.dcm", V1))  # uploaded, still in the current segment: it seeds the stamps
+    spool.close()
+    clock.now -= 3600  # NTP steps it back; the gateway restarts
+    spool = Spool(tmp_path, max_bytes=10_000_000, clock=clock)
+    spool.recover()
+    record = spool.append(NAME, V2)
+    assert record.received > clock.now + 3599  # still stamped after the early one: it is the newer version
+    clock.now += 700  # its upload is stuck (Cloud Storage down) for 700 s
+    assert spool.stats().oldest_age == 700
+    health = Health(spool, address="127.0.0.1", port=0, stuck_after=600, stats_every=60, listening=lambda: True)
+    try:
+        healthy, body = health.check()
+    finally:
+        health.stop()
+    assert not healthy and "the oldest spooled instance waits for 700 s" in body["problems"][0]
+    gcs = FakeGcs(clock=clock)
+    with captured_logs() as logs:
+        uploader = _uploader(spool, gcs)
+        uploader.start()
+        try:
+            uploader.submit(record)
+            wait_for(lambda: spool.stats().pending == 0, timeout=5, what="the upload")
+        finally:
+            uploader.stop()
+    assert [line["waitedSeconds"] for line in logs() if line["message"] == "instance uploaded"] == [700]
+
+
+def test_a_record_stamped_ahead_of_the_clock_ages_from_the_restart_that_found_it(tmp_path: Path) -> None:
+    clock = FakeClock()
+    clock.now += 3600
+    spool = Spool(tmp_path, max_bytes=10_000_000, clock=clock)
+    spool.recover()
+    spool.append(NAME, V1)  # never uploaded
+    spool.close()
+    clock.now -= 3600
+    spool = Spool(tmp_path, max_bytes=10_000_000, clock=clock)
+    [record] = spool.recover()
+    clock.now += 30
+    assert spool.stats().oldest_age == 30 and record.arrived == clock.now - 30
+
+
 def test_the_inbox_never_replaces_a_version_received_later(bucket: str, fake_gcs: Any, storage_client: Any) -> None:
     """GcsInbox on fake-gcs-server: each upload carries its reception time; an older one finds the newer object."""
     inbox = GcsInbox(bucket, endpoint=fake_gcs.url)
