@@ -316,15 +316,17 @@ class Spool:
         parts = (payload,) if isinstance(payload, bytes) else payload
         payload_length = sum(len(part) for part in parts)
         crc32 = _crc32(*parts)
-        received = self._stamps.next()
-        arrived = self.clock()  # not the stamp, which a clock stepped back leaves ahead of it
-        header = json.dumps({"name": name, "crc32": crc32, "received": received, "meta": meta or {}},
-                            separators=(",", ":")).encode()
-        prefix = _PREFIX.pack(MAGIC, len(header), payload_length, zlib.crc32(header))
-        length = len(prefix) + len(header) + payload_length
         with self._lock:
             if self._closed:
                 raise SpoolError("the spool is closed (the gateway is stopping)")
+            # Stamped under the lock that gives the record its place in the spool: the order of the stamps (the
+            # bucket's "newest wins") is the order of the records (recovery's and the uploader's).
+            received = self._stamps.next()
+            arrived = self.clock()  # not the stamp, which a clock stepped back leaves ahead of it
+            header = json.dumps({"name": name, "crc32": crc32, "received": received, "meta": meta or {}},
+                                separators=(",", ":")).encode()
+            prefix = _PREFIX.pack(MAGIC, len(header), payload_length, zlib.crc32(header))
+            length = len(prefix) + len(header) + payload_length
             if self.disk_bytes() + length > self.max_bytes:
                 raise SpoolFull(f"spool holds {self.disk_bytes()} bytes; this instance would pass the limit of {self.max_bytes}")
             segment = self._current if self._current is not None else self._open_segment()

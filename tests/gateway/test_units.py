@@ -458,6 +458,58 @@ def test_a_restart_stamps_new_receptions_after_the_newest_in_the_spool(tmp_path:
     assert again.append("x.dcm", b"v2").received > before.received
 
 
+class _ContendedLock:
+    """A lock that sets ``contended`` when a thread has to wait for it."""
+
+    def __init__(self, contended: threading.Event) -> None:
+        self.inner = threading.Lock()
+        self.contended = contended
+
+    def __enter__(self) -> "_ContendedLock":
+        if not self.inner.acquire(blocking=False):
+            self.contended.set()
+            self.inner.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.inner.release()
+
+
+def test_two_versions_sent_at_once_are_stamped_in_the_order_they_are_spooled(tmp_path: Path) -> None:
+    """Before: the stamp was taken before the lock that gives a record its place in the segment, so an association
+    could be stamped first and spooled second: recovery and the uploader took the other version for the newer,
+    the bucket (larger stamp) this one. Here A is paused just after taking its stamp until B has appended its
+    version or is waiting for the spool's lock (the fix: A then holds it), no sleeping."""
+    spool = Spool(tmp_path, max_bytes=10_000_000)
+    spool.recover()
+    b_done, go_on = threading.Event(), threading.Event()  # go_on: B has appended, or waits for the spool's lock
+    spool._lock = _ContendedLock(go_on)  # type: ignore[assignment]
+
+    def send_b() -> None:
+        spool.append("x.dcm", b"B")
+        b_done.set()
+        go_on.set()
+
+    class PausingStamps(Stamps):
+        first = True
+
+        def next(self) -> float:
+            stamp = super().next()
+            if self.first:  # association A, stamped: association B sends the same instance now
+                self.first = False
+                threading.Thread(target=send_b).start()
+                assert go_on.wait(10), "B neither appended nor waited for the lock"  # a bound, not a pause
+            return stamp
+
+    spool._stamps = PausingStamps(FakeClock())
+    spool.append("x.dcm", b"A")
+    assert b_done.wait(10)
+    spool.close()
+    recovered = Spool(tmp_path, max_bytes=10_000_000).recover()
+    assert [record.read() for record in recovered] == [b"A", b"B"]
+    assert recovered[0].received < recovered[1].received
+
+
 def test_spool_segments_named_by_an_earlier_version_are_recovered_before_new_ones(tmp_path: Path) -> None:
     """Segments were named ``TIME_NS-PID-N.seg``: the next segment continues from the highest number found."""
     earlier = Spool(tmp_path, max_bytes=10_000_000)
