@@ -294,13 +294,17 @@ class Spool:
                     _fsync_file(corrupt)
                 _fsync_directory(self.directory)
             path.with_suffix(ACK_SUFFIX).unlink(missing_ok=True)  # its offsets are not the copy's
-            copied = _copy_records(path, [starts[found.index(record)] for record in waiting], waiting)
-            _fsync_directory(self.directory)
+            start_of = {record.offset: start for record, start in zip(found, starts)}
+            copied = _copy_records(path, [start_of[record.offset] for record in waiting], waiting)
         except OSError as exc:
             log.error("spool: unreadable bytes skipped in a segment that cannot be set aside: it stays in the "
                       "spool, never deleted", error=str(exc), **fields)
             self._keep.add(path)
             return None
+        try:
+            _fsync_directory(self.directory)
+        except OSError:
+            pass  # the copy is in place: its records are read from it whatever a power loss may undo
         log.error("spool: unreadable bytes skipped in a segment (not a crash's): the records that check out "
                   "recovered, the file kept for inspection", **fields)
         return copied

@@ -337,6 +337,32 @@ def test_a_damaged_record_loses_none_of_the_records_after_it(tmp_path: Path) -> 
     assert again.append("3.dcm", b"D").segment.name != segment.name  # nor its number given again
 
 
+def test_a_damaged_segment_that_cannot_be_set_aside_stays_and_is_never_deleted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    spool = Spool(tmp_path, max_bytes=10_000_000)
+    spool.recover()
+    records = [spool.append(f"{n}.dcm", bytes([65 + n]) * 500) for n in range(2)]
+    spool.close()
+    _flip_a_bit(records[0].segment, 30)
+    damaged = records[0].segment.read_bytes()
+
+    def refused(*args: Any) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "link", refused)
+    monkeypatch.setattr(shutil, "copyfile", refused)
+    with captured_logs() as logs:
+        again = Spool(tmp_path, max_bytes=10_000_000)
+        [recovered] = again.recover()
+    assert recovered.read() == b"B" * 500
+    [error] = [line for line in logs() if line["severity"] == "ERROR"]
+    assert "cannot be set aside" in error["message"] and "Permission denied" in error["error"]
+    again.done(recovered)
+    assert records[0].segment.read_bytes() == damaged  # every record uploaded, and still not deleted
+
+
 def test_a_damaged_last_record_of_a_segment_followed_by_others_is_set_aside(tmp_path: Path) -> None:
     """Only the segment written last, or a record cut short, can have a torn tail; elsewhere it is damage."""
     spool = Spool(tmp_path, max_bytes=10_000_000, segment_bytes=1000)
