@@ -50,8 +50,8 @@ from __future__ import annotations
 import json
 import mmap
 import os
-import shutil
 import re
+import shutil
 import struct
 import threading
 import time
