@@ -96,7 +96,8 @@ def export_event(body: dict) -> CloudEvent:
 
 def test_the_entry_point_rejects_a_request_naming_a_study_not_in_the_store(monkeypatch):
     s = Setup({STUDY})
-    instance = SimpleNamespace(config=SimpleNamespace(stores={"main": STORE}), exports=s.job, api=s.api)
+    instance = SimpleNamespace(config=SimpleNamespace(stores={"main": STORE}, path="config.yaml"), exports=s.job,
+                               api=s.api)
     monkeypatch.setattr(runtime, "get", lambda: instance)
     entrypoints.export_request(export_event(
         {"store": "main", "destination": "gs://out-bkt/dir", "studies": ["1.2", "7.7"], "requestId": "req-1"}))

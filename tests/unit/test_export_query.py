@@ -288,7 +288,7 @@ def export_event(body: dict) -> CloudEvent:
 def test_a_pubsub_query_over_the_cap_gets_a_rejected_result_naming_the_cap(monkeypatch):
     api = QueryApi([study(f"1.{n}") for n in range(3)])
     job, store, publisher = job_for(api, cap=2)
-    instance = SimpleNamespace(config=SimpleNamespace(stores={"main": STORE}), exports=job, api=api)
+    instance = SimpleNamespace(config=SimpleNamespace(stores={"main": STORE}, path="config.yaml"), exports=job, api=api)
     monkeypatch.setattr(runtime, "get", lambda: instance)
     entrypoints.export_request(export_event({"store": "main", "destination": "gs://out/x", "query": WHERE,
                                              "requestId": "q3"}))
@@ -340,7 +340,7 @@ def test_an_export_by_patient_keeps_the_query_as_written_only_in_the_searchs_pro
 def test_a_refused_query_by_patient_names_no_value_in_its_rejected_result_or_the_log(monkeypatch, capsys):
     api = QueryApi([])
     job, store, publisher = job_for(api)
-    instance = SimpleNamespace(config=SimpleNamespace(stores={"main": STORE}), exports=job, api=api)
+    instance = SimpleNamespace(config=SimpleNamespace(stores={"main": STORE}, path="config.yaml"), exports=job, api=api)
     monkeypatch.setattr(runtime, "get", lambda: instance)
     for where in (PATIENT_WHERE, "PatientBirthDate=1960-01-01", "PatientName=DOE^JOHN&&"):
         entrypoints.export_request(export_event({"store": "main", "destination": "gs://out/x", "query": where,
