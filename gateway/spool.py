@@ -27,7 +27,7 @@ recovered last, and supersede the newer one). Reception times do not go back
 either (:mod:`gateway.stamps`): new records are stamped after the newest on
 disk. A record cut short by a crash fails its length or a CRC check; it was
 never acknowledged, and it and anything after it in that segment are dropped
-with a warning. Unreadable bytes anywhere else (a damaged record followed by
+with a warning and cut off the file. Unreadable bytes anywhere else (a damaged record followed by
 readable ones, or a ``.seg`` file that does not start with a record) are not a
 crash's: recovery skips them to the next record that checks out, keeps every
 record found, and sets the file aside as ``NAME.seg.corrupt`` (never deleted,
@@ -242,7 +242,8 @@ class Spool:
 
         Unreadable bytes with no record after them are a torn tail, dropped with a WARNING (not a stretch),
         when they look like a crash's: a record cut short, or anything after a whole record in the segment
-        written last (``newest``), whose last pages a crash may have lost. Anything else is damage.
+        written last (``newest``), whose last pages a crash may have lost. Anything else is damage. A torn
+        tail is cut off the file (fsynced): once newer segments exist, the same bytes would look like damage.
         """
         size = path.stat().st_size
         records: list[Record] = []
@@ -251,6 +252,7 @@ class Spool:
         if size == 0:
             return records, starts, gaps
         offset = 0
+        torn: int | None = None
         with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
             while offset < size:
                 record = _parse(data, path, offset)
@@ -263,10 +265,13 @@ class Spool:
                 if following is None and _torn(data, offset, newest):
                     log.warning("spool: dropping an incomplete record (never acknowledged)", segment=str(path),
                                 offset=offset, bytes=size - offset)
+                    torn = offset
                     break
                 end = size if following is None else following
                 gaps.append((offset, end - offset))
                 offset = end
+        if torn is not None:
+            _cut(path, torn)
         return records, starts, gaps
 
     def _set_aside(self, path: Path, found: list[Record], starts: list[int], waiting: list[Record],
@@ -579,6 +584,17 @@ def _torn(data: mmap.mmap, offset: int, newest: bool) -> bool:
         return True
     _, header_length, payload_length, _ = _PREFIX.unpack(head)
     return header_length <= _MAX_HEADER and offset + _PREFIX.size + header_length + payload_length > len(data)
+
+
+def _cut(path: Path, size: int) -> None:
+    """Truncate ``path`` to ``size`` bytes, fsynced (a failure is logged: the tail stays, and is dropped again)."""
+    try:
+        with open(path, "r+b") as handle:
+            handle.truncate(size)
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        log.warning("spool: cannot cut an incomplete record off its segment", segment=str(path), offset=size,
+                    error=str(exc))
 
 
 def _end(records: list[Record]) -> int:

@@ -395,6 +395,29 @@ def test_a_record_cut_short_in_a_segment_before_the_last_is_a_torn_tail(tmp_path
     assert not list(tmp_path.glob("*.corrupt*"))
 
 
+def test_a_torn_tail_dropped_at_a_restart_is_not_judged_damage_at_the_next(tmp_path: Path) -> None:
+    """Before: the tail stayed on disk; once a newer segment existed, the next restart took the same bytes for
+    damage (an ERROR, a ``.corrupt`` file). Now recovery cuts it off the segment."""
+    spool = Spool(tmp_path, max_bytes=10_000_000)
+    spool.recover()
+    first = spool.append("a.dcm", b"A" * 500)
+    spool.close()
+    whole = first.segment.stat().st_size
+    with open(first.segment, "ab") as segment:
+        segment.write(b"\0" * 300)  # a crash: the size grew, the pages of the next record were lost
+    with captured_logs() as logs:
+        again = Spool(tmp_path, max_bytes=10_000_000)
+        assert [r.name for r in again.recover()] == ["a.dcm"]
+    assert [line["severity"] for line in logs()] == ["WARNING"]
+    assert first.segment.stat().st_size == whole
+    again.append("b.dcm", b"B" * 10)  # a newer segment: the first is no longer the one written last
+    again.close()
+    with captured_logs() as logs:
+        assert [r.name for r in Spool(tmp_path, max_bytes=10_000_000).recover()] == ["a.dcm", "b.dcm"]
+    assert logs() == []
+    assert not list(tmp_path.glob("*.corrupt*"))
+
+
 def test_a_file_that_is_not_a_segment_is_set_aside_not_deleted(tmp_path: Path) -> None:
     (tmp_path / "notes.seg").write_bytes(b"an operator's notes, not a spool segment")
     spool = Spool(tmp_path, max_bytes=10_000_000)
