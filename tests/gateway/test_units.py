@@ -337,6 +337,25 @@ def test_a_damaged_record_loses_none_of_the_records_after_it(tmp_path: Path) -> 
     assert again.append("3.dcm", b"D").segment.name != segment.name  # nor its number given again
 
 
+def test_a_set_aside_segment_s_ack_notes_do_not_apply_to_its_copy(tmp_path: Path) -> None:
+    """The ``.ack`` offsets are the damaged file's: kept beside the copy, they would hit the copy's records and a
+    second recovery would skip records never uploaded."""
+    clock = FakeClock()
+    spool = Spool(tmp_path, max_bytes=10_000_000, clock=clock)
+    spool.recover()
+    records = []
+    for n in range(4):
+        clock.now += 1  # stamps of one length: headers of one length
+        records.append(spool.append(f"{n}.dcm", bytes([65 + n]) * 500))
+    spool.done(records[0])  # noted in the .ack file: its payload offset is where the copy's first record's is
+    spool.close()
+    _flip_a_bit(records[2].segment, records[2].offset + 5)
+    assert [r.name for r in Spool(tmp_path, max_bytes=10_000_000).recover()] == ["1.dcm", "3.dcm"]
+    assert (tmp_path / f"{records[0].segment.name}.corrupt").exists()
+    recovered = Spool(tmp_path, max_bytes=10_000_000).recover()
+    assert [(r.name, r.read()) for r in recovered] == [("1.dcm", b"B" * 500), ("3.dcm", b"D" * 500)]
+
+
 def test_a_damaged_segment_that_cannot_be_set_aside_stays_and_is_never_deleted(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
