@@ -52,6 +52,7 @@ import mmap
 import os
 import re
 import shutil
+import stat
 import struct
 import threading
 import time
@@ -200,22 +201,33 @@ class Spool:
         (not noted in the segment's ``.ack`` file), oldest first."""
         make_directory(self.directory)
         for leftover in self.directory.glob("*.tmp"):
-            leftover.unlink()
+            if _regular(leftover):
+                leftover.unlink()
         for ack in self.directory.glob(f"*{ACK_SUFFIX}"):
-            if not ack.with_suffix(SUFFIX).exists():  # its segment was deleted just before a crash
+            if _regular(ack) and not os.path.lexists(ack.with_suffix(SUFFIX)):  # its segment deleted before a crash
                 ack.unlink()
         records: list[Record] = []
-        paths = sorted(self.directory.glob(f"*{SUFFIX}"), key=lambda path: (_number(path), path.name))
+        names = sorted(self.directory.glob(f"*{SUFFIX}"), key=lambda path: (_number(path), path.name))
         set_aside = self.directory.glob(f"*{SUFFIX}{CORRUPT_SUFFIX}*")  # their numbers are not given again
         with self._lock:
-            self._sequence = max([self._sequence, *map(_number, paths), *map(_number, set_aside)])
-        newest = next((path for path in reversed(paths) if path.stat().st_size), None)  # the one written last
+            self._sequence = max([self._sequence, *map(_number, names), *map(_number, set_aside)])
+        paths = []
+        for path in names:
+            if _regular(path):
+                paths.append(path)
+            else:  # a directory, a symlink, a FIFO...: not the spool's, never opened, never deleted
+                log.error("spool: not a regular file, left where it is", segment=str(path))
+        newest = next((path for path in reversed(paths) if _size(path)), None)  # the one written last
         now = self.clock()
         for path in paths:
-            found, starts, gaps = self._scan(path, newest=path == newest)
+            try:
+                found, starts, gaps = self._scan(path, newest=path == newest)
+                acked = _read_acks(path.with_suffix(ACK_SUFFIX))
+            except OSError as exc:
+                log.error("spool: cannot read a segment, left where it is", segment=str(path), error=str(exc))
+                continue
             for record in found:  # a clock stepped back since cannot stamp a newer version earlier than these
                 self._stamps.after(record.received)
-            acked = _read_acks(path.with_suffix(ACK_SUFFIX))
             # waiting since they were received, or since now if stamped ahead of the clock (one since stepped back)
             waiting = [replace(record, arrived=min(record.received, now)) for record in found
                        if record.offset not in acked]
@@ -595,6 +607,21 @@ def _cut(path: Path, size: int) -> None:
     except OSError as exc:
         log.warning("spool: cannot cut an incomplete record off its segment", segment=str(path), offset=size,
                     error=str(exc))
+
+
+def _regular(path: Path) -> bool:
+    """Whether ``path`` is a regular file (a symlink is not followed)."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.lstat().st_size
+    except OSError:
+        return 0
 
 
 def _end(records: list[Record]) -> int:

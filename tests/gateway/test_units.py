@@ -451,6 +451,31 @@ def test_a_file_that_is_not_a_segment_is_set_aside_not_deleted(tmp_path: Path) -
     assert (tmp_path / "notes.seg.corrupt").exists()
 
 
+def test_odd_entries_in_the_spool_directory_are_left_alone_and_recovery_goes_on(tmp_path: Path) -> None:
+    """Before: a directory named ``*.seg``, ``*.tmp`` or ``*.ack`` (IsADirectoryError) or a dangling ``*.seg``
+    symlink (FileNotFoundError) stopped recovery, and so the gateway's start."""
+    spool = Spool(tmp_path, max_bytes=10_000_000, segment_bytes=100)  # a segment each
+    spool.recover()
+    spool.append("a.dcm", b"A" * 100)
+    record = spool.append("b.dcm", b"B" * 100)
+    spool.close()
+    (tmp_path / "00000000000000000007.seg").mkdir()
+    (tmp_path / "x.tmp").mkdir()
+    (tmp_path / "x.ack").mkdir()
+    record.segment.with_suffix(".ack").mkdir()  # where the segment's notes would be: that segment is kept as it is
+    (tmp_path / "00000000000000000005.seg").symlink_to(tmp_path / "nowhere")
+    before = sorted(path.name for path in tmp_path.iterdir())
+    with captured_logs() as logs:
+        again = Spool(tmp_path, max_bytes=10_000_000)
+        assert [r.name for r in again.recover()] == ["a.dcm"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == before
+    errors = sorted((line["message"], line["segment"]) for line in logs() if line["severity"] == "ERROR")
+    assert errors == [("spool: cannot read a segment, left where it is", str(record.segment)),
+                      ("spool: not a regular file, left where it is", str(tmp_path / "00000000000000000005.seg")),
+                      ("spool: not a regular file, left where it is", str(tmp_path / "00000000000000000007.seg"))]
+    assert again.append("b.dcm", b"B").segment.name == "00000000000000000008.seg"  # no number given twice
+
+
 class _SteppedClock:
     """``time`` for the spool, whose wall clock NTP steps back 10 s at each :meth:`step_back`."""
 
