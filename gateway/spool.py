@@ -25,7 +25,8 @@ than the highest found on disk or made since, never the wall clock, which NTP
 may step back between two segments (the older version of an instance would be
 recovered last, and supersede the newer one). Reception times do not go back
 either (:mod:`gateway.stamps`): new records are stamped after the newest on
-disk. A record cut short by a crash fails its length or a CRC check; it was
+disk. A record cut short by a crash fails its length or a CRC check (a whole
+one fails its payload CRC only if it ends in zeros, as lost pages read); it was
 never acknowledged, and it and anything after it in that segment are dropped
 with a warning and cut off the file. Unreadable bytes anywhere else (a damaged record followed by
 readable ones, or a ``.seg`` file that does not start with a record) are not a
@@ -568,10 +569,7 @@ def _parse(data: mmap.mmap, path: Path, offset: int) -> Record | None:
         meta = dict(header.get("meta") or {})
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
-    value = 0
-    for chunk in range(payload_offset, payload_offset + payload_length, _CHUNK):
-        value = zlib.crc32(data[chunk:min(chunk + _CHUNK, payload_offset + payload_length)], value)
-    if value != crc32:
+    if _crc32_of(data, payload_offset, payload_offset + payload_length) != crc32:
         return None
     return Record(path, payload_offset, payload_length, name, crc32, received, meta)
 
@@ -586,7 +584,26 @@ def _next_record(data: mmap.mmap, path: Path, offset: int) -> int | None:
 
 
 def _torn(data: mmap.mmap, offset: int, newest: bool) -> bool:
-    """Whether unreadable bytes from ``offset`` to the end of a segment look like a write a crash cut short."""
+    """Whether unreadable bytes from ``offset`` to the end of a segment look like a write a crash cut short.
+
+    A crash leaves the bytes written, or zeros where pages were lost: never a header length past the limit,
+    nor a record whose header checks out and whose payload is all there but fails its CRC-32 (unless its
+    bytes from a page boundary, or from inside its first page, to the end of the file are zeros), nor one
+    whose lengths pass the end of the file but whose bytes to that end match its payload's CRC-32 (a length
+    field damaged: the prefix's lengths are not covered by the header's CRC).
+    """
+    size = len(data)
+    head = data[offset:offset + _PREFIX.size]
+    if len(head) == _PREFIX.size:
+        magic, header_length, payload_length, crc = _PREFIX.unpack(head)
+        if magic == MAGIC and header_length > _MAX_HEADER:
+            return False
+        payload_crc = _header_crc32(data, offset, header_length, crc) if magic == MAGIC else None
+        if payload_crc is not None:
+            payload_offset = offset + _PREFIX.size + header_length
+            if payload_offset + payload_length > size:
+                return _crc32_of(data, payload_offset, size) != payload_crc
+            return _lost_pages(data, offset, payload_offset + payload_length)
     if newest and offset > 0:
         return True  # after a whole record of the segment written last: its last pages lost
     head = data[offset:offset + _PREFIX.size]
@@ -622,6 +639,38 @@ def _size(path: Path) -> int:
         return path.lstat().st_size
     except OSError:
         return 0
+
+
+def _header_crc32(data: mmap.mmap, offset: int, header_length: int, crc: int) -> int | None:
+    """The payload CRC-32 in the header of the record at ``offset``, if that header is all there and checks out."""
+    start = offset + _PREFIX.size
+    if start + header_length > len(data) or zlib.crc32(data[start:start + header_length]) != crc:
+        return None
+    try:
+        return int(json.loads(data[start:start + header_length])["crc32"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _crc32_of(data: mmap.mmap, start: int, end: int) -> int:
+    value = 0
+    for chunk in range(start, end, _CHUNK):
+        value = zlib.crc32(data[chunk:min(chunk + _CHUNK, end)], value)
+    return value
+
+
+def _lost_pages(data: mmap.mmap, start: int, end: int) -> bool:
+    """Whether the record from ``start`` to ``end`` ends in pages a crash lost: zeros from a page boundary (or
+    from inside the record's first page, an earlier flush may have written in part) to the end of the file."""
+    zeros_from = len(data)
+    while zeros_from > start:
+        low = max(start, zeros_from - _CHUNK)
+        kept = len(data[low:zeros_from].rstrip(b"\0"))
+        zeros_from = low + kept
+        if kept:
+            break
+    first_page_end = start - start % mmap.PAGESIZE + mmap.PAGESIZE
+    return zeros_from < end and (zeros_from % mmap.PAGESIZE == 0 or zeros_from < first_page_end)
 
 
 def _end(records: list[Record]) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import mmap
 import os
+import struct
 import subprocess
 import sys
 import threading
@@ -434,6 +436,64 @@ def test_a_torn_tail_dropped_at_a_restart_is_not_judged_damage_at_the_next(tmp_p
     with captured_logs() as logs:
         assert [r.name for r in Spool(tmp_path, max_bytes=10_000_000).recover()] == ["a.dcm", "b.dcm"]
     assert logs() == []
+    assert not list(tmp_path.glob("*.corrupt*"))
+
+
+@pytest.mark.parametrize("damage", ["payload", "shorter length", "longer length", "longer length, not newest",
+                                    "foreign"])
+def test_a_damaged_last_record_is_not_taken_for_a_torn_tail(tmp_path: Path, damage: str) -> None:
+    """Before: a bit flipped in the last record of the segment written last (or in its payload length field, not
+    covered by the header CRC, past the end of any segment) was dropped as "never acknowledged", and the segment
+    deleted once the rest was uploaded: an acknowledged instance lost without a trace. A complete record whose
+    header checks out is not a crash's partial write: the segment is set aside."""
+    spool = Spool(tmp_path, max_bytes=10_000_000, segment_bytes=9000)
+    spool.recover()
+    records = [spool.append(f"{n}.dcm", bytes([65 + n]) * 5000) for n in range(3)]  # 0, 1 | 2
+    spool.close()
+    last = records[1] if damage == "longer length, not newest" else records[2]
+    start = records[0].offset + records[0].length if last is records[1] else 0  # of its prefix
+    if damage == "payload":
+        _flip_a_bit(last.segment, last.offset + 4000)
+    elif damage == "shorter length":
+        _flip_a_bit(last.segment, start + 9)  # 5000 = 0x1388: 0x0388
+    elif damage in ("longer length", "longer length, not newest"):
+        _flip_a_bit(last.segment, start + 10)  # past the end of the file
+    else:
+        last.segment.unlink()
+        last.segment.write_bytes(struct.pack("<4sIQI", b"DGR1", 2**32 - 1, 2**64 - 1, 0) + b"an operator's file")
+    damaged = last.segment.read_bytes()
+    with captured_logs() as logs:
+        again = Spool(tmp_path, max_bytes=10_000_000)
+        recovered = again.recover()
+    assert [r.name for r in recovered] == [r.name for r in records if r is not last]
+    [error] = [line for line in logs() if line["severity"] != "INFO"]
+    assert error["severity"] == "ERROR" and error["segment"] == str(last.segment)
+    for record in recovered:
+        again.done(record)
+    assert (tmp_path / f"{last.segment.name}.corrupt").read_bytes() == damaged
+
+
+def test_a_last_record_whose_last_pages_a_crash_lost_is_a_torn_tail(tmp_path: Path) -> None:
+    """Its header checks out and its payload is all there, but zeros to the end of the file: never flushed."""
+    spool = Spool(tmp_path, max_bytes=10_000_000)
+    spool.recover()
+    spool.append("a.dcm", b"A" * 500)
+    short = spool.append("b.dcm", b"B" * 500)  # in the first page, with a
+    long = spool.append("c.dcm", b"C" * 20000)
+    spool.close()
+    with open(long.segment, "r+b") as segment:
+        page = (long.offset // mmap.PAGESIZE + 2) * mmap.PAGESIZE
+        segment.truncate(page)  # its last pages lost: zeros from a page boundary
+        segment.truncate(long.offset + long.length)
+    with captured_logs() as logs:
+        assert [r.name for r in Spool(tmp_path, max_bytes=10_000_000).recover()] == ["a.dcm", "b.dcm"]
+    assert [line["severity"] for line in logs()] == ["WARNING"]
+    with open(long.segment, "r+b") as segment:
+        segment.truncate(short.offset + 200)  # zeros from inside the record's first page, which held a's end
+        segment.truncate(short.offset + short.length)
+    with captured_logs() as logs:
+        assert [r.name for r in Spool(tmp_path, max_bytes=10_000_000).recover()] == ["a.dcm"]
+    assert [line["severity"] for line in logs()] == ["WARNING"]
     assert not list(tmp_path.glob("*.corrupt*"))
 
 
