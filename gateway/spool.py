@@ -294,22 +294,28 @@ class Spool:
 
         In this order a crash at any point leaves every record in a ``NAME.seg`` (the next recovery does it
         again), at worst without its ``.ack`` notes (those records are uploaded again, and found identical).
+        Without hard links the ``.corrupt`` copy is made as ``*.tmp`` (removed at recovery), fsynced, renamed:
+        whole or not at all; one of the same bytes already there (a recovery cut short) is not made again.
         A file that cannot be set aside stays in the spool and is never deleted (the next start tries again).
         """
         corrupt = path.with_name(path.name + CORRUPT_SUFFIX)
-        number = 0
-        while corrupt.exists() and not corrupt.samefile(path):  # the same file: a recovery cut short linked it
-            number += 1
-            corrupt = path.with_name(f"{path.name}{CORRUPT_SUFFIX}.{number}")
-        fields = dict(segment=str(path), keptAs=str(corrupt), offset=gaps[0][0],
-                      bytes=sum(length for _, length in gaps), stretches=len(gaps), recordsFound=len(found))
+        fields: dict[str, Any] = dict(segment=str(path), keptAs=str(corrupt), offset=gaps[0][0],
+                                      bytes=sum(length for _, length in gaps), stretches=len(gaps),
+                                      recordsFound=len(found))
         try:
-            if not corrupt.exists():
+            number = 0
+            while os.path.lexists(corrupt) and not _same(corrupt, path):  # the same: a recovery cut short made it
+                number += 1
+                corrupt = path.with_name(f"{path.name}{CORRUPT_SUFFIX}.{number}")
+            fields["keptAs"] = str(corrupt)
+            if not os.path.lexists(corrupt):
                 try:
                     os.link(path, corrupt)
-                except OSError:  # no hard links on this file system: a copy
-                    shutil.copyfile(path, corrupt)
-                    _fsync_file(corrupt)
+                except OSError:  # no hard links on this file system: a copy, whole or none (*.tmp: removed)
+                    temporary = corrupt.with_name(corrupt.name + ".tmp")
+                    shutil.copyfile(path, temporary)
+                    _fsync_file(temporary)
+                    os.replace(temporary, corrupt)
                 _fsync_directory(self.directory)
             path.with_suffix(ACK_SUFFIX).unlink(missing_ok=True)  # its offsets are not the copy's
             start_of = {record.offset: start for record, start in zip(found, starts)}
@@ -701,6 +707,21 @@ def _copy_records(path: Path, starts: list[int], records: list[Record]) -> list[
         os.fsync(target.fileno())
     os.replace(temporary, path)
     return copied
+
+
+def _same(kept: Path, path: Path) -> bool:
+    """Whether ``kept`` is ``path`` set aside already: the same file (a hard link), or a regular file of its bytes."""
+    if not _regular(kept):
+        return False
+    if kept.samefile(path):
+        return True
+    if kept.stat().st_size != path.stat().st_size:
+        return False
+    with open(kept, "rb") as one, open(path, "rb") as other:
+        while chunk := one.read(_CHUNK):
+            if chunk != other.read(_CHUNK):
+                return False
+    return True
 
 
 def _fsync_file(path: Path) -> None:

@@ -384,6 +384,51 @@ def test_a_damaged_segment_that_cannot_be_set_aside_stays_and_is_never_deleted(
     assert records[0].segment.read_bytes() == damaged  # every record uploaded, and still not deleted
 
 
+class _Crash(BaseException):
+    """The process dies here."""
+
+
+@pytest.mark.parametrize("when", ["copying", "after the copy"])
+def test_a_crash_while_setting_aside_without_hard_links_leaves_one_whole_corrupt_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str) -> None:
+    """Before: a crash in the middle of the copy left a partial ``NAME.seg.corrupt`` (and the next recovery made
+    ``.corrupt.1``); one after it, before the records' copy replaced ``NAME.seg``, a second ``.corrupt.1``."""
+    import shutil
+
+    from gateway import spool as spool_module
+
+    spool = Spool(tmp_path, max_bytes=10_000_000)
+    spool.recover()
+    records = [spool.append(f"{n}.dcm", bytes([65 + n]) * 500) for n in range(3)]
+    spool.close()
+    _flip_a_bit(records[1].segment, records[1].offset + 5)
+    damaged = records[1].segment.read_bytes()
+
+    def no_link(*args: Any) -> None:
+        raise OSError(18, "Invalid cross-device link")
+
+    def half_a_copy(source: Path, target: Path) -> None:
+        Path(target).write_bytes(Path(source).read_bytes()[:100])
+        raise _Crash
+
+    def crash(*args: Any) -> None:
+        raise _Crash
+
+    monkeypatch.setattr(os, "link", no_link)
+    with monkeypatch.context() as patches:
+        if when == "copying":
+            patches.setattr(shutil, "copyfile", half_a_copy)
+        else:
+            patches.setattr(spool_module, "_copy_records", crash)
+        with pytest.raises(_Crash):
+            Spool(tmp_path, max_bytes=10_000_000).recover()
+    recovered = Spool(tmp_path, max_bytes=10_000_000).recover()
+    assert [r.name for r in recovered] == ["0.dcm", "2.dcm"]
+    assert sorted(path.name for path in tmp_path.glob("*.corrupt*")) == [f"{records[1].segment.name}.corrupt"]
+    assert (tmp_path / f"{records[1].segment.name}.corrupt").read_bytes() == damaged
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def test_a_damaged_last_record_of_a_segment_followed_by_others_is_set_aside(tmp_path: Path) -> None:
     """Only the segment written last, or a record cut short, can have a torn tail; elsewhere it is damage."""
     spool = Spool(tmp_path, max_bytes=10_000_000, segment_bytes=1000)
