@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import select
 import shlex
 import sys
 import urllib.error
@@ -33,7 +31,6 @@ DEFAULT_WORKDIR = REPO_ROOT / ".local"
 #: The environment variables of the Healthcare emulator's fault injection that ``up --fault`` may set.
 FAULT_KEYS = ("HEALTHCARE_EMULATOR_FAULTS",)
 NOT_UP = 3  # exit code: the stack is not up, or its files in the workdir are unusable
-CLOSED_PIPE = 141  # exit code: stdout's reader went away (| head), as for a shell tool SIGPIPE ended (128 + 13)
 
 
 class UsageError(Exception):
@@ -301,24 +298,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m localstack {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        if not _stdout_closed():
+        from handlers.cli.errors import closed_stdout_exit
+
+        code = closed_stdout_exit(sys.stdout)  # the reader of stdout stopped (`| head`)
+        if code is None:
             raise
-        # The reader of stdout stopped (`| head`): stop quietly, as a shell tool does, and keep the
-        # interpreter's last flush of what is still buffered from failing again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return CLOSED_PIPE
-
-
-def _stdout_closed() -> bool:
-    """Whether stdout is a pipe whose reader has gone: poll reports an error on its write end."""
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):
-        return False
-    poller = select.poll()
-    poller.register(fd, select.POLLOUT)
-    return any(events & select.POLLERR for _, events in poller.poll(0))
-
+        return code
 
 if __name__ == "__main__":
     sys.exit(main())

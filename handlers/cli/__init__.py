@@ -10,7 +10,6 @@ fix, with a non-zero exit code; never a traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
@@ -21,13 +20,12 @@ from handlers.cli import backfill, check_config, explain, export, failures, reco
 from handlers.cli.context import Context
 from handlers.cli.environment import LOCAL_ENV_FILE, load_env_file
 from handlers.cli.errors import (
-    EXIT_CLOSED_PIPE,
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     CliError,
+    closed_stdout_exit,
     describe,
-    stdout_closed,
 )
 from handlers.config import ConfigError
 
@@ -98,13 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.write("interrupted\n")
         return EXIT_INTERRUPTED
     except BrokenPipeError as exc:
-        if not stdout_closed(out):  # a connection's, not stdout's
+        code = closed_stdout_exit(out)  # the reader of stdout stopped (`| head`)
+        if code is None:  # a connection's, not stdout's
             err.write(f"error: {describe(exc)}\n")
             return EXIT_FAILURE
-        # The reader of stdout stopped (`| head`): stop quietly, as a shell tool does, and keep the
-        # interpreter's last flush of what is still buffered from failing again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
-        return EXIT_CLOSED_PIPE
+        return code
     except Exception as exc:  # noqa: BLE001 - the promise: one line, never a traceback
         err.write(f"error: {describe(exc)}\n")
         return EXIT_FAILURE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import select
 from typing import IO
 
@@ -28,6 +29,18 @@ def stdout_closed(stream: IO[str]) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
     return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def closed_stdout_exit(stream: IO[str]) -> int | None:
+    """:data:`EXIT_CLOSED_PIPE` once ``stream``, whose reader has gone, is silenced; None if its reader is there.
+
+    Silenced (pointed at /dev/null) so that the interpreter's last flush of what is still buffered does not
+    fail again: the command stops quietly, as a shell tool does.
+    """
+    if not stdout_closed(stream):
+        return None
+    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    return EXIT_CLOSED_PIPE
 
 
 def describe(exc: BaseException) -> str:
