@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from math import ceil
 from pathlib import Path
@@ -215,6 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # the stack stopped first (localstack.interrupts), unless --keep
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a service gone mid-run, or a bug: one line, the traceback in a file
+        kept = args.workdir / "demo-error.log"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_text(traceback.format_exc())
+        print(f"{PROG} failed: {type(exc).__name__}: {exc} (the stack is stopped; the traceback is in {kept}, "
+              f"the services' logs in {args.workdir / 'logs'})", file=sys.stderr)
+        return 1
 
 
 def _demo(args: argparse.Namespace) -> int:
