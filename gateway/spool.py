@@ -267,6 +267,9 @@ class Spool:
         offset = 0
         torn: int | None = None
         with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            # Linked as NAME.seg.corrupt: an earlier start set it aside as damaged and could not finish (disk full,
+            # say). Its bytes stay damage: cutting a "torn" tail now would cut the kept copy too (the same file).
+            set_aside = os.fstat(handle.fileno()).st_nlink > 1
             while offset < size:
                 record = _parse(data, path, offset)
                 if record is not None:
@@ -275,7 +278,7 @@ class Spool:
                     offset = record.offset + record.length
                     continue
                 following = _next_record(data, path, offset + 1)
-                if following is None and _torn(data, offset, newest):
+                if following is None and not set_aside and _torn(data, offset, newest):
                     log.warning("spool: dropping an incomplete record (never acknowledged)", segment=str(path),
                                 offset=offset, bytes=size - offset)
                     torn = offset

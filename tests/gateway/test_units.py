@@ -518,6 +518,27 @@ def test_a_damaged_last_record_is_not_taken_for_a_torn_tail(tmp_path: Path, dama
     assert (tmp_path / f"{last.segment.name}.corrupt").read_bytes() == damaged
 
 
+def test_a_segment_an_earlier_start_began_to_set_aside_is_never_cut_as_a_torn_tail(tmp_path: Path) -> None:
+    """Review: a start that linked a damaged segment as NAME.seg.corrupt but could not copy its records (disk full)
+    left it in the spool; the next start, finding it the segment written last, took its damaged tail for a crash's
+    and cut it: through the shared file, the kept copy too. A file so linked keeps its bytes: damage, set aside."""
+    spool = Spool(tmp_path, max_bytes=10_000_000)
+    spool.recover()
+    spool.append("a.dcm", b"A" * 500)
+    spool.append("b.dcm", b"B" * 500)
+    long = spool.append("c.dcm", b"C" * 20000)
+    spool.close()
+    with open(long.segment, "r+b") as segment:  # as a crash's lost pages would look: zeros to the end
+        segment.truncate((long.offset // mmap.PAGESIZE + 2) * mmap.PAGESIZE)
+        segment.truncate(long.offset + long.length)
+    before = long.segment.read_bytes()
+    os.link(long.segment, tmp_path / f"{long.segment.name}.corrupt")  # the earlier start's set-aside, begun
+    with captured_logs() as logs:
+        assert [r.name for r in Spool(tmp_path, max_bytes=10_000_000).recover()] == ["a.dcm", "b.dcm"]
+    assert [line["severity"] for line in logs() if line["severity"] != "INFO"] == ["ERROR"]
+    assert (tmp_path / f"{long.segment.name}.corrupt").read_bytes() == before
+
+
 def test_a_last_record_whose_last_pages_a_crash_lost_is_a_torn_tail(tmp_path: Path) -> None:
     """Its header checks out and its payload is all there, but zeros to the end of the file: never flushed."""
     spool = Spool(tmp_path, max_bytes=10_000_000)
